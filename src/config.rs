@@ -1,0 +1,340 @@
+//! The configuration: one TOML file, every key optional with a documented
+//! default (see `config/outpost.toml`), CLI flags on top, validated once at
+//! startup into errors that name the key.
+
+use crate::store::Durability;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("config key `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+/// The whole file. Unknown keys are an error (a typo must not be ignored).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: Server,
+    pub storage: Storage,
+    pub auth: AuthConfig,
+    pub log: Log,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Server {
+    /// HTTP + WebSocket listen address.
+    pub listen: String,
+    /// Connections beyond this are refused with HTTP 503.
+    pub max_connections: usize,
+    /// Largest accepted WebSocket message; larger ones get error 413.
+    pub max_frame_bytes: usize,
+    /// Per-connection outbound queue (messages). A subscriber that falls
+    /// this far behind is told to resync.
+    pub queue_depth: usize,
+    /// Most unacknowledged pushes one connection may have in flight before
+    /// the relay stops reading from it (backpressure).
+    pub max_inflight: usize,
+    /// How long SIGTERM waits for connections to finish.
+    pub shutdown_grace: String,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            listen: "127.0.0.1:7070".into(),
+            max_connections: 4096,
+            max_frame_bytes: 1 << 20,
+            queue_depth: 1024,
+            max_inflight: 256,
+            shutdown_grace: "10s".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Storage {
+    pub dir: PathBuf,
+    /// "immediate" (fsync before every ack) or "relaxed" (fsync at most 1 s later).
+    pub durability: Durability,
+    /// Keep log entries this long ("30d", "12h", ...; "forever" keeps all).
+    pub retention: String,
+    /// Refuse writes when the data disk has less free space than this (MiB).
+    pub min_free_mb: u64,
+    /// Client edit times further ahead than this are clamped.
+    pub max_clock_skew: String,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage {
+            dir: PathBuf::from("./outpost-data"),
+            durability: Durability::Immediate,
+            retention: "30d".into(),
+            min_free_mb: 64,
+            max_clock_skew: "60s".into(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Anonymous {
+    None,
+    Read,
+    Write,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// HS256 secret for JWTs (prefer `jwt_secret_file`).
+    pub jwt_secret: Option<String>,
+    /// File holding the secret (trailing whitespace is ignored).
+    pub jwt_secret_file: Option<PathBuf>,
+    /// Access without a token. Default: "write" on a loopback listener,
+    /// "none" otherwise.
+    pub anonymous: Option<Anonymous>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// tracing filter, e.g. "info" or "outpost=debug"; RUST_LOG overrides.
+    pub level: String,
+    /// "text" or "json".
+    pub format: LogFormat,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The validated, typed view the relay runs on.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub max_connections: usize,
+    pub max_frame_bytes: usize,
+    pub queue_depth: usize,
+    pub max_inflight: usize,
+    pub shutdown_grace: Duration,
+    pub dir: PathBuf,
+    pub durability: Durability,
+    pub retention: Option<Duration>,
+    pub min_free_bytes: u64,
+    pub max_skew: Duration,
+    pub jwt_secret: Option<Vec<u8>>,
+    pub anonymous: Anonymous,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })
+    }
+
+    /// Check every key and produce the settings the relay runs on.
+    pub fn validate(&self) -> Result<Settings, ConfigError> {
+        let s = &self.server;
+        let listen: SocketAddr = s.listen.parse().map_err(|e| {
+            invalid(
+                "server.listen",
+                format!("{:?} is not an address:port ({e})", s.listen),
+            )
+        })?;
+        if s.max_connections == 0 {
+            return Err(invalid("server.max_connections", "must be at least 1"));
+        }
+        if s.max_frame_bytes < 1024 || s.max_frame_bytes > 64 << 20 {
+            return Err(invalid(
+                "server.max_frame_bytes",
+                "must be between 1024 and 67108864",
+            ));
+        }
+        if s.queue_depth < 16 {
+            return Err(invalid("server.queue_depth", "must be at least 16"));
+        }
+        if s.max_inflight == 0 {
+            return Err(invalid("server.max_inflight", "must be at least 1"));
+        }
+        let shutdown_grace =
+            parse_duration(&s.shutdown_grace).map_err(|r| invalid("server.shutdown_grace", r))?;
+        let st = &self.storage;
+        if st.dir.as_os_str().is_empty() {
+            return Err(invalid("storage.dir", "must not be empty"));
+        }
+        let retention = match st.retention.trim() {
+            "forever" | "0" => None,
+            r => Some(parse_duration(r).map_err(|e| invalid("storage.retention", e))?),
+        };
+        let max_skew =
+            parse_duration(&st.max_clock_skew).map_err(|e| invalid("storage.max_clock_skew", e))?;
+        let a = &self.auth;
+        let jwt_secret = match (&a.jwt_secret, &a.jwt_secret_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "auth.jwt_secret",
+                    "set jwt_secret or jwt_secret_file, not both",
+                ))
+            }
+            (Some(s), None) => Some(s.as_bytes().to_vec()),
+            (None, Some(p)) => {
+                let s = std::fs::read_to_string(p).map_err(|e| {
+                    invalid(
+                        "auth.jwt_secret_file",
+                        format!("cannot read {}: {e}", p.display()),
+                    )
+                })?;
+                Some(s.trim_end().as_bytes().to_vec())
+            }
+            (None, None) => None,
+        };
+        if let Some(s) = &jwt_secret {
+            if s.len() < 16 {
+                return Err(invalid("auth.jwt_secret", "must be at least 16 bytes"));
+            }
+        }
+        let anonymous = match a.anonymous {
+            Some(x) => x,
+            None if listen.ip().is_loopback() => Anonymous::Write,
+            None => Anonymous::None,
+        };
+        if anonymous != Anonymous::Write && jwt_secret.is_none() {
+            return Err(invalid(
+                "auth.jwt_secret",
+                if a.anonymous.is_none() {
+                    "a non-loopback listener needs a JWT secret (or set auth.anonymous explicitly)"
+                } else {
+                    "required unless auth.anonymous = \"write\""
+                },
+            ));
+        }
+        Ok(Settings {
+            listen,
+            max_connections: s.max_connections,
+            max_frame_bytes: s.max_frame_bytes,
+            queue_depth: s.queue_depth,
+            max_inflight: s.max_inflight,
+            shutdown_grace,
+            dir: st.dir.clone(),
+            durability: st.durability,
+            retention,
+            min_free_bytes: st.min_free_mb.saturating_mul(1 << 20),
+            max_skew,
+            jwt_secret,
+            anonymous,
+        })
+    }
+
+    /// The effective configuration as TOML, secrets redacted.
+    pub fn effective_toml(&self, s: &Settings) -> String {
+        let mut c = self.clone();
+        c.auth.anonymous = Some(s.anonymous);
+        if c.auth.jwt_secret.is_some() {
+            c.auth.jwt_secret = Some("<redacted>".into());
+        }
+        toml::to_string(&c).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+/// "500ms", "10s", "5m", "24h", "30d" (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like \"10s\", \"24h\" or \"30d\""))?;
+    let ms = match unit {
+        "ms" => n,
+        "" | "s" => n * 1000,
+        "m" => n * 60_000,
+        "h" => n * 3_600_000,
+        "d" => n * 86_400_000,
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit {unit:?} (use ms, s, m, h or d)"
+            ))
+        }
+    };
+    Ok(Duration::from_millis(ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_to_loopback_write() {
+        let s = Config::default().validate().unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:7070");
+        assert_eq!(s.anonymous, Anonymous::Write);
+        assert_eq!(s.retention, Some(Duration::from_secs(30 * 86400)));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::parse("[server]\nlisten_addr = \"x\"\n", "t").unwrap_err();
+        assert!(e.to_string().contains("listen_addr"), "{e}");
+    }
+
+    #[test]
+    fn public_listener_needs_a_secret() {
+        let mut c = Config::default();
+        c.server.listen = "0.0.0.0:7070".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("auth.jwt_secret"), "{e}");
+        c.auth.jwt_secret = Some("0123456789abcdef0123".into());
+        assert_eq!(c.validate().unwrap().anonymous, Anonymous::None);
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("3w").is_err());
+    }
+}

@@ -1,0 +1,104 @@
+//! Client protocols. Each dialect parses its messages, calls the engine and
+//! renders replies; what they share (admission, connection accounting,
+//! socket limits) lives here.
+
+pub mod native;
+
+use crate::auth::Grant;
+use crate::engine::{ConnLink, ConnSignal, Delivery};
+use crate::server::AppState;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::http::{HeaderMap, StatusCode};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// Render-cache slots, one per dialect that renders committed changes.
+pub const SLOT_NATIVE: usize = 0;
+
+/// Seconds since the epoch, for token expiry.
+pub fn now_s() -> u64 {
+    crate::engine::now_ms() / 1000
+}
+
+/// The token from `Authorization: Bearer …` or `?token=`.
+pub fn token_from(headers: &HeaderMap, query: &HashMap<String, String>) -> Option<String> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_string())
+        .or_else(|| query.get("token").cloned())
+}
+
+/// Admission at the handshake: a refused connection gets HTTP 401 (bad or
+/// missing token) or 503 (connection limit) before any upgrade.
+pub fn admit(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Result<Grant, (StatusCode, String)> {
+    let m = &state.engine.metrics;
+    if m.connections.load(Relaxed) as usize >= state.settings.max_connections {
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "connection limit reached\n".into(),
+        ));
+    }
+    let token = token_from(headers, query);
+    state.auth.admit(token.as_deref(), now_s()).map_err(|e| {
+        m.auth_failures.fetch_add(1, Relaxed);
+        (StatusCode::UNAUTHORIZED, format!("unauthorized: {e}\n"))
+    })
+}
+
+/// Socket limits. Messages up to `max_frame_bytes` are served; larger ones,
+/// up to four times that, are read and answered with error 413 so the
+/// connection survives; beyond that the socket is closed (1009).
+pub fn limit(ws: WebSocketUpgrade, state: &AppState) -> WebSocketUpgrade {
+    let hard = state.settings.max_frame_bytes.saturating_mul(4);
+    ws.max_message_size(hard).max_frame_size(hard)
+}
+
+/// One connection's accounting and fan-out link. Dropping it unregisters
+/// every subscription of the connection and updates the gauges.
+pub struct ConnCtx {
+    pub state: Arc<AppState>,
+    pub id: u64,
+    pub link: ConnLink,
+    pub rx: mpsc::Receiver<Delivery>,
+    pub signal: Arc<ConnSignal>,
+    _track: crate::server::ConnToken,
+}
+
+impl ConnCtx {
+    pub fn new(state: Arc<AppState>) -> ConnCtx {
+        let id = state.engine.next_conn_id();
+        let (tx, rx) = mpsc::channel(state.settings.queue_depth);
+        let signal = Arc::new(ConnSignal::default());
+        let m = &state.engine.metrics;
+        m.connections.fetch_add(1, Relaxed);
+        m.connections_total.fetch_add(1, Relaxed);
+        let track = state.conns.enter();
+        ConnCtx {
+            link: ConnLink {
+                conn: id,
+                tx,
+                signal: signal.clone(),
+            },
+            state,
+            id,
+            rx,
+            signal,
+            _track: track,
+        }
+    }
+}
+
+impl Drop for ConnCtx {
+    fn drop(&mut self) {
+        self.state.engine.drop_conn(self.id);
+        self.state.engine.metrics.connections.fetch_sub(1, Relaxed);
+    }
+}

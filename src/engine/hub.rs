@@ -1,0 +1,219 @@
+//! Fan-out: the live subscriber registry.
+//!
+//! The writer thread calls `committed` after each durable commit, holding the
+//! hub lock while it records the new last seq and `try_send`s into each
+//! subscriber's bounded queue. A subscriber registers under the same lock and
+//! learns that last seq, so its catch-up (read from the log up to that seq) and
+//! its live stream (everything after it) meet with no gap and no duplicate.
+//! A full queue never blocks the writer: the subscription is dropped and its
+//! connection is told to resync from the last seq it delivered.
+
+use super::{Delivery, Event};
+use crate::metrics::Metrics;
+use crate::store::{CommitSink, Committed};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, Notify};
+
+/// Shared between a connection and the hub: how the hub tells the connection
+/// that one of its subscriptions was dropped for lagging.
+#[derive(Default)]
+pub struct ConnSignal {
+    pub notify: Notify,
+    lagged: Mutex<Vec<u64>>,
+}
+
+impl ConnSignal {
+    /// Subscription ids dropped since the last call.
+    pub fn take_lagged(&self) -> Vec<u64> {
+        self.lagged
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default()
+    }
+}
+
+/// A connection's side of the fan-out: its queue and its signal.
+#[derive(Clone)]
+pub struct ConnLink {
+    pub conn: u64,
+    pub tx: mpsc::Sender<Delivery>,
+    pub signal: Arc<ConnSignal>,
+}
+
+/// What a subscription wants to see.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    /// Only these collections (all when None).
+    pub collections: Option<HashSet<String>>,
+    /// Also receive ephemeral events of the space.
+    pub events: bool,
+}
+
+impl Filter {
+    pub fn wants(&self, collection: &str) -> bool {
+        self.collections
+            .as_ref()
+            .is_none_or(|c| c.contains(collection))
+    }
+}
+
+struct Sub {
+    id: u64,
+    link: ConnLink,
+    filter: Filter,
+}
+
+#[derive(Default)]
+struct State {
+    last_seq: u64,
+    next_id: u64,
+    spaces: HashMap<String, Vec<Sub>>,
+}
+
+pub struct Hub {
+    state: Mutex<State>,
+    metrics: Arc<Metrics>,
+}
+
+impl Hub {
+    pub fn new(metrics: Arc<Metrics>, last_seq: u64) -> Self {
+        Hub {
+            state: Mutex::new(State {
+                last_seq,
+                next_id: 1,
+                spaces: HashMap::new(),
+            }),
+            metrics,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this lock would be a bug in fan-out; the
+        // registry itself stays consistent, so keep serving.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn set_last_seq(&self, seq: u64) {
+        self.lock().last_seq = seq;
+    }
+
+    /// Highest seq already handed to fan-out.
+    pub fn last_seq(&self) -> u64 {
+        self.lock().last_seq
+    }
+
+    /// Register a live subscription; returns its id and the last committed
+    /// seq at registration: live deliveries start right after it.
+    pub fn register(&self, space: &str, link: ConnLink, filter: Filter) -> (u64, u64) {
+        let mut st = self.lock();
+        let id = st.next_id;
+        st.next_id += 1;
+        let last = st.last_seq;
+        st.spaces
+            .entry(space.to_string())
+            .or_default()
+            .push(Sub { id, link, filter });
+        (id, last)
+    }
+
+    pub fn unregister(&self, space: &str, id: u64) {
+        let mut st = self.lock();
+        if let Some(subs) = st.spaces.get_mut(space) {
+            subs.retain(|s| s.id != id);
+            if subs.is_empty() {
+                st.spaces.remove(space);
+            }
+        }
+    }
+
+    /// Remove every subscription of a connection (on disconnect).
+    pub fn unregister_conn(&self, conn: u64) {
+        let mut st = self.lock();
+        st.spaces.retain(|_, subs| {
+            subs.retain(|s| s.link.conn != conn);
+            !subs.is_empty()
+        });
+    }
+
+    /// Number of live subscriptions per space.
+    pub fn subscriber_counts(&self) -> Vec<(String, usize)> {
+        let st = self.lock();
+        st.spaces
+            .iter()
+            .map(|(k, v)| (k.clone(), v.len()))
+            .collect()
+    }
+
+    /// Fan an ephemeral event out; full queues drop the event (best effort),
+    /// not the subscription.
+    pub fn publish(&self, event: Arc<Event>) -> usize {
+        let mut st = self.lock();
+        let mut sent = 0;
+        if let Some(subs) = st.spaces.get_mut(&event.space) {
+            subs.retain(|s| {
+                if !s.filter.events || Some(s.link.conn) == event.source {
+                    return true;
+                }
+                match s.link.tx.try_send(Delivery::Event {
+                    sub: s.id,
+                    event: event.clone(),
+                }) {
+                    Ok(()) => {
+                        sent += 1;
+                        true
+                    }
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        self.metrics.events_dropped.fetch_add(1, Relaxed);
+                        true
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => false,
+                }
+            });
+        }
+        self.metrics.deliveries.fetch_add(sent as u64, Relaxed);
+        sent
+    }
+}
+
+impl CommitSink for Hub {
+    fn committed(&self, last_seq: u64, batch: Vec<Arc<Committed>>) {
+        let mut st = self.lock();
+        st.last_seq = last_seq;
+        let mut sent = 0u64;
+        for item in batch {
+            let space = item.entry.change.space.as_str();
+            let Some(subs) = st.spaces.get_mut(space) else {
+                continue;
+            };
+            subs.retain(|s| {
+                if !s.filter.wants(&item.entry.change.collection) {
+                    return true;
+                }
+                match s.link.tx.try_send(Delivery::Change {
+                    sub: s.id,
+                    item: item.clone(),
+                }) {
+                    Ok(()) => {
+                        sent += 1;
+                        true
+                    }
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        self.metrics.queue_drops.fetch_add(1, Relaxed);
+                        if let Ok(mut l) = s.link.signal.lagged.lock() {
+                            l.push(s.id);
+                        }
+                        s.link.signal.notify.notify_one();
+                        false
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => false,
+                }
+            });
+            if subs.is_empty() {
+                st.spaces.remove(space);
+            }
+        }
+        self.metrics.deliveries.fetch_add(sent, Relaxed);
+    }
+}

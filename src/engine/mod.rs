@@ -1,0 +1,513 @@
+//! The engine: the one place that applies changes, serves catch-up, and fans
+//! out. Every dialect is a thin adapter over these calls.
+
+mod hub;
+mod validate;
+
+pub use hub::{ConnLink, ConnSignal, Filter, Hub};
+pub use validate::{validate_write, Limits};
+
+use crate::metrics::Metrics;
+use crate::model::{Change, NodeId, VersionVector};
+use crate::store::{
+    Committed, Durability, Job, LocalWrite, LogEntry, Outcome, Store, StoreError, StoreOptions,
+    StoredEntity,
+};
+use axum::extract::ws::Utf8Bytes;
+use serde_json::Value;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::task::JoinHandle;
+
+/// Errors the engine reports to its callers (dialects map them to codes).
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the client went away")]
+    ClientGone,
+}
+
+impl EngineError {
+    /// The HTTP-like status code used in error messages.
+    pub fn code(&self) -> u16 {
+        match self {
+            EngineError::Invalid(_) => 400,
+            EngineError::Store(StoreError::DiskFull { .. }) => 507,
+            EngineError::Store(StoreError::Closed) => 503,
+            EngineError::Store(_) => 500,
+            EngineError::ClientGone => 499,
+        }
+    }
+}
+
+/// Frames rendered once per committed change and shared by every
+/// subscriber of the same dialect (slot = dialect index).
+#[derive(Debug, Default)]
+pub struct RenderCache([OnceLock<Utf8Bytes>; 8]);
+
+impl RenderCache {
+    pub fn get_or(&self, slot: usize, render: impl FnOnce() -> String) -> Utf8Bytes {
+        self.0[slot % 8].get_or_init(|| render().into()).clone()
+    }
+}
+
+/// An ephemeral event: fanned out live, never stored.
+#[derive(Debug)]
+pub struct Event {
+    pub space: String,
+    pub topic: String,
+    pub payload: Value,
+    pub source: Option<u64>,
+    pub actor: String,
+    pub rendered: RenderCache,
+}
+
+/// What arrives in a connection's queue.
+#[derive(Debug)]
+pub enum Delivery {
+    Change { sub: u64, item: Arc<Committed> },
+    Event { sub: u64, event: Arc<Event> },
+}
+
+/// Items a subscription emits before it goes live.
+pub enum CatchUp {
+    /// The log was trimmed past the requested seq: current entity states.
+    Snapshot {
+        collection: String,
+        id: String,
+        entity: StoredEntity,
+    },
+    Change(Arc<Committed>),
+}
+
+pub struct EngineSettings {
+    pub dir: PathBuf,
+    pub durability: Durability,
+    /// Log entries older than this are trimmed (None: keep forever).
+    pub retention: Option<Duration>,
+    pub limits: Limits,
+    pub max_skew_ms: u64,
+    pub min_free_bytes: u64,
+}
+
+pub struct Engine {
+    store: Store,
+    hub: Arc<Hub>,
+    pub metrics: Arc<Metrics>,
+    pub limits: Limits,
+    started: Instant,
+    next_conn: AtomicU64,
+    retention: Option<Duration>,
+    /// Cursors that retention must not trim past (e.g. the upstream's).
+    pins: Mutex<Vec<String>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// A subscription being brought up to date; see `Engine::next_page`.
+pub struct Subscription {
+    pub space: String,
+    filter: Filter,
+    link: Option<ConnLink>,
+    cursor: u64,
+    upto: Option<u64>,
+    phase: Phase,
+    /// Set once registered for live delivery.
+    pub id: Option<u64>,
+}
+
+impl Subscription {
+    /// The seq the catch-up reached (meaningful once `next_page` is None).
+    pub fn reached(&self) -> u64 {
+        self.cursor
+    }
+}
+
+enum Phase {
+    Snapshot {
+        after: Option<(String, String)>,
+        base: u64,
+    },
+    Backlog,
+    Seam,
+    Live,
+}
+
+/// Catch-up page size: bounds memory per subscribing connection.
+const PAGE: usize = 256;
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Engine {
+    pub fn open(s: EngineSettings, metrics: Arc<Metrics>) -> Result<Arc<Engine>, EngineError> {
+        // The hub needs the last seq, which only the store knows; it starts at
+        // 0 and the store's first commit report sets it. Until then, catch-up
+        // reads up to the store's own last seq (see `subscribe`).
+        let hub = Arc::new(Hub::new(metrics.clone(), 0));
+        let store = Store::open(
+            StoreOptions {
+                dir: s.dir,
+                durability: s.durability,
+                queue: 1024,
+                min_free_bytes: s.min_free_bytes,
+                max_skew_ms: s.max_skew_ms,
+            },
+            metrics.clone(),
+            hub.clone(),
+        )?;
+        hub.set_last_seq(store.last_seq());
+        Ok(Arc::new(Engine {
+            store,
+            hub,
+            metrics,
+            limits: s.limits,
+            started: Instant::now(),
+            next_conn: AtomicU64::new(1),
+            retention: s.retention,
+            pins: Mutex::new(Vec::new()),
+            tasks: Mutex::new(Vec::new()),
+        }))
+    }
+
+    /// Start background maintenance (log retention). The handle is kept and
+    /// aborted by `shutdown`.
+    pub fn start_maintenance(self: &Arc<Self>) {
+        let Some(keep) = self.retention else { return };
+        let weak = Arc::downgrade(self);
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                let Some(engine) = weak.upgrade() else { return };
+                if let Err(e) = engine.trim(keep).await {
+                    tracing::warn!(error = %e, "log retention pass failed");
+                }
+            }
+        });
+        self.own(task);
+    }
+
+    /// Keep a spawned task's handle so shutdown can stop it.
+    pub fn own(&self, task: JoinHandle<()>) {
+        if let Ok(mut t) = self.tasks.lock() {
+            t.retain(|h| !h.is_finished());
+            t.push(task);
+        }
+    }
+
+    /// One retention pass: trim log entries older than `keep`, never past a
+    /// pinned cursor. Returns how many went.
+    pub async fn trim(&self, keep: Duration) -> Result<u64, EngineError> {
+        let older_than_ms = now_ms().saturating_sub(keep.as_millis() as u64);
+        let pins = self.pins.lock().map(|p| p.clone()).unwrap_or_default();
+        let mut keep_from = u64::MAX;
+        for p in pins {
+            keep_from = keep_from.min(self.store.cursor(&p)? + 1);
+        }
+        let mut total = 0;
+        loop {
+            let n = self
+                .store
+                .submit(|reply| Job::Trim {
+                    older_than_ms,
+                    keep_from,
+                    max: 10_000,
+                    reply,
+                })
+                .await?;
+            total += n;
+            if n < 10_000 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Retention never trims past this cursor (the log is its outbound queue).
+    pub fn pin_cursor(&self, name: &str) {
+        if let Ok(mut p) = self.pins.lock() {
+            if !p.iter().any(|x| x == name) {
+                p.push(name.to_string());
+            }
+        }
+    }
+
+    /// Stop background tasks, then let the writer drain and flush.
+    pub fn shutdown(&self) {
+        if let Ok(mut t) = self.tasks.lock() {
+            for h in t.drain(..) {
+                h.abort();
+            }
+        }
+        self.store.close();
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.store.node_id()
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Relaxed)
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    pub fn last_seq(&self) -> u64 {
+        self.store.last_seq()
+    }
+
+    /// Apply local writes (validated here); answers after the durable commit.
+    pub async fn push(
+        &self,
+        space: &str,
+        actor: &str,
+        source: Option<u64>,
+        writes: Vec<LocalWrite>,
+    ) -> Result<Vec<Outcome>, EngineError> {
+        validate::validate_name("space", space)?;
+        if writes.is_empty() {
+            return Ok(vec![]);
+        }
+        if writes.len() > self.limits.max_batch {
+            return Err(EngineError::Invalid(format!(
+                "changes: a batch holds at most {} changes, got {}",
+                self.limits.max_batch,
+                writes.len()
+            )));
+        }
+        for (i, w) in writes.iter().enumerate() {
+            validate_write(&self.limits, w)
+                .map_err(|e| EngineError::Invalid(format!("changes[{i}].{e}")))?;
+        }
+        self.metrics.pushes.fetch_add(1, Relaxed);
+        let n = writes.len() as u64;
+        let out = self
+            .store
+            .submit(|reply| Job::Local {
+                space: space.to_string(),
+                actor: actor.to_string(),
+                source,
+                writes,
+                reply,
+            })
+            .await?;
+        self.metrics.changes_written.fetch_add(n, Relaxed);
+        Ok(out)
+    }
+
+    /// Apply changes that carry their identity (peers, upstream).
+    pub async fn apply_remote(
+        &self,
+        changes: Vec<Change>,
+        source: Option<u64>,
+    ) -> Result<Vec<Outcome>, EngineError> {
+        Ok(self
+            .store
+            .submit(|reply| Job::Remote {
+                changes,
+                source,
+                reply,
+            })
+            .await?)
+    }
+
+    pub async fn set_cursor(&self, name: &str, seq: u64) -> Result<(), EngineError> {
+        let name = name.to_string();
+        Ok(self
+            .store
+            .submit(|reply| Job::SetCursor { name, seq, reply })
+            .await?)
+    }
+
+    pub fn cursor(&self, name: &str) -> Result<u64, EngineError> {
+        Ok(self.store.cursor(name)?)
+    }
+
+    /// Publish an ephemeral event to the space's live subscribers.
+    pub fn publish(
+        &self,
+        space: &str,
+        topic: &str,
+        payload: Value,
+        actor: &str,
+        source: Option<u64>,
+    ) {
+        self.metrics.events_published.fetch_add(1, Relaxed);
+        self.hub.publish(Arc::new(Event {
+            space: space.to_string(),
+            topic: topic.to_string(),
+            payload,
+            source,
+            actor: actor.to_string(),
+            rendered: RenderCache::default(),
+        }));
+    }
+
+    /// Start subscribing `link` to `space` from `since` (exclusive). Pull the
+    /// catch-up with `next_page` until it returns None: by then the
+    /// subscription is live, with no gap or duplicate at the seam.
+    pub fn start_subscription(
+        &self,
+        space: &str,
+        since: u64,
+        filter: Filter,
+        link: ConnLink,
+    ) -> Result<Subscription, EngineError> {
+        validate::validate_name("space", space)?;
+        let horizon = self.store.horizon();
+        let phase = if since.saturating_add(1) < horizon {
+            // Changes after `since` were trimmed: current state first.
+            Phase::Snapshot {
+                after: None,
+                base: horizon - 1,
+            }
+        } else {
+            Phase::Backlog
+        };
+        Ok(Subscription {
+            space: space.to_string(),
+            filter,
+            link: Some(link),
+            cursor: since,
+            phase,
+            id: None,
+            upto: None,
+        })
+    }
+
+    /// The next catch-up page, or None once the subscription is live.
+    pub fn next_page(&self, sub: &mut Subscription) -> Result<Option<Vec<CatchUp>>, EngineError> {
+        let mut out = Vec::new();
+        if let Phase::Snapshot { after, base } = &mut sub.phase {
+            let page = self.store.entities(
+                &sub.space,
+                None,
+                after.as_ref().map(|(c, i)| (c.as_str(), i.as_str())),
+                PAGE,
+            )?;
+            let short = page.len() < PAGE;
+            if let Some((c, i, _)) = page.last() {
+                *after = Some((c.clone(), i.clone()));
+            }
+            if short {
+                sub.cursor = *base;
+                sub.phase = Phase::Backlog;
+            }
+            for (collection, id, entity) in page {
+                if sub.filter.wants(&collection) {
+                    out.push(CatchUp::Snapshot {
+                        collection,
+                        id,
+                        entity,
+                    });
+                }
+            }
+            return Ok(Some(out));
+        }
+        if matches!(sub.phase, Phase::Live) {
+            return Ok(None);
+        }
+        // Backlog: bounded by the hub's last seq, since everything up to it
+        // is committed and visible and nothing after it can also arrive live.
+        // Unregistered, so a long history does not fill the live queue.
+        let upto = *sub.upto.get_or_insert_with(|| self.hub.last_seq());
+        let page = self.store.space_log(&sub.space, sub.cursor, upto, PAGE)?;
+        let short = page.len() < PAGE;
+        for (seq, entry) in page {
+            sub.cursor = seq;
+            if sub.filter.wants(&entry.change.collection) {
+                out.push(CatchUp::Change(Arc::new(Committed {
+                    seq,
+                    entry,
+                    after: None,
+                    source: None,
+                    rendered: RenderCache::default(),
+                })));
+            }
+        }
+        if short {
+            if matches!(sub.phase, Phase::Backlog) {
+                // Register, then read the seam: what was committed meanwhile.
+                let link = sub.link.take().ok_or(EngineError::ClientGone)?;
+                let (id, live_from) = self.hub.register(&sub.space, link, sub.filter.clone());
+                sub.id = Some(id);
+                sub.upto = Some(live_from);
+                sub.phase = Phase::Seam;
+            } else {
+                sub.cursor = sub.cursor.max(upto);
+                sub.phase = Phase::Live;
+            }
+        }
+        Ok(Some(out))
+    }
+
+    pub fn unsubscribe(&self, space: &str, id: u64) {
+        self.hub.unregister(space, id);
+    }
+
+    pub fn drop_conn(&self, conn: u64) {
+        self.hub.unregister_conn(conn);
+    }
+
+    pub fn entity(
+        &self,
+        space: &str,
+        collection: &str,
+        id: &str,
+    ) -> Result<Option<StoredEntity>, EngineError> {
+        Ok(self.store.entity(space, collection, id)?)
+    }
+
+    pub fn entities(
+        &self,
+        space: &str,
+        collection: Option<&str>,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Result<Vec<(String, String, StoredEntity)>, EngineError> {
+        Ok(self.store.entities(space, collection, after, limit)?)
+    }
+
+    pub fn space_log(
+        &self,
+        space: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, LogEntry)>, EngineError> {
+        Ok(self.store.space_log(space, after, u64::MAX, limit)?)
+    }
+
+    pub fn log_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, LogEntry)>, EngineError> {
+        Ok(self.store.log_after(after, limit)?)
+    }
+
+    pub fn version_vector(&self) -> Result<VersionVector, EngineError> {
+        Ok(self.store.version_vector()?)
+    }
+
+    pub fn spaces(&self) -> Result<Vec<(String, u64)>, EngineError> {
+        Ok(self.store.spaces()?)
+    }
+
+    pub fn log_len(&self) -> Result<u64, EngineError> {
+        Ok(self.store.log_len()?)
+    }
+
+    pub fn horizon(&self) -> u64 {
+        self.store.horizon()
+    }
+}

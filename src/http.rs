@@ -1,0 +1,86 @@
+//! The axum router: dialect endpoints plus health, metrics and status.
+
+use crate::dialect::native;
+use crate::server::AppState;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/ws", get(native::upgrade))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/v1/status", get(status))
+        .with_state(state)
+}
+
+/// 200 while the store accepts reads; 503 once shutting down.
+async fn healthz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    if *state.shutdown.borrow() {
+        return (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "shutting down\n",
+        );
+    }
+    match state.engine.log_len() {
+        Ok(_) => (axum::http::StatusCode::OK, "ok\n"),
+        Err(_) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "store unavailable\n",
+        ),
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let e = &state.engine;
+    let log_len = e.log_len().unwrap_or(0) as f64;
+    let subs: usize = e.hub().subscriber_counts().iter().map(|(_, n)| n).sum();
+    let extra = [
+        ("outpost_log_entries", "changes held in the log", log_len),
+        (
+            "outpost_last_seq",
+            "highest committed local seq",
+            e.last_seq() as f64,
+        ),
+        ("outpost_subscriptions", "live subscriptions", subs as f64),
+        (
+            "outpost_uptime_seconds",
+            "seconds since start",
+            e.uptime().as_secs_f64(),
+        ),
+    ];
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        e.metrics.render(&extra),
+    )
+}
+
+async fn status(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let e = &state.engine;
+    let subs: std::collections::HashMap<String, usize> =
+        e.hub().subscriber_counts().into_iter().collect();
+    let spaces: Vec<_> = e
+        .spaces()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(name, changes)| json!({"name": name, "changes": changes, "subscribers": subs.get(&name).copied().unwrap_or(0)}))
+        .collect();
+    Json(json!({
+        "node_id": e.node_id().to_string(),
+        "version": crate::VERSION,
+        "uptime_s": e.uptime().as_secs(),
+        "listen": state.settings.listen.to_string(),
+        "clients": e.metrics.connections.load(Relaxed),
+        "spaces": spaces,
+        "log": {"entries": e.log_len().unwrap_or(0), "last_seq": e.last_seq(), "horizon": e.horizon()},
+        "version_vector": e.version_vector().unwrap_or_default().iter()
+            .map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        "durability": state.settings.durability,
+    }))
+}

@@ -1,0 +1,26 @@
+//! outpost: an edge sync relay.
+//!
+//! Module map (outside in):
+//! - [`config`]: the TOML file, validated into [`config::Settings`].
+//! - [`server`]: binds the listener, runs the HTTP router, handles shutdown.
+//! - [`http`]: the axum router: health, metrics, status, and the dialect routes.
+//! - [`dialect`]: one module per client protocol, each a thin adapter
+//!   (parse, call the engine, render). `native` is outpost's own.
+//! - [`auth`]: HS256 JWTs and scopes.
+//! - [`engine`]: apply, subscribe (catch-up then live), fan-out, events.
+//! - [`store`]: redb tables and the group-commit writer thread.
+//! - [`model`]: stamps, changes, entity state and its CRDT merge (pure).
+//! - [`metrics`]: counters rendered for Prometheus.
+
+pub mod auth;
+pub mod config;
+pub mod dialect;
+pub mod engine;
+pub mod http;
+pub mod metrics;
+pub mod model;
+pub mod server;
+pub mod store;
+
+/// The relay's version, reported in welcome messages and status.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

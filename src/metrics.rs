@@ -1,0 +1,161 @@
+//! Process-wide counters, rendered in the Prometheus text format.
+//!
+//! Plain atomics: the hot paths (fan-out, commit) only do relaxed adds.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the commit latency histogram buckets.
+const COMMIT_BUCKETS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+#[derive(Default)]
+pub struct Metrics {
+    pub connections: AtomicU64,
+    pub connections_total: AtomicU64,
+    pub pushes: AtomicU64,
+    pub changes_written: AtomicU64,
+    pub acks: AtomicU64,
+    pub deliveries: AtomicU64,
+    pub queue_drops: AtomicU64,
+    pub resyncs: AtomicU64,
+    pub events_published: AtomicU64,
+    pub events_dropped: AtomicU64,
+    pub errors_sent: AtomicU64,
+    pub auth_failures: AtomicU64,
+    pub commit_failures: AtomicU64,
+    pub commits: AtomicU64,
+    commit_buckets: [AtomicU64; COMMIT_BUCKETS.len()],
+    commit_sum_us: AtomicU64,
+    pub commit_changes: AtomicU64,
+}
+
+impl Metrics {
+    pub fn observe_commit(&self, took: Duration, changes: usize) {
+        let secs = took.as_secs_f64();
+        for (i, le) in COMMIT_BUCKETS.iter().enumerate() {
+            if secs <= *le {
+                self.commit_buckets[i].fetch_add(1, Relaxed);
+            }
+        }
+        self.commits.fetch_add(1, Relaxed);
+        self.commit_sum_us
+            .fetch_add(took.as_micros() as u64, Relaxed);
+        self.commit_changes.fetch_add(changes as u64, Relaxed);
+    }
+
+    /// Prometheus text exposition. `extra` holds gauges read at scrape time.
+    pub fn render(&self, extra: &[(&str, &str, f64)]) -> String {
+        let mut s = String::with_capacity(4096);
+        let counters: [(&str, &str, &AtomicU64); 14] = [
+            (
+                "outpost_connections_total",
+                "WebSocket connections accepted",
+                &self.connections_total,
+            ),
+            (
+                "outpost_pushes_total",
+                "push requests received",
+                &self.pushes,
+            ),
+            (
+                "outpost_changes_written_total",
+                "changes committed from local clients",
+                &self.changes_written,
+            ),
+            (
+                "outpost_acks_total",
+                "push acks sent after a durable commit",
+                &self.acks,
+            ),
+            (
+                "outpost_deliveries_total",
+                "messages queued to subscribers by fan-out",
+                &self.deliveries,
+            ),
+            (
+                "outpost_queue_drops_total",
+                "subscriptions dropped because their queue was full",
+                &self.queue_drops,
+            ),
+            (
+                "outpost_resyncs_total",
+                "resync notices sent to lagging subscribers",
+                &self.resyncs,
+            ),
+            (
+                "outpost_events_published_total",
+                "ephemeral events published",
+                &self.events_published,
+            ),
+            (
+                "outpost_events_dropped_total",
+                "ephemeral events dropped at a full queue",
+                &self.events_dropped,
+            ),
+            (
+                "outpost_errors_sent_total",
+                "error messages sent to clients",
+                &self.errors_sent,
+            ),
+            (
+                "outpost_auth_failures_total",
+                "handshakes refused for a missing or bad token",
+                &self.auth_failures,
+            ),
+            (
+                "outpost_commit_failures_total",
+                "group commits that failed",
+                &self.commit_failures,
+            ),
+            (
+                "outpost_store_commits_total",
+                "group commits made",
+                &self.commits,
+            ),
+            (
+                "outpost_store_committed_changes_total",
+                "changes committed (all sources)",
+                &self.commit_changes,
+            ),
+        ];
+        for (name, help, v) in counters {
+            let _ = writeln!(
+                s,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "# HELP outpost_connections open WebSocket connections\n# TYPE outpost_connections gauge\noutpost_connections {}",
+            self.connections.load(Relaxed)
+        );
+        let name = "outpost_store_commit_seconds";
+        let _ = writeln!(
+            s,
+            "# HELP {name} group commit latency (transaction + fsync)\n# TYPE {name} histogram"
+        );
+        for (i, le) in COMMIT_BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "{name}_bucket{{le=\"{le}\"}} {}",
+                self.commit_buckets[i].load(Relaxed)
+            );
+        }
+        let count = self.commits.load(Relaxed);
+        let _ = writeln!(s, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            s,
+            "{name}_sum {}",
+            self.commit_sum_us.load(Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(s, "{name}_count {count}");
+        for (name, help, v) in extra {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        }
+        s
+    }
+}

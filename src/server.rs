@@ -1,0 +1,175 @@
+//! Running the relay: bind, serve, and shut down gracefully.
+//!
+//! Shutdown order (SIGTERM/SIGINT): stop accepting; tell every connection
+//! (they finish in-flight commits and close with 1001); wait for them up to
+//! `server.shutdown_grace`; then stop the engine, which drains and flushes
+//! the writer.
+
+use crate::auth::Auth;
+use crate::config::Settings;
+use crate::engine::{Engine, EngineError, EngineSettings, Limits};
+use crate::metrics::Metrics;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("server failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Everything a handler needs, shared by all connections.
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    pub auth: Auth,
+    pub settings: Settings,
+    /// Flips to true when shutdown starts.
+    pub shutdown: watch::Receiver<bool>,
+    pub conns: ConnTracker,
+}
+
+/// Counts live connection actors so shutdown can wait for them.
+#[derive(Default)]
+pub struct ConnTracker {
+    live: Arc<(AtomicUsize, Notify)>,
+}
+
+/// Held by a connection actor; dropping it marks the actor finished.
+pub struct ConnToken(Arc<(AtomicUsize, Notify)>);
+
+impl ConnTracker {
+    pub fn enter(&self) -> ConnToken {
+        self.live.0.fetch_add(1, Ordering::AcqRel);
+        ConnToken(self.live.clone())
+    }
+
+    pub fn live(&self) -> usize {
+        self.live.0.load(Ordering::Acquire)
+    }
+
+    async fn idle(&self) {
+        loop {
+            let notified = self.live.1.notified();
+            if self.live() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for ConnToken {
+    fn drop(&mut self) {
+        if self.0 .0.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0 .1.notify_waiters();
+        }
+    }
+}
+
+/// A running relay.
+pub struct Relay {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    stop: watch::Sender<bool>,
+    serve: JoinHandle<std::io::Result<()>>,
+}
+
+impl Relay {
+    /// Open the store and bind the listener (port 0 picks a free port).
+    pub async fn start(settings: Settings) -> Result<Relay, ServerError> {
+        let metrics = Arc::new(Metrics::default());
+        let engine = Engine::open(
+            EngineSettings {
+                dir: settings.dir.clone(),
+                durability: settings.durability,
+                retention: settings.retention,
+                limits: Limits::default(),
+                max_skew_ms: settings.max_skew.as_millis() as u64,
+                min_free_bytes: settings.min_free_bytes,
+            },
+            metrics,
+        )?;
+        engine.start_maintenance();
+        let listener = tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: settings.listen,
+                source,
+            })?;
+        let addr = listener.local_addr()?;
+        let (stop, shutdown) = watch::channel(false);
+        let state = Arc::new(AppState {
+            engine,
+            auth: Auth::new(settings.jwt_secret.as_deref(), settings.anonymous),
+            settings,
+            shutdown,
+            conns: ConnTracker::default(),
+        });
+        let app = crate::http::router(state.clone());
+        let mut rx = state.shutdown.clone();
+        let serve = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await
+        });
+        Ok(Relay {
+            addr,
+            state,
+            stop,
+            serve,
+        })
+    }
+
+    /// Graceful stop: see the module doc for the order.
+    pub async fn shutdown(self) -> Result<(), ServerError> {
+        let _ = self.stop.send(true);
+        let grace = self.state.settings.shutdown_grace;
+        if tokio::time::timeout(grace, self.state.conns.idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = self.state.conns.live(),
+                "connections still open after the shutdown grace period"
+            );
+        }
+        match tokio::time::timeout(grace, self.serve).await {
+            Ok(Ok(r)) => r?,
+            Ok(Err(e)) => tracing::error!(error = %e, "http server task failed"),
+            Err(_) => tracing::warn!("http server did not stop within the grace period"),
+        }
+        let engine = self.state.engine.clone();
+        tokio::task::spawn_blocking(move || engine.shutdown())
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok(())
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn terminate_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,438 @@
+//! Durable storage in one redb file: the only module that touches redb.
+//!
+//! Reads run on the caller's thread against an MVCC snapshot. All writes go
+//! through one writer thread (`writer.rs`) that batches concurrent requests
+//! into one transaction, so one fsync acknowledges many writes.
+
+mod tables;
+mod writer;
+
+pub use tables::SCHEMA_VERSION;
+pub use writer::{CommitSink, Job, LocalWrite, Outcome, OutcomeKind};
+
+use crate::metrics::Metrics;
+use crate::model::{Change, EntityState, NodeId, VersionVector};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use tables::*;
+use tokio::sync::{mpsc, oneshot};
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage error: {0}")]
+    Db(#[from] redb::Error),
+    #[error("cannot create data dir {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("data file has schema version {found}, this build supports up to {supported}: upgrade outpost or restore a backup")]
+    SchemaTooNew { found: u32, supported: u32 },
+    #[error("encoding a stored value failed: {0}")]
+    Encode(String),
+    #[error("a stored value is corrupt: {0}")]
+    Decode(String),
+    #[error("the store is shutting down")]
+    Closed,
+    #[error("the data disk is nearly full ({free_bytes} bytes free): writes are refused until space is freed")]
+    DiskFull { free_bytes: u64 },
+}
+
+macro_rules! redb_errors {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self { StoreError::Db(e.into()) }
+        }
+    )*};
+}
+redb_errors!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// `immediate`: every acknowledged commit is fsynced. `relaxed`: commits are
+/// made durable at most `RELAXED_FLUSH` later; a crash can lose that window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    Immediate,
+    Relaxed,
+}
+
+pub struct StoreOptions {
+    pub dir: PathBuf,
+    pub durability: Durability,
+    /// Bound on queued write jobs; callers wait (backpressure) when it is full.
+    pub queue: usize,
+    /// Refuse writes when the disk has less than this many bytes free.
+    pub min_free_bytes: u64,
+    /// Largest tolerated clock skew of client-supplied edit times.
+    pub max_skew_ms: u64,
+}
+
+/// A log record: the change plus what the local merge made of it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LogEntry {
+    pub change: Change,
+    /// Local commit time (ms since the epoch), for retention.
+    pub at_ms: u64,
+    /// The entity's version after this change (count of changes applied).
+    pub version: u64,
+    /// Whether the entity did not exist before this change.
+    pub created: bool,
+}
+
+/// A committed change as handed to fan-out and catch-up.
+#[derive(Debug)]
+pub struct Committed {
+    pub seq: u64,
+    pub entry: LogEntry,
+    /// The entity after the merge (live fan-out only; catch-up reads None).
+    pub after: Option<EntityView>,
+    /// The connection that wrote it, so dialects can skip echoing it back.
+    pub source: Option<u64>,
+    /// Rendered frames, made once per dialect and shared by all subscribers.
+    pub rendered: crate::engine::RenderCache,
+}
+
+/// An entity as readers see it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EntityView {
+    pub exists: bool,
+    pub fields: serde_json::Map<String, serde_json::Value>,
+}
+
+/// An entity as stored: the CRDT state plus local bookkeeping.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StoredEntity {
+    pub state: EntityState,
+    pub version: u64,
+    /// Local seq of the newest change that touched it.
+    pub seq: u64,
+}
+
+impl StoredEntity {
+    pub fn view(&self) -> EntityView {
+        EntityView {
+            exists: self.state.exists(),
+            fields: self.state.visible(),
+        }
+    }
+}
+
+pub struct Store {
+    db: Arc<Database>,
+    node: NodeId,
+    /// Taken (dropped) by `close` so the writer sees the queue end.
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    last_seq: Arc<AtomicU64>,
+    horizon: Arc<AtomicU64>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Open (or create) `outpost.redb` in `opts.dir`, check its schema,
+    /// and start the writer thread, which reports commits to `sink`.
+    pub fn open(
+        opts: StoreOptions,
+        metrics: Arc<Metrics>,
+        sink: Arc<dyn CommitSink>,
+    ) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(&opts.dir).map_err(|source| StoreError::Dir {
+            path: opts.dir.clone(),
+            source,
+        })?;
+        let path = opts.dir.join("outpost.redb");
+        let db = Database::create(&path)?;
+        let (node, last_seq, horizon, hlc) = init_tables(&db)?;
+        let db = Arc::new(db);
+        let last_seq = Arc::new(AtomicU64::new(last_seq));
+        let horizon = Arc::new(AtomicU64::new(horizon));
+        let (tx, rx) = mpsc::channel(opts.queue.max(1));
+        let w = writer::Writer::new(
+            db.clone(),
+            node,
+            hlc,
+            opts,
+            metrics,
+            sink,
+            last_seq.clone(),
+            horizon.clone(),
+        );
+        let thread = std::thread::Builder::new()
+            .name("outpost-writer".into())
+            .spawn(move || w.run(rx))
+            .map_err(|source| StoreError::Dir {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(Store {
+            db,
+            node,
+            jobs: Mutex::new(Some(tx)),
+            last_seq,
+            horizon,
+            thread: Mutex::new(Some(thread)),
+            path,
+        })
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.node
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Highest committed local seq.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq.load(Ordering::Acquire)
+    }
+
+    /// Lowest local seq still in the log (1 until retention trims).
+    pub fn horizon(&self) -> u64 {
+        self.horizon.load(Ordering::Acquire)
+    }
+
+    /// Queue a job for the writer; waits while the queue is full.
+    pub async fn submit<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Job,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let jobs = self
+            .jobs
+            .lock()
+            .ok()
+            .and_then(|j| j.clone())
+            .ok_or(StoreError::Closed)?;
+        jobs.send(make(tx)).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Stop taking jobs, let the writer finish what is queued, and wait for it.
+    pub fn close(&self) {
+        // Dropping the sender ends the writer loop once the queue is drained;
+        // in-flight `submit`s hold short-lived clones and finish first.
+        if let Ok(mut j) = self.jobs.lock() {
+            j.take();
+        }
+        let handle = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+
+    /// Changes of `space` with local seq in `(after, upto]`, at most `limit`.
+    pub fn space_log(
+        &self,
+        space: &str,
+        after: u64,
+        upto: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, LogEntry)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let idx = tx.open_table(SPACE_LOG)?;
+        let log = tx.open_table(LOG)?;
+        let mut out = Vec::new();
+        for row in idx.range((space, after.saturating_add(1))..=(space, upto))? {
+            let (k, _) = row?;
+            let seq = k.value().1;
+            if let Some(v) = log.get(seq)? {
+                out.push((seq, decode(v.value())?));
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The whole log after `after` (all spaces), for replication.
+    pub fn log_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, LogEntry)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let log = tx.open_table(LOG)?;
+        let mut out = Vec::new();
+        for row in log.range(after.saturating_add(1)..)? {
+            let (k, v) = row?;
+            out.push((k.value(), decode(v.value())?));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn entity(
+        &self,
+        space: &str,
+        collection: &str,
+        id: &str,
+    ) -> Result<Option<StoredEntity>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(ENTITY)?;
+        let v = t.get((space, collection, id))?;
+        v.map(|v| decode(v.value())).transpose()
+    }
+
+    /// Entities of a space (optionally one collection), in key order, after
+    /// the `(collection, id)` cursor, at most `limit`. Returns the txn's last
+    /// seq too, so a snapshot can be followed by the log from there.
+    pub fn entities(
+        &self,
+        space: &str,
+        collection: Option<&str>,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Result<Vec<(String, String, StoredEntity)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(ENTITY)?;
+        let lo = match (after, collection) {
+            (Some((c, i)), _) => (space, c, i),
+            (None, Some(c)) => (space, c, ""),
+            (None, None) => (space, "", ""),
+        };
+        let mut out = Vec::new();
+        for row in t.range(lo..)? {
+            let (k, v) = row?;
+            let (s, c, i) = k.value();
+            if s != space || collection.is_some_and(|want| want != c) {
+                break;
+            }
+            if after.is_some_and(|(ac, ai)| (ac, ai) == (c, i)) {
+                continue;
+            }
+            out.push((c.to_string(), i.to_string(), decode(v.value())?));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn version_vector(&self) -> Result<VersionVector, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(VV)?;
+        let mut vv = VersionVector::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            vv.insert(NodeId(k.value()), v.value());
+        }
+        Ok(vv)
+    }
+
+    pub fn cursor(&self, name: &str) -> Result<u64, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(CURSORS)?;
+        Ok(t.get(name)?.map(|v| v.value()).unwrap_or(0))
+    }
+
+    /// Spaces with the number of changes applied in each.
+    pub fn spaces(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(SPACES)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            out.push((k.value().to_string(), v.value()));
+        }
+        Ok(out)
+    }
+
+    /// Number of changes currently held in the log.
+    pub fn log_len(&self) -> Result<u64, StoreError> {
+        let tx = self.db.begin_read()?;
+        Ok(tx.open_table(LOG)?.len()?)
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Create missing tables, check the schema, load or make the node id.
+fn init_tables(db: &Database) -> Result<(NodeId, u64, u64, crate::model::Hlc), StoreError> {
+    let tx = db.begin_write()?;
+    let out;
+    {
+        let mut meta = tx.open_table(META)?;
+        let found = meta
+            .get(META_SCHEMA)?
+            .map(|v| u32_from(v.value()))
+            .unwrap_or(0);
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew {
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        meta.insert(META_SCHEMA, SCHEMA_VERSION.to_le_bytes().as_slice())?;
+        let existing = meta.get(META_NODE)?.map(|v| u64_from(v.value()));
+        let node = match existing {
+            Some(n) => NodeId(n),
+            None => {
+                let n = random_node_id()?;
+                meta.insert(META_NODE, n.0.to_le_bytes().as_slice())?;
+                n
+            }
+        };
+        let last = meta
+            .get(META_LAST_SEQ)?
+            .map(|v| u64_from(v.value()))
+            .unwrap_or(0);
+        let horizon = meta
+            .get(META_HORIZON)?
+            .map(|v| u64_from(v.value()))
+            .unwrap_or(1);
+        let hlc = match meta.get(META_HLC)? {
+            Some(v) => decode(v.value())?,
+            None => crate::model::Hlc::new(node),
+        };
+        let _ = &hlc;
+        out = (node, last, horizon, hlc);
+    }
+    tx.open_table(LOG)?;
+    tx.open_table(IDENT)?;
+    tx.open_table(VV)?;
+    tx.open_table(ENTITY)?;
+    tx.open_table(SPACE_LOG)?;
+    tx.open_table(SPACES)?;
+    tx.open_table(CURSORS)?;
+    tx.commit()?;
+    Ok(out)
+}
+
+fn random_node_id() -> Result<NodeId, StoreError> {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 8];
+    ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .map_err(|_| StoreError::Encode("no system randomness for the node id".into()))?;
+    Ok(NodeId(u64::from_le_bytes(b)))
+}
+
+fn u64_from(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    let n = b.len().min(8);
+    a[..n].copy_from_slice(&b[..n]);
+    u64::from_le_bytes(a)
+}
+
+fn u32_from(b: &[u8]) -> u32 {
+    let mut a = [0u8; 4];
+    let n = b.len().min(4);
+    a[..n].copy_from_slice(&b[..n]);
+    u32::from_le_bytes(a)
+}

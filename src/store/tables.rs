@@ -1,0 +1,44 @@
+//! redb table definitions and the MessagePack codec for stored values.
+//!
+//! Stored structs are encoded positionally (rmp-serde arrays); any change to
+//! their shape bumps `SCHEMA_VERSION` so an old binary refuses a newer file.
+
+use super::StoreError;
+use redb::TableDefinition;
+use serde::{de::DeserializeOwned, Serialize};
+
+/// Bump when a table or stored struct changes shape.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Small typed values: schema version, node id, clock, counters.
+pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// The change log, keyed by local seq. It is also the outbound queue: every
+/// destination keeps a cursor into it instead of a copy.
+pub const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+/// (origin node, origin seq) -> local seq: the change identity index.
+pub const IDENT: TableDefinition<(u64, u64), u64> = TableDefinition::new("ident");
+/// origin node -> highest contiguous origin seq held.
+pub const VV: TableDefinition<u64, u64> = TableDefinition::new("version_vector");
+/// (space, collection, id) -> merged entity state.
+pub const ENTITY: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("entity");
+/// (space, local seq): the per-space index into the log for catch-up.
+pub const SPACE_LOG: TableDefinition<(&str, u64), ()> = TableDefinition::new("space_log");
+/// space -> number of changes ever applied in it.
+pub const SPACES: TableDefinition<&str, u64> = TableDefinition::new("spaces");
+/// destination name -> local seq it has durably acked (peers, upstream).
+pub const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cursors");
+
+pub const META_SCHEMA: &str = "schema_version";
+pub const META_NODE: &str = "node_id";
+pub const META_HLC: &str = "hlc";
+pub const META_LAST_SEQ: &str = "last_seq";
+/// Lowest local seq still in the log; below it, catch-up needs a snapshot.
+pub const META_HORIZON: &str = "log_horizon";
+
+pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    rmp_serde::to_vec(v).map_err(|e| StoreError::Encode(e.to_string()))
+}
+
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    rmp_serde::from_slice(bytes).map_err(|e| StoreError::Decode(e.to_string()))
+}

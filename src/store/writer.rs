@@ -1,0 +1,493 @@
+//! The single writer: group commit on a dedicated thread.
+//!
+//! Jobs queue on a bounded channel. The writer takes one, then every job
+//! already waiting (up to `MAX_GROUP`), applies them all in one redb
+//! transaction, commits once (one fsync), reports the committed changes to
+//! the sink in seq order, and only then answers each job. So an ack always
+//! follows a durable commit, and fan-out order equals commit order.
+
+use super::tables::*;
+use super::{Committed, Durability, LogEntry, StoreError, StoreOptions, StoredEntity};
+use crate::metrics::Metrics;
+use crate::model::{Change, Conflict, Hlc, NodeId, Op, Stamp};
+use redb::{Database, ReadableTable};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot};
+
+/// Most jobs folded into one transaction.
+const MAX_GROUP: usize = 512;
+/// With relaxed durability, force an fsync at least this often.
+const RELAXED_FLUSH: Duration = Duration::from_secs(1);
+
+/// Receives every commit, in order, on the writer thread. It must not block:
+/// fan-out only `try_send`s into bounded queues.
+pub trait CommitSink: Send + Sync {
+    fn committed(&self, last_seq: u64, batch: Vec<Arc<Committed>>);
+}
+
+/// A write from a local client: the writer assigns stamp, origin and seq.
+#[derive(Clone, Debug)]
+pub struct LocalWrite {
+    pub collection: String,
+    pub id: String,
+    pub op: Op,
+    pub fields: BTreeMap<String, Value>,
+    /// The client's own edit time (ms since the epoch), if it sent one.
+    pub client_ms: Option<u64>,
+}
+
+pub type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+pub enum Job {
+    Local {
+        space: String,
+        actor: String,
+        source: Option<u64>,
+        writes: Vec<LocalWrite>,
+        reply: Reply<Vec<Outcome>>,
+    },
+    /// Changes that already have an identity (from a peer or the upstream).
+    Remote {
+        changes: Vec<Change>,
+        source: Option<u64>,
+        reply: Reply<Vec<Outcome>>,
+    },
+    SetCursor {
+        name: String,
+        seq: u64,
+        reply: Reply<()>,
+    },
+    /// Drop log entries committed before `older_than_ms` and below
+    /// `keep_from`, at most `max`; answers how many went.
+    Trim {
+        older_than_ms: u64,
+        keep_from: u64,
+        max: usize,
+        reply: Reply<u64>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutcomeKind {
+    Applied,
+    /// Already held (same origin and origin seq): nothing changed.
+    Duplicate,
+    /// The origin seq skips ahead of what is held; the sender must resend
+    /// from our version vector.
+    Gap,
+}
+
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub kind: OutcomeKind,
+    /// Local seq (0 unless applied).
+    pub seq: u64,
+    pub origin: NodeId,
+    pub origin_seq: u64,
+    pub stamp: Stamp,
+    pub version: u64,
+    pub conflicts: Vec<Conflict>,
+}
+
+enum Done {
+    Outcomes(Reply<Vec<Outcome>>, Vec<Outcome>),
+    Unit(Reply<()>),
+    Count(Reply<u64>, u64),
+}
+
+impl Done {
+    fn send(self) {
+        // A dropped receiver means the client went away; the write stands.
+        match self {
+            Done::Outcomes(r, v) => drop(r.send(Ok(v))),
+            Done::Unit(r) => drop(r.send(Ok(()))),
+            Done::Count(r, n) => drop(r.send(Ok(n))),
+        }
+    }
+
+    fn fail(self, msg: &str, disk_full: Option<u64>) {
+        let err = || match disk_full {
+            Some(free_bytes) => StoreError::DiskFull { free_bytes },
+            None => StoreError::Encode(format!("commit failed: {msg}")),
+        };
+        match self {
+            Done::Outcomes(r, _) => drop(r.send(Err(err()))),
+            Done::Unit(r) => drop(r.send(Err(err()))),
+            Done::Count(r, _) => drop(r.send(Err(err()))),
+        }
+    }
+}
+
+pub struct Writer {
+    db: Arc<Database>,
+    node: NodeId,
+    hlc: Hlc,
+    opts: StoreOptions,
+    metrics: Arc<Metrics>,
+    sink: Arc<dyn CommitSink>,
+    last_seq: Arc<AtomicU64>,
+    horizon: Arc<AtomicU64>,
+    last_fsync: Instant,
+    dirty: bool,
+}
+
+struct Tables<'t> {
+    meta: redb::Table<'t, &'static str, &'static [u8]>,
+    log: redb::Table<'t, u64, &'static [u8]>,
+    ident: redb::Table<'t, (u64, u64), u64>,
+    vv: redb::Table<'t, u64, u64>,
+    entity: redb::Table<'t, (&'static str, &'static str, &'static str), &'static [u8]>,
+    space_log: redb::Table<'t, (&'static str, u64), ()>,
+    spaces: redb::Table<'t, &'static str, u64>,
+    cursors: redb::Table<'t, &'static str, u64>,
+}
+
+impl<'t> Tables<'t> {
+    fn open(tx: &'t redb::WriteTransaction) -> Result<Self, StoreError> {
+        Ok(Tables {
+            meta: tx.open_table(META)?,
+            log: tx.open_table(LOG)?,
+            ident: tx.open_table(IDENT)?,
+            vv: tx.open_table(VV)?,
+            entity: tx.open_table(ENTITY)?,
+            space_log: tx.open_table(SPACE_LOG)?,
+            spaces: tx.open_table(SPACES)?,
+            cursors: tx.open_table(CURSORS)?,
+        })
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Writer {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        db: Arc<Database>,
+        node: NodeId,
+        hlc: Hlc,
+        opts: StoreOptions,
+        metrics: Arc<Metrics>,
+        sink: Arc<dyn CommitSink>,
+        last_seq: Arc<AtomicU64>,
+        horizon: Arc<AtomicU64>,
+    ) -> Self {
+        Writer {
+            db,
+            node,
+            hlc,
+            opts,
+            metrics,
+            sink,
+            last_seq,
+            horizon,
+            last_fsync: Instant::now(),
+            dirty: false,
+        }
+    }
+
+    pub fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut jobs = vec![first];
+            while jobs.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
+                }
+            }
+            self.group(jobs);
+        }
+        // Queue closed: make relaxed commits durable before exit.
+        if self.dirty {
+            if let Err(e) = self.flush() {
+                tracing::error!(error = %e, "final flush failed");
+            }
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), StoreError> {
+        let mut tx = self.db.begin_write()?;
+        let _ = tx.set_durability(redb::Durability::Immediate);
+        tx.commit()?;
+        self.dirty = false;
+        self.last_fsync = Instant::now();
+        Ok(())
+    }
+
+    fn free_bytes(&self) -> Option<u64> {
+        free_disk_bytes(&self.opts.dir)
+    }
+
+    fn group(&mut self, jobs: Vec<Job>) {
+        let started = Instant::now();
+        let low_disk = self.free_bytes().filter(|&f| f < self.opts.min_free_bytes);
+        let first_seq = self.last_seq.load(Ordering::Acquire);
+        let mut seq = first_seq;
+        let mut done = Vec::with_capacity(jobs.len());
+        let mut committed = Vec::new();
+        let mut refused = Vec::new();
+        let result = (|| -> Result<(), StoreError> {
+            let mut tx = self.db.begin_write()?;
+            let immediate = self.opts.durability == Durability::Immediate
+                || self.last_fsync.elapsed() >= RELAXED_FLUSH;
+            let _ = tx.set_durability(if immediate {
+                redb::Durability::Immediate
+            } else {
+                redb::Durability::None
+            });
+            {
+                let mut t = Tables::open(&tx)?;
+                let at_ms = now_ms();
+                for job in jobs {
+                    match job {
+                        Job::Local {
+                            space,
+                            actor,
+                            source,
+                            writes,
+                            reply,
+                        } => {
+                            if low_disk.is_some() {
+                                refused.push(Done::Outcomes(reply, vec![]));
+                                continue;
+                            }
+                            let mut outs = Vec::with_capacity(writes.len());
+                            for w in writes {
+                                let origin_seq =
+                                    t.vv.get(self.node.0)?.map(|v| v.value()).unwrap_or(0) + 1;
+                                let stamp = match w.client_ms {
+                                    Some(ms) => {
+                                        self.hlc.at_client_time(ms, at_ms, self.opts.max_skew_ms)
+                                    }
+                                    None => self.hlc.now(at_ms),
+                                };
+                                let change = Change {
+                                    space: space.clone(),
+                                    collection: w.collection,
+                                    id: w.id,
+                                    op: w.op,
+                                    fields: w.fields,
+                                    stamp,
+                                    origin: self.node,
+                                    seq: origin_seq,
+                                    actor: actor.clone(),
+                                };
+                                outs.push(self.apply(
+                                    &mut t,
+                                    change,
+                                    source,
+                                    at_ms,
+                                    &mut seq,
+                                    &mut committed,
+                                )?);
+                            }
+                            done.push(Done::Outcomes(reply, outs));
+                        }
+                        Job::Remote {
+                            changes,
+                            source,
+                            reply,
+                        } => {
+                            if low_disk.is_some() {
+                                refused.push(Done::Outcomes(reply, vec![]));
+                                continue;
+                            }
+                            let mut outs = Vec::with_capacity(changes.len());
+                            for c in changes {
+                                self.hlc.observe(c.stamp, at_ms, self.opts.max_skew_ms);
+                                outs.push(self.apply(
+                                    &mut t,
+                                    c,
+                                    source,
+                                    at_ms,
+                                    &mut seq,
+                                    &mut committed,
+                                )?);
+                            }
+                            done.push(Done::Outcomes(reply, outs));
+                        }
+                        Job::SetCursor {
+                            name,
+                            seq: s,
+                            reply,
+                        } => {
+                            t.cursors.insert(name.as_str(), s)?;
+                            done.push(Done::Unit(reply));
+                        }
+                        Job::Trim {
+                            older_than_ms,
+                            keep_from,
+                            max,
+                            reply,
+                        } => {
+                            let n = self.trim(&mut t, older_than_ms, keep_from, max, seq)?;
+                            done.push(Done::Count(reply, n));
+                        }
+                    }
+                }
+                t.meta.insert(META_LAST_SEQ, seq.to_le_bytes().as_slice())?;
+                t.meta.insert(META_HLC, encode(&self.hlc)?.as_slice())?;
+            }
+            tx.commit()?;
+            if immediate {
+                self.last_fsync = Instant::now();
+                self.dirty = false;
+            } else {
+                self.dirty = true;
+            }
+            Ok(())
+        })();
+        for r in refused {
+            r.fail("disk full", low_disk);
+        }
+        match result {
+            Ok(()) => {
+                self.metrics
+                    .observe_commit(started.elapsed(), committed.len());
+                self.last_seq.store(seq, Ordering::Release);
+                if !committed.is_empty() {
+                    self.sink.committed(seq, committed);
+                }
+                for d in done {
+                    d.send();
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "group commit failed; every job in it is refused");
+                self.metrics.commit_failures.fetch_add(1, Ordering::Relaxed);
+                let msg = e.to_string();
+                for d in done {
+                    d.fail(&msg, None);
+                }
+            }
+        }
+    }
+
+    fn apply(
+        &mut self,
+        t: &mut Tables<'_>,
+        change: Change,
+        source: Option<u64>,
+        at_ms: u64,
+        seq: &mut u64,
+        committed: &mut Vec<Arc<Committed>>,
+    ) -> Result<Outcome, StoreError> {
+        let held = t.vv.get(change.origin.0)?.map(|v| v.value()).unwrap_or(0);
+        let mut out = Outcome {
+            kind: OutcomeKind::Applied,
+            seq: 0,
+            origin: change.origin,
+            origin_seq: change.seq,
+            stamp: change.stamp,
+            version: 0,
+            conflicts: vec![],
+        };
+        if change.seq <= held || t.ident.get((change.origin.0, change.seq))?.is_some() {
+            out.kind = OutcomeKind::Duplicate;
+            return Ok(out);
+        }
+        if change.seq > held + 1 {
+            out.kind = OutcomeKind::Gap;
+            return Ok(out);
+        }
+        let key = (
+            change.space.as_str(),
+            change.collection.as_str(),
+            change.id.as_str(),
+        );
+        let mut ent: StoredEntity = match t.entity.get(key)? {
+            Some(v) => decode(v.value())?,
+            None => StoredEntity::default(),
+        };
+        let existed = ent.state.exists();
+        out.conflicts = ent.state.apply(&change);
+        *seq += 1;
+        ent.version += 1;
+        ent.seq = *seq;
+        out.seq = *seq;
+        out.version = ent.version;
+        t.entity.insert(key, encode(&ent)?.as_slice())?;
+        let count = t
+            .spaces
+            .get(change.space.as_str())?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        t.spaces.insert(change.space.as_str(), count + 1)?;
+        t.space_log.insert((change.space.as_str(), *seq), ())?;
+        t.ident.insert((change.origin.0, change.seq), *seq)?;
+        t.vv.insert(change.origin.0, change.seq)?;
+        let entry = LogEntry {
+            created: !existed && ent.state.exists(),
+            change,
+            at_ms,
+            version: ent.version,
+        };
+        t.log.insert(*seq, encode(&entry)?.as_slice())?;
+        committed.push(Arc::new(Committed {
+            seq: *seq,
+            entry,
+            after: Some(ent.view()),
+            source,
+            rendered: Default::default(),
+        }));
+        Ok(out)
+    }
+
+    fn trim(
+        &mut self,
+        t: &mut Tables<'_>,
+        older_than_ms: u64,
+        keep_from: u64,
+        max: usize,
+        last_seq: u64,
+    ) -> Result<u64, StoreError> {
+        let mut doomed = Vec::new();
+        for row in t.log.range(0u64..keep_from)? {
+            let (k, v) = row?;
+            let entry: LogEntry = decode(v.value())?;
+            if entry.at_ms >= older_than_ms || doomed.len() >= max {
+                break;
+            }
+            doomed.push((
+                k.value(),
+                entry.change.space,
+                entry.change.origin,
+                entry.change.seq,
+            ));
+        }
+        for (seq, space, origin, oseq) in &doomed {
+            t.log.remove(*seq)?;
+            t.space_log.remove((space.as_str(), *seq))?;
+            t.ident.remove((origin.0, *oseq))?;
+        }
+        let horizon = match t.log.first()? {
+            Some((k, _)) => k.value(),
+            None => last_seq + 1,
+        };
+        t.meta
+            .insert(META_HORIZON, horizon.to_le_bytes().as_slice())?;
+        self.horizon.store(horizon, Ordering::Release);
+        Ok(doomed.len() as u64)
+    }
+}
+
+/// Free bytes on the file system holding `dir` (None if it can't be read).
+fn free_disk_bytes(dir: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `s` a valid out-pointer.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut s) };
+    if rc != 0 {
+        return None;
+    }
+    Some((s.f_bavail as u64).saturating_mul(s.f_frsize as u64))
+}
