@@ -112,3 +112,37 @@ async fn acked_writes_survive_sigkill() {
     // writes that were sent can be there.
     assert!(held.iter().all(|id| id.starts_with('r')));
 }
+
+/// Relaxed durability acknowledges before the fsync but syncs within a
+/// second even when the relay goes idle: writes acked more than that
+/// before a SIGKILL are all there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relaxed_durability_syncs_an_idle_relay_within_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cfg = dir.path().join("relaxed.toml");
+    std::fs::write(&cfg, "[storage]\ndurability = \"relaxed\"\n").unwrap();
+    let args = [
+        "serve",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--data",
+        data.to_str().unwrap(),
+    ];
+    let mut relay = Proc::spawn(&args);
+    let mut c = Client::native(relay.addr).await;
+    for n in 0..50 {
+        let ack = c
+            .put("crash", &format!("relaxed-{n}"), json!({"n": n}))
+            .await;
+        assert_eq!(ack["type"], "ack");
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    relay.kill9();
+    let relay = Proc::spawn(&args);
+    let held = stored_ids(relay.addr).await;
+    let want: BTreeSet<String> = (0..50).map(|n| format!("relaxed-{n}")).collect();
+    assert_eq!(held, want);
+}

@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 fn history() -> impl Strategy<Value = Vec<Change>> {
     let one = (
         0u8..3,                                                  // op
-        0u64..50,                                                // wall ms: small, so ties are common
-        1u64..4,                                                 // node
+        0u64..50, // wall ms: small, so ties are common
+        1u64..4,  // node
         proptest::collection::btree_map("[a-d]", value(), 0..4), // fields
     );
     proptest::collection::vec(one, 1..24).prop_map(|raw| {

@@ -136,7 +136,31 @@ pub struct Store {
     last_seq: Arc<AtomicU64>,
     horizon: Arc<AtomicU64>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Relaxed durability only: asks the writer to fsync once a second.
+    ticker: Mutex<Option<JoinHandle<()>>>,
     path: PathBuf,
+}
+
+/// The relaxed-durability flush ticker. It holds only a weak sender, so it
+/// never keeps the writer alive; it ends once the store's queue is gone.
+fn spawn_ticker(jobs: mpsc::WeakSender<Job>, path: &Path) -> Result<JoinHandle<()>, StoreError> {
+    std::thread::Builder::new()
+        .name("outpost-flush".into())
+        .spawn(move || loop {
+            std::thread::park_timeout(writer::RELAXED_FLUSH);
+            match jobs.upgrade() {
+                // A full queue means the writer is busy committing, and its
+                // commits fsync on their own once the interval has passed.
+                Some(tx) => {
+                    let _ = tx.try_send(Job::Flush);
+                }
+                None => return,
+            }
+        })
+        .map_err(|source| StoreError::Dir {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 impl Store {
@@ -158,6 +182,10 @@ impl Store {
         let last_seq = Arc::new(AtomicU64::new(last_seq));
         let horizon = Arc::new(AtomicU64::new(horizon));
         let (tx, rx) = mpsc::channel(opts.queue.max(1));
+        let ticker = match opts.durability {
+            Durability::Relaxed => Some(spawn_ticker(tx.downgrade(), &path)?),
+            Durability::Immediate => None,
+        };
         let w = writer::Writer::new(
             db.clone(),
             node,
@@ -182,6 +210,7 @@ impl Store {
             last_seq,
             horizon,
             thread: Mutex::new(Some(thread)),
+            ticker: Mutex::new(ticker),
             path,
         })
     }
@@ -229,6 +258,12 @@ impl Store {
         }
         let handle = self.thread.lock().ok().and_then(|mut t| t.take());
         if let Some(h) = handle {
+            let _ = h.join();
+        }
+        // The ticker sees the queue gone at its next wake-up; wake it now.
+        let ticker = self.ticker.lock().ok().and_then(|mut t| t.take());
+        if let Some(h) = ticker {
+            h.thread().unpark();
             let _ = h.join();
         }
     }

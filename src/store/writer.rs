@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 /// Most jobs folded into one transaction.
 const MAX_GROUP: usize = 512;
 /// With relaxed durability, force an fsync at least this often.
-const RELAXED_FLUSH: Duration = Duration::from_secs(1);
+pub const RELAXED_FLUSH: Duration = Duration::from_secs(1);
 
 /// Receives every commit, in order, on the writer thread. It must not block:
 /// fan-out only `try_send`s into bounded queues.
@@ -69,6 +69,10 @@ pub enum Job {
         max: usize,
         reply: Reply<u64>,
     },
+    /// With relaxed durability: make earlier commits durable if they are
+    /// not yet (sent by the store's flush ticker, so an idle relay does not
+    /// keep acknowledged writes unsynced for long).
+    Flush,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -203,7 +207,17 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.group(jobs);
+            let flush = jobs.iter().any(|j| matches!(j, Job::Flush));
+            jobs.retain(|j| !matches!(j, Job::Flush));
+            if !jobs.is_empty() {
+                self.group(jobs);
+            }
+            if flush && self.dirty && self.last_fsync.elapsed() >= RELAXED_FLUSH {
+                if let Err(e) = self.flush() {
+                    tracing::error!(error = %e, "relaxed flush failed");
+                    self.metrics.commit_failures.fetch_add(1, Ordering::Relaxed);
+                }
+            }
         }
         // Queue closed: make relaxed commits durable before exit.
         if self.dirty {
@@ -331,6 +345,7 @@ impl Writer {
                             let n = self.trim(&mut t, older_than_ms, keep_from, max, seq)?;
                             done.push(Done::Count(reply, n));
                         }
+                        Job::Flush => {}
                     }
                 }
                 t.meta.insert(META_LAST_SEQ, seq.to_le_bytes().as_slice())?;
