@@ -80,6 +80,8 @@ pub struct Storage {
     pub retention: String,
     /// Refuse writes when the data disk has less free space than this (MiB).
     pub min_free_mb: u64,
+    /// redb page cache (MiB). Bounds the store's share of memory.
+    pub cache_mb: u64,
     /// Client edit times further ahead than this are clamped.
     pub max_clock_skew: String,
 }
@@ -91,6 +93,7 @@ impl Default for Storage {
             durability: Durability::Immediate,
             retention: "30d".into(),
             min_free_mb: 64,
+            cache_mb: 16,
             max_clock_skew: "60s".into(),
         }
     }
@@ -154,6 +157,7 @@ pub struct Settings {
     pub durability: Durability,
     pub retention: Option<Duration>,
     pub min_free_bytes: u64,
+    pub cache_bytes: usize,
     pub max_skew: Duration,
     pub jwt_secret: Option<Vec<u8>>,
     pub anonymous: Anonymous,
@@ -262,6 +266,7 @@ impl Config {
             durability: st.durability,
             retention,
             min_free_bytes: st.min_free_mb.saturating_mul(1 << 20),
+            cache_bytes: (st.cache_mb.max(1) as usize).saturating_mul(1 << 20),
             max_skew,
             jwt_secret,
             anonymous,

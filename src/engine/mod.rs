@@ -93,6 +93,7 @@ pub struct EngineSettings {
     pub limits: Limits,
     pub max_skew_ms: u64,
     pub min_free_bytes: u64,
+    pub cache_bytes: usize,
 }
 
 pub struct Engine {
@@ -159,6 +160,7 @@ impl Engine {
                 durability: s.durability,
                 queue: 1024,
                 min_free_bytes: s.min_free_bytes,
+                cache_bytes: s.cache_bytes,
                 max_skew_ms: s.max_skew_ms,
             },
             metrics.clone(),

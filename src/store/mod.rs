@@ -74,6 +74,8 @@ pub struct StoreOptions {
     pub queue: usize,
     /// Refuse writes when the disk has less than this many bytes free.
     pub min_free_bytes: u64,
+    /// redb's page cache size (its default, 1 GiB, is too much for a Pi).
+    pub cache_bytes: usize,
     /// Largest tolerated clock skew of client-supplied edit times.
     pub max_skew_ms: u64,
 }
@@ -176,7 +178,9 @@ impl Store {
             source,
         })?;
         let path = opts.dir.join("outpost.redb");
-        let db = Database::create(&path)?;
+        let db = Database::builder()
+            .set_cache_size(opts.cache_bytes)
+            .create(&path)?;
         let (node, last_seq, horizon, hlc) = init_tables(&db)?;
         let db = Arc::new(db);
         let last_seq = Arc::new(AtomicU64::new(last_seq));
