@@ -342,3 +342,18 @@ async fn shutdown_closes_sockets_with_1001() {
     assert_eq!(code, Some(1001));
     stop.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn since_beyond_the_log_starts_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start(config(dir.path())).await;
+    let mut a = Client::native(relay.addr).await;
+    a.put("home", "n1", json!({"n": 1})).await;
+    a.put("home", "n2", json!({"n": 2})).await;
+    let mut b = Client::native(relay.addr).await;
+    let (backlog, synced) = b.subscribe("home", 1000).await;
+    let ids: Vec<_> = backlog.iter().map(|v| v["id"].clone()).collect();
+    assert_eq!(ids, vec![json!("n1"), json!("n2")]);
+    assert_eq!(synced["seq"], 2);
+    relay.shutdown().await.unwrap();
+}

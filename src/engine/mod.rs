@@ -370,6 +370,14 @@ impl Engine {
         link: ConnLink,
     ) -> Result<Subscription, EngineError> {
         validate::validate_name("space", space)?;
+        // A resume point beyond anything this relay committed comes from
+        // another history (another relay, or a wiped data dir): skipping
+        // until seqs catch up would silently lose changes, so start over.
+        let since = if since > self.store.last_seq() {
+            0
+        } else {
+            since
+        };
         let horizon = self.store.horizon();
         let phase = if since.saturating_add(1) < horizon {
             // Changes after `since` were trimmed: current state first.
