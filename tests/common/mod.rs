@@ -41,7 +41,16 @@ impl Proc {
     /// Start `outpost serve` with the given extra arguments and wait for the
     /// "listening on" line.
     pub fn spawn(args: &[&str]) -> Proc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        Proc::spawn_in(None, args)
+    }
+
+    /// As `spawn`, in working directory `cwd`.
+    pub fn spawn_in(cwd: Option<&Path>, args: &[&str]) -> Proc {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_outpost"));
+        if let Some(dir) = cwd {
+            cmd.current_dir(dir);
+        }
+        let mut child = cmd
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -95,6 +104,19 @@ impl Drop for Proc {
             self.kill9();
         }
     }
+}
+
+/// Run the binary to completion: (exit code, stdout, stderr).
+pub fn run_cli(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args(args)
+        .output()
+        .expect("run outpost");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 pub fn rss_kib(pid: u32) -> u64 {
