@@ -86,7 +86,7 @@ pub struct Relay {
 
 impl Relay {
     /// Open the store and bind the listener (port 0 picks a free port).
-    pub async fn start(settings: Settings) -> Result<Relay, ServerError> {
+    pub async fn start(mut settings: Settings) -> Result<Relay, ServerError> {
         let metrics = Arc::new(Metrics::default());
         let engine = Engine::open(
             EngineSettings {
@@ -108,6 +108,8 @@ impl Relay {
                 source,
             })?;
         let addr = listener.local_addr()?;
+        // Report the bound address (port 0 picks one) wherever it is shown.
+        settings.listen = addr;
         let (stop, shutdown) = watch::channel(false);
         let state = Arc::new(AppState {
             engine,
@@ -136,8 +138,9 @@ impl Relay {
     /// Graceful stop: see the module doc for the order.
     pub async fn shutdown(self) -> Result<(), ServerError> {
         let _ = self.stop.send(true);
-        let grace = self.state.settings.shutdown_grace;
-        if tokio::time::timeout(grace, self.state.conns.idle())
+        // One grace period in all, not one per step.
+        let deadline = tokio::time::Instant::now() + self.state.settings.shutdown_grace;
+        if tokio::time::timeout_at(deadline, self.state.conns.idle())
             .await
             .is_err()
         {
@@ -146,10 +149,14 @@ impl Relay {
                 "connections still open after the shutdown grace period"
             );
         }
-        match tokio::time::timeout(grace, self.serve).await {
+        let mut serve = self.serve;
+        match tokio::time::timeout_at(deadline, &mut serve).await {
             Ok(Ok(r)) => r?,
             Ok(Err(e)) => tracing::error!(error = %e, "http server task failed"),
-            Err(_) => tracing::warn!("http server did not stop within the grace period"),
+            Err(_) => {
+                tracing::warn!("http server did not stop within the grace period");
+                serve.abort();
+            }
         }
         let engine = self.state.engine.clone();
         tokio::task::spawn_blocking(move || engine.shutdown())

@@ -205,6 +205,22 @@ async fn bad_input_gets_errors_and_the_connection_keeps_working() {
     let (_, body) = http_get(relay.addr, "/v1/status").await;
     let st: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(st["log"]["last_seq"], 0);
+
+    // Beyond four times the limit the relay stops reading: close 1009.
+    c.send_raw(Message::Text("x".repeat(4 * 4096 + 1).into()))
+        .await;
+    let close = loop {
+        match tokio::time::timeout(WAIT, futures_util::StreamExt::next(&mut c.ws)).await {
+            Ok(Some(Ok(Message::Close(f)))) => break f,
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(u16::from(close.expect("close frame").code), 1009);
+    // Other connections are unaffected.
+    let mut d = Client::native(relay.addr).await;
+    d.send(json!({"type": "ping", "rid": 1})).await;
+    assert_eq!(d.recv().await["type"], "pong");
     relay.shutdown().await.unwrap();
 }
 
@@ -321,6 +337,7 @@ async fn http_endpoints() {
     );
     assert_eq!(st["node_id"].as_str().unwrap().len(), 16);
     assert!(st["uptime_s"].is_u64());
+    assert_eq!(st["listen"], relay.addr.to_string(), "the bound address");
     relay.shutdown().await.unwrap();
 }
 

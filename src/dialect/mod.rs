@@ -7,7 +7,7 @@ pub mod native;
 use crate::auth::Grant;
 use crate::engine::{ConnLink, ConnSignal, Delivery};
 use crate::server::AppState;
-use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -59,6 +59,24 @@ pub fn admit(
 pub fn limit(ws: WebSocketUpgrade, state: &AppState) -> WebSocketUpgrade {
     let hard = state.settings.max_frame_bytes.saturating_mul(4);
     ws.max_message_size(hard).max_frame_size(hard)
+}
+
+/// A socket read failed. If it was a message beyond the hard limit, tell
+/// the client why (close 1009, "message too big") before dropping it; other
+/// errors (reset, protocol violation) leave nothing to say.
+pub async fn close_after_read_error(socket: &mut WebSocket, err: axum::Error) {
+    let too_big = matches!(
+        err.into_inner().downcast_ref::<tungstenite::Error>(),
+        Some(tungstenite::Error::Capacity(_))
+    );
+    if too_big {
+        let _ = socket
+            .send(Message::Close(Some(CloseFrame {
+                code: 1009,
+                reason: "message too big".into(),
+            })))
+            .await;
+    }
 }
 
 /// One connection's accounting and fan-out link. Dropping it unregisters

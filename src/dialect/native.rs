@@ -291,7 +291,14 @@ async fn run(mut socket: WebSocket, state: Arc<AppState>, grant: Grant) {
                 if conn.deliver(&mut socket, d).await.is_err() { break; }
             }
             msg = socket.recv(), if conn.pending.len() < max_inflight => {
-                let Some(Ok(msg)) = msg else { break };
+                let msg = match msg {
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => {
+                        super::close_after_read_error(&mut socket, e).await;
+                        break;
+                    }
+                    None => break,
+                };
                 match conn.handle(&mut socket, msg).await {
                     Ok(Next::Continue) => {}
                     Ok(Next::Close) | Err(_) => break,
