@@ -1,0 +1,97 @@
+//! Store behaviour seen from outside: retention with snapshot catch-up, and
+//! refusal of a data file written by a newer outpost.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::time::Duration;
+
+#[tokio::test]
+async fn after_retention_a_subscriber_behind_the_horizon_gets_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start(config(dir.path())).await;
+    let mut a = Client::native(relay.addr).await;
+    a.put("home", "n1", json!({"v": 1})).await;
+    a.put("home", "n1", json!({"v": 2})).await;
+    a.put("home", "n2", json!({"v": 3})).await;
+    a.put("other", "x", json!({"v": 0})).await;
+    // A retention pass keeping nothing older than now.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let trimmed = relay.state.engine.trim(Duration::ZERO).await.unwrap();
+    assert_eq!(trimmed, 4);
+    assert_eq!(relay.state.engine.horizon(), 5);
+
+    // From seq 0 the changes are gone: current states instead, then synced.
+    let mut b = Client::native(relay.addr).await;
+    let (frames, synced) = b.subscribe("home", 0).await;
+    let got: Vec<_> = frames
+        .iter()
+        .map(|f| (f["type"].clone(), f["id"].clone(), f["fields"].clone()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (json!("entity"), json!("n1"), json!({"v": 2})),
+            (json!("entity"), json!("n2"), json!({"v": 3})),
+        ]
+    );
+    assert_eq!(synced["seq"], 4);
+    // New changes continue live after the snapshot.
+    a.put("home", "n3", json!({"v": 4})).await;
+    let live = b.recv().await;
+    assert_eq!(
+        (live["type"].clone(), live["seq"].clone()),
+        (json!("change"), json!(5))
+    );
+
+    // A subscriber already at the head gets nothing from before.
+    let mut c = Client::native(relay.addr).await;
+    let (frames, synced) = c.subscribe("home", 5).await;
+    assert!(frames.is_empty(), "{frames:?}");
+    assert_eq!(synced["seq"], 5);
+    relay.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_pinned_cursor_holds_retention_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start(config(dir.path())).await;
+    let e = relay.state.engine.clone();
+    e.pin_cursor("upstream");
+    let mut a = Client::native(relay.addr).await;
+    for n in 0..4 {
+        a.put("home", &format!("n{n}"), json!({"n": n})).await;
+    }
+    e.set_cursor("upstream", 2).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(e.trim(Duration::ZERO).await.unwrap(), 2);
+    assert_eq!(e.horizon(), 3);
+    let (frames, _) = Client::native(relay.addr).await.subscribe("home", 2).await;
+    let seqs: Vec<_> = frames.iter().map(|f| f["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, vec![3, 4]);
+    relay.shutdown().await.unwrap();
+}
+
+#[test]
+fn a_data_file_from_a_newer_outpost_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    // Create a store, then mark it as written by a future schema.
+    let mut relay = Proc::spawn(&["serve", "--listen", "127.0.0.1:0", "--data", data]);
+    relay.terminate().expect("clean exit");
+    {
+        let db = redb::Database::create(dir.path().join("outpost.redb")).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let meta: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
+            let mut t = tx.open_table(meta).unwrap();
+            t.insert("schema_version", 99u32.to_le_bytes().as_slice())
+                .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let (code, _, err) = run_cli(&["serve", "--listen", "127.0.0.1:0", "--data", data]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("schema") && err.contains("99"), "{err}");
+}
