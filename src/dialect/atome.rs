@@ -1,6 +1,8 @@
 //! The atome mapping shared by `/ws/sync` (seed 000), `/ws/atome-sync` and
 //! `/api/atome` (seed 001): atome JSON <-> entity fields, and what kind of
-//! atome event a committed change is. Pure functions, no IO.
+//! atome event a committed change is. Pure functions, except
+//! `describe_committed`, which reads the entity when a catch-up item carries
+//! no `after` state.
 //!
 //! An atome is a JSON object with a string `id`. It is stored as the entity
 //! `atome/<id>` of the space; every other property is one field holding its
