@@ -1,11 +1,11 @@
 //! The axum router: dialect endpoints plus health, metrics and status.
 
-use crate::dialect::native;
+use crate::dialect::{atome_sync, native, sync};
 use crate::server::AppState;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 use std::sync::atomic::Ordering::Relaxed;
@@ -14,6 +14,16 @@ use std::sync::Arc;
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/ws", get(native::upgrade))
+        .route("/ws/sync", get(sync::upgrade))
+        .route("/ws/atome-sync", get(atome_sync::upgrade))
+        .route("/api/atome/create", post(atome_sync::create))
+        .route("/api/atome", get(atome_sync::list))
+        .route(
+            "/api/atome/{id}",
+            get(atome_sync::get_one)
+                .patch(atome_sync::patch)
+                .delete(atome_sync::delete),
+        )
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/v1/status", get(status))

@@ -2,7 +2,11 @@
 //! renders replies; what they share (admission, connection accounting,
 //! socket limits) lives here.
 
+pub mod atome;
+pub mod atome_sync;
 pub mod native;
+pub mod session;
+pub mod sync;
 
 use crate::auth::Grant;
 use crate::engine::{ConnLink, ConnSignal, Delivery};
@@ -16,6 +20,10 @@ use tokio::sync::mpsc;
 
 /// Render-cache slots, one per dialect that renders committed changes.
 pub const SLOT_NATIVE: usize = 0;
+/// Seed 000 (`/ws/sync`) event frames.
+pub const SLOT_SYNC: usize = 1;
+/// Seed 001 (`/ws/atome-sync`) event frames.
+pub const SLOT_ATOME: usize = 2;
 
 /// Seconds since the epoch, for token expiry.
 pub fn now_s() -> u64 {

@@ -5,6 +5,8 @@ mod hub;
 mod validate;
 
 pub use hub::{ConnLink, ConnSignal, Filter, Hub};
+/// Dialects check a space name (e.g. from `?space=`) before upgrading.
+pub use validate::validate_name;
 pub use validate::{validate_write, Limits};
 
 use crate::metrics::Metrics;

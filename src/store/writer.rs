@@ -95,6 +95,10 @@ pub struct Outcome {
     pub stamp: Stamp,
     pub version: u64,
     pub conflicts: Vec<Conflict>,
+    /// The entity did not exist before this change and does after it
+    /// (same as the log entry's `created`), so dialects can tell a create
+    /// from an update without a racy read before the write.
+    pub created: bool,
 }
 
 enum Done {
@@ -404,6 +408,7 @@ impl Writer {
             stamp: change.stamp,
             version: 0,
             conflicts: vec![],
+            created: false,
         };
         if change.seq <= held || t.ident.get((change.origin.0, change.seq))?.is_some() {
             out.kind = OutcomeKind::Duplicate;
@@ -429,6 +434,7 @@ impl Writer {
         ent.seq = *seq;
         out.seq = *seq;
         out.version = ent.version;
+        out.created = !existed && ent.state.exists();
         t.entity.insert(key, encode(&ent)?.as_slice())?;
         let count = t
             .spaces

@@ -258,3 +258,67 @@ pub async fn handshake_status(addr: SocketAddr, path: &str, bearer: Option<&str>
         Err(e) => panic!("unexpected handshake error {e}"),
     }
 }
+
+/// An HTTP/1.1 request on loopback with optional extra headers and a JSON
+/// body; returns (status, body).
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if let Some(b) = body {
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            b.len()
+        ));
+    }
+    req.push_str("\r\n");
+    if let Some(b) = body {
+        req.push_str(b);
+    }
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
+        .await
+        .expect("http response in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A config with JWT auth on and no anonymous access, plus a token minter.
+pub fn auth_config(dir: &Path) -> Config {
+    let mut c = config(dir);
+    c.auth.jwt_secret = Some(SECRET.into());
+    c.auth.anonymous = Some(outpost::config::Anonymous::None);
+    c
+}
+
+/// A token for `sub` with `scope`, valid for an hour (optionally limited to
+/// some spaces).
+pub fn token(sub: &str, scope: outpost::auth::Scope, spaces: Option<Vec<String>>) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    outpost::auth::Auth::new(Some(SECRET.as_bytes()), outpost::config::Anonymous::None)
+        .mint(sub, scope, spaces, 3600, now)
+        .expect("mint")
+}

@@ -1,0 +1,707 @@
+//! Seed 001, atome real-time sync: `GET /ws/atome-sync?space=NAME` and the
+//! REST API under `/api/atome`, documented in docs/protocol.md.
+//!
+//! Socket clients send `atome:created|updated|altered|deleted`; each is
+//! stored, then every *other* client of the space gets it with `sourceClient`
+//! and `timestamp` (an alteration also carries the resulting atome). REST
+//! writes are stored the same way and reach every socket client. What reaches
+//! clients is rendered from the committed change, so atomes written through
+//! any other dialect (or a peer) arrive the same way.
+
+use super::atome::{self, AtomeChange, AtomeEvent, AtomeWrite};
+use super::session::{self, Handled, Protocol, Refusal};
+use super::{ConnCtx, SLOT_ATOME};
+use crate::auth::Grant;
+use crate::engine::{now_ms, Engine, EngineError, Event, Filter};
+use crate::server::AppState;
+use crate::store::{Committed, StoredEntity};
+use axum::body::Bytes;
+use axum::extract::ws::{Utf8Bytes, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+pub async fn upgrade(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let (grant, space) = match session::admit_space(&state, &headers, &query) {
+        Ok(x) => x,
+        Err(refusal) => return refusal.into_response(),
+    };
+    // The seed's client may name itself; otherwise the relay names it.
+    let client_id = query
+        .get("clientId")
+        .filter(|c| !c.is_empty() && c.len() <= 256)
+        .cloned()
+        .unwrap_or_else(|| format!("client_{}", atome::random_id()));
+    super::limit(ws, &state).on_upgrade(move |socket| async move {
+        let ctx = ConnCtx::new(state.clone());
+        let proto = AtomeProto {
+            engine: state.engine.clone(),
+            space: space.clone(),
+            grant,
+            conn: ctx.id,
+            client_id,
+        };
+        let filter = Filter {
+            collections: Some([atome::COLLECTION.to_string()].into()),
+            events: false,
+        };
+        session::run(socket, ctx, space, filter, proto).await
+    })
+}
+
+/// Error codes (shared with seed 000, plus `forbidden`).
+pub const INVALID: &str = "invalid-payload";
+pub const UNKNOWN: &str = "unknown-type";
+pub const FAILED: &str = "request-failed";
+pub const FORBIDDEN: &str = "forbidden";
+
+/// A parsed socket message.
+#[derive(Debug, PartialEq)]
+pub enum Request {
+    Ping { timestamp: Value },
+    Pong,
+    Write(AtomeWrite),
+}
+
+#[derive(Debug, PartialEq)]
+pub struct Bad {
+    pub code: &'static str,
+    pub message: String,
+}
+
+fn bad(code: &'static str, message: impl Into<String>) -> Bad {
+    Bad {
+        code,
+        message: message.into(),
+    }
+}
+
+/// Parse one text frame: its `requestId` (null if none) and the request.
+pub fn parse(text: &str) -> (Value, Result<Request, Bad>) {
+    let obj = match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(o)) => o,
+        Ok(_) => return (Value::Null, Err(bad(INVALID, "a message is a JSON object"))),
+        Err(e) => return (Value::Null, Err(bad(INVALID, format!("not JSON: {e}")))),
+    };
+    let rid = obj.get("requestId").cloned().unwrap_or(Value::Null);
+    (rid, parse_obj(&obj))
+}
+
+fn parse_obj(obj: &Map<String, Value>) -> Result<Request, Bad> {
+    let invalid = |e: atome::AtomeError| bad(INVALID, e.to_string());
+    let kind = match obj.get("type") {
+        Some(Value::String(s)) => s.as_str(),
+        _ => return Err(bad(INVALID, "missing string field `type`")),
+    };
+    let w = match kind {
+        "ping" => {
+            return Ok(Request::Ping {
+                timestamp: obj.get("timestamp").cloned().unwrap_or(Value::Null),
+            })
+        }
+        "pong" => return Ok(Request::Pong),
+        "atome:created" | "atome:updated" => {
+            let a = obj
+                .get("atome")
+                .ok_or_else(|| bad(INVALID, "missing object field `atome`"))?;
+            AtomeWrite::Put(a.clone())
+        }
+        "atome:altered" => AtomeWrite::Alter {
+            id: id_field(obj)?,
+            alteration: obj
+                .get("alteration")
+                .cloned()
+                .ok_or_else(|| bad(INVALID, "missing object field `alteration`"))?,
+        },
+        "atome:deleted" => AtomeWrite::Delete { id: id_field(obj)? },
+        other => return Err(bad(UNKNOWN, format!("unknown message type {other:?}"))),
+    };
+    // Check the mapping now so a bad atome is refused before it is queued.
+    w.to_local().map_err(invalid)?;
+    Ok(Request::Write(w))
+}
+
+fn id_field(obj: &Map<String, Value>) -> Result<String, Bad> {
+    match obj.get("atomeId") {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        Some(_) => Err(bad(INVALID, "atomeId: must be a non-empty string")),
+        None => Err(bad(INVALID, "missing string field `atomeId`")),
+    }
+}
+
+// ---- rendering --------------------------------------------------------------
+
+pub fn connected_frame(client_id: &str, now: u64) -> String {
+    json!({"type": "sync:connected", "clientId": client_id, "serverTime": atome::iso_ms(now)})
+        .to_string()
+}
+
+/// `{type:"sync:error", error, code, timestamp}` plus the request's
+/// `requestId` when it had one.
+pub fn error_frame(code: &str, message: &str, rid: &Value, now: u64) -> String {
+    let mut m = Map::new();
+    m.insert("type".into(), "sync:error".into());
+    m.insert("error".into(), message.into());
+    m.insert("code".into(), code.into());
+    if !rid.is_null() {
+        m.insert("requestId".into(), rid.clone());
+    }
+    m.insert("timestamp".into(), atome::iso_ms(now).into());
+    Value::Object(m).to_string()
+}
+
+/// A committed atome change as the seed's event of the same name.
+pub fn change_frame(d: &AtomeChange) -> String {
+    let ts = atome::iso_ms(d.at_ms);
+    let atome = d.atome.clone().unwrap_or(Value::Null);
+    match d.event {
+        AtomeEvent::Created | AtomeEvent::Updated => json!({"type": d.event.name(),
+            "atome": atome, "sourceClient": d.actor, "timestamp": ts}),
+        AtomeEvent::Altered => json!({"type": "atome:altered", "atomeId": d.id,
+            "alteration": d.alteration, "atome": atome, "sourceClient": d.actor, "timestamp": ts}),
+        AtomeEvent::Deleted => json!({"type": "atome:deleted", "atomeId": d.id,
+            "sourceClient": d.actor, "timestamp": ts}),
+    }
+    .to_string()
+}
+
+/// An entity's current state (lag recovery past the log's horizon); the
+/// writer is unknown, so there is no `sourceClient`.
+pub fn snapshot_frame(id: &str, e: &StoredEntity, now: u64) -> String {
+    let ts = atome::iso_ms(now);
+    if e.state.exists() {
+        let a = atome::join_atome(id, &e.state.visible());
+        json!({"type": "atome:updated", "atome": a, "timestamp": ts})
+    } else {
+        json!({"type": "atome:deleted", "atomeId": id, "timestamp": ts})
+    }
+    .to_string()
+}
+
+// ---- the socket connection ---------------------------------------------------
+
+struct AtomeProto {
+    engine: Arc<Engine>,
+    space: String,
+    grant: Grant,
+    conn: u64,
+    client_id: String,
+}
+
+/// Who writes: the token's subject, or the client's id when anonymous (as on
+/// the native endpoint). Rendered as `sourceClient`.
+fn actor(grant: &Grant, client_id: Option<&str>) -> String {
+    match client_id {
+        Some(c) if grant.sub == "anonymous" => c.to_string(),
+        _ => grant.sub.clone(),
+    }
+}
+
+impl AtomeProto {
+    fn error(&self, code: &str, message: &str, rid: &Value) -> String {
+        self.engine.metrics.errors_sent.fetch_add(1, Relaxed);
+        error_frame(code, message, rid, now_ms())
+    }
+}
+
+impl Protocol for AtomeProto {
+    fn greeting(&mut self) -> String {
+        connected_frame(&self.client_id, now_ms())
+    }
+
+    fn on_text(&mut self, text: &str) -> Handled {
+        let (rid, req) = parse(text);
+        match req {
+            Err(b) => Handled::reply(self.error(b.code, &b.message, &rid)),
+            Ok(Request::Ping { timestamp }) => {
+                let ts = if timestamp.is_null() {
+                    now_ms().into()
+                } else {
+                    timestamp
+                };
+                Handled::reply(json!({"type": "pong", "timestamp": ts}).to_string())
+            }
+            Ok(Request::Pong) => Handled::default(),
+            Ok(Request::Write(w)) => {
+                if !self.grant.can_write(&self.space) {
+                    return Handled::reply(self.error(
+                        FORBIDDEN,
+                        "no write access to this space",
+                        &rid,
+                    ));
+                }
+                let write = match w.to_local() {
+                    Ok(w) => w,
+                    Err(e) => return Handled::reply(self.error(INVALID, &e.to_string(), &rid)),
+                };
+                let (engine, space, conn) = (self.engine.clone(), self.space.clone(), self.conn);
+                let actor = actor(&self.grant, Some(&self.client_id));
+                // Stored, then fanned out to the other clients; only a
+                // failure is answered (the seed has no acknowledgement).
+                Handled::later(Box::pin(async move {
+                    match engine.push(&space, &actor, Some(conn), vec![write]).await {
+                        Ok(_) => None,
+                        Err(e) => {
+                            engine.metrics.errors_sent.fetch_add(1, Relaxed);
+                            let code = if e.code() == 400 { INVALID } else { FAILED };
+                            Some(error_frame(code, &e.to_string(), &rid, now_ms()))
+                        }
+                    }
+                }))
+            }
+        }
+    }
+
+    fn refuse(&mut self, why: Refusal) -> String {
+        self.error(INVALID, &why.message(), &Value::Null)
+    }
+
+    fn change(&mut self, c: &Committed) -> Option<Utf8Bytes> {
+        if c.entry.change.collection != atome::COLLECTION {
+            return None;
+        }
+        Some(c.rendered.get_or(SLOT_ATOME, || {
+            change_frame(&atome::describe_committed(&self.engine, c))
+        }))
+    }
+
+    fn snapshot(&mut self, collection: &str, id: &str, e: &StoredEntity) -> Option<Utf8Bytes> {
+        (collection == atome::COLLECTION).then(|| snapshot_frame(id, e, now_ms()).into())
+    }
+
+    fn event(&mut self, _: &Event) -> Option<Utf8Bytes> {
+        None // seed 001 carries atomes only (the subscription asks for no events)
+    }
+}
+
+// ---- REST: /api/atome -----------------------------------------------------------
+
+/// A REST failure: HTTP status plus `{success:false, error, code}`.
+pub struct RestError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl RestError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> RestError {
+        RestError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn invalid(message: impl Into<String>) -> RestError {
+        RestError::new(StatusCode::BAD_REQUEST, INVALID, message)
+    }
+
+    fn not_found(id: &str) -> RestError {
+        RestError::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            format!("no atome {id:?}"),
+        )
+    }
+}
+
+impl From<EngineError> for RestError {
+    fn from(e: EngineError) -> RestError {
+        let status = StatusCode::from_u16(e.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let code = if e.code() == 400 { INVALID } else { FAILED };
+        RestError::new(status, code, e.to_string())
+    }
+}
+
+impl IntoResponse for RestError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({"success": false, "error": self.message, "code": self.code})),
+        )
+            .into_response()
+    }
+}
+
+type RestResult = Result<Response, RestError>;
+
+/// What a REST request may do, in which space, as whom.
+struct Caller {
+    state: Arc<AppState>,
+    space: String,
+    actor: String,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Need {
+    Read,
+    Write,
+}
+
+/// Admission for REST: the same token rules as the sockets (Bearer header or
+/// `?token=`): no valid token is 401; a token without the scope the method
+/// needs (read for GET, write otherwise) is 403.
+fn caller(
+    state: Arc<AppState>,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+    need: Need,
+) -> Result<Caller, RestError> {
+    let grant = super::admit(&state, headers, query).map_err(|(status, m)| {
+        let code = if status == StatusCode::UNAUTHORIZED {
+            "unauthorized"
+        } else {
+            "unavailable"
+        };
+        RestError::new(status, code, m.trim_end())
+    })?;
+    let space = query
+        .get("space")
+        .cloned()
+        .unwrap_or_else(|| "default".into());
+    crate::engine::validate_name("space", &space).map_err(|e| RestError::invalid(e.to_string()))?;
+    let allowed = match need {
+        Need::Read => grant.can_read(&space),
+        Need::Write => grant.can_write(&space),
+    };
+    if !allowed {
+        let what = if need == Need::Read { "read" } else { "write" };
+        return Err(RestError::new(
+            StatusCode::FORBIDDEN,
+            FORBIDDEN,
+            format!("no {what} access to space {space:?}"),
+        ));
+    }
+    // A client that also holds a socket can name itself (`X-Client-Id` or
+    // `?clientId=`), so it recognises its own REST writes by `sourceClient`.
+    let client_id = headers
+        .get("x-client-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| query.get("clientId").cloned())
+        .filter(|c| !c.is_empty() && c.len() <= 256);
+    let actor = actor(&grant, client_id.as_deref());
+    Ok(Caller {
+        state,
+        space,
+        actor,
+    })
+}
+
+impl Caller {
+    fn engine(&self) -> &Engine {
+        &self.state.engine
+    }
+
+    fn body(&self, body: &Bytes) -> Result<Value, RestError> {
+        let max = self.state.settings.max_frame_bytes;
+        if body.len() > max {
+            return Err(RestError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                INVALID,
+                format!("body of {} bytes exceeds the {max}-byte limit", body.len()),
+            ));
+        }
+        serde_json::from_slice(body).map_err(|e| RestError::invalid(format!("not JSON: {e}")))
+    }
+
+    fn current(&self, id: &str) -> Result<Option<Value>, RestError> {
+        let e = self.engine().entity(&self.space, atome::COLLECTION, id)?;
+        Ok(e.filter(|e| e.state.exists())
+            .map(|e| atome::join_atome(id, &e.state.visible())))
+    }
+
+    async fn write(&self, w: AtomeWrite) -> Result<crate::store::Outcome, RestError> {
+        let write = w
+            .to_local()
+            .map_err(|e| RestError::invalid(e.to_string()))?;
+        let mut outs = self
+            .engine()
+            .push(&self.space, &self.actor, None, vec![write])
+            .await?;
+        outs.pop()
+            .ok_or_else(|| RestError::new(StatusCode::INTERNAL_SERVER_ERROR, FAILED, "no outcome"))
+    }
+}
+
+/// The body of a write: the object itself, or `{"<key>": {...}}` with that
+/// key alone (clients wrap it either way).
+fn unwrap_single(v: Value, key: &str) -> Value {
+    match v {
+        Value::Object(mut m) if m.len() == 1 && m.get(key).is_some_and(Value::is_object) => {
+            m.remove(key).unwrap_or_default()
+        }
+        v => v,
+    }
+}
+
+fn ok(status: StatusCode, body: Value) -> Response {
+    (status, Json(body)).into_response()
+}
+
+/// `POST /api/atome/create`: store an atome (an id is generated when it has
+/// none); 201 when it is new, 200 when it replaced an existing one.
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> RestResult {
+    let c = caller(state, &headers, &query, Need::Write)?;
+    let mut atome = unwrap_single(c.body(&body)?, "atome");
+    let Some(obj) = atome.as_object_mut() else {
+        return Err(RestError::invalid("atome: must be a JSON object"));
+    };
+    if !obj.contains_key("id") {
+        obj.insert("id".into(), atome::random_id().into());
+    }
+    let w = AtomeWrite::Put(atome);
+    let id = w.id();
+    let out = c.write(w).await?;
+    let status = if out.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let atome = c.current(&id)?;
+    Ok(ok(status, json!({"success": true, "atome": atome})))
+}
+
+/// `GET /api/atome/{id}`.
+pub async fn get_one(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> RestResult {
+    let c = caller(state, &headers, &query, Need::Read)?;
+    match c.current(&id)? {
+        Some(a) => Ok(ok(StatusCode::OK, json!({"success": true, "atome": a}))),
+        None => Err(RestError::not_found(&id)),
+    }
+}
+
+/// Most atomes one list returns (`?limit=` may ask for fewer or up to this).
+const MAX_LIST: usize = 10_000;
+const DEFAULT_LIST: usize = 1_000;
+
+/// `GET /api/atome?kind=K&limit=N`: existing atomes in id order, those whose
+/// `kind` property equals K when given.
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> RestResult {
+    let c = caller(state, &headers, &query, Need::Read)?;
+    let limit = match query.get("limit") {
+        None => DEFAULT_LIST,
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if (1..=MAX_LIST).contains(&n) => n,
+            _ => {
+                return Err(RestError::invalid(format!(
+                    "limit: must be a number from 1 to {MAX_LIST}"
+                )))
+            }
+        },
+    };
+    let kind = query.get("kind");
+    let mut atomes = Vec::new();
+    let mut after: Option<(String, String)> = None;
+    'pages: loop {
+        let page = c.engine().entities(
+            &c.space,
+            Some(atome::COLLECTION),
+            after.as_ref().map(|(a, b)| (a.as_str(), b.as_str())),
+            256,
+        )?;
+        let short = page.len() < 256;
+        for (coll, id, e) in page {
+            after = Some((coll, id.clone()));
+            if !e.state.exists() {
+                continue;
+            }
+            let fields = e.state.visible();
+            if kind.is_some_and(|k| fields.get("kind").and_then(Value::as_str) != Some(k.as_str()))
+            {
+                continue;
+            }
+            atomes.push(atome::join_atome(&id, &fields));
+            if atomes.len() >= limit {
+                break 'pages;
+            }
+        }
+        if short {
+            break;
+        }
+    }
+    let count = atomes.len();
+    Ok(ok(
+        StatusCode::OK,
+        json!({"success": true, "atomes": atomes, "count": count}),
+    ))
+}
+
+/// `PATCH /api/atome/{id}`: merge the body (the alteration) into the atome;
+/// a `null` property removes it. Broadcast as `atome:altered`.
+pub async fn patch(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> RestResult {
+    let c = caller(state, &headers, &query, Need::Write)?;
+    let alteration = unwrap_single(c.body(&body)?, "alteration");
+    // REST semantics: altering an atome that does not exist is 404, not an
+    // implicit create.
+    if c.current(&id)?.is_none() {
+        return Err(RestError::not_found(&id));
+    }
+    c.write(AtomeWrite::Alter {
+        id: id.clone(),
+        alteration,
+    })
+    .await?;
+    let atome = c.current(&id)?;
+    Ok(ok(StatusCode::OK, json!({"success": true, "atome": atome})))
+}
+
+/// `DELETE /api/atome/{id}`. Broadcast as `atome:deleted`.
+pub async fn delete(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> RestResult {
+    let c = caller(state, &headers, &query, Need::Write)?;
+    if c.current(&id)?.is_none() {
+        return Err(RestError::not_found(&id));
+    }
+    c.write(AtomeWrite::Delete { id: id.clone() }).await?;
+    Ok(ok(StatusCode::OK, json!({"success": true, "atomeId": id})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(text: &str) -> Result<Request, Bad> {
+        parse(text).1
+    }
+
+    #[test]
+    fn parses_the_client_messages() {
+        assert_eq!(
+            req(r#"{"type":"atome:created","atome":{"id":"a","kind":"note"}}"#),
+            Ok(Request::Write(AtomeWrite::Put(
+                json!({"id":"a","kind":"note"})
+            )))
+        );
+        assert_eq!(
+            req(r#"{"type":"atome:altered","atomeId":"a","alteration":{"x":1}}"#),
+            Ok(Request::Write(AtomeWrite::Alter {
+                id: "a".into(),
+                alteration: json!({"x":1})
+            }))
+        );
+        assert_eq!(
+            req(r#"{"type":"atome:deleted","atomeId":"a"}"#),
+            Ok(Request::Write(AtomeWrite::Delete { id: "a".into() }))
+        );
+        assert_eq!(
+            req(r#"{"type":"ping","timestamp":7}"#),
+            Ok(Request::Ping {
+                timestamp: json!(7)
+            })
+        );
+    }
+
+    #[test]
+    fn bad_messages_get_codes() {
+        assert_eq!(req("{").unwrap_err().code, INVALID);
+        assert_eq!(
+            req(r#"{"type":"atome:created"}"#).unwrap_err().code,
+            INVALID
+        );
+        assert_eq!(
+            req(r#"{"type":"atome:created","atome":{"kind":"x"}}"#)
+                .unwrap_err()
+                .code,
+            INVALID
+        );
+        assert_eq!(
+            req(r#"{"type":"atome:altered","atomeId":"a","alteration":3}"#)
+                .unwrap_err()
+                .code,
+            INVALID
+        );
+        assert_eq!(
+            req(r#"{"type":"atome:deleted"}"#).unwrap_err().code,
+            INVALID
+        );
+        assert_eq!(
+            req(r#"{"type":"atome:exploded"}"#).unwrap_err().code,
+            UNKNOWN
+        );
+    }
+
+    #[test]
+    fn renders_the_seed_event_table() {
+        let mut d = AtomeChange {
+            event: AtomeEvent::Created,
+            id: "a".into(),
+            atome: Some(json!({"id": "a", "k": 1})),
+            alteration: None,
+            actor: "client_1".into(),
+            at_ms: 0,
+        };
+        let ts = "1970-01-01T00:00:00.000Z";
+        let v: Value = serde_json::from_str(&change_frame(&d)).unwrap();
+        assert_eq!(
+            v,
+            json!({"type": "atome:created", "atome": {"id": "a", "k": 1}, "sourceClient": "client_1", "timestamp": ts})
+        );
+        d.event = AtomeEvent::Altered;
+        d.alteration = Some(json!({"k": 1}));
+        let v: Value = serde_json::from_str(&change_frame(&d)).unwrap();
+        assert_eq!(
+            v,
+            json!({"type": "atome:altered", "atomeId": "a", "alteration": {"k": 1},
+            "atome": {"id": "a", "k": 1}, "sourceClient": "client_1", "timestamp": ts})
+        );
+        d.event = AtomeEvent::Deleted;
+        d.atome = None;
+        let v: Value = serde_json::from_str(&change_frame(&d)).unwrap();
+        assert_eq!(
+            v,
+            json!({"type": "atome:deleted", "atomeId": "a", "sourceClient": "client_1", "timestamp": ts})
+        );
+        let v: Value = serde_json::from_str(&connected_frame("c", 0)).unwrap();
+        assert_eq!(
+            v,
+            json!({"type": "sync:connected", "clientId": "c", "serverTime": ts})
+        );
+    }
+
+    #[test]
+    fn rest_bodies_may_be_wrapped() {
+        assert_eq!(
+            unwrap_single(json!({"atome": {"id": "a"}}), "atome"),
+            json!({"id": "a"})
+        );
+        assert_eq!(
+            unwrap_single(json!({"atome": {"id": "a"}, "x": 1}), "atome"),
+            json!({"atome": {"id": "a"}, "x": 1})
+        );
+    }
+}
