@@ -1,6 +1,6 @@
 //! The axum router: dialect endpoints plus health, metrics and status.
 
-use crate::dialect::native;
+use crate::dialect::{kv, native};
 use crate::server::AppState;
 use axum::extract::State;
 use axum::http::header;
@@ -14,6 +14,8 @@ use std::sync::Arc;
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/ws", get(native::upgrade))
+        .route("/v1/sync/{workspace}", get(kv::upgrade))
+        .route("/v1/history/{workspace}", get(kv::history))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/v1/status", get(status))

@@ -2,6 +2,7 @@
 //! renders replies; what they share (admission, connection accounting,
 //! socket limits) lives here.
 
+pub mod kv;
 pub mod native;
 
 use crate::auth::Grant;
@@ -16,6 +17,8 @@ use tokio::sync::mpsc;
 
 /// Render-cache slots, one per dialect that renders committed changes.
 pub const SLOT_NATIVE: usize = 0;
+/// Seed 003 (`/v1/sync/{workspace}`).
+pub const SLOT_KV: usize = 4;
 
 /// Seconds since the epoch, for token expiry.
 pub fn now_s() -> u64 {
