@@ -18,7 +18,6 @@
 use super::{hex, history_item, COLLECTION};
 use crate::config::WebhookSettings;
 use crate::engine::Engine;
-use crate::metrics::Metrics;
 use crate::store::LogEntry;
 use axum::body::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -180,25 +179,45 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(0.5 + f64::from(r) / f64::from(u16::MAX) / 2.0)
 }
 
-/// Post one event until it is accepted. False: shutdown came first.
+enum Sent {
+    Delivered,
+    /// Fell out of the newest `max_backlog` log entries while retrying.
+    Dropped,
+    /// Shutdown came first.
+    Stopped,
+}
+
+/// Post one event until it is accepted, it falls out of the backlog bound,
+/// or shutdown comes.
 async fn deliver(
     poster: &mut Poster,
     seq: u64,
     body: &Bytes,
-    metrics: &Metrics,
+    weak: &Weak<Engine>,
+    max_backlog: u64,
     shutdown: &mut watch::Receiver<bool>,
-) -> bool {
+) -> Sent {
     let mut backoff = BACKOFF_MIN;
     let mut attempts = 0u32;
     loop {
+        let Some(engine) = weak.upgrade() else {
+            return Sent::Stopped;
+        };
+        let metrics = engine.metrics.clone();
+        let behind = engine.last_seq().saturating_sub(seq);
+        drop(engine);
+        metrics.webhook_backlog.store(behind + 1, Relaxed);
+        if behind >= max_backlog {
+            return Sent::Dropped;
+        }
         let r = tokio::select! {
             r = poster.post(body) => r,
-            _ = shutdown.wait_for(|s| *s) => return false,
+            _ = shutdown.wait_for(|s| *s) => return Sent::Stopped,
         };
         match r {
             Ok(()) => {
                 metrics.webhook_delivered.fetch_add(1, Relaxed);
-                return true;
+                return Sent::Delivered;
             }
             Err(e) => {
                 metrics.webhook_failures.fetch_add(1, Relaxed);
@@ -210,7 +229,7 @@ async fn deliver(
                     tracing::warn!(seq, attempts, error = %e, retry_in = ?wait, "webhook delivery failed");
                 }
                 if stopped_within(shutdown, wait).await {
-                    return false;
+                    return Sent::Stopped;
                 }
                 backoff = (backoff * 2).min(BACKOFF_MAX);
             }
@@ -323,15 +342,22 @@ async fn run(weak: Weak<Engine>, cfg: WebhookSettings, mut shutdown: watch::Rece
         drop(engine);
         for (seq, entry) in page {
             if let Some(body) = event_body(seq, &entry) {
-                if !deliver(&mut poster, seq, &body, &metrics, &mut shutdown).await {
-                    break;
+                let sent = deliver(&mut poster, seq, &body, &weak, max_backlog, &mut shutdown);
+                match sent.await {
+                    Sent::Delivered => {}
+                    Sent::Dropped => {
+                        metrics.webhook_dropped.fetch_add(1, Relaxed);
+                        tracing::warn!(
+                            seq,
+                            max_backlog,
+                            "webhook event dropped: over webhook.max_backlog"
+                        );
+                    }
+                    Sent::Stopped => break,
                 }
             }
             cursor = Some(seq);
             unsaved = true;
-            metrics
-                .webhook_backlog
-                .store(last.saturating_sub(seq), Relaxed);
         }
         let Some(engine) = weak.upgrade() else { return };
         if let Some(c) = cursor.filter(|_| unsaved) {
