@@ -275,7 +275,8 @@ async fn run(weak: Weak<Engine>, cfg: WebhookSettings, mut shutdown: watch::Rece
     let mut cursor: Option<u64> = None;
     let mut unsaved = false;
     loop {
-        if *shutdown.borrow() {
+        // A dropped sender (the relay went away without a shutdown) also stops.
+        if *shutdown.borrow() || shutdown.has_changed().is_err() {
             break;
         }
         let Some(engine) = weak.upgrade() else { return };
