@@ -36,6 +36,7 @@ pub struct Config {
     pub storage: Storage,
     pub auth: AuthConfig,
     pub log: Log,
+    pub webhook: WebhookConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -119,6 +120,99 @@ pub struct AuthConfig {
     pub anonymous: Option<Anonymous>,
 }
 
+/// `[webhook]`: POST a `doc.updated` event for every stored key/value op
+/// (seed 003). Off unless `url` is set.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookConfig {
+    /// Receiver, `http://HOST[:PORT][/PATH]` (plain HTTP only).
+    pub url: Option<String>,
+    /// HMAC-SHA256 key for the `X-Outpost-Signature` header.
+    pub secret: Option<String>,
+    /// Give up on one attempt after this long (it is retried).
+    pub timeout: String,
+    /// Most undelivered events kept; beyond it the oldest are dropped.
+    pub max_backlog: u64,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            url: None,
+            secret: None,
+            timeout: "10s".into(),
+            max_backlog: 100_000,
+        }
+    }
+}
+
+/// The validated webhook target.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WebhookSettings {
+    /// `host:port`, as given (resolved at each connect).
+    pub authority: String,
+    /// Request target, starting with `/`.
+    pub path: String,
+    pub secret: Option<Vec<u8>>,
+    pub timeout: Duration,
+    pub max_backlog: u64,
+}
+
+impl WebhookConfig {
+    fn validate(&self) -> Result<Option<WebhookSettings>, ConfigError> {
+        let Some(url) = self.url.as_deref().map(str::trim).filter(|u| !u.is_empty()) else {
+            if self.secret.is_some() {
+                return Err(invalid("webhook.secret", "set webhook.url too"));
+            }
+            return Ok(None);
+        };
+        let rest = url.strip_prefix("http://").ok_or_else(|| {
+            invalid(
+                "webhook.url",
+                format!("{url:?}: only plain http:// URLs are supported"),
+            )
+        })?;
+        let (host, path) = match rest.find(['/', '?']) {
+            Some(i) if rest[i..].starts_with('/') => (&rest[..i], rest[i..].to_string()),
+            Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
+            None => (rest, "/".to_string()),
+        };
+        if host.is_empty() || host.contains('@') || host.contains(char::is_whitespace) {
+            return Err(invalid("webhook.url", format!("{url:?}: bad host")));
+        }
+        let authority = if host
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
+            host.to_string()
+        } else if host.starts_with('[') && !host.ends_with(']') {
+            return Err(invalid("webhook.url", format!("{url:?}: bad host")));
+        } else {
+            format!("{host}:80")
+        };
+        if path.contains(char::is_whitespace) {
+            return Err(invalid(
+                "webhook.url",
+                format!("{url:?}: spaces in the path"),
+            ));
+        }
+        let timeout = parse_duration(&self.timeout).map_err(|e| invalid("webhook.timeout", e))?;
+        if timeout.is_zero() {
+            return Err(invalid("webhook.timeout", "must be more than 0"));
+        }
+        if self.max_backlog == 0 {
+            return Err(invalid("webhook.max_backlog", "must be at least 1"));
+        }
+        Ok(Some(WebhookSettings {
+            authority,
+            path,
+            secret: self.secret.as_ref().map(|s| s.as_bytes().to_vec()),
+            timeout,
+            max_backlog: self.max_backlog,
+        }))
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Log {
@@ -161,6 +255,7 @@ pub struct Settings {
     pub max_skew: Duration,
     pub jwt_secret: Option<Vec<u8>>,
     pub anonymous: Anonymous,
+    pub webhook: Option<WebhookSettings>,
 }
 
 impl Config {
@@ -255,6 +350,7 @@ impl Config {
                 },
             ));
         }
+        let webhook = self.webhook.validate()?;
         Ok(Settings {
             listen,
             max_connections: s.max_connections,
@@ -270,6 +366,7 @@ impl Config {
             max_skew,
             jwt_secret,
             anonymous,
+            webhook,
         })
     }
 
@@ -279,6 +376,9 @@ impl Config {
         c.auth.anonymous = Some(s.anonymous);
         if c.auth.jwt_secret.is_some() {
             c.auth.jwt_secret = Some("<redacted>".into());
+        }
+        if c.webhook.secret.is_some() {
+            c.webhook.secret = Some("<redacted>".into());
         }
         toml::to_string(&c).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
@@ -333,6 +433,30 @@ mod tests {
         assert!(e.contains("auth.jwt_secret"), "{e}");
         c.auth.jwt_secret = Some("0123456789abcdef0123".into());
         assert_eq!(c.validate().unwrap().anonymous, Anonymous::None);
+    }
+
+    #[test]
+    fn webhook_url_is_checked() {
+        let mut c = Config::default();
+        assert_eq!(c.validate().unwrap().webhook, None);
+        c.webhook.url = Some("http://127.0.0.1:9000/hooks/kv?x=1".into());
+        c.webhook.secret = Some("s3cret".into());
+        let w = c.validate().unwrap().webhook.unwrap();
+        assert_eq!(w.authority, "127.0.0.1:9000");
+        assert_eq!(w.path, "/hooks/kv?x=1");
+        assert_eq!(w.secret.as_deref(), Some(&b"s3cret"[..]));
+        c.webhook.url = Some("http://example.org".into());
+        let w = c.validate().unwrap().webhook.unwrap();
+        assert_eq!(
+            (w.authority.as_str(), w.path.as_str()),
+            ("example.org:80", "/")
+        );
+        c.webhook.url = Some("https://example.org/x".into());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("webhook.url") && e.contains("http://"), "{e}");
+        c.webhook.url = None;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("webhook.secret"), "{e}");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The axum router: dialect endpoints plus health, metrics and status.
 
-use crate::dialect::{atome_sync, native, sync};
+use crate::dialect::{atome_sync, kv, native, sync};
 use crate::server::AppState;
 use axum::extract::State;
 use axum::http::header;
@@ -24,6 +24,8 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .patch(atome_sync::patch)
                 .delete(atome_sync::delete),
         )
+        .route("/v1/sync/{workspace}", get(kv::upgrade))
+        .route("/v1/history/{workspace}", get(kv::history))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/v1/status", get(status))

@@ -30,6 +30,12 @@ pub struct Metrics {
     commit_buckets: [AtomicU64; COMMIT_BUCKETS.len()],
     commit_sum_us: AtomicU64,
     pub commit_changes: AtomicU64,
+    /// Webhook (seed 003): events delivered, failed attempts, events dropped
+    /// past `webhook.max_backlog`, and the undelivered backlog (gauge).
+    pub webhook_delivered: AtomicU64,
+    pub webhook_failures: AtomicU64,
+    pub webhook_dropped: AtomicU64,
+    pub webhook_backlog: AtomicU64,
 }
 
 impl Metrics {
@@ -153,6 +159,39 @@ impl Metrics {
             self.commit_sum_us.load(Relaxed) as f64 / 1e6
         );
         let _ = writeln!(s, "{name}_count {count}");
+        let webhook: [(&str, &str, &str, &AtomicU64); 4] = [
+            (
+                "outpost_webhook_delivered_total",
+                "counter",
+                "webhook events delivered (2xx)",
+                &self.webhook_delivered,
+            ),
+            (
+                "outpost_webhook_failures_total",
+                "counter",
+                "webhook delivery attempts that failed (retried)",
+                &self.webhook_failures,
+            ),
+            (
+                "outpost_webhook_dropped_total",
+                "counter",
+                "webhook events dropped past webhook.max_backlog",
+                &self.webhook_dropped,
+            ),
+            (
+                "outpost_webhook_backlog",
+                "gauge",
+                "log entries not yet passed by the webhook cursor",
+                &self.webhook_backlog,
+            ),
+        ];
+        for (name, kind, help, v) in webhook {
+            let _ = writeln!(
+                s,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
+                v.load(Relaxed)
+            );
+        }
         for (name, help, v) in extra {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         }

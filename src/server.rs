@@ -100,6 +100,11 @@ impl Relay {
             },
             metrics,
         )?;
+        let (stop, shutdown) = watch::channel(false);
+        // Before maintenance: the webhook pins its log cursor against retention.
+        if let Some(w) = &settings.webhook {
+            crate::dialect::kv::webhook::start(&engine, w.clone(), shutdown.clone());
+        }
         engine.start_maintenance();
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
@@ -110,7 +115,6 @@ impl Relay {
         let addr = listener.local_addr()?;
         // Report the bound address (port 0 picks one) wherever it is shown.
         settings.listen = addr;
-        let (stop, shutdown) = watch::channel(false);
         let state = Arc::new(AppState {
             engine,
             auth: Auth::new(settings.jwt_secret.as_deref(), settings.anonymous),

@@ -4,6 +4,7 @@
 
 pub mod atome;
 pub mod atome_sync;
+pub mod kv;
 pub mod native;
 pub mod session;
 pub mod sync;
@@ -24,6 +25,8 @@ pub const SLOT_NATIVE: usize = 0;
 pub const SLOT_SYNC: usize = 1;
 /// Seed 001 (`/ws/atome-sync`) event frames.
 pub const SLOT_ATOME: usize = 2;
+/// Seed 003 (`/v1/sync/{workspace}`).
+pub const SLOT_KV: usize = 4;
 
 /// Seconds since the epoch, for token expiry.
 pub fn now_s() -> u64 {

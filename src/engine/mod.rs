@@ -6,8 +6,7 @@ mod validate;
 
 pub use hub::{ConnLink, ConnSignal, Filter, Hub};
 /// Dialects check a space name (e.g. from `?space=`) before upgrading.
-pub use validate::validate_name;
-pub use validate::{validate_write, Limits};
+pub use validate::{validate_name, validate_write, Limits};
 
 use crate::metrics::Metrics;
 use crate::model::{Change, NodeId, VersionVector};
@@ -492,6 +491,18 @@ impl Engine {
         limit: usize,
     ) -> Result<Vec<(String, String, StoredEntity)>, EngineError> {
         Ok(self.store.entities(space, collection, after, limit)?)
+    }
+
+    /// A consistent snapshot of one collection of a space and the seq it
+    /// reflects (see `Store::collection_snapshot`); follow it with
+    /// `start_subscription(space, seq, ..)` for live changes.
+    pub fn collection_snapshot(
+        &self,
+        space: &str,
+        collection: &str,
+    ) -> Result<(u64, Vec<(String, StoredEntity)>), EngineError> {
+        validate::validate_name("space", space)?;
+        Ok(self.store.collection_snapshot(space, collection)?)
     }
 
     pub fn space_log(

@@ -359,6 +359,33 @@ impl Store {
         Ok(out)
     }
 
+    /// Every entity of one collection of `space`, in id order, read in one
+    /// transaction together with the last seq it reflects: a consistent
+    /// snapshot that a subscription from that seq continues without a gap.
+    pub fn collection_snapshot(
+        &self,
+        space: &str,
+        collection: &str,
+    ) -> Result<(u64, Vec<(String, StoredEntity)>), StoreError> {
+        let tx = self.db.begin_read()?;
+        let meta = tx.open_table(META)?;
+        let seq = meta
+            .get(META_LAST_SEQ)?
+            .map(|v| u64_from(v.value()))
+            .unwrap_or(0);
+        let t = tx.open_table(ENTITY)?;
+        let mut out = Vec::new();
+        for row in t.range((space, collection, "")..)? {
+            let (k, v) = row?;
+            let (s, c, i) = k.value();
+            if s != space || c != collection {
+                break;
+            }
+            out.push((i.to_string(), decode(v.value())?));
+        }
+        Ok((seq, out))
+    }
+
     pub fn version_vector(&self) -> Result<VersionVector, StoreError> {
         let tx = self.db.begin_read()?;
         let t = tx.open_table(VV)?;

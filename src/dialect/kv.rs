@@ -1,0 +1,830 @@
+//! Seed 003 (EtherPly workspace sync): `GET /v1/sync/{workspace}` over
+//! WebSocket and `GET /v1/history/{workspace}` over HTTP, documented in
+//! docs/protocol.md.
+//!
+//! A workspace is an engine space; each key is an entity of collection
+//! `kv` (id = key) with one field `value`, so per-key last-writer-wins is the
+//! engine's per-field merge. The protocol half (parsing, state → `init`,
+//! heads, rendering) is pure functions at the top; the socket actor and the
+//! history handler below only call the engine. `webhook` posts every stored
+//! op to `[webhook] url`.
+
+pub mod webhook;
+
+use super::{admit, limit, ConnCtx, SLOT_KV};
+use crate::auth::Grant;
+use crate::engine::{CatchUp, Delivery, EngineError, Filter};
+use crate::model::{Op, Stamp};
+use crate::server::AppState;
+use crate::store::{Committed, LocalWrite, LogEntry, StoredEntity};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::stream::FuturesOrdered;
+use futures_util::StreamExt;
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+/// The collection holding a workspace's keys.
+pub const COLLECTION: &str = "kv";
+/// The one field of a key entity.
+pub const FIELD: &str = "value";
+
+// ---- protocol: pure functions ------------------------------------------------
+
+/// A client message that parsed.
+#[derive(Debug, PartialEq)]
+pub enum ClientMsg {
+    Op {
+        key: String,
+        value: Value,
+        /// The client's edit time, Unix microseconds.
+        timestamp_us: Option<u64>,
+    },
+}
+
+/// Why a client message was refused; the connection keeps serving.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum ProtoError {
+    #[error("not JSON: {0}")]
+    Json(String),
+    #[error("a message is a JSON object with a string field `type`")]
+    NotMessage,
+    #[error("unknown message type {0:?} (the only client message is \"op\")")]
+    UnknownType(String),
+    #[error("{0}")]
+    Field(&'static str),
+    #[error("message of {0} bytes exceeds the {1}-byte limit")]
+    TooLarge(usize, usize),
+    #[error("send JSON text frames")]
+    Binary,
+}
+
+impl ProtoError {
+    pub fn code(&self) -> u16 {
+        match self {
+            ProtoError::TooLarge(..) => 413,
+            _ => 400,
+        }
+    }
+
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProtoError::Json(_) => "invalid_json",
+            ProtoError::NotMessage => "invalid_message",
+            ProtoError::UnknownType(_) => "unknown_type",
+            ProtoError::Field(_) => "invalid_field",
+            ProtoError::TooLarge(..) => "too_large",
+            ProtoError::Binary => "binary_unsupported",
+        }
+    }
+}
+
+/// Parse one text frame. Fields the seed does not define are ignored, so
+/// clients that send extra envelope fields keep working.
+pub fn parse_client(text: &str) -> Result<ClientMsg, ProtoError> {
+    let v: Value = serde_json::from_str(text).map_err(|e| ProtoError::Json(e.to_string()))?;
+    let Value::Object(mut obj) = v else {
+        return Err(ProtoError::NotMessage);
+    };
+    let kind = match obj.remove("type") {
+        Some(Value::String(s)) => s,
+        _ => return Err(ProtoError::NotMessage),
+    };
+    if kind != "op" {
+        return Err(ProtoError::UnknownType(kind));
+    }
+    let Some(Value::Object(mut p)) = obj.remove("payload") else {
+        return Err(ProtoError::Field("payload: required, an object"));
+    };
+    let key = match p.remove("key") {
+        Some(Value::String(k)) => k,
+        _ => return Err(ProtoError::Field("payload.key: required, a string")),
+    };
+    // `value` is required but may be null: null deletes the key.
+    let value = p
+        .remove("value")
+        .ok_or(ProtoError::Field("payload.value: required"))?;
+    let timestamp_us = match p.remove("timestamp") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => Some(n.as_u64().ok_or(ProtoError::Field(
+            "payload.timestamp: a non-negative integer (Unix microseconds)",
+        ))?),
+        Some(_) => {
+            return Err(ProtoError::Field(
+                "payload.timestamp: a non-negative integer (Unix microseconds)",
+            ))
+        }
+    };
+    Ok(ClientMsg::Op {
+        key,
+        value,
+        timestamp_us,
+    })
+}
+
+/// The engine write for an op: a patch of the key's one field. The client's
+/// microseconds become the engine's millisecond edit time.
+pub fn op_write(key: String, value: Value, timestamp_us: Option<u64>) -> LocalWrite {
+    LocalWrite {
+        collection: COLLECTION.into(),
+        id: key,
+        op: Op::Patch,
+        fields: BTreeMap::from([(FIELD.to_string(), value)]),
+        client_ms: timestamp_us.map(|us| us / 1000),
+    }
+}
+
+/// A stamp as the seed's integer timestamp (Unix microseconds; stamps hold
+/// milliseconds, so this is a multiple of 1000).
+pub fn stamp_us(s: Stamp) -> u64 {
+    s.ms.saturating_mul(1000)
+}
+
+/// A key's current value and the timestamp of the write that set it
+/// (null and the entity's newest write when the key has no value).
+pub fn key_state(entity: &StoredEntity) -> (Value, Option<u64>) {
+    let st = &entity.state;
+    match st.fields.get(FIELD) {
+        Some(c) if st.exists() && !c.value.is_null() => {
+            (c.value.clone(), Some(stamp_us(c.key.stamp)))
+        }
+        _ => (Value::Null, st.newest().map(|k| stamp_us(k.stamp))),
+    }
+}
+
+/// The `init` data: every key that has a value.
+pub fn data_of(entities: &[(String, StoredEntity)]) -> Map<String, Value> {
+    entities
+        .iter()
+        .filter_map(|(k, e)| match key_state(e) {
+            (Value::Null, _) => None,
+            (v, _) => Some((k.clone(), v)),
+        })
+        .collect()
+}
+
+/// The workspace's heads: one SHA-256 (hex) over the key entities' merged
+/// CRDT states, keys in order. A state holds only change identities and
+/// stamps (no local seqs), and relays that applied the same changes hold
+/// identical states, so equal states give equal heads on every relay, and
+/// any change that alters the state alters the heads. No keys: no heads.
+pub fn heads(entities: &[(String, StoredEntity)]) -> Vec<String> {
+    if entities.is_empty() {
+        return vec![];
+    }
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for (key, e) in entities {
+        // Length-prefixed, so ("ab","c") and ("a","bc") differ.
+        let bytes = rmp_serde::to_vec(&(key, &e.state)).unwrap_or_default();
+        ctx.update(&(bytes.len() as u64).to_le_bytes());
+        ctx.update(&bytes);
+    }
+    vec![hex(ctx.finish().as_ref())]
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn render_init(data: Map<String, Value>, heads: Vec<String>) -> String {
+    json!({"type": "init", "data": data, "heads": heads}).to_string()
+}
+
+pub fn render_op(key: &str, value: &Value, timestamp_us: u64) -> String {
+    json!({"type": "op", "payload": {"key": key, "value": value, "timestamp": timestamp_us}})
+        .to_string()
+}
+
+/// An error frame: `code` is the seed's HTTP-like code, `reason` a stable
+/// name, `key` the op's key when the error is about an op.
+pub fn error_frame(code: u16, reason: &str, message: &str, key: Option<&str>) -> String {
+    let mut m = Map::new();
+    m.insert("type".into(), "error".into());
+    m.insert("code".into(), code.into());
+    m.insert("reason".into(), reason.into());
+    m.insert("message".into(), message.into());
+    if let Some(k) = key {
+        m.insert("key".into(), k.into());
+    }
+    Value::Object(m).to_string()
+}
+
+/// Engine errors in the seed's codes: bad input is 400, and every storage
+/// failure (disk full, store closed, commit error) is the seed's 500.
+pub fn engine_error(e: &EngineError) -> (u16, &'static str) {
+    match e {
+        EngineError::Invalid(_) => (400, "invalid_field"),
+        EngineError::Store(crate::store::StoreError::DiskFull { .. }) => (500, "disk_full"),
+        EngineError::Store(crate::store::StoreError::Closed) => (500, "unavailable"),
+        _ => (500, "storage_failed"),
+    }
+}
+
+/// The broadcast for a committed change of a key: the key's value after
+/// the merge, with the timestamp of the write that holds it. A write that
+/// won renders from itself; one that lost (or a catch-up item, which has no
+/// post-merge view) renders from `lookup`, the key's stored state, so every
+/// client ends at the relay's value even when an op arrives late.
+pub fn render_change(c: &Committed, lookup: impl FnOnce() -> Option<StoredEntity>) -> Utf8Bytes {
+    c.rendered.get_or(SLOT_KV, || {
+        let ch = &c.entry.change;
+        if let (Some(after), Some(v), Op::Patch | Op::Put) = (&c.after, ch.fields.get(FIELD), ch.op)
+        {
+            if after.exists && after.fields.get(FIELD).unwrap_or(&Value::Null) == v {
+                return render_op(&ch.id, v, stamp_us(ch.stamp));
+            }
+        }
+        let (value, ts) = lookup()
+            .map(|e| key_state(&e))
+            .unwrap_or((Value::Null, None));
+        render_op(&ch.id, &value, ts.unwrap_or_else(|| stamp_us(ch.stamp)))
+    })
+}
+
+/// One history item: the op as written (not the merged result).
+pub fn history_item(seq: u64, e: &LogEntry) -> Value {
+    let value = match e.change.op {
+        Op::Delete => Value::Null,
+        _ => e.change.fields.get(FIELD).cloned().unwrap_or(Value::Null),
+    };
+    json!({"seq": seq, "key": e.change.id, "value": value,
+           "timestamp": stamp_us(e.change.stamp), "actor": e.change.actor})
+}
+
+// ---- the sync socket ----------------------------------------------------------
+
+pub async fn upgrade(
+    State(state): State<Arc<AppState>>,
+    Path(workspace): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let grant = match admit(&state, &headers, &query) {
+        Ok(g) => g,
+        Err(refusal) => return refusal.into_response(),
+    };
+    if let Err(e) = crate::engine::validate_name("workspace", &workspace) {
+        return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response();
+    }
+    if !grant.can_read(&workspace) {
+        return (
+            StatusCode::FORBIDDEN,
+            "forbidden: the token gives no access to this workspace\n",
+        )
+            .into_response();
+    }
+    limit(ws, &state).on_upgrade(move |socket| run(socket, state, grant, workspace))
+}
+
+type Pending = Pin<Box<dyn Future<Output = Option<String>> + Send + Sync>>;
+
+struct Conn {
+    ctx: ConnCtx,
+    grant: Grant,
+    space: String,
+    /// The live subscription and the last seq delivered through it.
+    sub: Option<u64>,
+    last_seq: u64,
+    /// Ops awaiting their commit; each yields an error frame or nothing
+    /// (success shows as the op's broadcast, which the writer receives too).
+    pending: FuturesOrdered<Pending>,
+}
+
+async fn send(socket: &mut WebSocket, text: impl Into<Utf8Bytes>) -> Result<(), EngineError> {
+    socket
+        .send(Message::Text(text.into()))
+        .await
+        .map_err(|_| EngineError::ClientGone)
+}
+
+async fn run(mut socket: WebSocket, state: Arc<AppState>, grant: Grant, space: String) {
+    let mut shutdown = state.shutdown.clone();
+    let mut conn = Conn {
+        ctx: ConnCtx::new(state.clone()),
+        grant,
+        space,
+        sub: None,
+        last_seq: 0,
+        pending: FuturesOrdered::new(),
+    };
+    if let Err(e) = conn.sync(&mut socket).await {
+        conn.fail(&mut socket, &e).await;
+        return;
+    }
+    let max_inflight = state.settings.max_inflight;
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.changed(), if !closing => {
+                closing = true;
+                break;
+            }
+            Some(frame) = conn.pending.next(), if !conn.pending.is_empty() => {
+                if let Some(f) = frame {
+                    if send(&mut socket, f).await.is_err() { break; }
+                }
+            }
+            _ = conn.ctx.signal.notify.notified() => {
+                if conn.resync(&mut socket).await.is_err() { break; }
+            }
+            Some(d) = conn.ctx.rx.recv() => {
+                if conn.deliver(&mut socket, d).await.is_err() { break; }
+            }
+            msg = socket.recv(), if conn.pending.len() < max_inflight => {
+                let Some(Ok(msg)) = msg else { break };
+                match conn.handle(&mut socket, msg).await {
+                    Ok(true) => {}
+                    Ok(false) | Err(_) => break,
+                }
+            }
+        }
+    }
+    if closing {
+        // Answer in-flight ops, then say why the socket closes.
+        while let Some(frame) = conn.pending.next().await {
+            if let Some(f) = frame {
+                if send(&mut socket, f).await.is_err() {
+                    return;
+                }
+            }
+        }
+        let _ = socket
+            .send(Message::Close(Some(CloseFrame {
+                code: 1001,
+                reason: "relay shutting down".into(),
+            })))
+            .await;
+    }
+}
+
+impl Conn {
+    fn engine(&self) -> &Arc<crate::engine::Engine> {
+        &self.ctx.state.engine
+    }
+
+    /// Send `init` from a consistent snapshot, then subscribe from the
+    /// snapshot's seq: the changes committed meanwhile follow as `op`s and
+    /// live ones after them, with no gap. Also used after a lag drop.
+    async fn sync(&mut self, socket: &mut WebSocket) -> Result<(), EngineError> {
+        let engine = self.engine().clone();
+        let (seq, entities) = engine.collection_snapshot(&self.space, COLLECTION)?;
+        send(socket, render_init(data_of(&entities), heads(&entities))).await?;
+        drop(entities);
+        let filter = Filter {
+            collections: Some([COLLECTION.to_string()].into_iter().collect()),
+            events: false,
+        };
+        let mut sub = engine.start_subscription(&self.space, seq, filter, self.ctx.link.clone())?;
+        loop {
+            let page = match engine.next_page(&mut sub) {
+                Ok(Some(page)) => page,
+                Ok(None) => break,
+                Err(e) => {
+                    if let Some(id) = sub.id {
+                        engine.unsubscribe(&self.space, id);
+                    }
+                    return Err(e);
+                }
+            };
+            for item in page {
+                let frame = match item {
+                    CatchUp::Change(c) if c.seq > seq => {
+                        render_change(&c, || self.lookup(&c.entry.change.id))
+                    }
+                    CatchUp::Change(_) => continue,
+                    CatchUp::Snapshot { id, entity, .. } => {
+                        let (v, ts) = key_state(&entity);
+                        render_op(&id, &v, ts.unwrap_or(0)).into()
+                    }
+                };
+                send(socket, frame).await?;
+            }
+        }
+        self.sub = sub.id;
+        self.last_seq = sub.reached();
+        Ok(())
+    }
+
+    fn lookup(&self, key: &str) -> Option<StoredEntity> {
+        self.engine()
+            .entity(&self.space, COLLECTION, key)
+            .ok()
+            .flatten()
+    }
+
+    /// A failure before the session is usable: report it and close.
+    async fn fail(&self, socket: &mut WebSocket, e: &EngineError) {
+        let (code, reason) = engine_error(e);
+        self.engine().metrics.errors_sent.fetch_add(1, Relaxed);
+        let _ = send(socket, error_frame(code, reason, &e.to_string(), None)).await;
+        let _ = socket
+            .send(Message::Close(Some(CloseFrame {
+                code: 1011,
+                reason: "cannot read the workspace".into(),
+            })))
+            .await;
+    }
+
+    async fn error(&self, socket: &mut WebSocket, e: &ProtoError) -> Result<(), EngineError> {
+        self.engine().metrics.errors_sent.fetch_add(1, Relaxed);
+        send(
+            socket,
+            error_frame(e.code(), e.reason(), &e.to_string(), None),
+        )
+        .await
+    }
+
+    async fn deliver(&mut self, socket: &mut WebSocket, d: Delivery) -> Result<(), EngineError> {
+        let Delivery::Change { sub, item } = d else {
+            return Ok(()); // events are not part of this protocol
+        };
+        if Some(sub) != self.sub || item.seq <= self.last_seq {
+            return Ok(());
+        }
+        self.last_seq = item.seq;
+        let frame = render_change(&item, || self.lookup(&item.entry.change.id));
+        send(socket, frame).await
+    }
+
+    /// Fan-out dropped our subscription because this client fell behind:
+    /// the seed has no resync message, so start over with a fresh `init`
+    /// (clients replace their state on `init`).
+    async fn resync(&mut self, socket: &mut WebSocket) -> Result<(), EngineError> {
+        let lagged = self.ctx.signal.take_lagged();
+        if self.sub.is_none_or(|id| !lagged.contains(&id)) {
+            return Ok(());
+        }
+        self.engine().metrics.resyncs.fetch_add(1, Relaxed);
+        self.sub = None;
+        match self.sync(socket).await {
+            Err(EngineError::ClientGone) => Err(EngineError::ClientGone),
+            Err(e) => {
+                self.fail(socket, &e).await;
+                Err(e)
+            }
+            Ok(()) => Ok(()),
+        }
+    }
+
+    /// One client frame. Ok(false) ends the session.
+    async fn handle(&mut self, socket: &mut WebSocket, msg: Message) -> Result<bool, EngineError> {
+        let text = match msg {
+            Message::Text(t) => t,
+            Message::Binary(_) => {
+                return self.error(socket, &ProtoError::Binary).await.map(|()| true)
+            }
+            Message::Close(_) => return Ok(false),
+            Message::Ping(_) | Message::Pong(_) => return Ok(true),
+        };
+        let max = self.ctx.state.settings.max_frame_bytes;
+        if text.len() > max {
+            let e = ProtoError::TooLarge(text.len(), max);
+            return self.error(socket, &e).await.map(|()| true);
+        }
+        let (key, value, timestamp_us) = match parse_client(&text) {
+            Ok(ClientMsg::Op {
+                key,
+                value,
+                timestamp_us,
+            }) => (key, value, timestamp_us),
+            Err(e) => return self.error(socket, &e).await.map(|()| true),
+        };
+        if !self.grant.can_write(&self.space) {
+            self.engine().metrics.errors_sent.fetch_add(1, Relaxed);
+            let f = error_frame(
+                403,
+                "forbidden",
+                "write attempted with read-only scope",
+                Some(&key),
+            );
+            return send(socket, f).await.map(|()| true);
+        }
+        let engine = self.engine().clone();
+        let space = self.space.clone();
+        let actor = self.grant.sub.clone();
+        let source = Some(self.ctx.id);
+        let write = op_write(key.clone(), value, timestamp_us);
+        // Answered in order once durable; the actor keeps serving meanwhile.
+        self.pending.push_back(Box::pin(async move {
+            match engine.push(&space, &actor, source, vec![write]).await {
+                Ok(_) => None,
+                Err(e) => {
+                    engine.metrics.errors_sent.fetch_add(1, Relaxed);
+                    let (code, reason) = engine_error(&e);
+                    Some(error_frame(code, reason, &e.to_string(), Some(&key)))
+                }
+            }
+        }));
+        Ok(true)
+    }
+}
+
+// ---- history ----------------------------------------------------------------
+
+/// Default and largest page of `GET /v1/history`.
+const HISTORY_DEFAULT: usize = 100;
+const HISTORY_MAX: usize = 1000;
+
+fn http_error(status: StatusCode, reason: &str, message: &str) -> Response {
+    let body = error_frame(status.as_u16(), reason, message, None);
+    (
+        status,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
+}
+
+/// `since` (exclusive seq, default 0) and `limit` (1..=1000, default 100).
+pub fn history_params(q: &HashMap<String, String>) -> Result<(u64, usize), String> {
+    let since = match q.get("since").map(String::as_str) {
+        None | Some("") => 0,
+        Some(s) => s
+            .parse()
+            .map_err(|_| format!("since: {s:?} is not a non-negative integer"))?,
+    };
+    let limit = match q.get("limit").map(String::as_str) {
+        None | Some("") => HISTORY_DEFAULT,
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if (1..=HISTORY_MAX).contains(&n) => n,
+            _ => {
+                return Err(format!(
+                    "limit: {s:?} is not an integer from 1 to {HISTORY_MAX}"
+                ))
+            }
+        },
+    };
+    Ok((since, limit))
+}
+
+pub async fn history(
+    State(state): State<Arc<AppState>>,
+    Path(workspace): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let grant = match admit(&state, &headers, &query) {
+        Ok(g) => g,
+        Err((status, msg)) => return http_error(status, "unauthorized", msg.trim_end()),
+    };
+    if let Err(e) = crate::engine::validate_name("workspace", &workspace) {
+        return http_error(StatusCode::BAD_REQUEST, "invalid_field", &e.to_string());
+    }
+    if !grant.can_read(&workspace) {
+        return http_error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the token gives no read access to this workspace",
+        );
+    }
+    let (since, limit) = match history_params(&query) {
+        Ok(p) => p,
+        Err(m) => return http_error(StatusCode::BAD_REQUEST, "invalid_field", &m),
+    };
+    let engine = &state.engine;
+    let trimmed = since.saturating_add(1) < engine.horizon();
+    // Read up to one op past the limit, to know whether more follow.
+    let (mut ops, mut after, mut next, mut more) = (Vec::new(), since, since, false);
+    'scan: loop {
+        let page = match engine.space_log(&workspace, after, 256) {
+            Ok(p) => p,
+            Err(e) => {
+                let (_, reason) = engine_error(&e);
+                return http_error(StatusCode::INTERNAL_SERVER_ERROR, reason, &e.to_string());
+            }
+        };
+        let short = page.len() < 256;
+        for (seq, entry) in page {
+            after = seq;
+            if entry.change.collection == COLLECTION {
+                if ops.len() == limit {
+                    more = true;
+                    break 'scan;
+                }
+                ops.push(history_item(seq, &entry));
+            }
+            next = seq;
+        }
+        if short {
+            break;
+        }
+    }
+    Json(json!({"workspace": workspace, "ops": ops, "next": next,
+                "more": more, "trimmed": trimmed}))
+    .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Change, EntityState, NodeId};
+
+    fn stamp(ms: u64, node: u64) -> Stamp {
+        Stamp {
+            ms,
+            counter: 0,
+            node: NodeId(node),
+        }
+    }
+
+    fn change(key: &str, value: Value, ms: u64, node: u64, seq: u64) -> Change {
+        Change {
+            space: "w".into(),
+            collection: COLLECTION.into(),
+            id: key.into(),
+            op: Op::Patch,
+            fields: BTreeMap::from([(FIELD.to_string(), value)]),
+            stamp: stamp(ms, node),
+            origin: NodeId(node),
+            seq,
+            actor: "a".into(),
+        }
+    }
+
+    fn entity(changes: &[Change]) -> StoredEntity {
+        let mut state = EntityState::default();
+        for c in changes {
+            state.apply(c);
+        }
+        StoredEntity {
+            state,
+            version: changes.len() as u64,
+            seq: 0,
+        }
+    }
+
+    #[test]
+    fn parses_the_seed_op() {
+        let m = parse_client(
+            r#"{"type":"op","payload":{"key":"foo","value":"bar","timestamp":1700000000123456}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            m,
+            ClientMsg::Op {
+                key: "foo".into(),
+                value: json!("bar"),
+                timestamp_us: Some(1_700_000_000_123_456)
+            }
+        );
+        let w = match m {
+            ClientMsg::Op {
+                key,
+                value,
+                timestamp_us,
+            } => op_write(key, value, timestamp_us),
+        };
+        assert_eq!(w.client_ms, Some(1_700_000_000_123));
+        assert_eq!(w.collection, "kv");
+        assert_eq!(w.fields, BTreeMap::from([("value".into(), json!("bar"))]));
+        // timestamp optional, value any (null allowed), extra fields ignored
+        let m = parse_client(r#"{"type":"op","id":7,"payload":{"key":"k","value":null}}"#).unwrap();
+        assert_eq!(
+            m,
+            ClientMsg::Op {
+                key: "k".into(),
+                value: Value::Null,
+                timestamp_us: None
+            }
+        );
+    }
+
+    #[test]
+    fn refuses_bad_messages_with_codes() {
+        let bad = [
+            ("nope", "invalid_json"),
+            ("[1]", "invalid_message"),
+            (r#"{"payload":{}}"#, "invalid_message"),
+            (r#"{"type":"sub"}"#, "unknown_type"),
+            (r#"{"type":"op"}"#, "invalid_field"),
+            (r#"{"type":"op","payload":{"value":1}}"#, "invalid_field"),
+            (r#"{"type":"op","payload":{"key":"k"}}"#, "invalid_field"),
+            (
+                r#"{"type":"op","payload":{"key":"k","value":1,"timestamp":-5}}"#,
+                "invalid_field",
+            ),
+            (
+                r#"{"type":"op","payload":{"key":"k","value":1,"timestamp":"x"}}"#,
+                "invalid_field",
+            ),
+            (
+                r#"{"type":"op","payload":{"key":"k","value":1,"timestamp":1.5}}"#,
+                "invalid_field",
+            ),
+        ];
+        for (text, reason) in bad {
+            let e = parse_client(text).unwrap_err();
+            assert_eq!((e.code(), e.reason()), (400, reason), "{text}");
+        }
+        let f: Value =
+            serde_json::from_str(&error_frame(403, "forbidden", "no", Some("k"))).unwrap();
+        assert_eq!(
+            f,
+            json!({"type":"error","code":403,"reason":"forbidden","message":"no","key":"k"})
+        );
+    }
+
+    #[test]
+    fn init_data_and_heads() {
+        let a = entity(&[
+            change("a", json!(1), 10, 1, 1),
+            change("a", json!(2), 20, 2, 1),
+        ]);
+        let b = entity(&[change("b", json!({"x": true}), 10, 1, 2)]);
+        let gone = entity(&[
+            change("c", json!("x"), 10, 1, 3),
+            change("c", Value::Null, 30, 1, 4),
+        ]);
+        let ents = vec![
+            ("a".to_string(), a.clone()),
+            ("b".into(), b.clone()),
+            ("c".into(), gone),
+        ];
+        assert_eq!(
+            Value::Object(data_of(&ents)),
+            json!({"a": 2, "b": {"x": true}})
+        );
+        assert_eq!(key_state(&a), (json!(2), Some(20_000)));
+        let h = heads(&ents);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h[0].len(), 64);
+        // Same changes in another order, other local bookkeeping: same heads.
+        let mut a2 = entity(&[
+            change("a", json!(2), 20, 2, 1),
+            change("a", json!(1), 10, 1, 1),
+        ]);
+        a2.seq = 99;
+        a2.version = 7;
+        let ents2 = vec![("a".to_string(), a2), ents[1].clone(), ents[2].clone()];
+        assert_eq!(heads(&ents2), h);
+        // Any state change changes them; no keys, no heads.
+        let a3 = entity(&[change("a", json!(3), 25, 1, 5)]);
+        let ents3 = vec![("a".to_string(), a3), ents[1].clone(), ents[2].clone()];
+        assert_ne!(heads(&ents3), h);
+        assert!(heads(&[]).is_empty());
+    }
+
+    #[test]
+    fn broadcast_shows_the_value_that_holds() {
+        let newer = change("k", json!("new"), 50, 1, 1);
+        let late = change("k", json!("old"), 10, 2, 1);
+        let state = entity(&[newer.clone(), late.clone()]);
+        let committed = |c: &Change| Committed {
+            seq: 5,
+            after: Some(state.view()),
+            entry: LogEntry {
+                change: c.clone(),
+                at_ms: 0,
+                version: 2,
+                created: false,
+            },
+            source: None,
+            rendered: Default::default(),
+        };
+        // The winner renders from itself (no lookup needed).
+        let f = render_change(&committed(&newer), || panic!("no lookup for a winner"));
+        let v: Value = serde_json::from_str(&f).unwrap();
+        assert_eq!(
+            v,
+            json!({"type":"op","payload":{"key":"k","value":"new","timestamp":50_000}})
+        );
+        // A late op that lost renders the value that stays.
+        let f = render_change(&committed(&late), || Some(state.clone()));
+        let v: Value = serde_json::from_str(&f).unwrap();
+        assert_eq!(
+            v["payload"],
+            json!({"key":"k","value":"new","timestamp":50_000})
+        );
+        let h = history_item(5, &committed(&late).entry);
+        assert_eq!(
+            h,
+            json!({"seq":5,"key":"k","value":"old","timestamp":10_000,"actor":"a"})
+        );
+    }
+
+    #[test]
+    fn history_params_bounds() {
+        let q = |s: &[(&str, &str)]| {
+            s.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect::<HashMap<_, _>>()
+        };
+        assert_eq!(history_params(&q(&[])), Ok((0, 100)));
+        assert_eq!(
+            history_params(&q(&[("since", "7"), ("limit", "2")])),
+            Ok((7, 2))
+        );
+        assert!(history_params(&q(&[("limit", "0")])).is_err());
+        assert!(history_params(&q(&[("limit", "1001")])).is_err());
+        assert!(history_params(&q(&[("since", "-1")])).is_err());
+    }
+}
