@@ -1,6 +1,6 @@
 //! The axum router: dialect endpoints plus health, metrics and status.
 
-use crate::dialect::native;
+use crate::dialect::{native, unified};
 use crate::server::AppState;
 use axum::extract::State;
 use axum::http::header;
@@ -14,6 +14,9 @@ use std::sync::Arc;
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/ws", get(native::upgrade))
+        .route("/api/ws", get(unified::unified))
+        .route("/api/sync/ws", get(unified::entity_sync))
+        .route("/api/field-sync/ws", get(unified::field_sync))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/v1/status", get(status))

@@ -96,6 +96,7 @@ impl Relay {
                 limits: Limits::default(),
                 max_skew_ms: settings.max_skew.as_millis() as u64,
                 min_free_bytes: settings.min_free_bytes,
+                schemas: settings.schemas.clone(),
             },
             metrics,
         )?;

@@ -3,6 +3,7 @@
 //! socket limits) lives here.
 
 pub mod native;
+pub mod unified;
 
 use crate::auth::Grant;
 use crate::engine::{ConnLink, ConnSignal, Delivery};
@@ -16,6 +17,10 @@ use tokio::sync::mpsc;
 
 /// Render-cache slots, one per dialect that renders committed changes.
 pub const SLOT_NATIVE: usize = 0;
+/// Seed 004 (`unified`): its `change` frame, and its `field_change` frames.
+/// Taken from the top of the 8 slots so sequential picks do not collide.
+pub const SLOT_UNIFIED_CHANGE: usize = 6;
+pub const SLOT_UNIFIED_FIELDS: usize = 7;
 
 /// Seconds since the epoch, for token expiry.
 pub fn now_s() -> u64 {
