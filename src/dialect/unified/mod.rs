@@ -87,10 +87,12 @@ const PAGE: usize = 256;
 
 type Pending = Pin<Box<dyn Future<Output = Vec<String>> + Send + Sync>>;
 
-/// One live feed (entity changes or field changes) of the connection.
+/// One hub subscription of the connection: entity changes or field changes
+/// of some entity types. Each `subscribe` adds a feed for the types not yet
+/// subscribed, starting at the current end of the log, so a type added later
+/// never replays its past.
 struct Feed {
-    /// The hub subscription id.
-    id: u64,
+    kind: Kind,
     entities: HashSet<String>,
     /// Highest local seq delivered: catch-up after a lag resumes here, and
     /// anything at or below it that arrives again is skipped.
@@ -109,8 +111,8 @@ struct Conn {
     endpoint: Endpoint,
     space: String,
     client_id: String,
-    entity_feed: Option<Feed>,
-    field_feed: Option<Feed>,
+    /// Hub subscription id -> feed.
+    feeds: HashMap<u64, Feed>,
     pending: FuturesOrdered<Pending>,
 }
 
@@ -137,8 +139,7 @@ async fn run(
         grant,
         endpoint,
         space,
-        entity_feed: None,
-        field_feed: None,
+        feeds: HashMap::new(),
         pending: FuturesOrdered::new(),
     };
     let max_inflight = state.settings.max_inflight;
@@ -233,13 +234,6 @@ impl Conn {
         send(socket, proto::error(&r)).await
     }
 
-    fn feed(&mut self, kind: Kind) -> &mut Option<Feed> {
-        match kind {
-            Kind::Entity => &mut self.entity_feed,
-            Kind::Field => &mut self.field_feed,
-        }
-    }
-
     /// Frames of one committed change for a feed of `kind`.
     fn frames(kind: Kind, c: &Committed) -> Vec<Utf8Bytes> {
         match kind {
@@ -252,17 +246,17 @@ impl Conn {
         let Delivery::Change { sub, item } = d else {
             return Ok(()); // feeds are registered without ephemeral events
         };
-        for kind in [Kind::Entity, Kind::Field] {
-            let Some(feed) = self.feed(kind).as_mut() else {
-                continue;
-            };
-            if feed.id != sub || item.seq <= feed.last_seq {
-                continue;
-            }
-            feed.last_seq = item.seq;
-            for f in Self::frames(kind, &item) {
-                send(socket, f).await?;
-            }
+        // Items of a feed already dropped (lag) are ignored: its catch-up
+        // re-reads them from the log.
+        let Some(feed) = self.feeds.get_mut(&sub) else {
+            return Ok(());
+        };
+        if item.seq <= feed.last_seq {
+            return Ok(());
+        }
+        feed.last_seq = item.seq;
+        for f in Self::frames(feed.kind, &item) {
+            send(socket, f).await?;
         }
         Ok(())
     }
@@ -271,11 +265,10 @@ impl Conn {
     /// stopped, so the client misses nothing and needs no resync message.
     async fn resync(&mut self, socket: &mut WebSocket) -> Result<(), EngineError> {
         for id in self.ctx.signal.take_lagged() {
-            for kind in [Kind::Entity, Kind::Field] {
-                if self.feed(kind).as_ref().is_some_and(|f| f.id == id) {
-                    self.engine().metrics.resyncs.fetch_add(1, Relaxed);
-                    self.subscribe(socket, kind, vec![]).await?;
-                }
+            if let Some(feed) = self.feeds.remove(&id) {
+                self.engine().metrics.resyncs.fetch_add(1, Relaxed);
+                self.start_feed(socket, feed.kind, feed.entities, feed.last_seq)
+                    .await?;
             }
         }
         Ok(())
@@ -313,10 +306,10 @@ impl Conn {
         let forms = &self.ctx.state.settings.forms;
         let r = match msg {
             UnifiedMessage::Subscribe { entities } => {
-                self.subscribe_checked(socket, Kind::Entity, entities).await
+                self.subscribe(socket, Kind::Entity, entities).await
             }
             UnifiedMessage::SubscribeFields { entities } => {
-                self.subscribe_checked(socket, Kind::Field, entities).await
+                self.subscribe(socket, Kind::Field, entities).await
             }
             UnifiedMessage::Sync { entity, since } => self.sync(socket, entity, since).await,
             UnifiedMessage::Push {
@@ -374,7 +367,7 @@ impl Conn {
         Ok(())
     }
 
-    async fn subscribe_checked(
+    async fn subscribe(
         &mut self,
         socket: &mut WebSocket,
         kind: Kind,
@@ -383,28 +376,34 @@ impl Conn {
         if let Err(r) = self.check_entities(&entities) {
             return self.refuse(socket, r).await;
         }
-        self.subscribe(socket, kind, entities).await
+        // Subscriptions accumulate; types already subscribed are skipped.
+        let new: HashSet<String> = entities
+            .into_iter()
+            .filter(|e| {
+                !self
+                    .feeds
+                    .values()
+                    .any(|f| f.kind == kind && f.entities.contains(e))
+            })
+            .collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        let since = self.engine().hub().last_seq();
+        self.start_feed(socket, kind, new, since).await
     }
 
-    /// Add entity types to a feed (subscriptions accumulate). The feed is
-    /// re-registered with the wider filter and caught up from the log since
-    /// the last change it delivered, so nothing falls in between; a new
-    /// feed starts at the current end of the log.
-    async fn subscribe(
+    /// Register a feed for `set` and bring it up to date from `since` (the
+    /// log seq it has delivered up to), sending the catch-up; by the end it
+    /// is live with no gap or duplicate at the seam.
+    async fn start_feed(
         &mut self,
         socket: &mut WebSocket,
         kind: Kind,
-        entities: Vec<String>,
+        set: HashSet<String>,
+        since: u64,
     ) -> Result<(), EngineError> {
         let engine = self.engine().clone();
-        let (mut set, since) = match self.feed(kind).take() {
-            Some(f) => {
-                engine.unsubscribe(&self.space, f.id);
-                (f.entities, f.last_seq)
-            }
-            None => (HashSet::new(), engine.hub().last_seq()),
-        };
-        set.extend(entities);
         let filter = Filter {
             collections: Some(set.clone()),
             events: false,
@@ -450,11 +449,14 @@ impl Conn {
             }
         }
         let id = sub.id.ok_or(EngineError::ClientGone)?;
-        *self.feed(kind) = Some(Feed {
+        self.feeds.insert(
             id,
-            entities: set,
-            last_seq: sub.reached().max(last),
-        });
+            Feed {
+                kind,
+                entities: set,
+                last_seq: sub.reached().max(last),
+            },
+        );
         Ok(())
     }
 
