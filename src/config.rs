@@ -2,10 +2,13 @@
 //! default (see `config/outpost.toml`), CLI flags on top, validated once at
 //! startup into errors that name the key.
 
+use crate::schema::{SchemaError, SchemaSet};
 use crate::store::Durability;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +22,8 @@ pub enum ConfigError {
     Parse { path: String, message: String },
     #[error("config key `{key}`: {reason}")]
     Invalid { key: &'static str, reason: String },
+    #[error("config key `{key}`: {source}")]
+    Schema { key: String, source: SchemaError },
 }
 
 fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -37,6 +42,13 @@ pub struct Config {
     pub auth: AuthConfig,
     pub log: Log,
     pub webhook: WebhookConfig,
+    /// Seed 004 forms: name -> JSON Schema file (relative to the config file).
+    pub forms: BTreeMap<String, PathBuf>,
+    /// Collection schemas enforced on every local push: collection -> file.
+    pub schemas: BTreeMap<String, PathBuf>,
+    /// The config file's directory, against which schema paths resolve.
+    #[serde(skip)]
+    pub base_dir: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -256,6 +268,10 @@ pub struct Settings {
     pub jwt_secret: Option<Vec<u8>>,
     pub anonymous: Anonymous,
     pub webhook: Option<WebhookSettings>,
+    /// Compiled `[forms]` schemas.
+    pub forms: Arc<SchemaSet>,
+    /// Compiled `[schemas]`, keyed by collection.
+    pub schemas: Arc<SchemaSet>,
 }
 
 impl Config {
@@ -264,7 +280,9 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::parse(&text, &path.display().to_string())
+        let mut c = Self::parse(&text, &path.display().to_string())?;
+        c.base_dir = path.parent().map(Path::to_path_buf);
+        Ok(c)
     }
 
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
@@ -351,6 +369,17 @@ impl Config {
             ));
         }
         let webhook = self.webhook.validate()?;
+        let base = self.base_dir.as_deref();
+        let load = |section: &str, entries| {
+            SchemaSet::load(entries, base)
+                .map(Arc::new)
+                .map_err(|(name, source)| ConfigError::Schema {
+                    key: format!("{section}.{name}"),
+                    source,
+                })
+        };
+        let forms = load("forms", &self.forms)?;
+        let schemas = load("schemas", &self.schemas)?;
         Ok(Settings {
             listen,
             max_connections: s.max_connections,
@@ -367,6 +396,8 @@ impl Config {
             jwt_secret,
             anonymous,
             webhook,
+            forms,
+            schemas,
         })
     }
 
@@ -457,6 +488,34 @@ mod tests {
         c.webhook.url = None;
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("webhook.secret"), "{e}");
+    }
+
+    #[test]
+    fn schema_paths_resolve_against_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("forms")).unwrap();
+        std::fs::write(
+            dir.path().join("forms/contact.schema.json"),
+            r#"{"type":"object"}"#,
+        )
+        .unwrap();
+        let file = dir.path().join("outpost.toml");
+        std::fs::write(
+            &file,
+            "[forms]\ncontact = \"forms/contact.schema.json\"\n[schemas]\nnotes = \"forms/missing.json\"\n",
+        )
+        .unwrap();
+        let c = Config::load(&file).unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("`schemas.notes`") && e.contains("missing.json"),
+            "{e}"
+        );
+        let mut c = c;
+        c.schemas.clear();
+        let s = c.validate().unwrap();
+        assert!(s.forms.contains("contact"));
+        assert!(s.schemas.is_empty());
     }
 
     #[test]

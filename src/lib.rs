@@ -11,6 +11,8 @@
 //! - [`store`]: redb tables and the group-commit writer thread.
 //! - [`model`]: stamps, changes, entity state and its CRDT merge (pure).
 //! - [`metrics`]: counters rendered for Prometheus.
+//! - [`schema`]: JSON Schema sets (forms, collection schemas).
+//! - [`rfc3339`]: timestamp text for the dialects that use it.
 
 pub mod auth;
 pub mod config;
@@ -19,6 +21,8 @@ pub mod engine;
 pub mod http;
 pub mod metrics;
 pub mod model;
+pub mod rfc3339;
+pub mod schema;
 pub mod server;
 pub mod store;
 

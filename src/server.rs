@@ -97,6 +97,7 @@ impl Relay {
                 max_skew_ms: settings.max_skew.as_millis() as u64,
                 min_free_bytes: settings.min_free_bytes,
                 cache_bytes: settings.cache_bytes,
+                schemas: settings.schemas.clone(),
             },
             metrics,
         )?;

@@ -101,6 +101,7 @@ async fn commits_between_registration_and_seam_arrive_once() {
             max_skew_ms: 60_000,
             min_free_bytes: 0,
             cache_bytes: 1 << 20,
+            schemas: Default::default(),
         },
         Arc::new(Metrics::default()),
     )

@@ -8,6 +8,7 @@ pub mod kv;
 pub mod native;
 pub mod session;
 pub mod sync;
+pub mod unified;
 
 use crate::auth::Grant;
 use crate::engine::{ConnLink, ConnSignal, Delivery};
@@ -27,6 +28,10 @@ pub const SLOT_SYNC: usize = 1;
 pub const SLOT_ATOME: usize = 2;
 /// Seed 003 (`/v1/sync/{workspace}`).
 pub const SLOT_KV: usize = 4;
+/// Seed 004 (`unified`): its `change` frame, and its `field_change` frames.
+/// Taken from the top of the 8 slots so sequential picks do not collide.
+pub const SLOT_UNIFIED_CHANGE: usize = 6;
+pub const SLOT_UNIFIED_FIELDS: usize = 7;
 
 /// Seconds since the epoch, for token expiry.
 pub fn now_s() -> u64 {

@@ -5,11 +5,11 @@ mod hub;
 mod validate;
 
 pub use hub::{ConnLink, ConnSignal, Filter, Hub};
-/// Dialects check a space name (e.g. from `?space=`) before upgrading.
 pub use validate::{validate_name, validate_write, Limits};
 
 use crate::metrics::Metrics;
-use crate::model::{Change, NodeId, VersionVector};
+use crate::model::{Change, NodeId, Op, VersionVector};
+use crate::schema::SchemaSet;
 use crate::store::{
     Committed, Durability, Job, LocalWrite, LogEntry, Outcome, Store, StoreError, StoreOptions,
     StoredEntity,
@@ -27,6 +27,13 @@ use tokio::task::JoinHandle;
 pub enum EngineError {
     #[error("{0}")]
     Invalid(String),
+    /// A write breaks its collection's schema (`[schemas]` in the config).
+    #[error("changes[{index}]: collection `{collection}` schema: {violation}")]
+    Schema {
+        index: usize,
+        collection: String,
+        violation: crate::schema::Violation,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("the client went away")]
@@ -37,7 +44,7 @@ impl EngineError {
     /// The HTTP-like status code used in error messages.
     pub fn code(&self) -> u16 {
         match self {
-            EngineError::Invalid(_) => 400,
+            EngineError::Invalid(_) | EngineError::Schema { .. } => 400,
             EngineError::Store(StoreError::DiskFull { .. }) => 507,
             EngineError::Store(StoreError::Closed) => 503,
             EngineError::Store(_) => 500,
@@ -95,6 +102,8 @@ pub struct EngineSettings {
     pub max_skew_ms: u64,
     pub min_free_bytes: u64,
     pub cache_bytes: usize,
+    /// Collection schemas checked on every local push.
+    pub schemas: Arc<SchemaSet>,
 }
 
 pub struct Engine {
@@ -108,6 +117,7 @@ pub struct Engine {
     /// Cursors that retention must not trim past (e.g. the upstream's).
     pins: Mutex<Vec<String>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    schemas: Arc<SchemaSet>,
 }
 
 /// A subscription being brought up to date; see `Engine::next_page`.
@@ -178,6 +188,7 @@ impl Engine {
             retention: s.retention,
             pins: Mutex::new(Vec::new()),
             tasks: Mutex::new(Vec::new()),
+            schemas: s.schemas,
         }))
     }
 
@@ -296,6 +307,7 @@ impl Engine {
             validate_write(&self.limits, w)
                 .map_err(|e| EngineError::Invalid(format!("changes[{i}].{e}")))?;
         }
+        self.check_schemas(space, &writes)?;
         self.metrics.pushes.fetch_add(1, Relaxed);
         let n = writes.len() as u64;
         let out = self
@@ -310,6 +322,59 @@ impl Engine {
             .await?;
         self.metrics.changes_written.fetch_add(n, Relaxed);
         Ok(out)
+    }
+
+    /// Refuse writes that would leave an entity breaking its collection's
+    /// schema. A put is checked as the whole entity; a patch as the entity
+    /// it produces from the state read now (and from earlier writes of the
+    /// same batch). Deletes are not checked. Changes from peers and the
+    /// upstream are not checked here: their origin relay did.
+    fn check_schemas(&self, space: &str, writes: &[LocalWrite]) -> Result<(), EngineError> {
+        if self.schemas.is_empty() {
+            return Ok(());
+        }
+        let mut projected: std::collections::HashMap<(&str, &str), serde_json::Map<String, Value>> =
+            std::collections::HashMap::new();
+        for (index, w) in writes.iter().enumerate() {
+            if w.op == Op::Delete {
+                projected.insert((&w.collection, &w.id), serde_json::Map::new());
+                continue;
+            }
+            if !self.schemas.contains(&w.collection) {
+                continue;
+            }
+            let key = (w.collection.as_str(), w.id.as_str());
+            let mut fields = match (w.op, projected.remove(&key)) {
+                (Op::Put, _) => serde_json::Map::new(),
+                (_, Some(f)) => f,
+                _ => self
+                    .store
+                    .entity(space, &w.collection, &w.id)?
+                    .filter(|e| e.state.exists())
+                    .map(|e| e.state.visible())
+                    .unwrap_or_default(),
+            };
+            for (k, v) in &w.fields {
+                if v.is_null() {
+                    fields.remove(k);
+                } else {
+                    fields.insert(k.clone(), v.clone());
+                }
+            }
+            let violations = self
+                .schemas
+                .check_object(&w.collection, &fields)
+                .unwrap_or_default();
+            if let Some(violation) = violations.into_iter().next() {
+                return Err(EngineError::Schema {
+                    index,
+                    collection: w.collection.clone(),
+                    violation,
+                });
+            }
+            projected.insert(key, fields);
+        }
+        Ok(())
     }
 
     /// Apply changes that carry their identity (peers, upstream).
