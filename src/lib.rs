@@ -13,6 +13,7 @@
 //! - [`metrics`]: counters rendered for Prometheus.
 //! - [`schema`]: JSON Schema sets (forms, collection schemas).
 //! - [`rfc3339`]: timestamp text for the dialects that use it.
+//! - [`notify`]: systemd readiness and watchdog notifications.
 
 pub mod auth;
 pub mod config;
@@ -21,6 +22,7 @@ pub mod engine;
 pub mod http;
 pub mod metrics;
 pub mod model;
+pub mod notify;
 pub mod rfc3339;
 pub mod schema;
 pub mod server;

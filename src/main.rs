@@ -148,7 +148,10 @@ fn main() -> Result<()> {
 async fn serve(settings: Settings) -> Result<()> {
     let relay = Relay::start(settings).await?;
     announce(relay.addr, &relay);
+    // Listeners bound and store open: systemd may now consider us started.
+    outpost::notify::service_ready(&relay.state.engine, &format!("listening on {}", relay.addr));
     terminate_signal().await;
+    outpost::notify::stopping();
     tracing::info!("shutdown requested; draining connections");
     relay.shutdown().await?;
     tracing::info!("stopped cleanly");

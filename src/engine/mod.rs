@@ -264,6 +264,19 @@ impl Engine {
         self.store.close();
     }
 
+    /// Cheap liveness check for the systemd watchdog: a read transaction
+    /// (on a blocking thread, so a hung disk cannot stall the runtime) and
+    /// a round trip through the writer queue. The caller bounds it with a
+    /// deadline; a wedged engine never answers.
+    pub async fn health_check(self: &Arc<Self>) -> Result<(), EngineError> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.store.log_len())
+            .await
+            // Only a panic in the read ends here: report the store unusable.
+            .map_err(|_| StoreError::Closed)??;
+        Ok(self.store.ping().await?)
+    }
+
     pub fn node_id(&self) -> NodeId {
         self.store.node_id()
     }

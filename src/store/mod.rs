@@ -253,6 +253,12 @@ impl Store {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Round trip through the writer queue: proves the writer loop is
+    /// running (the systemd watchdog's health check).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.submit(Job::Ping).await
+    }
+
     /// Stop taking jobs, let the writer finish what is queued, and wait for it.
     pub fn close(&self) {
         // Dropping the sender ends the writer loop once the queue is drained;

@@ -73,6 +73,9 @@ pub enum Job {
     /// not yet (sent by the store's flush ticker, so an idle relay does not
     /// keep acknowledged writes unsynced for long).
     Flush,
+    /// Liveness probe (the systemd watchdog): answered by the writer loop
+    /// without a transaction, so an answer proves the writer is not stuck.
+    Ping(Reply<()>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -213,8 +216,16 @@ impl Writer {
             }
             let flush = jobs.iter().any(|j| matches!(j, Job::Flush));
             jobs.retain(|j| !matches!(j, Job::Flush));
+            let (pings, jobs): (Vec<Job>, Vec<Job>) =
+                jobs.into_iter().partition(|j| matches!(j, Job::Ping(_)));
             if !jobs.is_empty() {
                 self.group(jobs);
+            }
+            // After the group: a ping queued behind a stuck commit waits for it.
+            for p in pings {
+                if let Job::Ping(reply) = p {
+                    let _ = reply.send(Ok(()));
+                }
             }
             if flush && self.dirty && self.last_fsync.elapsed() >= RELAXED_FLUSH {
                 if let Err(e) = self.flush() {
@@ -349,7 +360,7 @@ impl Writer {
                             let n = self.trim(&mut t, older_than_ms, keep_from, max, seq)?;
                             done.push(Done::Count(reply, n));
                         }
-                        Job::Flush => {}
+                        Job::Flush | Job::Ping(_) => {}
                     }
                 }
                 t.meta.insert(META_LAST_SEQ, seq.to_le_bytes().as_slice())?;
