@@ -21,6 +21,7 @@ pub mod engine;
 pub mod http;
 pub mod metrics;
 pub mod model;
+pub mod replicate;
 pub mod rfc3339;
 pub mod schema;
 pub mod server;
