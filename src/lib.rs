@@ -19,6 +19,7 @@ pub mod config;
 pub mod dialect;
 pub mod engine;
 pub mod http;
+pub mod mesh;
 pub mod metrics;
 pub mod model;
 pub mod replicate;

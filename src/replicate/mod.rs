@@ -4,8 +4,10 @@
 //! - `frame`: the messages and their MessagePack encoding;
 //! - `plan`: what a peer lacks, decided from version vectors (pure);
 //! - `session`: a session over any framed transport;
-//! - `stats`: the live links, for status and metrics.
+//! - `stats`: the live links, for status and metrics;
+//! - `backoff`: reconnect delays.
 
+pub mod backoff;
 pub mod frame;
 pub mod plan;
 pub mod session;
