@@ -293,8 +293,18 @@ async fn strangers_are_refused_and_the_mesh_keeps_working() {
     for n in 0..20u8 {
         udp.send_to(&[n; 1200], a.mesh).unwrap();
     }
-    let refused = outpost_quic_probe(a.mesh).await;
-    assert!(refused, "a non-outpost QUIC client must not get a session");
+    assert!(
+        quic_probe(a.mesh, b"h3", None).await,
+        "a non-outpost QUIC client must not get a session"
+    );
+    // The right ALPN but garbage instead of a membership proof: closed.
+    for garbage in [
+        &[0xffu8; 64][..],
+        &[0, 0, 0, 5, 1, 2, 3, 4, 5],
+        &[0x7f, 0xff, 0xff, 0xff],
+    ] {
+        assert!(quic_probe(a.mesh, b"outpost-mesh/1", Some(garbage)).await);
+    }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let st = status(intruder.http).await;
     assert_eq!(st["log"]["entries"], 0, "the intruder received data: {st}");
@@ -315,8 +325,9 @@ async fn strangers_are_refused_and_the_mesh_keeps_working() {
     converge(&[&a, &b], 15, &ids(&[&secret_data, &more])).await;
 }
 
-/// Connect with QUIC using a foreign ALPN; true if the relay refused.
-async fn outpost_quic_probe(target: SocketAddr) -> bool {
+/// Connect with QUIC using `alpn`, optionally send `garbage` on a stream;
+/// true if the relay refused the handshake or closed the connection.
+async fn quic_probe(target: SocketAddr, alpn: &[u8], garbage: Option<&[u8]>) -> bool {
     use std::sync::Arc;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
@@ -325,7 +336,7 @@ async fn outpost_quic_probe(target: SocketAddr) -> bool {
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
         .with_no_client_auth();
-    tls.alpn_protocols = vec![b"h3".to_vec()];
+    tls.alpn_protocols = vec![alpn.to_vec()];
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
@@ -335,7 +346,14 @@ async fn outpost_quic_probe(target: SocketAddr) -> bool {
     )
     .await
     .expect("an answer");
-    conn.is_err()
+    let Ok(conn) = conn else { return true };
+    let Some(garbage) = garbage else { return false };
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    let _ = send.write_all(garbage).await;
+    // The relay closes within its 10 s proof deadline at the latest.
+    tokio::time::timeout(Duration::from_secs(15), conn.closed())
+        .await
+        .is_ok()
 }
 
 #[derive(Debug)]
