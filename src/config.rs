@@ -42,6 +42,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub log: Log,
     pub webhook: WebhookConfig,
+    pub mesh: MeshConfig,
     /// Seed 004 forms: name -> JSON Schema file (relative to the config file).
     pub forms: BTreeMap<String, PathBuf>,
     /// Collection schemas enforced on every local push: collection -> file.
@@ -268,6 +269,7 @@ pub struct Settings {
     pub jwt_secret: Option<Vec<u8>>,
     pub anonymous: Anonymous,
     pub webhook: Option<WebhookSettings>,
+    pub mesh: Option<MeshSettings>,
     /// Compiled `[forms]` schemas.
     pub forms: Arc<SchemaSet>,
     /// Compiled `[schemas]`, keyed by collection.
@@ -329,30 +331,12 @@ impl Config {
         let max_skew =
             parse_duration(&st.max_clock_skew).map_err(|e| invalid("storage.max_clock_skew", e))?;
         let a = &self.auth;
-        let jwt_secret = match (&a.jwt_secret, &a.jwt_secret_file) {
-            (Some(_), Some(_)) => {
-                return Err(invalid(
-                    "auth.jwt_secret",
-                    "set jwt_secret or jwt_secret_file, not both",
-                ))
-            }
-            (Some(s), None) => Some(s.as_bytes().to_vec()),
-            (None, Some(p)) => {
-                let s = std::fs::read_to_string(p).map_err(|e| {
-                    invalid(
-                        "auth.jwt_secret_file",
-                        format!("cannot read {}: {e}", p.display()),
-                    )
-                })?;
-                Some(s.trim_end().as_bytes().to_vec())
-            }
-            (None, None) => None,
-        };
-        if let Some(s) = &jwt_secret {
-            if s.len() < 16 {
-                return Err(invalid("auth.jwt_secret", "must be at least 16 bytes"));
-            }
-        }
+        let jwt_secret = read_secret(
+            ("auth.jwt_secret", "auth.jwt_secret_file"),
+            &a.jwt_secret,
+            &a.jwt_secret_file,
+        )?;
+        let mesh = self.mesh.validate()?;
         let anonymous = match a.anonymous {
             Some(x) => x,
             None if listen.ip().is_loopback() => Anonymous::Write,
@@ -396,6 +380,7 @@ impl Config {
             jwt_secret,
             anonymous,
             webhook,
+            mesh,
             forms,
             schemas,
         })
@@ -411,7 +396,114 @@ impl Config {
         if c.webhook.secret.is_some() {
             c.webhook.secret = Some("<redacted>".into());
         }
+        if c.mesh.secret.is_some() {
+            c.mesh.secret = Some("<redacted>".into());
+        }
         toml::to_string(&c).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+/// A secret given inline or in a file (trailing newline ignored), at least
+/// 16 bytes; never both.
+fn read_secret(
+    keys: (&'static str, &'static str),
+    inline: &Option<String>,
+    file: &Option<PathBuf>,
+) -> Result<Option<Vec<u8>>, ConfigError> {
+    let secret = match (inline, file) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                keys.0,
+                format!("set {} or {}, not both", keys.0, keys.1),
+            ))
+        }
+        (Some(s), None) => Some(s.as_bytes().to_vec()),
+        (None, Some(p)) => {
+            let s = std::fs::read_to_string(p)
+                .map_err(|e| invalid(keys.1, format!("cannot read {}: {e}", p.display())))?;
+            Some(s.trim_end().as_bytes().to_vec())
+        }
+        (None, None) => None,
+    };
+    if secret.as_ref().is_some_and(|s| s.len() < 16) {
+        return Err(invalid(keys.0, "must be at least 16 bytes"));
+    }
+    Ok(secret)
+}
+
+/// `[mesh]`: replication with peer relays over QUIC.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MeshConfig {
+    /// Join a mesh (needs `secret` or `secret_file`).
+    pub enabled: bool,
+    /// UDP address of the QUIC endpoint.
+    pub listen: String,
+    /// Shared by every relay of the mesh; at least 16 bytes.
+    pub secret: Option<String>,
+    pub secret_file: Option<PathBuf>,
+    /// Relays to dial, "host:port" (work without mDNS).
+    pub peers: Vec<String>,
+    /// Advertise and discover relays on the LAN with mDNS.
+    pub mdns: bool,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        MeshConfig {
+            enabled: false,
+            listen: "0.0.0.0:7071".into(),
+            secret: None,
+            secret_file: None,
+            peers: Vec::new(),
+            mdns: true,
+        }
+    }
+}
+
+/// The validated mesh settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MeshSettings {
+    pub listen: SocketAddr,
+    pub secret: Vec<u8>,
+    pub peers: Vec<String>,
+    pub mdns: bool,
+}
+
+impl MeshConfig {
+    fn validate(&self) -> Result<Option<MeshSettings>, ConfigError> {
+        let secret = read_secret(
+            ("mesh.secret", "mesh.secret_file"),
+            &self.secret,
+            &self.secret_file,
+        )?;
+        if !self.enabled {
+            return Ok(None);
+        }
+        let secret = secret.ok_or_else(|| {
+            invalid(
+                "mesh.secret",
+                "the mesh needs a secret (mesh.secret or mesh.secret_file)",
+            )
+        })?;
+        let listen = self
+            .listen
+            .parse()
+            .map_err(|e| invalid("mesh.listen", format!("{:?}: {e}", self.listen)))?;
+        for p in &self.peers {
+            let ok = p
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !ok {
+                return Err(invalid("mesh.peers", format!("{p:?} is not \"host:port\"")));
+            }
+        }
+        Ok(Some(MeshSettings {
+            listen,
+            secret,
+            peers: self.peers.clone(),
+            mdns: self.mdns,
+        }))
     }
 }
 

@@ -70,10 +70,9 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
             e.uptime().as_secs_f64(),
         ),
     ];
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        e.metrics.render(&extra),
-    )
+    let mut body = e.metrics.render(&extra);
+    body.push_str(&state.links.render_metrics());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }
 
 async fn status(State(state): State<Arc<AppState>>) -> impl IntoResponse {
@@ -97,5 +96,10 @@ async fn status(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         "version_vector": e.version_vector().unwrap_or_default().iter()
             .map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
         "durability": state.settings.durability,
+        "mesh": {
+            "enabled": state.mesh_addr.is_some(),
+            "listen": state.mesh_addr.map(|a| a.to_string()),
+        },
+        "peers": state.links.status(),
     }))
 }

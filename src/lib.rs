@@ -7,6 +7,9 @@
 //! - [`dialect`]: one module per client protocol, each a thin adapter
 //!   (parse, call the engine, render). `native` is outpost's own.
 //! - [`auth`]: HS256 JWTs and scopes.
+//! - [`mesh`]: QUIC between peer relays: membership, dialling, mDNS.
+//! - [`replicate`]: the relay-to-relay protocol (frames, planning from
+//!   version vectors, sessions over any transport), used by the mesh.
 //! - [`engine`]: apply, subscribe (catch-up then live), fan-out, events.
 //! - [`store`]: redb tables and the group-commit writer thread.
 //! - [`model`]: stamps, changes, entity state and its CRDT merge (pure).
@@ -20,9 +23,11 @@ pub mod config;
 pub mod dialect;
 pub mod engine;
 pub mod http;
+pub mod mesh;
 pub mod metrics;
 pub mod model;
 pub mod notify;
+pub mod replicate;
 pub mod rfc3339;
 pub mod schema;
 pub mod server;

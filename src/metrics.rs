@@ -36,6 +36,12 @@ pub struct Metrics {
     pub webhook_failures: AtomicU64,
     pub webhook_dropped: AtomicU64,
     pub webhook_backlog: AtomicU64,
+    /// Mesh: sessions established, refused peers (bad proof, garbage,
+    /// wrong protocol), and mDNS discovery events (peers found or lost).
+    pub mesh_sessions: AtomicU64,
+    pub mesh_refused: AtomicU64,
+    pub mesh_discovered: AtomicU64,
+    pub mesh_lost: AtomicU64,
 }
 
 impl Metrics {
@@ -159,7 +165,31 @@ impl Metrics {
             self.commit_sum_us.load(Relaxed) as f64 / 1e6
         );
         let _ = writeln!(s, "{name}_count {count}");
-        let webhook: [(&str, &str, &str, &AtomicU64); 4] = [
+        let webhook: [(&str, &str, &str, &AtomicU64); 8] = [
+            (
+                "outpost_mesh_sessions_total",
+                "counter",
+                "mesh sessions established",
+                &self.mesh_sessions,
+            ),
+            (
+                "outpost_mesh_refused_total",
+                "counter",
+                "mesh connections refused (membership proof, protocol)",
+                &self.mesh_refused,
+            ),
+            (
+                "outpost_mesh_discovered_total",
+                "counter",
+                "relays of this mesh found by mDNS",
+                &self.mesh_discovered,
+            ),
+            (
+                "outpost_mesh_lost_total",
+                "counter",
+                "relays of this mesh whose mDNS advert went away",
+                &self.mesh_lost,
+            ),
             (
                 "outpost_webhook_delivered_total",
                 "counter",

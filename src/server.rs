@@ -8,10 +8,13 @@
 use crate::auth::Auth;
 use crate::config::Settings;
 use crate::engine::{Engine, EngineError, EngineSettings, Limits};
+use crate::mesh::Mesh;
 use crate::metrics::Metrics;
+use crate::replicate::Links;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
@@ -24,6 +27,8 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Engine(#[from] EngineError),
+    #[error(transparent)]
+    Mesh(#[from] crate::mesh::MeshError),
     #[error("server failed: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -36,6 +41,10 @@ pub struct AppState {
     /// Flips to true when shutdown starts.
     pub shutdown: watch::Receiver<bool>,
     pub conns: ConnTracker,
+    /// Live replication links (mesh peers, upstream).
+    pub links: Arc<Links>,
+    /// The mesh's bound UDP address, when the mesh is on.
+    pub mesh_addr: Option<SocketAddr>,
 }
 
 /// Counts live connection actors so shutdown can wait for them.
@@ -82,6 +91,7 @@ pub struct Relay {
     pub state: Arc<AppState>,
     stop: watch::Sender<bool>,
     serve: JoinHandle<std::io::Result<()>>,
+    mesh: Option<Mesh>,
 }
 
 impl Relay {
@@ -116,12 +126,25 @@ impl Relay {
         let addr = listener.local_addr()?;
         // Report the bound address (port 0 picks one) wherever it is shown.
         settings.listen = addr;
+        let links = Arc::new(Links::default());
+        let mesh = match &settings.mesh {
+            Some(m) => Some(Mesh::start(
+                m,
+                &settings.dir,
+                engine.clone(),
+                links.clone(),
+                shutdown.clone(),
+            )?),
+            None => None,
+        };
         let state = Arc::new(AppState {
             engine,
             auth: Auth::new(settings.jwt_secret.as_deref(), settings.anonymous),
             settings,
             shutdown,
             conns: ConnTracker::default(),
+            links,
+            mesh_addr: mesh.as_ref().map(|m| m.local_addr),
         });
         let app = crate::http::router(state.clone());
         let mut rx = state.shutdown.clone();
@@ -137,6 +160,7 @@ impl Relay {
             state,
             stop,
             serve,
+            mesh,
         })
     }
 
@@ -162,6 +186,10 @@ impl Relay {
                 tracing::warn!("http server did not stop within the grace period");
                 serve.abort();
             }
+        }
+        if let Some(mesh) = self.mesh {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            mesh.shutdown(left.max(Duration::from_secs(1))).await;
         }
         let engine = self.state.engine.clone();
         tokio::task::spawn_blocking(move || engine.shutdown())

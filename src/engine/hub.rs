@@ -75,6 +75,8 @@ struct State {
 pub struct Hub {
     state: Mutex<State>,
     metrics: Arc<Metrics>,
+    /// The last committed seq, for replication senders waiting for news.
+    commits: tokio::sync::watch::Sender<u64>,
 }
 
 impl Hub {
@@ -86,7 +88,13 @@ impl Hub {
                 spaces: HashMap::new(),
             }),
             metrics,
+            commits: tokio::sync::watch::Sender::new(last_seq),
         }
+    }
+
+    /// Resolves each time something commits (see `Engine::watch_commits`).
+    pub fn watch_commits(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.commits.subscribe()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -97,6 +105,7 @@ impl Hub {
 
     pub fn set_last_seq(&self, seq: u64) {
         self.lock().last_seq = seq;
+        self.commits.send_replace(seq);
     }
 
     /// Highest seq already handed to fan-out.
@@ -181,6 +190,8 @@ impl CommitSink for Hub {
     fn committed(&self, last_seq: u64, batch: Vec<Arc<Committed>>) {
         let mut st = self.lock();
         st.last_seq = last_seq;
+        // Never blocks: a watch only replaces its value.
+        self.commits.send_replace(last_seq);
         let mut sent = 0u64;
         for item in batch {
             let space = item.entry.change.space.as_str();

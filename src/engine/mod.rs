@@ -2,10 +2,11 @@
 //! out. Every dialect is a thin adapter over these calls.
 
 mod hub;
+mod recent;
 mod validate;
 
 pub use hub::{ConnLink, ConnSignal, Filter, Hub};
-pub use validate::{validate_name, validate_write, Limits};
+pub use validate::{validate_change, validate_name, validate_write, Limits};
 
 use crate::metrics::Metrics;
 use crate::model::{Change, NodeId, Op, VersionVector};
@@ -72,6 +73,11 @@ pub struct Event {
     pub payload: Value,
     pub source: Option<u64>,
     pub actor: String,
+    /// Identity across the mesh: the relay that published it and its number
+    /// there. Peers forward an event while `hops` is above zero.
+    pub origin: NodeId,
+    pub eid: u64,
+    pub hops: u8,
     pub rendered: RenderCache,
 }
 
@@ -118,7 +124,15 @@ pub struct Engine {
     pins: Mutex<Vec<String>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     schemas: Arc<SchemaSet>,
+    /// Every event published here, local or from a peer, for the peer links
+    /// (best effort: a lagging receiver skips events).
+    events: tokio::sync::broadcast::Sender<Arc<Event>>,
+    next_eid: AtomicU64,
+    seen_events: Mutex<recent::Recent<(NodeId, u64)>>,
 }
+
+/// How many relays an event may cross after the one it was published at.
+pub const EVENT_HOPS: u8 = 8;
 
 /// A subscription being brought up to date; see `Engine::next_page`.
 pub struct Subscription {
@@ -189,6 +203,9 @@ impl Engine {
             pins: Mutex::new(Vec::new()),
             tasks: Mutex::new(Vec::new()),
             schemas: s.schemas,
+            events: tokio::sync::broadcast::Sender::new(1024),
+            next_eid: AtomicU64::new(1),
+            seen_events: Mutex::new(recent::Recent::new(4096)),
         }))
     }
 
@@ -428,14 +445,61 @@ impl Engine {
         source: Option<u64>,
     ) {
         self.metrics.events_published.fetch_add(1, Relaxed);
-        self.hub.publish(Arc::new(Event {
+        let eid = self.next_eid.fetch_add(1, Relaxed);
+        self.fan_out_event(Event {
             space: space.to_string(),
             topic: topic.to_string(),
             payload,
             source,
             actor: actor.to_string(),
+            origin: self.node_id(),
+            eid,
+            hops: EVENT_HOPS,
             rendered: RenderCache::default(),
-        }));
+        });
+    }
+
+    /// An event forwarded by a peer (`source` = that peer's link id). Each
+    /// event is delivered once, however many paths it arrives by.
+    pub fn publish_remote(&self, event: Event) {
+        if event.origin == self.node_id() {
+            return;
+        }
+        self.fan_out_event(event);
+    }
+
+    fn fan_out_event(&self, event: Event) {
+        let fresh = self
+            .seen_events
+            .lock()
+            .map(|mut s| s.insert((event.origin, event.eid)))
+            .unwrap_or(true);
+        if !fresh {
+            return;
+        }
+        let event = Arc::new(event);
+        self.hub.publish(event.clone());
+        // No receivers (no peers) is not an error.
+        let _ = self.events.send(event);
+    }
+
+    /// Events as they are published, for peer links.
+    pub fn watch_events(&self) -> tokio::sync::broadcast::Receiver<Arc<Event>> {
+        self.events.subscribe()
+    }
+
+    /// Changes as they commit: the receiver sees each new last seq.
+    pub fn watch_commits(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.hub.watch_commits()
+    }
+
+    /// Local seq of the change `(origin, origin_seq)`, if the log holds it.
+    pub fn local_seq_of(
+        &self,
+        origin: NodeId,
+        origin_seq: u64,
+    ) -> Result<Option<u64>, EngineError> {
+        Ok(self.store.local_seq_of(origin, origin_seq)?)
     }
 
     /// Start subscribing `link` to `space` from `since` (exclusive). Pull the

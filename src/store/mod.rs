@@ -304,6 +304,13 @@ impl Store {
     }
 
     /// The whole log after `after` (all spaces), for replication.
+    /// Local seq of the change `(origin, origin_seq)`, if still in the log.
+    pub fn local_seq_of(&self, origin: NodeId, origin_seq: u64) -> Result<Option<u64>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let ident = tx.open_table(IDENT)?;
+        Ok(ident.get((origin.0, origin_seq))?.map(|v| v.value()))
+    }
+
     pub fn log_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, LogEntry)>, StoreError> {
         let tx = self.db.begin_read()?;
         let log = tx.open_table(LOG)?;

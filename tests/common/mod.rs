@@ -50,8 +50,14 @@ impl Proc {
         if let Some(dir) = cwd {
             cmd.current_dir(dir);
         }
+        cmd.args(args);
+        Proc::spawn_cmd(cmd)
+    }
+
+    /// Start a prepared command (e.g. `ip netns exec NS outpost serve …`,
+    /// which execs the relay, so the pid is the relay's).
+    pub fn spawn_cmd(mut cmd: Command) -> Proc {
         let mut child = cmd
-            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

@@ -1,0 +1,344 @@
+//! The peer mesh: QUIC between relays, membership proven with the mesh
+//! secret, replication sessions from `replicate`, discovery by mDNS and by
+//! static `peers`.
+//!
+//! - `tls`: certificate and rustls/quinn configs;
+//! - `auth`: the membership proof and the mDNS tag;
+//! - `wire`: length-prefixed frames on a QUIC stream;
+//! - `discovery`: mDNS advert and browse;
+//! - this file: the endpoint, accepting, dialling with backoff, and one
+//!   session per connection (one connection per pair of relays).
+
+mod auth;
+mod discovery;
+mod tls;
+mod wire;
+
+use crate::config::MeshSettings;
+use crate::engine::{now_ms, Engine};
+use crate::model::NodeId;
+use crate::replicate::backoff::{jitter_seed, Backoff};
+use crate::replicate::frame::Frame;
+use crate::replicate::session::{self, recv_frame, send_frame};
+use crate::replicate::{Links, SessionError, SessionOpts};
+use auth::{Membership, Role};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+use wire::{QuicSink, QuicSource};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    #[error("mesh TLS: {0}")]
+    Tls(String),
+    #[error("{0}: {1}")]
+    Io(PathBuf, std::io::Error),
+    #[error("cannot listen for the mesh on {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    #[error("mDNS: {0}")]
+    Mdns(String),
+}
+
+/// Everything a connection handler needs.
+struct Ctx {
+    engine: Arc<Engine>,
+    links: Arc<Links>,
+    membership: Membership,
+    endpoint: quinn::Endpoint,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// The running mesh. Dropping it stops nothing: call `shutdown`.
+pub struct Mesh {
+    pub local_addr: SocketAddr,
+    endpoint: quinn::Endpoint,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Mesh {
+    pub fn start(
+        settings: &MeshSettings,
+        dir: &Path,
+        engine: Arc<Engine>,
+        links: Arc<Links>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Mesh, MeshError> {
+        let (cert, key) = tls::load_or_create_identity(dir)?;
+        let mut endpoint = quinn::Endpoint::server(tls::server_config(cert, key)?, settings.listen)
+            .map_err(|e| MeshError::Bind(settings.listen, e))?;
+        endpoint.set_default_client_config(tls::client_config()?);
+        let local_addr = endpoint
+            .local_addr()
+            .map_err(|e| MeshError::Bind(settings.listen, e))?;
+        let membership = Membership::new(&settings.secret);
+        let tag = membership.tag();
+        let ctx = Arc::new(Ctx {
+            engine: engine.clone(),
+            links,
+            membership,
+            endpoint: endpoint.clone(),
+            shutdown,
+        });
+        let mut tasks = vec![tokio::spawn(accept_loop(ctx.clone()))];
+        for p in &settings.peers {
+            tasks.push(tokio::spawn(dial_loop(ctx.clone(), p.clone(), None)));
+        }
+        if settings.mdns {
+            let d = discovery::start(engine.node_id(), local_addr.port(), tag)?;
+            tasks.push(tokio::spawn(discovery::run(d, ctx.clone())));
+        }
+        tracing::info!(%local_addr, peers = settings.peers.len(), mdns = settings.mdns, "mesh listening");
+        Ok(Mesh {
+            local_addr,
+            endpoint,
+            tasks,
+        })
+    }
+
+    /// Sessions end on the shutdown signal (saying goodbye); then the
+    /// endpoint closes and the tasks are reaped.
+    pub async fn shutdown(self, grace: Duration) {
+        let deadline = tokio::time::Instant::now() + grace;
+        for mut t in self.tasks {
+            if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
+                t.abort();
+            }
+        }
+        self.endpoint.close(0u32.into(), b"relay shutting down");
+        let _ = tokio::time::timeout_at(deadline, self.endpoint.wait_idle()).await;
+    }
+}
+
+async fn accept_loop(ctx: Arc<Ctx>) {
+    let mut conns = JoinSet::new();
+    let mut stop = ctx.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            incoming = ctx.endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                let ctx = ctx.clone();
+                conns.spawn(async move {
+                    let addr = incoming.remote_address();
+                    match incoming.await {
+                        Ok(conn) => {
+                            let _ = serve_conn(&ctx, conn, Role::Acceptor).await;
+                        }
+                        Err(e) => {
+                            // Wrong ALPN, not TLS, not QUIC: refused in the handshake.
+                            ctx.engine.metrics.mesh_refused.fetch_add(1, Relaxed);
+                            tracing::warn!(%addr, error = %e, "mesh handshake refused");
+                        }
+                    }
+                });
+            }
+        }
+    }
+    // Sessions see the shutdown signal themselves; give them a moment to
+    // say goodbye, then abort what is left.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+}
+
+/// Dial `target` ("host:port") and keep a session up, redialling with
+/// backoff forever (until shutdown). `node` is the peer's id when known.
+async fn dial_loop(ctx: Arc<Ctx>, target: String, mut node: Option<NodeId>) {
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    let mut stop = ctx.shutdown.clone();
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let already = node.is_some_and(|n| ctx.links.connected_to(n));
+        if !already {
+            let started = Instant::now();
+            match dial_once(&ctx, &target).await {
+                Ok((peer, reason)) => {
+                    node = Some(peer);
+                    tracing::info!(%target, %peer, %reason, "mesh session ended");
+                }
+                Err(e) => tracing::debug!(%target, error = %e, "mesh dial failed"),
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                backoff.reset();
+            }
+        }
+        let wait = if already {
+            Duration::from_secs(5)
+        } else {
+            backoff.next(jitter_seed())
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+async fn dial_once(ctx: &Ctx, target: &str) -> Result<(NodeId, String), String> {
+    let addr = tokio::net::lookup_host(target)
+        .await
+        .map_err(|e| format!("resolving: {e}"))?
+        .next()
+        .ok_or("resolves to no address")?;
+    let conn = ctx
+        .endpoint
+        .connect(addr, "outpost")
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())?;
+    serve_conn(ctx, conn, Role::Dialer).await
+}
+
+/// Prove membership, say hello, resolve duplicates, replicate.
+async fn serve_conn(
+    ctx: &Ctx,
+    conn: quinn::Connection,
+    role: Role,
+) -> Result<(NodeId, String), String> {
+    let addr = conn.remote_address();
+    let result = session_on(ctx, &conn, role).await;
+    match &result {
+        Ok((_, reason)) => {
+            // We said goodbye; let the peer read it and close first.
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await;
+            conn.close(0u32.into(), reason.as_bytes());
+        }
+        Err(e) => {
+            tracing::warn!(%addr, error = %e, "mesh connection ended");
+            conn.close(1u32.into(), e.to_string().as_bytes());
+        }
+    }
+    result.map_err(|e| e.to_string())
+}
+
+async fn session_on(
+    ctx: &Ctx,
+    conn: &quinn::Connection,
+    role: Role,
+) -> Result<(NodeId, String), SessionError> {
+    let transport = |e: &dyn std::fmt::Display| SessionError::Transport(e.to_string());
+    let (send, recv) = match role {
+        Role::Dialer => conn.open_bi().await.map_err(|e| transport(&e))?,
+        Role::Acceptor => tokio::time::timeout(session::HELLO_TIMEOUT, conn.accept_bi())
+            .await
+            .map_err(|_| SessionError::Protocol("no stream opened within 10 s".into()))?
+            .map_err(|e| transport(&e))?,
+    };
+    let (mut tx, mut rx) = (QuicSink(send), QuicSource(recv));
+    if let Err(e) = prove_membership(ctx, conn, role, &mut tx, &mut rx).await {
+        ctx.engine.metrics.mesh_refused.fetch_add(1, Relaxed);
+        tracing::warn!(addr = %conn.remote_address(), error = %e, "mesh peer refused");
+        return Err(e);
+    }
+    let guard = ctx.links.open(
+        "mesh",
+        conn.remote_address().to_string(),
+        role == Role::Dialer,
+        now_ms(),
+    );
+    let greeting = session::hello(&ctx.engine, &mut rx, &mut tx).await?;
+    let peer = greeting.peer;
+    guard.stats.node.store(peer.0, Relaxed);
+    if !keep_against_duplicates(ctx, &guard.stats) {
+        let reason = "duplicate connection to the same peer";
+        let _ = send_frame(
+            &mut tx,
+            &Frame::Bye {
+                reason: reason.into(),
+            },
+        )
+        .await;
+        return Ok((peer, reason.into()));
+    }
+    ctx.engine.metrics.mesh_sessions.fetch_add(1, Relaxed);
+    tracing::info!(%peer, addr = %conn.remote_address(), "mesh session up");
+    let opts = SessionOpts {
+        cursor: format!("peer:{peer}"),
+        spaces: None,
+    };
+    let stats = guard.stats.clone();
+    let reason = session::run(
+        ctx.engine.clone(),
+        greeting,
+        rx,
+        tx,
+        opts,
+        stats,
+        ctx.shutdown.clone(),
+    )
+    .await?;
+    Ok((peer, reason))
+}
+
+/// Dialer proves first; the acceptor answers only to a valid proof, so a
+/// stranger learns nothing, not even a proof to study.
+async fn prove_membership(
+    ctx: &Ctx,
+    conn: &quinn::Connection,
+    role: Role,
+    tx: &mut QuicSink,
+    rx: &mut QuicSource,
+) -> Result<(), SessionError> {
+    let mut ekm = [0u8; 32];
+    conn.export_keying_material(&mut ekm, Membership::ekm_label(), b"")
+        .map_err(|_| SessionError::Protocol("cannot export keying material".into()))?;
+    let (mine, theirs) = match role {
+        Role::Dialer => (Role::Dialer, Role::Acceptor),
+        Role::Acceptor => (Role::Acceptor, Role::Dialer),
+    };
+    let proof = Frame::Proof {
+        proof: ctx.membership.prove(mine, &ekm),
+    };
+    if role == Role::Dialer {
+        send_frame(tx, &proof).await?;
+    }
+    let got = tokio::time::timeout(session::HELLO_TIMEOUT, recv_frame(rx))
+        .await
+        .map_err(|_| SessionError::Protocol("no membership proof within 10 s".into()))??;
+    match got {
+        Some(Frame::Proof { proof: p }) if ctx.membership.verify(theirs, &ekm, &p) => {}
+        Some(Frame::Proof { .. }) => {
+            return Err(SessionError::Protocol(
+                "membership proof does not verify (wrong mesh secret?)".into(),
+            ))
+        }
+        Some(Frame::Bye { reason }) => return Err(SessionError::PeerClosed(reason)),
+        Some(_) => return Err(SessionError::Protocol("expected a membership proof".into())),
+        None => return Err(SessionError::PeerClosed("closed before its proof".into())),
+    }
+    if role == Role::Acceptor {
+        send_frame(tx, &proof).await?;
+    }
+    Ok(())
+}
+
+/// Two relays may connect to each other at once (static peers both ways,
+/// or both discovering the other). Both sides keep the connection dialled
+/// by the relay with the lower node id, so exactly one survives. Returns
+/// whether the new link stays; an older one that loses is told to close.
+fn keep_against_duplicates(ctx: &Ctx, new: &crate::replicate::LinkStats) -> bool {
+    let me = ctx.engine.node_id();
+    let peer = NodeId(new.node.load(Relaxed));
+    let preferred_outbound = me < peer;
+    for old in ctx.links.snapshot() {
+        if old.id == new.id || old.node.load(Relaxed) != peer.0 || old.kind != "mesh" {
+            continue;
+        }
+        let new_pref = new.outbound == preferred_outbound;
+        let old_pref = old.outbound == preferred_outbound;
+        if new_pref && !old_pref {
+            old.close.notify_one();
+        } else {
+            return false;
+        }
+    }
+    true
+}

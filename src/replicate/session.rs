@@ -1,0 +1,479 @@
+//! One replication session over any framed transport: hello, then both
+//! directions at once. Outbound reads the local log (the log is the queue:
+//! nothing is buffered per peer beyond a small window of batches) and waits
+//! for durable acks; inbound applies the peer's batches in one store
+//! transaction each and acks them after the commit.
+
+use super::frame::{self, Frame, FrameError, PROTO_VERSION};
+use super::plan::{self, InFlight, Start};
+use super::stats::LinkStats;
+use crate::engine::{Engine, EngineError, Event, RenderCache};
+use crate::model::{NodeId, VersionVector};
+use crate::store::OutcomeKind;
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, mpsc, watch};
+
+/// Changes per batch at most (a batch is also split if its frame is too big).
+const BATCH: usize = 256;
+/// Batches sent and not yet acknowledged, at most.
+const WINDOW: usize = 8;
+/// The durable cursor is written at most this often (it only speeds up
+/// restarts and measures backlog: the start point comes from version vectors).
+const CURSOR_EVERY: Duration = Duration::from_secs(1);
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("transport: {0}")]
+    Transport(String),
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    #[error("peer speaks replication protocol {0}, this relay {PROTO_VERSION}")]
+    Version(u32),
+    #[error("the peer is this relay itself")]
+    SameNode,
+    #[error("peer closed: {0}")]
+    PeerClosed(String),
+    #[error(
+        "the peer lacks change {seq} of origin {origin}, which retention trimmed here; \
+         it needs another source or a longer storage.retention"
+    )]
+    Behind { origin: NodeId, seq: u64 },
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// Sends whole frames (already encoded).
+pub trait FrameSink: Send {
+    fn send(&mut self, bytes: Vec<u8>) -> impl Future<Output = Result<(), SessionError>> + Send;
+}
+
+/// Receives whole frames; `None` at a clean end of stream.
+pub trait FrameSource: Send {
+    fn recv(&mut self) -> impl Future<Output = Result<Option<Vec<u8>>, SessionError>> + Send;
+}
+
+pub async fn send_frame(tx: &mut impl FrameSink, f: &Frame) -> Result<(), SessionError> {
+    tx.send(frame::encode(f)?).await
+}
+
+pub async fn recv_frame(rx: &mut impl FrameSource) -> Result<Option<Frame>, SessionError> {
+    match rx.recv().await? {
+        Some(bytes) => Ok(Some(frame::decode(&bytes)?)),
+        None => Ok(None),
+    }
+}
+
+/// What the peer said in its hello, and our own position when we sent ours.
+pub struct Greeting {
+    pub peer: NodeId,
+    pub peer_vv: VersionVector,
+    /// Last local seq read before our version vector (see `plan::start`).
+    head: u64,
+    vv: VersionVector,
+}
+
+/// Exchange hellos. Refuses another protocol version and ourselves.
+pub async fn hello(
+    engine: &Engine,
+    rx: &mut impl FrameSource,
+    tx: &mut impl FrameSink,
+) -> Result<Greeting, SessionError> {
+    let head = engine.last_seq();
+    let vv = engine.version_vector()?;
+    let me = engine.node_id();
+    send_frame(
+        tx,
+        &Frame::Hello {
+            proto: PROTO_VERSION,
+            node: me,
+            vv: vv.clone(),
+            software: format!("outpost {}", crate::VERSION),
+        },
+    )
+    .await?;
+    let reply = tokio::time::timeout(HELLO_TIMEOUT, recv_frame(rx))
+        .await
+        .map_err(|_| SessionError::Protocol("no hello within 10 s".into()))??;
+    match reply {
+        Some(Frame::Hello {
+            proto,
+            node,
+            vv: peer_vv,
+            ..
+        }) => {
+            if proto != PROTO_VERSION {
+                return Err(SessionError::Version(proto));
+            }
+            if node == me {
+                return Err(SessionError::SameNode);
+            }
+            Ok(Greeting {
+                peer: node,
+                peer_vv,
+                head,
+                vv,
+            })
+        }
+        Some(Frame::Bye { reason }) => Err(SessionError::PeerClosed(reason)),
+        Some(other) => Err(SessionError::Protocol(format!(
+            "expected hello, got {}",
+            kind(&other)
+        ))),
+        None => Err(SessionError::PeerClosed("closed before hello".into())),
+    }
+}
+
+pub struct SessionOpts {
+    /// Durable cursor name (e.g. `peer:<node>` or `upstream`).
+    pub cursor: String,
+    /// Replicate only these spaces (all when None), both ways.
+    pub spaces: Option<HashSet<String>>,
+}
+
+/// Run both directions until the peer leaves, an error, `shutdown`, or the
+/// link is told to close (`stats.close`). Returns why it ended.
+pub async fn run(
+    engine: Arc<Engine>,
+    greeting: Greeting,
+    mut rx: impl FrameSource,
+    mut tx: impl FrameSink,
+    opts: SessionOpts,
+    stats: Arc<LinkStats>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<String, SessionError> {
+    stats.node.store(greeting.peer.0, Relaxed);
+    let lacking = plan::lacking(&greeting.vv, &greeting.peer_vv, greeting.peer);
+    let pos = match plan::start(greeting.head, &lacking, |o, s| engine.local_seq_of(o, s))? {
+        Start::After(pos) => pos,
+        Start::Behind { origin, seq } => {
+            let err = SessionError::Behind { origin, seq };
+            let _ = send_frame(
+                &mut tx,
+                &Frame::Bye {
+                    reason: err.to_string(),
+                },
+            )
+            .await;
+            return Err(err);
+        }
+    };
+    let filter = plan::Filter {
+        peer: greeting.peer,
+        peer_vv: greeting.peer_vv,
+        spaces: opts.spaces.clone(),
+    };
+    let (ctl_tx, ctl_rx) = mpsc::channel(WINDOW * 2);
+    let (ack_tx, ack_rx) = mpsc::channel(WINDOW * 2);
+    let out = Outbound {
+        engine: engine.clone(),
+        stats: stats.clone(),
+        filter,
+        cursor: opts.cursor,
+        pos,
+        acked: pos,
+        inflight: InFlight::default(),
+        cursor_saved: Instant::now(),
+    };
+    let inbound = inbound(
+        &engine,
+        &mut rx,
+        ctl_tx,
+        ack_tx,
+        &stats,
+        opts.spaces.as_ref(),
+    );
+    let outbound = out.run(
+        &mut tx,
+        ctl_rx,
+        ack_rx,
+        engine.watch_events(),
+        engine.watch_commits(),
+    );
+    let result = tokio::select! {
+        r = inbound => r,
+        r = outbound => r,
+        _ = shutdown.wait_for(|s| *s) => Ok("relay shutting down".to_string()),
+        _ = stats.close.notified() => Ok("replaced by another connection to the same peer".to_string()),
+    };
+    if let Ok(reason) = &result {
+        let _ = send_frame(
+            &mut tx,
+            &Frame::Bye {
+                reason: reason.clone(),
+            },
+        )
+        .await;
+    } else if let Err(e) = &result {
+        let _ = send_frame(
+            &mut tx,
+            &Frame::Bye {
+                reason: e.to_string(),
+            },
+        )
+        .await;
+    }
+    result
+}
+
+fn kind(f: &Frame) -> &'static str {
+    match f {
+        Frame::Proof { .. } => "proof",
+        Frame::Hello { .. } => "hello",
+        Frame::Batch { .. } => "batch",
+        Frame::Ack { .. } => "ack",
+        Frame::Event { .. } => "event",
+        Frame::Bye { .. } => "bye",
+    }
+}
+
+/// Apply the peer's batches and events; forward acks to the outbound side.
+async fn inbound(
+    engine: &Engine,
+    rx: &mut impl FrameSource,
+    ctl: mpsc::Sender<Frame>,
+    acks: mpsc::Sender<u64>,
+    stats: &LinkStats,
+    spaces: Option<&HashSet<String>>,
+) -> Result<String, SessionError> {
+    let allowed = |space: &str| spaces.is_none_or(|s| s.contains(space));
+    loop {
+        let Some(f) = recv_frame(rx).await? else {
+            return Err(SessionError::PeerClosed("connection closed".into()));
+        };
+        match f {
+            Frame::Batch { id, changes } => {
+                if changes.len() > BATCH * 4 {
+                    return Err(SessionError::Protocol(format!(
+                        "batch of {} changes",
+                        changes.len()
+                    )));
+                }
+                let mut keep = Vec::with_capacity(changes.len());
+                for c in changes {
+                    crate::engine::validate_change(&engine.limits, &c)
+                        .map_err(SessionError::Protocol)?;
+                    if allowed(&c.space) {
+                        keep.push(c);
+                    }
+                }
+                let outcomes = engine.apply_remote(keep, Some(stats.id)).await?;
+                for o in &outcomes {
+                    match o.kind {
+                        OutcomeKind::Applied => stats.changes_received.fetch_add(1, Relaxed),
+                        OutcomeKind::Duplicate => stats.duplicates_received.fetch_add(1, Relaxed),
+                        OutcomeKind::Gap => {
+                            // The sender skipped a change we lack: restart the
+                            // session so it recomputes the start from our vv.
+                            return Err(SessionError::Protocol(format!(
+                                "gap: change {} of origin {} arrived before its predecessors",
+                                o.origin_seq, o.origin
+                            )));
+                        }
+                    };
+                }
+                ctl.send(Frame::Ack { id })
+                    .await
+                    .map_err(|_| SessionError::PeerClosed("outbound ended".into()))?;
+            }
+            Frame::Ack { id } => {
+                acks.send(id)
+                    .await
+                    .map_err(|_| SessionError::PeerClosed("outbound ended".into()))?;
+            }
+            Frame::Event {
+                origin,
+                eid,
+                hops,
+                space,
+                topic,
+                payload,
+                actor,
+            } => {
+                if !allowed(&space)
+                    || crate::engine::validate_name("space", &space).is_err()
+                    || crate::engine::validate_name("topic", &topic).is_err()
+                {
+                    continue;
+                }
+                stats.events_received.fetch_add(1, Relaxed);
+                engine.publish_remote(Event {
+                    space,
+                    topic,
+                    payload,
+                    source: Some(stats.id),
+                    actor,
+                    origin,
+                    eid,
+                    hops: hops.saturating_sub(1),
+                    rendered: RenderCache::default(),
+                });
+            }
+            Frame::Bye { reason } => return Err(SessionError::PeerClosed(reason)),
+            other @ (Frame::Hello { .. } | Frame::Proof { .. }) => {
+                return Err(SessionError::Protocol(format!(
+                    "unexpected {} mid-session",
+                    kind(&other)
+                )))
+            }
+        }
+    }
+}
+
+struct Outbound {
+    engine: Arc<Engine>,
+    stats: Arc<LinkStats>,
+    filter: plan::Filter,
+    cursor: String,
+    /// Last local seq read from the log.
+    pos: u64,
+    /// Last local seq the peer has acknowledged (everything up to it).
+    acked: u64,
+    inflight: InFlight,
+    cursor_saved: Instant,
+}
+
+impl Outbound {
+    async fn run(
+        mut self,
+        tx: &mut impl FrameSink,
+        mut ctl: mpsc::Receiver<Frame>,
+        mut acks: mpsc::Receiver<u64>,
+        mut events: broadcast::Receiver<Arc<Event>>,
+        mut commits: watch::Receiver<u64>,
+    ) -> Result<String, SessionError> {
+        let mut idle = false;
+        loop {
+            tokio::select! {
+                biased;
+                Some(f) = ctl.recv() => send_frame(tx, &f).await?,
+                Some(id) = acks.recv() => {
+                    self.acked = self.inflight.ack(id).map_err(SessionError::Protocol)?;
+                    if self.inflight.is_empty() {
+                        self.acked = self.pos;
+                    }
+                    self.progress().await?;
+                }
+                ev = events.recv() => match ev {
+                    Ok(ev) => self.forward(tx, &ev).await?,
+                    // Best effort: a burst beyond the channel skips events.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => {}
+                },
+                _ = commits.changed(), if idle => idle = false,
+                _ = std::future::ready(()), if !idle && self.inflight.len() < WINDOW => {
+                    // Mark the commit watch seen before reading, so a commit
+                    // after this read wakes us.
+                    commits.borrow_and_update();
+                    idle = !self.send_next(tx).await?;
+                }
+            }
+        }
+    }
+
+    /// Read the next log page and send what the peer lacks. False when the
+    /// log holds nothing new.
+    async fn send_next(&mut self, tx: &mut impl FrameSink) -> Result<bool, SessionError> {
+        let page = self.engine.log_after(self.pos, BATCH)?;
+        let Some((last, _)) = page.last() else {
+            self.progress().await?;
+            return Ok(false);
+        };
+        let last = *last;
+        let changes: Vec<_> = page
+            .into_iter()
+            .map(|(_, e)| e.change)
+            .filter(|c| self.filter.wants(c))
+            .collect();
+        self.pos = last;
+        if changes.is_empty() {
+            if self.inflight.is_empty() {
+                self.acked = last;
+            }
+            return Ok(true);
+        }
+        self.send_batch(tx, changes).await?;
+        Ok(true)
+    }
+
+    /// Send as one batch, or split it if its frame would be too large.
+    async fn send_batch(
+        &mut self,
+        tx: &mut impl FrameSink,
+        changes: Vec<crate::model::Change>,
+    ) -> Result<(), SessionError> {
+        let mut queue = vec![changes];
+        while let Some(part) = queue.pop() {
+            let n = part.len() as u64;
+            let id = self.inflight.push(self.pos);
+            let f = Frame::Batch { id, changes: part };
+            match frame::encode(&f) {
+                Ok(bytes) => {
+                    tx.send(bytes).await?;
+                    self.stats.changes_sent.fetch_add(n, Relaxed);
+                }
+                Err(FrameError::TooLarge(_)) if n > 1 => {
+                    self.inflight.unpush();
+                    let Frame::Batch { mut changes, .. } = f else {
+                        unreachable!("constructed above")
+                    };
+                    let back = changes.split_off(changes.len() / 2);
+                    // Front half first: the queue pops from the end.
+                    queue.push(back);
+                    queue.push(changes);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    async fn forward(&mut self, tx: &mut impl FrameSink, ev: &Event) -> Result<(), SessionError> {
+        let skip = ev.hops == 0
+            || ev.source == Some(self.stats.id)
+            || ev.origin == self.filter.peer
+            || !self
+                .filter
+                .spaces
+                .as_ref()
+                .is_none_or(|s| s.contains(&ev.space));
+        if skip {
+            return Ok(());
+        }
+        self.stats.events_sent.fetch_add(1, Relaxed);
+        send_frame(
+            tx,
+            &Frame::Event {
+                origin: ev.origin,
+                eid: ev.eid,
+                hops: ev.hops,
+                space: ev.space.clone(),
+                topic: ev.topic.clone(),
+                payload: ev.payload.clone(),
+                actor: ev.actor.clone(),
+            },
+        )
+        .await
+    }
+
+    /// Update the backlog gauge and, now and then, the durable cursor.
+    async fn progress(&mut self) -> Result<(), SessionError> {
+        let last = self.engine.last_seq();
+        self.stats
+            .backlog
+            .store(last.saturating_sub(self.acked), Relaxed);
+        if self.cursor_saved.elapsed() >= CURSOR_EVERY
+            && self.engine.cursor(&self.cursor)? < self.acked
+        {
+            self.engine.set_cursor(&self.cursor, self.acked).await?;
+            self.cursor_saved = Instant::now();
+        }
+        Ok(())
+    }
+}

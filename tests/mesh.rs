@@ -1,0 +1,392 @@
+//! The peer mesh with real relay processes on loopback (static peers):
+//! chains and triangles converge, SIGKILL and partitions heal, strangers
+//! are refused.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+const SECRET: &str = "mesh-secret-0123456789";
+
+/// One relay process with its own data dir and config.
+struct Node {
+    proc: Option<Proc>,
+    _dir: tempfile::TempDir,
+    cfg: PathBuf,
+    data: PathBuf,
+    http: SocketAddr,
+    mesh: SocketAddr,
+}
+
+impl Node {
+    fn start(peers: &[SocketAddr], secret: &str) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("outpost.toml");
+        let data = dir.path().join("data");
+        let mut n = Node {
+            proc: None,
+            cfg,
+            data,
+            http: "127.0.0.1:0".parse().unwrap(),
+            mesh: "127.0.0.1:0".parse().unwrap(),
+            _dir: dir,
+        };
+        n.write_config(peers, secret);
+        n.run();
+        n
+    }
+
+    fn write_config(&self, peers: &[SocketAddr], secret: &str) {
+        let peers: Vec<String> = peers.iter().map(|p| format!("\"{p}\"")).collect();
+        std::fs::write(
+            &self.cfg,
+            format!(
+                "[mesh]\nenabled = true\nlisten = \"{}\"\nsecret = \"{secret}\"\npeers = [{}]\nmdns = false\n",
+                self.mesh,
+                peers.join(", ")
+            ),
+        )
+        .unwrap();
+    }
+
+    /// (Re)start the process; the mesh keeps its port across restarts.
+    fn run(&mut self) {
+        let p = Proc::spawn(&[
+            "serve",
+            "--config",
+            self.cfg.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            self.data.to_str().unwrap(),
+        ]);
+        self.http = p.addr;
+        self.proc = Some(p);
+        let st = blocking_status(self.http);
+        self.mesh = st["mesh"]["listen"].as_str().unwrap().parse().unwrap();
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill9();
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.terminate().expect("clean exit");
+        }
+    }
+
+    /// Restart with the same port (written into the config).
+    fn restart(&mut self, peers: &[SocketAddr]) {
+        self.write_config(peers, SECRET);
+        self.run();
+    }
+}
+
+fn blocking_status(addr: SocketAddr) -> Value {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET /v1/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    serde_json::from_str(buf.split_once("\r\n\r\n").unwrap().1).unwrap()
+}
+
+async fn status(addr: SocketAddr) -> Value {
+    let (code, body) = http_get(addr, "/v1/status").await;
+    assert_eq!(code, 200);
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Push patches to `notes` in space "s": (id, fields).
+async fn write_all(addr: SocketAddr, writes: &[(String, Value)]) {
+    let mut c = Client::native(addr).await;
+    for chunk in writes.chunks(100) {
+        let changes: Vec<_> = chunk
+            .iter()
+            .map(|(id, f)| json!({"collection": "notes", "id": id, "op": "patch", "fields": f}))
+            .collect();
+        c.send(json!({"type": "push", "rid": 1, "space": "s", "changes": changes}))
+            .await;
+        let (_, ack) = c.until("ack").await;
+        assert_eq!(ack["results"].as_array().unwrap().len(), chunk.len());
+    }
+}
+
+/// The visible state of the given entities on one relay.
+async fn state(addr: SocketAddr, ids: &[String]) -> BTreeMap<String, Value> {
+    let mut c = Client::native(addr).await;
+    let mut out = BTreeMap::new();
+    for id in ids {
+        c.send(json!({"type": "get", "rid": id, "space": "s", "collection": "notes", "id": id}))
+            .await;
+        let e = c.recv().await;
+        assert_eq!(e["type"], "entity", "{e}");
+        out.insert(
+            id.clone(),
+            json!({"fields": e["fields"], "deleted": e["deleted"]}),
+        );
+    }
+    out
+}
+
+/// Wait until every relay holds the same version vector and `changes`
+/// log entries, then compare the states of `ids` across them.
+async fn converge(nodes: &[&Node], changes: u64, ids: &[String]) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut sts = Vec::new();
+        for n in nodes {
+            sts.push(status(n.http).await);
+        }
+        let same_vv = sts
+            .windows(2)
+            .all(|w| w[0]["version_vector"] == w[1]["version_vector"]);
+        let counts: Vec<_> = sts
+            .iter()
+            .map(|s| s["log"]["entries"].as_u64().unwrap())
+            .collect();
+        if same_vv && counts.iter().all(|&c| c == changes) {
+            break;
+        }
+        assert!(
+            counts.iter().all(|&c| c <= changes),
+            "a change was applied twice: {counts:?} > {changes}"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no convergence: log entries {counts:?} of {changes}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let first = state(nodes[0].http, ids).await;
+    for n in &nodes[1..] {
+        assert_eq!(
+            state(n.http, ids).await,
+            first,
+            "relays hold different states"
+        );
+    }
+}
+
+fn writes(prefix: &str, n: usize, by: &str) -> Vec<(String, Value)> {
+    (0..n)
+        .map(|i| (format!("{prefix}{i}"), json!({"by": by, "i": i})))
+        .collect()
+}
+
+fn ids(ws: &[&[(String, Value)]]) -> Vec<String> {
+    let mut v: Vec<String> = ws
+        .iter()
+        .flat_map(|w| w.iter().map(|(id, _)| id.clone()))
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_converges_with_conflicts_and_nothing_twice() {
+    let a = Node::start(&[], SECRET);
+    let c = Node::start(&[], SECRET);
+    // B in the middle dials both ends: A and C only meet through B.
+    let b = Node::start(&[a.mesh, c.mesh], SECRET);
+    let wa = writes("a", 200, "a");
+    let wb = writes("b", 100, "b");
+    // Same entities and fields on both ends: conflicts, resolved the same way.
+    let wc = writes("a", 50, "c");
+    write_all(a.http, &wa).await;
+    write_all(b.http, &wb).await;
+    write_all(c.http, &wc).await;
+    converge(&[&a, &b, &c], 350, &ids(&[&wa, &wb])).await;
+    let st = status(b.http).await;
+    assert_eq!(st["peers"].as_array().unwrap().len(), 2, "{st}");
+    let (_, metrics) = http_get(b.http, "/metrics").await;
+    assert!(
+        metrics.contains("outpost_peer_changes_sent_total{kind=\"mesh\""),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("outpost_mesh_sessions_total 2"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_triangle_converges() {
+    let a = Node::start(&[], SECRET);
+    let b = Node::start(&[a.mesh], SECRET);
+    let c = Node::start(&[a.mesh, b.mesh], SECRET);
+    let mut all = Vec::new();
+    for (n, name) in [(&a, "a"), (&b, "b"), (&c, "c")] {
+        let w = writes("k", 40, name); // all three write the same entities
+        write_all(n.http, &w).await;
+        all.push(w);
+    }
+    converge(&[&a, &b, &c], 120, &ids(&[&all[0]])).await;
+    // Live changes after convergence travel too.
+    let live = writes("live", 5, "c");
+    write_all(c.http, &live).await;
+    converge(&[&a, &b, &c], 125, &ids(&[&all[0], &live])).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_killed_mid_stream_catches_up_after_restart() {
+    let a = Node::start(&[], SECRET);
+    let mut b = Node::start(&[a.mesh], SECRET);
+    let w1 = writes("x", 1500, "a");
+    let addr = a.http;
+    let w = w1.clone();
+    let writer = tokio::spawn(async move { write_all(addr, &w).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    b.kill9();
+    writer.await.unwrap();
+    // B's own writes while A streams nothing to it.
+    b.restart(&[a.mesh]);
+    let w2 = writes("y", 100, "b");
+    write_all(b.http, &w2).await;
+    converge(&[&a, &b], 1600, &ids(&[&w1, &w2])).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_heals_to_the_same_winners() {
+    let a = Node::start(&[], SECRET);
+    let c = Node::start(&[], SECRET);
+    let mut b = Node::start(&[a.mesh, c.mesh], SECRET);
+    let base = writes("p", 50, "base");
+    write_all(a.http, &base).await;
+    converge(&[&a, &b, &c], 50, &ids(&[&base])).await;
+    // Partition: B (the only bridge) goes down; both sides edit the same
+    // fields of the same entities.
+    b.stop();
+    let wa = writes("p", 50, "a-side");
+    let wc = writes("p", 50, "c-side");
+    write_all(a.http, &wa).await;
+    write_all(c.http, &wc).await;
+    b.restart(&[a.mesh, c.mesh]);
+    converge(&[&a, &b, &c], 150, &ids(&[&base])).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_are_refused_and_the_mesh_keeps_working() {
+    let a = Node::start(&[], SECRET);
+    let b = Node::start(&[a.mesh], SECRET);
+    let secret_data = writes("secret", 10, "a");
+    write_all(a.http, &secret_data).await;
+    converge(&[&a, &b], 10, &ids(&[&secret_data])).await;
+
+    // A relay with the wrong secret dials A: refused, it learns nothing.
+    let intruder = Node::start(&[a.mesh], "wrong-secret-0123456789");
+    // Garbage: raw UDP datagrams, then QUIC with a foreign ALPN.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for n in 0..20u8 {
+        udp.send_to(&[n; 1200], a.mesh).unwrap();
+    }
+    assert!(
+        quic_probe(a.mesh, b"h3", None).await,
+        "a non-outpost QUIC client must not get a session"
+    );
+    // The right ALPN but garbage instead of a membership proof: closed.
+    for garbage in [
+        &[0xffu8; 64][..],
+        &[0, 0, 0, 5, 1, 2, 3, 4, 5],
+        &[0x7f, 0xff, 0xff, 0xff],
+    ] {
+        assert!(quic_probe(a.mesh, b"outpost-mesh/1", Some(garbage)).await);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let st = status(intruder.http).await;
+    assert_eq!(st["log"]["entries"], 0, "the intruder received data: {st}");
+    assert_eq!(st["peers"], json!([]));
+    let (_, metrics) = http_get(a.http, "/metrics").await;
+    let refused_count: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("outpost_mesh_refused_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(refused_count >= 2, "{metrics}");
+    let peers = status(a.http).await["peers"].as_array().unwrap().len();
+    assert_eq!(peers, 1, "only B is a peer of A");
+
+    // And the mesh still works.
+    let more = writes("after", 5, "a");
+    write_all(a.http, &more).await;
+    converge(&[&a, &b], 15, &ids(&[&secret_data, &more])).await;
+}
+
+/// Connect with QUIC using `alpn`, optionally send `garbage` on a stream;
+/// true if the relay refused the handshake or closed the connection.
+async fn quic_probe(target: SocketAddr, alpn: &[u8], garbage: Option<&[u8]>) -> bool {
+    use std::sync::Arc;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+    let conn = tokio::time::timeout(
+        Duration::from_secs(10),
+        ep.connect(target, "outpost").unwrap(),
+    )
+    .await
+    .expect("an answer");
+    let Ok(conn) = conn else { return true };
+    let Some(garbage) = garbage else { return false };
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    let _ = send.write_all(garbage).await;
+    // The relay closes within its 10 s proof deadline at the latest.
+    tokio::time::timeout(Duration::from_secs(15), conn.closed())
+        .await
+        .is_ok()
+}
+
+#[derive(Debug)]
+struct NoVerify(std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
