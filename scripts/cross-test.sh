@@ -134,13 +134,17 @@ done
 # spawn run under binfmt + qemu without a sysroot. Tests that build network
 # namespaces (ip netns) are left to the host suite.
 step "aarch64: unit and integration tests under qemu-user"
+# Also skipped there: tests whose deadlines assume native speed (a kill
+# within 150-750 ms of the first write must find acks; a stalled reader's
+# frames within 10 s); they pass on the host and time out under emulation.
+QEMU_SKIP=(--skip acked_writes_survive_sigkill --skip a_stalled_subscriber_is_bounded_and_told_to_resync)
 tests=()
 for f in tests/*.rs; do
     grep -q 'netns' "$f" && { echo "skipped under qemu (network namespaces): $f"; continue; }
     tests+=(--test "$(basename "$f" .rs)")
 done
-cargo_for aarch64-unknown-linux-musl test --locked --target aarch64-unknown-linux-musl \
-    --lib --bins "${tests[@]}" -- --test-threads=2
+cargo_for aarch64-unknown-linux-musl test --locked --no-fail-fast --target aarch64-unknown-linux-musl \
+    --lib --bins "${tests[@]}" -- --test-threads=2 "${QEMU_SKIP[@]}"
 
 step "armv7: unit tests under qemu-user"
 cargo_for armv7-unknown-linux-musleabihf test --locked \
