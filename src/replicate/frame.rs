@@ -30,6 +30,14 @@ pub enum Frame {
     Batch { id: u64, changes: Vec<Change> },
     /// The batch `id` is durably committed by the receiver.
     Ack { id: u64 },
+    /// Entity states, for a peer lacking changes this relay's retention
+    /// trimmed. Acked like a batch.
+    Snapshot {
+        id: u64,
+        entities: Vec<crate::store::SnapEntity>,
+    },
+    /// End of a snapshot: it covers every change up to `vv`. Acked.
+    SnapshotDone { id: u64, vv: VersionVector },
     /// An ephemeral event, forwarded best effort.
     Event {
         origin: NodeId,

@@ -8,7 +8,7 @@ mod tables;
 mod writer;
 
 pub use tables::SCHEMA_VERSION;
-pub use writer::{CommitSink, Job, LocalWrite, Outcome, OutcomeKind};
+pub use writer::{CommitSink, Job, LocalWrite, Outcome, OutcomeKind, SnapEntity};
 
 use crate::metrics::Metrics;
 use crate::model::{Change, EntityState, NodeId, VersionVector};

@@ -27,6 +27,18 @@ pub const RELAXED_FLUSH: Duration = Duration::from_secs(1);
 /// fan-out only `try_send`s into bounded queues.
 pub trait CommitSink: Send + Sync {
     fn committed(&self, last_seq: u64, batch: Vec<Arc<Committed>>);
+    /// States in these spaces changed without log entries (a merged peer
+    /// snapshot): live subscribers must catch up again from the state.
+    fn states_merged(&self, spaces: &[String]);
+}
+
+/// One entity of a peer's state snapshot.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SnapEntity {
+    pub space: String,
+    pub collection: String,
+    pub id: String,
+    pub state: crate::model::EntityState,
 }
 
 /// A write from a local client: the writer assigns stamp, origin and seq.
@@ -69,6 +81,14 @@ pub enum Job {
         max: usize,
         reply: Reply<u64>,
     },
+    /// Merge entity states from a peer that could not send the changes
+    /// (trimmed by its retention); with `vv`, also raise the version vector
+    /// to what the snapshot covered. Answers the spaces whose state changed.
+    MergeSnapshot {
+        entities: Vec<SnapEntity>,
+        vv: Option<crate::model::VersionVector>,
+        reply: Reply<Vec<String>>,
+    },
     /// With relaxed durability: make earlier commits durable if they are
     /// not yet (sent by the store's flush ticker, so an idle relay does not
     /// keep acknowledged writes unsynced for long).
@@ -105,6 +125,7 @@ enum Done {
     Outcomes(Reply<Vec<Outcome>>, Vec<Outcome>),
     Unit(Reply<()>),
     Count(Reply<u64>, u64),
+    Spaces(Reply<Vec<String>>, Vec<String>),
 }
 
 impl Done {
@@ -114,6 +135,7 @@ impl Done {
             Done::Outcomes(r, v) => drop(r.send(Ok(v))),
             Done::Unit(r) => drop(r.send(Ok(()))),
             Done::Count(r, n) => drop(r.send(Ok(n))),
+            Done::Spaces(r, s) => drop(r.send(Ok(s))),
         }
     }
 
@@ -126,6 +148,7 @@ impl Done {
             Done::Outcomes(r, _) => drop(r.send(Err(err()))),
             Done::Unit(r) => drop(r.send(Err(err()))),
             Done::Count(r, _) => drop(r.send(Err(err()))),
+            Done::Spaces(r, _) => drop(r.send(Err(err()))),
         }
     }
 }
@@ -252,6 +275,7 @@ impl Writer {
         let mut done = Vec::with_capacity(jobs.len());
         let mut committed = Vec::new();
         let mut refused = Vec::new();
+        let mut merged = std::collections::BTreeSet::new();
         let result = (|| -> Result<(), StoreError> {
             let mut tx = self.db.begin_write()?;
             let immediate = self.opts.durability == Durability::Immediate
@@ -349,6 +373,15 @@ impl Writer {
                             let n = self.trim(&mut t, older_than_ms, keep_from, max, seq)?;
                             done.push(Done::Count(reply, n));
                         }
+                        Job::MergeSnapshot {
+                            entities,
+                            vv,
+                            reply,
+                        } => {
+                            let spaces = self.merge_snapshot(&mut t, entities, vv, seq)?;
+                            merged.extend(spaces.iter().cloned());
+                            done.push(Done::Spaces(reply, spaces));
+                        }
                         Job::Flush => {}
                     }
                 }
@@ -374,6 +407,10 @@ impl Writer {
                 self.last_seq.store(seq, Ordering::Release);
                 if !committed.is_empty() {
                     self.sink.committed(seq, committed);
+                }
+                if !merged.is_empty() {
+                    let spaces: Vec<String> = merged.into_iter().collect();
+                    self.sink.states_merged(&spaces);
                 }
                 for d in done {
                     d.send();
@@ -462,6 +499,54 @@ impl Writer {
         Ok(out)
     }
 
+    fn merge_snapshot(
+        &mut self,
+        t: &mut Tables<'_>,
+        entities: Vec<SnapEntity>,
+        vv: Option<crate::model::VersionVector>,
+        last_seq: u64,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut changed = std::collections::BTreeSet::new();
+        for e in entities {
+            let key = (e.space.as_str(), e.collection.as_str(), e.id.as_str());
+            let mut ent: StoredEntity = match t.entity.get(key)? {
+                Some(v) => decode(v.value())?,
+                None => StoredEntity::default(),
+            };
+            let before = ent.state.clone();
+            ent.state.merge(&e.state);
+            if ent.state != before {
+                ent.version += 1;
+                t.entity.insert(key, encode(&ent)?.as_slice())?;
+                if t.spaces.get(e.space.as_str())?.is_none() {
+                    t.spaces.insert(e.space.as_str(), 0)?;
+                }
+                changed.insert(e.space);
+            }
+        }
+        for (origin, seq) in vv.unwrap_or_default() {
+            let held = t.vv.get(origin.0)?.map(|v| v.value()).unwrap_or(0);
+            if seq > held {
+                t.vv.insert(origin.0, seq)?;
+            }
+        }
+        if !changed.is_empty() {
+            // Subscribers resuming from before this point cannot replay
+            // these states from the log: they get the state instead.
+            self.raise_horizon(t, last_seq + 1)?;
+        }
+        Ok(changed.into_iter().collect())
+    }
+
+    /// The horizon never goes down: below it, catch-up is from state.
+    fn raise_horizon(&mut self, t: &mut Tables<'_>, to: u64) -> Result<(), StoreError> {
+        let horizon = to.max(self.horizon.load(Ordering::Acquire));
+        t.meta
+            .insert(META_HORIZON, horizon.to_le_bytes().as_slice())?;
+        self.horizon.store(horizon, Ordering::Release);
+        Ok(())
+    }
+
     fn trim(
         &mut self,
         t: &mut Tables<'_>,
@@ -493,9 +578,7 @@ impl Writer {
             Some((k, _)) => k.value(),
             None => last_seq + 1,
         };
-        t.meta
-            .insert(META_HORIZON, horizon.to_le_bytes().as_slice())?;
-        self.horizon.store(horizon, Ordering::Release);
+        self.raise_horizon(t, horizon)?;
         Ok(doomed.len() as u64)
     }
 }
