@@ -1,6 +1,6 @@
 //! The axum router: dialect endpoints plus health, metrics and status.
 
-use crate::dialect::{atome_sync, kv, native, sync, unified};
+use crate::dialect::{atome_sync, config_sync, kv, native, sync, unified};
 use crate::server::AppState;
 use axum::extract::State;
 use axum::http::header;
@@ -26,6 +26,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/sync/{workspace}", get(kv::upgrade))
         .route("/v1/history/{workspace}", get(kv::history))
+        .route("/ws/config", get(config_sync::upgrade))
         .route("/api/ws", get(unified::unified))
         .route("/api/sync/ws", get(unified::entity_sync))
         .route("/api/field-sync/ws", get(unified::field_sync))

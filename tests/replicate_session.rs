@@ -60,6 +60,7 @@ async fn write(e: &Engine, id: &str, fields: serde_json::Value) {
             op: Op::Patch,
             fields,
             client_ms: None,
+            expect: None,
         }],
     )
     .await

@@ -186,6 +186,7 @@ impl AtomeWrite {
             op,
             fields,
             client_ms: None,
+            expect: None,
         })
     }
 }

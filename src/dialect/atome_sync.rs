@@ -215,8 +215,8 @@ impl AtomeProto {
 }
 
 impl Protocol for AtomeProto {
-    fn greeting(&mut self) -> String {
-        connected_frame(&self.client_id, now_ms())
+    fn greeting(&mut self) -> Option<String> {
+        Some(connected_frame(&self.client_id, now_ms()))
     }
 
     fn on_text(&mut self, text: &str) -> Handled {
@@ -250,11 +250,11 @@ impl Protocol for AtomeProto {
                 // failure is answered (the seed has no acknowledgement).
                 Handled::later(Box::pin(async move {
                     match engine.push(&space, &actor, Some(conn), vec![write]).await {
-                        Ok(_) => None,
+                        Ok(_) => vec![],
                         Err(e) => {
                             engine.metrics.errors_sent.fetch_add(1, Relaxed);
                             let code = if e.code() == 400 { INVALID } else { FAILED };
-                            Some(error_frame(code, &e.to_string(), &rid, now_ms()))
+                            vec![error_frame(code, &e.to_string(), &rid, now_ms())]
                         }
                     }
                 }))

@@ -138,6 +138,7 @@ pub fn op_write(key: String, value: Value, timestamp_us: Option<u64>) -> LocalWr
         op: Op::Patch,
         fields: BTreeMap::from([(FIELD.to_string(), value)]),
         client_ms: timestamp_us.map(|us| us / 1000),
+        expect: None,
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod atome;
 pub mod atome_sync;
+pub mod config_sync;
 pub mod kv;
 pub mod native;
 pub mod session;
@@ -26,6 +27,8 @@ pub const SLOT_NATIVE: usize = 0;
 pub const SLOT_SYNC: usize = 1;
 /// Seed 001 (`/ws/atome-sync`) event frames.
 pub const SLOT_ATOME: usize = 2;
+/// Seed 002 (`/ws/config`) sync-event frames.
+pub const SLOT_CONFIG: usize = 3;
 /// Seed 003 (`/v1/sync/{workspace}`).
 pub const SLOT_KV: usize = 4;
 /// Seed 004 (`unified`): its `change` frame, and its `field_change` frames.

@@ -649,6 +649,7 @@ impl Conn {
                 op: w.op,
                 fields: w.fields,
                 client_ms: w.ts,
+                expect: None,
             })
             .collect();
         let engine = self.ctx.state.engine.clone();

@@ -24,8 +24,8 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-/// Work answered later (a write waiting for its commit): its frame, if any.
-pub type Pending = Pin<Box<dyn Future<Output = Option<String>> + Send>>;
+/// Work answered later (a write waiting for its commit): its frames, if any.
+pub type Pending = Pin<Box<dyn Future<Output = Vec<String>> + Send>>;
 
 /// What handling one client message produced.
 #[derive(Default)]
@@ -72,8 +72,8 @@ impl Refusal {
 
 /// One dialect's message handling and rendering.
 pub trait Protocol: Send + 'static {
-    /// Sent first, before any change.
-    fn greeting(&mut self) -> String;
+    /// Sent first, before any change (None: the protocol has no greeting).
+    fn greeting(&mut self) -> Option<String>;
     /// One client text frame.
     fn on_text(&mut self, text: &str) -> Handled;
     /// The error frame for a binary or oversized message.
@@ -121,8 +121,10 @@ pub async fn run<P: Protocol>(
         sub: None,
         last: engine.hub().last_seq(),
     };
-    if send(&mut socket, proto.greeting()).await.is_err() {
-        return;
+    if let Some(greeting) = proto.greeting() {
+        if send(&mut socket, greeting).await.is_err() {
+            return;
+        }
     }
     if let Err(e) = follow(&mut socket, &engine, &ctx, &mut feed, &mut proto).await {
         close_on_error(&mut socket, &e).await;
@@ -140,10 +142,12 @@ pub async fn run<P: Protocol>(
                 closing = true;
                 break;
             }
-            Some(frame) = pending.next(), if !pending.is_empty() => {
-                if let Some(f) = frame {
-                    if send(&mut socket, f).await.is_err() { break; }
+            Some(frames) = pending.next(), if !pending.is_empty() => {
+                let mut gone = false;
+                for f in frames {
+                    if send(&mut socket, f).await.is_err() { gone = true; break; }
                 }
+                if gone { break; }
             }
             _ = ctx.signal.notify.notified() => {
                 let lagged = ctx.signal.take_lagged();
@@ -183,8 +187,8 @@ pub async fn run<P: Protocol>(
     }
     if closing {
         // Finish in-flight writes so each gets its answer, then say why.
-        while let Some(frame) = pending.next().await {
-            if let Some(f) = frame {
+        while let Some(frames) = pending.next().await {
+            for f in frames {
                 if send(&mut socket, f).await.is_err() {
                     return;
                 }

@@ -385,11 +385,11 @@ impl SyncProto {
                 // failure is answered (the seed has no acknowledgement).
                 Handled::later(Box::pin(async move {
                     match engine.push(&space, &actor, Some(conn), vec![write]).await {
-                        Ok(_) => None,
+                        Ok(_) => vec![],
                         Err(e) => {
                             engine.metrics.errors_sent.fetch_add(1, Relaxed);
                             let code = if e.code() == 400 { INVALID } else { FAILED };
-                            Some(error_frame(code, &e.to_string(), &rid))
+                            vec![error_frame(code, &e.to_string(), &rid)]
                         }
                     }
                 }))
@@ -399,8 +399,8 @@ impl SyncProto {
 }
 
 impl Protocol for SyncProto {
-    fn greeting(&mut self) -> String {
-        welcome_frame(&self.client_id, &Value::Null, now_ms())
+    fn greeting(&mut self) -> Option<String> {
+        Some(welcome_frame(&self.client_id, &Value::Null, now_ms()))
     }
 
     fn on_text(&mut self, text: &str) -> Handled {

@@ -48,6 +48,7 @@ impl EngineError {
             EngineError::Invalid(_) | EngineError::Schema { .. } => 400,
             EngineError::Store(StoreError::DiskFull { .. }) => 507,
             EngineError::Store(StoreError::Closed) => 503,
+            EngineError::Store(StoreError::PreconditionFailed { .. }) => 409,
             EngineError::Store(_) => 500,
             EngineError::ClientGone => 499,
         }

@@ -50,6 +50,53 @@ pub struct LocalWrite {
     pub fields: BTreeMap<String, Value>,
     /// The client's own edit time (ms since the epoch), if it sent one.
     pub client_ms: Option<u64>,
+    /// Apply only if the entity is in this state (compare-and-swap).
+    pub expect: Option<Expect>,
+}
+
+/// A precondition on a local write, checked by the writer inside the
+/// transaction that would apply it, so no other local write can slip in
+/// between the check and the write. If any write of a job fails its
+/// precondition, none of the job's writes is applied and the job is answered
+/// [`StoreError::PreconditionFailed`]: a job is all-or-nothing, so a caller
+/// can put a document and its bookkeeping (history, device records) in one
+/// job guarded by one precondition. Preconditions are evaluated against the
+/// state before any write of the job. They are a local admission check only:
+/// changes from peers and the upstream merge as always (per-field LWW), so
+/// relays that accept concurrent writes still converge.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Expect {
+    /// The entity's local change count (`StoredEntity::version`); 0 means
+    /// no change to it was ever applied here.
+    Version(u64),
+    /// These visible field values; `null` means the field is absent (as it
+    /// is on an entity that does not exist or is deleted).
+    Fields(BTreeMap<String, Value>),
+}
+
+impl Expect {
+    /// None if `ent` satisfies the precondition, else what was found
+    /// instead (the version, or the expected fields' actual values).
+    pub fn check(&self, ent: Option<&StoredEntity>) -> Option<Value> {
+        match self {
+            Expect::Version(v) => {
+                let found = ent.map(|e| e.version).unwrap_or(0);
+                (found != *v).then(|| Value::from(found))
+            }
+            Expect::Fields(want) => {
+                let visible = ent
+                    .filter(|e| e.state.exists())
+                    .map(|e| e.state.visible())
+                    .unwrap_or_default();
+                let found: serde_json::Map<String, Value> = want
+                    .keys()
+                    .map(|k| (k.clone(), visible.get(k).cloned().unwrap_or(Value::Null)))
+                    .collect();
+                let same = want.iter().all(|(k, v)| found.get(k) == Some(v));
+                (!same).then_some(Value::Object(found))
+            }
+        }
+    }
 }
 
 pub type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -123,6 +170,8 @@ pub struct Outcome {
 
 enum Done {
     Outcomes(Reply<Vec<Outcome>>, Vec<Outcome>),
+    /// A job refused as a whole (a failed precondition): nothing applied.
+    Refused(Reply<Vec<Outcome>>, StoreError),
     Unit(Reply<()>),
     Count(Reply<u64>, u64),
     Spaces(Reply<Vec<String>>, Vec<String>),
@@ -133,6 +182,7 @@ impl Done {
         // A dropped receiver means the client went away; the write stands.
         match self {
             Done::Outcomes(r, v) => drop(r.send(Ok(v))),
+            Done::Refused(r, e) => drop(r.send(Err(e))),
             Done::Unit(r) => drop(r.send(Ok(()))),
             Done::Count(r, n) => drop(r.send(Ok(n))),
             Done::Spaces(r, s) => drop(r.send(Ok(s))),
@@ -146,6 +196,8 @@ impl Done {
         };
         match self {
             Done::Outcomes(r, _) => drop(r.send(Err(err()))),
+            // Refused whatever happened to the rest of the group.
+            Done::Refused(r, e) => drop(r.send(Err(e))),
             Done::Unit(r) => drop(r.send(Err(err()))),
             Done::Count(r, _) => drop(r.send(Err(err()))),
             Done::Spaces(r, _) => drop(r.send(Err(err()))),
@@ -301,6 +353,10 @@ impl Writer {
                                 refused.push(Done::Outcomes(reply, vec![]));
                                 continue;
                             }
+                            if let Some(e) = Self::check_expect(&t, &space, &writes)? {
+                                done.push(Done::Refused(reply, e));
+                                continue;
+                            }
                             let mut outs = Vec::with_capacity(writes.len());
                             for w in writes {
                                 let origin_seq =
@@ -425,6 +481,29 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// The first failed precondition of a job, as its refusal.
+    fn check_expect(
+        t: &Tables<'_>,
+        space: &str,
+        writes: &[LocalWrite],
+    ) -> Result<Option<StoreError>, StoreError> {
+        for (index, w) in writes.iter().enumerate() {
+            let Some(expect) = &w.expect else { continue };
+            let ent: Option<StoredEntity> =
+                match t
+                    .entity
+                    .get((space, w.collection.as_str(), w.id.as_str()))?
+                {
+                    Some(v) => Some(decode(v.value())?),
+                    None => None,
+                };
+            if let Some(found) = expect.check(ent.as_ref()) {
+                return Ok(Some(StoreError::PreconditionFailed { index, found }));
+            }
+        }
+        Ok(None)
     }
 
     fn apply(
