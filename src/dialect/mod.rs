@@ -12,7 +12,7 @@ pub mod sync;
 pub mod unified;
 
 use crate::auth::Grant;
-use crate::engine::{ConnLink, ConnSignal, Delivery};
+use crate::engine::{ConnLink, ConnSignal, Delivery, EngineError};
 use crate::server::AppState;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode};
@@ -80,10 +80,39 @@ pub fn limit(ws: WebSocketUpgrade, state: &AppState) -> WebSocketUpgrade {
     ws.max_message_size(hard).max_frame_size(hard)
 }
 
-/// A socket read failed. If it was a message beyond the hard limit, tell
-/// the client why (close 1009, "message too big") before dropping it; other
-/// errors (reset, protocol violation) leave nothing to say.
-pub async fn close_after_read_error(socket: &mut WebSocket, err: axum::Error) {
+/// Send one text frame; a failure means the client is gone.
+pub async fn send_text(
+    socket: &mut WebSocket,
+    text: impl Into<axum::extract::ws::Utf8Bytes>,
+) -> Result<(), EngineError> {
+    socket
+        .send(Message::Text(text.into()))
+        .await
+        .map_err(|_| EngineError::ClientGone)
+}
+
+/// Shutdown: tell the client why the socket closes (1001).
+pub async fn close_going_away(socket: &mut WebSocket) {
+    let _ = socket
+        .send(Message::Close(Some(CloseFrame {
+            code: 1001,
+            reason: "relay shutting down".into(),
+        })))
+        .await;
+}
+
+/// The message a socket read produced, or None when the connection is
+/// over. A message beyond the hard limit is told why first (close 1009,
+/// "message too big"); other read errors (reset, protocol violation) leave
+/// nothing to say.
+pub async fn next_message(
+    socket: &mut WebSocket,
+    read: Option<Result<Message, axum::Error>>,
+) -> Option<Message> {
+    let err = match read? {
+        Ok(m) => return Some(m),
+        Err(e) => e,
+    };
     let too_big = matches!(
         err.into_inner().downcast_ref::<tungstenite::Error>(),
         Some(tungstenite::Error::Capacity(_))
@@ -96,6 +125,7 @@ pub async fn close_after_read_error(socket: &mut WebSocket, err: axum::Error) {
             })))
             .await;
     }
+    None
 }
 
 /// One connection's accounting and fan-out link. Dropping it unregisters

@@ -13,7 +13,7 @@ use crate::engine::{CatchUp, Delivery, EngineError, Event, Filter};
 use crate::model::{Conflict, Op, Stamp};
 use crate::server::AppState;
 use crate::store::{Committed, LocalWrite, Outcome, OutcomeKind};
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
@@ -242,12 +242,7 @@ enum Next {
     Close,
 }
 
-async fn send(socket: &mut WebSocket, text: impl Into<Utf8Bytes>) -> Result<(), EngineError> {
-    socket
-        .send(Message::Text(text.into()))
-        .await
-        .map_err(|_| EngineError::ClientGone)
-}
+use crate::dialect::send_text as send;
 
 async fn run(mut socket: WebSocket, state: Arc<AppState>, grant: Grant) {
     let ctx = ConnCtx::new(state.clone());
@@ -291,14 +286,7 @@ async fn run(mut socket: WebSocket, state: Arc<AppState>, grant: Grant) {
                 if conn.deliver(&mut socket, d).await.is_err() { break; }
             }
             msg = socket.recv(), if conn.pending.len() < max_inflight => {
-                let msg = match msg {
-                    Some(Ok(m)) => m,
-                    Some(Err(e)) => {
-                        super::close_after_read_error(&mut socket, e).await;
-                        break;
-                    }
-                    None => break,
-                };
+                let Some(msg) = crate::dialect::next_message(&mut socket, msg).await else { break };
                 match conn.handle(&mut socket, msg).await {
                     Ok(Next::Continue) => {}
                     Ok(Next::Close) | Err(_) => break,
@@ -313,12 +301,7 @@ async fn run(mut socket: WebSocket, state: Arc<AppState>, grant: Grant) {
                 return;
             }
         }
-        let _ = socket
-            .send(Message::Close(Some(CloseFrame {
-                code: 1001,
-                reason: "relay shutting down".into(),
-            })))
-            .await;
+        crate::dialect::close_going_away(&mut socket).await;
     }
 }
 

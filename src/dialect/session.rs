@@ -97,12 +97,7 @@ struct Feed {
     last: u64,
 }
 
-async fn send(socket: &mut WebSocket, text: impl Into<Utf8Bytes>) -> Result<(), EngineError> {
-    socket
-        .send(Message::Text(text.into()))
-        .await
-        .map_err(|_| EngineError::ClientGone)
-}
+use crate::dialect::send_text as send;
 
 /// Serve one connection until it closes or the relay shuts down.
 pub async fn run<P: Protocol>(
@@ -164,7 +159,7 @@ pub async fn run<P: Protocol>(
                 if deliver(&mut socket, &ctx, &mut feed, &mut proto, d).await.is_err() { break; }
             }
             msg = socket.recv(), if pending.len() < max_inflight => {
-                let Some(Ok(msg)) = msg else { break };
+                let Some(msg) = crate::dialect::next_message(&mut socket, msg).await else { break };
                 let handled = match msg {
                     Message::Text(t) if t.len() > max_frame => {
                         Handled::reply(proto.refuse(Refusal::TooLarge { len: t.len(), max: max_frame }))
@@ -194,12 +189,7 @@ pub async fn run<P: Protocol>(
                 }
             }
         }
-        let _ = socket
-            .send(Message::Close(Some(CloseFrame {
-                code: 1001,
-                reason: "relay shutting down".into(),
-            })))
-            .await;
+        crate::dialect::close_going_away(&mut socket).await;
     }
 }
 
