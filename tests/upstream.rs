@@ -334,7 +334,6 @@ async fn a_flapping_hub_ends_with_each_change_exactly_once() {
         hub.kill9();
         hub.start();
         held = status(hub.http).await["log"]["entries"].as_u64().unwrap();
-        eprintln!("round {pause}: hub holds {held}");
         hub.kill9();
         if pause == 50 {
             assert!(held < total, "the first kill came after everything arrived");
