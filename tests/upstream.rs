@@ -590,6 +590,47 @@ async fn replicate_admission_needs_an_admin_token() {
     hub.shutdown().await.unwrap();
 }
 
+/// Push patches to `notes` in `space`.
+async fn write_space(addr: SocketAddr, space: &str, n: usize, prefix: &str) {
+    let mut c = Client::native(addr).await;
+    for i in 0..n {
+        c.put(space, &format!("{prefix}{i}"), json!({"i": i})).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_spaces_filter_limits_both_directions() {
+    let port = free_port();
+    let hub = Node::hub(port, "").run();
+    let edge = Node::edge(&ws_url(port), "spaces = [\"s\"]\n").run();
+    write_space(edge.http, "s", 10, "e").await;
+    write_space(edge.http, "private", 5, "e").await;
+    write_space(hub.http, "s", 2, "h").await;
+    write_space(hub.http, "elsewhere", 3, "h").await;
+    wait_until(30, "the filtered exchange", || async {
+        let (h, e) = (status(hub.http).await, status(edge.http).await);
+        h["log"]["entries"] == 15
+            && e["log"]["entries"] == 17
+            && e["upstream"]["changes_waiting"] == 0
+    })
+    .await;
+    // Nothing else arrives later.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let spaces = |st: &Value| -> Vec<String> {
+        st["spaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (h, e) = (status(hub.http).await, status(edge.http).await);
+    assert_eq!(h["log"]["entries"], 15, "{h}");
+    assert_eq!(spaces(&h), vec!["elsewhere", "s"], "{h}");
+    assert_eq!(spaces(&e), vec!["private", "s"], "{e}");
+    assert_eq!(e["upstream"]["spaces"], json!(["s"]));
+}
+
 #[test]
 fn upstream_config_is_checked() {
     let dir = tempfile::tempdir().unwrap();
@@ -606,6 +647,11 @@ fn upstream_config_is_checked() {
     c.upstream.spaces = Some(vec!["a".into()]);
     let u = c.validate().unwrap().upstream.unwrap();
     assert_eq!((u.host.as_str(), u.port, u.tls), ("hub.example", 443, true));
+    let toml = c.effective_toml(&c.validate().unwrap());
+    assert!(
+        toml.contains("<redacted>") && !toml.contains("\"tok\""),
+        "{toml}"
+    );
     c.upstream.ca_file = Some(dir.path().join("missing.pem"));
     let e = c.validate().unwrap_err().to_string();
     assert!(e.contains("upstream.ca_file"), "{e}");
