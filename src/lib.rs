@@ -10,6 +10,9 @@
 //! - [`mesh`]: QUIC between peer relays: membership, dialling, mDNS.
 //! - [`replicate`]: the relay-to-relay protocol (frames, planning from
 //!   version vectors, sessions over any transport), used by the mesh.
+//! - [`upstream`]: store-and-forward from an edge to its hub over WebSocket
+//!   (the `replicate` protocol), and the hub's `/ws/replicate` endpoint.
+//! - [`tls`]: TLS on the HTTP listener (`[server] tls_cert`, `tls_key`).
 //! - [`engine`]: apply, subscribe (catch-up then live), fan-out, events.
 //! - [`store`]: redb tables and the group-commit writer thread.
 //! - [`model`]: stamps, changes, entity state and its CRDT merge (pure).
@@ -30,6 +33,8 @@ pub mod rfc3339;
 pub mod schema;
 pub mod server;
 pub mod store;
+pub mod tls;
+pub mod upstream;
 
 /// The relay's version, reported in welcome messages and status.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -41,6 +41,7 @@ pub async fn upgrade(
         let ctx = ConnCtx::new(state.clone());
         let proto = SyncProto {
             engine: state.engine.clone(),
+            upstream: state.upstream.clone(),
             space: space.clone(),
             grant,
             conn: ctx.id,
@@ -285,6 +286,8 @@ pub fn event_frame(topic: &str, payload: &Value, now: u64) -> String {
 
 struct SyncProto {
     engine: Arc<Engine>,
+    /// The upstream hub, if any: `sync_request` starts a round with it.
+    upstream: Option<Arc<crate::upstream::Upstream>>,
     space: String,
     grant: Grant,
     conn: u64,
@@ -327,12 +330,21 @@ impl SyncProto {
                 ))
             }
             Request::Pong => Handled::default(),
-            // No upstream exists yet, so there is nothing to trigger: every
-            // sync is "local" (the relay's store is the source of truth).
-            Request::SyncRequest => Handled::reply(with_rid(
-                object(json!({"type": "sync_started", "mode": "local", "timestamp": now_ms()})),
-                &rid,
-            )),
+            // With an upstream, a round with the hub now (if it is waiting to
+            // redial); without one the relay's store is the source of truth.
+            Request::SyncRequest => {
+                let mode = match &self.upstream {
+                    Some(u) => {
+                        u.wake();
+                        "upstream"
+                    }
+                    None => "local",
+                };
+                Handled::reply(with_rid(
+                    object(json!({"type": "sync_started", "mode": mode, "timestamp": now_ms()})),
+                    &rid,
+                ))
+            }
             Request::Publish { topic, payload } => {
                 if !self.grant.can_write(&self.space) {
                     return Handled::reply(self.error(

@@ -171,6 +171,10 @@ pub async fn run(
             )
         }
     };
+    stats.acked.store(pos, Relaxed);
+    stats
+        .backlog
+        .store(engine.last_seq().saturating_sub(pos), Relaxed);
     let filter = plan::Filter {
         peer: greeting.peer,
         peer_vv,
@@ -580,6 +584,7 @@ impl Outbound {
     /// Update the backlog gauge and, now and then, the durable cursor.
     async fn progress(&mut self) -> Result<(), SessionError> {
         let last = self.engine.last_seq();
+        self.stats.acked.store(self.acked, Relaxed);
         self.stats
             .backlog
             .store(last.saturating_sub(self.acked), Relaxed);
