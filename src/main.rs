@@ -52,6 +52,8 @@ enum Command {
     BenchFloor {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: String,
+        #[arg(long, default_value_t = 4096)]
+        capacity: usize,
     },
 }
 
@@ -166,8 +168,8 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Command::BenchFloor { listen } => {
-            runtime()?.block_on(outpost::bench::scenarios::serve_floor(&listen))
+        Command::BenchFloor { listen, capacity } => {
+            runtime()?.block_on(outpost::bench::scenarios::serve_floor(&listen, capacity))
         }
     }
 }

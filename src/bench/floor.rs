@@ -13,14 +13,13 @@ use axum::Router;
 use std::io::Write;
 use tokio::sync::broadcast;
 
-/// Frames a subscriber may fall behind before it loses some (the check
-/// then reports them missing).
-const CAPACITY: usize = 4096;
-
 /// Serve the floor on `listen` until killed; prints
-/// `floor listening on ADDR` once bound.
-pub async fn serve(listen: &str) -> anyhow::Result<()> {
-    let (tx, _) = broadcast::channel::<Utf8Bytes>(CAPACITY);
+/// `floor listening on ADDR` once bound. `capacity`: frames a subscriber may
+/// fall behind before it loses some (the check then reports them missing);
+/// the bench passes at least the run's change count, so the floor, which
+/// has no log to resync from, never drops.
+pub async fn serve(listen: &str, capacity: usize) -> anyhow::Result<()> {
+    let (tx, _) = broadcast::channel::<Utf8Bytes>(capacity.max(16));
     let app = Router::new()
         .route("/pub", get(publisher))
         .route("/sub", get(subscriber))

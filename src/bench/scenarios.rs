@@ -91,6 +91,8 @@ async fn run_floor(p: &Params, tag: &str, load: Load) -> Result<LoadResult> {
         "bench-floor".to_string(),
         "--listen".into(),
         "127.0.0.1:0".into(),
+        "--capacity".into(),
+        load.changes.max(4096).to_string(),
     ];
     let child = ChildProc::spawn(
         &args,
@@ -109,8 +111,8 @@ async fn run_floor(p: &Params, tag: &str, load: Load) -> Result<LoadResult> {
 }
 
 /// The floor server itself (`outpost bench-floor`).
-pub async fn serve_floor(listen: &str) -> Result<()> {
-    floor::serve(listen).await
+pub async fn serve_floor(listen: &str, capacity: usize) -> Result<()> {
+    floor::serve(listen, capacity).await
 }
 
 /// Relay RSS at rest and with `idle_clients` connected, subscribed, idle.
