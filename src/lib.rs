@@ -19,8 +19,11 @@
 //! - [`metrics`]: counters rendered for Prometheus.
 //! - [`schema`]: JSON Schema sets (forms, collection schemas).
 //! - [`rfc3339`]: timestamp text for the dialects that use it.
+//! - [`bench`]: `outpost bench`, the benchmark against a floor measured in
+//!   the same run.
 
 pub mod auth;
+pub mod bench;
 pub mod config;
 pub mod dialect;
 pub mod engine;
