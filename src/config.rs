@@ -43,6 +43,7 @@ pub struct Config {
     pub log: Log,
     pub webhook: WebhookConfig,
     pub mesh: MeshConfig,
+    pub upstream: UpstreamConfig,
     /// Seed 004 forms: name -> JSON Schema file (relative to the config file).
     pub forms: BTreeMap<String, PathBuf>,
     /// Collection schemas enforced on every local push: collection -> file.
@@ -69,6 +70,10 @@ pub struct Server {
     pub max_inflight: usize,
     /// How long SIGTERM waits for connections to finish.
     pub shutdown_grace: String,
+    /// Serve HTTPS/WSS with this certificate chain (PEM); needs `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for Server {
@@ -80,6 +85,8 @@ impl Default for Server {
             queue_depth: 1024,
             max_inflight: 256,
             shutdown_grace: "10s".into(),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -270,6 +277,10 @@ pub struct Settings {
     pub anonymous: Anonymous,
     pub webhook: Option<WebhookSettings>,
     pub mesh: Option<MeshSettings>,
+    /// `[upstream]`: the hub this relay forwards to (None: no upstream).
+    pub upstream: Option<UpstreamSettings>,
+    /// `[server] tls_cert`/`tls_key`: serve TLS on the listener.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Compiled `[forms]` schemas.
     pub forms: Arc<SchemaSet>,
     /// Compiled `[schemas]`, keyed by collection.
@@ -337,6 +348,8 @@ impl Config {
             &a.jwt_secret_file,
         )?;
         let mesh = self.mesh.validate()?;
+        let upstream = self.upstream.validate()?;
+        let tls = server_tls(s)?;
         let anonymous = match a.anonymous {
             Some(x) => x,
             None if listen.ip().is_loopback() => Anonymous::Write,
@@ -381,6 +394,8 @@ impl Config {
             anonymous,
             webhook,
             mesh,
+            upstream,
+            tls,
             forms,
             schemas,
         })
@@ -398,6 +413,9 @@ impl Config {
         }
         if c.mesh.secret.is_some() {
             c.mesh.secret = Some("<redacted>".into());
+        }
+        if c.upstream.token.is_some() {
+            c.upstream.token = Some("<redacted>".into());
         }
         toml::to_string(&c).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
@@ -505,6 +523,170 @@ impl MeshConfig {
             mdns: self.mdns,
         }))
     }
+}
+
+/// `[upstream]`: store-and-forward to a hub relay over WebSocket. Off
+/// unless `url` is set.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// `ws://HOST[:PORT]/PATH` or `wss://…`, e.g. `wss://hub.example/ws/replicate`.
+    pub url: Option<String>,
+    /// A token of the hub with `admin` scope (prefer `token_file`).
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
+    /// PEM certificates to trust for a `wss://` hub instead of the system
+    /// roots (a self-hosted hub's own or its CA's certificate).
+    pub ca_file: Option<PathBuf>,
+    /// Replicate only these spaces, both ways (default: all).
+    pub spaces: Option<Vec<String>>,
+}
+
+/// The validated upstream.
+#[derive(Clone, Debug)]
+pub struct UpstreamSettings {
+    /// As configured (for status).
+    pub url: String,
+    pub tls: bool,
+    /// Host as written (brackets stripped from IPv6), for DNS and SNI.
+    pub host: String,
+    pub port: u16,
+    pub token: String,
+    /// Trust anchors from `ca_file` (None: the system roots).
+    pub ca: Option<Vec<rustls::pki_types::CertificateDer<'static>>>,
+    pub spaces: Option<std::collections::HashSet<String>>,
+}
+
+impl UpstreamConfig {
+    fn validate(&self) -> Result<Option<UpstreamSettings>, ConfigError> {
+        let Some(url) = self.url.as_deref().map(str::trim).filter(|u| !u.is_empty()) else {
+            if self.token.is_some() || self.token_file.is_some() || self.ca_file.is_some() {
+                return Err(invalid("upstream.url", "set upstream.url too"));
+            }
+            return Ok(None);
+        };
+        let uri: axum::http::Uri = url
+            .parse()
+            .map_err(|e| invalid("upstream.url", format!("{url:?}: {e}")))?;
+        let tls = match uri.scheme_str() {
+            Some("wss") => true,
+            Some("ws") => false,
+            _ => {
+                return Err(invalid(
+                    "upstream.url",
+                    format!("{url:?}: must start with ws:// or wss://"),
+                ))
+            }
+        };
+        let host = uri
+            .host()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| invalid("upstream.url", format!("{url:?}: no host")))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+            return Err(invalid(
+                "upstream.url",
+                "no credentials in the URL; use upstream.token",
+            ));
+        }
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let token = match (&self.token, &self.token_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "upstream.token",
+                    "set upstream.token or upstream.token_file, not both",
+                ))
+            }
+            (Some(t), None) => t.trim().to_string(),
+            (None, Some(p)) => std::fs::read_to_string(p)
+                .map_err(|e| {
+                    invalid(
+                        "upstream.token_file",
+                        format!("cannot read {}: {e}", p.display()),
+                    )
+                })?
+                .trim()
+                .to_string(),
+            (None, None) => String::new(),
+        };
+        if token.is_empty() {
+            return Err(invalid(
+                "upstream.token",
+                "the hub admits only tokens with admin scope: set upstream.token or upstream.token_file",
+            ));
+        }
+        let ca = match &self.ca_file {
+            None => None,
+            Some(p) => {
+                if !tls {
+                    return Err(invalid("upstream.ca_file", "only for a wss:// url"));
+                }
+                Some(read_certs(p).map_err(|e| invalid("upstream.ca_file", e))?)
+            }
+        };
+        let spaces = match &self.spaces {
+            None => None,
+            Some(v) => {
+                for s in v {
+                    crate::engine::validate_name("space", s)
+                        .map_err(|e| invalid("upstream.spaces", e.to_string()))?;
+                }
+                Some(v.iter().cloned().collect())
+            }
+        };
+        Ok(Some(UpstreamSettings {
+            url: url.to_string(),
+            tls,
+            host,
+            port,
+            token,
+            ca,
+            spaces,
+        }))
+    }
+}
+
+/// Every certificate in a PEM file (at least one).
+fn read_certs(p: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let certs = rustls::pki_types::CertificateDer::pem_file_iter(p)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{}: {e}", p.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no PEM certificate in it", p.display()));
+    }
+    Ok(certs)
+}
+
+/// `[server] tls_cert` + `tls_key`: the listener's TLS config (HTTP/1.1).
+fn server_tls(s: &Server) -> Result<Option<Arc<rustls::ServerConfig>>, ConfigError> {
+    use rustls::pki_types::pem::PemObject;
+    let (cert, key) = match (&s.tls_cert, &s.tls_key) {
+        (None, None) => return Ok(None),
+        (Some(c), Some(k)) => (c, k),
+        (Some(_), None) => return Err(invalid("server.tls_key", "set it with server.tls_cert")),
+        (None, Some(_)) => return Err(invalid("server.tls_cert", "set it with server.tls_key")),
+    };
+    let chain = read_certs(cert).map_err(|e| invalid("server.tls_cert", e))?;
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| invalid("server.tls_key", format!("{}: {e}", key.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid("server.tls_cert", e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| {
+            invalid(
+                "server.tls_key",
+                format!("does not fit server.tls_cert: {e}"),
+            )
+        })?;
+    // WebSocket upgrades need HTTP/1.1 (the listener speaks only that).
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Some(Arc::new(cfg)))
 }
 
 /// "500ms", "10s", "5m", "24h", "30d" (a bare number is seconds).

@@ -1,6 +1,6 @@
 //! The axum router: dialect endpoints plus health, metrics and status.
 
-use crate::dialect::{atome_sync, kv, native, sync, unified};
+use crate::dialect::{atome_sync, config_sync, kv, native, sync, unified};
 use crate::server::AppState;
 use axum::extract::State;
 use axum::http::header;
@@ -26,9 +26,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/sync/{workspace}", get(kv::upgrade))
         .route("/v1/history/{workspace}", get(kv::history))
+        .route("/ws/config", get(config_sync::upgrade))
         .route("/api/ws", get(unified::unified))
         .route("/api/sync/ws", get(unified::entity_sync))
         .route("/api/field-sync/ws", get(unified::field_sync))
+        .route("/ws/replicate", get(crate::upstream::hub::upgrade))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/v1/status", get(status))
@@ -72,6 +74,9 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     ];
     let mut body = e.metrics.render(&extra);
     body.push_str(&state.links.render_metrics());
+    if let Some(u) = &state.upstream {
+        body.push_str(&u.render_metrics());
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }
 
@@ -101,5 +106,6 @@ async fn status(State(state): State<Arc<AppState>>) -> impl IntoResponse {
             "listen": state.mesh_addr.map(|a| a.to_string()),
         },
         "peers": state.links.status(),
+        "upstream": state.upstream.as_ref().map(|u| u.status()),
     }))
 }

@@ -10,6 +10,9 @@
 //! - [`mesh`]: QUIC between peer relays: membership, dialling, mDNS.
 //! - [`replicate`]: the relay-to-relay protocol (frames, planning from
 //!   version vectors, sessions over any transport), used by the mesh.
+//! - [`upstream`]: store-and-forward from an edge to its hub over WebSocket
+//!   (the `replicate` protocol), and the hub's `/ws/replicate` endpoint.
+//! - [`tls`]: TLS on the HTTP listener (`[server] tls_cert`, `tls_key`).
 //! - [`engine`]: apply, subscribe (catch-up then live), fan-out, events.
 //! - [`store`]: redb tables and the group-commit writer thread.
 //! - [`model`]: stamps, changes, entity state and its CRDT merge (pure).
@@ -17,8 +20,11 @@
 //! - [`schema`]: JSON Schema sets (forms, collection schemas).
 //! - [`rfc3339`]: timestamp text for the dialects that use it.
 //! - [`notify`]: systemd readiness and watchdog notifications.
+//! - [`bench`]: `outpost bench`, the benchmark against a floor measured in
+//!   the same run.
 
 pub mod auth;
+pub mod bench;
 pub mod config;
 pub mod dialect;
 pub mod engine;
@@ -32,6 +38,8 @@ pub mod rfc3339;
 pub mod schema;
 pub mod server;
 pub mod store;
+pub mod tls;
+pub mod upstream;
 
 /// The relay's version, reported in welcome messages and status.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

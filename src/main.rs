@@ -44,6 +44,17 @@ enum Command {
         #[arg(long, default_value = "outpost-cli")]
         sub: String,
     },
+    /// Benchmark: drive child relays (or --url) over WebSockets, against a
+    /// floor measured in the same run; prints a table and one JSON line.
+    Bench(outpost::bench::BenchArgs),
+    /// The bench's floor server (started by `outpost bench`).
+    #[command(hide = true)]
+    BenchFloor {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+        #[arg(long, default_value_t = 4096)]
+        capacity: usize,
+    },
 }
 
 #[derive(Args, Default)]
@@ -142,7 +153,32 @@ fn main() -> Result<()> {
             println!("{token}");
             Ok(())
         }
+        Command::Bench(args) => {
+            let rt = runtime()?;
+            // The scenarios run on this thread (block_on), which spawns the
+            // child relays: their parent-death signal is tied to it.
+            let ok = rt.block_on(async {
+                tokio::select! {
+                    r = outpost::bench::run(args) => r,
+                    _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+                }
+            })?;
+            if !ok {
+                std::process::exit(2);
+            }
+            Ok(())
+        }
+        Command::BenchFloor { listen, capacity } => {
+            runtime()?.block_on(outpost::bench::scenarios::serve_floor(&listen, capacity))
+        }
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 async fn serve(settings: Settings) -> Result<()> {

@@ -29,6 +29,8 @@ pub enum ServerError {
     Engine(#[from] EngineError),
     #[error(transparent)]
     Mesh(#[from] crate::mesh::MeshError),
+    #[error(transparent)]
+    Upstream(#[from] crate::upstream::UpstreamError),
     #[error("server failed: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -45,6 +47,8 @@ pub struct AppState {
     pub links: Arc<Links>,
     /// The mesh's bound UDP address, when the mesh is on.
     pub mesh_addr: Option<SocketAddr>,
+    /// The link to the upstream hub, when `[upstream]` is configured.
+    pub upstream: Option<Arc<crate::upstream::Upstream>>,
 }
 
 /// Counts live connection actors so shutdown can wait for them.
@@ -92,6 +96,7 @@ pub struct Relay {
     stop: watch::Sender<bool>,
     serve: JoinHandle<std::io::Result<()>>,
     mesh: Option<Mesh>,
+    upstream: Option<JoinHandle<()>>,
 }
 
 impl Relay {
@@ -116,6 +121,10 @@ impl Relay {
         if let Some(w) = &settings.webhook {
             crate::dialect::kv::webhook::start(&engine, w.clone(), shutdown.clone());
         }
+        // Likewise the upstream: the log past its cursor is its queue.
+        if settings.upstream.is_some() {
+            engine.pin_cursor(crate::upstream::CURSOR);
+        }
         engine.start_maintenance();
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
@@ -137,6 +146,15 @@ impl Relay {
             )?),
             None => None,
         };
+        let upstream = match &settings.upstream {
+            Some(u) => Some(crate::upstream::Upstream::new(
+                u.clone(),
+                engine.clone(),
+                links.clone(),
+            )?),
+            None => None,
+        };
+        let upstream_task = upstream.as_ref().map(|u| u.start(shutdown.clone()));
         let state = Arc::new(AppState {
             engine,
             auth: Auth::new(settings.jwt_secret.as_deref(), settings.anonymous),
@@ -145,22 +163,36 @@ impl Relay {
             conns: ConnTracker::default(),
             links,
             mesh_addr: mesh.as_ref().map(|m| m.local_addr),
+            upstream,
         });
         let app = crate::http::router(state.clone());
         let mut rx = state.shutdown.clone();
-        let serve = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.wait_for(|s| *s).await;
+        let serve = match state.settings.tls.clone() {
+            None => tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = rx.wait_for(|s| *s).await;
+                    })
+                    .await
+            }),
+            Some(tls) => {
+                let listener = crate::tls::TlsListener::new(listener, tls, state.shutdown.clone())?;
+                tokio::spawn(async move {
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(async move {
+                            let _ = rx.wait_for(|s| *s).await;
+                        })
+                        .await
                 })
-                .await
-        });
+            }
+        };
         Ok(Relay {
             addr,
             state,
             stop,
             serve,
             mesh,
+            upstream: upstream_task,
         })
     }
 
@@ -185,6 +217,16 @@ impl Relay {
             Err(_) => {
                 tracing::warn!("http server did not stop within the grace period");
                 serve.abort();
+            }
+        }
+        if let Some(mut task) = self.upstream {
+            // The session says goodbye and closes with 1001 on the signal.
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if tokio::time::timeout(left.max(Duration::from_secs(1)), &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
             }
         }
         if let Some(mesh) = self.mesh {

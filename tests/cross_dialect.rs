@@ -2,10 +2,8 @@
 //! space is visible through all the others, each in its own shapes.
 //!
 //! Dialects covered here: seed 001 (`/ws/atome-sync`, `/api/atome`), seed
-//! 000 (`/ws/sync`) and the native `/ws`. Seed 004 (`/api/ws`, an entity
-//! `atome` subscriber seeing a `change`) is built in parallel on another
-//! branch: its client joins `all_dialects_see_an_atome_created_over_atome_sync`
-//! at the marked places once it is merged.
+//! 000 (`/ws/sync`), seed 004 (`/api/ws`, entity `atome`) and the native
+//! `/ws`.
 
 mod common;
 
@@ -44,8 +42,13 @@ async fn all_dialects_see_an_atome_created_over_atome_sync() {
     .await;
     let mut sync = connect(addr, &format!("/ws/sync{q}"), "welcome").await;
     let mut native = native_subscriber(addr).await;
-    // Seed 004: connect an `/api/ws` client here and subscribe it to entity
-    // `atome` in SPACE.
+    let mut unified = Client::connect(addr, &format!("/api/ws{q}")).await;
+    unified
+        .send(json!({"type": "subscribe", "entities": ["atome"]}))
+        .await;
+    // subscribe has no reply: a ping's pong proves it was handled.
+    unified.send(json!({"type": "ping"})).await;
+    assert_eq!(unified.recv().await["type"], "pong");
 
     let atome = json!({"id": "x1", "kind": "shape", "data": {"w": 10}});
     writer
@@ -66,11 +69,40 @@ async fn all_dialects_see_an_atome_created_over_atome_sync() {
     assert_eq!(c["op"], "put");
     assert_eq!(c["fields"], json!({"kind": "shape", "data": {"w": 10}}));
     assert_eq!(c["actor"], "W");
-    // Seed 004: the `/api/ws` subscriber receives a `change` whose ChangeLog
-    // has entity "atome", entity_id "x1", action "create" and data = fields.
+
+    let u = unified.recv().await;
+    assert_eq!(u["type"], "change", "{u}");
+    let log = &u["change"];
+    assert_eq!(log["entity"], "atome");
+    assert_eq!(log["entity_id"], "x1");
+    assert_eq!(log["action"], "create");
+    assert_eq!(log["data"], json!({"kind": "shape", "data": {"w": 10}}));
 
     // The writer is not echoed.
     assert_eq!(writer.try_recv(Duration::from_millis(300)).await, None);
+
+    // An update through /api/ws reaches the other three.
+    unified
+        .send(json!({"type": "push", "entity": "atome", "entity_id": "x1",
+                     "action": "update", "data": {"data": {"w": 20}}}))
+        .await;
+    let (_, ack) = unified.until("push_ack").await;
+    assert_eq!(ack["entity_id"], "x1");
+    let e = writer.recv().await;
+    assert_eq!(e["type"], "atome:altered", "{e}");
+    assert_eq!(
+        e["atome"],
+        json!({"id": "x1", "kind": "shape", "data": {"w": 20}})
+    );
+    let e = sync.recv().await;
+    assert_eq!(e["eventType"], "atome:updated");
+    assert_eq!(e["payload"]["atome"]["data"], json!({"w": 20}));
+    let c = native.recv().await;
+    assert_eq!(
+        (c["type"].as_str(), c["op"].as_str()),
+        (Some("change"), Some("patch"))
+    );
+    assert_eq!(c["fields"], json!({"data": {"w": 20}}));
     relay.shutdown().await.unwrap();
 }
 

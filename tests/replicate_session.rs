@@ -60,33 +60,47 @@ async fn write(e: &Engine, id: &str, fields: serde_json::Value) {
             op: Op::Patch,
             fields,
             client_ms: None,
+            expect: None,
         }],
     )
     .await
     .unwrap();
 }
 
-/// Connect two engines; the tasks end when `stop` flips.
+/// Connect two engines, reconnecting whenever a session ends (as the mesh
+/// dialler does); the tasks end when `stop` flips.
 fn link(a: &Arc<Engine>, b: &Arc<Engine>, stop: &watch::Receiver<bool>) {
-    let (a_tx, b_rx) = mpsc::channel(16);
-    let (b_tx, a_rx) = mpsc::channel(16);
-    let links = Arc::new(Links::default());
-    for (e, rx, tx, outbound) in [
-        (a.clone(), a_rx, a_tx, true),
-        (b.clone(), b_rx, b_tx, false),
-    ] {
-        let stop = stop.clone();
-        let guard = links.open("test", "mem".into(), outbound, 0);
-        tokio::spawn(async move {
-            let (mut rx, mut tx) = (Rx(rx), Tx(tx));
-            let g = session::hello(&e, &mut rx, &mut tx).await.unwrap();
-            let opts = SessionOpts {
-                cursor: format!("peer:{}", g.peer),
-                spaces: None,
-            };
-            let _ = session::run(e, g, rx, tx, opts, guard.stats.clone(), stop).await;
-        });
-    }
+    let (a, b, stop) = (a.clone(), b.clone(), stop.clone());
+    tokio::spawn(async move {
+        let links = Arc::new(Links::default());
+        while !*stop.borrow() {
+            let (a_tx, b_rx) = mpsc::channel(16);
+            let (b_tx, a_rx) = mpsc::channel(16);
+            let mut sides = Vec::new();
+            for (e, rx, tx, outbound) in [
+                (a.clone(), a_rx, a_tx, true),
+                (b.clone(), b_rx, b_tx, false),
+            ] {
+                let stop = stop.clone();
+                let guard = links.open("test", "mem".into(), outbound, 0);
+                sides.push(tokio::spawn(async move {
+                    let (mut rx, mut tx) = (Rx(rx), Tx(tx));
+                    let g = session::hello(&e, &mut rx, &mut tx).await?;
+                    let opts = SessionOpts {
+                        cursor: format!("peer:{}", g.peer),
+                        spaces: None,
+                    };
+                    let r = session::run(e, g, rx, tx, opts, guard.stats.clone(), stop).await;
+                    eprintln!("session ended: {r:?}");
+                    r
+                }));
+            }
+            for s in sides {
+                let _ = s.await;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
 }
 
 /// Every entity of space "s" with its merged state, serialized.
@@ -186,5 +200,62 @@ async fn a_triangle_converges_and_events_arrive_once() {
             .is_err(),
         "delivered once"
     );
+    stop_tx.send(true).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_behind_the_retention_horizon_gets_a_snapshot() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (a, b, c) = (
+        engine(dirs[0].path()),
+        engine(dirs[1].path()),
+        engine(dirs[2].path()),
+    );
+    for n in 0..300 {
+        write(&a, &format!("a{}", n % 120), json!({"n": n, "pad": "x"})).await;
+    }
+    // B has its own history, and a live subscriber whose catch-up must be
+    // redone from state once the snapshot lands.
+    write(&b, "a1", json!({"n": -1})).await;
+    write(&b, "b-own", json!({"mine": true})).await;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let signal = Arc::new(outpost::engine::ConnSignal::default());
+    let link_b = outpost::engine::ConnLink {
+        conn: 7,
+        tx,
+        signal: signal.clone(),
+    };
+    let mut sub = b
+        .start_subscription(
+            "s",
+            0,
+            outpost::engine::Filter {
+                collections: None,
+                events: false,
+            },
+            link_b,
+        )
+        .unwrap();
+    while b.next_page(&mut sub).unwrap().is_some() {}
+    // A trims everything: the changes B lacks are gone from A's log.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(a.trim(Duration::ZERO).await.unwrap(), 300);
+    let (stop_tx, stop) = watch::channel(false);
+    link(&a, &b, &stop);
+    // B then forwards to C, whose needs B's log cannot serve either.
+    link(&b, &c, &stop);
+    converge(&[&a, &b, &c]).await;
+    assert_eq!(state(&b).len(), 121);
+    // B's subscriber was told to resync, and a catch-up from its old
+    // position now starts with the merged states.
+    assert!(
+        !signal.take_lagged().is_empty(),
+        "the subscriber was told to resync"
+    );
+    assert!(b.horizon() > 2);
+    // Live changes keep flowing after the snapshot.
+    write(&a, "after", json!({"x": 1})).await;
+    converge(&[&a, &b, &c]).await;
+    while rx.try_recv().is_ok() {}
     stop_tx.send(true).unwrap();
 }

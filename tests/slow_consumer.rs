@@ -8,8 +8,8 @@ use common::{Client, Proc, WAIT};
 use serde_json::json;
 use std::time::Duration;
 
-const PUSHES: u64 = 160;
-const PER_PUSH: u64 = 50;
+const PUSHES: u64 = 320;
+const PER_PUSH: u64 = 25;
 const TOTAL: u64 = PUSHES * PER_PUSH; // 8000 changes of ~4 KiB: ~32 MiB of frames
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -18,7 +18,7 @@ async fn a_stalled_subscriber_is_bounded_and_told_to_resync() {
     let cfg = dir.path().join("outpost.toml");
     std::fs::write(
         &cfg,
-        "[server]\nqueue_depth = 64\n[storage]\ncache_mb = 2\n",
+        "[server]\nqueue_depth = 256\n[storage]\ncache_mb = 2\n",
     )
     .unwrap();
     let data = dir.path().join("data");
@@ -78,7 +78,7 @@ async fn a_stalled_subscriber_is_bounded_and_told_to_resync() {
     let grown_mib = peak.saturating_sub(baseline) / 1024;
     eprintln!("relay RSS: baseline {baseline} KiB, peak {peak} KiB (+{grown_mib} MiB) while ~32 MiB went past a stalled subscriber");
     // Holding the stalled subscriber's backlog would take over 32 MiB; the
-    // store's cache is capped at 2 MiB above, the queue at 64 frames.
+    // store's cache is capped at 2 MiB above, the queue at 256 frames (~1 MiB).
     assert!(
         grown_mib < 16,
         "relay memory grew by {grown_mib} MiB with a stalled subscriber"

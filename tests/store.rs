@@ -4,6 +4,9 @@
 mod common;
 
 use common::*;
+use outpost::engine::EngineError;
+use outpost::model::Op;
+use outpost::store::{Expect, LocalWrite, StoreError};
 use serde_json::json;
 use std::time::Duration;
 
@@ -94,4 +97,90 @@ fn a_data_file_from_a_newer_outpost_is_refused_clearly() {
     let (code, _, err) = run_cli(&["serve", "--listen", "127.0.0.1:0", "--data", data]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("schema") && err.contains("99"), "{err}");
+}
+
+fn doc_write(id: &str, fields: serde_json::Value, expect: Option<Expect>) -> LocalWrite {
+    LocalWrite {
+        collection: "doc".into(),
+        id: id.into(),
+        op: Op::Put,
+        fields: serde_json::from_value(fields).unwrap(),
+        client_ms: None,
+        expect,
+    }
+}
+
+fn expect_fields(v: serde_json::Value) -> Option<Expect> {
+    Some(Expect::Fields(serde_json::from_value(v).unwrap()))
+}
+
+#[tokio::test]
+async fn a_failed_precondition_applies_nothing_of_its_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start(config(dir.path())).await;
+    let e = relay.state.engine.clone();
+    // `null` expects the field absent: true of an entity never written.
+    let first = vec![
+        doc_write("d", json!({"rev": 1}), expect_fields(json!({"rev": null}))),
+        doc_write("log1", json!({"n": 1}), None),
+    ];
+    let outs = e.push("s", "t", None, first).await.unwrap();
+    assert_eq!(outs.len(), 2);
+    // The same expectation now fails: neither write of the job lands.
+    let again = vec![
+        doc_write("log2", json!({"n": 2}), None),
+        doc_write("d", json!({"rev": 2}), expect_fields(json!({"rev": null}))),
+    ];
+    let err = e.push("s", "t", None, again).await.unwrap_err();
+    assert_eq!(err.code(), 409);
+    match err {
+        EngineError::Store(StoreError::PreconditionFailed { index, found }) => {
+            assert_eq!(index, 1);
+            assert_eq!(found, json!({"rev": 1}));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(e.entity("s", "doc", "log2").unwrap().is_none());
+    assert_eq!(e.last_seq(), 2);
+    // Version preconditions compare the entity's change count.
+    let v = vec![doc_write("d", json!({"rev": 2}), Some(Expect::Version(1)))];
+    e.push("s", "t", None, v).await.unwrap();
+    let stale = vec![doc_write("d", json!({"rev": 3}), Some(Expect::Version(1)))];
+    let err = e.push("s", "t", None, stale).await.unwrap_err();
+    assert!(
+        matches!(err, EngineError::Store(StoreError::PreconditionFailed { ref found, .. }) if *found == json!(2)),
+        "{err:?}"
+    );
+    let d = e.entity("s", "doc", "d").unwrap().unwrap();
+    assert_eq!(d.state.visible()["rev"], 2);
+    relay.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn concurrent_compare_and_swap_lets_exactly_one_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start(config(dir.path())).await;
+    let e = relay.state.engine.clone();
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let e = e.clone();
+        tasks.push(tokio::spawn(async move {
+            let w = doc_write(
+                "d",
+                json!({"rev": 1, "by": i}),
+                expect_fields(json!({"rev": null})),
+            );
+            e.push("s", "t", None, vec![w]).await
+        }));
+    }
+    let mut won = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => won += 1,
+            Err(err) => assert_eq!(err.code(), 409, "{err}"),
+        }
+    }
+    assert_eq!(won, 1);
+    assert_eq!(e.entity("s", "doc", "d").unwrap().unwrap().version, 1);
+    relay.shutdown().await.unwrap();
 }

@@ -112,6 +112,7 @@ async fn commits_between_registration_and_seam_arrive_once() {
         op: Op::Put,
         fields: [("n".to_string(), json!(n))].into(),
         client_ms: None,
+        expect: None,
     };
     for n in 0..10 {
         engine.push("s", "t", None, vec![write(n)]).await.unwrap();

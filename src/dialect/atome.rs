@@ -186,6 +186,7 @@ impl AtomeWrite {
             op,
             fields,
             client_ms: None,
+            expect: None,
         })
     }
 }
@@ -343,6 +344,32 @@ pub fn random_id() -> String {
         &h[16..20],
         &h[20..]
     )
+}
+
+/// A message that cannot be served: its error code and message.
+#[derive(Debug, PartialEq)]
+pub struct Bad {
+    pub code: &'static str,
+    pub message: String,
+}
+
+pub fn bad(code: &'static str, message: impl Into<String>) -> Bad {
+    Bad {
+        code,
+        message: message.into(),
+    }
+}
+
+/// The envelope both atome sockets share: a JSON object and its
+/// `requestId` (null if none). Anything else is refused with `invalid`.
+pub fn envelope(text: &str, invalid: &'static str) -> Result<(Value, Map<String, Value>), Bad> {
+    let obj = match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(o)) => o,
+        Ok(_) => return Err(bad(invalid, "a message is a JSON object")),
+        Err(e) => return Err(bad(invalid, format!("not JSON: {e}"))),
+    };
+    let rid = obj.get("requestId").cloned().unwrap_or(Value::Null);
+    Ok((rid, obj))
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 //! clients is rendered from the committed change, so atomes written through
 //! any other dialect (or a peer) arrive the same way.
 
-use super::atome::{self, AtomeChange, AtomeEvent, AtomeWrite};
+use super::atome::{self, bad, AtomeChange, AtomeEvent, AtomeWrite, Bad};
 use super::session::{self, Handled, Protocol, Refusal};
 use super::{ConnCtx, SLOT_ATOME};
 use crate::auth::Grant;
@@ -73,28 +73,12 @@ pub enum Request {
     Write(AtomeWrite),
 }
 
-#[derive(Debug, PartialEq)]
-pub struct Bad {
-    pub code: &'static str,
-    pub message: String,
-}
-
-fn bad(code: &'static str, message: impl Into<String>) -> Bad {
-    Bad {
-        code,
-        message: message.into(),
-    }
-}
-
 /// Parse one text frame: its `requestId` (null if none) and the request.
 pub fn parse(text: &str) -> (Value, Result<Request, Bad>) {
-    let obj = match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(o)) => o,
-        Ok(_) => return (Value::Null, Err(bad(INVALID, "a message is a JSON object"))),
-        Err(e) => return (Value::Null, Err(bad(INVALID, format!("not JSON: {e}")))),
-    };
-    let rid = obj.get("requestId").cloned().unwrap_or(Value::Null);
-    (rid, parse_obj(&obj))
+    match atome::envelope(text, INVALID) {
+        Ok((rid, obj)) => (rid, parse_obj(&obj)),
+        Err(b) => (Value::Null, Err(b)),
+    }
 }
 
 fn parse_obj(obj: &Map<String, Value>) -> Result<Request, Bad> {
@@ -215,8 +199,8 @@ impl AtomeProto {
 }
 
 impl Protocol for AtomeProto {
-    fn greeting(&mut self) -> String {
-        connected_frame(&self.client_id, now_ms())
+    fn greeting(&mut self) -> Option<String> {
+        Some(connected_frame(&self.client_id, now_ms()))
     }
 
     fn on_text(&mut self, text: &str) -> Handled {
@@ -250,11 +234,11 @@ impl Protocol for AtomeProto {
                 // failure is answered (the seed has no acknowledgement).
                 Handled::later(Box::pin(async move {
                     match engine.push(&space, &actor, Some(conn), vec![write]).await {
-                        Ok(_) => None,
+                        Ok(_) => vec![],
                         Err(e) => {
                             engine.metrics.errors_sent.fetch_add(1, Relaxed);
                             let code = if e.code() == 400 { INVALID } else { FAILED };
-                            Some(error_frame(code, &e.to_string(), &rid, now_ms()))
+                            vec![error_frame(code, &e.to_string(), &rid, now_ms())]
                         }
                     }
                 }))

@@ -138,6 +138,7 @@ pub fn op_write(key: String, value: Value, timestamp_us: Option<u64>) -> LocalWr
         op: Op::Patch,
         fields: BTreeMap::from([(FIELD.to_string(), value)]),
         client_ms: timestamp_us.map(|us| us / 1000),
+        expect: None,
     }
 }
 
@@ -298,12 +299,7 @@ struct Conn {
     pending: FuturesOrdered<Pending>,
 }
 
-async fn send(socket: &mut WebSocket, text: impl Into<Utf8Bytes>) -> Result<(), EngineError> {
-    socket
-        .send(Message::Text(text.into()))
-        .await
-        .map_err(|_| EngineError::ClientGone)
-}
+use crate::dialect::send_text as send;
 
 async fn run(mut socket: WebSocket, state: Arc<AppState>, grant: Grant, space: String) {
     let mut shutdown = state.shutdown.clone();
@@ -340,7 +336,7 @@ async fn run(mut socket: WebSocket, state: Arc<AppState>, grant: Grant, space: S
                 if conn.deliver(&mut socket, d).await.is_err() { break; }
             }
             msg = socket.recv(), if conn.pending.len() < max_inflight => {
-                let Some(Ok(msg)) = msg else { break };
+                let Some(msg) = crate::dialect::next_message(&mut socket, msg).await else { break };
                 match conn.handle(&mut socket, msg).await {
                     Ok(true) => {}
                     Ok(false) | Err(_) => break,
@@ -357,12 +353,7 @@ async fn run(mut socket: WebSocket, state: Arc<AppState>, grant: Grant, space: S
                 }
             }
         }
-        let _ = socket
-            .send(Message::Close(Some(CloseFrame {
-                code: 1001,
-                reason: "relay shutting down".into(),
-            })))
-            .await;
+        crate::dialect::close_going_away(&mut socket).await;
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod atome;
 pub mod atome_sync;
+pub mod config_sync;
 pub mod kv;
 pub mod native;
 pub mod session;
@@ -11,7 +12,7 @@ pub mod sync;
 pub mod unified;
 
 use crate::auth::Grant;
-use crate::engine::{ConnLink, ConnSignal, Delivery};
+use crate::engine::{ConnLink, ConnSignal, Delivery, EngineError};
 use crate::server::AppState;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode};
@@ -26,6 +27,8 @@ pub const SLOT_NATIVE: usize = 0;
 pub const SLOT_SYNC: usize = 1;
 /// Seed 001 (`/ws/atome-sync`) event frames.
 pub const SLOT_ATOME: usize = 2;
+/// Seed 002 (`/ws/config`) sync-event frames.
+pub const SLOT_CONFIG: usize = 3;
 /// Seed 003 (`/v1/sync/{workspace}`).
 pub const SLOT_KV: usize = 4;
 /// Seed 004 (`unified`): its `change` frame, and its `field_change` frames.
@@ -72,15 +75,54 @@ pub fn admit(
 /// Socket limits. Messages up to `max_frame_bytes` are served; larger ones,
 /// up to four times that, are read and answered with error 413 so the
 /// connection survives; beyond that the socket is closed (1009).
+///
+/// The read buffer is 8 KiB, not tungstenite's 128 KiB default: that buffer
+/// is allocated and zero-filled per connection up front, which made each
+/// idle connection cost about 140 KiB of RSS (docs/performance.md). Larger
+/// messages still fit: the buffer grows for a frame that needs it.
 pub fn limit(ws: WebSocketUpgrade, state: &AppState) -> WebSocketUpgrade {
     let hard = state.settings.max_frame_bytes.saturating_mul(4);
-    ws.max_message_size(hard).max_frame_size(hard)
+    ws.max_message_size(hard)
+        .max_frame_size(hard)
+        .read_buffer_size(READ_BUFFER)
 }
 
-/// A socket read failed. If it was a message beyond the hard limit, tell
-/// the client why (close 1009, "message too big") before dropping it; other
-/// errors (reset, protocol violation) leave nothing to say.
-pub async fn close_after_read_error(socket: &mut WebSocket, err: axum::Error) {
+/// Per-connection socket read buffer (see [`limit`]).
+const READ_BUFFER: usize = 8 * 1024;
+
+/// Send one text frame; a failure means the client is gone.
+pub async fn send_text(
+    socket: &mut WebSocket,
+    text: impl Into<axum::extract::ws::Utf8Bytes>,
+) -> Result<(), EngineError> {
+    socket
+        .send(Message::Text(text.into()))
+        .await
+        .map_err(|_| EngineError::ClientGone)
+}
+
+/// Shutdown: tell the client why the socket closes (1001).
+pub async fn close_going_away(socket: &mut WebSocket) {
+    let _ = socket
+        .send(Message::Close(Some(CloseFrame {
+            code: 1001,
+            reason: "relay shutting down".into(),
+        })))
+        .await;
+}
+
+/// The message a socket read produced, or None when the connection is
+/// over. A message beyond the hard limit is told why first (close 1009,
+/// "message too big"); other read errors (reset, protocol violation) leave
+/// nothing to say.
+pub async fn next_message(
+    socket: &mut WebSocket,
+    read: Option<Result<Message, axum::Error>>,
+) -> Option<Message> {
+    let err = match read? {
+        Ok(m) => return Some(m),
+        Err(e) => e,
+    };
     let too_big = matches!(
         err.into_inner().downcast_ref::<tungstenite::Error>(),
         Some(tungstenite::Error::Capacity(_))
@@ -93,6 +135,7 @@ pub async fn close_after_read_error(socket: &mut WebSocket, err: axum::Error) {
             })))
             .await;
     }
+    None
 }
 
 /// One connection's accounting and fan-out link. Dropping it unregisters

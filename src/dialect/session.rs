@@ -24,8 +24,8 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-/// Work answered later (a write waiting for its commit): its frame, if any.
-pub type Pending = Pin<Box<dyn Future<Output = Option<String>> + Send>>;
+/// Work answered later (a write waiting for its commit): its frames, if any.
+pub type Pending = Pin<Box<dyn Future<Output = Vec<String>> + Send>>;
 
 /// What handling one client message produced.
 #[derive(Default)]
@@ -72,8 +72,8 @@ impl Refusal {
 
 /// One dialect's message handling and rendering.
 pub trait Protocol: Send + 'static {
-    /// Sent first, before any change.
-    fn greeting(&mut self) -> String;
+    /// Sent first, before any change (None: the protocol has no greeting).
+    fn greeting(&mut self) -> Option<String>;
     /// One client text frame.
     fn on_text(&mut self, text: &str) -> Handled;
     /// The error frame for a binary or oversized message.
@@ -97,12 +97,7 @@ struct Feed {
     last: u64,
 }
 
-async fn send(socket: &mut WebSocket, text: impl Into<Utf8Bytes>) -> Result<(), EngineError> {
-    socket
-        .send(Message::Text(text.into()))
-        .await
-        .map_err(|_| EngineError::ClientGone)
-}
+use crate::dialect::send_text as send;
 
 /// Serve one connection until it closes or the relay shuts down.
 pub async fn run<P: Protocol>(
@@ -121,8 +116,10 @@ pub async fn run<P: Protocol>(
         sub: None,
         last: engine.hub().last_seq(),
     };
-    if send(&mut socket, proto.greeting()).await.is_err() {
-        return;
+    if let Some(greeting) = proto.greeting() {
+        if send(&mut socket, greeting).await.is_err() {
+            return;
+        }
     }
     if let Err(e) = follow(&mut socket, &engine, &ctx, &mut feed, &mut proto).await {
         close_on_error(&mut socket, &e).await;
@@ -140,10 +137,12 @@ pub async fn run<P: Protocol>(
                 closing = true;
                 break;
             }
-            Some(frame) = pending.next(), if !pending.is_empty() => {
-                if let Some(f) = frame {
-                    if send(&mut socket, f).await.is_err() { break; }
+            Some(frames) = pending.next(), if !pending.is_empty() => {
+                let mut gone = false;
+                for f in frames {
+                    if send(&mut socket, f).await.is_err() { gone = true; break; }
                 }
+                if gone { break; }
             }
             _ = ctx.signal.notify.notified() => {
                 let lagged = ctx.signal.take_lagged();
@@ -160,7 +159,7 @@ pub async fn run<P: Protocol>(
                 if deliver(&mut socket, &ctx, &mut feed, &mut proto, d).await.is_err() { break; }
             }
             msg = socket.recv(), if pending.len() < max_inflight => {
-                let Some(Ok(msg)) = msg else { break };
+                let Some(msg) = crate::dialect::next_message(&mut socket, msg).await else { break };
                 let handled = match msg {
                     Message::Text(t) if t.len() > max_frame => {
                         Handled::reply(proto.refuse(Refusal::TooLarge { len: t.len(), max: max_frame }))
@@ -183,19 +182,14 @@ pub async fn run<P: Protocol>(
     }
     if closing {
         // Finish in-flight writes so each gets its answer, then say why.
-        while let Some(frame) = pending.next().await {
-            if let Some(f) = frame {
+        while let Some(frames) = pending.next().await {
+            for f in frames {
                 if send(&mut socket, f).await.is_err() {
                     return;
                 }
             }
         }
-        let _ = socket
-            .send(Message::Close(Some(CloseFrame {
-                code: 1001,
-                reason: "relay shutting down".into(),
-            })))
-            .await;
+        crate::dialect::close_going_away(&mut socket).await;
     }
 }
 

@@ -11,7 +11,7 @@
 //! Parsing and rendering are pure functions below; `SyncProto` only calls
 //! the engine, and `session::run` drives the socket.
 
-use super::atome::{self, AtomeChange, AtomeEvent, AtomeWrite};
+use super::atome::{self, bad, AtomeChange, AtomeEvent, AtomeWrite, Bad};
 use super::session::{self, Handled, Protocol, Refusal};
 use super::{ConnCtx, SLOT_SYNC};
 use crate::auth::Grant;
@@ -41,6 +41,7 @@ pub async fn upgrade(
         let ctx = ConnCtx::new(state.clone());
         let proto = SyncProto {
             engine: state.engine.clone(),
+            upstream: state.upstream.clone(),
             space: space.clone(),
             grant,
             conn: ctx.id,
@@ -91,29 +92,12 @@ pub enum Request {
     },
 }
 
-/// A message that cannot be served: its error code and message.
-#[derive(Debug, PartialEq)]
-pub struct Bad {
-    pub code: &'static str,
-    pub message: String,
-}
-
-fn bad(code: &'static str, message: impl Into<String>) -> Bad {
-    Bad {
-        code,
-        message: message.into(),
-    }
-}
-
 /// Parse one text frame: its `requestId` (null if none) and the request.
 pub fn parse(text: &str) -> (Value, Result<Request, Bad>) {
-    let obj = match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(o)) => o,
-        Ok(_) => return (Value::Null, Err(bad(INVALID, "a message is a JSON object"))),
-        Err(e) => return (Value::Null, Err(bad(INVALID, format!("not JSON: {e}")))),
-    };
-    let rid = obj.get("requestId").cloned().unwrap_or(Value::Null);
-    (rid, parse_obj(obj))
+    match atome::envelope(text, INVALID) {
+        Ok((rid, obj)) => (rid, parse_obj(obj)),
+        Err(b) => (Value::Null, Err(b)),
+    }
 }
 
 fn parse_obj(obj: Map<String, Value>) -> Result<Request, Bad> {
@@ -302,6 +286,8 @@ pub fn event_frame(topic: &str, payload: &Value, now: u64) -> String {
 
 struct SyncProto {
     engine: Arc<Engine>,
+    /// The upstream hub, if any: `sync_request` starts a round with it.
+    upstream: Option<Arc<crate::upstream::Upstream>>,
     space: String,
     grant: Grant,
     conn: u64,
@@ -344,12 +330,21 @@ impl SyncProto {
                 ))
             }
             Request::Pong => Handled::default(),
-            // No upstream exists yet, so there is nothing to trigger: every
-            // sync is "local" (the relay's store is the source of truth).
-            Request::SyncRequest => Handled::reply(with_rid(
-                object(json!({"type": "sync_started", "mode": "local", "timestamp": now_ms()})),
-                &rid,
-            )),
+            // With an upstream, a round with the hub now (if it is waiting to
+            // redial); without one the relay's store is the source of truth.
+            Request::SyncRequest => {
+                let mode = match &self.upstream {
+                    Some(u) => {
+                        u.wake();
+                        "upstream"
+                    }
+                    None => "local",
+                };
+                Handled::reply(with_rid(
+                    object(json!({"type": "sync_started", "mode": mode, "timestamp": now_ms()})),
+                    &rid,
+                ))
+            }
             Request::Publish { topic, payload } => {
                 if !self.grant.can_write(&self.space) {
                     return Handled::reply(self.error(
@@ -385,11 +380,11 @@ impl SyncProto {
                 // failure is answered (the seed has no acknowledgement).
                 Handled::later(Box::pin(async move {
                     match engine.push(&space, &actor, Some(conn), vec![write]).await {
-                        Ok(_) => None,
+                        Ok(_) => vec![],
                         Err(e) => {
                             engine.metrics.errors_sent.fetch_add(1, Relaxed);
                             let code = if e.code() == 400 { INVALID } else { FAILED };
-                            Some(error_frame(code, &e.to_string(), &rid))
+                            vec![error_frame(code, &e.to_string(), &rid)]
                         }
                     }
                 }))
@@ -399,8 +394,8 @@ impl SyncProto {
 }
 
 impl Protocol for SyncProto {
-    fn greeting(&mut self) -> String {
-        welcome_frame(&self.client_id, &Value::Null, now_ms())
+    fn greeting(&mut self) -> Option<String> {
+        Some(welcome_frame(&self.client_id, &Value::Null, now_ms()))
     }
 
     fn on_text(&mut self, text: &str) -> Handled {

@@ -186,7 +186,28 @@ impl Hub {
     }
 }
 
+impl Sub {
+    /// The subscription is dropped; its connection resyncs it from the log.
+    fn tell_lagged(&self) {
+        if let Ok(mut l) = self.link.signal.lagged.lock() {
+            l.push(self.id);
+        }
+        self.link.signal.notify.notify_one();
+    }
+}
+
 impl CommitSink for Hub {
+    fn states_merged(&self, spaces: &[String]) {
+        let mut st = self.lock();
+        for space in spaces {
+            if let Some(subs) = st.spaces.remove(space) {
+                for s in subs {
+                    s.tell_lagged();
+                }
+            }
+        }
+    }
+
     fn committed(&self, last_seq: u64, batch: Vec<Arc<Committed>>) {
         let mut st = self.lock();
         st.last_seq = last_seq;
@@ -212,10 +233,7 @@ impl CommitSink for Hub {
                     }
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         self.metrics.queue_drops.fetch_add(1, Relaxed);
-                        if let Ok(mut l) = s.link.signal.lagged.lock() {
-                            l.push(s.id);
-                        }
-                        s.link.signal.notify.notify_one();
+                        s.tell_lagged();
                         false
                     }
                     Err(mpsc::error::TrySendError::Closed(_)) => false,

@@ -12,8 +12,8 @@ use crate::metrics::Metrics;
 use crate::model::{Change, NodeId, Op, VersionVector};
 use crate::schema::SchemaSet;
 use crate::store::{
-    Committed, Durability, Job, LocalWrite, LogEntry, Outcome, Store, StoreError, StoreOptions,
-    StoredEntity,
+    Committed, Durability, Job, LocalWrite, LogEntry, Outcome, SnapEntity, Store, StoreError,
+    StoreOptions, StoredEntity,
 };
 use axum::extract::ws::Utf8Bytes;
 use serde_json::Value;
@@ -48,6 +48,7 @@ impl EngineError {
             EngineError::Invalid(_) | EngineError::Schema { .. } => 400,
             EngineError::Store(StoreError::DiskFull { .. }) => 507,
             EngineError::Store(StoreError::Closed) => 503,
+            EngineError::Store(StoreError::PreconditionFailed { .. }) => 409,
             EngineError::Store(_) => 500,
             EngineError::ClientGone => 499,
         }
@@ -128,6 +129,7 @@ pub struct Engine {
     /// (best effort: a lagging receiver skips events).
     events: tokio::sync::broadcast::Sender<Arc<Event>>,
     next_eid: AtomicU64,
+    merges: tokio::sync::watch::Sender<(u64, u64)>,
     seen_events: Mutex<recent::Recent<(NodeId, u64)>>,
 }
 
@@ -205,6 +207,7 @@ impl Engine {
             schemas: s.schemas,
             events: tokio::sync::broadcast::Sender::new(1024),
             next_eid: AtomicU64::new(1),
+            merges: tokio::sync::watch::Sender::new((0, 0)),
             seen_events: Mutex::new(recent::Recent::new(4096)),
         }))
     }
@@ -491,6 +494,36 @@ impl Engine {
     /// Changes as they commit: the receiver sees each new last seq.
     pub fn watch_commits(&self) -> tokio::sync::watch::Receiver<u64> {
         self.hub.watch_commits()
+    }
+
+    /// Merge a peer's state snapshot (see `Job::MergeSnapshot`), received
+    /// on replication link `link`.
+    pub async fn merge_snapshot(
+        &self,
+        entities: Vec<SnapEntity>,
+        vv: Option<VersionVector>,
+        link: u64,
+    ) -> Result<Vec<String>, EngineError> {
+        let vv_given = vv.is_some();
+        let spaces = self
+            .store
+            .submit(|reply| Job::MergeSnapshot {
+                entities,
+                vv,
+                reply,
+            })
+            .await?;
+        if !spaces.is_empty() || vv_given {
+            // Other links' streams come from the log, which does not hold
+            // what the snapshot brought: they must plan again.
+            self.merges.send_modify(|m| *m = (m.0 + 1, link));
+        }
+        Ok(spaces)
+    }
+
+    /// Changes each time a snapshot from a peer is merged: (count, link).
+    pub fn watch_merges(&self) -> tokio::sync::watch::Receiver<(u64, u64)> {
+        self.merges.subscribe()
     }
 
     /// Local seq of the change `(origin, origin_seq)`, if the log holds it.

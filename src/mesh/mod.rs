@@ -18,7 +18,7 @@ use crate::config::MeshSettings;
 use crate::engine::{now_ms, Engine};
 use crate::model::NodeId;
 use crate::replicate::backoff::{jitter_seed, Backoff};
-use crate::replicate::frame::Frame;
+use crate::replicate::frame::{Frame, PROTO_VERSION};
 use crate::replicate::session::{self, recv_frame, send_frame};
 use crate::replicate::{Links, SessionError, SessionOpts};
 use auth::{Membership, Role};
@@ -295,6 +295,7 @@ async fn prove_membership(
         Role::Acceptor => (Role::Acceptor, Role::Dialer),
     };
     let proof = Frame::Proof {
+        proto: PROTO_VERSION,
         proof: ctx.membership.prove(mine, &ekm),
     };
     if role == Role::Dialer {
@@ -304,7 +305,10 @@ async fn prove_membership(
         .await
         .map_err(|_| SessionError::Protocol("no membership proof within 10 s".into()))??;
     match got {
-        Some(Frame::Proof { proof: p }) if ctx.membership.verify(theirs, &ekm, &p) => {}
+        Some(Frame::Proof { proto, .. }) if proto != PROTO_VERSION => {
+            return Err(SessionError::Version(proto))
+        }
+        Some(Frame::Proof { proof: p, .. }) if ctx.membership.verify(theirs, &ekm, &p) => {}
         Some(Frame::Proof { .. }) => {
             return Err(SessionError::Protocol(
                 "membership proof does not verify (wrong mesh secret?)".into(),

@@ -17,8 +17,9 @@ pub const MAX_FRAME_BYTES: usize = 8 << 20;
 #[serde(rename_all = "snake_case")]
 pub enum Frame {
     /// Mesh membership: an HMAC proving knowledge of the mesh secret, bound
-    /// to this TLS session (see `mesh::auth`). First frame on the mesh.
-    Proof { proof: Vec<u8> },
+    /// to this TLS session (see `mesh::auth`). First frame on the mesh, so
+    /// it carries the protocol version too.
+    Proof { proto: u32, proof: Vec<u8> },
     /// First replication frame each way: who I am and what I hold.
     Hello {
         proto: u32,
@@ -30,6 +31,14 @@ pub enum Frame {
     Batch { id: u64, changes: Vec<Change> },
     /// The batch `id` is durably committed by the receiver.
     Ack { id: u64 },
+    /// Entity states, for a peer lacking changes this relay's retention
+    /// trimmed. Acked like a batch.
+    Snapshot {
+        id: u64,
+        entities: Vec<crate::store::SnapEntity>,
+    },
+    /// End of a snapshot: it covers every change up to `vv`. Acked.
+    SnapshotDone { id: u64, vv: VersionVector },
     /// An ephemeral event, forwarded best effort.
     Event {
         origin: NodeId,
@@ -94,6 +103,7 @@ mod tests {
         };
         let frames = [
             Frame::Proof {
+                proto: PROTO_VERSION,
                 proof: vec![1, 2, 3],
             },
             Frame::Hello {

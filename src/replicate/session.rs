@@ -40,11 +40,6 @@ pub enum SessionError {
     SameNode,
     #[error("peer closed: {0}")]
     PeerClosed(String),
-    #[error(
-        "the peer lacks change {seq} of origin {origin}, which retention trimmed here; \
-         it needs another source or a longer storage.retention"
-    )]
-    Behind { origin: NodeId, seq: u64 },
     #[error(transparent)]
     Engine(#[from] EngineError),
 }
@@ -150,23 +145,39 @@ pub async fn run(
 ) -> Result<String, SessionError> {
     stats.node.store(greeting.peer.0, Relaxed);
     let lacking = plan::lacking(&greeting.vv, &greeting.peer_vv, greeting.peer);
-    let pos = match plan::start(greeting.head, &lacking, |o, s| engine.local_seq_of(o, s))? {
-        Start::After(pos) => pos,
+    let mut peer_vv = greeting.peer_vv;
+    let (pos, snapshot) = match plan::start(greeting.head, &lacking, |o, s| {
+        engine.local_seq_of(o, s)
+    })? {
+        Start::After(pos) => (pos, None),
         Start::Behind { origin, seq } => {
-            let err = SessionError::Behind { origin, seq };
-            let _ = send_frame(
-                &mut tx,
-                &Frame::Bye {
-                    reason: err.to_string(),
-                },
+            // Retention trimmed changes the peer lacks: send the current
+            // states (which include them), then the log from here on.
+            tracing::info!(peer = %greeting.peer, %origin, seq, "peer is behind the log horizon; sending a state snapshot");
+            let head = engine.last_seq();
+            let vv = engine.version_vector()?;
+            for (o, s) in &vv {
+                let held = peer_vv.entry(*o).or_insert(0);
+                *held = (*held).max(*s);
+            }
+            let spaces = engine.spaces()?.into_iter().map(|(s, _)| s).collect();
+            (
+                head,
+                Some(SnapshotCursor {
+                    vv,
+                    spaces,
+                    after: None,
+                }),
             )
-            .await;
-            return Err(err);
         }
     };
+    stats.acked.store(pos, Relaxed);
+    stats
+        .backlog
+        .store(engine.last_seq().saturating_sub(pos), Relaxed);
     let filter = plan::Filter {
         peer: greeting.peer,
-        peer_vv: greeting.peer_vv,
+        peer_vv,
         spaces: opts.spaces.clone(),
     };
     let (ctl_tx, ctl_rx) = mpsc::channel(WINDOW * 2);
@@ -180,6 +191,7 @@ pub async fn run(
         acked: pos,
         inflight: InFlight::default(),
         cursor_saved: Instant::now(),
+        snapshot,
     };
     let inbound = inbound(
         &engine,
@@ -189,6 +201,19 @@ pub async fn run(
         &stats,
         opts.spaces.as_ref(),
     );
+    let mut merges = engine.watch_merges();
+    merges.borrow_and_update();
+    let stats_id = stats.id;
+    let replan = async move {
+        loop {
+            if merges.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+            if merges.borrow_and_update().1 != stats_id {
+                return "state merged from another peer's snapshot: planning again".to_string();
+            }
+        }
+    };
     let outbound = out.run(
         &mut tx,
         ctl_rx,
@@ -201,6 +226,8 @@ pub async fn run(
         r = outbound => r,
         _ = shutdown.wait_for(|s| *s) => Ok("relay shutting down".to_string()),
         _ = stats.close.notified() => Ok("replaced by another connection to the same peer".to_string()),
+        // Ends the session; the dialler reconnects and plans from scratch.
+        reason = replan => Ok(reason),
     };
     if let Ok(reason) = &result {
         let _ = send_frame(
@@ -228,6 +255,8 @@ fn kind(f: &Frame) -> &'static str {
         Frame::Hello { .. } => "hello",
         Frame::Batch { .. } => "batch",
         Frame::Ack { .. } => "ack",
+        Frame::Snapshot { .. } => "snapshot",
+        Frame::SnapshotDone { .. } => "snapshot_done",
         Frame::Event { .. } => "event",
         Frame::Bye { .. } => "bye",
     }
@@ -278,6 +307,36 @@ async fn inbound(
                         }
                     };
                 }
+                ctl.send(Frame::Ack { id })
+                    .await
+                    .map_err(|_| SessionError::PeerClosed("outbound ended".into()))?;
+            }
+            Frame::Snapshot { id, entities } => {
+                let mut keep = Vec::with_capacity(entities.len());
+                for e in entities {
+                    for (what, name) in [
+                        ("space", &e.space),
+                        ("collection", &e.collection),
+                        ("id", &e.id),
+                    ] {
+                        crate::engine::validate_name(what, name)
+                            .map_err(|err| SessionError::Protocol(err.to_string()))?;
+                    }
+                    if allowed(&e.space) {
+                        keep.push(e);
+                    }
+                }
+                stats.changes_received.fetch_add(keep.len() as u64, Relaxed);
+                engine.merge_snapshot(keep, None, stats.id).await?;
+                ctl.send(Frame::Ack { id })
+                    .await
+                    .map_err(|_| SessionError::PeerClosed("outbound ended".into()))?;
+            }
+            Frame::SnapshotDone { id, vv } => {
+                engine
+                    .merge_snapshot(Vec::new(), Some(vv), stats.id)
+                    .await?;
+                tracing::info!(peer = %NodeId(stats.node.load(Relaxed)), "merged a state snapshot from the peer");
                 ctl.send(Frame::Ack { id })
                     .await
                     .map_err(|_| SessionError::PeerClosed("outbound ended".into()))?;
@@ -337,6 +396,15 @@ struct Outbound {
     acked: u64,
     inflight: InFlight,
     cursor_saved: Instant,
+    /// A snapshot still being sent (before any log streaming).
+    snapshot: Option<SnapshotCursor>,
+}
+
+/// Progress through the snapshot: spaces left, position in the current one.
+struct SnapshotCursor {
+    vv: VersionVector,
+    spaces: Vec<String>,
+    after: Option<(String, String)>,
 }
 
 impl Outbound {
@@ -380,6 +448,10 @@ impl Outbound {
     /// Read the next log page and send what the peer lacks. False when the
     /// log holds nothing new.
     async fn send_next(&mut self, tx: &mut impl FrameSink) -> Result<bool, SessionError> {
+        if self.snapshot.is_some() {
+            self.send_snapshot_page(tx).await?;
+            return Ok(true);
+        }
         let page = self.engine.log_after(self.pos, BATCH)?;
         let Some((last, _)) = page.last() else {
             self.progress().await?;
@@ -400,6 +472,53 @@ impl Outbound {
         }
         self.send_batch(tx, changes).await?;
         Ok(true)
+    }
+
+    /// The next page of entity states, or the end-of-snapshot frame.
+    async fn send_snapshot_page(&mut self, tx: &mut impl FrameSink) -> Result<(), SessionError> {
+        let Some(snap) = self.snapshot.as_mut() else {
+            return Ok(());
+        };
+        while let Some(space) = snap.spaces.first().cloned() {
+            if !self
+                .filter
+                .spaces
+                .as_ref()
+                .is_none_or(|s| s.contains(&space))
+            {
+                snap.spaces.remove(0);
+                continue;
+            }
+            let after = snap.after.as_ref().map(|(c, i)| (c.as_str(), i.as_str()));
+            let page = self.engine.entities(&space, None, after, BATCH)?;
+            if page.len() < BATCH {
+                snap.spaces.remove(0);
+                snap.after = None;
+            } else if let Some((c, i, _)) = page.last() {
+                snap.after = Some((c.clone(), i.clone()));
+            }
+            if page.is_empty() {
+                continue;
+            }
+            let entities: Vec<_> = page
+                .into_iter()
+                .map(|(collection, id, e)| crate::store::SnapEntity {
+                    space: space.clone(),
+                    collection,
+                    id,
+                    state: e.state,
+                })
+                .collect();
+            let n = entities.len() as u64;
+            let id = self.inflight.push(self.pos);
+            send_frame(tx, &Frame::Snapshot { id, entities }).await?;
+            self.stats.changes_sent.fetch_add(n, Relaxed);
+            return Ok(());
+        }
+        let vv = snap.vv.clone();
+        self.snapshot = None;
+        let id = self.inflight.push(self.pos);
+        send_frame(tx, &Frame::SnapshotDone { id, vv }).await
     }
 
     /// Send as one batch, or split it if its frame would be too large.
@@ -465,6 +584,7 @@ impl Outbound {
     /// Update the backlog gauge and, now and then, the durable cursor.
     async fn progress(&mut self) -> Result<(), SessionError> {
         let last = self.engine.last_seq();
+        self.stats.acked.store(self.acked, Relaxed);
         self.stats
             .backlog
             .store(last.saturating_sub(self.acked), Relaxed);

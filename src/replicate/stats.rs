@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 #[derive(Debug)]
 pub struct LinkStats {
     pub id: u64,
-    /// "mesh" or "upstream".
+    /// "mesh", "upstream" (dialled hub) or "edge" (accepted edge relay).
     pub kind: &'static str,
     pub addr: String,
     pub connected_ms: u64,
@@ -23,6 +23,9 @@ pub struct LinkStats {
     pub events_received: AtomicU64,
     /// Local log entries not yet acknowledged by the peer.
     pub backlog: AtomicU64,
+    /// The local seq up to which the peer holds everything it gets from
+    /// this relay (acknowledged, or skipped as not wanted).
+    pub acked: AtomicU64,
     /// Dialled by this relay (false: accepted).
     pub outbound: bool,
     /// Tells the session to end (a duplicate link to the same peer).
@@ -74,6 +77,7 @@ impl Links {
             events_sent: AtomicU64::new(0),
             events_received: AtomicU64::new(0),
             backlog: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
             outbound,
             close: tokio::sync::Notify::new(),
         });

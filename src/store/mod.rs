@@ -8,7 +8,7 @@ mod tables;
 mod writer;
 
 pub use tables::SCHEMA_VERSION;
-pub use writer::{CommitSink, Job, LocalWrite, Outcome, OutcomeKind};
+pub use writer::{CommitSink, Expect, Job, LocalWrite, Outcome, OutcomeKind, SnapEntity};
 
 use crate::metrics::Metrics;
 use crate::model::{Change, EntityState, NodeId, VersionVector};
@@ -37,6 +37,13 @@ pub enum StoreError {
     Encode(String),
     #[error("a stored value is corrupt: {0}")]
     Decode(String),
+    /// A write's [`Expect`] precondition did not hold; nothing of its job
+    /// was applied. `found` is what the entity held instead.
+    #[error("changes[{index}]: precondition failed: found {found}")]
+    PreconditionFailed {
+        index: usize,
+        found: serde_json::Value,
+    },
     #[error("the store is shutting down")]
     Closed,
     #[error("the data disk is nearly full ({free_bytes} bytes free): writes are refused until space is freed")]

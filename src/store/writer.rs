@@ -27,6 +27,18 @@ pub const RELAXED_FLUSH: Duration = Duration::from_secs(1);
 /// fan-out only `try_send`s into bounded queues.
 pub trait CommitSink: Send + Sync {
     fn committed(&self, last_seq: u64, batch: Vec<Arc<Committed>>);
+    /// States in these spaces changed without log entries (a merged peer
+    /// snapshot): live subscribers must catch up again from the state.
+    fn states_merged(&self, spaces: &[String]);
+}
+
+/// One entity of a peer's state snapshot.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SnapEntity {
+    pub space: String,
+    pub collection: String,
+    pub id: String,
+    pub state: crate::model::EntityState,
 }
 
 /// A write from a local client: the writer assigns stamp, origin and seq.
@@ -38,6 +50,53 @@ pub struct LocalWrite {
     pub fields: BTreeMap<String, Value>,
     /// The client's own edit time (ms since the epoch), if it sent one.
     pub client_ms: Option<u64>,
+    /// Apply only if the entity is in this state (compare-and-swap).
+    pub expect: Option<Expect>,
+}
+
+/// A precondition on a local write, checked by the writer inside the
+/// transaction that would apply it, so no other local write can slip in
+/// between the check and the write. If any write of a job fails its
+/// precondition, none of the job's writes is applied and the job is answered
+/// [`StoreError::PreconditionFailed`]: a job is all-or-nothing, so a caller
+/// can put a document and its bookkeeping (history, device records) in one
+/// job guarded by one precondition. Preconditions are evaluated against the
+/// state before any write of the job. They are a local admission check only:
+/// changes from peers and the upstream merge as always (per-field LWW), so
+/// relays that accept concurrent writes still converge.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Expect {
+    /// The entity's local change count (`StoredEntity::version`); 0 means
+    /// no change to it was ever applied here.
+    Version(u64),
+    /// These visible field values; `null` means the field is absent (as it
+    /// is on an entity that does not exist or is deleted).
+    Fields(BTreeMap<String, Value>),
+}
+
+impl Expect {
+    /// None if `ent` satisfies the precondition, else what was found
+    /// instead (the version, or the expected fields' actual values).
+    pub fn check(&self, ent: Option<&StoredEntity>) -> Option<Value> {
+        match self {
+            Expect::Version(v) => {
+                let found = ent.map(|e| e.version).unwrap_or(0);
+                (found != *v).then(|| Value::from(found))
+            }
+            Expect::Fields(want) => {
+                let visible = ent
+                    .filter(|e| e.state.exists())
+                    .map(|e| e.state.visible())
+                    .unwrap_or_default();
+                let found: serde_json::Map<String, Value> = want
+                    .keys()
+                    .map(|k| (k.clone(), visible.get(k).cloned().unwrap_or(Value::Null)))
+                    .collect();
+                let same = want.iter().all(|(k, v)| found.get(k) == Some(v));
+                (!same).then_some(Value::Object(found))
+            }
+        }
+    }
 }
 
 pub type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -68,6 +127,14 @@ pub enum Job {
         keep_from: u64,
         max: usize,
         reply: Reply<u64>,
+    },
+    /// Merge entity states from a peer that could not send the changes
+    /// (trimmed by its retention); with `vv`, also raise the version vector
+    /// to what the snapshot covered. Answers the spaces whose state changed.
+    MergeSnapshot {
+        entities: Vec<SnapEntity>,
+        vv: Option<crate::model::VersionVector>,
+        reply: Reply<Vec<String>>,
     },
     /// With relaxed durability: make earlier commits durable if they are
     /// not yet (sent by the store's flush ticker, so an idle relay does not
@@ -106,8 +173,11 @@ pub struct Outcome {
 
 enum Done {
     Outcomes(Reply<Vec<Outcome>>, Vec<Outcome>),
+    /// A job refused as a whole (a failed precondition): nothing applied.
+    Refused(Reply<Vec<Outcome>>, StoreError),
     Unit(Reply<()>),
     Count(Reply<u64>, u64),
+    Spaces(Reply<Vec<String>>, Vec<String>),
 }
 
 impl Done {
@@ -115,8 +185,10 @@ impl Done {
         // A dropped receiver means the client went away; the write stands.
         match self {
             Done::Outcomes(r, v) => drop(r.send(Ok(v))),
+            Done::Refused(r, e) => drop(r.send(Err(e))),
             Done::Unit(r) => drop(r.send(Ok(()))),
             Done::Count(r, n) => drop(r.send(Ok(n))),
+            Done::Spaces(r, s) => drop(r.send(Ok(s))),
         }
     }
 
@@ -127,8 +199,11 @@ impl Done {
         };
         match self {
             Done::Outcomes(r, _) => drop(r.send(Err(err()))),
+            // Refused whatever happened to the rest of the group.
+            Done::Refused(r, e) => drop(r.send(Err(e))),
             Done::Unit(r) => drop(r.send(Err(err()))),
             Done::Count(r, _) => drop(r.send(Err(err()))),
+            Done::Spaces(r, _) => drop(r.send(Err(err()))),
         }
     }
 }
@@ -263,6 +338,7 @@ impl Writer {
         let mut done = Vec::with_capacity(jobs.len());
         let mut committed = Vec::new();
         let mut refused = Vec::new();
+        let mut merged = std::collections::BTreeSet::new();
         let result = (|| -> Result<(), StoreError> {
             let mut tx = self.db.begin_write()?;
             let immediate = self.opts.durability == Durability::Immediate
@@ -286,6 +362,10 @@ impl Writer {
                         } => {
                             if low_disk.is_some() {
                                 refused.push(Done::Outcomes(reply, vec![]));
+                                continue;
+                            }
+                            if let Some(e) = Self::check_expect(&t, &space, &writes)? {
+                                done.push(Done::Refused(reply, e));
                                 continue;
                             }
                             let mut outs = Vec::with_capacity(writes.len());
@@ -360,6 +440,15 @@ impl Writer {
                             let n = self.trim(&mut t, older_than_ms, keep_from, max, seq)?;
                             done.push(Done::Count(reply, n));
                         }
+                        Job::MergeSnapshot {
+                            entities,
+                            vv,
+                            reply,
+                        } => {
+                            let spaces = self.merge_snapshot(&mut t, entities, vv, seq)?;
+                            merged.extend(spaces.iter().cloned());
+                            done.push(Done::Spaces(reply, spaces));
+                        }
                         Job::Flush | Job::Ping(_) => {}
                     }
                 }
@@ -386,6 +475,10 @@ impl Writer {
                 if !committed.is_empty() {
                     self.sink.committed(seq, committed);
                 }
+                if !merged.is_empty() {
+                    let spaces: Vec<String> = merged.into_iter().collect();
+                    self.sink.states_merged(&spaces);
+                }
                 for d in done {
                     d.send();
                 }
@@ -399,6 +492,29 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// The first failed precondition of a job, as its refusal.
+    fn check_expect(
+        t: &Tables<'_>,
+        space: &str,
+        writes: &[LocalWrite],
+    ) -> Result<Option<StoreError>, StoreError> {
+        for (index, w) in writes.iter().enumerate() {
+            let Some(expect) = &w.expect else { continue };
+            let ent: Option<StoredEntity> =
+                match t
+                    .entity
+                    .get((space, w.collection.as_str(), w.id.as_str()))?
+                {
+                    Some(v) => Some(decode(v.value())?),
+                    None => None,
+                };
+            if let Some(found) = expect.check(ent.as_ref()) {
+                return Ok(Some(StoreError::PreconditionFailed { index, found }));
+            }
+        }
+        Ok(None)
     }
 
     fn apply(
@@ -473,6 +589,54 @@ impl Writer {
         Ok(out)
     }
 
+    fn merge_snapshot(
+        &mut self,
+        t: &mut Tables<'_>,
+        entities: Vec<SnapEntity>,
+        vv: Option<crate::model::VersionVector>,
+        last_seq: u64,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut changed = std::collections::BTreeSet::new();
+        for e in entities {
+            let key = (e.space.as_str(), e.collection.as_str(), e.id.as_str());
+            let mut ent: StoredEntity = match t.entity.get(key)? {
+                Some(v) => decode(v.value())?,
+                None => StoredEntity::default(),
+            };
+            let before = ent.state.clone();
+            ent.state.merge(&e.state);
+            if ent.state != before {
+                ent.version += 1;
+                t.entity.insert(key, encode(&ent)?.as_slice())?;
+                if t.spaces.get(e.space.as_str())?.is_none() {
+                    t.spaces.insert(e.space.as_str(), 0)?;
+                }
+                changed.insert(e.space);
+            }
+        }
+        for (origin, seq) in vv.unwrap_or_default() {
+            let held = t.vv.get(origin.0)?.map(|v| v.value()).unwrap_or(0);
+            if seq > held {
+                t.vv.insert(origin.0, seq)?;
+            }
+        }
+        if !changed.is_empty() {
+            // Subscribers resuming from before this point cannot replay
+            // these states from the log: they get the state instead.
+            self.raise_horizon(t, last_seq + 1)?;
+        }
+        Ok(changed.into_iter().collect())
+    }
+
+    /// The horizon never goes down: below it, catch-up is from state.
+    fn raise_horizon(&mut self, t: &mut Tables<'_>, to: u64) -> Result<(), StoreError> {
+        let horizon = to.max(self.horizon.load(Ordering::Acquire));
+        t.meta
+            .insert(META_HORIZON, horizon.to_le_bytes().as_slice())?;
+        self.horizon.store(horizon, Ordering::Release);
+        Ok(())
+    }
+
     fn trim(
         &mut self,
         t: &mut Tables<'_>,
@@ -504,9 +668,7 @@ impl Writer {
             Some((k, _)) => k.value(),
             None => last_seq + 1,
         };
-        t.meta
-            .insert(META_HORIZON, horizon.to_le_bytes().as_slice())?;
-        self.horizon.store(horizon, Ordering::Release);
+        self.raise_horizon(t, horizon)?;
         Ok(doomed.len() as u64)
     }
 }

@@ -12,7 +12,7 @@ use crate::auth::Grant;
 use crate::engine::{CatchUp, Delivery, EngineError, Filter};
 use crate::server::AppState;
 use crate::store::{Committed, StoreError};
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -116,12 +116,7 @@ struct Conn {
     pending: FuturesOrdered<Pending>,
 }
 
-async fn send(socket: &mut WebSocket, text: impl Into<Utf8Bytes>) -> Result<(), EngineError> {
-    socket
-        .send(Message::Text(text.into()))
-        .await
-        .map_err(|_| EngineError::ClientGone)
-}
+use crate::dialect::send_text as send;
 
 async fn run(
     mut socket: WebSocket,
@@ -161,7 +156,7 @@ async fn run(
                 if conn.deliver(&mut socket, d).await.is_err() { break; }
             }
             msg = socket.recv(), if conn.pending.len() < max_inflight => {
-                let Some(Ok(msg)) = msg else { break };
+                let Some(msg) = crate::dialect::next_message(&mut socket, msg).await else { break };
                 match conn.handle(&mut socket, msg).await {
                     Ok(true) => {}
                     Ok(false) | Err(_) => break,
@@ -176,12 +171,7 @@ async fn run(
                 return;
             }
         }
-        let _ = socket
-            .send(Message::Close(Some(CloseFrame {
-                code: 1001,
-                reason: "relay shutting down".into(),
-            })))
-            .await;
+        crate::dialect::close_going_away(&mut socket).await;
     }
 }
 

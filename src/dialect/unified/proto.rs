@@ -364,6 +364,7 @@ pub fn push_write(
         op,
         fields,
         client_ms: None,
+        expect: None,
     })
 }
 
@@ -405,6 +406,7 @@ pub fn field_writes(
             op: Op::Patch,
             fields,
             client_ms: Some(ms),
+            expect: None,
         })
         .collect();
     Ok((writes, times))

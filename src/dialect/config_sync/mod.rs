@@ -1,0 +1,595 @@
+//! Seed 002 on `GET /ws/config`: versioned, client-side encrypted config
+//! documents with compare-and-swap uploads, conflicts and per-device sync
+//! records. Documented message by message in docs/protocol.md.
+//!
+//! Storage is ordinary engine entities in the connection's space, so they
+//! replicate to peers and upstream like everything else:
+//! - `config` / `{userId}`: the document (version, encryptedConfig,
+//!   configHash, metadata, lastModified, lastModifiedBy, ...), written
+//!   with a `put` so a revision always replaces the whole document.
+//! - `config_history` / `{userId}:{version:020}:{node}`: one entity per
+//!   accepted revision (device, delta, changed paths, timestamp). The relay
+//!   id in the key keeps both revisions when two relays accept the same
+//!   version concurrently; the `sync-event` of other devices is rendered
+//!   from these entities as they are committed (locally or replicated).
+//! - `config_devices` / `{userId}:{deviceId}`: lastSyncAt, lastSyncVersion,
+//!   lastSyncHash, lastSyncDirection.
+//!
+//! An upload writes all three in one engine job guarded by a precondition
+//! on the document (`Expect::Fields` on version and hash), so the
+//! compare-and-swap is atomic against every other write on this relay and
+//! the three land together or not at all.
+//!
+//! Each connection serves its requests strictly in order (a request starts
+//! after the previous one is answered), so a download sent after an upload
+//! reads what the upload stored.
+
+mod proto;
+
+pub use proto::{DEVICES, DOCS, HISTORY};
+
+use super::session::{self, Handled, Protocol, Refusal};
+use super::{ConnCtx, SLOT_CONFIG};
+use crate::auth::Grant;
+use crate::engine::{now_ms, Engine, EngineError, Event, Filter};
+use crate::model::Op;
+use crate::server::AppState;
+use crate::store::{Committed, Expect, LocalWrite, StoreError, StoredEntity};
+use axum::extract::ws::{Utf8Bytes, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use proto::{code, Bad, Device, Doc, Request, Revision, RevisionFields};
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+/// At most this many revisions are read to find conflicting paths (the
+/// newest ones): bounds the work one stale upload can cause.
+const MAX_SCAN: u64 = 1000;
+/// Compare-and-swap rounds before an upload or resolve gives up.
+const ATTEMPTS: usize = 4;
+
+/// `GET /ws/config?space=&userId=&deviceId=`. The optional `userId` and
+/// `deviceId` let a device receive `sync-event`s before its first request
+/// (with a token, the user is the token's subject anyway).
+pub async fn upgrade(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let (grant, space) = match session::admit_space(&state, &headers, &query) {
+        Ok(x) => x,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let authed = authed_user(&grant);
+    let user = match (query.get("userId"), authed) {
+        (Some(u), Some(sub)) if *u != sub => {
+            return (
+                StatusCode::FORBIDDEN,
+                "forbidden: userId must be the token's subject\n",
+            )
+                .into_response()
+        }
+        (q, a) => a.or_else(|| q.cloned()),
+    };
+    let device = query.get("deviceId").cloned();
+    super::limit(ws, &state).on_upgrade(move |socket| async move {
+        let ctx = ConnCtx::new(state.clone());
+        let proto = ConfigProto {
+            job: Job {
+                engine: state.engine.clone(),
+                space: space.clone(),
+                node: state.engine.node_id().to_string(),
+                conn: ctx.id,
+                actor: String::new(),
+            },
+            grant,
+            user,
+            device,
+            tail: None,
+        };
+        // Revisions only: each becomes a sync-event for the user's devices.
+        let filter = Filter {
+            collections: Some([HISTORY.to_string()].into()),
+            events: false,
+        };
+        session::run(socket, ctx, space, filter, proto).await
+    })
+}
+
+/// The user a token speaks for; None when anonymous access let it in.
+fn authed_user(grant: &Grant) -> Option<String> {
+    (grant.sub != "anonymous").then(|| grant.sub.clone())
+}
+
+/// Engine errors as the seed's `error` strings.
+fn engine_code(e: &EngineError) -> &'static str {
+    match e.code() {
+        400 => code::INVALID_REQUEST,
+        409 => code::VERSION_CONFLICT,
+        503 => code::UNAVAILABLE,
+        507 => code::DISK_FULL,
+        _ => code::STORAGE_FAILED,
+    }
+}
+
+fn is_precondition(e: &EngineError) -> bool {
+    matches!(e, EngineError::Store(StoreError::PreconditionFailed { .. }))
+}
+
+struct ConfigProto {
+    job: Job,
+    grant: Grant,
+    /// The user whose devices' revisions this connection is told about.
+    user: Option<String>,
+    /// This device (its own revisions are not echoed as sync-events).
+    device: Option<String>,
+    /// Done when the previous request has been answered.
+    tail: Option<oneshot::Receiver<()>>,
+}
+
+impl ConfigProto {
+    fn refuse_request(&self, kind: Option<&str>, bad: &Bad) -> Handled {
+        self.job.engine.metrics.errors_sent.fetch_add(1, Relaxed);
+        Handled::reply(proto::refusal(kind, bad, now_ms()))
+    }
+
+    /// Run `work` after every earlier request of this connection.
+    fn in_order(&mut self, work: impl Future<Output = Vec<String>> + Send + 'static) -> Handled {
+        let prev = self.tail.take();
+        let (done, tail) = oneshot::channel();
+        self.tail = Some(tail);
+        Handled::later(Box::pin(async move {
+            if let Some(prev) = prev {
+                let _ = prev.await;
+            }
+            let frames = work.await;
+            let _ = done.send(());
+            frames
+        }))
+    }
+}
+
+impl Protocol for ConfigProto {
+    fn greeting(&mut self) -> Option<String> {
+        None // the seed has none: the client speaks first
+    }
+
+    fn on_text(&mut self, text: &str) -> Handled {
+        let (kind, req) = proto::parse(text);
+        let kind = kind.as_deref();
+        let req = match req {
+            Ok(r) => r,
+            Err(bad) => return self.refuse_request(kind, &bad),
+        };
+        if authed_user(&self.grant).is_some_and(|sub| sub != req.user_id()) {
+            let bad = Bad::new(code::USER_MISMATCH, "userId must be the token's subject");
+            return self.refuse_request(kind, &bad);
+        }
+        if req.writes() && !self.grant.can_write(&self.job.space) {
+            let bad = Bad::new(code::FORBIDDEN, "no write access to this space");
+            return self.refuse_request(kind, &bad);
+        }
+        self.user = Some(req.user_id().to_string());
+        self.device = Some(req.device_id().to_string());
+        let mut job = self.job.clone();
+        job.actor = authed_user(&self.grant).unwrap_or_else(|| req.device_id().to_string());
+        let record = self.grant.can_write(&self.job.space);
+        match req {
+            Request::CheckStatus(q) => self.in_order(async move { job.check_status(q) }),
+            Request::Download(q) => self.in_order(async move { job.download(q, record).await }),
+            Request::Upload(u) => self.in_order(async move { job.upload(u).await }),
+            Request::Resolve(r) => self.in_order(async move { job.resolve(r).await }),
+        }
+    }
+
+    fn refuse(&mut self, why: Refusal) -> String {
+        self.job.engine.metrics.errors_sent.fetch_add(1, Relaxed);
+        proto::error_frame(code::INVALID_REQUEST, &why.message(), None, now_ms())
+    }
+
+    /// A committed revision of this user by another device: `sync-event`.
+    fn change(&mut self, c: &Committed) -> Option<Utf8Bytes> {
+        let ch = &c.entry.change;
+        if ch.collection != HISTORY || ch.op == Op::Delete {
+            return None;
+        }
+        let field = |k: &str| ch.fields.get(k).and_then(Value::as_str);
+        if self.user.is_none() || field("userId") != self.user.as_deref() {
+            return None;
+        }
+        if self.device.is_some() && field("deviceId") == self.device.as_deref() {
+            return None;
+        }
+        Some(
+            c.rendered
+                .get_or(SLOT_CONFIG, || proto::sync_event(&ch.fields)),
+        )
+    }
+
+    /// Lag recovery past the log's horizon replays entity states: old
+    /// revisions are not news, and `check-status` tells where things are.
+    fn snapshot(&mut self, _: &str, _: &str, _: &StoredEntity) -> Option<Utf8Bytes> {
+        None
+    }
+
+    fn event(&mut self, _: &Event) -> Option<Utf8Bytes> {
+        None
+    }
+}
+
+/// What a request needs to run after `on_text` returned: engine calls only.
+#[derive(Clone)]
+struct Job {
+    engine: Arc<Engine>,
+    space: String,
+    node: String,
+    conn: u64,
+    actor: String,
+}
+
+impl Job {
+    fn doc(&self, user: &str) -> Result<Doc, EngineError> {
+        let e = self.engine.entity(&self.space, DOCS, user)?;
+        Ok(e.filter(|e| e.state.exists())
+            .map(|e| Doc::from_fields(&e.state.visible()))
+            .unwrap_or_default())
+    }
+
+    fn device(&self, user: &str, device: &str) -> Result<Option<Device>, EngineError> {
+        let key = proto::device_key(user, device);
+        let e = self.engine.entity(&self.space, DEVICES, &key)?;
+        Ok(e.filter(|e| e.state.exists())
+            .map(|e| Device::from_fields(&e.state.visible())))
+    }
+
+    /// The user's revisions with version in `(after, upto]` (the newest
+    /// `MAX_SCAN` versions of that range), in version order.
+    fn revisions(&self, user: &str, after: u64, upto: u64) -> Result<Vec<Revision>, EngineError> {
+        let after = after.max(upto.saturating_sub(MAX_SCAN));
+        let prefix = format!("{user}:");
+        let mut cursor = proto::history_from(user, after + 1);
+        let mut out = Vec::new();
+        loop {
+            let page = self.engine.entities(
+                &self.space,
+                Some(HISTORY),
+                Some((HISTORY, cursor.as_str())),
+                256,
+            )?;
+            let short = page.len() < 256;
+            for (_, id, e) in &page {
+                if !id.starts_with(&prefix) {
+                    return Ok(out);
+                }
+                let Some(r) = Revision::from_fields(&e.state.visible()) else {
+                    continue;
+                };
+                if r.version > upto {
+                    return Ok(out);
+                }
+                if r.user_id == user && r.version > after {
+                    out.push(r);
+                }
+            }
+            match page.last() {
+                Some((_, id, _)) if !short => cursor = id.clone(),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// The `conflict-notification` for a device at `local_version` whose
+    /// changes (`local`) meet the revisions after `base` up to the stored
+    /// one. Revisions of the device itself count as its own side; when its
+    /// revision at the stored version lost, that one's paths are local too.
+    fn conflict(
+        &self,
+        user: &str,
+        device: &str,
+        mut local: Vec<String>,
+        base: u64,
+        doc: &Doc,
+        local_version: u64,
+    ) -> Result<String, EngineError> {
+        let mut remote = Vec::new();
+        for r in self.revisions(user, base, doc.version)? {
+            if r.device_id == device {
+                local.extend(r.changed_paths);
+            } else {
+                remote.extend(r.changed_paths);
+            }
+        }
+        let paths = proto::conflicting_paths(&local, &remote);
+        let manual = !paths.is_empty();
+        Ok(proto::conflict_notification(
+            local_version,
+            doc.version,
+            &paths,
+            manual,
+            now_ms(),
+        ))
+    }
+
+    fn check_status(&self, q: proto::Query) -> Vec<String> {
+        let run = || -> Result<Vec<String>, EngineError> {
+            let doc = self.doc(&q.user_id)?;
+            let dev = self.device(&q.user_id, &q.device_id)?;
+            let lost = dev.is_some_and(|d| d.lost_to(&doc));
+            let local = q.local_version.unwrap_or(0);
+            let has_changes = q.has_local_changes.unwrap_or(false);
+            let (needs, dir) = proto::direction(doc.version, local, has_changes, lost);
+            let mut frames = vec![proto::check_status_response(&doc, needs, dir, now_ms())];
+            if lost {
+                let base = doc.version - 1;
+                frames.push(self.conflict(&q.user_id, &q.device_id, vec![], base, &doc, local)?);
+            }
+            Ok(frames)
+        };
+        run().unwrap_or_else(|e| self.failed("check-status-request", &e))
+    }
+
+    async fn download(&self, q: proto::Query, record: bool) -> Vec<String> {
+        let run = async {
+            let doc = self.doc(&q.user_id)?;
+            if record && doc.version > 0 {
+                let name = self.device_name(&q.user_id, &q.device_id, q.device_name)?;
+                let fields = proto::device_fields(
+                    &q.user_id,
+                    &q.device_id,
+                    &name,
+                    doc.version,
+                    doc.config_hash.as_deref(),
+                    "download",
+                    now_ms(),
+                );
+                let w = write(
+                    DEVICES,
+                    proto::device_key(&q.user_id, &q.device_id),
+                    Op::Patch,
+                    fields,
+                );
+                self.push(vec![w]).await?;
+            }
+            Ok::<_, EngineError>(vec![proto::download_response(&doc, now_ms())])
+        };
+        run.await
+            .unwrap_or_else(|e| self.failed("download-config-request", &e))
+    }
+
+    fn failed(&self, kind: &str, e: &EngineError) -> Vec<String> {
+        self.engine.metrics.errors_sent.fetch_add(1, Relaxed);
+        vec![proto::error_frame(
+            engine_code(e),
+            &e.to_string(),
+            Some(kind),
+            now_ms(),
+        )]
+    }
+
+    /// The request's device name, else the recorded one, else the id.
+    fn device_name(
+        &self,
+        user: &str,
+        device: &str,
+        given: Option<String>,
+    ) -> Result<String, EngineError> {
+        if let Some(n) = given.filter(|n| !n.is_empty()) {
+            return Ok(n);
+        }
+        let recorded = self.device(user, device)?.and_then(|d| d.device_name);
+        Ok(recorded.unwrap_or_else(|| device.to_string()))
+    }
+
+    async fn push(&self, writes: Vec<LocalWrite>) -> Result<(), EngineError> {
+        self.engine
+            .push(&self.space, &self.actor, Some(self.conn), writes)
+            .await
+            .map(|_| ())
+    }
+
+    /// The document, its history entry and the device record of a new
+    /// revision, in one job guarded by the document's compare-and-swap.
+    fn revision_writes(
+        &self,
+        rev: &RevisionFields<'_>,
+        seen: &Doc,
+        encrypted: &str,
+        metadata: &Map<String, Value>,
+    ) -> Vec<LocalWrite> {
+        let mut doc = write(
+            DOCS,
+            rev.user.to_string(),
+            Op::Put,
+            rev.doc(encrypted, metadata),
+        );
+        doc.expect = Some(Expect::Fields(seen.expectation()));
+        let history_id = proto::history_id(rev.user, rev.version, &self.node);
+        let device = proto::device_fields(
+            rev.user,
+            rev.device,
+            rev.device_name,
+            rev.version,
+            rev.config_hash,
+            if rev.change_type == "merge" {
+                "bidirectional"
+            } else {
+                "upload"
+            },
+            rev.now,
+        );
+        vec![
+            doc,
+            write(HISTORY, history_id, Op::Put, rev.history()),
+            write(
+                DEVICES,
+                proto::device_key(rev.user, rev.device),
+                Op::Patch,
+                device,
+            ),
+        ]
+    }
+
+    async fn upload(&self, u: proto::Upload) -> Vec<String> {
+        let fail = |code: &str| vec![proto::upload_response(false, None, Some(code), now_ms())];
+        let delta = u.delta.clone().unwrap_or_default();
+        let paths = delta.paths();
+        let metadata = u.metadata.clone().unwrap_or_default();
+        for _ in 0..ATTEMPTS {
+            let round = async {
+                let doc = self.doc(&u.user_id)?;
+                let dev = self.device(&u.user_id, &u.device_id)?;
+                let prev = u.previous_version.unwrap_or(0);
+                let lost = dev.as_ref().is_some_and(|d| d.lost_to(&doc));
+                if prev != doc.version || lost {
+                    // Stale base, or a base that lost to a relay-concurrent
+                    // revision of the same version: refused either way.
+                    let base = if lost {
+                        doc.version - 1
+                    } else {
+                        prev.min(doc.version)
+                    };
+                    let local = u.version.unwrap_or(prev);
+                    let note =
+                        self.conflict(&u.user_id, &u.device_id, paths.clone(), base, &doc, local)?;
+                    self.engine.metrics.errors_sent.fetch_add(1, Relaxed);
+                    let refused =
+                        proto::upload_response(false, None, Some(code::VERSION_CONFLICT), now_ms());
+                    return Ok(Some(vec![refused, note]));
+                }
+                let version = u.version.unwrap_or(0).max(doc.version + 1);
+                let name = self.device_name(&u.user_id, &u.device_id, u.device_name.clone())?;
+                let rev = RevisionFields {
+                    user: &u.user_id,
+                    device: &u.device_id,
+                    device_name: &name,
+                    version,
+                    previous: doc.version,
+                    change_type: if doc.version == 0 { "create" } else { "update" },
+                    changed_paths: &paths,
+                    delta: delta.to_value(),
+                    config_hash: Some(&u.config_hash),
+                    strategy: None,
+                    now: now_ms(),
+                };
+                let writes = self.revision_writes(&rev, &doc, &u.encrypted_config, &metadata);
+                match self.push(writes).await {
+                    Ok(()) => Ok(Some(vec![proto::upload_response(
+                        true,
+                        Some(version),
+                        None,
+                        now_ms(),
+                    )])),
+                    // Another write got in between the read and ours: the
+                    // next round reads it and answers the conflict.
+                    Err(e) if is_precondition(&e) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            };
+            match round.await {
+                Ok(Some(frames)) => return frames,
+                Ok(None) => continue,
+                Err(e) => {
+                    self.engine.metrics.errors_sent.fetch_add(1, Relaxed);
+                    return fail(engine_code(&e));
+                }
+            }
+        }
+        self.engine.metrics.errors_sent.fetch_add(1, Relaxed);
+        fail(code::VERSION_CONFLICT)
+    }
+
+    /// A resolution is accepted as a new version whatever was stored: the
+    /// client decided. The compare-and-swap only keeps it from overwriting
+    /// a revision it never read; such a race is retried with a fresh read.
+    async fn resolve(&self, r: proto::Resolve) -> Vec<String> {
+        let fail = |code: &str| vec![proto::resolve_response(false, None, Some(code), now_ms())];
+        for _ in 0..ATTEMPTS {
+            let round = async {
+                let doc = self.doc(&r.user_id)?;
+                let dev = self.device(&r.user_id, &r.device_id)?;
+                let paths = match &r.delta {
+                    Some(d) => d.paths(),
+                    None => {
+                        // What the merge reconciles: every revision since
+                        // the device last synced (or since its lost one).
+                        let lost = dev.as_ref().is_some_and(|d| d.lost_to(&doc));
+                        let synced = dev.as_ref().and_then(|d| d.last_sync_version);
+                        let base = match (lost, synced) {
+                            (true, _) => doc.version - 1,
+                            (false, Some(v)) => v.min(doc.version),
+                            (false, None) => 0,
+                        };
+                        let mut all: Vec<String> = self
+                            .revisions(&r.user_id, base, doc.version)?
+                            .into_iter()
+                            .flat_map(|rev| rev.changed_paths)
+                            .collect();
+                        all.sort();
+                        all.dedup();
+                        all
+                    }
+                };
+                let version = r.resolved_version.unwrap_or(0).max(doc.version + 1);
+                let name = self.device_name(&r.user_id, &r.device_id, r.device_name.clone())?;
+                let delta = r.delta.as_ref().map_or(Value::Null, |d| d.to_value());
+                let rev = RevisionFields {
+                    user: &r.user_id,
+                    device: &r.device_id,
+                    device_name: &name,
+                    version,
+                    previous: doc.version,
+                    change_type: "merge",
+                    changed_paths: &paths,
+                    delta,
+                    config_hash: r.config_hash.as_deref(),
+                    strategy: Some(&r.strategy),
+                    now: now_ms(),
+                };
+                let metadata = r.metadata.clone().unwrap_or_else(|| doc.metadata.clone());
+                let writes = self.revision_writes(&rev, &doc, &r.resolved_config, &metadata);
+                match self.push(writes).await {
+                    Ok(()) => Ok(Some(vec![proto::resolve_response(
+                        true,
+                        Some(version),
+                        None,
+                        now_ms(),
+                    )])),
+                    Err(e) if is_precondition(&e) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            };
+            match round.await {
+                Ok(Some(frames)) => return frames,
+                Ok(None) => continue,
+                Err(e) => {
+                    self.engine.metrics.errors_sent.fetch_add(1, Relaxed);
+                    return fail(engine_code(&e));
+                }
+            }
+        }
+        self.engine.metrics.errors_sent.fetch_add(1, Relaxed);
+        fail(code::VERSION_CONFLICT)
+    }
+}
+
+fn write(
+    collection: &str,
+    id: String,
+    op: Op,
+    fields: std::collections::BTreeMap<String, Value>,
+) -> LocalWrite {
+    LocalWrite {
+        collection: collection.to_string(),
+        id,
+        op,
+        fields,
+        client_ms: None,
+        expect: None,
+    }
+}

@@ -1,0 +1,104 @@
+//! The hub side: `GET /ws/replicate`, where edge relays forward their logs.
+//! Admission needs a token with `admin` scope (401 without a valid token,
+//! 403 with a weaker one); then the replication session of `replicate`
+//! runs over binary messages. Every edge is one session; what one edge
+//! sends enters the hub's log and so flows on to every other edge.
+
+use super::ws;
+use crate::dialect::admit;
+use crate::engine::now_ms;
+use crate::model::NodeId;
+use crate::replicate::frame::MAX_FRAME_BYTES;
+use crate::replicate::session;
+use crate::replicate::SessionOpts;
+use crate::server::{AppState, ConnToken};
+use axum::extract::ws::{WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+/// The link kind of an accepted edge in status and metrics.
+pub const KIND: &str = "edge";
+
+pub async fn upgrade(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let grant = match admit(&state, &headers, &query) {
+        Ok(g) => g,
+        Err(refusal) => return refusal.into_response(),
+    };
+    if !grant.is_admin() {
+        state.engine.metrics.auth_failures.fetch_add(1, Relaxed);
+        return (
+            StatusCode::FORBIDDEN,
+            "forbidden: replication needs a token with admin scope\n",
+        )
+            .into_response();
+    }
+    if *state.shutdown.borrow() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
+    // Graceful shutdown waits for the session's goodbye and close.
+    let token = state.conns.enter();
+    let limit = MAX_FRAME_BYTES + 1024;
+    ws.max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| serve_edge(state, socket, grant, token))
+}
+
+async fn serve_edge(
+    state: Arc<AppState>,
+    socket: WebSocket,
+    grant: crate::auth::Grant,
+    token: ConnToken,
+) {
+    let (mut tx, mut rx) = ws::split(socket, None, state.shutdown.clone(), token);
+    let guard = state.links.open(KIND, grant.sub.clone(), false, now_ms());
+    let greeting = match session::hello(&state.engine, &mut rx, &mut tx).await {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::warn!(sub = %grant.sub, error = %e, "edge refused at hello");
+            return;
+        }
+    };
+    let peer = greeting.peer;
+    guard.stats.node.store(peer.0, Relaxed);
+    replace_older_sessions(&state, peer, guard.stats.id);
+    tracing::info!(%peer, sub = %grant.sub, "edge session up");
+    // A token limited to some spaces replicates only those.
+    let opts = SessionOpts {
+        cursor: format!("edge:{peer}"),
+        spaces: grant.spaces.map(|s| s.into_iter().collect()),
+    };
+    match session::run(
+        state.engine.clone(),
+        greeting,
+        rx,
+        tx,
+        opts,
+        guard.stats.clone(),
+        state.shutdown.clone(),
+    )
+    .await
+    {
+        Ok(reason) => tracing::info!(%peer, %reason, "edge session ended"),
+        Err(e) => tracing::warn!(%peer, error = %e, "edge session failed"),
+    }
+}
+
+/// An edge that reconnects replaces its previous session: the old one is
+/// most likely a connection that died without a close (the edge would not
+/// dial twice), and one session per edge keeps its cursor simple.
+fn replace_older_sessions(state: &AppState, peer: NodeId, new_id: u64) {
+    for old in state.links.snapshot() {
+        if old.id != new_id && old.kind == KIND && old.node.load(Relaxed) == peer.0 {
+            old.close.notify_one();
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! Replication frames over a WebSocket: one frame per binary message. The
+//! same code serves both ends (the hub's axum socket, the edge's
+//! tokio-tungstenite client), through the small `WsMsg` trait.
+//!
+//! A writer task owns the sending half: it sends frames in order, pings
+//! every `PING_EVERY` so a silent peer is noticed (the reader gives up after
+//! `IDLE` without any message), and closes the socket when the session
+//! drops its sink: 1001 when the relay is shutting down, 1000 otherwise.
+
+use crate::engine::now_ms;
+use crate::replicate::{FrameSink, FrameSource, SessionError};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use std::fmt::Display;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+/// Pings keep NAT mappings alive and prove the peer is there.
+pub const PING_EVERY: Duration = Duration::from_secs(15);
+/// Nothing at all heard for this long: the link is dead.
+pub const IDLE: Duration = Duration::from_secs(45);
+/// After the session let go of its sink, how long the writer may take to
+/// flush and close before it is aborted (a peer that stopped reading).
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// What a received message means to the replication session.
+#[derive(Debug, PartialEq)]
+pub enum Incoming {
+    Binary(Vec<u8>),
+    Text,
+    /// Ping or pong (the library answers pings itself).
+    Control,
+    Close,
+}
+
+/// The two WebSocket libraries' message types, seen alike.
+pub trait WsMsg: Sized + Send + 'static {
+    fn binary(bytes: Vec<u8>) -> Self;
+    fn ping() -> Self;
+    fn close(code: u16, reason: &str) -> Self;
+    fn incoming(self) -> Incoming;
+}
+
+impl WsMsg for axum::extract::ws::Message {
+    fn binary(bytes: Vec<u8>) -> Self {
+        Self::Binary(bytes.into())
+    }
+    fn ping() -> Self {
+        Self::Ping(Default::default())
+    }
+    fn close(code: u16, reason: &str) -> Self {
+        Self::Close(Some(axum::extract::ws::CloseFrame {
+            code,
+            reason: close_reason(reason).into(),
+        }))
+    }
+    fn incoming(self) -> Incoming {
+        match self {
+            Self::Binary(b) => Incoming::Binary(b.to_vec()),
+            Self::Text(_) => Incoming::Text,
+            Self::Ping(_) | Self::Pong(_) => Incoming::Control,
+            Self::Close(_) => Incoming::Close,
+        }
+    }
+}
+
+impl WsMsg for tungstenite::Message {
+    fn binary(bytes: Vec<u8>) -> Self {
+        Self::Binary(bytes.into())
+    }
+    fn ping() -> Self {
+        Self::Ping(Default::default())
+    }
+    fn close(code: u16, reason: &str) -> Self {
+        Self::Close(Some(tungstenite::protocol::CloseFrame {
+            code: code.into(),
+            reason: close_reason(reason).into(),
+        }))
+    }
+    fn incoming(self) -> Incoming {
+        match self {
+            Self::Binary(b) => Incoming::Binary(b.to_vec()),
+            Self::Text(_) => Incoming::Text,
+            Self::Ping(_) | Self::Pong(_) | Self::Frame(_) => Incoming::Control,
+            Self::Close(_) => Incoming::Close,
+        }
+    }
+}
+
+/// A close reason fits in 123 bytes (cut at a char boundary).
+pub fn close_reason(reason: &str) -> String {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason[..end].to_string()
+}
+
+/// The sending half: frames go to the writer task.
+pub struct WsSink {
+    tx: mpsc::Sender<Vec<u8>>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl FrameSink for WsSink {
+    async fn send(&mut self, bytes: Vec<u8>) -> Result<(), SessionError> {
+        self.tx
+            .send(bytes)
+            .await
+            .map_err(|_| SessionError::Transport("connection closed".into()))
+    }
+}
+
+impl Drop for WsSink {
+    fn drop(&mut self) {
+        // The channel closes as this drops, so the writer flushes and says
+        // goodbye; one stuck on a peer that reads nothing is aborted.
+        if let Some(h) = self.writer.take() {
+            tokio::spawn(async move {
+                let mut h = h;
+                if tokio::time::timeout(CLOSE_GRACE, &mut h).await.is_err() {
+                    h.abort();
+                }
+            });
+        }
+    }
+}
+
+/// The receiving half. `contact`, when given, is set to the time of every
+/// message heard (for "last contact" in status).
+pub struct WsSource<S> {
+    stream: SplitStream<S>,
+    contact: Option<Arc<AtomicU64>>,
+}
+
+impl<S, M, E> FrameSource for WsSource<S>
+where
+    S: Stream<Item = Result<M, E>> + Sink<M> + Send + Unpin,
+    M: WsMsg,
+    E: Display,
+{
+    async fn recv(&mut self) -> Result<Option<Vec<u8>>, SessionError> {
+        loop {
+            let next = tokio::time::timeout(IDLE, self.stream.next())
+                .await
+                .map_err(|_| {
+                    SessionError::Transport(format!("nothing heard for {} s", IDLE.as_secs()))
+                })?;
+            let Some(msg) = next else { return Ok(None) };
+            let msg = msg.map_err(|e| SessionError::Transport(e.to_string()))?;
+            if let Some(c) = &self.contact {
+                c.store(now_ms(), Relaxed);
+            }
+            match msg.incoming() {
+                Incoming::Binary(b) => return Ok(Some(b)),
+                Incoming::Control => continue,
+                Incoming::Close => return Ok(None),
+                Incoming::Text => {
+                    return Err(SessionError::Protocol(
+                        "text message on the replication socket (frames are binary)".into(),
+                    ))
+                }
+            }
+        }
+    }
+}
+
+/// Split a socket into a frame sink and source. `shutdown` picks the close
+/// code; `keep` lives as long as the writer (e.g. a connection token that
+/// graceful shutdown waits for).
+pub fn split<S, M, E>(
+    ws: S,
+    contact: Option<Arc<AtomicU64>>,
+    shutdown: watch::Receiver<bool>,
+    keep: impl Send + 'static,
+) -> (WsSink, WsSource<S>)
+where
+    S: Stream<Item = Result<M, E>> + Sink<M> + Send + Unpin + 'static,
+    M: WsMsg,
+{
+    let (sink, stream) = ws.split();
+    let (tx, rx) = mpsc::channel(4);
+    let writer = tokio::spawn(async move {
+        write_loop(sink, rx, shutdown).await;
+        drop(keep);
+    });
+    (
+        WsSink {
+            tx,
+            writer: Some(writer),
+        },
+        WsSource { stream, contact },
+    )
+}
+
+async fn write_loop<S, M>(
+    mut sink: SplitSink<S, M>,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    shutdown: watch::Receiver<bool>,
+) where
+    S: Sink<M> + Unpin,
+    M: WsMsg,
+{
+    let mut tick = tokio::time::interval(PING_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            next = rx.recv() => match next {
+                Some(bytes) => {
+                    if sink.send(M::binary(bytes)).await.is_err() {
+                        return;
+                    }
+                }
+                None => break,
+            },
+            _ = tick.tick() => {
+                if sink.send(M::ping()).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    let (code, reason) = if *shutdown.borrow() {
+        (1001, "relay shutting down")
+    } else {
+        (1000, "session ended")
+    };
+    let _ = sink.send(M::close(code, reason)).await;
+    let _ = sink.close().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_reasons_fit_the_frame() {
+        assert_eq!(close_reason("bye"), "bye");
+        let long = "é".repeat(100);
+        let cut = close_reason(&long);
+        assert!(cut.len() <= 123 && long.starts_with(&cut));
+    }
+
+    #[test]
+    fn messages_map_alike() {
+        use axum::extract::ws::Message as A;
+        use tungstenite::Message as T;
+        assert_eq!(A::binary(vec![1]).incoming(), Incoming::Binary(vec![1]));
+        assert_eq!(T::binary(vec![1]).incoming(), Incoming::Binary(vec![1]));
+        assert_eq!(A::ping().incoming(), Incoming::Control);
+        assert_eq!(T::ping().incoming(), Incoming::Control);
+        assert_eq!(A::close(1001, "x").incoming(), Incoming::Close);
+        assert_eq!(T::close(1001, "x").incoming(), Incoming::Close);
+        assert_eq!(T::Text("x".into()).incoming(), Incoming::Text);
+    }
+}
