@@ -20,6 +20,27 @@ fn shipped_configs() -> Vec<PathBuf> {
     files
 }
 
+/// The files a real install keeps in /etc/outpost: the postinst's secrets,
+/// an upstream token and a TLS certificate.
+fn populate(etc: &Path) {
+    for name in ["jwt.secret", "mesh.secret"] {
+        std::fs::write(
+            etc.join(name),
+            "3f1c9a7e5b2d4c6e8a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f\n",
+        )
+        .unwrap();
+    }
+    std::fs::write(etc.join("upstream.token"), "eyJhbGciOiJIUzI1NiJ9.e30.sig\n").unwrap();
+    let made = rcgen::generate_simple_self_signed(vec!["hub.example.net".to_string()]).unwrap();
+    std::fs::create_dir_all(etc.join("tls")).unwrap();
+    std::fs::write(etc.join("tls/fullchain.pem"), made.cert.pem()).unwrap();
+    std::fs::write(
+        etc.join("tls/privkey.pem"),
+        made.signing_key.serialize_pem(),
+    )
+    .unwrap();
+}
+
 /// check-config on `file` with /etc/outpost/ moved to `etc`: (code, out, err).
 fn check(file: &Path, etc: &Path) -> (i32, String, String) {
     let text = std::fs::read_to_string(file).unwrap();
@@ -35,13 +56,7 @@ fn check(file: &Path, etc: &Path) -> (i32, String, String) {
 #[test]
 fn every_shipped_config_passes_check_config() {
     let etc = tempfile::tempdir().unwrap();
-    for name in ["jwt.secret", "mesh.secret"] {
-        std::fs::write(
-            etc.path().join(name),
-            "3f1c9a7e5b2d4c6e8a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f\n",
-        )
-        .unwrap();
-    }
+    populate(etc.path());
     let files = shipped_configs();
     let names: Vec<String> = files
         .iter()
@@ -65,9 +80,7 @@ fn every_shipped_config_passes_check_config() {
 #[test]
 fn mesh_examples_enable_the_mesh_and_refuse_anonymous_writes() {
     let etc = tempfile::tempdir().unwrap();
-    for name in ["jwt.secret", "mesh.secret"] {
-        std::fs::write(etc.path().join(name), "0123456789abcdef0123456789abcdef\n").unwrap();
-    }
+    populate(etc.path());
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     for name in ["home-mesh.toml", "site-gateway.toml", "cloud-hub.toml"] {
         let (code, out, err) = check(&root.join("config").join(name), etc.path());
@@ -82,6 +95,13 @@ fn mesh_examples_enable_the_mesh_and_refuse_anonymous_writes() {
         let anon = eff["auth"]["anonymous"].as_str().unwrap_or_default();
         assert_ne!(anon, "write", "{name} lets anyone write: {out}");
     }
+    let gateway = check(&root.join("config/site-gateway.toml"), etc.path()).1;
+    assert!(
+        gateway.contains("wss://hub.example.net/ws/replicate"),
+        "{gateway}"
+    );
+    let hub = check(&root.join("config/cloud-hub.toml"), etc.path()).1;
+    assert!(hub.contains("fullchain.pem"), "{hub}");
 }
 
 #[test]
