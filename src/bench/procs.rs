@@ -175,6 +175,8 @@ pub async fn get_json(addr: SocketAddr, path: &str) -> Result<Value> {
 
 /// Raise the soft open-files limit to at least `want` (up to the hard
 /// limit), so a thousand client sockets fit. Children inherit it.
+// The casts are no-ops on 64-bit targets but not on 32-bit glibc (armv7).
+#[allow(clippy::unnecessary_cast)]
 pub fn raise_nofile(want: u64) -> u64 {
     // SAFETY: getrlimit/setrlimit with a valid, owned struct.
     unsafe {
@@ -185,15 +187,17 @@ pub fn raise_nofile(want: u64) -> u64 {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
             return 0;
         }
-        if r.rlim_cur < want {
+        // rlim_t is 32 bits on 32-bit glibc targets (armv7): compare in u64.
+        let (cur, max) = (r.rlim_cur as u64, r.rlim_max as u64);
+        if cur < want {
             let new = libc::rlimit {
-                rlim_cur: want.min(r.rlim_max),
+                rlim_cur: want.min(max) as libc::rlim_t,
                 rlim_max: r.rlim_max,
             };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &new) == 0 {
-                return new.rlim_cur;
+                return new.rlim_cur as u64;
             }
         }
-        r.rlim_cur
+        cur
     }
 }
