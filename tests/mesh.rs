@@ -4,9 +4,9 @@
 
 mod common;
 
+use common::replication::*;
 use common::*;
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -103,99 +103,6 @@ fn blocking_status(addr: SocketAddr) -> Value {
     serde_json::from_str(buf.split_once("\r\n\r\n").unwrap().1).unwrap()
 }
 
-async fn status(addr: SocketAddr) -> Value {
-    let (code, body) = http_get(addr, "/v1/status").await;
-    assert_eq!(code, 200);
-    serde_json::from_str(&body).unwrap()
-}
-
-/// Push patches to `notes` in space "s": (id, fields).
-async fn write_all(addr: SocketAddr, writes: &[(String, Value)]) {
-    let mut c = Client::native(addr).await;
-    for chunk in writes.chunks(100) {
-        let changes: Vec<_> = chunk
-            .iter()
-            .map(|(id, f)| json!({"collection": "notes", "id": id, "op": "patch", "fields": f}))
-            .collect();
-        c.send(json!({"type": "push", "rid": 1, "space": "s", "changes": changes}))
-            .await;
-        let (_, ack) = c.until("ack").await;
-        assert_eq!(ack["results"].as_array().unwrap().len(), chunk.len());
-    }
-}
-
-/// The visible state of the given entities on one relay.
-async fn state(addr: SocketAddr, ids: &[String]) -> BTreeMap<String, Value> {
-    let mut c = Client::native(addr).await;
-    let mut out = BTreeMap::new();
-    for id in ids {
-        c.send(json!({"type": "get", "rid": id, "space": "s", "collection": "notes", "id": id}))
-            .await;
-        let e = c.recv().await;
-        assert_eq!(e["type"], "entity", "{e}");
-        out.insert(
-            id.clone(),
-            json!({"fields": e["fields"], "deleted": e["deleted"]}),
-        );
-    }
-    out
-}
-
-/// Wait until every relay holds the same version vector and `changes`
-/// log entries, then compare the states of `ids` across them.
-async fn converge(nodes: &[&Node], changes: u64, ids: &[String]) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let mut sts = Vec::new();
-        for n in nodes {
-            sts.push(status(n.http).await);
-        }
-        let same_vv = sts
-            .windows(2)
-            .all(|w| w[0]["version_vector"] == w[1]["version_vector"]);
-        let counts: Vec<_> = sts
-            .iter()
-            .map(|s| s["log"]["entries"].as_u64().unwrap())
-            .collect();
-        if same_vv && counts.iter().all(|&c| c == changes) {
-            break;
-        }
-        assert!(
-            counts.iter().all(|&c| c <= changes),
-            "a change was applied twice: {counts:?} > {changes}"
-        );
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no convergence: log entries {counts:?} of {changes}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let first = state(nodes[0].http, ids).await;
-    for n in &nodes[1..] {
-        assert_eq!(
-            state(n.http, ids).await,
-            first,
-            "relays hold different states"
-        );
-    }
-}
-
-fn writes(prefix: &str, n: usize, by: &str) -> Vec<(String, Value)> {
-    (0..n)
-        .map(|i| (format!("{prefix}{i}"), json!({"by": by, "i": i})))
-        .collect()
-}
-
-fn ids(ws: &[&[(String, Value)]]) -> Vec<String> {
-    let mut v: Vec<String> = ws
-        .iter()
-        .flat_map(|w| w.iter().map(|(id, _)| id.clone()))
-        .collect();
-    v.sort();
-    v.dedup();
-    v
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chain_converges_with_conflicts_and_nothing_twice() {
     let a = Node::start(&[], SECRET);
@@ -209,7 +116,7 @@ async fn a_chain_converges_with_conflicts_and_nothing_twice() {
     write_all(a.http, &wa).await;
     write_all(b.http, &wb).await;
     write_all(c.http, &wc).await;
-    converge(&[&a, &b, &c], 350, &ids(&[&wa, &wb])).await;
+    converge(&[a.http, b.http, c.http], 350, &ids(&[&wa, &wb])).await;
     let st = status(b.http).await;
     assert_eq!(st["peers"].as_array().unwrap().len(), 2, "{st}");
     let (_, metrics) = http_get(b.http, "/metrics").await;
@@ -234,11 +141,11 @@ async fn a_triangle_converges() {
         write_all(n.http, &w).await;
         all.push(w);
     }
-    converge(&[&a, &b, &c], 120, &ids(&[&all[0]])).await;
+    converge(&[a.http, b.http, c.http], 120, &ids(&[&all[0]])).await;
     // Live changes after convergence travel too.
     let live = writes("live", 5, "c");
     write_all(c.http, &live).await;
-    converge(&[&a, &b, &c], 125, &ids(&[&all[0], &live])).await;
+    converge(&[a.http, b.http, c.http], 125, &ids(&[&all[0], &live])).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -256,7 +163,7 @@ async fn a_relay_killed_mid_stream_catches_up_after_restart() {
     b.restart(&[a.mesh]);
     let w2 = writes("y", 100, "b");
     write_all(b.http, &w2).await;
-    converge(&[&a, &b], 1600, &ids(&[&w1, &w2])).await;
+    converge(&[a.http, b.http], 1600, &ids(&[&w1, &w2])).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,7 +173,7 @@ async fn a_partition_heals_to_the_same_winners() {
     let mut b = Node::start(&[a.mesh, c.mesh], SECRET);
     let base = writes("p", 50, "base");
     write_all(a.http, &base).await;
-    converge(&[&a, &b, &c], 50, &ids(&[&base])).await;
+    converge(&[a.http, b.http, c.http], 50, &ids(&[&base])).await;
     // Partition: B (the only bridge) goes down; both sides edit the same
     // fields of the same entities.
     b.stop();
@@ -275,7 +182,7 @@ async fn a_partition_heals_to_the_same_winners() {
     write_all(a.http, &wa).await;
     write_all(c.http, &wc).await;
     b.restart(&[a.mesh, c.mesh]);
-    converge(&[&a, &b, &c], 150, &ids(&[&base])).await;
+    converge(&[a.http, b.http, c.http], 150, &ids(&[&base])).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -284,7 +191,7 @@ async fn strangers_are_refused_and_the_mesh_keeps_working() {
     let b = Node::start(&[a.mesh], SECRET);
     let secret_data = writes("secret", 10, "a");
     write_all(a.http, &secret_data).await;
-    converge(&[&a, &b], 10, &ids(&[&secret_data])).await;
+    converge(&[a.http, b.http], 10, &ids(&[&secret_data])).await;
 
     // A relay with the wrong secret dials A: refused, it learns nothing.
     let intruder = Node::start(&[a.mesh], "wrong-secret-0123456789");
@@ -322,7 +229,7 @@ async fn strangers_are_refused_and_the_mesh_keeps_working() {
     // And the mesh still works.
     let more = writes("after", 5, "a");
     write_all(a.http, &more).await;
-    converge(&[&a, &b], 15, &ids(&[&secret_data, &more])).await;
+    converge(&[a.http, b.http], 15, &ids(&[&secret_data, &more])).await;
 }
 
 /// Connect with QUIC using `alpn`, optionally send `garbage` on a stream;

@@ -2,6 +2,8 @@
 //! WebSocket client. Everything listens on 127.0.0.1 with port 0.
 #![allow(dead_code)]
 
+pub mod replication;
+
 use futures_util::{SinkExt, StreamExt};
 use outpost::config::Config;
 use outpost::server::Relay;
