@@ -9,6 +9,8 @@ use outpost::replicate::session::{self, SessionError};
 use outpost::replicate::{FrameSink, FrameSource, Links, SessionOpts};
 use outpost::store::{Durability, LocalWrite};
 use serde_json::json;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -49,9 +51,13 @@ fn engine(dir: &std::path::Path) -> Arc<Engine> {
 }
 
 async fn write(e: &Engine, id: &str, fields: serde_json::Value) {
+    write_in(e, "s", id, fields).await
+}
+
+async fn write_in(e: &Engine, space: &str, id: &str, fields: serde_json::Value) {
     let fields = fields.as_object().unwrap().clone().into_iter().collect();
     e.push(
-        "s",
+        space,
         "t",
         None,
         vec![LocalWrite {
@@ -69,29 +75,47 @@ async fn write(e: &Engine, id: &str, fields: serde_json::Value) {
 
 /// Connect two engines, reconnecting whenever a session ends (as the mesh
 /// dialler does); the tasks end when `stop` flips.
-fn link(a: &Arc<Engine>, b: &Arc<Engine>, stop: &watch::Receiver<bool>) {
+fn link(a: &Arc<Engine>, b: &Arc<Engine>, stop: &watch::Receiver<bool>) -> Arc<AtomicU64> {
+    link_spaces(a, b, stop, None, None)
+}
+
+/// `link` with each side's space filter.
+fn link_spaces(
+    a: &Arc<Engine>,
+    b: &Arc<Engine>,
+    stop: &watch::Receiver<bool>,
+    a_spaces: Option<&[&str]>,
+    b_spaces: Option<&[&str]>,
+) -> Arc<AtomicU64> {
+    let set = |s: Option<&[&str]>| s.map(|s| s.iter().map(|x| x.to_string()).collect());
+    let (a_spaces, b_spaces): (Option<HashSet<String>>, Option<HashSet<String>>) =
+        (set(a_spaces), set(b_spaces));
     let (a, b, stop) = (a.clone(), b.clone(), stop.clone());
+    let ends = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = ends.clone();
     tokio::spawn(async move {
         let links = Arc::new(Links::default());
         while !*stop.borrow() {
             let (a_tx, b_rx) = mpsc::channel(16);
             let (b_tx, a_rx) = mpsc::channel(16);
             let mut sides = Vec::new();
-            for (e, rx, tx, outbound) in [
-                (a.clone(), a_rx, a_tx, true),
-                (b.clone(), b_rx, b_tx, false),
+            for (e, rx, tx, outbound, spaces) in [
+                (a.clone(), a_rx, a_tx, true, a_spaces.clone()),
+                (b.clone(), b_rx, b_tx, false, b_spaces.clone()),
             ] {
                 let stop = stop.clone();
+                let ends = ends.clone();
                 let guard = links.open("test", "mem".into(), outbound, 0);
                 sides.push(tokio::spawn(async move {
                     let (mut rx, mut tx) = (Rx(rx), Tx(tx));
                     let g = session::hello(&e, &mut rx, &mut tx).await?;
                     let opts = SessionOpts {
                         cursor: format!("peer:{}", g.peer),
-                        spaces: None,
+                        spaces,
                     };
                     let r = session::run(e, g, rx, tx, opts, guard.stats.clone(), stop).await;
                     eprintln!("session ended: {r:?}");
+                    ends.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     r
                 }));
             }
@@ -101,11 +125,16 @@ fn link(a: &Arc<Engine>, b: &Arc<Engine>, stop: &watch::Receiver<bool>) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     });
+    counted
 }
 
 /// Every entity of space "s" with its merged state, serialized.
 fn state(e: &Engine) -> Vec<(String, Vec<u8>)> {
-    e.entities("s", None, None, 100_000)
+    state_of(e, "s")
+}
+
+fn state_of(e: &Engine, space: &str) -> Vec<(String, Vec<u8>)> {
+    e.entities(space, None, None, 100_000)
         .unwrap()
         .into_iter()
         .map(|(c, id, ent)| (format!("{c}/{id}"), rmp_serde::to_vec(&ent.state).unwrap()))
@@ -258,4 +287,64 @@ async fn a_peer_behind_the_retention_horizon_gets_a_snapshot() {
     converge(&[&a, &b, &c]).await;
     while rx.try_recv().is_ok() {}
     stop_tx.send(true).unwrap();
+}
+
+/// Bug: with a space filter, the sender skipped the filtered changes and the
+/// receiver took the skipped origin seqs for a gap, so once a relay had
+/// written to a space that is not forwarded, replication stalled for good
+/// (every session ended with "gap"). Covers let the receiver advance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_space_filter_does_not_stall_replication() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (edge, hub, other) = (
+        engine(dirs[0].path()),
+        engine(dirs[1].path()),
+        engine(dirs[2].path()),
+    );
+    // The edge writes a private change first, then shared ones: the first
+    // shared change already follows a filtered one.
+    write_in(&edge, "private", "p0", json!({"secret": 1})).await;
+    for n in 0..5 {
+        write_in(&edge, "shared", &format!("s{n}"), json!({"n": n})).await;
+    }
+    let (stop_tx, stop) = watch::channel(false);
+    // The edge forwards only "shared"; the hub takes everything.
+    let ends = link_spaces(&edge, &hub, &stop, Some(&["shared"]), None);
+    // The hub passes on to a third relay unfiltered: its log has a hole
+    // where the private change was, which it must vouch for in turn.
+    link(&hub, &other, &stop);
+    for round in 0..3 {
+        write_in(&edge, "private", &format!("p{}", round + 1), json!({"x": round})).await;
+        write_in(&edge, "shared", &format!("live{round}"), json!({"r": round})).await;
+    }
+    // Everything settles: same vv (filtered changes counted as vouched
+    // for), same shared state, and no private space past the filter.
+    converge_spaces(&[&edge, &hub, &other], &["shared"]).await;
+    assert_eq!(state_of(&hub, "shared").len(), 8);
+    for e in [&hub, &other] {
+        assert!(state_of(e, "private").is_empty(), "private leaked");
+    }
+    assert_eq!(ends.load(Relaxed), 0, "no session ended (no gap)");
+    stop_tx.send(true).unwrap();
+}
+
+async fn converge_spaces(engines: &[&Arc<Engine>], spaces: &[&str]) {
+    for _ in 0..500 {
+        let vvs: Vec<_> = engines
+            .iter()
+            .map(|e| e.version_vector().unwrap())
+            .collect();
+        if vvs.windows(2).all(|w| w[0] == w[1]) {
+            for s in spaces {
+                let states: Vec<_> = engines.iter().map(|e| state_of(e, s)).collect();
+                assert!(
+                    states.windows(2).all(|w| w[0] == w[1]),
+                    "same changes, different state of {s}"
+                );
+            }
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no convergence in 10 s");
 }

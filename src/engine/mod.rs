@@ -416,10 +416,22 @@ impl Engine {
         changes: Vec<Change>,
         source: Option<u64>,
     ) -> Result<Vec<Outcome>, EngineError> {
+        self.apply_covered(changes, Vec::new(), source).await
+    }
+
+    /// `apply_remote` of a replication batch with its `covers` (see
+    /// `Job::Remote`): the changes a space filter held back are skipped.
+    pub async fn apply_covered(
+        &self,
+        changes: Vec<Change>,
+        covers: Vec<(NodeId, u64, u64)>,
+        source: Option<u64>,
+    ) -> Result<Vec<Outcome>, EngineError> {
         Ok(self
             .store
             .submit(|reply| Job::Remote {
                 changes,
+                covers,
                 source,
                 reply,
             })

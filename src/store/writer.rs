@@ -110,8 +110,13 @@ pub enum Job {
         reply: Reply<Vec<Outcome>>,
     },
     /// Changes that already have an identity (from a peer or the upstream).
+    /// `covers` (`(origin, from, to)`, see `replicate::frame::Frame::Batch`):
+    /// the sender vouches that the changes of `origin` numbered `from..=to`
+    /// that were not sent were filtered out on purpose, so they may be
+    /// skipped, and the version vector advances to `to`.
     Remote {
         changes: Vec<Change>,
+        covers: Vec<(NodeId, u64, u64)>,
         source: Option<u64>,
         reply: Reply<Vec<Outcome>>,
     },
@@ -169,6 +174,31 @@ pub struct Outcome {
     /// (same as the log entry's `created`), so dialects can tell a create
     /// from an update without a racy read before the write.
     pub created: bool,
+}
+
+impl Outcome {
+    fn gap(c: &Change) -> Outcome {
+        let mut o = Outcome::gap_at(c.origin, c.seq);
+        o.stamp = c.stamp;
+        o
+    }
+
+    fn gap_at(origin: NodeId, origin_seq: u64) -> Outcome {
+        Outcome {
+            kind: OutcomeKind::Gap,
+            seq: 0,
+            origin,
+            origin_seq,
+            stamp: Stamp {
+                ms: 0,
+                counter: 0,
+                node: origin,
+            },
+            version: 0,
+            conflicts: vec![],
+            created: false,
+        }
+    }
 }
 
 enum Done {
@@ -392,6 +422,7 @@ impl Writer {
                                 outs.push(self.apply(
                                     &mut t,
                                     change,
+                                    false,
                                     source,
                                     at_ms,
                                     &mut seq,
@@ -402,6 +433,7 @@ impl Writer {
                         }
                         Job::Remote {
                             changes,
+                            covers,
                             source,
                             reply,
                         } => {
@@ -409,17 +441,48 @@ impl Writer {
                                 refused.push(Done::Outcomes(reply, vec![]));
                                 continue;
                             }
+                            // A cover is usable only if it starts at or below
+                            // the next change we lack; one that starts later
+                            // means the sender skipped something we need.
+                            let mut usable = BTreeMap::new();
+                            let mut gapped = Vec::new();
+                            for &(origin, from, to) in &covers {
+                                if origin == self.node || from > to {
+                                    continue;
+                                }
+                                let held = t.vv.get(origin.0)?.map(|v| v.value()).unwrap_or(0);
+                                if from > held + 1 {
+                                    gapped.push(origin);
+                                } else {
+                                    usable.insert(origin, to);
+                                }
+                            }
                             let mut outs = Vec::with_capacity(changes.len());
                             for c in changes {
+                                if gapped.contains(&c.origin) {
+                                    outs.push(Outcome::gap(&c));
+                                    continue;
+                                }
+                                let covered = usable.get(&c.origin).is_some_and(|&to| c.seq <= to);
                                 self.hlc.observe(c.stamp, at_ms, self.opts.max_skew_ms);
                                 outs.push(self.apply(
                                     &mut t,
                                     c,
+                                    covered,
                                     source,
                                     at_ms,
                                     &mut seq,
                                     &mut committed,
                                 )?);
+                            }
+                            for o in &gapped {
+                                outs.push(Outcome::gap_at(*o, 0));
+                            }
+                            for (origin, to) in usable {
+                                let held = t.vv.get(origin.0)?.map(|v| v.value()).unwrap_or(0);
+                                if to > held {
+                                    t.vv.insert(origin.0, to)?;
+                                }
                             }
                             done.push(Done::Outcomes(reply, outs));
                         }
@@ -517,10 +580,15 @@ impl Writer {
         Ok(None)
     }
 
+    /// Apply one change unless held. `covered`: the sender vouched (see
+    /// `Job::Remote`) that the changes of its origin before it that we lack
+    /// were filtered out, so it may follow them without a gap.
+    #[allow(clippy::too_many_arguments)]
     fn apply(
         &mut self,
         t: &mut Tables<'_>,
         change: Change,
+        covered: bool,
         source: Option<u64>,
         at_ms: u64,
         seq: &mut u64,
@@ -541,7 +609,7 @@ impl Writer {
             out.kind = OutcomeKind::Duplicate;
             return Ok(out);
         }
-        if change.seq > held + 1 {
+        if change.seq > held + 1 && !covered {
             out.kind = OutcomeKind::Gap;
             return Ok(out);
         }
