@@ -348,3 +348,84 @@ async fn converge_spaces(engines: &[&Arc<Engine>], spaces: &[&str]) {
     }
     panic!("no convergence in 10 s");
 }
+
+/// Bug: when a page's frame was too large and split in two, both halves
+/// were registered as covering the whole page, so the first half's ack
+/// claimed the second half too (the cursor is the retention pin and the
+/// backlog gauge). Each part now acks up to its own last entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_batch_acks_only_what_each_half_carried() {
+    use outpost::model::{NodeId, VersionVector};
+    use outpost::replicate::frame::{decode, encode, Frame, PROTO_VERSION};
+    let dir = tempfile::tempdir().unwrap();
+    let a = engine(dir.path());
+    // 256 changes of ~40 KB: one page, over the 8 MiB frame limit.
+    let big = "x".repeat(40_000);
+    let writes = (0..256)
+        .map(|n| LocalWrite {
+            collection: "c".into(),
+            id: format!("e{n}"),
+            op: Op::Put,
+            fields: [("body".to_string(), json!(big))].into(),
+            client_ms: None,
+            expect: None,
+        })
+        .collect();
+    a.push("s", "t", None, writes).await.unwrap();
+    assert_eq!(a.last_seq(), 256);
+    let (a_tx, mut peer_rx) = mpsc::channel(16);
+    let (peer_tx, a_rx) = mpsc::channel(16);
+    let (_stop_tx, stop) = watch::channel(false);
+    let links = Arc::new(Links::default());
+    let guard = links.open("test", "mem".into(), true, 0);
+    let stats = guard.stats.clone();
+    let e = a.clone();
+    let session = tokio::spawn(async move {
+        let (mut rx, mut tx) = (Rx(a_rx), Tx(a_tx));
+        let g = session::hello(&e, &mut rx, &mut tx).await?;
+        let opts = SessionOpts {
+            cursor: "peer:fake".into(),
+            spaces: None,
+        };
+        session::run(e, g, rx, tx, opts, stats, stop).await
+    });
+    // The fake peer: hello with nothing held, then ack the first batch only.
+    let hello = Frame::Hello {
+        proto: PROTO_VERSION,
+        node: NodeId(42),
+        vv: VersionVector::new(),
+        software: "test".into(),
+    };
+    peer_tx.send(encode(&hello).unwrap()).await.unwrap();
+    assert!(matches!(
+        decode(&peer_rx.recv().await.unwrap()).unwrap(),
+        Frame::Hello { .. }
+    ));
+    let mut carried = Vec::new();
+    for _ in 0..2 {
+        let f = decode(&peer_rx.recv().await.unwrap()).unwrap();
+        let Frame::Batch { id, changes, .. } = f else {
+            panic!("expected a batch, got {f:?}")
+        };
+        carried.push((id, changes.len()));
+    }
+    assert_eq!(carried.len(), 2, "the page was split");
+    let first = carried[0].1 as u64;
+    assert!(first < 256);
+    let ack = Frame::Ack { id: carried[0].0 };
+    peer_tx.send(encode(&ack).unwrap()).await.unwrap();
+    for _ in 0..100 {
+        if guard.stats.acked.load(Relaxed) != 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        guard.stats.acked.load(Relaxed),
+        first,
+        "the first half's ack covers only the first half"
+    );
+    assert_eq!(guard.stats.backlog.load(Relaxed), 256 - first);
+    session.abort();
+}
