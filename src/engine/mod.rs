@@ -133,6 +133,67 @@ pub struct Engine {
     seen_events: Mutex<recent::Recent<(NodeId, u64)>>,
 }
 
+/// A push queued to the writer, waiting for its durable commit.
+pub struct QueuedPush<'e> {
+    engine: &'e Engine,
+    n: u64,
+    rx: Option<tokio::sync::oneshot::Receiver<Result<Vec<Outcome>, StoreError>>>,
+}
+
+impl QueuedPush<'_> {
+    /// The outcomes, once the commit is durable.
+    pub async fn wait(self) -> Result<Vec<Outcome>, EngineError> {
+        let Some(rx) = self.rx else {
+            return Ok(vec![]);
+        };
+        let out = rx.await.map_err(|_| StoreError::Closed)??;
+        self.engine
+            .metrics
+            .changes_written
+            .fetch_add(self.n, Relaxed);
+        Ok(out)
+    }
+}
+
+/// Keeps one connection's pushes in the order its frames were read.
+///
+/// A connection answers pushes asynchronously (one future per push, polled
+/// together), and a future does nothing until first polled: without this, a
+/// later push could reach the writer first and two patches of one field,
+/// sent in order, could end with the older value. Each push made through
+/// `push` queues its job only after the previous push of the same
+/// `WriteOrder` has queued its own (or failed, or been dropped); only the
+/// wait for the commit overlaps.
+#[derive(Default)]
+pub struct WriteOrder {
+    prev: Option<tokio::sync::oneshot::Receiver<()>>,
+}
+
+impl WriteOrder {
+    pub fn push(
+        &mut self,
+        engine: Arc<Engine>,
+        space: String,
+        actor: String,
+        source: Option<u64>,
+        writes: Vec<LocalWrite>,
+    ) -> impl std::future::Future<Output = Result<Vec<Outcome>, EngineError>> + Send + 'static
+    {
+        let prev = self.prev.take();
+        let (queued, next) = tokio::sync::oneshot::channel();
+        self.prev = Some(next);
+        async move {
+            if let Some(prev) = prev {
+                // An error means the earlier push was dropped: nothing to wait for.
+                let _ = prev.await;
+            }
+            let pushed = engine.queue_push(&space, &actor, source, writes).await;
+            drop(queued);
+            pushed?.wait().await
+        }
+    }
+}
+
 /// How many relays an event may cross after the one it was published at.
 pub const EVENT_HOPS: u8 = 8;
 
@@ -325,9 +386,29 @@ impl Engine {
         source: Option<u64>,
         writes: Vec<LocalWrite>,
     ) -> Result<Vec<Outcome>, EngineError> {
+        self.queue_push(space, actor, source, writes)
+            .await?
+            .wait()
+            .await
+    }
+
+    /// Validate local writes and queue them for the writer; returns once
+    /// the job is queued, with the wait for its durable commit. Jobs are
+    /// applied in the order they were queued (see [`WriteOrder`]).
+    pub async fn queue_push(
+        &self,
+        space: &str,
+        actor: &str,
+        source: Option<u64>,
+        writes: Vec<LocalWrite>,
+    ) -> Result<QueuedPush<'_>, EngineError> {
         validate::validate_name("space", space)?;
         if writes.is_empty() {
-            return Ok(vec![]);
+            return Ok(QueuedPush {
+                engine: self,
+                n: 0,
+                rx: None,
+            });
         }
         if writes.len() > self.limits.max_batch {
             return Err(EngineError::Invalid(format!(
@@ -343,9 +424,9 @@ impl Engine {
         self.check_schemas(space, &writes)?;
         self.metrics.pushes.fetch_add(1, Relaxed);
         let n = writes.len() as u64;
-        let out = self
+        let rx = self
             .store
-            .submit(|reply| Job::Local {
+            .enqueue(|reply| Job::Local {
                 space: space.to_string(),
                 actor: actor.to_string(),
                 source,
@@ -353,8 +434,11 @@ impl Engine {
                 reply,
             })
             .await?;
-        self.metrics.changes_written.fetch_add(n, Relaxed);
-        Ok(out)
+        Ok(QueuedPush {
+            engine: self,
+            n,
+            rx: Some(rx),
+        })
     }
 
     /// Refuse writes that would leave an entity breaking its collection's

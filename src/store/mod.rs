@@ -249,6 +249,18 @@ impl Store {
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Job,
     ) -> Result<T, StoreError> {
+        let rx = self.enqueue(make).await?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Queue a job and return at once the receiver of its answer: the job
+    /// is in the writer's queue (FIFO) when this returns, so jobs queued
+    /// one after another are applied in that order, whichever answer is
+    /// awaited first. Waits while the queue is full.
+    pub async fn enqueue<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Job,
+    ) -> Result<oneshot::Receiver<Result<T, StoreError>>, StoreError> {
         let (tx, rx) = oneshot::channel();
         let jobs = self
             .jobs
@@ -257,7 +269,7 @@ impl Store {
             .and_then(|j| j.clone())
             .ok_or(StoreError::Closed)?;
         jobs.send(make(tx)).await.map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        Ok(rx)
     }
 
     /// Round trip through the writer queue: proves the writer loop is
