@@ -201,41 +201,57 @@ impl Outcome {
     }
 }
 
-enum Done {
-    Outcomes(Reply<Vec<Outcome>>, Vec<Outcome>),
-    /// A job refused as a whole (a failed precondition): nothing applied.
-    Refused(Reply<Vec<Outcome>>, StoreError),
-    Unit(Reply<()>),
-    Count(Reply<u64>, u64),
-    Spaces(Reply<Vec<String>>, Vec<String>),
+/// What a job gets once its group has committed (its reply is kept apart,
+/// in the job, so a group can be tried again without the jobs it lost).
+enum Answer {
+    Outcomes(Vec<Outcome>),
+    /// Refused as a whole (a failed precondition): nothing applied.
+    Refused(StoreError),
+    Unit,
+    Count(u64),
+    Spaces(Vec<String>),
 }
 
-impl Done {
-    fn send(self) {
+/// Why a group's transaction did not commit.
+enum Failure {
+    /// Job `index` failed (say, a stored entity it touches does not
+    /// decode): it alone is refused, and the group is tried again without it.
+    Job(usize, StoreError),
+    /// The transaction itself failed (begin or commit): every job is refused.
+    Group(StoreError),
+}
+
+impl Job {
+    /// Send the answer of a committed group.
+    fn answer(self, a: Answer) {
         // A dropped receiver means the client went away; the write stands.
-        match self {
-            Done::Outcomes(r, v) => drop(r.send(Ok(v))),
-            Done::Refused(r, e) => drop(r.send(Err(e))),
-            Done::Unit(r) => drop(r.send(Ok(()))),
-            Done::Count(r, n) => drop(r.send(Ok(n))),
-            Done::Spaces(r, s) => drop(r.send(Ok(s))),
+        match (self, a) {
+            (Job::Local { reply, .. } | Job::Remote { reply, .. }, Answer::Outcomes(v)) => {
+                drop(reply.send(Ok(v)))
+            }
+            (Job::Local { reply, .. } | Job::Remote { reply, .. }, Answer::Refused(e)) => {
+                drop(reply.send(Err(e)))
+            }
+            (Job::SetCursor { reply, .. }, _) => drop(reply.send(Ok(()))),
+            (Job::Trim { reply, .. }, Answer::Count(n)) => drop(reply.send(Ok(n))),
+            (Job::MergeSnapshot { reply, .. }, Answer::Spaces(s)) => drop(reply.send(Ok(s))),
+            (job, _) => job.fail(StoreError::Encode("internal: mismatched answer".into())),
         }
     }
 
-    fn fail(self, msg: &str, disk_full: Option<u64>) {
-        let err = || match disk_full {
-            Some(free_bytes) => StoreError::DiskFull { free_bytes },
-            None => StoreError::Encode(format!("commit failed: {msg}")),
-        };
+    fn fail(self, e: StoreError) {
         match self {
-            Done::Outcomes(r, _) => drop(r.send(Err(err()))),
-            // Refused whatever happened to the rest of the group.
-            Done::Refused(r, e) => drop(r.send(Err(e))),
-            Done::Unit(r) => drop(r.send(Err(err()))),
-            Done::Count(r, _) => drop(r.send(Err(err()))),
-            Done::Spaces(r, _) => drop(r.send(Err(err()))),
+            Job::Local { reply, .. } | Job::Remote { reply, .. } => drop(reply.send(Err(e))),
+            Job::SetCursor { reply, .. } | Job::Ping(reply) => drop(reply.send(Err(e))),
+            Job::Trim { reply, .. } => drop(reply.send(Err(e))),
+            Job::MergeSnapshot { reply, .. } => drop(reply.send(Err(e))),
+            Job::Flush => {}
         }
     }
+}
+
+fn commit_failed(e: &StoreError) -> StoreError {
+    StoreError::Encode(format!("commit failed: {e}"))
 }
 
 pub struct Writer {
@@ -360,201 +376,233 @@ impl Writer {
         free_disk_bytes(&self.opts.dir)
     }
 
-    fn group(&mut self, jobs: Vec<Job>) {
+    /// Apply `jobs` in one transaction and answer each. A job that fails
+    /// on its own (not the transaction) is refused alone and the rest are
+    /// tried again without it, so one bad job never fails its neighbours.
+    fn group(&mut self, mut jobs: Vec<Job>) {
         let started = Instant::now();
         let low_disk = self.free_bytes().filter(|&f| f < self.opts.min_free_bytes);
-        let first_seq = self.last_seq.load(Ordering::Acquire);
-        let mut seq = first_seq;
-        let mut done = Vec::with_capacity(jobs.len());
-        let mut committed = Vec::new();
-        let mut refused = Vec::new();
-        let mut merged = std::collections::BTreeSet::new();
-        let result = (|| -> Result<(), StoreError> {
-            let mut tx = self.db.begin_write()?;
-            let immediate = self.opts.durability == Durability::Immediate
-                || self.last_fsync.elapsed() >= RELAXED_FLUSH;
-            let _ = tx.set_durability(if immediate {
-                redb::Durability::Immediate
-            } else {
-                redb::Durability::None
-            });
-            {
-                let mut t = Tables::open(&tx)?;
-                let at_ms = now_ms();
-                for job in jobs {
-                    match job {
-                        Job::Local {
-                            space,
-                            actor,
-                            source,
-                            writes,
-                            reply,
-                        } => {
-                            if low_disk.is_some() {
-                                refused.push(Done::Outcomes(reply, vec![]));
-                                continue;
-                            }
-                            if let Some(e) = Self::check_expect(&t, &space, &writes)? {
-                                done.push(Done::Refused(reply, e));
-                                continue;
-                            }
-                            let mut outs = Vec::with_capacity(writes.len());
-                            for w in writes {
-                                let origin_seq =
-                                    t.vv.get(self.node.0)?.map(|v| v.value()).unwrap_or(0) + 1;
-                                let stamp = match w.client_ms {
-                                    Some(ms) => {
-                                        self.hlc.at_client_time(ms, at_ms, self.opts.max_skew_ms)
-                                    }
-                                    None => self.hlc.now(at_ms),
-                                };
-                                let change = Change {
-                                    space: space.clone(),
-                                    collection: w.collection,
-                                    id: w.id,
-                                    op: w.op,
-                                    fields: w.fields,
-                                    stamp,
-                                    origin: self.node,
-                                    seq: origin_seq,
-                                    actor: actor.clone(),
-                                };
-                                outs.push(self.apply(
-                                    &mut t,
-                                    change,
-                                    false,
-                                    source,
-                                    at_ms,
-                                    &mut seq,
-                                    &mut committed,
-                                )?);
-                            }
-                            done.push(Done::Outcomes(reply, outs));
+        if let Some(free_bytes) = low_disk {
+            // Writes are refused; cursors, trims and merges go on.
+            let (writes, rest): (Vec<Job>, Vec<Job>) = jobs
+                .into_iter()
+                .partition(|j| matches!(j, Job::Local { .. } | Job::Remote { .. }));
+            for j in writes {
+                j.fail(StoreError::DiskFull { free_bytes });
+            }
+            jobs = rest;
+        }
+        while !jobs.is_empty() {
+            let hlc = self.hlc.clone();
+            let horizon = self.horizon.load(Ordering::Acquire);
+            match self.attempt(&jobs) {
+                Ok((seq, answers, committed, merged)) => {
+                    self.metrics
+                        .observe_commit(started.elapsed(), committed.len());
+                    self.last_seq.store(seq, Ordering::Release);
+                    if !committed.is_empty() {
+                        self.sink.committed(seq, committed);
+                    }
+                    if !merged.is_empty() {
+                        let spaces: Vec<String> = merged.into_iter().collect();
+                        self.sink.states_merged(&spaces);
+                    }
+                    for (job, answer) in jobs.into_iter().zip(answers) {
+                        job.answer(answer);
+                    }
+                    return;
+                }
+                Err(failure) => {
+                    // Nothing of the attempt stands: not its stamps (never
+                    // published) and not the trim point it raised.
+                    self.hlc = hlc;
+                    self.horizon.store(horizon, Ordering::Release);
+                    self.metrics.commit_failures.fetch_add(1, Ordering::Relaxed);
+                    match failure {
+                        Failure::Job(index, e) => {
+                            tracing::error!(error = %e, "a job failed; it is refused and its group tried again without it");
+                            jobs.remove(index).fail(e);
                         }
-                        Job::Remote {
-                            changes,
-                            covers,
-                            source,
-                            reply,
-                        } => {
-                            if low_disk.is_some() {
-                                refused.push(Done::Outcomes(reply, vec![]));
-                                continue;
+                        Failure::Group(e) => {
+                            tracing::error!(error = %e, "group commit failed; every job in it is refused");
+                            for j in jobs {
+                                j.fail(commit_failed(&e));
                             }
-                            // A cover is usable only if it starts at or below
-                            // the next change we lack; one that starts later
-                            // means the sender skipped something we need.
-                            let mut usable = BTreeMap::new();
-                            let mut gapped = Vec::new();
-                            for &(origin, from, to) in &covers {
-                                if origin == self.node || from > to {
-                                    continue;
-                                }
-                                let held = t.vv.get(origin.0)?.map(|v| v.value()).unwrap_or(0);
-                                if from > held + 1 {
-                                    gapped.push(origin);
-                                } else {
-                                    usable.insert(origin, to);
-                                }
-                            }
-                            let mut outs = Vec::with_capacity(changes.len());
-                            for c in changes {
-                                if gapped.contains(&c.origin) {
-                                    outs.push(Outcome::gap(&c));
-                                    continue;
-                                }
-                                let covered = usable.get(&c.origin).is_some_and(|&to| c.seq <= to);
-                                self.hlc.observe(c.stamp, at_ms, self.opts.max_skew_ms);
-                                outs.push(self.apply(
-                                    &mut t,
-                                    c,
-                                    covered,
-                                    source,
-                                    at_ms,
-                                    &mut seq,
-                                    &mut committed,
-                                )?);
-                            }
-                            for o in &gapped {
-                                outs.push(Outcome::gap_at(*o, 0));
-                            }
-                            for (origin, to) in usable {
-                                let held = t.vv.get(origin.0)?.map(|v| v.value()).unwrap_or(0);
-                                if to > held {
-                                    t.vv.insert(origin.0, to)?;
-                                }
-                            }
-                            done.push(Done::Outcomes(reply, outs));
+                            return;
                         }
-                        Job::SetCursor {
-                            name,
-                            seq: s,
-                            reply,
-                        } => {
-                            t.cursors.insert(name.as_str(), s)?;
-                            done.push(Done::Unit(reply));
-                        }
-                        Job::Trim {
-                            older_than_ms,
-                            keep_from,
-                            max,
-                            reply,
-                        } => {
-                            let n = self.trim(&mut t, older_than_ms, keep_from, max, seq)?;
-                            done.push(Done::Count(reply, n));
-                        }
-                        Job::MergeSnapshot {
-                            entities,
-                            vv,
-                            reply,
-                        } => {
-                            let spaces = self.merge_snapshot(&mut t, entities, vv, seq)?;
-                            merged.extend(spaces.iter().cloned());
-                            done.push(Done::Spaces(reply, spaces));
-                        }
-                        Job::Flush | Job::Ping(_) => {}
                     }
                 }
+            }
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn attempt(
+        &mut self,
+        jobs: &[Job],
+    ) -> Result<
+        (
+            u64,
+            Vec<Answer>,
+            Vec<Arc<Committed>>,
+            std::collections::BTreeSet<String>,
+        ),
+        Failure,
+    > {
+        let mut seq = self.last_seq.load(Ordering::Acquire);
+        let mut answers = Vec::with_capacity(jobs.len());
+        let mut committed = Vec::new();
+        let mut merged = std::collections::BTreeSet::new();
+        let mut tx = self.db.begin_write().map_err(|e| Failure::Group(e.into()))?;
+        let immediate = self.opts.durability == Durability::Immediate
+            || self.last_fsync.elapsed() >= RELAXED_FLUSH;
+        let _ = tx.set_durability(if immediate {
+            redb::Durability::Immediate
+        } else {
+            redb::Durability::None
+        });
+        {
+            let mut t = Tables::open(&tx).map_err(Failure::Group)?;
+            let at_ms = now_ms();
+            for (index, job) in jobs.iter().enumerate() {
+                let answer = self
+                    .job(&mut t, job, at_ms, &mut seq, &mut committed, &mut merged)
+                    .map_err(|e| Failure::Job(index, e))?;
+                answers.push(answer);
+            }
+            let meta = (|| -> Result<(), StoreError> {
                 t.meta.insert(META_LAST_SEQ, seq.to_le_bytes().as_slice())?;
                 t.meta.insert(META_HLC, encode(&self.hlc)?.as_slice())?;
+                Ok(())
+            })();
+            meta.map_err(Failure::Group)?;
+        }
+        tx.commit().map_err(|e| Failure::Group(e.into()))?;
+        if immediate {
+            self.last_fsync = Instant::now();
+            self.dirty = false;
+        } else {
+            self.dirty = true;
+        }
+        Ok((seq, answers, committed, merged))
+    }
+
+    /// One job inside the group's transaction.
+    fn job(
+        &mut self,
+        t: &mut Tables<'_>,
+        job: &Job,
+        at_ms: u64,
+        seq: &mut u64,
+        committed: &mut Vec<Arc<Committed>>,
+        merged: &mut std::collections::BTreeSet<String>,
+    ) -> Result<Answer, StoreError> {
+        Ok(match job {
+            Job::Local {
+                space,
+                actor,
+                source,
+                writes,
+                ..
+            } => {
+                if let Some(e) = Self::check_expect(t, space, writes)? {
+                    return Ok(Answer::Refused(e));
+                }
+                let mut outs = Vec::with_capacity(writes.len());
+                for w in writes {
+                    let origin_seq = t.vv.get(self.node.0)?.map(|v| v.value()).unwrap_or(0) + 1;
+                    let stamp = match w.client_ms {
+                        Some(ms) => self.hlc.at_client_time(ms, at_ms, self.opts.max_skew_ms),
+                        None => self.hlc.now(at_ms),
+                    };
+                    let change = Change {
+                        space: space.clone(),
+                        collection: w.collection.clone(),
+                        id: w.id.clone(),
+                        op: w.op,
+                        fields: w.fields.clone(),
+                        stamp,
+                        origin: self.node,
+                        seq: origin_seq,
+                        actor: actor.clone(),
+                    };
+                    outs.push(self.apply(t, change, false, *source, at_ms, seq, committed)?);
+                }
+                Answer::Outcomes(outs)
             }
-            tx.commit()?;
-            if immediate {
-                self.last_fsync = Instant::now();
-                self.dirty = false;
+            Job::Remote {
+                changes,
+                covers,
+                source,
+                ..
+            } => Answer::Outcomes(self.remote(t, changes, covers, *source, at_ms, seq, committed)?),
+            Job::SetCursor { name, seq: s, .. } => {
+                t.cursors.insert(name.as_str(), *s)?;
+                Answer::Unit
+            }
+            Job::Trim {
+                older_than_ms,
+                keep_from,
+                max,
+                ..
+            } => Answer::Count(self.trim(t, *older_than_ms, *keep_from, *max, *seq)?),
+            Job::MergeSnapshot { entities, vv, .. } => {
+                let spaces = self.merge_snapshot(t, entities, vv.as_ref(), *seq)?;
+                merged.extend(spaces.iter().cloned());
+                Answer::Spaces(spaces)
+            }
+            Job::Flush | Job::Ping(_) => Answer::Unit,
+        })
+    }
+
+    /// Changes from a peer, with the covers of their batch (`Job::Remote`).
+    #[allow(clippy::too_many_arguments)]
+    fn remote(
+        &mut self,
+        t: &mut Tables<'_>,
+        changes: &[Change],
+        covers: &[(NodeId, u64, u64)],
+        source: Option<u64>,
+        at_ms: u64,
+        seq: &mut u64,
+        committed: &mut Vec<Arc<Committed>>,
+    ) -> Result<Vec<Outcome>, StoreError> {
+        // A cover is usable only if it starts at or below the next change
+        // we lack; one that starts later means the sender skipped something
+        // we need.
+        let mut usable = BTreeMap::new();
+        let mut gapped = Vec::new();
+        for &(origin, from, to) in covers {
+            if origin == self.node || from > to {
+                continue;
+            }
+            let held = t.vv.get(origin.0)?.map(|v| v.value()).unwrap_or(0);
+            if from > held + 1 {
+                gapped.push(origin);
             } else {
-                self.dirty = true;
-            }
-            Ok(())
-        })();
-        for r in refused {
-            r.fail("disk full", low_disk);
-        }
-        match result {
-            Ok(()) => {
-                self.metrics
-                    .observe_commit(started.elapsed(), committed.len());
-                self.last_seq.store(seq, Ordering::Release);
-                if !committed.is_empty() {
-                    self.sink.committed(seq, committed);
-                }
-                if !merged.is_empty() {
-                    let spaces: Vec<String> = merged.into_iter().collect();
-                    self.sink.states_merged(&spaces);
-                }
-                for d in done {
-                    d.send();
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "group commit failed; every job in it is refused");
-                self.metrics.commit_failures.fetch_add(1, Ordering::Relaxed);
-                let msg = e.to_string();
-                for d in done {
-                    d.fail(&msg, None);
-                }
+                usable.insert(origin, to);
             }
         }
+        let mut outs = Vec::with_capacity(changes.len());
+        for c in changes {
+            if gapped.contains(&c.origin) {
+                outs.push(Outcome::gap(c));
+                continue;
+            }
+            let covered = usable.get(&c.origin).is_some_and(|&to| c.seq <= to);
+            self.hlc.observe(c.stamp, at_ms, self.opts.max_skew_ms);
+            outs.push(self.apply(t, c.clone(), covered, source, at_ms, seq, committed)?);
+        }
+        for o in &gapped {
+            outs.push(Outcome::gap_at(*o, 0));
+        }
+        for (origin, to) in usable {
+            let held = t.vv.get(origin.0)?.map(|v| v.value()).unwrap_or(0);
+            if to > held {
+                t.vv.insert(origin.0, to)?;
+            }
+        }
+        Ok(outs)
     }
 
     /// The first failed precondition of a job, as its refusal.
@@ -660,8 +708,8 @@ impl Writer {
     fn merge_snapshot(
         &mut self,
         t: &mut Tables<'_>,
-        entities: Vec<SnapEntity>,
-        vv: Option<crate::model::VersionVector>,
+        entities: &[SnapEntity],
+        vv: Option<&crate::model::VersionVector>,
         last_seq: u64,
     ) -> Result<Vec<String>, StoreError> {
         let mut changed = std::collections::BTreeSet::new();
@@ -679,10 +727,10 @@ impl Writer {
                 if t.spaces.get(e.space.as_str())?.is_none() {
                     t.spaces.insert(e.space.as_str(), 0)?;
                 }
-                changed.insert(e.space);
+                changed.insert(e.space.clone());
             }
         }
-        for (origin, seq) in vv.unwrap_or_default() {
+        for (&origin, &seq) in vv.into_iter().flatten() {
             let held = t.vv.get(origin.0)?.map(|v| v.value()).unwrap_or(0);
             if seq > held {
                 t.vv.insert(origin.0, seq)?;
@@ -696,7 +744,9 @@ impl Writer {
         Ok(changed.into_iter().collect())
     }
 
-    /// The horizon never goes down: below it, catch-up is from state.
+    /// The horizon never goes down: below it, catch-up is from state. It
+    /// is raised before the commit, so a reader that sees the trimmed log
+    /// also sees the new horizon (`group` puts it back if the commit fails).
     fn raise_horizon(&mut self, t: &mut Tables<'_>, to: u64) -> Result<(), StoreError> {
         let horizon = to.max(self.horizon.load(Ordering::Acquire));
         t.meta
@@ -752,4 +802,123 @@ fn free_disk_bytes(dir: &std::path::Path) -> Option<u64> {
         return None;
     }
     Some((s.f_bavail as u64).saturating_mul(s.f_frsize as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redb::ReadableDatabase;
+
+    struct NoSink;
+    impl CommitSink for NoSink {
+        fn committed(&self, _: u64, _: Vec<Arc<Committed>>) {}
+        fn states_merged(&self, _: &[String]) {}
+    }
+
+    fn writer(dir: &std::path::Path) -> (Writer, Arc<Database>) {
+        let db = Database::create(dir.join("w.redb")).unwrap();
+        let (node, last, horizon, hlc) = super::super::init_tables(&db).unwrap();
+        let db = Arc::new(db);
+        let opts = StoreOptions {
+            dir: dir.to_path_buf(),
+            durability: Durability::Immediate,
+            queue: 16,
+            min_free_bytes: 0,
+            cache_bytes: 1 << 20,
+            max_skew_ms: 60_000,
+        };
+        let w = Writer::new(
+            db.clone(),
+            node,
+            hlc,
+            opts,
+            Arc::new(Metrics::default()),
+            Arc::new(NoSink),
+            Arc::new(AtomicU64::new(last)),
+            Arc::new(AtomicU64::new(horizon)),
+        );
+        (w, db)
+    }
+
+    fn local(id: &str) -> (Job, oneshot::Receiver<Result<Vec<Outcome>, StoreError>>) {
+        let (reply, rx) = oneshot::channel();
+        let job = Job::Local {
+            space: "s".into(),
+            actor: "t".into(),
+            source: None,
+            writes: vec![LocalWrite {
+                collection: "c".into(),
+                id: id.into(),
+                op: Op::Patch,
+                fields: [("v".to_string(), Value::from(1))].into(),
+                client_ms: None,
+                expect: None,
+            }],
+            reply,
+        };
+        (job, rx)
+    }
+
+    /// A stored entity that does not decode: any write to it fails.
+    fn corrupt(db: &Database, id: &str) {
+        let tx = db.begin_write().unwrap();
+        tx.open_table(ENTITY)
+            .unwrap()
+            .insert(("s", "c", id), [0xc1u8, 0xff].as_slice())
+            .unwrap();
+        tx.commit().unwrap();
+    }
+
+    /// Bug: one failing job failed its whole group: the jobs before it were
+    /// answered "commit failed" and those after it "shutting down" (503).
+    #[test]
+    fn one_bad_job_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, db) = writer(dir.path());
+        corrupt(&db, "bad");
+        let (a, mut a_rx) = local("a");
+        let (bad, mut bad_rx) = local("bad");
+        let (b, mut b_rx) = local("b");
+        w.group(vec![a, bad, b]);
+        assert!(a_rx.try_recv().unwrap().is_ok(), "the job before");
+        assert!(b_rx.try_recv().unwrap().is_ok(), "the job after");
+        assert!(matches!(
+            bad_rx.try_recv().unwrap(),
+            Err(StoreError::Decode(_))
+        ));
+        assert_eq!(w.last_seq.load(Ordering::Acquire), 2);
+    }
+
+    /// Bug: a trim raised the trim point (the log horizon) before the
+    /// commit and did not restore it when the group failed, so catch-up
+    /// took log entries still present for trimmed.
+    #[test]
+    fn a_failed_group_does_not_move_the_trim_point() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, db) = writer(dir.path());
+        for id in ["x", "y"] {
+            let (job, _rx) = local(id);
+            w.group(vec![job]);
+        }
+        corrupt(&db, "bad");
+        let (reply, mut trim_rx) = oneshot::channel();
+        let trim = Job::Trim {
+            older_than_ms: u64::MAX,
+            keep_from: 2,
+            max: 10,
+            reply,
+        };
+        let (bad, _bad_rx) = local("bad");
+        w.group(vec![trim, bad]);
+        let first_in_log = {
+            let tx = db.begin_read().unwrap();
+            let log = tx.open_table(LOG).unwrap();
+            let first = log.first().unwrap().map(|(k, _)| k.value());
+            first
+        };
+        let horizon = w.horizon.load(Ordering::Acquire);
+        assert_eq!(first_in_log, Some(2), "seq 1 trimmed, seq 2 kept");
+        assert_eq!(horizon, 2, "the trim point is the first seq in the log");
+        assert_eq!(trim_rx.try_recv().unwrap().unwrap(), 1);
+    }
 }
