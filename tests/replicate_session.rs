@@ -314,8 +314,20 @@ async fn a_space_filter_does_not_stall_replication() {
     // where the private change was, which it must vouch for in turn.
     link(&hub, &other, &stop);
     for round in 0..3 {
-        write_in(&edge, "private", &format!("p{}", round + 1), json!({"x": round})).await;
-        write_in(&edge, "shared", &format!("live{round}"), json!({"r": round})).await;
+        write_in(
+            &edge,
+            "private",
+            &format!("p{}", round + 1),
+            json!({"x": round}),
+        )
+        .await;
+        write_in(
+            &edge,
+            "shared",
+            &format!("live{round}"),
+            json!({"r": round}),
+        )
+        .await;
     }
     // Everything settles: same vv (filtered changes counted as vouched
     // for), same shared state, and no private space past the filter.

@@ -50,16 +50,30 @@ async fn pushes_reach_the_writer_in_the_order_they_were_made() {
 
     let first = engine.push("plain", "t", None, patch(1));
     let second = engine.push("plain", "t", None, patch(2));
-    let (mut first, mut second) = (Box::pin(first), Box::pin(second));
+    let (first, mut second) = (Box::pin(first), Box::pin(second));
     assert!(poll_once(second.as_mut()).await.is_pending());
     first.await.unwrap();
     second.await.unwrap();
     assert_eq!(commit_order(&engine, "plain"), vec![2, 1], "the hazard");
 
     let mut order = WriteOrder::default();
-    let first = order.push(engine.clone(), "ordered".into(), "t".into(), None, patch(1));
-    let second = order.push(engine.clone(), "ordered".into(), "t".into(), None, patch(2));
-    let (mut first, mut second) = (Box::pin(first), Box::pin(second));
+    let first = order.push(
+        engine.clone(),
+        "ordered".into(),
+        "t".into(),
+        None,
+        patch(1),
+        vec![],
+    );
+    let second = order.push(
+        engine.clone(),
+        "ordered".into(),
+        "t".into(),
+        None,
+        patch(2),
+        vec![],
+    );
+    let (first, mut second) = (Box::pin(first), Box::pin(second));
     assert!(poll_once(second.as_mut()).await.is_pending());
     first.await.unwrap();
     second.await.unwrap();
@@ -94,7 +108,11 @@ async fn pipelined_patches_of_one_field_commit_in_order() {
     }
     let engine = relay.state.engine.clone();
     let order = commit_order(&engine, "s");
-    assert_eq!(order, (1..=N).collect::<Vec<_>>(), "commit order = send order");
+    assert_eq!(
+        order,
+        (1..=N).collect::<Vec<_>>(),
+        "commit order = send order"
+    );
     let e = engine.entity("s", "c", "e").unwrap().unwrap();
     assert_eq!(e.state.visible()["n"], N);
     relay.shutdown().await.unwrap();

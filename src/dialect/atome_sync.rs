@@ -241,6 +241,7 @@ impl Protocol for AtomeProto {
                     actor,
                     Some(conn),
                     vec![write],
+                    vec![],
                 );
                 Handled::later(Box::pin(async move {
                     match pushed.await {

@@ -509,7 +509,7 @@ impl Conn {
         let write = op_write(key.clone(), value, timestamp_us);
         let pushed = self
             .order
-            .push(engine.clone(), space, actor, source, vec![write]);
+            .push(engine.clone(), space, actor, source, vec![write], vec![]);
         // Answered in order once durable; the actor keeps serving meanwhile.
         self.pending.push_back(Box::pin(async move {
             match pushed.await {

@@ -92,6 +92,10 @@ struct WireWrite {
     /// The client's edit time, ms since the epoch.
     #[serde(default)]
     ts: Option<u64>,
+    /// A client-chosen write id: a replay of a write already held is acked
+    /// as a duplicate instead of applied twice.
+    #[serde(default)]
+    wid: Option<String>,
 }
 
 fn patch() -> Op {
@@ -267,7 +271,7 @@ async fn run(mut socket: WebSocket, state: Arc<AppState>, grant: Grant) {
         "node": state.engine.node_id().to_string(),
         "version": crate::VERSION,
         "protocol": 1,
-        "capabilities": ["push", "subscribe", "since", "collections", "events", "conflicts", "get"],
+        "capabilities": ["push", "subscribe", "since", "collections", "events", "conflicts", "get", "wid"],
         "max_frame_bytes": state.settings.max_frame_bytes,
         "auth": conn.grant.scope_names(),
     });
@@ -656,6 +660,7 @@ impl Conn {
                 )
                 .await;
         }
+        let write_ids: Vec<Option<String>> = p.changes.iter().map(|w| w.wid.clone()).collect();
         let writes: Vec<LocalWrite> = p
             .changes
             .into_iter()
@@ -675,7 +680,7 @@ impl Conn {
         let space = p.space.clone();
         let pushed = self
             .order
-            .push(engine.clone(), p.space, actor, source, writes);
+            .push(engine.clone(), p.space, actor, source, writes, write_ids);
         // Answered in request order once durable; the actor keeps serving.
         self.pending.push_back(Box::pin(async move {
             match pushed.await {

@@ -387,6 +387,7 @@ impl SyncProto {
                     actor,
                     Some(conn),
                     vec![write],
+                    vec![],
                 );
                 Handled::later(Box::pin(async move {
                     match pushed.await {

@@ -177,8 +177,8 @@ impl WriteOrder {
         actor: String,
         source: Option<u64>,
         writes: Vec<LocalWrite>,
-    ) -> impl std::future::Future<Output = Result<Vec<Outcome>, EngineError>> + Send + 'static
-    {
+        write_ids: Vec<Option<String>>,
+    ) -> impl std::future::Future<Output = Result<Vec<Outcome>, EngineError>> + Send + 'static {
         let prev = self.prev.take();
         let (queued, next) = tokio::sync::oneshot::channel();
         self.prev = Some(next);
@@ -187,7 +187,9 @@ impl WriteOrder {
                 // An error means the earlier push was dropped: nothing to wait for.
                 let _ = prev.await;
             }
-            let pushed = engine.queue_push(&space, &actor, source, writes).await;
+            let pushed = engine
+                .queue_push(&space, &actor, source, writes, write_ids)
+                .await;
             drop(queued);
             pushed?.wait().await
         }
@@ -386,14 +388,32 @@ impl Engine {
         source: Option<u64>,
         writes: Vec<LocalWrite>,
     ) -> Result<Vec<Outcome>, EngineError> {
-        self.queue_push(space, actor, source, writes)
+        self.push_idempotent(space, actor, source, writes, vec![])
+            .await
+    }
+
+    /// [`Engine::push`] where writes may carry a client-chosen write id
+    /// (`write_ids[i]` for `writes[i]`; an empty vector for none): a write
+    /// whose id the space already holds is answered with the first
+    /// application's outcome (kind `Duplicate`) and not applied again, so a
+    /// client can replay writes whose ack it never saw.
+    pub async fn push_idempotent(
+        &self,
+        space: &str,
+        actor: &str,
+        source: Option<u64>,
+        writes: Vec<LocalWrite>,
+        write_ids: Vec<Option<String>>,
+    ) -> Result<Vec<Outcome>, EngineError> {
+        self.queue_push(space, actor, source, writes, write_ids)
             .await?
             .wait()
             .await
     }
 
-    /// Validate local writes and queue them for the writer; returns once
-    /// the job is queued, with the wait for its durable commit. Jobs are
+    /// Validate local writes (with optional write ids, as in
+    /// `push_idempotent`) and queue them for the writer; returns once the
+    /// job is queued, with the wait for its durable commit. Jobs are
     /// applied in the order they were queued (see [`WriteOrder`]).
     pub async fn queue_push(
         &self,
@@ -401,8 +421,14 @@ impl Engine {
         actor: &str,
         source: Option<u64>,
         writes: Vec<LocalWrite>,
+        write_ids: Vec<Option<String>>,
     ) -> Result<QueuedPush<'_>, EngineError> {
         validate::validate_name("space", space)?;
+        for (i, wid) in write_ids.iter().enumerate() {
+            if let Some(wid) = wid {
+                validate::validate_name(&format!("changes[{i}].wid"), wid)?;
+            }
+        }
         if writes.is_empty() {
             return Ok(QueuedPush {
                 engine: self,
@@ -431,6 +457,7 @@ impl Engine {
                 actor: actor.to_string(),
                 source,
                 writes,
+                write_ids,
                 reply,
             })
             .await?;

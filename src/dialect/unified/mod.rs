@@ -550,7 +550,7 @@ impl Conn {
         let (space, actor, source) = (self.space.clone(), self.actor(), Some(self.ctx.id));
         let pushed = self
             .order
-            .push(engine.clone(), space, actor, source, vec![write]);
+            .push(engine.clone(), space, actor, source, vec![write], vec![]);
         // Answered in request order once durable; the actor keeps serving.
         self.pending.push_back(Box::pin(async move {
             match pushed.await {
@@ -590,7 +590,7 @@ impl Conn {
         let (space, actor, source) = (self.space.clone(), self.actor(), Some(self.ctx.id));
         let pushed = self
             .order
-            .push(engine.clone(), space, actor, source, writes);
+            .push(engine.clone(), space, actor, source, writes, vec![]);
         self.pending.push_back(Box::pin(async move {
             match pushed.await {
                 Ok(outs) => {
