@@ -36,9 +36,23 @@ pub enum EngineError {
         violation: crate::schema::Violation,
     },
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(StoreError),
     #[error("the client went away")]
     ClientGone,
+}
+
+impl From<StoreError> for EngineError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            // The writer refused a job on the engine's own check (schemas):
+            // give back the engine's error as it was made.
+            StoreError::Rejected(r) => match r.downcast::<EngineError>() {
+                Ok(e) => *e,
+                Err(r) => EngineError::Invalid(r.to_string()),
+            },
+            e => EngineError::Store(e),
+        }
+    }
 }
 
 impl EngineError {
@@ -131,6 +145,58 @@ pub struct Engine {
     next_eid: AtomicU64,
     merges: tokio::sync::watch::Sender<(u64, u64)>,
     seen_events: Mutex<recent::Recent<(NodeId, u64)>>,
+}
+
+/// Refuse writes that would leave an entity breaking its collection's
+/// schema. A put is checked as the whole entity; a patch as the entity it
+/// produces from the state `read` now (inside the writer's transaction) and
+/// from earlier writes of the same batch. Deletes are not checked. Changes
+/// from peers and the upstream are not checked here: their origin relay did.
+/// Outer error: reading failed; inner: the refusal.
+fn check_schemas(
+    schemas: &SchemaSet,
+    writes: &[LocalWrite],
+    read: &crate::store::ReadEntity<'_>,
+) -> Result<Result<(), EngineError>, StoreError> {
+    let mut projected: std::collections::HashMap<(&str, &str), serde_json::Map<String, Value>> =
+        std::collections::HashMap::new();
+    for (index, w) in writes.iter().enumerate() {
+        if w.op == Op::Delete {
+            projected.insert((&w.collection, &w.id), serde_json::Map::new());
+            continue;
+        }
+        if !schemas.contains(&w.collection) {
+            continue;
+        }
+        let key = (w.collection.as_str(), w.id.as_str());
+        let mut fields = match (w.op, projected.remove(&key)) {
+            (Op::Put, _) => serde_json::Map::new(),
+            (_, Some(f)) => f,
+            _ => read(&w.collection, &w.id)?
+                .filter(|e| e.state.exists())
+                .map(|e| e.state.visible())
+                .unwrap_or_default(),
+        };
+        for (k, v) in &w.fields {
+            if v.is_null() {
+                fields.remove(k);
+            } else {
+                fields.insert(k.clone(), v.clone());
+            }
+        }
+        let violations = schemas
+            .check_object(&w.collection, &fields)
+            .unwrap_or_default();
+        if let Some(violation) = violations.into_iter().next() {
+            return Ok(Err(EngineError::Schema {
+                index,
+                collection: w.collection.clone(),
+                violation,
+            }));
+        }
+        projected.insert(key, fields);
+    }
+    Ok(Ok(()))
 }
 
 /// A push queued to the writer, waiting for its durable commit.
@@ -380,6 +446,13 @@ impl Engine {
         self.store.last_seq()
     }
 
+    /// Park the store writer until the guard is dropped (deterministic
+    /// tests of what queues behind it).
+    #[doc(hidden)]
+    pub async fn hold_writer(&self) -> Result<crate::store::WriterHold, EngineError> {
+        Ok(self.store.hold_writer().await?)
+    }
+
     /// Apply local writes (validated here); answers after the durable commit.
     pub async fn push(
         &self,
@@ -447,7 +520,18 @@ impl Engine {
             validate_write(&self.limits, w)
                 .map_err(|e| EngineError::Invalid(format!("changes[{i}].{e}")))?;
         }
-        self.check_schemas(space, &writes)?;
+        // Collection schemas are checked by the writer, inside the
+        // transaction that applies the writes: a check made here, before
+        // queueing, could be overtaken by a concurrent write to the entity.
+        let admit: Option<crate::store::Admit> = (!self.schemas.is_empty()).then(|| {
+            let schemas = self.schemas.clone();
+            Arc::new(
+                move |read: &crate::store::ReadEntity<'_>, writes: &[LocalWrite]| {
+                    Ok(check_schemas(&schemas, writes, read)?
+                        .map_err(|e| Box::new(e) as crate::store::Rejection))
+                },
+            ) as crate::store::Admit
+        });
         self.metrics.pushes.fetch_add(1, Relaxed);
         let n = writes.len() as u64;
         let rx = self
@@ -458,6 +542,7 @@ impl Engine {
                 source,
                 writes,
                 write_ids,
+                admit,
                 reply,
             })
             .await?;
@@ -466,59 +551,6 @@ impl Engine {
             n,
             rx: Some(rx),
         })
-    }
-
-    /// Refuse writes that would leave an entity breaking its collection's
-    /// schema. A put is checked as the whole entity; a patch as the entity
-    /// it produces from the state read now (and from earlier writes of the
-    /// same batch). Deletes are not checked. Changes from peers and the
-    /// upstream are not checked here: their origin relay did.
-    fn check_schemas(&self, space: &str, writes: &[LocalWrite]) -> Result<(), EngineError> {
-        if self.schemas.is_empty() {
-            return Ok(());
-        }
-        let mut projected: std::collections::HashMap<(&str, &str), serde_json::Map<String, Value>> =
-            std::collections::HashMap::new();
-        for (index, w) in writes.iter().enumerate() {
-            if w.op == Op::Delete {
-                projected.insert((&w.collection, &w.id), serde_json::Map::new());
-                continue;
-            }
-            if !self.schemas.contains(&w.collection) {
-                continue;
-            }
-            let key = (w.collection.as_str(), w.id.as_str());
-            let mut fields = match (w.op, projected.remove(&key)) {
-                (Op::Put, _) => serde_json::Map::new(),
-                (_, Some(f)) => f,
-                _ => self
-                    .store
-                    .entity(space, &w.collection, &w.id)?
-                    .filter(|e| e.state.exists())
-                    .map(|e| e.state.visible())
-                    .unwrap_or_default(),
-            };
-            for (k, v) in &w.fields {
-                if v.is_null() {
-                    fields.remove(k);
-                } else {
-                    fields.insert(k.clone(), v.clone());
-                }
-            }
-            let violations = self
-                .schemas
-                .check_object(&w.collection, &fields)
-                .unwrap_or_default();
-            if let Some(violation) = violations.into_iter().next() {
-                return Err(EngineError::Schema {
-                    index,
-                    collection: w.collection.clone(),
-                    violation,
-                });
-            }
-            projected.insert(key, fields);
-        }
-        Ok(())
     }
 
     /// Apply changes that carry their identity (peers, upstream).
@@ -714,7 +746,13 @@ impl Engine {
             }
             if short {
                 sub.cursor = *base;
-                sub.phase = Phase::Backlog;
+                // Back to where it was: the backlog, or the seam if the
+                // trim overtook it there (it is registered already).
+                sub.phase = if sub.id.is_some() {
+                    Phase::Seam
+                } else {
+                    Phase::Backlog
+                };
             }
             for (collection, id, entity) in page {
                 if sub.filter.wants(&collection) {
@@ -735,6 +773,19 @@ impl Engine {
         // Unregistered, so a long history does not fill the live queue.
         let upto = *sub.upto.get_or_insert_with(|| self.hub.last_seq());
         let page = self.store.space_log(&sub.space, sub.cursor, upto, PAGE)?;
+        // Retention may have trimmed entries after the cursor since the
+        // last page (the horizon is raised before the trim commits, so a
+        // read that missed trimmed entries sees it raised): the log can no
+        // longer replay them, so this page is dropped and the subscription
+        // goes back to the current states, as it would have at the start.
+        let horizon = self.store.horizon();
+        if sub.cursor.saturating_add(1) < horizon {
+            sub.phase = Phase::Snapshot {
+                after: None,
+                base: horizon - 1,
+            };
+            return Ok(Some(Vec::new()));
+        }
         let short = page.len() < PAGE;
         for (seq, entry) in page {
             sub.cursor = seq;

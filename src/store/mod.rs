@@ -8,7 +8,10 @@ mod tables;
 mod writer;
 
 pub use tables::SCHEMA_VERSION;
-pub use writer::{CommitSink, Expect, Job, LocalWrite, Outcome, OutcomeKind, SnapEntity};
+pub use writer::{
+    Admit, CommitSink, Expect, Job, LocalWrite, Outcome, OutcomeKind, ReadEntity, Rejection,
+    SnapEntity,
+};
 
 use crate::metrics::Metrics;
 use crate::model::{Change, EntityState, NodeId, VersionVector};
@@ -44,6 +47,9 @@ pub enum StoreError {
         index: usize,
         found: serde_json::Value,
     },
+    /// An admission check ([`Admit`]) refused the job; nothing applied.
+    #[error("{0}")]
+    Rejected(Rejection),
     #[error("the store is shutting down")]
     Closed,
     #[error("the data disk is nearly full ({free_bytes} bytes free): writes are refused until space is freed")]
@@ -136,6 +142,10 @@ impl StoredEntity {
         }
     }
 }
+
+/// Holds the writer parked ([`Store::hold_writer`]) until dropped.
+#[doc(hidden)]
+pub struct WriterHold(#[allow(dead_code)] std::sync::mpsc::Sender<()>);
 
 pub struct Store {
     db: Arc<Database>,
@@ -270,6 +280,21 @@ impl Store {
             .ok_or(StoreError::Closed)?;
         jobs.send(make(tx)).await.map_err(|_| StoreError::Closed)?;
         Ok(rx)
+    }
+
+    /// Park the writer until the returned guard is dropped (deterministic
+    /// tests: jobs queued meanwhile are then taken as one group).
+    #[doc(hidden)]
+    pub async fn hold_writer(&self) -> Result<WriterHold, StoreError> {
+        let (release_tx, release) = std::sync::mpsc::channel();
+        let rx = self
+            .enqueue(|held| Job::Hold {
+                held,
+                release: std::sync::Mutex::new(release),
+            })
+            .await?;
+        rx.await.map_err(|_| StoreError::Closed)??;
+        Ok(WriterHold(release_tx))
     }
 
     /// Round trip through the writer queue: proves the writer loop is

@@ -101,6 +101,24 @@ impl Expect {
 
 pub type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
+/// Reads an entity (collection, id) of the job's space inside the writer's
+/// transaction, with every earlier write of the group applied.
+pub type ReadEntity<'a> = dyn Fn(&str, &str) -> Result<Option<StoredEntity>, StoreError> + 'a;
+
+/// Why an admission check refused a job (the engine's own error, boxed).
+pub type Rejection = Box<dyn std::error::Error + Send + Sync>;
+
+/// An admission check of a local job (collection schemas), run by the
+/// writer inside the transaction that would apply the job, so no other
+/// write can slip in between the check and the write. Outer error: the
+/// entity could not be read; inner: the job is refused
+/// ([`StoreError::Rejected`]), nothing of it applied.
+pub type Admit = Arc<
+    dyn Fn(&ReadEntity<'_>, &[LocalWrite]) -> Result<Result<(), Rejection>, StoreError>
+        + Send
+        + Sync,
+>;
+
 pub enum Job {
     Local {
         space: String,
@@ -111,6 +129,8 @@ pub enum Job {
         /// id this space already holds is not applied again; its outcome is
         /// the first application's, marked [`OutcomeKind::Duplicate`].
         write_ids: Vec<Option<String>>,
+        /// Checked inside the transaction, after the preconditions.
+        admit: Option<Admit>,
         reply: Reply<Vec<Outcome>>,
     },
     /// Changes that already have an identity (from a peer or the upstream).
@@ -149,6 +169,13 @@ pub enum Job {
     /// not yet (sent by the store's flush ticker, so an idle relay does not
     /// keep acknowledged writes unsynced for long).
     Flush,
+    /// Deterministic tests only: the writer parks (reporting `held`) until
+    /// `release` yields or is dropped; jobs queued meanwhile wait, and are
+    /// then taken as one group.
+    Hold {
+        held: Reply<()>,
+        release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+    },
     /// Liveness probe (the systemd watchdog): answered by the writer loop
     /// without a transaction, so an answer proves the writer is not stuck.
     Ping(Reply<()>),
@@ -249,7 +276,7 @@ impl Job {
             Job::SetCursor { reply, .. } | Job::Ping(reply) => drop(reply.send(Err(e))),
             Job::Trim { reply, .. } => drop(reply.send(Err(e))),
             Job::MergeSnapshot { reply, .. } => drop(reply.send(Err(e))),
-            Job::Flush => {}
+            Job::Flush | Job::Hold { .. } => {}
         }
     }
 }
@@ -335,10 +362,23 @@ impl Writer {
     }
 
     pub fn run(mut self, mut rx: mpsc::Receiver<Job>) {
-        while let Some(first) = rx.blocking_recv() {
+        let mut next = None;
+        while let Some(first) = next.take().or_else(|| rx.blocking_recv()) {
+            if let Job::Hold { held, release } = first {
+                let _ = held.send(Ok(()));
+                if let Ok(release) = release.lock() {
+                    let _ = release.recv();
+                }
+                continue;
+            }
             let mut jobs = vec![first];
             while jobs.len() < MAX_GROUP {
                 match rx.try_recv() {
+                    // A hold ends the group: what follows it waits.
+                    Ok(j @ Job::Hold { .. }) => {
+                        next = Some(j);
+                        break;
+                    }
                     Ok(j) => jobs.push(j),
                     Err(_) => break,
                 }
@@ -515,10 +555,24 @@ impl Writer {
                 source,
                 writes,
                 write_ids,
+                admit,
                 ..
             } => {
                 if let Some(e) = Self::check_expect(t, space, writes)? {
                     return Ok(Answer::Refused(e));
+                }
+                if let Some(admit) = admit {
+                    let entity = &t.entity;
+                    let read =
+                        |collection: &str, id: &str| -> Result<Option<StoredEntity>, StoreError> {
+                            match entity.get((space.as_str(), collection, id))? {
+                                Some(v) => Ok(Some(decode(v.value())?)),
+                                None => Ok(None),
+                            }
+                        };
+                    if let Err(e) = admit(&read, writes)? {
+                        return Ok(Answer::Refused(StoreError::Rejected(e)));
+                    }
                 }
                 let mut outs = Vec::with_capacity(writes.len());
                 let mut wids = write_ids.iter();
@@ -576,7 +630,7 @@ impl Writer {
                 merged.extend(spaces.iter().cloned());
                 Answer::Spaces(spaces)
             }
-            Job::Flush | Job::Ping(_) => Answer::Unit,
+            Job::Flush | Job::Ping(_) | Job::Hold { .. } => Answer::Unit,
         })
     }
 
@@ -925,6 +979,7 @@ mod tests {
             actor: "t".into(),
             source: None,
             write_ids: vec![],
+            admit: None,
             writes: vec![LocalWrite {
                 collection: "c".into(),
                 id: id.into(),
