@@ -65,6 +65,12 @@ pub struct Server {
     /// Per-connection outbound queue (messages). A subscriber that falls
     /// this far behind is told to resync.
     pub queue_depth: usize,
+    /// Per-connection outbound queue (MiB of queued frames); past it, as
+    /// past `queue_depth`, the subscriber is told to resync.
+    pub queue_mb: u64,
+    /// Relay-wide bound on queued outbound frames (MiB), all connections
+    /// together: past it, subscribers that are behind are told to resync.
+    pub max_queued_mb: u64,
     /// Most unacknowledged pushes one connection may have in flight before
     /// the relay stops reading from it (backpressure).
     pub max_inflight: usize,
@@ -83,6 +89,8 @@ impl Default for Server {
             max_connections: 4096,
             max_frame_bytes: 1 << 20,
             queue_depth: 1024,
+            queue_mb: 16,
+            max_queued_mb: 128,
             max_inflight: 256,
             shutdown_grace: "10s".into(),
             tls_cert: None,
@@ -266,6 +274,10 @@ pub struct Settings {
     pub max_connections: usize,
     pub max_frame_bytes: usize,
     pub queue_depth: usize,
+    /// `server.queue_mb` in bytes.
+    pub max_queue_bytes: usize,
+    /// `server.max_queued_mb` in bytes.
+    pub max_queued_bytes: usize,
     pub max_inflight: usize,
     pub shutdown_grace: Duration,
     pub dir: PathBuf,
@@ -318,6 +330,17 @@ impl Config {
         in_range("server.max_connections", s.max_connections, 1, 1_000_000)?;
         in_range("server.max_frame_bytes", s.max_frame_bytes, 1024, 64 << 20)?;
         in_range("server.queue_depth", s.queue_depth, 16, 1 << 20)?;
+        in_range("server.queue_mb", s.queue_mb, 1, 4096)?;
+        in_range("server.max_queued_mb", s.max_queued_mb, 1, 65536)?;
+        if s.queue_mb > s.max_queued_mb {
+            return Err(invalid(
+                "server.queue_mb",
+                format!(
+                    "{} is more than server.max_queued_mb ({})",
+                    s.queue_mb, s.max_queued_mb
+                ),
+            ));
+        }
         in_range("server.max_inflight", s.max_inflight, 1, 65_536)?;
         let shutdown_grace = duration_in(
             "server.shutdown_grace",
@@ -390,6 +413,8 @@ impl Config {
             max_connections: s.max_connections,
             max_frame_bytes: s.max_frame_bytes,
             queue_depth: s.queue_depth,
+            max_queue_bytes: (s.queue_mb as usize).saturating_mul(1 << 20),
+            max_queued_bytes: (s.max_queued_mb as usize).saturating_mul(1 << 20),
             max_inflight: s.max_inflight,
             shutdown_grace,
             dir: st.dir.clone(),

@@ -2,10 +2,12 @@
 //! out. Every dialect is a thin adapter over these calls.
 
 mod hub;
+mod outbox;
 mod recent;
 mod validate;
 
 pub use hub::{ConnLink, ConnSignal, Filter, Hub};
+pub use outbox::{Budget, Outbox};
 pub use validate::{validate_change, validate_name, validate_write, Limits};
 
 use crate::metrics::Metrics;
@@ -111,6 +113,9 @@ pub struct EngineSettings {
     pub cache_bytes: usize,
     /// Collection schemas checked on every local push.
     pub schemas: Arc<SchemaSet>,
+    /// Relay-wide bound on the bytes of queued outbound frames
+    /// (`server.max_memory_mb`).
+    pub max_queued_bytes: usize,
 }
 
 pub struct Engine {
@@ -180,7 +185,7 @@ impl Engine {
         // The hub needs the last seq, which only the store knows; it starts at
         // 0 and the store's first commit report sets it. Until then, catch-up
         // reads up to the store's own last seq (see `subscribe`).
-        let hub = Arc::new(Hub::new(metrics.clone(), 0));
+        let hub = Arc::new(Hub::new(metrics.clone(), 0, s.max_queued_bytes));
         let store = Store::open(
             StoreOptions {
                 dir: s.dir,
