@@ -203,10 +203,9 @@ async fn a_catch_up_overtaken_by_retention_falls_back_to_states() {
             .collect();
         engine.push("s", "t", None, writes).await.unwrap();
     }
-    let (tx, _rx) = tokio::sync::mpsc::channel(64);
     let link = ConnLink {
         conn: 1,
-        tx,
+        outbox: outpost::engine::Outbox::new(64, usize::MAX),
         signal: Arc::new(ConnSignal::default()),
     };
     let filter = Filter {

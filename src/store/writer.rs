@@ -6,11 +6,12 @@
 //! the sink in seq order, and only then answers each job. So an ack always
 //! follows a durable commit, and fan-out order equals commit order.
 
+use super::slot::{fault_of, Fault, Slot};
 use super::tables::*;
 use super::{Committed, Durability, LogEntry, StoreError, StoreOptions, StoredEntity};
 use crate::metrics::Metrics;
 use crate::model::{Change, Conflict, Hlc, NodeId, Op, Stamp};
-use redb::{Database, ReadableTable};
+use redb::ReadableTable;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,6 +23,11 @@ use tokio::sync::{mpsc, oneshot};
 const MAX_GROUP: usize = 512;
 /// With relaxed durability, force an fsync at least this often.
 pub const RELAXED_FLUSH: Duration = Duration::from_secs(1);
+/// After an I/O error, how often the writer tries to reopen the file.
+const REOPEN_EVERY: Duration = Duration::from_secs(1);
+/// After ENOSPC, free space needed before a reopen is tried (redb's repair
+/// at open writes to the file; below this it would fail again).
+const REOPEN_MIN_FREE: u64 = 1 << 20;
 
 /// Receives every commit, in order, on the writer thread. It must not block:
 /// fan-out only `try_send`s into bounded queues.
@@ -286,7 +292,9 @@ fn commit_failed(e: &StoreError) -> StoreError {
 }
 
 pub struct Writer {
-    db: Arc<Database>,
+    slot: Arc<Slot>,
+    /// The last attempt to reopen the file after an I/O error.
+    last_reopen: Option<Instant>,
     node: NodeId,
     hlc: Hlc,
     opts: StoreOptions,
@@ -338,7 +346,7 @@ fn now_ms() -> u64 {
 impl Writer {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        db: Arc<Database>,
+        slot: Arc<Slot>,
         node: NodeId,
         hlc: Hlc,
         opts: StoreOptions,
@@ -348,7 +356,8 @@ impl Writer {
         horizon: Arc<AtomicU64>,
     ) -> Self {
         Writer {
-            db,
+            slot,
+            last_reopen: None,
             node,
             hlc,
             opts,
@@ -363,7 +372,26 @@ impl Writer {
 
     pub fn run(mut self, mut rx: mpsc::Receiver<Job>) {
         let mut next = None;
-        while let Some(first) = next.take().or_else(|| rx.blocking_recv()) {
+        loop {
+            let first = if let Some(j) = next.take() {
+                j
+            } else if self.slot.fault().is_some() && !self.recover() {
+                // Faulted: keep answering (refusals, pings) and keep trying
+                // to reopen even when no write arrives.
+                match rx.try_recv() {
+                    Ok(j) => j,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        std::thread::sleep(Duration::from_millis(100));
+                        continue;
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => break,
+                }
+            } else {
+                match rx.blocking_recv() {
+                    Some(j) => j,
+                    None => break,
+                }
+            };
             if let Job::Hold { held, release } = first {
                 let _ = held.send(Ok(()));
                 if let Ok(release) = release.lock() {
@@ -400,6 +428,9 @@ impl Writer {
                 if let Err(e) = self.flush() {
                     tracing::error!(error = %e, "relaxed flush failed");
                     self.metrics.commit_failures.fetch_add(1, Ordering::Relaxed);
+                    if let Some(f) = fault_of(&e) {
+                        self.slot.set_fault(f);
+                    }
                 }
             }
         }
@@ -412,7 +443,7 @@ impl Writer {
     }
 
     fn flush(&mut self) -> Result<(), StoreError> {
-        let mut tx = self.db.begin_write()?;
+        let mut tx = self.slot.get()?.begin_write()?;
         let _ = tx.set_durability(redb::Durability::Immediate);
         tx.commit()?;
         self.dirty = false;
@@ -424,10 +455,60 @@ impl Writer {
         free_disk_bytes(&self.opts.dir)
     }
 
+    /// After an I/O error: close and reopen the data file, at most once per
+    /// [`REOPEN_EVERY`], and after ENOSPC only once some space is free.
+    /// Returns whether the store is healthy again. Commits that failed were
+    /// not applied, so the reopened file holds every acknowledged write
+    /// (with relaxed durability, up to the last fsync, as after a crash).
+    fn recover(&mut self) -> bool {
+        let Some(fault) = self.slot.fault() else {
+            return true;
+        };
+        if self.last_reopen.is_some_and(|t| t.elapsed() < REOPEN_EVERY) {
+            return false;
+        }
+        self.last_reopen = Some(Instant::now());
+        if fault == Fault::NoSpace && self.free_bytes().is_some_and(|f| f < REOPEN_MIN_FREE) {
+            return false;
+        }
+        let reopened = self.slot.reopen().and_then(|db| super::init_tables(&db));
+        match reopened {
+            Ok((_, last, horizon, _)) => {
+                let had = self.last_seq.swap(last, Ordering::AcqRel);
+                if last != had {
+                    tracing::error!(
+                        held = had,
+                        found = last,
+                        "the reopened store ends at another seq (relaxed durability: commits since the last fsync are lost, as in a crash)"
+                    );
+                }
+                let h = horizon.max(self.horizon.load(Ordering::Acquire));
+                self.horizon.store(h, Ordering::Release);
+                self.dirty = false;
+                self.last_fsync = Instant::now();
+                self.slot.clear_fault();
+                tracing::warn!(cause = %fault, "store reopened after a storage error; writes resume");
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, cause = %fault, "reopening the store failed; retrying");
+                false
+            }
+        }
+    }
+
     /// Apply `jobs` in one transaction and answer each. A job that fails
     /// on its own (not the transaction) is refused alone and the rest are
     /// tried again without it, so one bad job never fails its neighbours.
     fn group(&mut self, mut jobs: Vec<Job>) {
+        if let Some(fault) = self.slot.fault() {
+            if !self.recover() {
+                for job in jobs {
+                    job.fail(fault.error());
+                }
+                return;
+            }
+        }
         let started = Instant::now();
         let low_disk = self.free_bytes().filter(|&f| f < self.opts.min_free_bytes);
         if let Some(free_bytes) = low_disk {
@@ -466,6 +547,14 @@ impl Writer {
                     self.hlc = hlc;
                     self.horizon.store(horizon, Ordering::Release);
                     self.metrics.commit_failures.fetch_add(1, Ordering::Relaxed);
+                    // An I/O error, wherever it struck, is the file's: it
+                    // refuses everything until reopened (see `recover`).
+                    let failure = match failure {
+                        Failure::Job(_, e) | Failure::Group(e) if fault_of(&e).is_some() => {
+                            Failure::Group(e)
+                        }
+                        f => f,
+                    };
                     match failure {
                         Failure::Job(index, e) => {
                             tracing::error!(error = %e, "a job failed; it is refused and its group tried again without it");
@@ -473,6 +562,13 @@ impl Writer {
                         }
                         Failure::Group(e) => {
                             tracing::error!(error = %e, "group commit failed; every job in it is refused");
+                            if let Some(f) = fault_of(&e) {
+                                self.slot.set_fault(f.clone());
+                                for j in jobs {
+                                    j.fail(f.error());
+                                }
+                                return;
+                            }
                             for j in jobs {
                                 j.fail(commit_failed(&e));
                             }
@@ -501,10 +597,8 @@ impl Writer {
         let mut answers = Vec::with_capacity(jobs.len());
         let mut committed = Vec::new();
         let mut merged = std::collections::BTreeSet::new();
-        let mut tx = self
-            .db
-            .begin_write()
-            .map_err(|e| Failure::Group(e.into()))?;
+        let db = self.slot.get().map_err(Failure::Group)?;
+        let mut tx = db.begin_write().map_err(|e| Failure::Group(e.into()))?;
         let immediate = self.opts.durability == Durability::Immediate
             || self.last_fsync.elapsed() >= RELAXED_FLUSH;
         let _ = tx.set_durability(if immediate {
@@ -947,10 +1041,9 @@ mod tests {
         fn states_merged(&self, _: &[String]) {}
     }
 
-    fn writer(dir: &std::path::Path) -> (Writer, Arc<Database>) {
-        let db = Database::create(dir.join("w.redb")).unwrap();
+    fn writer(dir: &std::path::Path) -> (Writer, Arc<redb::Database>) {
+        let (slot, db) = Slot::open(&dir.join("w.redb"), 1 << 20).unwrap();
         let (node, last, horizon, hlc) = super::super::init_tables(&db).unwrap();
-        let db = Arc::new(db);
         let opts = StoreOptions {
             dir: dir.to_path_buf(),
             durability: Durability::Immediate,
@@ -960,7 +1053,7 @@ mod tests {
             max_skew_ms: 60_000,
         };
         let w = Writer::new(
-            db.clone(),
+            slot,
             node,
             hlc,
             opts,
@@ -994,7 +1087,7 @@ mod tests {
     }
 
     /// A stored entity that does not decode: any write to it fails.
-    fn corrupt(db: &Database, id: &str) {
+    fn corrupt(db: &redb::Database, id: &str) {
         let tx = db.begin_write().unwrap();
         tx.open_table(ENTITY)
             .unwrap()
