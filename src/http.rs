@@ -6,9 +6,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde_json::json;
-use std::sync::atomic::Ordering::Relaxed;
+use axum::Router;
 use std::sync::Arc;
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -33,7 +31,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ws/replicate", get(crate::upstream::hub::upgrade))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .route("/v1/status", get(status))
+        .route("/v1/status", get(crate::console::status))
+        .merge(crate::console::routes())
         .with_state(state)
 }
 
@@ -78,34 +77,4 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         body.push_str(&u.render_metrics());
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
-}
-
-async fn status(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    let e = &state.engine;
-    let subs: std::collections::HashMap<String, usize> =
-        e.hub().subscriber_counts().into_iter().collect();
-    let spaces: Vec<_> = e
-        .spaces()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(name, changes)| json!({"name": name, "changes": changes, "subscribers": subs.get(&name).copied().unwrap_or(0)}))
-        .collect();
-    Json(json!({
-        "node_id": e.node_id().to_string(),
-        "version": crate::VERSION,
-        "uptime_s": e.uptime().as_secs(),
-        "listen": state.settings.listen.to_string(),
-        "clients": e.metrics.connections.load(Relaxed),
-        "spaces": spaces,
-        "log": {"entries": e.log_len().unwrap_or(0), "last_seq": e.last_seq(), "horizon": e.horizon()},
-        "version_vector": e.version_vector().unwrap_or_default().iter()
-            .map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
-        "durability": state.settings.durability,
-        "mesh": {
-            "enabled": state.mesh_addr.is_some(),
-            "listen": state.mesh_addr.map(|a| a.to_string()),
-        },
-        "peers": state.links.status(),
-        "upstream": state.upstream.as_ref().map(|u| u.status()),
-    }))
 }

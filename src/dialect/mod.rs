@@ -146,17 +146,20 @@ pub struct ConnCtx {
     pub link: ConnLink,
     pub rx: mpsc::Receiver<Delivery>,
     pub signal: Arc<ConnSignal>,
+    /// The endpoint path, for the per-endpoint connection gauge.
+    endpoint: &'static str,
     _track: crate::server::ConnToken,
 }
 
 impl ConnCtx {
-    pub fn new(state: Arc<AppState>) -> ConnCtx {
+    pub fn new(state: Arc<AppState>, endpoint: &'static str) -> ConnCtx {
         let id = state.engine.next_conn_id();
         let (tx, rx) = mpsc::channel(state.settings.queue_depth);
         let signal = Arc::new(ConnSignal::default());
         let m = &state.engine.metrics;
         m.connections.fetch_add(1, Relaxed);
         m.connections_total.fetch_add(1, Relaxed);
+        m.endpoint_conn(endpoint, true);
         let track = state.conns.enter();
         ConnCtx {
             link: ConnLink {
@@ -168,6 +171,7 @@ impl ConnCtx {
             id,
             rx,
             signal,
+            endpoint,
             _track: track,
         }
     }
@@ -177,5 +181,9 @@ impl Drop for ConnCtx {
     fn drop(&mut self) {
         self.state.engine.drop_conn(self.id);
         self.state.engine.metrics.connections.fetch_sub(1, Relaxed);
+        self.state
+            .engine
+            .metrics
+            .endpoint_conn(self.endpoint, false);
     }
 }
