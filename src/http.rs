@@ -66,6 +66,11 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         ),
         ("outpost_subscriptions", "live subscriptions", subs as f64),
         (
+            "outpost_queued_bytes",
+            "estimated bytes of frames queued to subscribers (all connections)",
+            e.hub().budget().used() as f64,
+        ),
+        (
             "outpost_uptime_seconds",
             "seconds since start",
             e.uptime().as_secs_f64(),

@@ -3,11 +3,13 @@
 
 mod admin;
 mod hub;
+mod outbox;
 mod recent;
 mod validate;
 
 pub use admin::SpaceFigures;
 pub use hub::{ConnLink, ConnSignal, Filter, Hub};
+pub use outbox::{Budget, Outbox};
 pub use validate::{validate_change, validate_name, validate_write, Limits};
 
 use crate::metrics::Metrics;
@@ -113,6 +115,9 @@ pub struct EngineSettings {
     pub cache_bytes: usize,
     /// Collection schemas checked on every local push.
     pub schemas: Arc<SchemaSet>,
+    /// Relay-wide bound on the bytes of queued outbound frames
+    /// (`server.max_memory_mb`).
+    pub max_queued_bytes: usize,
 }
 
 pub struct Engine {
@@ -182,7 +187,7 @@ impl Engine {
         // The hub needs the last seq, which only the store knows; it starts at
         // 0 and the store's first commit report sets it. Until then, catch-up
         // reads up to the store's own last seq (see `subscribe`).
-        let hub = Arc::new(Hub::new(metrics.clone(), 0));
+        let hub = Arc::new(Hub::new(metrics.clone(), 0, s.max_queued_bytes));
         let store = Store::open(
             StoreOptions {
                 dir: s.dir,
@@ -327,7 +332,29 @@ impl Engine {
         source: Option<u64>,
         writes: Vec<LocalWrite>,
     ) -> Result<Vec<Outcome>, EngineError> {
+        self.push_idempotent(space, actor, source, writes, vec![])
+            .await
+    }
+
+    /// [`Engine::push`] where writes may carry a client-chosen write id
+    /// (`write_ids[i]` for `writes[i]`; an empty vector for none): a write
+    /// whose id the space already holds is answered with the first
+    /// application's outcome (kind `Duplicate`) and not applied again, so a
+    /// client can replay writes whose ack it never saw.
+    pub async fn push_idempotent(
+        &self,
+        space: &str,
+        actor: &str,
+        source: Option<u64>,
+        writes: Vec<LocalWrite>,
+        write_ids: Vec<Option<String>>,
+    ) -> Result<Vec<Outcome>, EngineError> {
         validate::validate_name("space", space)?;
+        for (i, wid) in write_ids.iter().enumerate() {
+            if let Some(wid) = wid {
+                validate::validate_name(&format!("changes[{i}].wid"), wid)?;
+            }
+        }
         if writes.is_empty() {
             return Ok(vec![]);
         }
@@ -352,6 +379,7 @@ impl Engine {
                 actor: actor.to_string(),
                 source,
                 writes,
+                write_ids,
                 reply,
             })
             .await?;
