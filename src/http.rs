@@ -36,12 +36,20 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// 200 while the store accepts reads; 503 once shutting down.
+/// 200 while the store accepts reads and writes; 503 once shutting down,
+/// or while a storage I/O error keeps the store from writing (until it has
+/// reopened its file).
 async fn healthz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     if *state.shutdown.borrow() {
         return (
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             "shutting down\n",
+        );
+    }
+    if state.engine.store_fault().is_some() {
+        return (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "store unavailable\n",
         );
     }
     match state.engine.log_len() {

@@ -59,6 +59,7 @@ pub fn status_json(state: &AppState) -> Value {
             "store_bytes": store_bytes,
             "free_bytes": free_bytes,
             "min_free_bytes": state.settings.min_free_bytes,
+            "store_fault": e.store_fault().map(|f| f.to_string()),
         },
         "rates": {
             "written_per_s": rates.written.last().copied().unwrap_or(0.0),

@@ -50,8 +50,8 @@ impl EngineError {
     pub fn code(&self) -> u16 {
         match self {
             EngineError::Invalid(_) | EngineError::Schema { .. } => 400,
-            EngineError::Store(StoreError::DiskFull { .. }) => 507,
-            EngineError::Store(StoreError::Closed) => 503,
+            EngineError::Store(StoreError::DiskFull { .. } | StoreError::NoSpace) => 507,
+            EngineError::Store(StoreError::Closed | StoreError::Faulted { .. }) => 503,
             EngineError::Store(StoreError::PreconditionFailed { .. }) => 409,
             EngineError::Store(_) => 500,
             EngineError::ClientGone => 499,
@@ -296,6 +296,11 @@ impl Engine {
     /// a round trip through the writer queue. The caller bounds it with a
     /// deadline; a wedged engine never answers.
     pub async fn health_check(self: &Arc<Self>) -> Result<(), EngineError> {
+        // A store that lost its file to an I/O error answers pings but
+        // refuses writes until it has reopened it: that is a fault.
+        if let Some(f) = self.store.fault() {
+            return Err(f.error().into());
+        }
         let me = self.clone();
         tokio::task::spawn_blocking(move || me.store.log_len())
             .await
@@ -737,5 +742,10 @@ impl Engine {
 
     pub fn horizon(&self) -> u64 {
         self.store.horizon()
+    }
+
+    /// The storage fault refusing writes now, if any (see `/healthz`).
+    pub fn store_fault(&self) -> Option<crate::store::Fault> {
+        self.store.fault()
     }
 }
