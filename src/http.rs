@@ -2,11 +2,12 @@
 
 use crate::dialect::{atome_sync, config_sync, kv, native, sync, unified};
 use crate::server::AppState;
-use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -41,10 +42,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// reopened its file).
 async fn healthz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     if *state.shutdown.borrow() {
-        return (
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "shutting down\n",
-        );
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
     }
     if state.engine.store_fault().is_some() {
         return (
@@ -53,15 +51,37 @@ async fn healthz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         );
     }
     match state.engine.log_len() {
-        Ok(_) => (axum::http::StatusCode::OK, "ok\n"),
-        Err(_) => (
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "store unavailable\n",
-        ),
+        Ok(_) => (StatusCode::OK, "ok\n"),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n"),
     }
 }
 
-async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+/// `/v1/status` and `/metrics` name every space, node and peer (and, on a
+/// hub, each edge's token subject): with `auth.anonymous = "none"` they need
+/// a token with admin scope (401 without a valid token, 403 with a weaker
+/// one). With anonymous read or write access every space is readable
+/// without a token anyway, so they stay open. `/healthz` is always open and
+/// says only whether the relay is healthy. See docs/security.md.
+/// Returns the refusal, if any.
+fn operator_only(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Option<Response> {
+    use crate::console::access::{require_admin, Need};
+    require_admin(state, headers, query, Need::Read)
+        .err()
+        .map(IntoResponse::into_response)
+}
+
+async fn metrics(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refused) = operator_only(&state, &headers, &query) {
+        return refused;
+    }
     let e = &state.engine;
     let log_len = e.log_len().unwrap_or(0) as f64;
     let subs: usize = e.hub().subscriber_counts().iter().map(|(_, n)| n).sum();
@@ -89,5 +109,5 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     if let Some(u) = &state.upstream {
         body.push_str(&u.render_metrics());
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

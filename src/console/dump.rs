@@ -4,7 +4,7 @@
 //! transaction) on a blocking thread and stream it through a small bounded
 //! channel, so a slow reader holds the snapshot, never the relay's memory.
 
-use super::access::require_admin;
+use super::access::{require_admin, Need};
 use crate::server::AppState;
 use crate::store::SnapEntity;
 use axum::body::Body;
@@ -40,7 +40,7 @@ pub async fn export(
     headers: HeaderMap,
     Query(q): Query_,
 ) -> Response {
-    if let Err(r) = require_admin(&state, &headers, &q) {
+    if let Err(r) = require_admin(&state, &headers, &q, Need::Read) {
         return r.into_response();
     }
     let space = q.get("space").cloned().filter(|s| !s.is_empty());
@@ -128,7 +128,7 @@ pub async fn import(
     Query(q): Query_,
     body: Body,
 ) -> Response {
-    if let Err(r) = require_admin(&state, &headers, &q) {
+    if let Err(r) = require_admin(&state, &headers, &q, Need::Write) {
         return r.into_response();
     }
     let mut stream = body.into_data_stream();
@@ -246,7 +246,7 @@ pub async fn backup(
     headers: HeaderMap,
     Query(q): Query_,
 ) -> Response {
-    if let Err(r) = require_admin(&state, &headers, &q) {
+    if let Err(r) = require_admin(&state, &headers, &q, Need::Write) {
         return r.into_response();
     }
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);

@@ -2,7 +2,7 @@
 //! status`) and its live stream (`GET /v1/status/stream`, Server-Sent
 //! Events: one `status` event a second).
 
-use super::access::require_admin;
+use super::access::{require_admin, Need};
 use crate::server::AppState;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap};
@@ -96,7 +96,7 @@ pub async fn status(
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Err(refused) = require_admin(&state, &headers, &query) {
+    if let Err(refused) = require_admin(&state, &headers, &query, Need::Read) {
         return refused.into_response();
     }
     axum::Json(status_json(&state)).into_response()
@@ -110,7 +110,7 @@ pub async fn stream(
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Err(refused) = require_admin(&state, &headers, &query) {
+    if let Err(refused) = require_admin(&state, &headers, &query, Need::Read) {
         return refused.into_response();
     }
     let (tx, rx) = tokio::sync::mpsc::channel::<String>(2);
