@@ -65,6 +65,12 @@ pub struct Server {
     /// Per-connection outbound queue (messages). A subscriber that falls
     /// this far behind is told to resync.
     pub queue_depth: usize,
+    /// Per-connection outbound queue (MiB of queued frames); past it, as
+    /// past `queue_depth`, the subscriber is told to resync.
+    pub queue_mb: u64,
+    /// Relay-wide bound on queued outbound frames (MiB), all connections
+    /// together: past it, subscribers that are behind are told to resync.
+    pub max_queued_mb: u64,
     /// Most unacknowledged pushes one connection may have in flight before
     /// the relay stops reading from it (backpressure).
     pub max_inflight: usize,
@@ -83,6 +89,8 @@ impl Default for Server {
             max_connections: 4096,
             max_frame_bytes: 1 << 20,
             queue_depth: 1024,
+            queue_mb: 16,
+            max_queued_mb: 128,
             max_inflight: 256,
             shutdown_grace: "10s".into(),
             tls_cert: None,
@@ -265,6 +273,10 @@ pub struct Settings {
     pub max_connections: usize,
     pub max_frame_bytes: usize,
     pub queue_depth: usize,
+    /// `server.queue_mb` in bytes.
+    pub max_queue_bytes: usize,
+    /// `server.max_queued_mb` in bytes.
+    pub max_queued_bytes: usize,
     pub max_inflight: usize,
     pub shutdown_grace: Duration,
     pub dir: PathBuf,
@@ -326,6 +338,24 @@ impl Config {
         if s.queue_depth < 16 {
             return Err(invalid("server.queue_depth", "must be at least 16"));
         }
+        if !(1..=4096).contains(&s.queue_mb) {
+            return Err(invalid("server.queue_mb", "must be between 1 and 4096"));
+        }
+        if !(1..=65536).contains(&s.max_queued_mb) {
+            return Err(invalid(
+                "server.max_queued_mb",
+                "must be between 1 and 65536",
+            ));
+        }
+        if s.queue_mb > s.max_queued_mb {
+            return Err(invalid(
+                "server.queue_mb",
+                format!(
+                    "{} is more than server.max_queued_mb ({})",
+                    s.queue_mb, s.max_queued_mb
+                ),
+            ));
+        }
         if s.max_inflight == 0 {
             return Err(invalid("server.max_inflight", "must be at least 1"));
         }
@@ -382,6 +412,8 @@ impl Config {
             max_connections: s.max_connections,
             max_frame_bytes: s.max_frame_bytes,
             queue_depth: s.queue_depth,
+            max_queue_bytes: (s.queue_mb as usize).saturating_mul(1 << 20),
+            max_queued_bytes: (s.max_queued_mb as usize).saturating_mul(1 << 20),
             max_inflight: s.max_inflight,
             shutdown_grace,
             dir: st.dir.clone(),

@@ -37,12 +37,20 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// 200 while the store accepts reads; 503 once shutting down.
+/// 200 while the store accepts reads and writes; 503 once shutting down,
+/// or while a storage I/O error keeps the store from writing (until it has
+/// reopened its file).
 async fn healthz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     if *state.shutdown.borrow() {
         return (
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             "shutting down\n",
+        );
+    }
+    if state.engine.store_fault().is_some() {
+        return (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "store unavailable\n",
         );
     }
     match state.engine.log_len() {
@@ -66,6 +74,11 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
             e.last_seq() as f64,
         ),
         ("outpost_subscriptions", "live subscriptions", subs as f64),
+        (
+            "outpost_queued_bytes",
+            "estimated bytes of frames queued to subscribers (all connections)",
+            e.hub().budget().used() as f64,
+        ),
         (
             "outpost_uptime_seconds",
             "seconds since start",

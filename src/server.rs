@@ -113,6 +113,7 @@ impl Relay {
                 min_free_bytes: settings.min_free_bytes,
                 cache_bytes: settings.cache_bytes,
                 schemas: settings.schemas.clone(),
+                max_queued_bytes: settings.max_queued_bytes,
             },
             metrics,
         )?;

@@ -12,14 +12,13 @@ pub mod sync;
 pub mod unified;
 
 use crate::auth::Grant;
-use crate::engine::{ConnLink, ConnSignal, Delivery, EngineError};
+use crate::engine::{ConnLink, ConnSignal, EngineError, Outbox};
 use crate::server::AppState;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use tokio::sync::mpsc;
 
 /// Render-cache slots, one per dialect that renders committed changes.
 pub const SLOT_NATIVE: usize = 0;
@@ -144,7 +143,8 @@ pub struct ConnCtx {
     pub state: Arc<AppState>,
     pub id: u64,
     pub link: ConnLink,
-    pub rx: mpsc::Receiver<Delivery>,
+    /// The connection's outbound queue (fan-out pushes, the task pops).
+    pub rx: Arc<Outbox>,
     pub signal: Arc<ConnSignal>,
     _track: crate::server::ConnToken,
 }
@@ -152,7 +152,7 @@ pub struct ConnCtx {
 impl ConnCtx {
     pub fn new(state: Arc<AppState>) -> ConnCtx {
         let id = state.engine.next_conn_id();
-        let (tx, rx) = mpsc::channel(state.settings.queue_depth);
+        let rx = Outbox::new(state.settings.queue_depth, state.settings.max_queue_bytes);
         let signal = Arc::new(ConnSignal::default());
         let m = &state.engine.metrics;
         m.connections.fetch_add(1, Relaxed);
@@ -161,7 +161,7 @@ impl ConnCtx {
         ConnCtx {
             link: ConnLink {
                 conn: id,
-                tx,
+                outbox: rx.clone(),
                 signal: signal.clone(),
             },
             state,
@@ -176,6 +176,8 @@ impl ConnCtx {
 impl Drop for ConnCtx {
     fn drop(&mut self) {
         self.state.engine.drop_conn(self.id);
+        // Frees whatever is still queued, even if a subscription raced in.
+        self.rx.close();
         self.state.engine.metrics.connections.fetch_sub(1, Relaxed);
     }
 }
