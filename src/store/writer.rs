@@ -171,6 +171,13 @@ pub enum Job {
         vv: Option<crate::model::VersionVector>,
         reply: Reply<Vec<String>>,
     },
+    /// `outpost import`: merge exported entity states like a snapshot, and
+    /// carry each entity's version over (the larger of the two), so a
+    /// fresh relay ends up identical to the exporting one.
+    Import {
+        entities: Vec<(SnapEntity, u64)>,
+        reply: Reply<Vec<String>>,
+    },
     /// With relaxed durability: make earlier commits durable if they are
     /// not yet (sent by the store's flush ticker, so an idle relay does not
     /// keep acknowledged writes unsynced for long).
@@ -271,7 +278,9 @@ impl Job {
             }
             (Job::SetCursor { reply, .. }, _) => drop(reply.send(Ok(()))),
             (Job::Trim { reply, .. }, Answer::Count(n)) => drop(reply.send(Ok(n))),
-            (Job::MergeSnapshot { reply, .. }, Answer::Spaces(s)) => drop(reply.send(Ok(s))),
+            (Job::MergeSnapshot { reply, .. } | Job::Import { reply, .. }, Answer::Spaces(s)) => {
+                drop(reply.send(Ok(s)))
+            }
             (job, _) => job.fail(StoreError::Encode("internal: mismatched answer".into())),
         }
     }
@@ -281,7 +290,9 @@ impl Job {
             Job::Local { reply, .. } | Job::Remote { reply, .. } => drop(reply.send(Err(e))),
             Job::SetCursor { reply, .. } | Job::Ping(reply) => drop(reply.send(Err(e))),
             Job::Trim { reply, .. } => drop(reply.send(Err(e))),
-            Job::MergeSnapshot { reply, .. } => drop(reply.send(Err(e))),
+            Job::MergeSnapshot { reply, .. } | Job::Import { reply, .. } => {
+                drop(reply.send(Err(e)))
+            }
             Job::Flush | Job::Hold { .. } => {}
         }
     }
@@ -720,7 +731,14 @@ impl Writer {
                 ..
             } => Answer::Count(self.trim(t, *older_than_ms, *keep_from, *max, *seq)?),
             Job::MergeSnapshot { entities, vv, .. } => {
-                let spaces = self.merge_snapshot(t, entities, vv.as_ref(), *seq)?;
+                let ents = entities.iter().map(|e| (e, None));
+                let spaces = self.merge_snapshot(t, ents, vv.as_ref(), *seq)?;
+                merged.extend(spaces.iter().cloned());
+                Answer::Spaces(spaces)
+            }
+            Job::Import { entities, .. } => {
+                let ents = entities.iter().map(|(e, v)| (e, Some(*v)));
+                let spaces = self.merge_snapshot(t, ents, None, *seq)?;
                 merged.extend(spaces.iter().cloned());
                 Answer::Spaces(spaces)
             }
@@ -924,15 +942,15 @@ impl Writer {
         Ok(out)
     }
 
-    fn merge_snapshot(
+    fn merge_snapshot<'a>(
         &mut self,
         t: &mut Tables<'_>,
-        entities: &[SnapEntity],
+        entities: impl Iterator<Item = (&'a SnapEntity, Option<u64>)>,
         vv: Option<&crate::model::VersionVector>,
         last_seq: u64,
     ) -> Result<Vec<String>, StoreError> {
         let mut changed = std::collections::BTreeSet::new();
-        for e in entities {
+        for (e, version) in entities {
             let key = (e.space.as_str(), e.collection.as_str(), e.id.as_str());
             let mut ent: StoredEntity = match t.entity.get(key)? {
                 Some(v) => decode(v.value())?,
@@ -940,8 +958,9 @@ impl Writer {
             };
             let before = ent.state.clone();
             ent.state.merge(&e.state);
-            if ent.state != before {
-                ent.version += 1;
+            let bumped = version.map_or(ent.version + 1, |v| v.max(ent.version + 1));
+            if ent.state != before || version.is_some_and(|v| v > ent.version) {
+                ent.version = bumped;
                 t.entity.insert(key, encode(&ent)?.as_slice())?;
                 if t.spaces.get(e.space.as_str())?.is_none() {
                     t.spaces.insert(e.space.as_str(), 0)?;
@@ -1018,7 +1037,7 @@ impl Writer {
 }
 
 /// Free bytes on the file system holding `dir` (None if it can't be read).
-fn free_disk_bytes(dir: &std::path::Path) -> Option<u64> {
+pub fn free_disk_bytes(dir: &std::path::Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
     let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
