@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 need=()
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# The JetStream scale-out tests run real NATS servers (Debian's package).
+command -v nats-server >/dev/null 2>&1 || need+=(nats-server)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq
@@ -19,3 +21,8 @@ fi
 
 # Two test threads: the machine has two cores and several tests start relays.
 cargo test --all-targets --locked -- --test-threads=2
+
+# The cloud build (feature `jetstream`): the scale-out tests against real
+# nats-server processes on loopback. Bounded (a few minutes); set
+# OUTPOST_JETSTREAM_LONG=1 for the longer soak mode of the cluster test.
+cargo test --locked --features jetstream --test jetstream -- --test-threads=2

@@ -77,6 +77,9 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     if let Some(u) = &state.upstream {
         body.push_str(&u.render_metrics());
     }
+    if let Some(n) = &state.nats {
+        body.push_str(&n.render_metrics());
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }
 
@@ -106,6 +109,14 @@ async fn status(State(state): State<Arc<AppState>>) -> impl IntoResponse {
             "listen": state.mesh_addr.map(|a| a.to_string()),
         },
         "peers": state.links.status(),
-        "upstream": state.upstream.as_ref().map(|u| u.status()),
+        "upstream": match (&state.upstream, &state.settings.upstream_nats, &state.nats) {
+            (Some(u), _, _) => Some(u.status()),
+            (None, Some(_), Some(n)) => Some(n.status()),
+            _ => None,
+        },
+        "cluster": match (&state.settings.cluster, &state.nats) {
+            (Some(_), Some(n)) => Some(n.status()),
+            _ => None,
+        },
     }))
 }

@@ -25,6 +25,7 @@
 
 pub mod auth;
 pub mod bench;
+pub mod cluster;
 pub mod config;
 pub mod dialect;
 pub mod engine;
