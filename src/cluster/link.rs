@@ -546,9 +546,7 @@ impl Link {
                 let at = info.stream_sequence;
                 read = read.max(at);
                 // What the consumer still has to deliver: the lag.
-                self.stats
-                    .stream_last
-                    .fetch_max(at + info.pending, Relaxed);
+                self.stats.stream_last.fetch_max(at + info.pending, Relaxed);
                 self.stats.consumed.fetch_add(1, Relaxed);
                 let mine = m
                     .headers
