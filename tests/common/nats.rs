@@ -33,6 +33,15 @@ pub struct Nats {
 
 impl Nats {
     pub fn start(n: usize) -> Nats {
+        let mut nats = Nats::configure(n);
+        for i in 0..n {
+            nats.start_node(i);
+        }
+        nats
+    }
+
+    /// Write the config files, start nothing (ports are chosen now).
+    pub fn configure(n: usize) -> Nats {
         let dir = tempfile::tempdir().unwrap();
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let mut nodes = Vec::new();
@@ -66,11 +75,7 @@ impl Nats {
                 child: None,
             });
         }
-        let mut nats = Nats { nodes, _dir: dir };
-        for i in 0..n {
-            nats.start_node(i);
-        }
-        nats
+        Nats { nodes, _dir: dir }
     }
 
     /// `nats://` URLs of every node.
