@@ -20,6 +20,7 @@
 //! - [`schema`]: JSON Schema sets (forms, collection schemas).
 //! - [`rfc3339`]: timestamp text for the dialects that use it.
 //! - [`notify`]: systemd readiness and watchdog notifications.
+//! - [`memory`]: allocator settings so freed frames return to the OS.
 //! - [`bench`]: `outpost bench`, the benchmark against a floor measured in
 //!   the same run.
 
@@ -30,6 +31,7 @@ pub mod config;
 pub mod dialect;
 pub mod engine;
 pub mod http;
+pub mod memory;
 pub mod mesh;
 pub mod metrics;
 pub mod model;

@@ -182,6 +182,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 async fn serve(settings: Settings) -> Result<()> {
+    outpost::memory::tune_allocator();
     let relay = Relay::start(settings).await?;
     announce(relay.addr, &relay);
     // Listeners bound and store open: systemd may now consider us started.

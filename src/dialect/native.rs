@@ -350,7 +350,7 @@ impl Conn {
                 fed += 1;
             }
             if fed < DELIVERY_BATCH {
-                next = self.ctx.rx.try_recv().ok();
+                next = self.ctx.rx.try_recv();
             }
         }
         if fed > 0 {

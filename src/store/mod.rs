@@ -4,9 +4,11 @@
 //! through one writer thread (`writer.rs`) that batches concurrent requests
 //! into one transaction, so one fsync acknowledges many writes.
 
+mod slot;
 mod tables;
 mod writer;
 
+pub use slot::Fault;
 pub use tables::SCHEMA_VERSION;
 pub use writer::{CommitSink, Expect, Job, LocalWrite, Outcome, OutcomeKind, SnapEntity};
 
@@ -14,6 +16,7 @@ use crate::metrics::Metrics;
 use crate::model::{Change, EntityState, NodeId, VersionVector};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use serde::{Deserialize, Serialize};
+use slot::Slot;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -48,6 +51,16 @@ pub enum StoreError {
     Closed,
     #[error("the data disk is nearly full ({free_bytes} bytes free): writes are refused until space is freed")]
     DiskFull { free_bytes: u64 },
+    /// A write to the data file failed with ENOSPC: the store refuses
+    /// writes and reopens itself once space is freed.
+    #[error(
+        "no space left on device: the data disk is full; writes are refused until space is freed"
+    )]
+    NoSpace,
+    /// A write to the data file failed (I/O error): the store refuses writes
+    /// until it has reopened the file.
+    #[error("the store is unavailable after a storage I/O error ({cause}); it reopens itself and writes resume then")]
+    Faulted { cause: String },
 }
 
 macro_rules! redb_errors {
@@ -138,7 +151,8 @@ impl StoredEntity {
 }
 
 pub struct Store {
-    db: Arc<Database>,
+    /// The open file; replaced in place after an I/O error (`slot.rs`).
+    slot: Arc<Slot>,
     node: NodeId,
     /// Taken (dropped) by `close` so the writer sees the queue end.
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
@@ -185,11 +199,9 @@ impl Store {
             source,
         })?;
         let path = opts.dir.join("outpost.redb");
-        let db = Database::builder()
-            .set_cache_size(opts.cache_bytes)
-            .create(&path)?;
+        let (slot, db) = Slot::open(&path, opts.cache_bytes)?;
         let (node, last_seq, horizon, hlc) = init_tables(&db)?;
-        let db = Arc::new(db);
+        drop(db);
         let last_seq = Arc::new(AtomicU64::new(last_seq));
         let horizon = Arc::new(AtomicU64::new(horizon));
         let (tx, rx) = mpsc::channel(opts.queue.max(1));
@@ -198,7 +210,7 @@ impl Store {
             Durability::Immediate => None,
         };
         let w = writer::Writer::new(
-            db.clone(),
+            slot.clone(),
             node,
             hlc,
             opts,
@@ -215,7 +227,7 @@ impl Store {
                 source,
             })?;
         Ok(Store {
-            db,
+            slot,
             node,
             jobs: Mutex::new(Some(tx)),
             last_seq,
@@ -260,6 +272,12 @@ impl Store {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Why writes are refused right now (an I/O error the store has not
+    /// yet recovered from), if they are.
+    pub fn fault(&self) -> Option<Fault> {
+        self.slot.fault()
+    }
+
     /// Round trip through the writer queue: proves the writer loop is
     /// running (the systemd watchdog's health check).
     pub async fn ping(&self) -> Result<(), StoreError> {
@@ -293,7 +311,7 @@ impl Store {
         upto: u64,
         limit: usize,
     ) -> Result<Vec<(u64, LogEntry)>, StoreError> {
-        let tx = self.db.begin_read()?;
+        let tx = self.slot.get()?.begin_read()?;
         let idx = tx.open_table(SPACE_LOG)?;
         let log = tx.open_table(LOG)?;
         let mut out = Vec::new();
@@ -313,13 +331,13 @@ impl Store {
     /// The whole log after `after` (all spaces), for replication.
     /// Local seq of the change `(origin, origin_seq)`, if still in the log.
     pub fn local_seq_of(&self, origin: NodeId, origin_seq: u64) -> Result<Option<u64>, StoreError> {
-        let tx = self.db.begin_read()?;
+        let tx = self.slot.get()?.begin_read()?;
         let ident = tx.open_table(IDENT)?;
         Ok(ident.get((origin.0, origin_seq))?.map(|v| v.value()))
     }
 
     pub fn log_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, LogEntry)>, StoreError> {
-        let tx = self.db.begin_read()?;
+        let tx = self.slot.get()?.begin_read()?;
         let log = tx.open_table(LOG)?;
         let mut out = Vec::new();
         for row in log.range(after.saturating_add(1)..)? {
@@ -338,7 +356,7 @@ impl Store {
         collection: &str,
         id: &str,
     ) -> Result<Option<StoredEntity>, StoreError> {
-        let tx = self.db.begin_read()?;
+        let tx = self.slot.get()?.begin_read()?;
         let t = tx.open_table(ENTITY)?;
         let v = t.get((space, collection, id))?;
         v.map(|v| decode(v.value())).transpose()
@@ -354,7 +372,7 @@ impl Store {
         after: Option<(&str, &str)>,
         limit: usize,
     ) -> Result<Vec<(String, String, StoredEntity)>, StoreError> {
-        let tx = self.db.begin_read()?;
+        let tx = self.slot.get()?.begin_read()?;
         let t = tx.open_table(ENTITY)?;
         let lo = match (after, collection) {
             (Some((c, i)), _) => (space, c, i),
@@ -387,7 +405,7 @@ impl Store {
         space: &str,
         collection: &str,
     ) -> Result<(u64, Vec<(String, StoredEntity)>), StoreError> {
-        let tx = self.db.begin_read()?;
+        let tx = self.slot.get()?.begin_read()?;
         let meta = tx.open_table(META)?;
         let seq = meta
             .get(META_LAST_SEQ)?
@@ -407,7 +425,7 @@ impl Store {
     }
 
     pub fn version_vector(&self) -> Result<VersionVector, StoreError> {
-        let tx = self.db.begin_read()?;
+        let tx = self.slot.get()?.begin_read()?;
         let t = tx.open_table(VV)?;
         let mut vv = VersionVector::new();
         for row in t.iter()? {
@@ -418,14 +436,14 @@ impl Store {
     }
 
     pub fn cursor(&self, name: &str) -> Result<u64, StoreError> {
-        let tx = self.db.begin_read()?;
+        let tx = self.slot.get()?.begin_read()?;
         let t = tx.open_table(CURSORS)?;
         Ok(t.get(name)?.map(|v| v.value()).unwrap_or(0))
     }
 
     /// Spaces with the number of changes applied in each.
     pub fn spaces(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        let tx = self.db.begin_read()?;
+        let tx = self.slot.get()?.begin_read()?;
         let t = tx.open_table(SPACES)?;
         let mut out = Vec::new();
         for row in t.iter()? {
@@ -437,7 +455,7 @@ impl Store {
 
     /// Number of changes currently held in the log.
     pub fn log_len(&self) -> Result<u64, StoreError> {
-        let tx = self.db.begin_read()?;
+        let tx = self.slot.get()?.begin_read()?;
         Ok(tx.open_table(LOG)?.len()?)
     }
 }
@@ -449,7 +467,9 @@ impl Drop for Store {
 }
 
 /// Create missing tables, check the schema, load or make the node id.
-fn init_tables(db: &Database) -> Result<(NodeId, u64, u64, crate::model::Hlc), StoreError> {
+pub(crate) fn init_tables(
+    db: &Database,
+) -> Result<(NodeId, u64, u64, crate::model::Hlc), StoreError> {
     let tx = db.begin_write()?;
     let out;
     {

@@ -6,11 +6,12 @@
 //! the sink in seq order, and only then answers each job. So an ack always
 //! follows a durable commit, and fan-out order equals commit order.
 
+use super::slot::{fault_of, Fault, Slot};
 use super::tables::*;
 use super::{Committed, Durability, LogEntry, StoreError, StoreOptions, StoredEntity};
 use crate::metrics::Metrics;
 use crate::model::{Change, Conflict, Hlc, NodeId, Op, Stamp};
-use redb::{Database, ReadableTable};
+use redb::ReadableTable;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,6 +23,11 @@ use tokio::sync::{mpsc, oneshot};
 const MAX_GROUP: usize = 512;
 /// With relaxed durability, force an fsync at least this often.
 pub const RELAXED_FLUSH: Duration = Duration::from_secs(1);
+/// After an I/O error, how often the writer tries to reopen the file.
+const REOPEN_EVERY: Duration = Duration::from_secs(1);
+/// After ENOSPC, free space needed before a reopen is tried (redb's repair
+/// at open writes to the file; below this it would fail again).
+const REOPEN_MIN_FREE: u64 = 1 << 20;
 
 /// Receives every commit, in order, on the writer thread. It must not block:
 /// fan-out only `try_send`s into bounded queues.
@@ -197,10 +203,13 @@ impl Done {
     }
 
     fn fail(self, msg: &str, disk_full: Option<u64>) {
-        let err = || match disk_full {
+        self.fail_with(|| match disk_full {
             Some(free_bytes) => StoreError::DiskFull { free_bytes },
             None => StoreError::Encode(format!("commit failed: {msg}")),
-        };
+        })
+    }
+
+    fn fail_with(self, err: impl Fn() -> StoreError) {
         match self {
             Done::Outcomes(r, _) => drop(r.send(Err(err()))),
             // Refused whatever happened to the rest of the group.
@@ -213,7 +222,9 @@ impl Done {
 }
 
 pub struct Writer {
-    db: Arc<Database>,
+    slot: Arc<Slot>,
+    /// The last attempt to reopen the file after an I/O error.
+    last_reopen: Option<Instant>,
     node: NodeId,
     hlc: Hlc,
     opts: StoreOptions,
@@ -265,7 +276,7 @@ fn now_ms() -> u64 {
 impl Writer {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        db: Arc<Database>,
+        slot: Arc<Slot>,
         node: NodeId,
         hlc: Hlc,
         opts: StoreOptions,
@@ -275,7 +286,8 @@ impl Writer {
         horizon: Arc<AtomicU64>,
     ) -> Self {
         Writer {
-            db,
+            slot,
+            last_reopen: None,
             node,
             hlc,
             opts,
@@ -289,7 +301,24 @@ impl Writer {
     }
 
     pub fn run(mut self, mut rx: mpsc::Receiver<Job>) {
-        while let Some(first) = rx.blocking_recv() {
+        loop {
+            let first = if self.slot.fault().is_some() && !self.recover() {
+                // Faulted: keep answering (refusals, pings) and keep trying
+                // to reopen even when no write arrives.
+                match rx.try_recv() {
+                    Ok(j) => j,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        std::thread::sleep(Duration::from_millis(100));
+                        continue;
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => break,
+                }
+            } else {
+                match rx.blocking_recv() {
+                    Some(j) => j,
+                    None => break,
+                }
+            };
             let mut jobs = vec![first];
             while jobs.len() < MAX_GROUP {
                 match rx.try_recv() {
@@ -314,6 +343,9 @@ impl Writer {
                 if let Err(e) = self.flush() {
                     tracing::error!(error = %e, "relaxed flush failed");
                     self.metrics.commit_failures.fetch_add(1, Ordering::Relaxed);
+                    if let Some(f) = fault_of(&e) {
+                        self.slot.set_fault(f);
+                    }
                 }
             }
         }
@@ -326,7 +358,7 @@ impl Writer {
     }
 
     fn flush(&mut self) -> Result<(), StoreError> {
-        let mut tx = self.db.begin_write()?;
+        let mut tx = self.slot.get()?.begin_write()?;
         let _ = tx.set_durability(redb::Durability::Immediate);
         tx.commit()?;
         self.dirty = false;
@@ -338,7 +370,57 @@ impl Writer {
         free_disk_bytes(&self.opts.dir)
     }
 
+    /// After an I/O error: close and reopen the data file, at most once per
+    /// [`REOPEN_EVERY`], and after ENOSPC only once some space is free.
+    /// Returns whether the store is healthy again. Commits that failed were
+    /// not applied, so the reopened file holds every acknowledged write
+    /// (with relaxed durability, up to the last fsync, as after a crash).
+    fn recover(&mut self) -> bool {
+        let Some(fault) = self.slot.fault() else {
+            return true;
+        };
+        if self.last_reopen.is_some_and(|t| t.elapsed() < REOPEN_EVERY) {
+            return false;
+        }
+        self.last_reopen = Some(Instant::now());
+        if fault == Fault::NoSpace && self.free_bytes().is_some_and(|f| f < REOPEN_MIN_FREE) {
+            return false;
+        }
+        let reopened = self.slot.reopen().and_then(|db| super::init_tables(&db));
+        match reopened {
+            Ok((_, last, horizon, _)) => {
+                let had = self.last_seq.swap(last, Ordering::AcqRel);
+                if last != had {
+                    tracing::error!(
+                        held = had,
+                        found = last,
+                        "the reopened store ends at another seq (relaxed durability: commits since the last fsync are lost, as in a crash)"
+                    );
+                }
+                let h = horizon.max(self.horizon.load(Ordering::Acquire));
+                self.horizon.store(h, Ordering::Release);
+                self.dirty = false;
+                self.last_fsync = Instant::now();
+                self.slot.clear_fault();
+                tracing::warn!(cause = %fault, "store reopened after a storage error; writes resume");
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, cause = %fault, "reopening the store failed; retrying");
+                false
+            }
+        }
+    }
+
     fn group(&mut self, jobs: Vec<Job>) {
+        if let Some(fault) = self.slot.fault() {
+            if !self.recover() {
+                for job in jobs {
+                    refuse(job, || fault.error());
+                }
+                return;
+            }
+        }
         let started = Instant::now();
         let low_disk = self.free_bytes().filter(|&f| f < self.opts.min_free_bytes);
         let first_seq = self.last_seq.load(Ordering::Acquire);
@@ -348,7 +430,7 @@ impl Writer {
         let mut refused = Vec::new();
         let mut merged = std::collections::BTreeSet::new();
         let result = (|| -> Result<(), StoreError> {
-            let mut tx = self.db.begin_write()?;
+            let mut tx = self.slot.get()?.begin_write()?;
             let immediate = self.opts.durability == Durability::Immediate
                 || self.last_fsync.elapsed() >= RELAXED_FLUSH;
             let _ = tx.set_durability(if immediate {
@@ -511,6 +593,15 @@ impl Writer {
             Err(e) => {
                 tracing::error!(error = %e, "group commit failed; every job in it is refused");
                 self.metrics.commit_failures.fetch_add(1, Ordering::Relaxed);
+                if let Some(f) = fault_of(&e) {
+                    // The file refuses everything from now on: refuse with
+                    // the real cause, and reopen it (see `recover`).
+                    self.slot.set_fault(f.clone());
+                    for d in done {
+                        d.fail_with(|| f.error());
+                    }
+                    return;
+                }
                 let msg = e.to_string();
                 for d in done {
                     d.fail(&msg, None);
@@ -748,6 +839,18 @@ impl Writer {
         };
         self.raise_horizon(t, horizon)?;
         Ok(doomed.len() as u64)
+    }
+}
+
+/// Answer a job the faulted store cannot run.
+fn refuse(job: Job, err: impl Fn() -> StoreError) {
+    match job {
+        Job::Local { reply, .. } | Job::Remote { reply, .. } => drop(reply.send(Err(err()))),
+        Job::SetCursor { reply, .. } => drop(reply.send(Err(err()))),
+        Job::Trim { reply, .. } => drop(reply.send(Err(err()))),
+        Job::MergeSnapshot { reply, .. } => drop(reply.send(Err(err()))),
+        Job::Ping(reply) => drop(reply.send(Ok(()))),
+        Job::Flush => {}
     }
 }
 

@@ -198,10 +198,12 @@ fn engine_error(e: &EngineError) -> Refusal {
             code::INVALID_FIELD,
             m.strip_prefix("changes[0].").unwrap_or(m).to_string(),
         ),
-        EngineError::Store(StoreError::DiskFull { .. }) => {
+        EngineError::Store(StoreError::DiskFull { .. } | StoreError::NoSpace) => {
             Refusal::new(code::DISK_FULL, e.to_string())
         }
-        EngineError::Store(StoreError::Closed) => Refusal::new(code::UNAVAILABLE, e.to_string()),
+        EngineError::Store(StoreError::Closed | StoreError::Faulted { .. }) => {
+            Refusal::new(code::UNAVAILABLE, e.to_string())
+        }
         _ => Refusal::new(code::STORAGE_FAILED, e.to_string()),
     }
 }
