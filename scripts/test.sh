@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 need=()
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# Headless browser tests (clients/js, tests/ui) drive Debian's Chromium.
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 # The JetStream scale-out tests run real NATS servers (Debian's package).
 command -v nats-server >/dev/null 2>&1 || need+=(nats-server)
 if [ ${#need[@]} -gt 0 ]; then
@@ -30,7 +32,7 @@ node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(
     echo "clients/js needs Node >= 20.10, found $(node --version 2>/dev/null || echo none)" >&2
     exit 1
 }
-(cd clients/js && npm ci --no-audit --no-fund --loglevel=error && npm test)
+(cd clients/js && npm ci --no-audit --no-fund --loglevel=error && npm test && npm run test:browser)
 
 # The cloud build (feature `jetstream`): the scale-out tests against real
 # nats-server processes on loopback. Bounded (a few minutes); set
