@@ -54,6 +54,8 @@ pub struct AppState {
     pub upstream: Option<Arc<crate::upstream::Upstream>>,
     /// The JetStream link (`[cluster] nats` or `[upstream] nats`), if any.
     pub nats: Option<Arc<dyn crate::cluster::Report>>,
+    /// The status page's rate samples and caches.
+    pub console: Arc<crate::console::Console>,
 }
 
 /// Counts live connection actors so shutdown can wait for them.
@@ -168,6 +170,8 @@ impl Relay {
         };
         let upstream_task = upstream.as_ref().map(|u| u.start(shutdown.clone()));
         let (nats, nats_tasks) = start_nats(nats_settings, &engine, &shutdown).await?;
+        let console = Arc::new(crate::console::Console::default());
+        console.start(&engine);
         let state = Arc::new(AppState {
             engine,
             auth: Auth::new(settings.jwt_secret.as_deref(), settings.anonymous),
@@ -178,6 +182,7 @@ impl Relay {
             mesh_addr: mesh.as_ref().map(|m| m.local_addr),
             upstream,
             nats,
+            console,
         });
         let app = crate::http::router(state.clone());
         let mut rx = state.shutdown.clone();

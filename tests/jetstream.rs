@@ -83,7 +83,7 @@ impl Node {
 }
 
 async fn cluster_status(addr: SocketAddr) -> Value {
-    status(addr).await["cluster"].clone()
+    status(addr).await["jetstream"].clone()
 }
 
 async fn metric(addr: SocketAddr, name: &str) -> f64 {
