@@ -34,6 +34,10 @@ node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(
 }
 (cd clients/js && npm ci --no-audit --no-fund --loglevel=error && npm test && npm run test:browser)
 
+# The relay's status page (tests/ui): headless Chromium (installed above)
+# driven by playwright-core, against real relay processes on loopback.
+(cd tests/ui && npm ci --no-audit --no-fund --loglevel=error && npm test)
+
 # The cloud build (feature `jetstream`): the scale-out tests against real
 # nats-server processes on loopback. Bounded (a few minutes); set
 # OUTPOST_JETSTREAM_LONG=1 for the longer soak mode of the cluster test.
