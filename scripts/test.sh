@@ -31,3 +31,7 @@ node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(
     exit 1
 }
 (cd clients/js && npm ci --no-audit --no-fund --loglevel=error && npm test && npm run test:browser)
+
+# The relay's status page (tests/ui): headless Chromium (installed above)
+# driven by playwright-core, against real relay processes on loopback.
+(cd tests/ui && npm ci --no-audit --no-fund --loglevel=error && npm test)
