@@ -962,6 +962,11 @@ impl Engine {
         self.store.horizon()
     }
 
+    /// See `Store::merges`.
+    pub fn merges(&self) -> u64 {
+        self.store.merges()
+    }
+
     /// The storage fault refusing writes now, if any (see `/healthz`).
     pub fn store_fault(&self) -> Option<crate::store::Fault> {
         self.store.fault()

@@ -12,7 +12,7 @@ use crate::model::{NodeId, VersionVector};
 use crate::store::OutcomeKind;
 use std::collections::HashSet;
 use std::future::Future;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, watch};
@@ -72,6 +72,8 @@ pub struct Greeting {
     /// Last local seq read before our version vector (see `plan::start`).
     head: u64,
     vv: VersionVector,
+    /// `Engine::merges` before our version vector was read.
+    merges: u64,
 }
 
 /// Exchange hellos. Refuses another protocol version and ourselves.
@@ -80,6 +82,7 @@ pub async fn hello(
     rx: &mut impl FrameSource,
     tx: &mut impl FrameSink,
 ) -> Result<Greeting, SessionError> {
+    let merges = engine.merges();
     let head = engine.last_seq();
     let vv = engine.version_vector()?;
     let me = engine.node_id();
@@ -114,6 +117,7 @@ pub async fn hello(
                 peer_vv,
                 head,
                 vv,
+                merges,
             })
         }
         Some(Frame::Bye { reason }) => Err(SessionError::PeerClosed(reason)),
@@ -183,6 +187,7 @@ pub async fn run(
     let (ctl_tx, ctl_rx) = mpsc::channel(WINDOW * 2);
     let (ack_tx, ack_rx) = mpsc::channel(WINDOW * 2);
     let covered = filter.peer_vv.clone();
+    let own_merges = Arc::new(AtomicU64::new(0));
     let out = Outbound {
         engine: engine.clone(),
         stats: stats.clone(),
@@ -192,6 +197,8 @@ pub async fn run(
         acked: pos,
         inflight: InFlight::default(),
         cursor_saved: Instant::now(),
+        merges: greeting.merges,
+        own_merges: own_merges.clone(),
         snapshot,
         covered,
     };
@@ -202,6 +209,7 @@ pub async fn run(
         ack_tx,
         &stats,
         opts.spaces.as_ref(),
+        &own_merges,
     );
     let mut merges = engine.watch_merges();
     merges.borrow_and_update();
@@ -272,6 +280,7 @@ async fn inbound(
     acks: mpsc::Sender<u64>,
     stats: &LinkStats,
     spaces: Option<&HashSet<String>>,
+    own_merges: &AtomicU64,
 ) -> Result<String, SessionError> {
     let allowed = |space: &str| spaces.is_none_or(|s| s.contains(space));
     loop {
@@ -336,12 +345,15 @@ async fn inbound(
                     }
                 }
                 stats.changes_received.fetch_add(keep.len() as u64, Relaxed);
+                // Counted before the store counts it (see `Outbound::merges`).
+                own_merges.fetch_add(1, Relaxed);
                 engine.merge_snapshot(keep, None, stats.id).await?;
                 ctl.send(Frame::Ack { id })
                     .await
                     .map_err(|_| SessionError::PeerClosed("outbound ended".into()))?;
             }
             Frame::SnapshotDone { id, vv } => {
+                own_merges.fetch_add(1, Relaxed);
                 engine
                     .merge_snapshot(Vec::new(), Some(vv), stats.id)
                     .await?;
@@ -407,6 +419,11 @@ struct Outbound {
     cursor_saved: Instant,
     /// A snapshot still being sent (before any log streaming).
     snapshot: Option<SnapshotCursor>,
+    /// `Engine::merges` when the session planned.
+    merges: u64,
+    /// Merges this session's own inbound made (the peer's snapshot: the
+    /// peer holds what it brought), counted before the store's count.
+    own_merges: Arc<AtomicU64>,
     /// Per origin, the highest origin seq the peer holds or has been
     /// vouched for (see `Frame::Batch` covers): the peer's version vector
     /// as this session advances it.
@@ -471,8 +488,9 @@ impl Outbound {
             self.send_snapshot_page(tx).await?;
             return Ok(true);
         }
+        let last = self.engine.last_seq();
         let mut page = self.engine.log_after(self.pos, BATCH)?;
-        self.check_horizon()?;
+        self.check_contiguous(last, &page)?;
         if page.is_empty() {
             // Caught up. Vouch for what the version vector holds beyond what
             // the peer was sent (changes this relay never received because a
@@ -480,8 +498,18 @@ impl Outbound {
             // before the log, so an empty log read proves every change it
             // counts was seen by this session.
             let vv = self.engine.version_vector()?;
+            let own = self.own_merges.load(Relaxed);
+            if self.engine.merges() > self.merges + own {
+                // A merged snapshot raised the vector over changes the log
+                // does not hold: vouching for them would hide them from the
+                // peer. Plan again (the peer gets a snapshot in turn).
+                return Err(SessionError::Protocol(
+                    "state merged from a snapshot: planning again".into(),
+                ));
+            }
+            let last = self.engine.last_seq();
             page = self.engine.log_after(self.pos, BATCH)?;
-            self.check_horizon()?;
+            self.check_contiguous(last, &page)?;
             if page.is_empty() {
                 let covers = self.covers_upto(&vv);
                 if covers.is_empty() {
@@ -518,12 +546,24 @@ impl Outbound {
     /// Retention trimmed the log past this session's read position (a peer
     /// that is not pinned and fell behind): the changes it lacks are gone
     /// from the log, so end the session; the next one plans from version
-    /// vectors and sends a snapshot if needed.
-    fn check_horizon(&self) -> Result<(), SessionError> {
-        let horizon = self.engine.horizon();
-        if horizon > self.pos.saturating_add(1) {
+    /// vectors and sends a snapshot if needed. The log's local seqs are
+    /// contiguous from its first entry (every applied change takes the next
+    /// one; retention removes a prefix), so a read after `pos` that does not
+    /// start at `pos + 1`, while `last` (read before) is past `pos`, lost
+    /// entries to a trim.
+    fn check_contiguous(
+        &self,
+        last: u64,
+        page: &[(u64, crate::store::LogEntry)],
+    ) -> Result<(), SessionError> {
+        let next = self.pos.saturating_add(1);
+        let trimmed = match page.first() {
+            Some((seq, _)) => *seq != next,
+            None => last >= next,
+        };
+        if trimmed {
             return Err(SessionError::Protocol(format!(
-                "the log was trimmed to seq {horizon} past this link's position {}: planning again",
+                "the log was trimmed past this link's position {}: planning again",
                 self.pos
             )));
         }

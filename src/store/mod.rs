@@ -170,6 +170,7 @@ pub struct Store {
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     last_seq: Arc<AtomicU64>,
     horizon: Arc<AtomicU64>,
+    merges: Arc<AtomicU64>,
     thread: Mutex<Option<JoinHandle<()>>>,
     /// Relaxed durability only: asks the writer to fsync once a second.
     ticker: Mutex<Option<JoinHandle<()>>>,
@@ -216,6 +217,7 @@ impl Store {
         drop(db);
         let last_seq = Arc::new(AtomicU64::new(last_seq));
         let horizon = Arc::new(AtomicU64::new(horizon));
+        let merges = Arc::new(AtomicU64::new(0));
         let (tx, rx) = mpsc::channel(opts.queue.max(1));
         let ticker = match opts.durability {
             Durability::Relaxed => Some(spawn_ticker(tx.downgrade(), &path)?),
@@ -230,7 +232,8 @@ impl Store {
             sink,
             last_seq.clone(),
             horizon.clone(),
-        );
+        )
+        .with_merges(merges.clone());
         let thread = std::thread::Builder::new()
             .name("outpost-writer".into())
             .spawn(move || w.run(rx))
@@ -244,6 +247,7 @@ impl Store {
             jobs: Mutex::new(Some(tx)),
             last_seq,
             horizon,
+            merges,
             thread: Mutex::new(Some(thread)),
             ticker: Mutex::new(ticker),
             path,
@@ -261,6 +265,14 @@ impl Store {
     /// Highest committed local seq.
     pub fn last_seq(&self) -> u64 {
         self.last_seq.load(Ordering::Acquire)
+    }
+
+    /// How many snapshot merges (or imports) this process applied: state
+    /// and version vector that came without log entries. Raised before
+    /// their commit, so one read after the version vector tells whether
+    /// that vector may count changes the log does not hold.
+    pub fn merges(&self) -> u64 {
+        self.merges.load(Ordering::Acquire)
     }
 
     /// Lowest local seq still in the log (1 until retention trims).

@@ -315,6 +315,11 @@ pub struct Writer {
     horizon: Arc<AtomicU64>,
     last_fsync: Instant,
     dirty: bool,
+    /// This group raised the version vector over vouched-for changes.
+    vouched: bool,
+    /// Bumped (before the commit) by every merged snapshot or import: state
+    /// that came without log entries (see `Store::merges`).
+    merges: Arc<AtomicU64>,
 }
 
 struct Tables<'t> {
@@ -378,7 +383,15 @@ impl Writer {
             horizon,
             last_fsync: Instant::now(),
             dirty: false,
+            vouched: false,
+            merges: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// Share the merge counter with the store's readers.
+    pub fn with_merges(mut self, merges: Arc<AtomicU64>) -> Self {
+        self.merges = merges;
+        self
     }
 
     pub fn run(mut self, mut rx: mpsc::Receiver<Job>) {
@@ -540,7 +553,7 @@ impl Writer {
                     self.metrics
                         .observe_commit(started.elapsed(), committed.len());
                     self.last_seq.store(seq, Ordering::Release);
-                    if !committed.is_empty() {
+                    if !committed.is_empty() || std::mem::take(&mut self.vouched) {
                         self.sink.committed(seq, committed);
                     }
                     if !merged.is_empty() {
@@ -557,6 +570,7 @@ impl Writer {
                     // published) and not the trim point it raised.
                     self.hlc = hlc;
                     self.horizon.store(horizon, Ordering::Release);
+                    self.vouched = false;
                     self.metrics.commit_failures.fetch_add(1, Ordering::Relaxed);
                     // An I/O error, wherever it struck, is the file's: it
                     // refuses everything until reopened (see `recover`).
@@ -791,6 +805,9 @@ impl Writer {
             let held = t.vv.get(origin.0)?.map(|v| v.value()).unwrap_or(0);
             if to > held {
                 t.vv.insert(origin.0, to)?;
+                // No log entry records this: wake the sessions (through the
+                // commit report) so they vouch for it to their peers in turn.
+                self.vouched = true;
             }
         }
         Ok(outs)
@@ -949,6 +966,9 @@ impl Writer {
         vv: Option<&crate::model::VersionVector>,
         last_seq: u64,
     ) -> Result<Vec<String>, StoreError> {
+        // Before the commit, like the horizon: a reader that sees the
+        // merged state or version vector sees the count raised.
+        self.merges.fetch_add(1, Ordering::AcqRel);
         let mut changed = std::collections::BTreeSet::new();
         for (e, version) in entities {
             let key = (e.space.as_str(), e.collection.as_str(), e.id.as_str());
