@@ -157,3 +157,96 @@ fn check_config_names_out_of_range_keys_and_bad_log_filters() {
         assert!(err.contains(&format!("`{key}`")), "{text}: {err}");
     }
 }
+
+/// Read until the server closes; returns the close code (None: no close
+/// frame) and how many pings came first.
+async fn close_code(c: &mut Client) -> (Option<u16>, usize) {
+    let mut pings = 0;
+    let code = tokio::time::timeout(WAIT, async {
+        while let Some(m) = c.ws.next().await {
+            match m {
+                Ok(Message::Ping(_)) => pings += 1,
+                Ok(Message::Close(f)) => return f.map(|f| u16::from(f.code)),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+        None
+    })
+    .await
+    .expect("closed in time");
+    (code, pings)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_websockets_close_after_the_idle_timeout_and_answering_ones_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.server.idle_timeout = "2s".into();
+    let relay = start(cfg).await;
+    // One of each dialect loop: native, seed 003, seed 004, seeds 000-002.
+    let paths = ["/ws", "/v1/sync/w", "/api/ws?space=s", "/ws/sync?space=s"];
+    let mut silent = Vec::new();
+    let mut live = Vec::new();
+    for p in paths {
+        silent.push(Client::connect(relay.addr, p).await);
+        live.push(Client::connect(relay.addr, p).await);
+    }
+    // The live ones keep reading (their library answers the relay's pings).
+    let readers = live.into_iter().map(|mut c| async move {
+        let mut pings = 0;
+        let _ = tokio::time::timeout(Duration::from_millis(3500), async {
+            while let Some(Ok(m)) = c.ws.next().await {
+                if matches!(m, Message::Ping(_)) {
+                    pings += 1;
+                }
+            }
+        })
+        .await;
+        (c, pings)
+    });
+    let live = futures_util::future::join_all(readers).await;
+    for ((_, pings), p) in live.iter().zip(paths) {
+        assert!(*pings >= 1, "{p}: no keepalive ping in 3.5 s");
+    }
+    // The silent ones answered nothing: closed with 1001 after a ping.
+    for (mut c, p) in silent.into_iter().zip(paths) {
+        let (code, pings) = close_code(&mut c).await;
+        assert_eq!(code, Some(1001), "{p}");
+        assert!(pings >= 1, "{p}: closed without a ping first");
+    }
+    // The live ones are still served.
+    let (mut native, _) = live.into_iter().next().unwrap();
+    let ack = native.put("s", "k", json!({"alive": true})).await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    let m = http_get(relay.addr, "/metrics").await.1;
+    assert!(m.contains("outpost_idle_timeouts_total 4\n"), "{m}");
+    relay.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_request_whose_body_never_comes_gets_408() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.server.request_timeout = "500ms".into();
+    let relay = start(cfg).await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
+    s.write_all(
+        b"POST /api/atome/create?space=s HTTP/1.1\r\nHost: r\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"kind\":",
+    )
+    .await
+    .unwrap();
+    let t = Instant::now();
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
+        .await
+        .expect("answered in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(t.elapsed() < Duration::from_secs(3));
+    let m = http_get(relay.addr, "/metrics").await.1;
+    assert!(m.contains("outpost_request_timeouts_total 1\n"), "{m}");
+    relay.shutdown().await.unwrap();
+}

@@ -138,6 +138,7 @@ async fn run(
         pending: FuturesOrdered::new(),
     };
     let max_inflight = state.settings.max_inflight;
+    let mut keepalive = crate::dialect::keepalive::Keepalive::new(&state);
     let mut closing = false;
     loop {
         tokio::select! {
@@ -155,8 +156,8 @@ async fn run(
             Some(d) = conn.ctx.rx.recv() => {
                 if conn.deliver(&mut socket, d).await.is_err() { break; }
             }
-            msg = socket.recv(), if conn.pending.len() < max_inflight => {
-                let Some(msg) = crate::dialect::next_message(&mut socket, msg).await else { break };
+            msg = keepalive.recv(&mut socket), if conn.pending.len() < max_inflight => {
+                let Some(msg) = msg else { break };
                 match conn.handle(&mut socket, msg).await {
                     Ok(true) => {}
                     Ok(false) | Err(_) => break,
