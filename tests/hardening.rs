@@ -250,3 +250,76 @@ async fn a_request_whose_body_never_comes_gets_408() {
     assert!(m.contains("outpost_request_timeouts_total 1\n"), "{m}");
     relay.shutdown().await.unwrap();
 }
+
+/// The TLS listener bounds its stages the same way: a connection that never
+/// starts its TLS handshake, and one that finishes it but sends half a
+/// request, are both closed after `server.header_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_handshakes_and_headers_are_bounded_by_the_header_timeout() {
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    let mut cfg = config(dir.path());
+    cfg.server.tls_cert = Some(cert);
+    cfg.server.tls_key = Some(key);
+    cfg.server.header_timeout = "1s".into();
+    let relay = start(cfg).await;
+    let addr = relay.addr;
+
+    let connector = {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(made.cert.der().clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let c = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tokio_rustls::TlsConnector::from(Arc::new(c))
+    };
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let started = Instant::now();
+    // Silent: TCP only, no ClientHello.
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // Half a request inside TLS.
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut half = connector.connect(name.clone(), tcp).await.unwrap();
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: r\r\n")
+        .await
+        .unwrap();
+    half.flush().await.unwrap();
+
+    let mut buf = Vec::new();
+    let r = tokio::time::timeout(WAIT, silent.read_to_end(&mut buf)).await;
+    assert!(
+        matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+        "the silent connection was not closed: {r:?}"
+    );
+    let mut buf = Vec::new();
+    let r = tokio::time::timeout(WAIT, half.read_to_end(&mut buf)).await;
+    assert!(r.is_ok(), "the half request was not closed");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "closed after {took:?}, header_timeout is 1 s"
+    );
+
+    // A complete request over TLS is served.
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut ok = connector.connect(name, tcp).await.unwrap();
+    ok.write_all(b"GET /healthz HTTP/1.1\r\nHost: r\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(WAIT, ok.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with("ok\n"), "{text}");
+    let m = relay.state.net.render();
+    assert!(m.contains("outpost_header_timeouts_total 2\n"), "{m}");
+    relay.shutdown().await.unwrap();
+}
