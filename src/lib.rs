@@ -6,6 +6,8 @@
 //! - [`net`]: the accept loop (plain or TLS): admission limits, timeouts on
 //!   every stage, descriptor limits, write timeouts.
 //! - [`http`]: the axum router: health, metrics, status, and the dialect routes.
+//! - [`console`]: the live status page, its feed, and the admin API behind
+//!   `outpost status`, `export`, `import` and `backup`.
 //! - [`dialect`]: one module per client protocol, each a thin adapter
 //!   (parse, call the engine, render). `native` is outpost's own.
 //! - [`auth`]: HS256 JWTs and scopes.
@@ -28,6 +30,7 @@
 pub mod auth;
 pub mod bench;
 pub mod config;
+pub mod console;
 pub mod dialect;
 pub mod engine;
 pub mod http;
@@ -37,6 +40,7 @@ pub mod metrics;
 pub mod model;
 pub mod net;
 pub mod notify;
+pub mod ops;
 pub mod replicate;
 pub mod rfc3339;
 pub mod schema;

@@ -57,6 +57,8 @@ pub struct AppState {
     pub upstream: Option<Arc<crate::upstream::Upstream>>,
     /// Counters of the connection layer (admission, timeouts).
     pub net: Arc<crate::net::stats::NetStats>,
+    /// The status page's rate samples and caches.
+    pub console: Arc<crate::console::Console>,
 }
 
 /// Counts live connection actors so shutdown can wait for them.
@@ -182,6 +184,8 @@ impl Relay {
             None => None,
         };
         let upstream_task = upstream.as_ref().map(|u| u.start(shutdown.clone()));
+        let console = Arc::new(crate::console::Console::default());
+        console.start(&engine);
         let state = Arc::new(AppState {
             engine,
             auth: Auth::new(settings.jwt_secret.as_deref(), settings.anonymous),
@@ -192,6 +196,7 @@ impl Relay {
             mesh_addr: mesh.as_ref().map(|m| m.local_addr),
             upstream,
             net: Arc::new(crate::net::stats::NetStats::default()),
+            console,
         });
         let app = crate::http::router(state.clone());
         let st = &state.settings;
