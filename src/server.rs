@@ -31,6 +31,9 @@ pub enum ServerError {
     Mesh(#[from] crate::mesh::MeshError),
     #[error(transparent)]
     Upstream(#[from] crate::upstream::UpstreamError),
+    #[cfg(feature = "jetstream")]
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::link::LinkError),
     #[error("server failed: {0}")]
     Io(#[from] std::io::Error),
     #[error(
@@ -57,6 +60,8 @@ pub struct AppState {
     pub upstream: Option<Arc<crate::upstream::Upstream>>,
     /// Counters of the connection layer (admission, timeouts).
     pub net: Arc<crate::net::stats::NetStats>,
+    /// The JetStream link (`[cluster] nats` or `[upstream] nats`), if any.
+    pub nats: Option<Arc<dyn crate::cluster::Report>>,
     /// The status page's rate samples and caches.
     pub console: Arc<crate::console::Console>,
 }
@@ -107,6 +112,7 @@ pub struct Relay {
     serve: JoinHandle<std::io::Result<()>>,
     mesh: Option<Mesh>,
     upstream: Option<JoinHandle<()>>,
+    nats: Vec<JoinHandle<()>>,
 }
 
 impl Relay {
@@ -135,6 +141,11 @@ impl Relay {
         // Likewise the upstream: the log past its cursor is its queue.
         if settings.upstream.is_some() {
             engine.pin_cursor(crate::upstream::CURSOR);
+        }
+        // And a JetStream link: the log past its publish cursor.
+        let nats_settings = settings.cluster.clone().or(settings.upstream_nats.clone());
+        if let Some(n) = &nats_settings {
+            engine.pin_cursor(n.publish_cursor());
         }
         engine.start_maintenance();
         // Every connection is a descriptor: fit the connection limit under
@@ -184,6 +195,7 @@ impl Relay {
             None => None,
         };
         let upstream_task = upstream.as_ref().map(|u| u.start(shutdown.clone()));
+        let (nats, nats_tasks) = start_nats(nats_settings, &engine, &shutdown).await?;
         let console = Arc::new(crate::console::Console::default());
         console.start(&engine);
         let state = Arc::new(AppState {
@@ -196,6 +208,7 @@ impl Relay {
             mesh_addr: mesh.as_ref().map(|m| m.local_addr),
             upstream,
             net: Arc::new(crate::net::stats::NetStats::default()),
+            nats,
             console,
         });
         let app = crate::http::router(state.clone());
@@ -225,6 +238,7 @@ impl Relay {
             serve,
             mesh,
             upstream: upstream_task,
+            nats: nats_tasks,
         })
     }
 
@@ -261,6 +275,10 @@ impl Relay {
                 task.abort();
             }
         }
+        // The JetStream link's tasks hold no state beyond their cursors.
+        for t in self.nats {
+            t.abort();
+        }
         if let Some(mesh) = self.mesh {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             mesh.shutdown(left.max(Duration::from_secs(1))).await;
@@ -271,6 +289,33 @@ impl Relay {
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         Ok(())
     }
+}
+
+type NatsLink = (Option<Arc<dyn crate::cluster::Report>>, Vec<JoinHandle<()>>);
+
+/// Start the JetStream link, if configured (config validation refuses the
+/// keys in a build without the `jetstream` feature).
+#[cfg(feature = "jetstream")]
+async fn start_nats(
+    s: Option<crate::cluster::settings::NatsSettings>,
+    engine: &Arc<Engine>,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<NatsLink, ServerError> {
+    let Some(s) = s else {
+        return Ok((None, Vec::new()));
+    };
+    let (link, tasks) =
+        crate::cluster::link::Link::start(s, engine.clone(), shutdown.clone()).await?;
+    Ok((Some(link), tasks))
+}
+
+#[cfg(not(feature = "jetstream"))]
+async fn start_nats(
+    _: Option<crate::cluster::settings::NatsSettings>,
+    _: &Arc<Engine>,
+    _: &watch::Receiver<bool>,
+) -> Result<NatsLink, ServerError> {
+    Ok((None, Vec::new()))
 }
 
 /// Resolves on SIGTERM or SIGINT.
