@@ -31,6 +31,7 @@
 pub mod auth;
 pub mod bench;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod console;
 pub mod dialect;
