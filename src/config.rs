@@ -188,6 +188,14 @@ pub struct WebhookSettings {
 
 impl WebhookConfig {
     fn validate(&self) -> Result<Option<WebhookSettings>, ConfigError> {
+        // Checked even without a url: a bad value is a mistake either way.
+        let timeout = duration_in(
+            "webhook.timeout",
+            &self.timeout,
+            Duration::from_millis(1),
+            Duration::from_secs(600),
+        )?;
+        in_range("webhook.max_backlog", self.max_backlog, 1, 100_000_000)?;
         let Some(url) = self.url.as_deref().map(str::trim).filter(|u| !u.is_empty()) else {
             if self.secret.is_some() {
                 return Err(invalid("webhook.secret", "set webhook.url too"));
@@ -223,13 +231,6 @@ impl WebhookConfig {
                 "webhook.url",
                 format!("{url:?}: spaces in the path"),
             ));
-        }
-        let timeout = parse_duration(&self.timeout).map_err(|e| invalid("webhook.timeout", e))?;
-        if timeout.is_zero() {
-            return Err(invalid("webhook.timeout", "must be more than 0"));
-        }
-        if self.max_backlog == 0 {
-            return Err(invalid("webhook.max_backlog", "must be at least 1"));
         }
         Ok(Some(WebhookSettings {
             authority,
@@ -326,27 +327,11 @@ impl Config {
                 format!("{:?} is not an address:port ({e})", s.listen),
             )
         })?;
-        if s.max_connections == 0 {
-            return Err(invalid("server.max_connections", "must be at least 1"));
-        }
-        if s.max_frame_bytes < 1024 || s.max_frame_bytes > 64 << 20 {
-            return Err(invalid(
-                "server.max_frame_bytes",
-                "must be between 1024 and 67108864",
-            ));
-        }
-        if s.queue_depth < 16 {
-            return Err(invalid("server.queue_depth", "must be at least 16"));
-        }
-        if !(1..=4096).contains(&s.queue_mb) {
-            return Err(invalid("server.queue_mb", "must be between 1 and 4096"));
-        }
-        if !(1..=65536).contains(&s.max_queued_mb) {
-            return Err(invalid(
-                "server.max_queued_mb",
-                "must be between 1 and 65536",
-            ));
-        }
+        in_range("server.max_connections", s.max_connections, 1, 1_000_000)?;
+        in_range("server.max_frame_bytes", s.max_frame_bytes, 1024, 64 << 20)?;
+        in_range("server.queue_depth", s.queue_depth, 16, 1 << 20)?;
+        in_range("server.queue_mb", s.queue_mb, 1, 4096)?;
+        in_range("server.max_queued_mb", s.max_queued_mb, 1, 65536)?;
         if s.queue_mb > s.max_queued_mb {
             return Err(invalid(
                 "server.queue_mb",
@@ -356,21 +341,37 @@ impl Config {
                 ),
             ));
         }
-        if s.max_inflight == 0 {
-            return Err(invalid("server.max_inflight", "must be at least 1"));
-        }
-        let shutdown_grace =
-            parse_duration(&s.shutdown_grace).map_err(|r| invalid("server.shutdown_grace", r))?;
+        in_range("server.max_inflight", s.max_inflight, 1, 65_536)?;
+        let shutdown_grace = duration_in(
+            "server.shutdown_grace",
+            &s.shutdown_grace,
+            Duration::ZERO,
+            Duration::from_secs(3600),
+        )?;
         let st = &self.storage;
         if st.dir.as_os_str().is_empty() {
             return Err(invalid("storage.dir", "must not be empty"));
         }
         let retention = match st.retention.trim() {
             "forever" | "0" => None,
-            r => Some(parse_duration(r).map_err(|e| invalid("storage.retention", e))?),
+            r => Some(duration_in(
+                "storage.retention",
+                r,
+                Duration::from_secs(1),
+                Duration::from_secs(100 * 365 * 86_400),
+            )?),
         };
-        let max_skew =
-            parse_duration(&st.max_clock_skew).map_err(|e| invalid("storage.max_clock_skew", e))?;
+        let max_skew = duration_in(
+            "storage.max_clock_skew",
+            &st.max_clock_skew,
+            Duration::ZERO,
+            Duration::from_secs(7 * 86_400),
+        )?;
+        // Upper bounds keep the byte figures far from overflow; a value
+        // beyond them is a typo, not a disk or a board.
+        in_range("storage.min_free_mb", st.min_free_mb, 0, 1 << 30)?;
+        in_range("storage.cache_mb", st.cache_mb, 1, 1 << 20)?;
+        validate_log_filter(&self.log.level)?;
         let a = &self.auth;
         let jwt_secret = read_secret(
             ("auth.jwt_secret", "auth.jwt_secret_file"),
@@ -419,8 +420,8 @@ impl Config {
             dir: st.dir.clone(),
             durability: st.durability,
             retention,
-            min_free_bytes: st.min_free_mb.saturating_mul(1 << 20),
-            cache_bytes: (st.cache_mb.max(1) as usize).saturating_mul(1 << 20),
+            min_free_bytes: st.min_free_mb << 20,
+            cache_bytes: (st.cache_mb as usize).saturating_mul(1 << 20),
             max_skew,
             jwt_secret,
             anonymous,
@@ -721,6 +722,94 @@ fn server_tls(s: &Server) -> Result<Option<Arc<rustls::ServerConfig>>, ConfigErr
     Ok(Some(Arc::new(cfg)))
 }
 
+/// A number key within `lo..=hi`; the error names the key and the range.
+fn in_range<T: PartialOrd + std::fmt::Display>(
+    key: &'static str,
+    v: T,
+    lo: T,
+    hi: T,
+) -> Result<(), ConfigError> {
+    if v < lo || v > hi {
+        return Err(invalid(
+            key,
+            format!("{v} is out of range: must be between {lo} and {hi}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A duration key within `lo..=hi`.
+fn duration_in(
+    key: &'static str,
+    text: &str,
+    lo: Duration,
+    hi: Duration,
+) -> Result<Duration, ConfigError> {
+    let d = parse_duration(text).map_err(|e| invalid(key, e))?;
+    if d < lo || d > hi {
+        return Err(invalid(
+            key,
+            format!(
+                "{text:?} is out of range: must be between {} and {}",
+                show_duration(lo),
+                show_duration(hi)
+            ),
+        ));
+    }
+    Ok(d)
+}
+
+fn show_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    match ms {
+        0 => "0s".into(),
+        ms if ms % 86_400_000 == 0 => format!("{}d", ms / 86_400_000),
+        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        ms => format!("{ms}ms"),
+    }
+}
+
+/// `log.level` must parse as a tracing filter: a typo would otherwise log
+/// nothing (or everything) without a word. tracing's own parser accepts
+/// some nonsense (`loud==` is a target named `loud=`), so each directive is
+/// also checked for the shape `LEVEL`, `TARGET` or `TARGET[SPAN]=LEVEL`.
+fn validate_log_filter(filter: &str) -> Result<(), ConfigError> {
+    let bad = |why: String| {
+        invalid(
+            "log.level",
+            format!(
+                "{filter:?} is not a log filter like \"info\" or \"outpost=debug,warn\" ({why})"
+            ),
+        )
+    };
+    let is_level = |l: &str| {
+        ["trace", "debug", "info", "warn", "error", "off"]
+            .iter()
+            .any(|n| l.eq_ignore_ascii_case(n))
+            || matches!(l, "0" | "1" | "2" | "3" | "4" | "5")
+    };
+    for d in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let target = match d.rsplit_once('=') {
+            Some((t, l)) if is_level(l.trim()) && !t.trim().is_empty() => t.trim(),
+            Some(_) => return Err(bad(format!("{d:?} does not end in a level"))),
+            None if is_level(d) => continue,
+            None => d,
+        };
+        let name = target.split('[').next().unwrap_or_default();
+        let name_ok = name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_:.-".contains(c));
+        if !name_ok || (name.is_empty() && !target.starts_with('[')) {
+            return Err(bad(format!("{target:?} is not a module path")));
+        }
+    }
+    tracing_subscriber::EnvFilter::builder()
+        .parse(filter)
+        .map(drop)
+        .map_err(|e| bad(e.to_string()))
+}
+
 /// "500ms", "10s", "5m", "24h", "30d" (a bare number is seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -729,18 +818,21 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let n: u64 = num
         .parse()
         .map_err(|_| format!("{s:?} is not a duration like \"10s\", \"24h\" or \"30d\""))?;
-    let ms = match unit {
-        "ms" => n,
-        "" | "s" => n * 1000,
-        "m" => n * 60_000,
-        "h" => n * 3_600_000,
-        "d" => n * 86_400_000,
+    let per = match unit {
+        "ms" => 1,
+        "" | "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
         _ => {
             return Err(format!(
                 "{s:?}: unknown unit {unit:?} (use ms, s, m, h or d)"
             ))
         }
     };
+    let ms = n
+        .checked_mul(per)
+        .ok_or_else(|| format!("{s:?} is too long a duration"))?;
     Ok(Duration::from_millis(ms))
 }
 
@@ -825,10 +917,59 @@ mod tests {
     }
 
     #[test]
+    fn numbers_out_of_range_name_their_key() {
+        let cases: [(&str, &str); 9] = [
+            (
+                "[storage]\nmin_free_mb = 18446744073709551615\n",
+                "storage.min_free_mb",
+            ),
+            ("[storage]\ncache_mb = 0\n", "storage.cache_mb"),
+            (
+                "[storage]\ncache_mb = 18446744073709551615\n",
+                "storage.cache_mb",
+            ),
+            ("[server]\nmax_connections = 0\n", "server.max_connections"),
+            ("[server]\nqueue_depth = 8\n", "server.queue_depth"),
+            ("[server]\nmax_inflight = 1000000\n", "server.max_inflight"),
+            (
+                "[server]\nshutdown_grace = \"99999999999999999d\"\n",
+                "server.shutdown_grace",
+            ),
+            ("[webhook]\nmax_backlog = 0\n", "webhook.max_backlog"),
+            ("[log]\nlevel = \"loud==\"\n", "log.level"),
+        ];
+        for (text, key) in cases {
+            let e = Config::parse(text, "t")
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!("`{key}`")), "{text}: {e}");
+        }
+        for bad in ["loud==", "info,=debug", "outpost=verbose", "a b"] {
+            assert!(validate_log_filter(bad).is_err(), "{bad}");
+        }
+        for good in [
+            "info",
+            "WARN",
+            "outpost=debug,warn",
+            "outpost::mesh=trace",
+            "quinn",
+            "[conn]=debug",
+            "",
+        ] {
+            validate_log_filter(good).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        let ok = "[log]\nlevel = \"outpost=debug,warn\"\n[storage]\nmin_free_mb = 0\n";
+        Config::parse(ok, "t").unwrap().validate().unwrap();
+    }
+
+    #[test]
     fn durations_parse() {
         assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("3w").is_err());
+        assert!(parse_duration("18446744073709551615d").is_err());
     }
 }

@@ -2,12 +2,13 @@
 
 use crate::dialect::{atome_sync, config_sync, kv, native, sync, unified};
 use crate::server::AppState;
-use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
+use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -42,10 +43,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// reopened its file).
 async fn healthz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     if *state.shutdown.borrow() {
-        return (
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "shutting down\n",
-        );
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
     }
     if state.engine.store_fault().is_some() {
         return (
@@ -54,15 +52,53 @@ async fn healthz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         );
     }
     match state.engine.log_len() {
-        Ok(_) => (axum::http::StatusCode::OK, "ok\n"),
-        Err(_) => (
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "store unavailable\n",
-        ),
+        Ok(_) => (StatusCode::OK, "ok\n"),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n"),
     }
 }
 
-async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+/// `/v1/status` and `/metrics` name every space, node and peer (and, on a
+/// hub, each edge's token subject): with `auth.anonymous = "none"` they need
+/// a token with admin scope (401 without a valid token, 403 with a weaker
+/// one). With anonymous read or write access every space is readable
+/// without a token anyway, so they stay open. `/healthz` is always open and
+/// says only whether the relay is healthy. See docs/security.md.
+/// Returns the refusal, if any.
+fn operator_only(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Option<Response> {
+    let token = crate::dialect::token_from(headers, query);
+    let grant = match state.auth.admit(token.as_deref(), crate::dialect::now_s()) {
+        Ok(g) => g,
+        Err(e) => {
+            state.engine.metrics.auth_failures.fetch_add(1, Relaxed);
+            return Some(
+                (StatusCode::UNAUTHORIZED, format!("unauthorized: {e}\n")).into_response(),
+            );
+        }
+    };
+    let anyone_reads = state.auth.anonymous() != crate::config::Anonymous::None;
+    if grant.is_admin() || anyone_reads {
+        return None;
+    }
+    state.engine.metrics.auth_failures.fetch_add(1, Relaxed);
+    let refused = (
+        StatusCode::FORBIDDEN,
+        "forbidden: this endpoint needs a token with admin scope\n",
+    );
+    Some(refused.into_response())
+}
+
+async fn metrics(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refused) = operator_only(&state, &headers, &query) {
+        return refused;
+    }
     let e = &state.engine;
     let log_len = e.log_len().unwrap_or(0) as f64;
     let subs: usize = e.hub().subscriber_counts().iter().map(|(_, n)| n).sum();
@@ -90,10 +126,17 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     if let Some(u) = &state.upstream {
         body.push_str(&u.render_metrics());
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
-async fn status(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+async fn status(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refused) = operator_only(&state, &headers, &query) {
+        return refused;
+    }
     let e = &state.engine;
     let subs: std::collections::HashMap<String, usize> =
         e.hub().subscriber_counts().into_iter().collect();
@@ -121,4 +164,5 @@ async fn status(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         "peers": state.links.status(),
         "upstream": state.upstream.as_ref().map(|u| u.status()),
     }))
+    .into_response()
 }

@@ -170,6 +170,13 @@ impl Relay {
         let mut rx = state.shutdown.clone();
         let serve = match state.settings.tls.clone() {
             None => tokio::spawn(async move {
+                use axum::serve::ListenerExt;
+                // Without it a small frame written right after another
+                // (an ack, then the change it caused) waits for the
+                // client's delayed ACK: about 40 ms per push.
+                let listener = listener.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
                 axum::serve(listener, app)
                     .with_graceful_shutdown(async move {
                         let _ = rx.wait_for(|s| *s).await;

@@ -111,9 +111,9 @@ pub async fn close_going_away(socket: &mut WebSocket) {
 }
 
 /// The message a socket read produced, or None when the connection is
-/// over. A message beyond the hard limit is told why first (close 1009,
-/// "message too big"); other read errors (reset, protocol violation) leave
-/// nothing to say.
+/// over. A read error the client can be told about gets its close frame
+/// first (see [`close_for_error`]); other read errors (reset, protocol
+/// violation) leave nothing to say.
 pub async fn next_message(
     socket: &mut WebSocket,
     read: Option<Result<Message, axum::Error>>,
@@ -122,17 +122,32 @@ pub async fn next_message(
         Ok(m) => return Some(m),
         Err(e) => e,
     };
-    let too_big = matches!(
-        err.into_inner().downcast_ref::<tungstenite::Error>(),
-        Some(tungstenite::Error::Capacity(_))
-    );
-    if too_big {
+    if let Some((code, reason)) = close_for_error(&err) {
         let _ = socket
             .send(Message::Close(Some(CloseFrame {
-                code: 1009,
-                reason: "message too big".into(),
+                code,
+                reason: reason.into(),
             })))
             .await;
+    }
+    None
+}
+
+/// The close frame RFC 6455 asks for after a read error: 1007 for a text
+/// message that is not UTF-8, 1009 for a message beyond the hard size limit.
+/// Looks through the error's sources for tungstenite's error, so it serves
+/// axum's socket and the tungstenite client alike.
+pub fn close_for_error(err: &(dyn std::error::Error + 'static)) -> Option<(u16, &'static str)> {
+    let mut e = Some(err);
+    while let Some(cur) = e {
+        match cur.downcast_ref::<tungstenite::Error>() {
+            Some(tungstenite::Error::Utf8(_)) => {
+                return Some((1007, "invalid UTF-8 in a text message"))
+            }
+            Some(tungstenite::Error::Capacity(_)) => return Some((1009, "message too big")),
+            Some(_) => return None,
+            None => e = cur.source(),
+        }
     }
     None
 }

@@ -303,7 +303,15 @@ async fn prove_membership(
     }
     let got = tokio::time::timeout(session::HELLO_TIMEOUT, recv_frame(rx))
         .await
-        .map_err(|_| SessionError::Protocol("no membership proof within 10 s".into()))??;
+        .map_err(|_| SessionError::Protocol("no membership proof within 10 s".into()));
+    // The acceptor answers a proof that does not verify by closing, and
+    // says nothing more to a stranger: on the dialling side that close is
+    // the only sign, so name the likely cause.
+    let got = match (role, got) {
+        (Role::Dialer, Ok(Err(e))) => return Err(refused_by_acceptor(&e.to_string())),
+        (Role::Dialer, Ok(Ok(None))) => return Err(refused_by_acceptor("closed")),
+        (_, got) => got??,
+    };
     match got {
         Some(Frame::Proof { proto, .. }) if proto != PROTO_VERSION => {
             return Err(SessionError::Version(proto))
@@ -322,6 +330,15 @@ async fn prove_membership(
         send_frame(tx, &proof).await?;
     }
     Ok(())
+}
+
+/// The acceptor closed instead of answering the dialler's proof.
+fn refused_by_acceptor(what: &str) -> SessionError {
+    SessionError::Protocol(format!(
+        "the peer closed the connection instead of proving membership ({what}): \
+         the most likely cause is a different mesh secret on the two relays \
+         (mesh.secret / mesh.secret_file)"
+    ))
 }
 
 /// Two relays may connect to each other at once (static peers both ways,
