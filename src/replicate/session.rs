@@ -7,9 +7,9 @@
 use super::frame::{self, Frame, FrameError, PROTO_VERSION};
 use super::plan::{self, InFlight, Start};
 use super::stats::LinkStats;
-use crate::engine::{Engine, EngineError, Event, RenderCache};
+use crate::engine::{Engine, EngineError, Event, RenderCache, PAGE_BYTES};
 use crate::model::{NodeId, VersionVector};
-use crate::store::OutcomeKind;
+use crate::store::{Cap, OutcomeKind};
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;
@@ -452,7 +452,11 @@ impl Outbound {
             self.send_snapshot_page(tx).await?;
             return Ok(true);
         }
-        let page = self.engine.log_after(self.pos, BATCH)?;
+        // Bounded in bytes too: 256 changes of ~1 MiB are 256 MiB.
+        let page = self
+            .engine
+            .log_after_page(self.pos, Cap::new(BATCH, PAGE_BYTES))?
+            .items;
         let Some((last, _)) = page.last() else {
             self.progress().await?;
             return Ok(false);
@@ -490,8 +494,12 @@ impl Outbound {
                 continue;
             }
             let after = snap.after.as_ref().map(|(c, i)| (c.as_str(), i.as_str()));
-            let page = self.engine.entities(&space, None, after, BATCH)?;
-            if page.len() < BATCH {
+            let page =
+                self.engine
+                    .entities_page(&space, None, after, Cap::new(BATCH, PAGE_BYTES))?;
+            let more = page.more;
+            let page = page.items;
+            if !more {
                 snap.spaces.remove(0);
                 snap.after = None;
             } else if let Some((c, i, _)) = page.last() {
