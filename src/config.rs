@@ -51,6 +51,10 @@ pub struct Config {
     /// The config file's directory, against which schema paths resolve.
     #[serde(skip)]
     pub base_dir: Option<PathBuf>,
+    /// The file as parsed, to tell keys that were written from defaults
+    /// (see `warnings`).
+    #[serde(skip)]
+    pub raw: Option<toml::Table>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -298,6 +302,8 @@ pub struct Settings {
     pub forms: Arc<SchemaSet>,
     /// Compiled `[schemas]`, keyed by collection.
     pub schemas: Arc<SchemaSet>,
+    /// The effective configuration as TOML, secrets redacted (status page).
+    pub effective_toml: String,
 }
 
 impl Config {
@@ -312,10 +318,65 @@ impl Config {
     }
 
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let err = |e: toml::de::Error| ConfigError::Parse {
             path: origin.to_string(),
             message: e.to_string().trim_end().to_string(),
-        })
+        };
+        let mut c: Config = toml::from_str(text).map_err(err)?;
+        // Only for `warnings`: a value TOML's own integers cannot hold
+        // (a u64 past i64::MAX) is caught by `validate`, not here.
+        c.raw = toml::from_str(text).ok();
+        Ok(c)
+    }
+
+    /// Settings that were written but take no effect: a section whose
+    /// switch is off. `check-config` prints them and `serve` logs them as
+    /// warnings (they are not errors: turning a section off by its switch,
+    /// keeping its settings for later, is legitimate).
+    pub fn warnings(&self) -> Vec<String> {
+        let Some(raw) = &self.raw else {
+            return Vec::new();
+        };
+        // Keys written with a value other than their default (a key set to
+        // its default changes nothing either way, as in the shipped file).
+        let defaults = toml::Table::try_from(Config::default()).unwrap_or_default();
+        let keys = |section: &str, except: &[&str]| -> Vec<String> {
+            let dflt = defaults.get(section).and_then(|v| v.as_table());
+            raw.get(section)
+                .and_then(|v| v.as_table())
+                .map(|t| {
+                    t.iter()
+                        .filter(|(k, _)| !except.contains(&k.as_str()))
+                        .filter(|(k, v)| dflt.and_then(|d| d.get(k.as_str())) != Some(v))
+                        .map(|(k, _)| format!("{section}.{k}"))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut out = Vec::new();
+        let mesh = keys("mesh", &["enabled"]);
+        if !self.mesh.enabled && !mesh.is_empty() {
+            out.push(format!(
+                "[mesh] sets {} but not `enabled = true`: the mesh is off and these settings are ignored",
+                mesh.join(", ")
+            ));
+        }
+        let url_set = |u: &Option<String>| u.as_deref().is_some_and(|u| !u.trim().is_empty());
+        let webhook = keys("webhook", &["url"]);
+        if !url_set(&self.webhook.url) && !webhook.is_empty() {
+            out.push(format!(
+                "[webhook] sets {} but no `url`: no webhook is sent and these settings are ignored",
+                webhook.join(", ")
+            ));
+        }
+        let upstream = keys("upstream", &["url"]);
+        if !url_set(&self.upstream.url) && !upstream.is_empty() {
+            out.push(format!(
+                "[upstream] sets {} but no `url`: there is no upstream and these settings are ignored",
+                upstream.join(", ")
+            ));
+        }
+        out
     }
 
     /// Check every key and produce the settings the relay runs on.
@@ -408,7 +469,7 @@ impl Config {
         };
         let forms = load("forms", &self.forms)?;
         let schemas = load("schemas", &self.schemas)?;
-        Ok(Settings {
+        let mut settings = Settings {
             listen,
             max_connections: s.max_connections,
             max_frame_bytes: s.max_frame_bytes,
@@ -431,7 +492,10 @@ impl Config {
             tls,
             forms,
             schemas,
-        })
+            effective_toml: String::new(),
+        };
+        settings.effective_toml = self.effective_toml(&settings);
+        Ok(settings)
     }
 
     /// The effective configuration as TOML, secrets redacted.
@@ -682,7 +746,7 @@ impl UpstreamConfig {
 }
 
 /// Every certificate in a PEM file (at least one).
-fn read_certs(p: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+pub fn read_certs(p: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
     use rustls::pki_types::pem::PemObject;
     let certs = rustls::pki_types::CertificateDer::pem_file_iter(p)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())

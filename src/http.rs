@@ -6,10 +6,8 @@ use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde_json::json;
+use axum::Router;
 use std::collections::HashMap;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -34,7 +32,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ws/replicate", get(crate::upstream::hub::upgrade))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .route("/v1/status", get(status))
+        .route("/v1/status", get(crate::console::status))
+        .merge(crate::console::routes())
         .with_state(state)
 }
 
@@ -69,26 +68,10 @@ fn operator_only(
     headers: &HeaderMap,
     query: &HashMap<String, String>,
 ) -> Option<Response> {
-    let token = crate::dialect::token_from(headers, query);
-    let grant = match state.auth.admit(token.as_deref(), crate::dialect::now_s()) {
-        Ok(g) => g,
-        Err(e) => {
-            state.engine.metrics.auth_failures.fetch_add(1, Relaxed);
-            return Some(
-                (StatusCode::UNAUTHORIZED, format!("unauthorized: {e}\n")).into_response(),
-            );
-        }
-    };
-    let anyone_reads = state.auth.anonymous() != crate::config::Anonymous::None;
-    if grant.is_admin() || anyone_reads {
-        return None;
-    }
-    state.engine.metrics.auth_failures.fetch_add(1, Relaxed);
-    let refused = (
-        StatusCode::FORBIDDEN,
-        "forbidden: this endpoint needs a token with admin scope\n",
-    );
-    Some(refused.into_response())
+    use crate::console::access::{require_admin, Need};
+    require_admin(state, headers, query, Need::Read)
+        .err()
+        .map(IntoResponse::into_response)
 }
 
 async fn metrics(
@@ -127,42 +110,4 @@ async fn metrics(
         body.push_str(&u.render_metrics());
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
-}
-
-async fn status(
-    State(state): State<Arc<AppState>>,
-    Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-) -> Response {
-    if let Some(refused) = operator_only(&state, &headers, &query) {
-        return refused;
-    }
-    let e = &state.engine;
-    let subs: std::collections::HashMap<String, usize> =
-        e.hub().subscriber_counts().into_iter().collect();
-    let spaces: Vec<_> = e
-        .spaces()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(name, changes)| json!({"name": name, "changes": changes, "subscribers": subs.get(&name).copied().unwrap_or(0)}))
-        .collect();
-    Json(json!({
-        "node_id": e.node_id().to_string(),
-        "version": crate::VERSION,
-        "uptime_s": e.uptime().as_secs(),
-        "listen": state.settings.listen.to_string(),
-        "clients": e.metrics.connections.load(Relaxed),
-        "spaces": spaces,
-        "log": {"entries": e.log_len().unwrap_or(0), "last_seq": e.last_seq(), "horizon": e.horizon()},
-        "version_vector": e.version_vector().unwrap_or_default().iter()
-            .map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
-        "durability": state.settings.durability,
-        "mesh": {
-            "enabled": state.mesh_addr.is_some(),
-            "listen": state.mesh_addr.map(|a| a.to_string()),
-        },
-        "peers": state.links.status(),
-        "upstream": state.upstream.as_ref().map(|u| u.status()),
-    }))
-    .into_response()
 }

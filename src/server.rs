@@ -49,6 +49,8 @@ pub struct AppState {
     pub mesh_addr: Option<SocketAddr>,
     /// The link to the upstream hub, when `[upstream]` is configured.
     pub upstream: Option<Arc<crate::upstream::Upstream>>,
+    /// The status page's rate samples and caches.
+    pub console: Arc<crate::console::Console>,
 }
 
 /// Counts live connection actors so shutdown can wait for them.
@@ -156,6 +158,8 @@ impl Relay {
             None => None,
         };
         let upstream_task = upstream.as_ref().map(|u| u.start(shutdown.clone()));
+        let console = Arc::new(crate::console::Console::default());
+        console.start(&engine);
         let state = Arc::new(AppState {
             engine,
             auth: Auth::new(settings.jwt_secret.as_deref(), settings.anonymous),
@@ -165,6 +169,7 @@ impl Relay {
             links,
             mesh_addr: mesh.as_ref().map(|m| m.local_addr),
             upstream,
+            console,
         });
         let app = crate::http::router(state.clone());
         let mut rx = state.shutdown.clone();

@@ -334,7 +334,7 @@ use crate::dialect::send_text as send;
 async fn run(mut socket: WebSocket, state: Arc<AppState>, grant: Grant, space: String) {
     let mut shutdown = state.shutdown.clone();
     let mut conn = Conn {
-        ctx: ConnCtx::new(state.clone()),
+        ctx: ConnCtx::new(state.clone(), "/v1/sync"),
         grant,
         space,
         sub: None,

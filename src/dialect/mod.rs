@@ -161,17 +161,20 @@ pub struct ConnCtx {
     /// The connection's outbound queue (fan-out pushes, the task pops).
     pub rx: Arc<Outbox>,
     pub signal: Arc<ConnSignal>,
+    /// The endpoint path, for the per-endpoint connection gauge.
+    endpoint: &'static str,
     _track: crate::server::ConnToken,
 }
 
 impl ConnCtx {
-    pub fn new(state: Arc<AppState>) -> ConnCtx {
+    pub fn new(state: Arc<AppState>, endpoint: &'static str) -> ConnCtx {
         let id = state.engine.next_conn_id();
         let rx = Outbox::new(state.settings.queue_depth, state.settings.max_queue_bytes);
         let signal = Arc::new(ConnSignal::default());
         let m = &state.engine.metrics;
         m.connections.fetch_add(1, Relaxed);
         m.connections_total.fetch_add(1, Relaxed);
+        m.endpoint_conn(endpoint, true);
         let track = state.conns.enter();
         ConnCtx {
             link: ConnLink {
@@ -183,6 +186,7 @@ impl ConnCtx {
             id,
             rx,
             signal,
+            endpoint,
             _track: track,
         }
     }
@@ -194,5 +198,9 @@ impl Drop for ConnCtx {
         // Frees whatever is still queued, even if a subscription raced in.
         self.rx.close();
         self.state.engine.metrics.connections.fetch_sub(1, Relaxed);
+        self.state
+            .engine
+            .metrics
+            .endpoint_conn(self.endpoint, false);
     }
 }

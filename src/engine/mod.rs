@@ -1,11 +1,13 @@
 //! The engine: the one place that applies changes, serves catch-up, and fans
 //! out. Every dialect is a thin adapter over these calls.
 
+mod admin;
 mod hub;
 mod outbox;
 mod recent;
 mod validate;
 
+pub use admin::SpaceFigures;
 pub use hub::{ConnLink, ConnSignal, Filter, Hub};
 pub use outbox::{json_bytes, Budget, Outbox};
 pub use validate::{validate_change, validate_name, validate_write, Limits};

@@ -4,13 +4,17 @@
 //! through one writer thread (`writer.rs`) that batches concurrent requests
 //! into one transaction, so one fsync acknowledges many writes.
 
+mod backup;
 mod slot;
 mod tables;
 mod writer;
 
+pub use backup::{check, restore, verify_backup, BackupSummary, CheckReport, RestoreError};
 pub use slot::Fault;
 pub use tables::SCHEMA_VERSION;
-pub use writer::{CommitSink, Expect, Job, LocalWrite, Outcome, OutcomeKind, SnapEntity};
+pub use writer::{
+    free_disk_bytes, CommitSink, Expect, Job, LocalWrite, Outcome, OutcomeKind, SnapEntity,
+};
 
 use crate::metrics::Metrics;
 use crate::model::{Change, EntityState, NodeId, VersionVector};
@@ -555,6 +559,81 @@ impl Store {
             out.push((k.value().to_string(), v.value()));
         }
         Ok(out)
+    }
+
+    /// Stream a consistent copy of every table (see `backup.rs`) to `out`,
+    /// from one read transaction: writes go on meanwhile. Blocking; `out`
+    /// returning false (the receiver is gone) stops it.
+    pub fn backup(
+        &self,
+        now_ms: u64,
+        out: impl FnMut(Vec<u8>) -> bool,
+    ) -> Result<BackupSummary, StoreError> {
+        let db = self.slot.get()?;
+        backup::dump(&db, now_ms, out)
+    }
+
+    /// Every entity of every space (or of `space`), with the last seq they
+    /// reflect, read in one transaction: `visit` gets them in key order and
+    /// may stop the walk by returning false.
+    pub fn export(
+        &self,
+        space: Option<&str>,
+        header: impl FnOnce(u64) -> bool,
+        mut visit: impl FnMut(&str, &str, &str, StoredEntity) -> bool,
+    ) -> Result<(), StoreError> {
+        let tx = self.slot.get()?.begin_read()?;
+        let seq = tx
+            .open_table(META)?
+            .get(META_LAST_SEQ)?
+            .map(|v| u64_from(v.value()))
+            .unwrap_or(0);
+        if !header(seq) {
+            return Ok(());
+        }
+        let t = tx.open_table(ENTITY)?;
+        let range = match space {
+            Some(s) => t.range((s, "", "")..)?,
+            None => t.range::<(&str, &str, &str)>(..)?,
+        };
+        for row in range {
+            let (k, v) = row?;
+            let (s, c, i) = k.value();
+            if space.is_some_and(|want| want != s) {
+                break;
+            }
+            if !visit(s, c, i, decode(v.value())?) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of entities (tombstones included) of `space`: a key scan.
+    pub fn count_entities(&self, space: &str) -> Result<u64, StoreError> {
+        let tx = self.slot.get()?.begin_read()?;
+        let t = tx.open_table(ENTITY)?;
+        let mut n = 0;
+        for row in t.range((space, "", "")..)? {
+            let (k, _) = row?;
+            if k.value().0 != space {
+                break;
+            }
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Commit time of the newest change of `space` still in the log.
+    pub fn last_write_ms(&self, space: &str) -> Result<Option<u64>, StoreError> {
+        let tx = self.slot.get()?.begin_read()?;
+        let idx = tx.open_table(SPACE_LOG)?;
+        let last = idx.range((space, 0u64)..=(space, u64::MAX))?.next_back();
+        let Some(row) = last else { return Ok(None) };
+        let seq = row?.0.value().1;
+        let log = tx.open_table(LOG)?;
+        let entry: Option<LogEntry> = log.get(seq)?.map(|v| decode(v.value())).transpose()?;
+        Ok(entry.map(|e| e.at_ms))
     }
 
     /// Number of changes currently held in the log.

@@ -146,6 +146,13 @@ pub enum Job {
         vv: Option<crate::model::VersionVector>,
         reply: Reply<Vec<String>>,
     },
+    /// `outpost import`: merge exported entity states like a snapshot, and
+    /// carry each entity's version over (the larger of the two), so a
+    /// fresh relay ends up identical to the exporting one.
+    Import {
+        entities: Vec<(SnapEntity, u64)>,
+        reply: Reply<Vec<String>>,
+    },
     /// With relaxed durability: make earlier commits durable if they are
     /// not yet (sent by the store's flush ticker, so an idle relay does not
     /// keep acknowledged writes unsynced for long).
@@ -552,7 +559,14 @@ impl Writer {
                             vv,
                             reply,
                         } => {
-                            let spaces = self.merge_snapshot(&mut t, entities, vv, seq)?;
+                            let ents = entities.into_iter().map(|e| (e, None));
+                            let spaces = self.merge_snapshot(&mut t, ents, vv, seq)?;
+                            merged.extend(spaces.iter().cloned());
+                            done.push(Done::Spaces(reply, spaces));
+                        }
+                        Job::Import { entities, reply } => {
+                            let ents = entities.into_iter().map(|(e, v)| (e, Some(v)));
+                            let spaces = self.merge_snapshot(&mut t, ents, None, seq)?;
                             merged.extend(spaces.iter().cloned());
                             done.push(Done::Spaces(reply, spaces));
                         }
@@ -754,12 +768,12 @@ impl Writer {
     fn merge_snapshot(
         &mut self,
         t: &mut Tables<'_>,
-        entities: Vec<SnapEntity>,
+        entities: impl Iterator<Item = (SnapEntity, Option<u64>)>,
         vv: Option<crate::model::VersionVector>,
         last_seq: u64,
     ) -> Result<Vec<String>, StoreError> {
         let mut changed = std::collections::BTreeSet::new();
-        for e in entities {
+        for (e, version) in entities {
             let key = (e.space.as_str(), e.collection.as_str(), e.id.as_str());
             let mut ent: StoredEntity = match t.entity.get(key)? {
                 Some(v) => decode(v.value())?,
@@ -767,8 +781,9 @@ impl Writer {
             };
             let before = ent.state.clone();
             ent.state.merge(&e.state);
-            if ent.state != before {
-                ent.version += 1;
+            let bumped = version.map_or(ent.version + 1, |v| v.max(ent.version + 1));
+            if ent.state != before || version.is_some_and(|v| v > ent.version) {
+                ent.version = bumped;
                 t.entity.insert(key, encode(&ent)?.as_slice())?;
                 if t.spaces.get(e.space.as_str())?.is_none() {
                     t.spaces.insert(e.space.as_str(), 0)?;
@@ -848,14 +863,16 @@ fn refuse(job: Job, err: impl Fn() -> StoreError) {
         Job::Local { reply, .. } | Job::Remote { reply, .. } => drop(reply.send(Err(err()))),
         Job::SetCursor { reply, .. } => drop(reply.send(Err(err()))),
         Job::Trim { reply, .. } => drop(reply.send(Err(err()))),
-        Job::MergeSnapshot { reply, .. } => drop(reply.send(Err(err()))),
+        Job::MergeSnapshot { reply, .. } | Job::Import { reply, .. } => {
+            drop(reply.send(Err(err())))
+        }
         Job::Ping(reply) => drop(reply.send(Ok(()))),
         Job::Flush => {}
     }
 }
 
 /// Free bytes on the file system holding `dir` (None if it can't be read).
-fn free_disk_bytes(dir: &std::path::Path) -> Option<u64> {
+pub fn free_disk_bytes(dir: &std::path::Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
     let mut s: libc::statvfs = unsafe { std::mem::zeroed() };

@@ -126,7 +126,7 @@ async fn run(
     space: String,
     client_id: Option<String>,
 ) {
-    let ctx = ConnCtx::new(state.clone());
+    let ctx = ConnCtx::new(state.clone(), endpoint.path());
     let mut shutdown = state.shutdown.clone();
     let mut conn = Conn {
         client_id: client_id.unwrap_or_else(|| format!("c{}", ctx.id)),
