@@ -216,6 +216,8 @@ test('behind the trimmed log horizon the replica is rebuilt from the snapshot', 
     await new Promise((r) => setTimeout(r, 1200));
     await relay.stop();
     await relay.start();
+    // The pass runs in the background right after the start.
+    await until(async () => (await relay.metric('outpost_log_entries')) === 0, 10000, 'log trimmed');
     r = open({ store: new FileStore(file), spaces: ['s'] });
     const changes = [];
     r.space('s').on('change', (f) => changes.push(f.id));
