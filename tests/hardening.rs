@@ -94,7 +94,9 @@ async fn invalid_utf8_closes_with_1007_on_every_endpoint() {
 
 /// A writer subscribed to the space it writes gets an ack and its change
 /// back per push: two small frames in a row, the second of which Nagle
-/// holds until the client's delayed ACK (about 40 ms) without TCP_NODELAY.
+/// holds until the client's delayed ACK (at least 40 ms) without TCP_NODELAY.
+/// Measured: median 49 ms without it; with it about 1 ms on a quiet machine
+/// and 11 ms at a load average of 19 on two cores, hence the 30 ms bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscribed_writer_does_not_wait_for_delayed_acks() {
     let dir = tempfile::tempdir().unwrap();
@@ -128,7 +130,7 @@ async fn a_subscribed_writer_does_not_wait_for_delayed_acks() {
         took.last().unwrap()
     );
     assert!(
-        median < Duration::from_millis(20),
+        median < Duration::from_millis(30),
         "median round trip {median:?}: Nagle and delayed ACKs (no TCP_NODELAY?)"
     );
     relay.shutdown().await.unwrap();
