@@ -319,3 +319,79 @@ async fn nats_upstream_edge_with_nats_down_then_up() {
     let st = cluster_status(hub.http).await;
     assert_eq!(st["merged"], 250, "{st}");
 }
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, as PEM files
+/// in `dir`: (ca, cert, key).
+fn ca_and_server_cert(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let issuer = rcgen::CertifiedIssuer::self_signed(ca, ca_key).unwrap();
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&paths.0, issuer.pem()).unwrap();
+    std::fs::write(&paths.1, cert.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    paths
+}
+
+/// TLS verified against `ca_file`, and a token from `token_file`: two
+/// instances share the stream; a wrong token never reaches it (the relay
+/// serves, reports JetStream unreachable with the server's error, and
+/// answers its writers 503 after `ack_timeout`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_ca_file_and_a_token_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = ca_and_server_cert(dir.path());
+    let token = dir.path().join("nats.token");
+    std::fs::write(&token, "s3cret-token-0123456789\n").unwrap();
+    let wrong = dir.path().join("wrong.token");
+    std::fs::write(&wrong, "not-the-token\n").unwrap();
+    let mut nats = Nats::configure_with(
+        1,
+        &format!(
+            "tls {{ cert_file: \"{}\", key_file: \"{}\" }}\nauthorization {{ token: \"s3cret-token-0123456789\" }}",
+            cert.display(),
+            key.display()
+        ),
+    );
+    nats.start_node(0);
+    let url = format!("[\"tls://127.0.0.1:{}\"]", nats.nodes[0].port);
+    let hub = |token: &std::path::Path, timeout: &str| {
+        Node::new(&format!(
+            "[cluster]\nnats = {url}\ntoken_file = \"{}\"\nca_file = \"{}\"\nack_timeout = \"{timeout}\"\n\
+             [cluster.stream]\nreplicas = 1\n",
+            token.display(),
+            ca.display()
+        ))
+        .run()
+    };
+    let a = hub(&token, "30s");
+    let b = hub(&token, "30s");
+    wait_connected(&a).await;
+    wait_connected(&b).await;
+    let wa = writes("a", 50, "a");
+    write_all(a.http, &wa).await;
+    converge(&[a.http, b.http], 50, &ids(&[&wa])).await;
+
+    let c = hub(&wrong, "1s");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let st = cluster_status(c.http).await;
+    assert_eq!(st["connected"], false, "{st}");
+    assert!(st["last_error"].is_string(), "{st}");
+    let mut client = Client::native(c.http).await;
+    client
+        .send(serde_json::json!({"type": "push", "rid": 1, "space": "s",
+            "changes": [{"collection": "notes", "id": "x", "op": "put", "fields": {"v": 1}}]}))
+        .await;
+    let (_, err) = client.until("error").await;
+    assert_eq!(err["code"], 503, "{err}");
+    assert_eq!(st["changes_waiting"], 0, "{st}");
+    assert_eq!(cluster_status(c.http).await["changes_waiting"], 1);
+}

@@ -317,6 +317,9 @@ impl Link {
             if *shutdown.borrow() {
                 return;
             }
+            // Seen before reading, so a commit landing after the read
+            // still wakes the wait below.
+            commits.borrow_and_update();
             let page = match self.engine.log_after(done, PAGE) {
                 Ok(p) => p,
                 Err(e) => {
@@ -325,12 +328,9 @@ impl Link {
                 }
             };
             if page.is_empty() {
-                commits.borrow_and_update();
-                if self.engine.last_seq() > done {
-                    continue;
-                }
                 tokio::select! {
                     _ = commits.changed() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = shutdown.wait_for(|s| *s) => return,
                 }
                 continue;
