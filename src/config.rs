@@ -347,6 +347,16 @@ impl Config {
         // Keys written with a value other than their default (a key set to
         // its default changes nothing either way, as in the shipped file).
         let defaults = toml::Table::try_from(Config::default()).unwrap_or_default();
+        // A sub-table (`[cluster.stream]`) counts only for what it sets.
+        fn differs(v: &toml::Value, d: Option<&toml::Value>) -> bool {
+            match (v, d) {
+                (toml::Value::Table(t), Some(toml::Value::Table(dt))) => {
+                    t.iter().any(|(k, v)| differs(v, dt.get(k)))
+                }
+                (toml::Value::Table(t), None) => !t.is_empty(),
+                (v, d) => Some(v) != d,
+            }
+        }
         let keys = |section: &str, except: &[&str]| -> Vec<String> {
             let dflt = defaults.get(section).and_then(|v| v.as_table());
             raw.get(section)
@@ -354,7 +364,7 @@ impl Config {
                 .map(|t| {
                     t.iter()
                         .filter(|(k, _)| !except.contains(&k.as_str()))
-                        .filter(|(k, v)| dflt.and_then(|d| d.get(k.as_str())) != Some(v))
+                        .filter(|(k, v)| differs(v, dflt.and_then(|d| d.get(k.as_str()))))
                         .map(|(k, _)| format!("{section}.{k}"))
                         .collect()
                 })
@@ -376,11 +386,18 @@ impl Config {
                 webhook.join(", ")
             ));
         }
-        let upstream = keys("upstream", &["url"]);
-        if !url_set(&self.upstream.url) && !upstream.is_empty() {
+        let upstream = keys("upstream", &["url", "nats"]);
+        if !url_set(&self.upstream.url) && self.upstream.nats.is_empty() && !upstream.is_empty() {
             out.push(format!(
-                "[upstream] sets {} but no `url`: there is no upstream and these settings are ignored",
+                "[upstream] sets {} but neither `url` nor `nats`: there is no upstream and these settings are ignored",
                 upstream.join(", ")
+            ));
+        }
+        let cluster = keys("cluster", &["nats"]);
+        if self.cluster.nats.is_empty() && !cluster.is_empty() {
+            out.push(format!(
+                "[cluster] sets {} but no `nats` servers: this relay is not clustered and these settings are ignored",
+                cluster.join(", ")
             ));
         }
         out
@@ -1129,6 +1146,24 @@ mod tests {
         }
         let ok = "[log]\nlevel = \"outpost=debug,warn\"\n[storage]\nmin_free_mb = 0\n";
         Config::parse(ok, "t").unwrap().validate().unwrap();
+    }
+
+    #[test]
+    fn settings_without_their_switch_are_warned_about() {
+        let c = Config::parse(
+            "[upstream]\nspaces = [\"a\"]\n[cluster]\nack_timeout = \"5s\"\n[mesh]\nmdns = true\n",
+            "t",
+        )
+        .unwrap();
+        let w = c.warnings();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].starts_with("[upstream] sets upstream.spaces"), "{w:?}");
+        assert!(
+            w[1].starts_with("[cluster] sets cluster.ack_timeout"),
+            "{w:?}"
+        );
+        // mdns = true is the default: nothing to say about [mesh].
+        assert!(Config::default().warnings().is_empty());
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! outpost: an edge sync relay.
 //!
 //! Module map (outside in):
+//! - [`cli`]: the command line's definition (clap), shared with the man
+//!   page and shell completion generators.
 //! - [`config`]: the TOML file, validated into [`config::Settings`].
 //! - [`server`]: binds the listener, runs the HTTP router, handles shutdown.
 //! - [`http`]: the axum router: health, metrics, status, and the dialect routes.
@@ -28,6 +30,7 @@
 
 pub mod auth;
 pub mod bench;
+pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod console;

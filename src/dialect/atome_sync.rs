@@ -45,6 +45,7 @@ pub async fn upgrade(
     super::limit(ws, &state).on_upgrade(move |socket| async move {
         let ctx = ConnCtx::new(state.clone(), "/ws/atome-sync");
         let proto = AtomeProto {
+            order: Default::default(),
             engine: state.engine.clone(),
             space: space.clone(),
             grant,
@@ -175,6 +176,8 @@ pub fn snapshot_frame(id: &str, e: &StoredEntity, now: u64) -> String {
 // ---- the socket connection ---------------------------------------------------
 
 struct AtomeProto {
+    /// Pushes reach the writer in the order their frames were read.
+    order: crate::engine::WriteOrder,
     engine: Arc<Engine>,
     space: String,
     grant: Grant,
@@ -232,8 +235,16 @@ impl Protocol for AtomeProto {
                 let actor = actor(&self.grant, Some(&self.client_id));
                 // Stored, then fanned out to the other clients; only a
                 // failure is answered (the seed has no acknowledgement).
+                let pushed = self.order.push(
+                    engine.clone(),
+                    space,
+                    actor,
+                    Some(conn),
+                    vec![write],
+                    vec![],
+                );
                 Handled::later(Box::pin(async move {
-                    match engine.push(&space, &actor, Some(conn), vec![write]).await {
+                    match pushed.await {
                         Ok(_) => vec![],
                         Err(e) => {
                             engine.metrics.errors_sent.fetch_add(1, Relaxed);

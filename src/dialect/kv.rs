@@ -301,6 +301,8 @@ struct Conn {
     /// Ops awaiting their commit; each yields an error frame or nothing
     /// (success shows as the op's broadcast, which the writer receives too).
     pending: FuturesOrdered<Pending>,
+    /// Pushes reach the writer in the order their frames were read.
+    order: crate::engine::WriteOrder,
 }
 
 use crate::dialect::send_text as send;
@@ -314,6 +316,7 @@ async fn run(mut socket: WebSocket, state: Arc<AppState>, grant: Grant, space: S
         sub: None,
         last_seq: 0,
         pending: FuturesOrdered::new(),
+        order: Default::default(),
     };
     if let Err(e) = conn.sync(&mut socket).await {
         conn.fail(&mut socket, &e).await;
@@ -508,9 +511,12 @@ impl Conn {
         let actor = self.grant.sub.clone();
         let source = Some(self.ctx.id);
         let write = op_write(key.clone(), value, timestamp_us);
+        let pushed = self
+            .order
+            .push(engine.clone(), space, actor, source, vec![write], vec![]);
         // Answered in order once durable; the actor keeps serving meanwhile.
         self.pending.push_back(Box::pin(async move {
-            match engine.push(&space, &actor, source, vec![write]).await {
+            match pushed.await {
                 Ok(_) => None,
                 Err(e) => {
                     engine.metrics.errors_sent.fetch_add(1, Relaxed);

@@ -40,13 +40,27 @@ pub enum EngineError {
         violation: crate::schema::Violation,
     },
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(StoreError),
     #[error("the client went away")]
     ClientGone,
     /// Clustered: committed here (durable) but JetStream did not ack it in
     /// time; it is published once JetStream is back.
     #[error("stored on this hub, but the cluster stream did not acknowledge it within {0:?}; it will be published when JetStream is reachable")]
     NotReplicated(Duration),
+}
+
+impl From<StoreError> for EngineError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            // The writer refused a job on the engine's own check (schemas):
+            // give back the engine's error as it was made.
+            StoreError::Rejected(r) => match r.downcast::<EngineError>() {
+                Ok(e) => *e,
+                Err(r) => EngineError::Invalid(r.to_string()),
+            },
+            e => EngineError::Store(e),
+        }
+    }
 }
 
 impl EngineError {
@@ -153,6 +167,122 @@ pub struct Engine {
 pub struct AckGate {
     pub replicated: tokio::sync::watch::Receiver<u64>,
     pub timeout: Duration,
+}
+
+/// Refuse writes that would leave an entity breaking its collection's
+/// schema. A put is checked as the whole entity; a patch as the entity it
+/// produces from the state `read` now (inside the writer's transaction) and
+/// from earlier writes of the same batch. Deletes are not checked. Changes
+/// from peers and the upstream are not checked here: their origin relay did.
+/// Outer error: reading failed; inner: the refusal.
+fn check_schemas(
+    schemas: &SchemaSet,
+    writes: &[LocalWrite],
+    read: &crate::store::ReadEntity<'_>,
+) -> Result<Result<(), EngineError>, StoreError> {
+    let mut projected: std::collections::HashMap<(&str, &str), serde_json::Map<String, Value>> =
+        std::collections::HashMap::new();
+    for (index, w) in writes.iter().enumerate() {
+        if w.op == Op::Delete {
+            projected.insert((&w.collection, &w.id), serde_json::Map::new());
+            continue;
+        }
+        if !schemas.contains(&w.collection) {
+            continue;
+        }
+        let key = (w.collection.as_str(), w.id.as_str());
+        let mut fields = match (w.op, projected.remove(&key)) {
+            (Op::Put, _) => serde_json::Map::new(),
+            (_, Some(f)) => f,
+            _ => read(&w.collection, &w.id)?
+                .filter(|e| e.state.exists())
+                .map(|e| e.state.visible())
+                .unwrap_or_default(),
+        };
+        for (k, v) in &w.fields {
+            if v.is_null() {
+                fields.remove(k);
+            } else {
+                fields.insert(k.clone(), v.clone());
+            }
+        }
+        let violations = schemas
+            .check_object(&w.collection, &fields)
+            .unwrap_or_default();
+        if let Some(violation) = violations.into_iter().next() {
+            return Ok(Err(EngineError::Schema {
+                index,
+                collection: w.collection.clone(),
+                violation,
+            }));
+        }
+        projected.insert(key, fields);
+    }
+    Ok(Ok(()))
+}
+
+/// A push queued to the writer, waiting for its durable commit.
+pub struct QueuedPush<'e> {
+    engine: &'e Engine,
+    n: u64,
+    rx: Option<tokio::sync::oneshot::Receiver<Result<Vec<Outcome>, StoreError>>>,
+}
+
+impl QueuedPush<'_> {
+    /// The outcomes, once the commit is durable.
+    pub async fn wait(self) -> Result<Vec<Outcome>, EngineError> {
+        let Some(rx) = self.rx else {
+            return Ok(vec![]);
+        };
+        let out = rx.await.map_err(|_| StoreError::Closed)??;
+        self.engine
+            .metrics
+            .changes_written
+            .fetch_add(self.n, Relaxed);
+        self.engine.await_gate(&out).await?;
+        Ok(out)
+    }
+}
+
+/// Keeps one connection's pushes in the order its frames were read.
+///
+/// A connection answers pushes asynchronously (one future per push, polled
+/// together), and a future does nothing until first polled: without this, a
+/// later push could reach the writer first and two patches of one field,
+/// sent in order, could end with the older value. Each push made through
+/// `push` queues its job only after the previous push of the same
+/// `WriteOrder` has queued its own (or failed, or been dropped); only the
+/// wait for the commit overlaps.
+#[derive(Default)]
+pub struct WriteOrder {
+    prev: Option<tokio::sync::oneshot::Receiver<()>>,
+}
+
+impl WriteOrder {
+    pub fn push(
+        &mut self,
+        engine: Arc<Engine>,
+        space: String,
+        actor: String,
+        source: Option<u64>,
+        writes: Vec<LocalWrite>,
+        write_ids: Vec<Option<String>>,
+    ) -> impl std::future::Future<Output = Result<Vec<Outcome>, EngineError>> + Send + 'static {
+        let prev = self.prev.take();
+        let (queued, next) = tokio::sync::oneshot::channel();
+        self.prev = Some(next);
+        async move {
+            if let Some(prev) = prev {
+                // An error means the earlier push was dropped: nothing to wait for.
+                let _ = prev.await;
+            }
+            let pushed = engine
+                .queue_push(&space, &actor, source, writes, write_ids)
+                .await;
+            drop(queued);
+            pushed?.wait().await
+        }
+    }
 }
 
 /// How many relays an event may cross after the one it was published at.
@@ -345,6 +475,13 @@ impl Engine {
         self.store.last_seq()
     }
 
+    /// Park the store writer until the guard is dropped (deterministic
+    /// tests of what queues behind it).
+    #[doc(hidden)]
+    pub async fn hold_writer(&self) -> Result<crate::store::WriterHold, EngineError> {
+        Ok(self.store.hold_writer().await?)
+    }
+
     /// Apply local writes (validated here); answers after the durable commit.
     pub async fn push(
         &self,
@@ -370,6 +507,24 @@ impl Engine {
         writes: Vec<LocalWrite>,
         write_ids: Vec<Option<String>>,
     ) -> Result<Vec<Outcome>, EngineError> {
+        self.queue_push(space, actor, source, writes, write_ids)
+            .await?
+            .wait()
+            .await
+    }
+
+    /// Validate local writes (with optional write ids, as in
+    /// `push_idempotent`) and queue them for the writer; returns once the
+    /// job is queued, with the wait for its durable commit. Jobs are
+    /// applied in the order they were queued (see [`WriteOrder`]).
+    pub async fn queue_push(
+        &self,
+        space: &str,
+        actor: &str,
+        source: Option<u64>,
+        writes: Vec<LocalWrite>,
+        write_ids: Vec<Option<String>>,
+    ) -> Result<QueuedPush<'_>, EngineError> {
         validate::validate_name("space", space)?;
         for (i, wid) in write_ids.iter().enumerate() {
             if let Some(wid) = wid {
@@ -377,7 +532,11 @@ impl Engine {
             }
         }
         if writes.is_empty() {
-            return Ok(vec![]);
+            return Ok(QueuedPush {
+                engine: self,
+                n: 0,
+                rx: None,
+            });
         }
         if writes.len() > self.limits.max_batch {
             return Err(EngineError::Invalid(format!(
@@ -390,23 +549,37 @@ impl Engine {
             validate_write(&self.limits, w)
                 .map_err(|e| EngineError::Invalid(format!("changes[{i}].{e}")))?;
         }
-        self.check_schemas(space, &writes)?;
+        // Collection schemas are checked by the writer, inside the
+        // transaction that applies the writes: a check made here, before
+        // queueing, could be overtaken by a concurrent write to the entity.
+        let admit: Option<crate::store::Admit> = (!self.schemas.is_empty()).then(|| {
+            let schemas = self.schemas.clone();
+            Arc::new(
+                move |read: &crate::store::ReadEntity<'_>, writes: &[LocalWrite]| {
+                    Ok(check_schemas(&schemas, writes, read)?
+                        .map_err(|e| Box::new(e) as crate::store::Rejection))
+                },
+            ) as crate::store::Admit
+        });
         self.metrics.pushes.fetch_add(1, Relaxed);
         let n = writes.len() as u64;
-        let out = self
+        let rx = self
             .store
-            .submit(|reply| Job::Local {
+            .enqueue(|reply| Job::Local {
                 space: space.to_string(),
                 actor: actor.to_string(),
                 source,
                 writes,
                 write_ids,
+                admit,
                 reply,
             })
             .await?;
-        self.metrics.changes_written.fetch_add(n, Relaxed);
-        self.await_gate(&out).await?;
-        Ok(out)
+        Ok(QueuedPush {
+            engine: self,
+            n,
+            rx: Some(rx),
+        })
     }
 
     /// Make writes wait for the cluster stream (see [`AckGate`]); set once.
@@ -437,59 +610,6 @@ impl Engine {
         }
     }
 
-    /// Refuse writes that would leave an entity breaking its collection's
-    /// schema. A put is checked as the whole entity; a patch as the entity
-    /// it produces from the state read now (and from earlier writes of the
-    /// same batch). Deletes are not checked. Changes from peers and the
-    /// upstream are not checked here: their origin relay did.
-    fn check_schemas(&self, space: &str, writes: &[LocalWrite]) -> Result<(), EngineError> {
-        if self.schemas.is_empty() {
-            return Ok(());
-        }
-        let mut projected: std::collections::HashMap<(&str, &str), serde_json::Map<String, Value>> =
-            std::collections::HashMap::new();
-        for (index, w) in writes.iter().enumerate() {
-            if w.op == Op::Delete {
-                projected.insert((&w.collection, &w.id), serde_json::Map::new());
-                continue;
-            }
-            if !self.schemas.contains(&w.collection) {
-                continue;
-            }
-            let key = (w.collection.as_str(), w.id.as_str());
-            let mut fields = match (w.op, projected.remove(&key)) {
-                (Op::Put, _) => serde_json::Map::new(),
-                (_, Some(f)) => f,
-                _ => self
-                    .store
-                    .entity(space, &w.collection, &w.id)?
-                    .filter(|e| e.state.exists())
-                    .map(|e| e.state.visible())
-                    .unwrap_or_default(),
-            };
-            for (k, v) in &w.fields {
-                if v.is_null() {
-                    fields.remove(k);
-                } else {
-                    fields.insert(k.clone(), v.clone());
-                }
-            }
-            let violations = self
-                .schemas
-                .check_object(&w.collection, &fields)
-                .unwrap_or_default();
-            if let Some(violation) = violations.into_iter().next() {
-                return Err(EngineError::Schema {
-                    index,
-                    collection: w.collection.clone(),
-                    violation,
-                });
-            }
-            projected.insert(key, fields);
-        }
-        Ok(())
-    }
-
     /// Apply changes that carry their identity (peers, upstream). With an
     /// ack gate, answers once the cluster stream holds them.
     pub async fn apply_remote(
@@ -497,9 +617,7 @@ impl Engine {
         changes: Vec<Change>,
         source: Option<u64>,
     ) -> Result<Vec<Outcome>, EngineError> {
-        let out = self.apply_unreplicated(changes, source).await?;
-        self.await_gate(&out).await?;
-        Ok(out)
+        self.apply_covered(changes, Vec::new(), source).await
     }
 
     /// Apply changes read from the cluster stream: they are in it already,
@@ -509,10 +627,33 @@ impl Engine {
         changes: Vec<Change>,
         source: Option<u64>,
     ) -> Result<Vec<Outcome>, EngineError> {
+        self.apply_ungated(changes, Vec::new(), source).await
+    }
+
+    /// `apply_remote` of a replication batch with its `covers` (see
+    /// `Job::Remote`): the changes a space filter held back are skipped.
+    pub async fn apply_covered(
+        &self,
+        changes: Vec<Change>,
+        covers: Vec<(NodeId, u64, u64)>,
+        source: Option<u64>,
+    ) -> Result<Vec<Outcome>, EngineError> {
+        let out = self.apply_ungated(changes, covers, source).await?;
+        self.await_gate(&out).await?;
+        Ok(out)
+    }
+
+    async fn apply_ungated(
+        &self,
+        changes: Vec<Change>,
+        covers: Vec<(NodeId, u64, u64)>,
+        source: Option<u64>,
+    ) -> Result<Vec<Outcome>, EngineError> {
         Ok(self
             .store
             .submit(|reply| Job::Remote {
                 changes,
+                covers,
                 source,
                 reply,
             })
@@ -684,7 +825,13 @@ impl Engine {
             }
             if short {
                 sub.cursor = *base;
-                sub.phase = Phase::Backlog;
+                // Back to where it was: the backlog, or the seam if the
+                // trim overtook it there (it is registered already).
+                sub.phase = if sub.id.is_some() {
+                    Phase::Seam
+                } else {
+                    Phase::Backlog
+                };
             }
             for (collection, id, entity) in page {
                 if sub.filter.wants(&collection) {
@@ -705,6 +852,19 @@ impl Engine {
         // Unregistered, so a long history does not fill the live queue.
         let upto = *sub.upto.get_or_insert_with(|| self.hub.last_seq());
         let page = self.store.space_log(&sub.space, sub.cursor, upto, PAGE)?;
+        // Retention may have trimmed entries after the cursor since the
+        // last page (the horizon is raised before the trim commits, so a
+        // read that missed trimmed entries sees it raised): the log can no
+        // longer replay them, so this page is dropped and the subscription
+        // goes back to the current states, as it would have at the start.
+        let horizon = self.store.horizon();
+        if sub.cursor.saturating_add(1) < horizon {
+            sub.phase = Phase::Snapshot {
+                after: None,
+                base: horizon - 1,
+            };
+            return Ok(Some(Vec::new()));
+        }
         let short = page.len() < PAGE;
         for (seq, entry) in page {
             sub.cursor = seq;

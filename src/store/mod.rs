@@ -13,7 +13,8 @@ pub use backup::{check, restore, verify_backup, BackupSummary, CheckReport, Rest
 pub use slot::Fault;
 pub use tables::SCHEMA_VERSION;
 pub use writer::{
-    free_disk_bytes, CommitSink, Expect, Job, LocalWrite, Outcome, OutcomeKind, SnapEntity,
+    free_disk_bytes, Admit, CommitSink, Expect, Job, LocalWrite, Outcome, OutcomeKind, ReadEntity,
+    Rejection, SnapEntity,
 };
 
 use crate::metrics::Metrics;
@@ -51,6 +52,9 @@ pub enum StoreError {
         index: usize,
         found: serde_json::Value,
     },
+    /// An admission check ([`Admit`]) refused the job; nothing applied.
+    #[error("{0}")]
+    Rejected(Rejection),
     #[error("the store is shutting down")]
     Closed,
     #[error("the data disk is nearly full ({free_bytes} bytes free): writes are refused until space is freed")]
@@ -153,6 +157,10 @@ impl StoredEntity {
         }
     }
 }
+
+/// Holds the writer parked ([`Store::hold_writer`]) until dropped.
+#[doc(hidden)]
+pub struct WriterHold(#[allow(dead_code)] std::sync::mpsc::Sender<()>);
 
 pub struct Store {
     /// The open file; replaced in place after an I/O error (`slot.rs`).
@@ -265,6 +273,18 @@ impl Store {
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Job,
     ) -> Result<T, StoreError> {
+        let rx = self.enqueue(make).await?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Queue a job and return at once the receiver of its answer: the job
+    /// is in the writer's queue (FIFO) when this returns, so jobs queued
+    /// one after another are applied in that order, whichever answer is
+    /// awaited first. Waits while the queue is full.
+    pub async fn enqueue<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Job,
+    ) -> Result<oneshot::Receiver<Result<T, StoreError>>, StoreError> {
         let (tx, rx) = oneshot::channel();
         let jobs = self
             .jobs
@@ -273,7 +293,22 @@ impl Store {
             .and_then(|j| j.clone())
             .ok_or(StoreError::Closed)?;
         jobs.send(make(tx)).await.map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        Ok(rx)
+    }
+
+    /// Park the writer until the returned guard is dropped (deterministic
+    /// tests: jobs queued meanwhile are then taken as one group).
+    #[doc(hidden)]
+    pub async fn hold_writer(&self) -> Result<WriterHold, StoreError> {
+        let (release_tx, release) = std::sync::mpsc::channel();
+        let rx = self
+            .enqueue(|held| Job::Hold {
+                held,
+                release: std::sync::Mutex::new(release),
+            })
+            .await?;
+        rx.await.map_err(|_| StoreError::Closed)??;
+        Ok(WriterHold(release_tx))
     }
 
     /// Why writes are refused right now (an I/O error the store has not

@@ -462,7 +462,12 @@ impl Job {
                         proto::upload_response(false, None, Some(code::VERSION_CONFLICT), now_ms());
                     return Ok(Some(vec![refused, note]));
                 }
-                let version = u.version.unwrap_or(0).max(doc.version + 1);
+                // A stored version at the limit (written before versions
+                // were bounded) cannot grow: refused, never wrapped.
+                let Some(next) = next_version(doc.version) else {
+                    return Ok(Some(fail(code::INVALID_REQUEST)));
+                };
+                let version = u.version.unwrap_or(0).max(next);
                 let name = self.device_name(&u.user_id, &u.device_id, u.device_name.clone())?;
                 let rev = RevisionFields {
                     user: &u.user_id,
@@ -535,7 +540,10 @@ impl Job {
                         all
                     }
                 };
-                let version = r.resolved_version.unwrap_or(0).max(doc.version + 1);
+                let Some(next) = next_version(doc.version) else {
+                    return Ok(Some(fail(code::INVALID_REQUEST)));
+                };
+                let version = r.resolved_version.unwrap_or(0).max(next);
                 let name = self.device_name(&r.user_id, &r.device_id, r.device_name.clone())?;
                 let delta = r.delta.as_ref().map_or(Value::Null, |d| d.to_value());
                 let rev = RevisionFields {
@@ -592,4 +600,9 @@ fn write(
         client_ms: None,
         expect: None,
     }
+}
+
+/// The version after `v`, if it stays within `proto::MAX_VERSION + 1`.
+fn next_version(v: u64) -> Option<u64> {
+    v.checked_add(1).filter(|n| *n <= proto::MAX_VERSION + 1)
 }

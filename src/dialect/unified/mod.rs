@@ -114,6 +114,8 @@ struct Conn {
     /// Hub subscription id -> feed.
     feeds: HashMap<u64, Feed>,
     pending: FuturesOrdered<Pending>,
+    /// Pushes reach the writer in the order their frames were read.
+    order: crate::engine::WriteOrder,
 }
 
 use crate::dialect::send_text as send;
@@ -136,6 +138,7 @@ async fn run(
         space,
         feeds: HashMap::new(),
         pending: FuturesOrdered::new(),
+        order: Default::default(),
     };
     let max_inflight = state.settings.max_inflight;
     let mut closing = false;
@@ -547,9 +550,12 @@ impl Conn {
         };
         let engine = self.engine().clone();
         let (space, actor, source) = (self.space.clone(), self.actor(), Some(self.ctx.id));
+        let pushed = self
+            .order
+            .push(engine.clone(), space, actor, source, vec![write], vec![]);
         // Answered in request order once durable; the actor keeps serving.
         self.pending.push_back(Box::pin(async move {
-            match engine.push(&space, &actor, source, vec![write]).await {
+            match pushed.await {
                 Ok(outs) => {
                     engine.metrics.acks.fetch_add(1, Relaxed);
                     let version = outs.first().map(|o| o.version).unwrap_or(0);
@@ -584,8 +590,11 @@ impl Conn {
         };
         let engine = self.engine().clone();
         let (space, actor, source) = (self.space.clone(), self.actor(), Some(self.ctx.id));
+        let pushed = self
+            .order
+            .push(engine.clone(), space, actor, source, writes, vec![]);
         self.pending.push_back(Box::pin(async move {
-            match engine.push(&space, &actor, source, writes).await {
+            match pushed.await {
                 Ok(outs) => {
                     engine.metrics.acks.fetch_add(1, Relaxed);
                     proto::field_push_reply(&entity, &entity_id, &times, &outs)
