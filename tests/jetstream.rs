@@ -164,6 +164,32 @@ async fn an_incompatible_stream_refuses_the_start() {
     );
 }
 
+/// As `write_all`, but an ack may take up to a minute: while a NATS node
+/// is killed the stream elects a new leader and the client reconnects, and
+/// acks wait for JetStream (that wait is the guarantee under test).
+async fn write_all_patient(addr: SocketAddr, writes: &[(String, Value)]) {
+    let mut c = Client::native(addr).await;
+    for chunk in writes.chunks(100) {
+        let changes: Vec<_> = chunk
+            .iter()
+            .map(|(id, f)| serde_json::json!({"collection": "notes", "id": id, "op": "patch", "fields": f}))
+            .collect();
+        c.send(serde_json::json!({"type": "push", "rid": 1, "space": "s", "changes": changes}))
+            .await;
+        loop {
+            let f = c
+                .try_recv(Duration::from_secs(60))
+                .await
+                .expect("an ack within a minute");
+            if f["type"] == "ack" {
+                assert_eq!(f["results"].as_array().unwrap().len(), chunk.len(), "{f}");
+                break;
+            }
+            assert_ne!(f["type"], "error", "{f}");
+        }
+    }
+}
+
 /// An edge site forwarding to a hub instance over `/ws/replicate`.
 fn ws_site(hub: SocketAddr) -> String {
     let t = token("site", outpost::auth::Scope::Admin, None);
@@ -231,7 +257,9 @@ async fn three_nats_nodes_three_hubs_two_sites_with_kills_and_a_move() {
     let mut tasks = Vec::new();
     for (addr, ws) in targets.iter().zip(p2.iter()) {
         let (addr, ws) = (*addr, ws.clone());
-        tasks.push(tokio::spawn(async move { write_all(addr, &ws).await }));
+        tasks.push(tokio::spawn(
+            async move { write_all_patient(addr, &ws).await },
+        ));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     nats.kill9(1);
@@ -254,8 +282,8 @@ async fn three_nats_nodes_three_hubs_two_sites_with_kills_and_a_move() {
         .iter()
         .map(|p| writes(&format!("{p}-3-"), w, p))
         .collect();
-    write_all(site1.http, &p3[0]).await;
-    write_all(hubs[2].http, &p3[1]).await;
+    write_all_patient(site1.http, &p3[0]).await;
+    write_all_patient(hubs[2].http, &p3[1]).await;
     all.extend(p3);
 
     let total: usize = all.iter().map(Vec::len).sum();

@@ -311,7 +311,8 @@ impl Link {
             return;
         }
         let mut commits = self.engine.watch_commits();
-        let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
+        // Short: a stream leader election takes seconds, and writers wait.
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         let mut done = *self.replicated.borrow();
         loop {
             if *shutdown.borrow() {
