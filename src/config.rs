@@ -65,8 +65,25 @@ pub struct Config {
 pub struct Server {
     /// HTTP + WebSocket listen address.
     pub listen: String,
-    /// Connections beyond this are refused with HTTP 503.
+    /// Open TCP connections (any stage) beyond this are refused with HTTP 503.
     pub max_connections: usize,
+    /// Connections not yet past their first HTTP request (TLS handshake,
+    /// headers); beyond this new ones are refused with 503.
+    pub max_handshakes: usize,
+    /// Open connections from one IP address (IPv6: one /64).
+    pub max_connections_per_ip: usize,
+    /// Handshakes in flight from one IP address (IPv6: one /64).
+    pub max_handshakes_per_ip: usize,
+    /// TLS handshake, and each request's headers, must arrive within this.
+    pub header_timeout: String,
+    /// A whole HTTP request (body and handler; not a WebSocket after its
+    /// upgrade) must finish within this.
+    pub request_timeout: String,
+    /// A client that accepts no bytes for this long is disconnected.
+    pub write_timeout: String,
+    /// WebSocket: nothing heard (no message, no pong) for this long closes
+    /// the connection; a ping goes out after half of it in silence.
+    pub idle_timeout: String,
     /// Largest accepted WebSocket message; larger ones get error 413.
     pub max_frame_bytes: usize,
     /// Per-connection outbound queue (messages). A subscriber that falls
@@ -94,6 +111,13 @@ impl Default for Server {
         Server {
             listen: "127.0.0.1:7070".into(),
             max_connections: 4096,
+            max_handshakes: 1024,
+            max_connections_per_ip: 1024,
+            max_handshakes_per_ip: 64,
+            header_timeout: "5s".into(),
+            request_timeout: "30s".into(),
+            write_timeout: "30s".into(),
+            idle_timeout: "60s".into(),
             max_frame_bytes: 1 << 20,
             queue_depth: 1024,
             queue_mb: 16,
@@ -279,6 +303,13 @@ pub enum LogFormat {
 pub struct Settings {
     pub listen: SocketAddr,
     pub max_connections: usize,
+    pub max_handshakes: usize,
+    pub max_connections_per_ip: usize,
+    pub max_handshakes_per_ip: usize,
+    pub header_timeout: Duration,
+    pub request_timeout: Duration,
+    pub write_timeout: Duration,
+    pub idle_timeout: Duration,
     pub max_frame_bytes: usize,
     pub queue_depth: usize,
     /// `server.queue_mb` in bytes.
@@ -413,6 +444,25 @@ impl Config {
             )
         })?;
         in_range("server.max_connections", s.max_connections, 1, 1_000_000)?;
+        in_range("server.max_handshakes", s.max_handshakes, 1, 1_000_000)?;
+        in_range(
+            "server.max_connections_per_ip",
+            s.max_connections_per_ip,
+            1,
+            1_000_000,
+        )?;
+        in_range(
+            "server.max_handshakes_per_ip",
+            s.max_handshakes_per_ip,
+            1,
+            1_000_000,
+        )?;
+        let second = Duration::from_secs(1);
+        let (ms, hour) = (Duration::from_millis(100), Duration::from_secs(3600));
+        let header_timeout = duration_in("server.header_timeout", &s.header_timeout, ms, hour)?;
+        let request_timeout = duration_in("server.request_timeout", &s.request_timeout, ms, hour)?;
+        let write_timeout = duration_in("server.write_timeout", &s.write_timeout, second, hour)?;
+        let idle_timeout = duration_in("server.idle_timeout", &s.idle_timeout, second, hour)?;
         in_range("server.max_frame_bytes", s.max_frame_bytes, 1024, 64 << 20)?;
         in_range("server.queue_depth", s.queue_depth, 16, 1 << 20)?;
         in_range("server.queue_mb", s.queue_mb, 1, 4096)?;
@@ -507,6 +557,13 @@ impl Config {
         let mut settings = Settings {
             listen,
             max_connections: s.max_connections,
+            max_handshakes: s.max_handshakes,
+            max_connections_per_ip: s.max_connections_per_ip,
+            max_handshakes_per_ip: s.max_handshakes_per_ip,
+            header_timeout,
+            request_timeout,
+            write_timeout,
+            idle_timeout,
             max_frame_bytes: s.max_frame_bytes,
             queue_depth: s.queue_depth,
             max_queue_bytes: (s.queue_mb as usize).saturating_mul(1 << 20),

@@ -12,9 +12,9 @@ use super::atome::{self, bad, AtomeChange, AtomeEvent, AtomeWrite, Bad};
 use super::session::{self, Handled, Protocol, Refusal};
 use super::{ConnCtx, SLOT_ATOME};
 use crate::auth::Grant;
-use crate::engine::{now_ms, Engine, EngineError, Event, Filter};
+use crate::engine::{json_bytes, now_ms, Engine, EngineError, Event, Filter, PAGE_BYTES};
 use crate::server::AppState;
-use crate::store::{Committed, StoredEntity};
+use crate::store::{Cap, Committed, StoredEntity};
 use axum::body::Bytes;
 use axum::extract::ws::{Utf8Bytes, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
@@ -490,8 +490,14 @@ pub async fn get_one(
 const MAX_LIST: usize = 10_000;
 const DEFAULT_LIST: usize = 1_000;
 
-/// `GET /api/atome?kind=K&limit=N`: existing atomes in id order, those whose
-/// `kind` property equals K when given.
+/// A list page stops once its atomes hold about this many bytes of JSON
+/// (at least one), whatever `limit` says.
+const LIST_BYTES: usize = 4 << 20;
+
+/// `GET /api/atome?kind=K&limit=N&after=ID`: existing atomes in id order
+/// (after `ID` when given), those whose `kind` property equals K when
+/// given. A page that stopped at `limit` or at [`LIST_BYTES`] carries
+/// `next`: pass it as `after` for the next page.
 pub async fn list(
     State(state): State<Arc<AppState>>,
     Query(query): Query<HashMap<String, String>>,
@@ -511,16 +517,21 @@ pub async fn list(
     };
     let kind = query.get("kind");
     let mut atomes = Vec::new();
-    let mut after: Option<(String, String)> = None;
+    let mut bytes = 0usize;
+    let mut next: Option<String> = None;
+    let mut after: Option<(String, String)> = query
+        .get("after")
+        .filter(|a| !a.is_empty())
+        .map(|a| (atome::COLLECTION.to_string(), a.clone()));
     'pages: loop {
-        let page = c.engine().entities(
+        let page = c.engine().entities_page(
             &c.space,
             Some(atome::COLLECTION),
             after.as_ref().map(|(a, b)| (a.as_str(), b.as_str())),
-            256,
+            Cap::new(256, PAGE_BYTES),
         )?;
-        let short = page.len() < 256;
-        for (coll, id, e) in page {
+        let short = !page.more;
+        for (coll, id, e) in page.items {
             after = Some((coll, id.clone()));
             if !e.state.exists() {
                 continue;
@@ -530,8 +541,11 @@ pub async fn list(
             {
                 continue;
             }
-            atomes.push(atome::join_atome(&id, &fields));
-            if atomes.len() >= limit {
+            let a = atome::join_atome(&id, &fields);
+            bytes += json_bytes(&a);
+            atomes.push(a);
+            if atomes.len() >= limit || bytes >= LIST_BYTES {
+                next = Some(id);
                 break 'pages;
             }
         }
@@ -540,10 +554,11 @@ pub async fn list(
         }
     }
     let count = atomes.len();
-    Ok(ok(
-        StatusCode::OK,
-        json!({"success": true, "atomes": atomes, "count": count}),
-    ))
+    let mut body = json!({"success": true, "atomes": atomes, "count": count});
+    if let Some(n) = next {
+        body["next"] = n.into();
+    }
+    Ok(ok(StatusCode::OK, body))
 }
 
 /// `PATCH /api/atome/{id}`: merge the body (the alteration) into the atome;

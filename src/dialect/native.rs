@@ -279,6 +279,7 @@ async fn run(mut socket: WebSocket, state: Arc<AppState>, grant: Grant) {
         return;
     }
     let max_inflight = state.settings.max_inflight;
+    let mut keepalive = crate::dialect::keepalive::Keepalive::new(&state);
     let mut closing = false;
     loop {
         tokio::select! {
@@ -296,8 +297,8 @@ async fn run(mut socket: WebSocket, state: Arc<AppState>, grant: Grant) {
             Some(d) = conn.ctx.rx.recv() => {
                 if conn.deliver_queued(&mut socket, d).await.is_err() { break; }
             }
-            msg = socket.recv(), if conn.pending.len() < max_inflight => {
-                let Some(msg) = crate::dialect::next_message(&mut socket, msg).await else { break };
+            msg = keepalive.recv(&mut socket), if conn.pending.len() < max_inflight => {
+                let Some(msg) = msg else { break };
                 match conn.handle(&mut socket, msg).await {
                     Ok(Next::Continue) => {}
                     Ok(Next::Close) | Err(_) => break,

@@ -9,15 +9,15 @@ mod validate;
 
 pub use admin::SpaceFigures;
 pub use hub::{ConnLink, ConnSignal, Filter, Hub};
-pub use outbox::{Budget, Outbox};
+pub use outbox::{json_bytes, Budget, Outbox};
 pub use validate::{validate_change, validate_name, validate_write, Limits};
 
 use crate::metrics::Metrics;
 use crate::model::{Change, NodeId, Op, VersionVector};
 use crate::schema::SchemaSet;
 use crate::store::{
-    Committed, Durability, Job, LocalWrite, LogEntry, Outcome, OutcomeKind, SnapEntity, Store,
-    StoreError, StoreOptions, StoredEntity,
+    Cap, Committed, Durability, Job, LocalWrite, LogEntry, Outcome, OutcomeKind, Page, SnapEntity,
+    Store, StoreError, StoreOptions, StoredEntity,
 };
 use axum::extract::ws::Utf8Bytes;
 use serde_json::Value;
@@ -317,8 +317,10 @@ enum Phase {
     Live,
 }
 
-/// Catch-up page size: bounds memory per subscribing connection.
+/// Catch-up page size: bounds memory per subscribing connection, in items
+/// and in stored bytes (a page of 256 changes of ~1 MiB would be 256 MiB).
 const PAGE: usize = 256;
+pub const PAGE_BYTES: usize = 4 << 20;
 
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -813,13 +815,14 @@ impl Engine {
     pub fn next_page(&self, sub: &mut Subscription) -> Result<Option<Vec<CatchUp>>, EngineError> {
         let mut out = Vec::new();
         if let Phase::Snapshot { after, base } = &mut sub.phase {
-            let page = self.store.entities(
+            let page = self.store.entities_page(
                 &sub.space,
                 None,
                 after.as_ref().map(|(c, i)| (c.as_str(), i.as_str())),
-                PAGE,
+                Cap::new(PAGE, PAGE_BYTES),
             )?;
-            let short = page.len() < PAGE;
+            let short = !page.more;
+            let page = page.items;
             if let Some((c, i, _)) = page.last() {
                 *after = Some((c.clone(), i.clone()));
             }
@@ -851,7 +854,9 @@ impl Engine {
         // is committed and visible and nothing after it can also arrive live.
         // Unregistered, so a long history does not fill the live queue.
         let upto = *sub.upto.get_or_insert_with(|| self.hub.last_seq());
-        let page = self.store.space_log(&sub.space, sub.cursor, upto, PAGE)?;
+        let page =
+            self.store
+                .space_log_page(&sub.space, sub.cursor, upto, Cap::new(PAGE, PAGE_BYTES))?;
         // Retention may have trimmed entries after the cursor since the
         // last page (the horizon is raised before the trim commits, so a
         // read that missed trimmed entries sees it raised): the log can no
@@ -865,7 +870,8 @@ impl Engine {
             };
             return Ok(Some(Vec::new()));
         }
-        let short = page.len() < PAGE;
+        let short = !page.more;
+        let page = page.items;
         for (seq, entry) in page {
             sub.cursor = seq;
             if sub.filter.wants(&entry.change.collection) {
@@ -944,6 +950,35 @@ impl Engine {
 
     pub fn log_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, LogEntry)>, EngineError> {
         Ok(self.store.log_after(after, limit)?)
+    }
+
+    /// Bounded reads: as `space_log`, `log_after` and `entities`, capped in
+    /// items and stored bytes, saying whether more follow.
+    pub fn space_log_page(
+        &self,
+        space: &str,
+        after: u64,
+        cap: Cap,
+    ) -> Result<Page<(u64, LogEntry)>, EngineError> {
+        Ok(self.store.space_log_page(space, after, u64::MAX, cap)?)
+    }
+
+    pub fn log_after_page(
+        &self,
+        after: u64,
+        cap: Cap,
+    ) -> Result<Page<(u64, LogEntry)>, EngineError> {
+        Ok(self.store.log_after_page(after, cap)?)
+    }
+
+    pub fn entities_page(
+        &self,
+        space: &str,
+        collection: Option<&str>,
+        after: Option<(&str, &str)>,
+        cap: Cap,
+    ) -> Result<Page<(String, String, StoredEntity)>, EngineError> {
+        Ok(self.store.entities_page(space, collection, after, cap)?)
     }
 
     pub fn version_vector(&self) -> Result<VersionVector, EngineError> {

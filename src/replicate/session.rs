@@ -7,9 +7,9 @@
 use super::frame::{self, Frame, FrameError, PROTO_VERSION};
 use super::plan::{self, InFlight, Start};
 use super::stats::LinkStats;
-use crate::engine::{Engine, EngineError, Event, RenderCache};
+use crate::engine::{Engine, EngineError, Event, RenderCache, PAGE_BYTES};
 use crate::model::{NodeId, VersionVector};
-use crate::store::OutcomeKind;
+use crate::store::{Cap, OutcomeKind};
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;
@@ -471,7 +471,9 @@ impl Outbound {
             self.send_snapshot_page(tx).await?;
             return Ok(true);
         }
-        let mut page = self.engine.log_after(self.pos, BATCH)?;
+        // Bounded in bytes too: 256 changes of ~1 MiB are 256 MiB.
+        let cap = Cap::new(BATCH, PAGE_BYTES);
+        let mut page = self.engine.log_after_page(self.pos, cap)?.items;
         self.check_horizon()?;
         if page.is_empty() {
             // Caught up. Vouch for what the version vector holds beyond what
@@ -480,7 +482,7 @@ impl Outbound {
             // before the log, so an empty log read proves every change it
             // counts was seen by this session.
             let vv = self.engine.version_vector()?;
-            page = self.engine.log_after(self.pos, BATCH)?;
+            page = self.engine.log_after_page(self.pos, cap)?.items;
             self.check_horizon()?;
             if page.is_empty() {
                 let covers = self.covers_upto(&vv);
@@ -561,8 +563,12 @@ impl Outbound {
                 continue;
             }
             let after = snap.after.as_ref().map(|(c, i)| (c.as_str(), i.as_str()));
-            let page = self.engine.entities(&space, None, after, BATCH)?;
-            if page.len() < BATCH {
+            let page =
+                self.engine
+                    .entities_page(&space, None, after, Cap::new(BATCH, PAGE_BYTES))?;
+            let more = page.more;
+            let page = page.items;
+            if !more {
                 snap.spaces.remove(0);
                 snap.after = None;
             } else if let Some((c, i, _)) = page.last() {

@@ -108,6 +108,64 @@ pub struct StoreOptions {
     pub max_skew_ms: u64,
 }
 
+/// Bounds of one paged read: at most `items`, and no item is added once
+/// the page holds `bytes` of stored (encoded) data; a page always takes
+/// its first item, however large.
+#[derive(Clone, Copy, Debug)]
+pub struct Cap {
+    pub items: usize,
+    pub bytes: usize,
+}
+
+impl Cap {
+    pub fn items(items: usize) -> Cap {
+        Cap {
+            items,
+            bytes: usize::MAX,
+        }
+    }
+
+    pub fn new(items: usize, bytes: usize) -> Cap {
+        Cap { items, bytes }
+    }
+}
+
+/// One page of a bounded read.
+#[derive(Debug)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// The read stopped at its cap: more may follow (read on from the last
+    /// item). False: the range is exhausted.
+    pub more: bool,
+    /// Stored bytes of the items.
+    pub bytes: usize,
+    /// For reads that report it: the last committed seq the read saw.
+    pub seq: u64,
+    cap: Cap,
+}
+
+impl<T> Page<T> {
+    fn new(cap: Cap) -> Self {
+        Page {
+            items: Vec::new(),
+            more: false,
+            bytes: 0,
+            seq: 0,
+            cap,
+        }
+    }
+
+    fn full(&self) -> bool {
+        self.items.len() >= self.cap.items
+            || (!self.items.is_empty() && self.bytes >= self.cap.bytes)
+    }
+
+    fn push(&mut self, item: T, bytes: usize) {
+        self.items.push(item);
+        self.bytes += bytes;
+    }
+}
+
 /// A log record: the change plus what the local merge made of it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LogEntry {
@@ -350,21 +408,36 @@ impl Store {
         upto: u64,
         limit: usize,
     ) -> Result<Vec<(u64, LogEntry)>, StoreError> {
+        Ok(self
+            .space_log_page(space, after, upto, Cap::items(limit))?
+            .items)
+    }
+
+    /// As `space_log`, bounded by `cap` in items and stored bytes.
+    pub fn space_log_page(
+        &self,
+        space: &str,
+        after: u64,
+        upto: u64,
+        cap: Cap,
+    ) -> Result<Page<(u64, LogEntry)>, StoreError> {
         let tx = self.slot.get()?.begin_read()?;
         let idx = tx.open_table(SPACE_LOG)?;
         let log = tx.open_table(LOG)?;
-        let mut out = Vec::new();
+        let mut page = Page::new(cap);
         for row in idx.range((space, after.saturating_add(1))..=(space, upto))? {
+            if page.full() {
+                page.more = true;
+                break;
+            }
             let (k, _) = row?;
             let seq = k.value().1;
             if let Some(v) = log.get(seq)? {
-                out.push((seq, decode(v.value())?));
-            }
-            if out.len() >= limit {
-                break;
+                let raw = v.value();
+                page.push((seq, decode(raw)?), raw.len());
             }
         }
-        Ok(out)
+        Ok(page)
     }
 
     /// The whole log after `after` (all spaces), for replication.
@@ -376,17 +449,28 @@ impl Store {
     }
 
     pub fn log_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, LogEntry)>, StoreError> {
+        Ok(self.log_after_page(after, Cap::items(limit))?.items)
+    }
+
+    /// As `log_after`, bounded by `cap` in items and stored bytes.
+    pub fn log_after_page(
+        &self,
+        after: u64,
+        cap: Cap,
+    ) -> Result<Page<(u64, LogEntry)>, StoreError> {
         let tx = self.slot.get()?.begin_read()?;
         let log = tx.open_table(LOG)?;
-        let mut out = Vec::new();
+        let mut page = Page::new(cap);
         for row in log.range(after.saturating_add(1)..)? {
-            let (k, v) = row?;
-            out.push((k.value(), decode(v.value())?));
-            if out.len() >= limit {
+            if page.full() {
+                page.more = true;
                 break;
             }
+            let (k, v) = row?;
+            let raw = v.value();
+            page.push((k.value(), decode(raw)?), raw.len());
         }
-        Ok(out)
+        Ok(page)
     }
 
     pub fn entity(
@@ -402,8 +486,7 @@ impl Store {
     }
 
     /// Entities of a space (optionally one collection), in key order, after
-    /// the `(collection, id)` cursor, at most `limit`. Returns the txn's last
-    /// seq too, so a snapshot can be followed by the log from there.
+    /// the `(collection, id)` cursor, at most `limit`.
     pub fn entities(
         &self,
         space: &str,
@@ -411,14 +494,33 @@ impl Store {
         after: Option<(&str, &str)>,
         limit: usize,
     ) -> Result<Vec<(String, String, StoredEntity)>, StoreError> {
+        Ok(self
+            .entities_page(space, collection, after, Cap::items(limit))?
+            .items)
+    }
+
+    /// As `entities`, bounded by `cap` in items and stored bytes. `seq` of
+    /// the page is the last seq its read transaction saw.
+    pub fn entities_page(
+        &self,
+        space: &str,
+        collection: Option<&str>,
+        after: Option<(&str, &str)>,
+        cap: Cap,
+    ) -> Result<Page<(String, String, StoredEntity)>, StoreError> {
         let tx = self.slot.get()?.begin_read()?;
+        let mut page = Page::new(cap);
+        page.seq = tx
+            .open_table(META)?
+            .get(META_LAST_SEQ)?
+            .map(|v| u64_from(v.value()))
+            .unwrap_or(0);
         let t = tx.open_table(ENTITY)?;
         let lo = match (after, collection) {
             (Some((c, i)), _) => (space, c, i),
             (None, Some(c)) => (space, c, ""),
             (None, None) => (space, "", ""),
         };
-        let mut out = Vec::new();
         for row in t.range(lo..)? {
             let (k, v) = row?;
             let (s, c, i) = k.value();
@@ -428,12 +530,14 @@ impl Store {
             if after.is_some_and(|(ac, ai)| (ac, ai) == (c, i)) {
                 continue;
             }
-            out.push((c.to_string(), i.to_string(), decode(v.value())?));
-            if out.len() >= limit {
+            if page.full() {
+                page.more = true;
                 break;
             }
+            let raw = v.value();
+            page.push((c.to_string(), i.to_string(), decode(raw)?), raw.len());
         }
-        Ok(out)
+        Ok(page)
     }
 
     /// Every entity of one collection of `space`, in id order, read in one

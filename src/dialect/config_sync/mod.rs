@@ -31,10 +31,10 @@ pub use proto::{DEVICES, DOCS, HISTORY};
 use super::session::{self, Handled, Protocol, Refusal};
 use super::{ConnCtx, SLOT_CONFIG};
 use crate::auth::Grant;
-use crate::engine::{now_ms, Engine, EngineError, Event, Filter};
+use crate::engine::{now_ms, Engine, EngineError, Event, Filter, PAGE_BYTES};
 use crate::model::Op;
 use crate::server::AppState;
-use crate::store::{Committed, Expect, LocalWrite, StoreError, StoredEntity};
+use crate::store::{Cap, Committed, Expect, LocalWrite, StoreError, StoredEntity};
 use axum::extract::ws::{Utf8Bytes, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -256,13 +256,14 @@ impl Job {
         let mut cursor = proto::history_from(user, after + 1);
         let mut out = Vec::new();
         loop {
-            let page = self.engine.entities(
+            let page = self.engine.entities_page(
                 &self.space,
                 Some(HISTORY),
                 Some((HISTORY, cursor.as_str())),
-                256,
+                Cap::new(256, PAGE_BYTES),
             )?;
-            let short = page.len() < 256;
+            let short = !page.more;
+            let page = page.items;
             for (_, id, e) in &page {
                 if !id.starts_with(&prefix) {
                     return Ok(out);

@@ -9,9 +9,9 @@ pub mod proto;
 
 use super::{admit, limit, ConnCtx};
 use crate::auth::Grant;
-use crate::engine::{CatchUp, Delivery, EngineError, Filter};
+use crate::engine::{CatchUp, Delivery, EngineError, Filter, PAGE_BYTES};
 use crate::server::AppState;
-use crate::store::{Committed, StoreError};
+use crate::store::{Cap, Committed, StoreError};
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -141,6 +141,7 @@ async fn run(
         order: Default::default(),
     };
     let max_inflight = state.settings.max_inflight;
+    let mut keepalive = crate::dialect::keepalive::Keepalive::new(&state);
     let mut closing = false;
     loop {
         tokio::select! {
@@ -158,8 +159,8 @@ async fn run(
             Some(d) = conn.ctx.rx.recv() => {
                 if conn.deliver(&mut socket, d).await.is_err() { break; }
             }
-            msg = socket.recv(), if conn.pending.len() < max_inflight => {
-                let Some(msg) = crate::dialect::next_message(&mut socket, msg).await else { break };
+            msg = keepalive.recv(&mut socket), if conn.pending.len() < max_inflight => {
+                let Some(msg) = msg else { break };
                 match conn.handle(&mut socket, msg).await {
                     Ok(true) => {}
                     Ok(false) | Err(_) => break,
@@ -472,16 +473,17 @@ impl Conn {
         if engine.horizon() > 1 {
             let mut after: Option<(String, String)> = None;
             loop {
-                let page = match engine.entities(
+                let page = match engine.entities_page(
                     &self.space,
                     Some(&entity),
                     after.as_ref().map(|(c, i)| (c.as_str(), i.as_str())),
-                    PAGE,
+                    Cap::new(PAGE, PAGE_BYTES),
                 ) {
                     Ok(p) => p,
                     Err(e) => return self.refuse(socket, engine_error(&e)).await,
                 };
-                let short = page.len() < PAGE;
+                let short = !page.more;
+                let page = page.items;
                 for (c, i, e) in &page {
                     if proto::sync_wants(c, e.version, &entity, since) {
                         let change = proto::snapshot_change(c, i, e);
@@ -496,11 +498,12 @@ impl Conn {
         }
         let mut after = 0;
         loop {
-            let page = match engine.space_log(&self.space, after, PAGE) {
+            let page = match engine.space_log_page(&self.space, after, Cap::new(PAGE, PAGE_BYTES)) {
                 Ok(p) => p,
                 Err(e) => return self.refuse(socket, engine_error(&e)).await,
             };
-            let short = page.len() < PAGE;
+            let short = !page.more;
+            let page = page.items;
             for (seq, entry) in page {
                 after = seq;
                 if !proto::sync_wants(&entry.change.collection, entry.version, &entity, since) {
