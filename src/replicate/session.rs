@@ -148,6 +148,11 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<String, SessionError> {
     stats.node.store(greeting.peer.0, Relaxed);
+    if let Some(s) = &opts.spaces {
+        let mut sorted: Vec<String> = s.iter().cloned().collect();
+        sorted.sort();
+        let _ = stats.spaces.set(sorted);
+    }
     let lacking = plan::lacking(&greeting.vv, &greeting.peer_vv, greeting.peer);
     let mut peer_vv = greeting.peer_vv;
     let (pos, snapshot) = match plan::start(greeting.head, &lacking, |o, s| {
