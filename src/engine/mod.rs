@@ -741,6 +741,16 @@ impl Engine {
         link: u64,
     ) -> Result<Vec<String>, EngineError> {
         let vv_given = vv.is_some();
+        // Other links' streams come from the log, which does not hold what
+        // the snapshot brought: they must plan again. Told on drop, so also
+        // when the caller is cancelled while the job is queued or running (a
+        // session ending mid-merge): the writer finishes the merge anyway,
+        // and a link left idle would never learn of it.
+        let mut replan = ReplanOnDrop {
+            merges: &self.merges,
+            link,
+            armed: true,
+        };
         let spaces = self
             .store
             .submit(|reply| Job::MergeSnapshot {
@@ -748,13 +758,9 @@ impl Engine {
                 vv,
                 reply,
             })
-            .await?;
-        if !spaces.is_empty() || vv_given {
-            // Other links' streams come from the log, which does not hold
-            // what the snapshot brought: they must plan again.
-            self.merges.send_modify(|m| *m = (m.0 + 1, link));
-        }
-        Ok(spaces)
+            .await;
+        replan.armed = spaces.as_ref().is_ok_and(|s| !s.is_empty()) || vv_given;
+        Ok(spaces?)
     }
 
     /// Changes each time a snapshot from a peer is merged: (count, link).
@@ -763,6 +769,12 @@ impl Engine {
     }
 
     /// Local seq of the change `(origin, origin_seq)`, if the log holds it.
+    /// Per origin, the highest seq a merged snapshot counted without log
+    /// entries (see `Store::merged_vv`).
+    pub fn merged_vv(&self) -> Result<VersionVector, EngineError> {
+        Ok(self.store.merged_vv()?)
+    }
+
     pub fn local_seq_of(
         &self,
         origin: NodeId,
@@ -1005,5 +1017,22 @@ impl Engine {
     /// The storage fault refusing writes now, if any (see `/healthz`).
     pub fn store_fault(&self) -> Option<crate::store::Fault> {
         self.store.fault()
+    }
+}
+
+/// Tells the other replication links that a snapshot was merged (see
+/// `Engine::merge_snapshot`), unless disarmed.
+struct ReplanOnDrop<'a> {
+    merges: &'a tokio::sync::watch::Sender<(u64, u64)>,
+    link: u64,
+    armed: bool,
+}
+
+impl Drop for ReplanOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let link = self.link;
+            self.merges.send_modify(|m| *m = (m.0 + 1, link));
+        }
     }
 }

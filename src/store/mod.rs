@@ -325,10 +325,11 @@ impl Store {
         self.last_seq.load(Ordering::Acquire)
     }
 
-    /// How many snapshot merges (or imports) this process applied: state
-    /// and version vector that came without log entries. Raised before
-    /// their commit, so one read after the version vector tells whether
-    /// that vector may count changes the log does not hold.
+    /// Moves with every snapshot merge (or import) this process applied:
+    /// state and version vector that came without log entries. Raised
+    /// before their commit and again after it, so a count read before the
+    /// version vector and compared with one read later tells whether that
+    /// vector, or any read since, may count changes the log does not hold.
     pub fn merges(&self) -> u64 {
         self.merges.load(Ordering::Acquire)
     }
@@ -588,6 +589,17 @@ impl Store {
             vv.insert(NodeId(k.value()), v.value());
         }
         Ok(vv)
+    }
+
+    /// Per origin, the highest origin seq counted by a merged snapshot
+    /// without log entries (see `tables::META_MERGED_VV`).
+    pub fn merged_vv(&self) -> Result<VersionVector, StoreError> {
+        let tx = self.slot.get()?.begin_read()?;
+        let meta = tx.open_table(META)?;
+        match meta.get(META_MERGED_VV)? {
+            Some(v) => decode(v.value()),
+            None => Ok(VersionVector::new()),
+        }
     }
 
     pub fn cursor(&self, name: &str) -> Result<u64, StoreError> {
