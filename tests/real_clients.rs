@@ -112,3 +112,73 @@ async fn seed002_encryption_parameters_come_back_with_the_blob() {
     let _ = Scope::Read;
     let _ = QUIET;
 }
+
+// ---- seed 003: bneb/etherply ------------------------------------------------------
+
+/// `packages/sdk-js/src/client.ts` connects to `/v1/sync/{ws}?token=&userId=`,
+/// sends `{type:"op", payload:{key, value, timestamp}}` and every 30 s the
+/// heartbeat `{type:"ping", timestamp: Date.now()}`; `validation.ts` drops
+/// any frame it cannot parse with a warning. The Go and Python SDKs send
+/// `time.Now().UnixMicro()`, which must come back exactly, and order two
+/// writes in one millisecond.
+#[tokio::test]
+async fn seed003_microseconds_kept_and_heartbeat_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start(auth_config(dir.path())).await;
+    let tok = token("alice", Scope::Write, None);
+    let path = format!("/v1/sync/workspace-123?token={tok}&userId=alice");
+    let mut sdk = Client::connect(relay.addr, &path).await;
+    assert_eq!(sdk.recv().await["type"], "init");
+
+    // The heartbeat gets no answer (the real server ignores it).
+    sdk.send(json!({"type": "ping", "timestamp": 1_795_607_927_827u64}))
+        .await;
+    assert!(
+        sdk.try_recv(QUIET).await.is_none(),
+        "nothing answers a ping"
+    );
+
+    // Two writes in one millisecond, the later one (by microseconds) sent first.
+    let late = 1_795_607_927_827_456u64;
+    let early = 1_795_607_927_827_123u64;
+    for (v, ts) in [("late", late), ("early", early)] {
+        sdk.send(json!({"type": "op", "payload": {"key": "color", "value": v, "timestamp": ts}}))
+            .await;
+    }
+    let a = sdk.recv().await;
+    let b = sdk.recv().await;
+    assert_eq!(
+        a["payload"],
+        json!({"key": "color", "value": "late", "timestamp": late})
+    );
+    // The earlier write lost: the broadcast carries the value that stays.
+    assert_eq!(
+        b["payload"],
+        json!({"key": "color", "value": "late", "timestamp": late})
+    );
+    sdk.send(json!({"type": "op", "payload": {"key": "size", "value": 3, "timestamp": early}}))
+        .await;
+    assert_eq!(sdk.recv().await["payload"]["timestamp"], early);
+
+    // A reloaded client's init, and history, keep them too.
+    let mut again = Client::connect(relay.addr, &path).await;
+    let init = again.recv().await;
+    assert_eq!(init["data"], json!({"color": "late", "size": 3}));
+    let (status, body) = http(
+        relay.addr,
+        "GET",
+        "/v1/history/workspace-123",
+        &[("Authorization", &format!("Bearer {tok}"))],
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let h: Value = serde_json::from_str(&body).unwrap();
+    let times: Vec<u64> = h["ops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["timestamp"].as_u64().unwrap())
+        .collect();
+    assert_eq!(times, vec![late, early, early]);
+}

@@ -59,7 +59,7 @@ async fn write(e: &Engine, id: &str, fields: serde_json::Value) {
             id: id.into(),
             op: Op::Patch,
             fields,
-            client_ms: None,
+            client_us: None,
             expect: None,
         }],
     )

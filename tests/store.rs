@@ -105,7 +105,7 @@ fn doc_write(id: &str, fields: serde_json::Value, expect: Option<Expect>) -> Loc
         id: id.into(),
         op: Op::Put,
         fields: serde_json::from_value(fields).unwrap(),
-        client_ms: None,
+        client_us: None,
         expect,
     }
 }

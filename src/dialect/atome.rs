@@ -185,7 +185,7 @@ impl AtomeWrite {
             id,
             op,
             fields,
-            client_ms: None,
+            client_us: None,
             expect: None,
         })
     }

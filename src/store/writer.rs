@@ -48,8 +48,8 @@ pub struct LocalWrite {
     pub id: String,
     pub op: Op,
     pub fields: BTreeMap<String, Value>,
-    /// The client's own edit time (ms since the epoch), if it sent one.
-    pub client_ms: Option<u64>,
+    /// The client's own edit time (µs since the epoch), if it sent one.
+    pub client_us: Option<u64>,
     /// Apply only if the entity is in this state (compare-and-swap).
     pub expect: Option<Expect>,
 }
@@ -372,9 +372,9 @@ impl Writer {
                             for w in writes {
                                 let origin_seq =
                                     t.vv.get(self.node.0)?.map(|v| v.value()).unwrap_or(0) + 1;
-                                let stamp = match w.client_ms {
-                                    Some(ms) => {
-                                        self.hlc.at_client_time(ms, at_ms, self.opts.max_skew_ms)
+                                let stamp = match w.client_us {
+                                    Some(us) => {
+                                        self.hlc.at_client_time(us, at_ms, self.opts.max_skew_ms)
                                     }
                                     None => self.hlc.now(at_ms),
                                 };

@@ -591,7 +591,7 @@ fn write(
         id,
         op,
         fields,
-        client_ms: None,
+        client_us: None,
         expect: None,
     }
 }

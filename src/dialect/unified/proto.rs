@@ -363,7 +363,7 @@ pub fn push_write(
         id: entity_id,
         op,
         fields,
-        client_ms: None,
+        client_us: None,
         expect: None,
     })
 }
@@ -405,7 +405,7 @@ pub fn field_writes(
             id: entity_id.to_string(),
             op: Op::Patch,
             fields,
-            client_ms: Some(ms),
+            client_us: Some(ms.saturating_mul(1000)),
             expect: None,
         })
         .collect();
@@ -972,9 +972,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(w.len(), 2);
-        assert_eq!(w[0].client_ms, Some(1_714_564_800_000));
+        assert_eq!(w[0].client_us, Some(1_714_564_800_000_000));
         assert_eq!(w[0].fields["b"], Value::Null);
-        assert_eq!(w[1].client_ms, Some(1_714_564_801_500));
+        assert_eq!(w[1].client_us, Some(1_714_564_801_500_000));
         assert_eq!(times.len(), 3);
         let dup = field_writes(
             "u",
