@@ -16,7 +16,7 @@ const QUIET: Duration = Duration::from_millis(300);
 async fn atome_client(addr: SocketAddr, query: &str) -> (Client, Value) {
     let mut c = Client::connect(addr, &format!("/ws/atome-sync{query}")).await;
     let hello = c.recv().await;
-    assert_eq!(hello["type"], "sync:connected", "{hello}");
+    assert_eq!(hello["type"], "welcome", "{hello}");
     (c, hello)
 }
 
@@ -54,9 +54,13 @@ async fn connect_message_and_ping() {
     let dir = tempfile::tempdir().unwrap();
     let relay = start(config(dir.path())).await;
     let (mut c, hello) = atome_client(relay.addr, "").await;
-    assert_eq!(keys(&hello), ["clientId", "serverTime", "type"]);
+    assert_eq!(
+        keys(&hello),
+        ["clientId", "serverTime", "timestamp", "type"]
+    );
     assert!(hello["clientId"].as_str().unwrap().starts_with("client_"));
     assert!(is_iso(&hello["serverTime"]), "{hello}");
+    assert_eq!(hello["timestamp"], hello["serverTime"]);
     let (_, named) = atome_client(relay.addr, "?clientId=tauri-7").await;
     assert_eq!(named["clientId"], "tauri-7");
 
@@ -184,7 +188,7 @@ async fn socket_errors_keep_the_connection() {
     for (text, code) in cases {
         c.send_raw(Message::Text(text.into())).await;
         let e = c.recv().await;
-        assert_eq!(e["type"], "sync:error", "{text}");
+        assert_eq!(e["type"], "error", "{text}");
         assert_eq!(e["code"], code, "{text}");
         assert!(!e["error"].as_str().unwrap().is_empty());
         assert!(is_iso(&e["timestamp"]));
@@ -392,8 +396,12 @@ async fn rest_and_socket_honour_token_scopes() {
     assert_eq!(st, 200);
     assert_eq!(sock.recv().await["type"], "atome:deleted");
 
-    // Socket: no token is refused at the handshake; a read token cannot write.
-    assert_eq!(handshake_status(addr, "/ws/atome-sync", None).await, 401);
+    // Socket: a bad token is refused at the handshake (no token is let in to
+    // authenticate in-band: tests/real_clients.rs); a read token cannot write.
+    assert_eq!(
+        handshake_status(addr, "/ws/atome-sync?token=nope", None).await,
+        401
+    );
     assert_eq!(
         handshake_status(addr, "/ws/atome-sync?space=work", Some(&home)).await,
         403
@@ -401,7 +409,7 @@ async fn rest_and_socket_honour_token_scopes() {
     sock.send(json!({"type": "atome:created", "atome": {"id": "z"}}))
         .await;
     let e = sock.recv().await;
-    assert_eq!(e["type"], "sync:error");
+    assert_eq!(e["type"], "error");
     assert_eq!(e["code"], "forbidden");
     relay.shutdown().await.unwrap();
 }

@@ -109,8 +109,6 @@ async fn seed002_encryption_parameters_come_back_with_the_blob() {
         (json!(false), json!("invalid-request")),
         "{bad}"
     );
-    let _ = Scope::Read;
-    let _ = QUIET;
 }
 
 // ---- seed 003: bneb/etherply ------------------------------------------------------
@@ -181,4 +179,225 @@ async fn seed003_microseconds_kept_and_heartbeat_ignored() {
         .map(|o| o["timestamp"].as_u64().unwrap())
         .collect();
     assert_eq!(times, vec![late, early, early]);
+}
+
+// ---- seed 001: atomecorp/a ---------------------------------------------------------
+
+/// `src/squirrel/apis/unified/SyncWebSocket.js`: opens `/ws/atome-sync`
+/// with no credentials, sends `{type:"auth", token}` on open when it has a
+/// token, learns `clientId` only from `{type:"welcome"}`, and turns
+/// `{type:"error", message}` into its `sync:error` event. Its broadcasts
+/// are `{type, atome|atomeId, clientId, timestamp}`.
+#[tokio::test]
+async fn seed001_socket_client_welcome_auth_and_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start(auth_config(dir.path())).await;
+    let write = token("alice", Scope::Write, None);
+    let read_other = token("eve", Scope::Read, Some(vec!["other".into()]));
+
+    // Opened without credentials (the client's URL has none).
+    let mut a = Client::connect(relay.addr, "/ws/atome-sync").await;
+    let welcome = a.recv().await;
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    let client_id = welcome["clientId"]
+        .as_str()
+        .expect("clientId learnt")
+        .to_string();
+    assert!(
+        welcome["timestamp"].is_string(),
+        "serverTime of sync:connected"
+    );
+
+    // Before auth nothing is written and nothing is received.
+    a.send(
+        json!({"type": "atome:created", "atome": {"id": "n0"}, "clientId": client_id,
+        "timestamp": "2026-11-25T10:00:00.000Z"}),
+    )
+    .await;
+    let e = a.recv().await;
+    assert_eq!(e["type"], "error", "{e}");
+    assert!(e["message"].as_str().unwrap().contains("auth"), "{e}");
+    // A bad token and one for another space are refused; the socket stays.
+    a.send(json!({"type": "auth", "token": "not-a-token"}))
+        .await;
+    assert_eq!(a.recv().await["type"], "error");
+    a.send(json!({"type": "auth", "token": read_other})).await;
+    assert_eq!(a.recv().await["type"], "error");
+    a.send(json!({"type": "auth", "token": write})).await;
+    let ok = a.recv().await;
+    assert_eq!(ok, json!({"type": "auth:success", "clientId": client_id}));
+
+    // A second tab, authenticated the same way, creates an atome with the
+    // client's own broadcast frame; the first gets it, the sender does not.
+    let mut b = Client::connect(relay.addr, "/ws/atome-sync").await;
+    let b_id = b.recv().await["clientId"].as_str().unwrap().to_string();
+    b.send(json!({"type": "auth", "token": write})).await;
+    assert_eq!(b.recv().await["type"], "auth:success");
+    let note = json!({"id": "n1", "kind": "note", "data": {"title": "My Note"}});
+    b.send(
+        json!({"type": "atome:created", "atome": note, "clientId": b_id,
+        "timestamp": "2026-11-25T10:00:01.000Z"}),
+    )
+    .await;
+    let got = a.recv().await;
+    assert_eq!(got["type"], "atome:created");
+    assert_eq!(got["atome"], note);
+    assert!(b.try_recv(QUIET).await.is_none(), "no echo to the sender");
+    // Its heartbeat.
+    a.send(json!({"type": "ping", "timestamp": 1_764_064_800_000u64}))
+        .await;
+    assert_eq!(a.recv().await["type"], "pong");
+    // A malformed message: an error the client can read, then business as usual.
+    a.send(json!({"type": "atome:deleted", "clientId": client_id}))
+        .await;
+    let e = a.recv().await;
+    assert_eq!(e["type"], "error");
+    assert!(!e["message"].as_str().unwrap().is_empty());
+    b.send(
+        json!({"type": "atome:deleted", "atomeId": "n1", "clientId": b_id,
+        "timestamp": "2026-11-25T10:00:02.000Z"}),
+    )
+    .await;
+    assert_eq!(a.recv().await["atomeId"], "n1");
+}
+
+/// A connection that never authenticates is closed (1008) after 10 s.
+#[tokio::test]
+async fn seed001_unauthenticated_socket_times_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start(auth_config(dir.path())).await;
+    let mut a = Client::connect(relay.addr, "/ws/atome-sync").await;
+    assert_eq!(a.recv().await["type"], "welcome");
+    let started = std::time::Instant::now();
+    use futures_util::StreamExt;
+    let close = loop {
+        match tokio::time::timeout(Duration::from_secs(15), a.ws.next()).await {
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Close(f)))) => break f,
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(u16::from(close.expect("a close frame").code), 1008);
+    assert!(started.elapsed() >= Duration::from_secs(9));
+}
+
+/// `src/squirrel/apis/unified/adapters/FastifyAdapter.js`: every call is
+/// `fetch(url, {headers: {'Content-Type': 'application/json', Authorization:
+/// 'Bearer …'}, body: JSON})` and the result is `{ok, status, ...json}`;
+/// callers read `success` and `data`.
+#[tokio::test]
+async fn seed001_rest_adapter_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start(auth_config(dir.path())).await;
+    let tok = token("alice", Scope::Write, None);
+    let bearer = format!("Bearer {tok}");
+    let call = |m: &'static str, p: String, b: Option<Value>| {
+        let addr = relay.addr;
+        let bearer = bearer.clone();
+        async move {
+            let body = b.map(|b| b.to_string());
+            let (st, text) = http(
+                addr,
+                m,
+                &p,
+                &[("Authorization", bearer.as_str())],
+                body.as_deref(),
+            )
+            .await;
+            (
+                st,
+                serde_json::from_str::<Value>(&text).unwrap_or(Value::Null),
+            )
+        }
+    };
+    let mut sock = Client::connect(relay.addr, &format!("/ws/atome-sync?token={tok}")).await;
+    assert_eq!(sock.recv().await["type"], "welcome");
+
+    // isAvailable()
+    let (st, info) = call("GET", "/api/server-info".into(), None).await;
+    assert_eq!((st, info["success"].clone()), (200, json!(true)), "{info}");
+    // atome.create({kind, data})
+    let (st, c) = call(
+        "POST",
+        "/api/atome/create".into(),
+        Some(json!({"kind": "note", "data": {"title": "Hello"}})),
+    )
+    .await;
+    assert!(st == 201 || st == 200, "{st} {c}");
+    assert_eq!(c["success"], true);
+    let id = c["data"]["id"].as_str().expect("data.id").to_string();
+    assert_eq!(sock.recv().await["type"], "atome:created");
+    // atome.get(id)
+    let (st, g) = call("GET", format!("/api/atome/{id}"), None).await;
+    assert_eq!((st, g["data"]["kind"].clone()), (200, json!("note")), "{g}");
+    // atome.list({kind})
+    let (st, l) = call("GET", "/api/atome/list?kind=note".into(), None).await;
+    assert_eq!(st, 200, "{l}");
+    assert_eq!(
+        (l["count"].clone(), l["data"][0]["id"].clone()),
+        (json!(1), json!(id))
+    );
+    // atome.alter(id, {operation, changes, reason})
+    let (st, a) = call(
+        "POST",
+        format!("/api/atome/{id}/alter"),
+        Some(json!({"operation": "set", "changes": {"pinned": true}, "reason": "ui"})),
+    )
+    .await;
+    assert_eq!(
+        (st, a["data"]["alterations_applied"].clone()),
+        (200, json!(1)),
+        "{a}"
+    );
+    let ev = sock.recv().await;
+    assert_eq!(
+        (ev["type"].clone(), ev["atome"]["pinned"].clone()),
+        (json!("atome:altered"), json!(true))
+    );
+    // atome.update(id, {properties})
+    let (st, u) = call(
+        "PUT",
+        format!("/api/atome/{id}"),
+        Some(json!({"properties": {"color": "red"}})),
+    )
+    .await;
+    assert_eq!(
+        (st, u["data"]["properties"]["color"].clone()),
+        (200, json!("red")),
+        "{u}"
+    );
+    assert_eq!(sock.recv().await["atome"]["color"], "red");
+    // atome.rename(id, {newName})
+    let (st, r) = call(
+        "POST",
+        format!("/api/atome/{id}/rename"),
+        Some(json!({"newName": "Shopping"})),
+    )
+    .await;
+    assert_eq!(
+        (st, r["data"]["new_name"].clone()),
+        (200, json!("Shopping")),
+        "{r}"
+    );
+    assert_eq!(sock.recv().await["atome"]["name"], "Shopping");
+    // atome.delete(id, {}) sends a body
+    let (st, d) = call("DELETE", format!("/api/atome/{id}"), Some(json!({}))).await;
+    assert_eq!(
+        (st, d["success"].clone(), d["data"]["id"].clone()),
+        (200, json!(true), json!(id)),
+        "{d}"
+    );
+    assert_eq!(sock.recv().await["type"], "atome:deleted");
+    let (st, _) = call("GET", format!("/api/atome/{id}"), None).await;
+    assert_eq!(st, 404);
+    // An alter of nothing is a 400, of a missing atome a 404.
+    let (st, _) = call(
+        "POST",
+        "/api/atome/zz/alter".into(),
+        Some(json!({"changes": {"a": 1}})),
+    )
+    .await;
+    assert_eq!(st, 404);
+    let (st, _) = call("POST", "/api/atome/zz/alter".into(), Some(json!({}))).await;
+    assert_eq!(st, 400);
 }

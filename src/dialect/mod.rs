@@ -3,6 +3,7 @@
 //! socket limits) lives here.
 
 pub mod atome;
+pub mod atome_adapter;
 pub mod atome_sync;
 pub mod config_sync;
 pub mod kv;
