@@ -19,3 +19,13 @@ fi
 
 # Two test threads: the machine has two cores and several tests start relays.
 cargo test --all-targets --locked -- --test-threads=2
+
+# The JavaScript client (clients/js), against the relay binary built above
+# (target/debug/outpost, or $CARGO_TARGET_DIR/debug/outpost). Needs Node
+# >= 20.10 (the machine image's nodejs; its WebSocket is used by the Node
+# tests) and npm; devDependencies come from the committed package-lock.json.
+node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>20||(a==20&&b>=10)?0:1)' || {
+    echo "clients/js needs Node >= 20.10, found $(node --version 2>/dev/null || echo none)" >&2
+    exit 1
+}
+(cd clients/js && npm ci --no-audit --no-fund --loglevel=error && npm test)

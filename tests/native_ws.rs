@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
+use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
@@ -372,5 +373,99 @@ async fn since_beyond_the_log_starts_over() {
     let ids: Vec<_> = backlog.iter().map(|v| v["id"].clone()).collect();
     assert_eq!(ids, vec![json!("n1"), json!("n2")]);
     assert_eq!(synced["seq"], 2);
+    relay.shutdown().await.unwrap();
+}
+
+/// A client that never saw the ack of a push replays it after reconnecting,
+/// with the same client write ids (`wid`): the relay answers with the first
+/// result, marked duplicate, and stores and fans out nothing new. Retention
+/// forgets the ids with their log entries.
+#[tokio::test]
+async fn replayed_writes_with_a_wid_are_applied_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start(config(dir.path())).await;
+    let mut watcher = Client::native(relay.addr).await;
+    watcher.subscribe("s", 0).await;
+    let push = json!({"type": "push", "rid": 1, "space": "s", "changes": [
+        {"collection": "todo", "id": "a", "fields": {"t": "one"}, "wid": "w-1"},
+        {"collection": "todo", "id": "b", "fields": {"t": "two"}, "wid": "w-2"},
+        {"collection": "todo", "id": "c", "fields": {"t": "three"}}]});
+    let mut a = Client::native(relay.addr).await;
+    a.send(push.clone()).await;
+    let (_, first) = a.until("ack").await;
+    drop(a);
+    for r in first["results"].as_array().unwrap() {
+        assert_eq!(r["duplicate"], false);
+    }
+
+    // The replay, on a new connection, as after a lost ack: w-1 and w-2 are
+    // held, the write without a wid is applied again.
+    let mut b = Client::native(relay.addr).await;
+    b.send(push).await;
+    let (_, again) = b.until("ack").await;
+    let (r0, r1, r2) = (
+        &again["results"][0],
+        &again["results"][1],
+        &again["results"][2],
+    );
+    assert_eq!(r0["duplicate"], true);
+    assert_eq!(r0["seq"], first["results"][0]["seq"]);
+    assert_eq!(r0["origin_seq"], first["results"][0]["origin_seq"]);
+    assert_eq!(r0["stamp"], first["results"][0]["stamp"]);
+    assert_eq!(r0["version"], 1);
+    assert_eq!(r1["duplicate"], true);
+    assert_eq!(r1["seq"], first["results"][1]["seq"]);
+    assert_eq!(r2["duplicate"], false);
+    assert_eq!(r2["seq"], 4);
+
+    // The watcher got a, b, c and the second c: no second a or b.
+    let mut seen = vec![];
+    for _ in 0..4 {
+        let ch = watcher.recv().await;
+        seen.push((
+            ch["id"].as_str().unwrap().to_string(),
+            ch["seq"].as_u64().unwrap(),
+        ));
+    }
+    assert_eq!(
+        seen,
+        vec![
+            ("a".into(), 1),
+            ("b".into(), 2),
+            ("c".into(), 3),
+            ("c".into(), 4)
+        ]
+    );
+    assert!(watcher.try_recv(Duration::from_millis(200)).await.is_none());
+
+    // The same wid in another space is another write.
+    b.send(json!({"type": "push", "rid": 2, "space": "t", "changes": [
+        {"collection": "todo", "id": "a", "fields": {"t": "x"}, "wid": "w-1"}]}))
+        .await;
+    let (_, other) = b.until("ack").await;
+    assert_eq!(other["results"][0]["duplicate"], false);
+
+    // A bad wid is refused like a bad name, nothing stored.
+    b.send(json!({"type": "push", "rid": 3, "space": "s", "changes": [
+        {"collection": "todo", "id": "z", "fields": {}, "wid": ""}]}))
+        .await;
+    let e = b.recv().await;
+    assert_eq!(
+        (e["code"].clone(), e["reason"].clone()),
+        (json!(400), json!("invalid_field"))
+    );
+    assert!(
+        e["message"].as_str().unwrap().contains("changes[0].wid"),
+        "{e}"
+    );
+
+    // Once retention trims the change, its wid is forgotten with it.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    relay.state.engine.trim(Duration::ZERO).await.unwrap();
+    b.send(json!({"type": "push", "rid": 4, "space": "s", "changes": [
+        {"collection": "todo", "id": "a", "fields": {"t": "one"}, "wid": "w-1"}]}))
+        .await;
+    let (_, late) = b.until("ack").await;
+    assert_eq!(late["results"][0]["duplicate"], false);
     relay.shutdown().await.unwrap();
 }

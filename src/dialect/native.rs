@@ -92,6 +92,10 @@ struct WireWrite {
     /// The client's edit time, ms since the epoch.
     #[serde(default)]
     ts: Option<u64>,
+    /// A client-chosen write id: a replay of a write already held is acked
+    /// as a duplicate instead of applied twice.
+    #[serde(default)]
+    wid: Option<String>,
 }
 
 fn patch() -> Op {
@@ -264,7 +268,7 @@ async fn run(mut socket: WebSocket, state: Arc<AppState>, grant: Grant) {
         "node": state.engine.node_id().to_string(),
         "version": crate::VERSION,
         "protocol": 1,
-        "capabilities": ["push", "subscribe", "since", "collections", "events", "conflicts", "get"],
+        "capabilities": ["push", "subscribe", "since", "collections", "events", "conflicts", "get", "wid"],
         "max_frame_bytes": state.settings.max_frame_bytes,
         "auth": conn.grant.scope_names(),
     });
@@ -653,6 +657,7 @@ impl Conn {
                 )
                 .await;
         }
+        let write_ids: Vec<Option<String>> = p.changes.iter().map(|w| w.wid.clone()).collect();
         let writes: Vec<LocalWrite> = p
             .changes
             .into_iter()
@@ -671,7 +676,10 @@ impl Conn {
         let rid = rid.clone();
         // Answered in request order once durable; the actor keeps serving.
         self.pending.push_back(Box::pin(async move {
-            match engine.push(&p.space, &actor, source, writes).await {
+            match engine
+                .push_idempotent(&p.space, &actor, source, writes, write_ids)
+                .await
+            {
                 Ok(outs) => {
                     engine.metrics.acks.fetch_add(1, Relaxed);
                     json!({"type": "ack", "rid": rid, "space": p.space,

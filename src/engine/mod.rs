@@ -325,7 +325,29 @@ impl Engine {
         source: Option<u64>,
         writes: Vec<LocalWrite>,
     ) -> Result<Vec<Outcome>, EngineError> {
+        self.push_idempotent(space, actor, source, writes, vec![])
+            .await
+    }
+
+    /// [`Engine::push`] where writes may carry a client-chosen write id
+    /// (`write_ids[i]` for `writes[i]`; an empty vector for none): a write
+    /// whose id the space already holds is answered with the first
+    /// application's outcome (kind `Duplicate`) and not applied again, so a
+    /// client can replay writes whose ack it never saw.
+    pub async fn push_idempotent(
+        &self,
+        space: &str,
+        actor: &str,
+        source: Option<u64>,
+        writes: Vec<LocalWrite>,
+        write_ids: Vec<Option<String>>,
+    ) -> Result<Vec<Outcome>, EngineError> {
         validate::validate_name("space", space)?;
+        for (i, wid) in write_ids.iter().enumerate() {
+            if let Some(wid) = wid {
+                validate::validate_name(&format!("changes[{i}].wid"), wid)?;
+            }
+        }
         if writes.is_empty() {
             return Ok(vec![]);
         }
@@ -350,6 +372,7 @@ impl Engine {
                 actor: actor.to_string(),
                 source,
                 writes,
+                write_ids,
                 reply,
             })
             .await?;

@@ -27,6 +27,14 @@ pub const SPACE_LOG: TableDefinition<(&str, u64), ()> = TableDefinition::new("sp
 pub const SPACES: TableDefinition<&str, u64> = TableDefinition::new("spaces");
 /// destination name -> local seq it has durably acked (peers, upstream).
 pub const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cursors");
+/// (space, client write id) -> local seq of the change it was applied as:
+/// a client that replays an unacknowledged write (native `push` with `wid`)
+/// gets the first result back instead of a second change. Entries go with
+/// their log entry when retention trims it.
+pub const WRITE_IDS: TableDefinition<(&str, &str), u64> = TableDefinition::new("write_ids");
+/// local seq -> (space, client write id): lets a trim find the
+/// `WRITE_IDS` entry of each log entry it removes.
+pub const WRITE_ID_SEQS: TableDefinition<u64, (&str, &str)> = TableDefinition::new("write_id_seqs");
 
 pub const META_SCHEMA: &str = "schema_version";
 pub const META_NODE: &str = "node_id";

@@ -107,6 +107,10 @@ pub enum Job {
         actor: String,
         source: Option<u64>,
         writes: Vec<LocalWrite>,
+        /// Client-chosen write ids, one per write (or empty): a write whose
+        /// id this space already holds is not applied again; its outcome is
+        /// the first application's, marked [`OutcomeKind::Duplicate`].
+        write_ids: Vec<Option<String>>,
         reply: Reply<Vec<Outcome>>,
     },
     /// Changes that already have an identity (from a peer or the upstream).
@@ -230,6 +234,8 @@ struct Tables<'t> {
     space_log: redb::Table<'t, (&'static str, u64), ()>,
     spaces: redb::Table<'t, &'static str, u64>,
     cursors: redb::Table<'t, &'static str, u64>,
+    write_ids: redb::Table<'t, (&'static str, &'static str), u64>,
+    write_id_seqs: redb::Table<'t, u64, (&'static str, &'static str)>,
 }
 
 impl<'t> Tables<'t> {
@@ -243,6 +249,8 @@ impl<'t> Tables<'t> {
             space_log: tx.open_table(SPACE_LOG)?,
             spaces: tx.open_table(SPACES)?,
             cursors: tx.open_table(CURSORS)?,
+            write_ids: tx.open_table(WRITE_IDS)?,
+            write_id_seqs: tx.open_table(WRITE_ID_SEQS)?,
         })
     }
 }
@@ -358,6 +366,7 @@ impl Writer {
                             actor,
                             source,
                             writes,
+                            write_ids,
                             reply,
                         } => {
                             if low_disk.is_some() {
@@ -369,7 +378,16 @@ impl Writer {
                                 continue;
                             }
                             let mut outs = Vec::with_capacity(writes.len());
+                            let mut wids = write_ids.into_iter();
                             for w in writes {
+                                let wid = wids.next().flatten();
+                                if let Some(wid) = &wid {
+                                    if let Some(first) = Self::replayed(&t, self.node, &space, wid)?
+                                    {
+                                        outs.push(first);
+                                        continue;
+                                    }
+                                }
                                 let origin_seq =
                                     t.vv.get(self.node.0)?.map(|v| v.value()).unwrap_or(0) + 1;
                                 let stamp = match w.client_us {
@@ -389,14 +407,21 @@ impl Writer {
                                     seq: origin_seq,
                                     actor: actor.clone(),
                                 };
-                                outs.push(self.apply(
+                                let out = self.apply(
                                     &mut t,
                                     change,
                                     source,
                                     at_ms,
                                     &mut seq,
                                     &mut committed,
-                                )?);
+                                )?;
+                                if let Some(wid) = &wid {
+                                    t.write_ids
+                                        .insert((space.as_str(), wid.as_str()), out.seq)?;
+                                    t.write_id_seqs
+                                        .insert(out.seq, (space.as_str(), wid.as_str()))?;
+                                }
+                                outs.push(out);
                             }
                             done.push(Done::Outcomes(reply, outs));
                         }
@@ -515,6 +540,52 @@ impl Writer {
             }
         }
         Ok(None)
+    }
+
+    /// The outcome of the write this space already holds under client write
+    /// id `wid`, as a duplicate; None if the id is new. A write id whose log
+    /// entry is gone (trimmed by an older binary that kept the id) still
+    /// counts as held: applying it again would be the double write this
+    /// index exists to prevent.
+    fn replayed(
+        t: &Tables<'_>,
+        node: NodeId,
+        space: &str,
+        wid: &str,
+    ) -> Result<Option<Outcome>, StoreError> {
+        let Some(seq) = t.write_ids.get((space, wid))?.map(|v| v.value()) else {
+            return Ok(None);
+        };
+        let entry: Option<LogEntry> = match t.log.get(seq)? {
+            Some(v) => Some(decode(v.value())?),
+            None => None,
+        };
+        Ok(Some(match entry {
+            Some(e) => Outcome {
+                kind: OutcomeKind::Duplicate,
+                seq,
+                origin: e.change.origin,
+                origin_seq: e.change.seq,
+                stamp: e.change.stamp,
+                version: e.version,
+                conflicts: vec![],
+                created: false,
+            },
+            None => Outcome {
+                kind: OutcomeKind::Duplicate,
+                seq,
+                origin: node,
+                origin_seq: 0,
+                stamp: Stamp {
+                    ms: 0,
+                    counter: 0,
+                    node,
+                },
+                version: 0,
+                conflicts: vec![],
+                created: false,
+            },
+        }))
     }
 
     fn apply(
@@ -663,6 +734,13 @@ impl Writer {
             t.log.remove(*seq)?;
             t.space_log.remove((space.as_str(), *seq))?;
             t.ident.remove((origin.0, *oseq))?;
+            let wid = t.write_id_seqs.remove(*seq)?.map(|v| {
+                let (s, w) = v.value();
+                (s.to_string(), w.to_string())
+            });
+            if let Some((s, w)) = wid {
+                t.write_ids.remove((s.as_str(), w.as_str()))?;
+            }
         }
         let horizon = match t.log.first()? {
             Some((k, _)) => k.value(),
