@@ -214,7 +214,7 @@ async fn rest_endpoints_read_write_and_broadcast() {
     let note = json!({"id": "n1", "kind": "note", "data": {"title": "My Note"}});
     let (st, body) = rest(addr, "POST", "/api/atome/create", None, Some(note.clone())).await;
     assert_eq!(st, 201, "{body}");
-    assert_eq!(body, json!({"success": true, "atome": note}));
+    assert_eq!(body, json!({"success": true, "atome": note, "data": note}));
     let e = sock.recv().await;
     assert_eq!(e["type"], "atome:created");
     assert_eq!(e["atome"], note);
@@ -244,7 +244,10 @@ async fn rest_endpoints_read_write_and_broadcast() {
 
     // Reads.
     let (st, body) = rest(addr, "GET", "/api/atome/n1", None, None).await;
-    assert_eq!((st, body), (200, json!({"success": true, "atome": note2})));
+    assert_eq!(
+        (st, body),
+        (200, json!({"success": true, "atome": note2, "data": note2}))
+    );
     let (st, body) = rest(addr, "GET", "/api/atome/nope", None, None).await;
     assert_eq!(st, 404);
     assert_eq!(body["success"], false);
@@ -253,7 +256,7 @@ async fn rest_endpoints_read_write_and_broadcast() {
     assert_eq!(st, 200);
     assert_eq!(
         body,
-        json!({"success": true, "atomes": [note2], "count": 1})
+        json!({"success": true, "atomes": [note2], "data": [note2], "count": 1})
     );
     let (_, body) = rest(addr, "GET", "/api/atome", None, None).await;
     assert_eq!(body["count"], 2);
@@ -273,7 +276,10 @@ async fn rest_endpoints_read_write_and_broadcast() {
     .await;
     assert_eq!(st, 200, "{body}");
     let merged = json!({"id": "n1", "kind": "note", "data": {"title": "v2"}, "pinned": true});
-    assert_eq!(body, json!({"success": true, "atome": merged}));
+    assert_eq!(
+        body,
+        json!({"success": true, "atome": merged, "data": merged})
+    );
     let e = sock.recv().await;
     assert_eq!(e["type"], "atome:altered");
     assert_eq!(e["atomeId"], "n1");
@@ -291,7 +297,11 @@ async fn rest_endpoints_read_write_and_broadcast() {
 
     // DELETE.
     let (st, body) = rest(addr, "DELETE", "/api/atome/n1", None, None).await;
-    assert_eq!((st, body), (200, json!({"success": true, "atomeId": "n1"})));
+    assert_eq!(
+        (st, body["success"].clone(), body["atomeId"].clone()),
+        (200, json!(true), json!("n1"))
+    );
+    assert_eq!(body["data"]["id"], "n1");
     let e = sock.recv().await;
     assert_eq!(e["type"], "atome:deleted");
     assert_eq!(e["atomeId"], "n1");
