@@ -657,6 +657,7 @@ mod tests {
             state,
             version: changes.len() as u64,
             seq: 0,
+            type_version: 0,
         }
     }
 
@@ -792,6 +793,7 @@ mod tests {
                 at_ms: 0,
                 version: 2,
                 created: false,
+                type_version: 0,
             },
             source: None,
             rendered: Default::default(),

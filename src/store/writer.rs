@@ -236,6 +236,8 @@ struct Tables<'t> {
     cursors: redb::Table<'t, &'static str, u64>,
     write_ids: redb::Table<'t, (&'static str, &'static str), u64>,
     write_id_seqs: redb::Table<'t, u64, (&'static str, &'static str)>,
+    type_versions: redb::Table<'t, (&'static str, &'static str), u64>,
+    type_index: redb::Table<'t, (&'static str, &'static str, u64), &'static str>,
 }
 
 impl<'t> Tables<'t> {
@@ -251,6 +253,8 @@ impl<'t> Tables<'t> {
             cursors: tx.open_table(CURSORS)?,
             write_ids: tx.open_table(WRITE_IDS)?,
             write_id_seqs: tx.open_table(WRITE_ID_SEQS)?,
+            type_versions: tx.open_table(TYPE_VERSIONS)?,
+            type_index: tx.open_table(TYPE_INDEX)?,
         })
     }
 }
@@ -630,6 +634,7 @@ impl Writer {
         *seq += 1;
         ent.version += 1;
         ent.seq = *seq;
+        ent.type_version = next_type_version(t, key, ent.type_version)?;
         out.seq = *seq;
         out.version = ent.version;
         out.created = !existed && ent.state.exists();
@@ -648,6 +653,7 @@ impl Writer {
             change,
             at_ms,
             version: ent.version,
+            type_version: ent.type_version,
         };
         t.log.insert(*seq, encode(&entry)?.as_slice())?;
         committed.push(Arc::new(Committed {
@@ -678,6 +684,7 @@ impl Writer {
             ent.state.merge(&e.state);
             if ent.state != before {
                 ent.version += 1;
+                ent.type_version = next_type_version(t, key, ent.type_version)?;
                 t.entity.insert(key, encode(&ent)?.as_slice())?;
                 if t.spaces.get(e.space.as_str())?.is_none() {
                     t.spaces.insert(e.space.as_str(), 0)?;
@@ -762,4 +769,29 @@ fn free_disk_bytes(dir: &std::path::Path) -> Option<u64> {
         return None;
     }
     Some((s.f_bavail as u64).saturating_mul(s.f_frsize as u64))
+}
+
+/// Give entity `key` (space, collection, id), whose last per-type version
+/// was `old` (0: none), the collection's next per-type version, and move its
+/// index entry there. Runs inside the writer transaction, so versions are
+/// assigned in commit order, whichever path (local write, peer or upstream
+/// change, snapshot merge) changed the entity.
+fn next_type_version(
+    t: &mut Tables<'_>,
+    key: (&str, &str, &str),
+    old: u64,
+) -> Result<u64, StoreError> {
+    let (space, coll, id) = key;
+    let tv = t
+        .type_versions
+        .get((space, coll))?
+        .map(|v| v.value())
+        .unwrap_or(0)
+        + 1;
+    t.type_versions.insert((space, coll), tv)?;
+    if old > 0 {
+        t.type_index.remove((space, coll, old))?;
+    }
+    t.type_index.insert((space, coll, tv), id)?;
+    Ok(tv)
 }

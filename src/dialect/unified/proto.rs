@@ -732,6 +732,7 @@ mod tests {
                 at_ms: 0,
                 version: 4,
                 created,
+                type_version: 0,
             },
             after: after.map(|a| EntityView {
                 exists: true,
