@@ -35,6 +35,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/ws", get(unified::unified))
         .route("/api/sync/ws", get(unified::entity_sync))
         .route("/api/field-sync/ws", get(unified::field_sync))
+        .route("/api/sync/events", get(unified::http::events))
+        .route(
+            "/api/sync/{entity}",
+            get(unified::http::get_sync).post(unified::http::post_sync),
+        )
+        .route(
+            "/api/field-sync/{entity}",
+            get(unified::http::get_field_sync).post(unified::http::post_field_sync),
+        )
         .route("/ws/replicate", get(crate::upstream::hub::upgrade))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))

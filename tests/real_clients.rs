@@ -401,3 +401,311 @@ async fn seed001_rest_adapter_calls() {
     let (st, _) = call("POST", "/api/atome/zz/alter".into(), Some(json!({}))).await;
     assert_eq!(st, 400);
 }
+
+// ---- seed 004: jeetkhinde/RHTMX @ 02bec975 -------------------------------------------
+
+use futures_util::StreamExt as _;
+use tokio_tungstenite::tungstenite::Message;
+
+/// The next JSON frame, text or gzipped binary (both clients accept both:
+/// `event.data` is a string, or a Blob/ArrayBuffer they gunzip).
+async fn recv_any(c: &mut Client) -> (Value, bool) {
+    loop {
+        let m = tokio::time::timeout(WAIT, c.ws.next())
+            .await
+            .expect("a frame in time")
+            .expect("open")
+            .expect("frame");
+        match m {
+            Message::Text(t) => return (serde_json::from_str(&t).unwrap(), false),
+            Message::Binary(b) => {
+                let t = outpost::dialect::gzip::gunzip_text(&b, 1 << 24).expect("gzip");
+                return (serde_json::from_str(&t).unwrap(), true);
+            }
+            _ => continue,
+        }
+    }
+}
+
+/// What `rusty-sync.js` `applyChanges` does with a change: `store.put(data)`
+/// into an object store with key path `id` (or delete by `entity_id`).
+fn idb_put(store: &mut std::collections::BTreeMap<String, Value>, ch: &Value) {
+    if ch["action"] == "delete" {
+        store.remove(ch["entity_id"].as_str().unwrap());
+    } else if !ch["data"].is_null() {
+        let id = ch["data"]["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("DataError: key path `id` did not yield a value: {ch}"));
+        store.insert(id.to_string(), ch["data"].clone());
+    }
+}
+
+/// `rusty-sync.js`: `initialSync` (`GET /api/sync/{entity}?since=<stored
+/// version>`, then stores `data.version`), `connectWebSocket` (`/api/sync/ws`,
+/// `{type:"subscribe", entities}`), `pushChange` (`{type:"push", entity,
+/// entity_id, action, data}`, gzipped as a binary frame when 1 KiB or more),
+/// `pushViaHTTP` (`POST /api/sync/{entity}` `{changes:[{id, action, data}]}`),
+/// and the SSE fallback (`/api/sync/events`, `event: sync`).
+#[tokio::test]
+async fn seed004_entity_client_versions_http_gzip_sse() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start(config(dir.path())).await;
+    let addr = relay.addr;
+    let mut tab = Client::connect(addr, "/api/sync/ws").await;
+    tab.send(json!({"type": "subscribe", "entities": ["users"]}))
+        .await;
+    let mut writer = Client::connect(addr, "/api/sync/ws").await;
+
+    // Per-type versions: va, vb, va -> 1, 2, 3.
+    let mut acks = vec![];
+    for (id, name) in [("va", "A"), ("vb", "B"), ("va", "A2")] {
+        writer
+            .send(
+                json!({"type": "push", "entity": "users", "entity_id": id, "action": "create",
+                "data": {"id": id, "name": name}}),
+            )
+            .await;
+        let (ack, _) = recv_any(&mut writer).await;
+        assert_eq!(
+            (ack["type"].clone(), ack["entity_id"].clone()),
+            (json!("push_ack"), json!(id))
+        );
+        acks.push(ack["version"].as_i64().unwrap());
+    }
+    assert_eq!(acks, vec![1, 2, 3]);
+    let mut live = std::collections::BTreeMap::new();
+    for _ in 0..3 {
+        let (m, _) = recv_any(&mut tab).await;
+        assert_eq!(m["type"], "change");
+        idb_put(&mut live, &m["change"]);
+    }
+
+    // A reloaded tab with cursor 1 misses nothing: vb's create and va.
+    let (st, body) = http(addr, "GET", "/api/sync/users?since=1", &[], None).await;
+    assert_eq!(st, 200, "{body}");
+    let r: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(r["entity"], "users");
+    assert_eq!(r["version"], 3);
+    let got: Vec<(String, i64)> = r["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["entity_id"].as_str().unwrap().to_string(),
+                c["version"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(got, vec![("vb".into(), 2), ("va".into(), 3)]);
+    let mut reloaded = std::collections::BTreeMap::new();
+    for c in r["changes"].as_array().unwrap() {
+        assert!(c["created_at"].is_string());
+        idb_put(&mut reloaded, c);
+    }
+    assert_eq!(reloaded["va"]["name"], "A2");
+    let (_, body) = http(addr, "GET", "/api/sync/users?since=3", &[], None).await;
+    let r: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (r["version"].clone(), r["changes"].clone()),
+        (json!(3), json!([]))
+    );
+
+    // Offline: pushed over HTTP; the open tab gets it with its id.
+    let (st, body) = http(addr, "POST", "/api/sync/users", &[],
+        Some(&json!({"changes": [{"id": "vc", "action": "create", "data": {"id": "vc", "name": "C"}}]}).to_string())).await;
+    assert_eq!(st, 200, "{body}");
+    let r: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (r["applied"].clone(), r["version"].clone()),
+        (json!(["vc"]), json!(4))
+    );
+    let (m, _) = recv_any(&mut tab).await;
+    idb_put(&mut live, &m["change"]);
+
+    // A field write reaches the entity tab as the whole entity (4b).
+    let mut fields = Client::connect(addr, "/api/field-sync/ws").await;
+    fields
+        .send(
+            json!({"type": "push_fields", "entity": "users", "entity_id": "u2",
+            "fields": [{"field": "email", "value": "u2@x.example", "action": "update",
+                        "timestamp": "2026-11-25T10:00:00.000Z"}]}),
+        )
+        .await;
+    assert_eq!(recv_any(&mut fields).await.0["type"], "push_ack");
+    let (m, _) = recv_any(&mut tab).await;
+    idb_put(&mut live, &m["change"]);
+    assert_eq!(live["u2"], json!({"id": "u2", "email": "u2@x.example"}));
+
+    // A compressed push (>= 1 KiB) is stored; its broadcast comes back
+    // compressed to the tab.
+    let bio = "x".repeat(2000);
+    let push = json!({"type": "push", "entity": "users", "entity_id": "vd", "action": "create",
+        "data": {"id": "vd", "bio": bio}});
+    let zipped = outpost::dialect::gzip::gzip(&push.to_string());
+    writer.send_raw(Message::Binary(zipped.into())).await;
+    let (ack, _) = recv_any(&mut writer).await;
+    assert_eq!(
+        (ack["type"].clone(), ack["version"].clone()),
+        (json!("push_ack"), json!(6))
+    );
+    let (m, compressed) = recv_any(&mut tab).await;
+    assert!(compressed, "a large broadcast is gzipped");
+    assert_eq!(m["change"]["data"]["bio"].as_str().unwrap().len(), 2000);
+    // A gzip bomb is an error; the connection keeps serving.
+    let bomb = outpost::dialect::gzip::gzip(&" ".repeat(8 << 20));
+    writer.send_raw(Message::Binary(bomb.into())).await;
+    let (e, _) = recv_any(&mut writer).await;
+    assert_eq!(
+        (e["type"].clone(), e["code"].clone()),
+        (json!("error"), json!("too_large")),
+        "{e}"
+    );
+    writer.send(json!({"type": "ping"})).await;
+    assert_eq!(recv_any(&mut writer).await.0["type"], "pong");
+
+    // SSE fallback: `event: sync`, data = a ChangeLog with the whole entity.
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!(
+            "GET /api/sync/events HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut lines = BufReader::new(s).lines();
+    let status = lines.next_line().await.unwrap().unwrap();
+    assert!(status.contains(" 200 "), "{status}");
+    // Headers end, then the stream is open: write something.
+    while !lines.next_line().await.unwrap().unwrap().is_empty() {}
+    writer
+        .send(
+            json!({"type": "push", "entity": "posts", "entity_id": "p1", "action": "update",
+            "data": {"title": "t"}}),
+        )
+        .await;
+    let (event, data) = tokio::time::timeout(WAIT, async {
+        let mut event = String::new();
+        loop {
+            let l = lines.next_line().await.unwrap().unwrap();
+            // Chunked framing lines (sizes) are skipped.
+            if let Some(e) = l.strip_prefix("event: ") {
+                event = e.to_string();
+            } else if let Some(d) = l.strip_prefix("data: ") {
+                return (event, serde_json::from_str::<Value>(d).unwrap());
+            }
+        }
+    })
+    .await
+    .expect("an SSE event");
+    assert_eq!(event, "sync");
+    assert_eq!(
+        (data["entity"].clone(), data["data"]["id"].clone()),
+        (json!("posts"), json!("p1"))
+    );
+    assert_eq!(data["version"], 1);
+}
+
+/// `rusty-field-sync.js` on `/api/field-sync/ws`: subscribes with
+/// `{type:"subscribe"}`, pushes `{type:"push_fields", ...}` and reads
+/// `push_ack`, `conflict` and `field_change`; catches up with
+/// `GET /api/field-sync/{entity}?since=N` (`{entity, version, changes}`).
+#[tokio::test]
+async fn seed004_field_client_names_and_catch_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start(config(dir.path())).await;
+    let addr = relay.addr;
+    let mut tab = Client::connect(addr, "/api/field-sync/ws").await;
+    tab.send(json!({"type": "subscribe", "entities": ["users"]}))
+        .await;
+    let mut other = Client::connect(addr, "/api/field-sync/ws").await;
+    other
+        .send(json!({"type": "subscribe", "entities": ["users"]}))
+        .await;
+    // Let both subscriptions register before the first write.
+    for c in [&mut tab, &mut other] {
+        c.send(json!({"type": "ping"})).await;
+        assert_eq!(recv_any(c).await.0["type"], "pong");
+    }
+
+    let field = |v: &str, ts: &str| {
+        json!({"type": "push_fields", "entity": "users", "entity_id": "u1",
+        "fields": [{"field": "name", "value": v, "action": "update", "timestamp": ts}]})
+    };
+    tab.send(field("Ann", "2026-11-25T10:00:01.000Z")).await;
+    let mut seen = vec![];
+    while seen.len() < 2 {
+        let (m, _) = recv_any(&mut tab).await;
+        seen.push(m["type"].as_str().unwrap().to_string());
+        if m["type"] == "push_ack" {
+            assert_eq!(
+                (m["applied"].clone(), m["conflicts"].clone()),
+                (json!(1), json!(0))
+            );
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, vec!["field_change", "push_ack"]);
+    let (fc, _) = recv_any(&mut other).await;
+    assert_eq!(fc["type"], "field_change");
+    assert_eq!(
+        (fc["change"]["field"].clone(), fc["change"]["value"].clone()),
+        (json!("name"), json!("Ann"))
+    );
+    assert_eq!(fc["change"]["version"], 1);
+
+    // An older edit loses: `push_ack` with a conflict, then `conflict`.
+    other.send(field("Old", "2026-11-25T09:00:00.000Z")).await;
+    let (ack, _) = recv_any(&mut other).await;
+    assert_eq!(
+        (ack["type"].clone(), ack["conflicts"].clone()),
+        (json!("push_ack"), json!(1))
+    );
+    let (c, _) = recv_any(&mut other).await;
+    assert_eq!(c["type"], "conflict", "{c}");
+    assert_eq!(
+        (c["server_value"].clone(), c["client_value"].clone()),
+        (json!("Ann"), json!("Old"))
+    );
+
+    // Catch-up after a reload, and its cursor.
+    let (st, body) = http(addr, "GET", "/api/field-sync/users?since=0", &[], None).await;
+    assert_eq!(st, 200, "{body}");
+    let r: Value = serde_json::from_str(&body).unwrap();
+    let v = r["version"].as_i64().unwrap();
+    assert!(v >= 1);
+    let ch = &r["changes"][0];
+    assert_eq!(
+        (
+            ch["entity_id"].clone(),
+            ch["field"].clone(),
+            ch["value"].clone(),
+            ch["action"].clone()
+        ),
+        (json!("u1"), json!("name"), json!("Ann"), json!("update"))
+    );
+    let (_, body) = http(
+        addr,
+        "GET",
+        &format!("/api/field-sync/users?since={v}"),
+        &[],
+        None,
+    )
+    .await;
+    let r: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(r["changes"], json!([]));
+    // `pushFieldsViaHTTP`.
+    let (st, body) = http(addr, "POST", "/api/field-sync/users", &[],
+        Some(&json!({"changes": [{"entity_id": "u1", "field": "age", "value": 30, "action": "update",
+            "timestamp": "2026-11-25T10:00:02.000Z"}]}).to_string())).await;
+    assert_eq!(st, 200, "{body}");
+    let r: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (r["applied"][0]["field"].clone(), r["conflicts"].clone()),
+        (json!("age"), json!([]))
+    );
+    let (fc, _) = recv_any(&mut tab).await;
+    assert_eq!(fc["change"]["field"], "age");
+}

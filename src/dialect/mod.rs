@@ -6,6 +6,7 @@ pub mod atome;
 pub mod atome_adapter;
 pub mod atome_sync;
 pub mod config_sync;
+pub mod gzip;
 pub mod kv;
 pub mod native;
 pub mod session;

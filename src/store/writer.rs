@@ -173,6 +173,9 @@ pub struct Outcome {
     /// (same as the log entry's `created`), so dialects can tell a create
     /// from an update without a racy read before the write.
     pub created: bool,
+    /// The collection's per-type version after this change (0 unless
+    /// applied; see `tables::TYPE_VERSIONS`).
+    pub type_version: u64,
 }
 
 enum Done {
@@ -574,6 +577,7 @@ impl Writer {
                 version: e.version,
                 conflicts: vec![],
                 created: false,
+                type_version: e.type_version,
             },
             None => Outcome {
                 kind: OutcomeKind::Duplicate,
@@ -588,6 +592,7 @@ impl Writer {
                 version: 0,
                 conflicts: vec![],
                 created: false,
+                type_version: 0,
             },
         }))
     }
@@ -611,6 +616,7 @@ impl Writer {
             version: 0,
             conflicts: vec![],
             created: false,
+            type_version: 0,
         };
         if change.seq <= held || t.ident.get((change.origin.0, change.seq))?.is_some() {
             out.kind = OutcomeKind::Duplicate;
@@ -637,6 +643,7 @@ impl Writer {
         ent.type_version = next_type_version(t, key, ent.type_version)?;
         out.seq = *seq;
         out.version = ent.version;
+        out.type_version = ent.type_version;
         out.created = !existed && ent.state.exists();
         t.entity.insert(key, encode(&ent)?.as_slice())?;
         let count = t
