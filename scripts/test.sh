@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 need=()
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# Headless browser tests (clients/js, tests/ui) drive Debian's Chromium.
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq
@@ -28,4 +30,4 @@ node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(
     echo "clients/js needs Node >= 20.10, found $(node --version 2>/dev/null || echo none)" >&2
     exit 1
 }
-(cd clients/js && npm ci --no-audit --no-fund --loglevel=error && npm test)
+(cd clients/js && npm ci --no-audit --no-fund --loglevel=error && npm test && npm run test:browser)

@@ -51,6 +51,10 @@ pub struct Config {
     /// The config file's directory, against which schema paths resolve.
     #[serde(skip)]
     pub base_dir: Option<PathBuf>,
+    /// The file as parsed, to tell keys that were written from defaults
+    /// (see `warnings`).
+    #[serde(skip)]
+    pub raw: Option<toml::Table>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -65,6 +69,12 @@ pub struct Server {
     /// Per-connection outbound queue (messages). A subscriber that falls
     /// this far behind is told to resync.
     pub queue_depth: usize,
+    /// Per-connection outbound queue (MiB of queued frames); past it, as
+    /// past `queue_depth`, the subscriber is told to resync.
+    pub queue_mb: u64,
+    /// Relay-wide bound on queued outbound frames (MiB), all connections
+    /// together: past it, subscribers that are behind are told to resync.
+    pub max_queued_mb: u64,
     /// Most unacknowledged pushes one connection may have in flight before
     /// the relay stops reading from it (backpressure).
     pub max_inflight: usize,
@@ -83,6 +93,8 @@ impl Default for Server {
             max_connections: 4096,
             max_frame_bytes: 1 << 20,
             queue_depth: 1024,
+            queue_mb: 16,
+            max_queued_mb: 128,
             max_inflight: 256,
             shutdown_grace: "10s".into(),
             tls_cert: None,
@@ -180,6 +192,14 @@ pub struct WebhookSettings {
 
 impl WebhookConfig {
     fn validate(&self) -> Result<Option<WebhookSettings>, ConfigError> {
+        // Checked even without a url: a bad value is a mistake either way.
+        let timeout = duration_in(
+            "webhook.timeout",
+            &self.timeout,
+            Duration::from_millis(1),
+            Duration::from_secs(600),
+        )?;
+        in_range("webhook.max_backlog", self.max_backlog, 1, 100_000_000)?;
         let Some(url) = self.url.as_deref().map(str::trim).filter(|u| !u.is_empty()) else {
             if self.secret.is_some() {
                 return Err(invalid("webhook.secret", "set webhook.url too"));
@@ -215,13 +235,6 @@ impl WebhookConfig {
                 "webhook.url",
                 format!("{url:?}: spaces in the path"),
             ));
-        }
-        let timeout = parse_duration(&self.timeout).map_err(|e| invalid("webhook.timeout", e))?;
-        if timeout.is_zero() {
-            return Err(invalid("webhook.timeout", "must be more than 0"));
-        }
-        if self.max_backlog == 0 {
-            return Err(invalid("webhook.max_backlog", "must be at least 1"));
         }
         Ok(Some(WebhookSettings {
             authority,
@@ -265,6 +278,10 @@ pub struct Settings {
     pub max_connections: usize,
     pub max_frame_bytes: usize,
     pub queue_depth: usize,
+    /// `server.queue_mb` in bytes.
+    pub max_queue_bytes: usize,
+    /// `server.max_queued_mb` in bytes.
+    pub max_queued_bytes: usize,
     pub max_inflight: usize,
     pub shutdown_grace: Duration,
     pub dir: PathBuf,
@@ -285,6 +302,8 @@ pub struct Settings {
     pub forms: Arc<SchemaSet>,
     /// Compiled `[schemas]`, keyed by collection.
     pub schemas: Arc<SchemaSet>,
+    /// The effective configuration as TOML, secrets redacted (status page).
+    pub effective_toml: String,
 }
 
 impl Config {
@@ -299,10 +318,65 @@ impl Config {
     }
 
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let err = |e: toml::de::Error| ConfigError::Parse {
             path: origin.to_string(),
             message: e.to_string().trim_end().to_string(),
-        })
+        };
+        let mut c: Config = toml::from_str(text).map_err(err)?;
+        // Only for `warnings`: a value TOML's own integers cannot hold
+        // (a u64 past i64::MAX) is caught by `validate`, not here.
+        c.raw = toml::from_str(text).ok();
+        Ok(c)
+    }
+
+    /// Settings that were written but take no effect: a section whose
+    /// switch is off. `check-config` prints them and `serve` logs them as
+    /// warnings (they are not errors: turning a section off by its switch,
+    /// keeping its settings for later, is legitimate).
+    pub fn warnings(&self) -> Vec<String> {
+        let Some(raw) = &self.raw else {
+            return Vec::new();
+        };
+        // Keys written with a value other than their default (a key set to
+        // its default changes nothing either way, as in the shipped file).
+        let defaults = toml::Table::try_from(Config::default()).unwrap_or_default();
+        let keys = |section: &str, except: &[&str]| -> Vec<String> {
+            let dflt = defaults.get(section).and_then(|v| v.as_table());
+            raw.get(section)
+                .and_then(|v| v.as_table())
+                .map(|t| {
+                    t.iter()
+                        .filter(|(k, _)| !except.contains(&k.as_str()))
+                        .filter(|(k, v)| dflt.and_then(|d| d.get(k.as_str())) != Some(v))
+                        .map(|(k, _)| format!("{section}.{k}"))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut out = Vec::new();
+        let mesh = keys("mesh", &["enabled"]);
+        if !self.mesh.enabled && !mesh.is_empty() {
+            out.push(format!(
+                "[mesh] sets {} but not `enabled = true`: the mesh is off and these settings are ignored",
+                mesh.join(", ")
+            ));
+        }
+        let url_set = |u: &Option<String>| u.as_deref().is_some_and(|u| !u.trim().is_empty());
+        let webhook = keys("webhook", &["url"]);
+        if !url_set(&self.webhook.url) && !webhook.is_empty() {
+            out.push(format!(
+                "[webhook] sets {} but no `url`: no webhook is sent and these settings are ignored",
+                webhook.join(", ")
+            ));
+        }
+        let upstream = keys("upstream", &["url"]);
+        if !url_set(&self.upstream.url) && !upstream.is_empty() {
+            out.push(format!(
+                "[upstream] sets {} but no `url`: there is no upstream and these settings are ignored",
+                upstream.join(", ")
+            ));
+        }
+        out
     }
 
     /// Check every key and produce the settings the relay runs on.
@@ -314,33 +388,51 @@ impl Config {
                 format!("{:?} is not an address:port ({e})", s.listen),
             )
         })?;
-        if s.max_connections == 0 {
-            return Err(invalid("server.max_connections", "must be at least 1"));
-        }
-        if s.max_frame_bytes < 1024 || s.max_frame_bytes > 64 << 20 {
+        in_range("server.max_connections", s.max_connections, 1, 1_000_000)?;
+        in_range("server.max_frame_bytes", s.max_frame_bytes, 1024, 64 << 20)?;
+        in_range("server.queue_depth", s.queue_depth, 16, 1 << 20)?;
+        in_range("server.queue_mb", s.queue_mb, 1, 4096)?;
+        in_range("server.max_queued_mb", s.max_queued_mb, 1, 65536)?;
+        if s.queue_mb > s.max_queued_mb {
             return Err(invalid(
-                "server.max_frame_bytes",
-                "must be between 1024 and 67108864",
+                "server.queue_mb",
+                format!(
+                    "{} is more than server.max_queued_mb ({})",
+                    s.queue_mb, s.max_queued_mb
+                ),
             ));
         }
-        if s.queue_depth < 16 {
-            return Err(invalid("server.queue_depth", "must be at least 16"));
-        }
-        if s.max_inflight == 0 {
-            return Err(invalid("server.max_inflight", "must be at least 1"));
-        }
-        let shutdown_grace =
-            parse_duration(&s.shutdown_grace).map_err(|r| invalid("server.shutdown_grace", r))?;
+        in_range("server.max_inflight", s.max_inflight, 1, 65_536)?;
+        let shutdown_grace = duration_in(
+            "server.shutdown_grace",
+            &s.shutdown_grace,
+            Duration::ZERO,
+            Duration::from_secs(3600),
+        )?;
         let st = &self.storage;
         if st.dir.as_os_str().is_empty() {
             return Err(invalid("storage.dir", "must not be empty"));
         }
         let retention = match st.retention.trim() {
             "forever" | "0" => None,
-            r => Some(parse_duration(r).map_err(|e| invalid("storage.retention", e))?),
+            r => Some(duration_in(
+                "storage.retention",
+                r,
+                Duration::from_secs(1),
+                Duration::from_secs(100 * 365 * 86_400),
+            )?),
         };
-        let max_skew =
-            parse_duration(&st.max_clock_skew).map_err(|e| invalid("storage.max_clock_skew", e))?;
+        let max_skew = duration_in(
+            "storage.max_clock_skew",
+            &st.max_clock_skew,
+            Duration::ZERO,
+            Duration::from_secs(7 * 86_400),
+        )?;
+        // Upper bounds keep the byte figures far from overflow; a value
+        // beyond them is a typo, not a disk or a board.
+        in_range("storage.min_free_mb", st.min_free_mb, 0, 1 << 30)?;
+        in_range("storage.cache_mb", st.cache_mb, 1, 1 << 20)?;
+        validate_log_filter(&self.log.level)?;
         let a = &self.auth;
         let jwt_secret = read_secret(
             ("auth.jwt_secret", "auth.jwt_secret_file"),
@@ -377,18 +469,20 @@ impl Config {
         };
         let forms = load("forms", &self.forms)?;
         let schemas = load("schemas", &self.schemas)?;
-        Ok(Settings {
+        let mut settings = Settings {
             listen,
             max_connections: s.max_connections,
             max_frame_bytes: s.max_frame_bytes,
             queue_depth: s.queue_depth,
+            max_queue_bytes: (s.queue_mb as usize).saturating_mul(1 << 20),
+            max_queued_bytes: (s.max_queued_mb as usize).saturating_mul(1 << 20),
             max_inflight: s.max_inflight,
             shutdown_grace,
             dir: st.dir.clone(),
             durability: st.durability,
             retention,
-            min_free_bytes: st.min_free_mb.saturating_mul(1 << 20),
-            cache_bytes: (st.cache_mb.max(1) as usize).saturating_mul(1 << 20),
+            min_free_bytes: st.min_free_mb << 20,
+            cache_bytes: (st.cache_mb as usize).saturating_mul(1 << 20),
             max_skew,
             jwt_secret,
             anonymous,
@@ -398,7 +492,10 @@ impl Config {
             tls,
             forms,
             schemas,
-        })
+            effective_toml: String::new(),
+        };
+        settings.effective_toml = self.effective_toml(&settings);
+        Ok(settings)
     }
 
     /// The effective configuration as TOML, secrets redacted.
@@ -649,7 +746,7 @@ impl UpstreamConfig {
 }
 
 /// Every certificate in a PEM file (at least one).
-fn read_certs(p: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+pub fn read_certs(p: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
     use rustls::pki_types::pem::PemObject;
     let certs = rustls::pki_types::CertificateDer::pem_file_iter(p)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
@@ -689,6 +786,94 @@ fn server_tls(s: &Server) -> Result<Option<Arc<rustls::ServerConfig>>, ConfigErr
     Ok(Some(Arc::new(cfg)))
 }
 
+/// A number key within `lo..=hi`; the error names the key and the range.
+fn in_range<T: PartialOrd + std::fmt::Display>(
+    key: &'static str,
+    v: T,
+    lo: T,
+    hi: T,
+) -> Result<(), ConfigError> {
+    if v < lo || v > hi {
+        return Err(invalid(
+            key,
+            format!("{v} is out of range: must be between {lo} and {hi}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A duration key within `lo..=hi`.
+fn duration_in(
+    key: &'static str,
+    text: &str,
+    lo: Duration,
+    hi: Duration,
+) -> Result<Duration, ConfigError> {
+    let d = parse_duration(text).map_err(|e| invalid(key, e))?;
+    if d < lo || d > hi {
+        return Err(invalid(
+            key,
+            format!(
+                "{text:?} is out of range: must be between {} and {}",
+                show_duration(lo),
+                show_duration(hi)
+            ),
+        ));
+    }
+    Ok(d)
+}
+
+fn show_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    match ms {
+        0 => "0s".into(),
+        ms if ms % 86_400_000 == 0 => format!("{}d", ms / 86_400_000),
+        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        ms => format!("{ms}ms"),
+    }
+}
+
+/// `log.level` must parse as a tracing filter: a typo would otherwise log
+/// nothing (or everything) without a word. tracing's own parser accepts
+/// some nonsense (`loud==` is a target named `loud=`), so each directive is
+/// also checked for the shape `LEVEL`, `TARGET` or `TARGET[SPAN]=LEVEL`.
+fn validate_log_filter(filter: &str) -> Result<(), ConfigError> {
+    let bad = |why: String| {
+        invalid(
+            "log.level",
+            format!(
+                "{filter:?} is not a log filter like \"info\" or \"outpost=debug,warn\" ({why})"
+            ),
+        )
+    };
+    let is_level = |l: &str| {
+        ["trace", "debug", "info", "warn", "error", "off"]
+            .iter()
+            .any(|n| l.eq_ignore_ascii_case(n))
+            || matches!(l, "0" | "1" | "2" | "3" | "4" | "5")
+    };
+    for d in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let target = match d.rsplit_once('=') {
+            Some((t, l)) if is_level(l.trim()) && !t.trim().is_empty() => t.trim(),
+            Some(_) => return Err(bad(format!("{d:?} does not end in a level"))),
+            None if is_level(d) => continue,
+            None => d,
+        };
+        let name = target.split('[').next().unwrap_or_default();
+        let name_ok = name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_:.-".contains(c));
+        if !name_ok || (name.is_empty() && !target.starts_with('[')) {
+            return Err(bad(format!("{target:?} is not a module path")));
+        }
+    }
+    tracing_subscriber::EnvFilter::builder()
+        .parse(filter)
+        .map(drop)
+        .map_err(|e| bad(e.to_string()))
+}
+
 /// "500ms", "10s", "5m", "24h", "30d" (a bare number is seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -697,18 +882,21 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let n: u64 = num
         .parse()
         .map_err(|_| format!("{s:?} is not a duration like \"10s\", \"24h\" or \"30d\""))?;
-    let ms = match unit {
-        "ms" => n,
-        "" | "s" => n * 1000,
-        "m" => n * 60_000,
-        "h" => n * 3_600_000,
-        "d" => n * 86_400_000,
+    let per = match unit {
+        "ms" => 1,
+        "" | "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
         _ => {
             return Err(format!(
                 "{s:?}: unknown unit {unit:?} (use ms, s, m, h or d)"
             ))
         }
     };
+    let ms = n
+        .checked_mul(per)
+        .ok_or_else(|| format!("{s:?} is too long a duration"))?;
     Ok(Duration::from_millis(ms))
 }
 
@@ -793,10 +981,59 @@ mod tests {
     }
 
     #[test]
+    fn numbers_out_of_range_name_their_key() {
+        let cases: [(&str, &str); 9] = [
+            (
+                "[storage]\nmin_free_mb = 18446744073709551615\n",
+                "storage.min_free_mb",
+            ),
+            ("[storage]\ncache_mb = 0\n", "storage.cache_mb"),
+            (
+                "[storage]\ncache_mb = 18446744073709551615\n",
+                "storage.cache_mb",
+            ),
+            ("[server]\nmax_connections = 0\n", "server.max_connections"),
+            ("[server]\nqueue_depth = 8\n", "server.queue_depth"),
+            ("[server]\nmax_inflight = 1000000\n", "server.max_inflight"),
+            (
+                "[server]\nshutdown_grace = \"99999999999999999d\"\n",
+                "server.shutdown_grace",
+            ),
+            ("[webhook]\nmax_backlog = 0\n", "webhook.max_backlog"),
+            ("[log]\nlevel = \"loud==\"\n", "log.level"),
+        ];
+        for (text, key) in cases {
+            let e = Config::parse(text, "t")
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!("`{key}`")), "{text}: {e}");
+        }
+        for bad in ["loud==", "info,=debug", "outpost=verbose", "a b"] {
+            assert!(validate_log_filter(bad).is_err(), "{bad}");
+        }
+        for good in [
+            "info",
+            "WARN",
+            "outpost=debug,warn",
+            "outpost::mesh=trace",
+            "quinn",
+            "[conn]=debug",
+            "",
+        ] {
+            validate_log_filter(good).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        let ok = "[log]\nlevel = \"outpost=debug,warn\"\n[storage]\nmin_free_mb = 0\n";
+        Config::parse(ok, "t").unwrap().validate().unwrap();
+    }
+
+    #[test]
     fn durations_parse() {
         assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("3w").is_err());
+        assert!(parse_duration("18446744073709551615d").is_err());
     }
 }

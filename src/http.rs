@@ -2,13 +2,12 @@
 
 use crate::dialect::{atome_adapter, atome_sync, config_sync, kv, native, sync, unified};
 use crate::server::AppState;
-use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde_json::json;
-use std::sync::atomic::Ordering::Relaxed;
+use axum::Router;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -47,28 +46,56 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ws/replicate", get(crate::upstream::hub::upgrade))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .route("/v1/status", get(status))
+        .route("/v1/status", get(crate::console::status))
+        .merge(crate::console::routes())
         .with_state(state)
 }
 
-/// 200 while the store accepts reads; 503 once shutting down.
+/// 200 while the store accepts reads and writes; 503 once shutting down,
+/// or while a storage I/O error keeps the store from writing (until it has
+/// reopened its file).
 async fn healthz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     if *state.shutdown.borrow() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+    }
+    if state.engine.store_fault().is_some() {
         return (
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "shutting down\n",
+            "store unavailable\n",
         );
     }
     match state.engine.log_len() {
-        Ok(_) => (axum::http::StatusCode::OK, "ok\n"),
-        Err(_) => (
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "store unavailable\n",
-        ),
+        Ok(_) => (StatusCode::OK, "ok\n"),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n"),
     }
 }
 
-async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+/// `/v1/status` and `/metrics` name every space, node and peer (and, on a
+/// hub, each edge's token subject): with `auth.anonymous = "none"` they need
+/// a token with admin scope (401 without a valid token, 403 with a weaker
+/// one). With anonymous read or write access every space is readable
+/// without a token anyway, so they stay open. `/healthz` is always open and
+/// says only whether the relay is healthy. See docs/security.md.
+/// Returns the refusal, if any.
+fn operator_only(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Option<Response> {
+    use crate::console::access::{require_admin, Need};
+    require_admin(state, headers, query, Need::Read)
+        .err()
+        .map(IntoResponse::into_response)
+}
+
+async fn metrics(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refused) = operator_only(&state, &headers, &query) {
+        return refused;
+    }
     let e = &state.engine;
     let log_len = e.log_len().unwrap_or(0) as f64;
     let subs: usize = e.hub().subscriber_counts().iter().map(|(_, n)| n).sum();
@@ -81,6 +108,11 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         ),
         ("outpost_subscriptions", "live subscriptions", subs as f64),
         (
+            "outpost_queued_bytes",
+            "estimated bytes of frames queued to subscribers (all connections)",
+            e.hub().budget().used() as f64,
+        ),
+        (
             "outpost_uptime_seconds",
             "seconds since start",
             e.uptime().as_secs_f64(),
@@ -91,35 +123,5 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     if let Some(u) = &state.upstream {
         body.push_str(&u.render_metrics());
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
-}
-
-async fn status(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    let e = &state.engine;
-    let subs: std::collections::HashMap<String, usize> =
-        e.hub().subscriber_counts().into_iter().collect();
-    let spaces: Vec<_> = e
-        .spaces()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(name, changes)| json!({"name": name, "changes": changes, "subscribers": subs.get(&name).copied().unwrap_or(0)}))
-        .collect();
-    Json(json!({
-        "node_id": e.node_id().to_string(),
-        "version": crate::VERSION,
-        "uptime_s": e.uptime().as_secs(),
-        "listen": state.settings.listen.to_string(),
-        "clients": e.metrics.connections.load(Relaxed),
-        "spaces": spaces,
-        "log": {"entries": e.log_len().unwrap_or(0), "last_seq": e.last_seq(), "horizon": e.horizon()},
-        "version_vector": e.version_vector().unwrap_or_default().iter()
-            .map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
-        "durability": state.settings.durability,
-        "mesh": {
-            "enabled": state.mesh_addr.is_some(),
-            "listen": state.mesh_addr.map(|a| a.to_string()),
-        },
-        "peers": state.links.status(),
-        "upstream": state.upstream.as_ref().map(|u| u.status()),
-    }))
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

@@ -4,6 +4,8 @@
 //! - [`config`]: the TOML file, validated into [`config::Settings`].
 //! - [`server`]: binds the listener, runs the HTTP router, handles shutdown.
 //! - [`http`]: the axum router: health, metrics, status, and the dialect routes.
+//! - [`console`]: the live status page, its feed, and the admin API behind
+//!   `outpost status`, `export`, `import` and `backup`.
 //! - [`dialect`]: one module per client protocol, each a thin adapter
 //!   (parse, call the engine, render). `native` is outpost's own.
 //! - [`auth`]: HS256 JWTs and scopes.
@@ -20,19 +22,23 @@
 //! - [`schema`]: JSON Schema sets (forms, collection schemas).
 //! - [`rfc3339`]: timestamp text for the dialects that use it.
 //! - [`notify`]: systemd readiness and watchdog notifications.
+//! - [`memory`]: allocator settings so freed frames return to the OS.
 //! - [`bench`]: `outpost bench`, the benchmark against a floor measured in
 //!   the same run.
 
 pub mod auth;
 pub mod bench;
 pub mod config;
+pub mod console;
 pub mod dialect;
 pub mod engine;
 pub mod http;
+pub mod memory;
 pub mod mesh;
 pub mod metrics;
 pub mod model;
 pub mod notify;
+pub mod ops;
 pub mod replicate;
 pub mod rfc3339;
 pub mod schema;

@@ -4,6 +4,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use outpost::auth::{Auth, Scope};
 use outpost::config::{parse_duration, Config, LogFormat, Settings};
+use outpost::ops::{OpsError, Target, TargetArgs};
 use outpost::server::{terminate_signal, Relay};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -24,9 +25,14 @@ enum Command {
     /// Run the relay (the default with no arguments).
     Serve(ServeArgs),
     /// Validate a config file and print the effective configuration.
+    /// Warnings (settings that take no effect, such as a [mesh] section
+    /// without `enabled = true`) go to stderr.
     CheckConfig {
         #[arg(long, short)]
         config: PathBuf,
+        /// Exit with code 2 when there are warnings.
+        #[arg(long)]
+        strict: bool,
     },
     /// Mint an HS256 JWT signed with the configured secret.
     Token {
@@ -43,6 +49,53 @@ enum Command {
         /// Subject (who the token is for).
         #[arg(long, default_value = "outpost-cli")]
         sub: String,
+    },
+    /// Show a running relay's status: overview, spaces, peers, upstream.
+    /// Exit code 1 when the relay cannot be reached or refuses.
+    Status {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Print the status document (JSON) instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a consistent snapshot of a running relay's entities (state,
+    /// stamps, versions) as JSON Lines to stdout or --output.
+    Export {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Only this space.
+        #[arg(long)]
+        space: Option<String>,
+        /// Write here instead of stdout.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Merge an export (from FILE or stdin) into a running relay.
+    Import {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// The export file ("-" or none: stdin).
+        file: Option<PathBuf>,
+    },
+    /// Copy the whole store of a running relay to FILE (a hot backup).
+    Backup {
+        #[command(flatten)]
+        target: TargetArgs,
+        file: PathBuf,
+    },
+    /// Restore a backup FILE into a stopped relay's data dir.
+    Restore {
+        file: PathBuf,
+        /// The data dir [default: --config's storage.dir].
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// The relay's config file (gives the data dir).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Replace an existing store (kept as outpost.redb.before-restore).
+        #[arg(long)]
+        force: bool,
     },
     /// Benchmark: drive child relays (or --url) over WebSockets, against a
     /// floor measured in the same run; prints a table and one JSON line.
@@ -77,19 +130,27 @@ fn load(path: Option<&PathBuf>) -> Result<Config> {
 }
 
 fn init_tracing(cfg: &Config, flag: Option<LogFormat>) {
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::filter::LevelFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer};
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log.level));
     // Colours only on a terminal: journald gets plain lines.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(ansi);
-    match flag.unwrap_or(cfg.log.format) {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
+    let fmt = match flag.unwrap_or(cfg.log.format) {
+        LogFormat::Json => fmt.json().boxed(),
+        LogFormat::Text => fmt.boxed(),
+    };
+    // The status page's ring of recent warnings and errors keeps its own
+    // level, whatever the log level is.
+    tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(outpost::console::logring::RingLayer.with_filter(LevelFilter::WARN))
+        .init();
 }
 
 fn main() -> Result<()> {
@@ -105,17 +166,27 @@ fn main() -> Result<()> {
             }
             init_tracing(&cfg, cli.log_format);
             let settings = cfg.validate()?;
+            for w in cfg.warnings() {
+                tracing::warn!("config: {w}");
+            }
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
             rt.block_on(serve(settings))
         }
-        Command::CheckConfig { config } => {
+        Command::CheckConfig { config, strict } => {
             let cfg = Config::load(&config)?;
             match cfg.validate() {
                 Ok(s) => {
-                    print!("{}", cfg.effective_toml(&s));
+                    let warnings = cfg.warnings();
+                    for w in &warnings {
+                        eprintln!("warning: {w}");
+                    }
+                    print!("{}", s.effective_toml);
+                    if strict && !warnings.is_empty() {
+                        std::process::exit(2);
+                    }
                     Ok(())
                 }
                 Err(e) => {
@@ -168,10 +239,111 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Command::Status { target, json } => ops(async {
+            let t = Target::new(&target)?;
+            print!("{}", outpost::ops::status(&t, json).await?);
+            Ok(())
+        }),
+        Command::Export {
+            target,
+            space,
+            output,
+        } => ops(async {
+            let t = Target::new(&target)?;
+            let n = match output {
+                Some(p) => {
+                    let mut f = std::io::BufWriter::new(std::fs::File::create(&p)?);
+                    let n = outpost::ops::export(&t, space.as_deref(), &mut f).await?;
+                    f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+                    n
+                }
+                None => {
+                    let mut out = std::io::stdout().lock();
+                    outpost::ops::export(&t, space.as_deref(), &mut out).await?
+                }
+            };
+            eprintln!("exported {n} entities");
+            Ok(())
+        }),
+        Command::Import { target, file } => ops(async {
+            let t = Target::new(&target)?;
+            let r = match file.filter(|f| f.as_os_str() != "-") {
+                Some(p) => {
+                    let f = tokio::fs::File::open(&p).await.map_err(|e| {
+                        OpsError::Usage(format!("cannot open {}: {e}", p.display()))
+                    })?;
+                    outpost::ops::import(&t, f).await?
+                }
+                None => outpost::ops::import(&t, tokio::io::stdin()).await?,
+            };
+            eprintln!(
+                "imported {} entities",
+                r["entities"].as_u64().unwrap_or_default()
+            );
+            Ok(())
+        }),
+        Command::Backup { target, file } => ops(async {
+            let t = Target::new(&target)?;
+            let s = outpost::ops::backup(&t, &file).await?;
+            eprintln!(
+                "backup of node {} at seq {} ({} rows) written to {}",
+                s.node,
+                s.last_seq,
+                s.rows,
+                file.display()
+            );
+            Ok(())
+        }),
+        Command::Restore {
+            file,
+            data,
+            config,
+            force,
+        } => {
+            let dir = match (data, config) {
+                (Some(d), _) => d,
+                (None, Some(c)) => Config::load(&c)?.storage.dir,
+                (None, None) => {
+                    eprintln!("error: say where to restore: --data DIR or --config FILE");
+                    std::process::exit(1);
+                }
+            };
+            match outpost::ops::restore(&file, &dir, force) {
+                Ok((s, r)) => {
+                    eprintln!(
+                        "restored node {} at seq {} into {}: {} log entries, {} entities, {} spaces; checks passed",
+                        s.node,
+                        s.last_seq,
+                        dir.display(),
+                        r.log,
+                        r.entities,
+                        r.spaces
+                    );
+                    Ok(())
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
         Command::BenchFloor { listen, capacity } => {
             runtime()?.block_on(outpost::bench::scenarios::serve_floor(&listen, capacity))
         }
     }
+}
+
+/// Run an operator command; any error is printed and exits with code 1.
+fn ops(f: impl std::future::Future<Output = Result<(), OpsError>>) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    if let Err(e) = rt.block_on(f) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -182,6 +354,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 async fn serve(settings: Settings) -> Result<()> {
+    outpost::memory::tune_allocator();
     let relay = Relay::start(settings).await?;
     announce(relay.addr, &relay);
     // Listeners bound and store open: systemd may now consider us started.

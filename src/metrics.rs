@@ -42,9 +42,27 @@ pub struct Metrics {
     pub mesh_refused: AtomicU64,
     pub mesh_discovered: AtomicU64,
     pub mesh_lost: AtomicU64,
+    /// Open client connections per endpoint path (the status page).
+    endpoints: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
 }
 
 impl Metrics {
+    /// A client connection opened (`+1`) or closed (`-1`) on `endpoint`.
+    pub fn endpoint_conn(&self, endpoint: &'static str, opened: bool) {
+        if let Ok(mut m) = self.endpoints.lock() {
+            let n = m.entry(endpoint).or_default();
+            *n = if opened { *n + 1 } else { n.saturating_sub(1) };
+        }
+    }
+
+    /// Open connections per endpoint (endpoints seen since start, 0 kept).
+    pub fn endpoint_conns(&self) -> Vec<(&'static str, u64)> {
+        self.endpoints
+            .lock()
+            .map(|m| m.iter().map(|(k, v)| (*k, *v)).collect())
+            .unwrap_or_default()
+    }
+
     pub fn observe_commit(&self, took: Duration, changes: usize) {
         let secs = took.as_secs_f64();
         for (i, le) in COMMIT_BUCKETS.iter().enumerate() {

@@ -103,15 +103,24 @@ where
 {
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
     loop {
         tick.tick().await;
         match tokio::time::timeout(period, check()).await {
             Ok(Ok(())) => {
-                if let Err(e) = notifier.send("WATCHDOG=1") {
+                // `systemctl status` shows the fault while it lasts.
+                let msg = if std::mem::take(&mut failing) {
+                    "WATCHDOG=1\nSTATUS=healthy"
+                } else {
+                    "WATCHDOG=1"
+                };
+                if let Err(e) = notifier.send(msg) {
                     tracing::warn!(error = %e, "cannot send the systemd watchdog ping");
                 }
             }
             Ok(Err(e)) => {
+                failing = true;
+                let _ = notifier.send(&format!("STATUS=unhealthy: {e}"));
                 tracing::error!(error = %e, "health check failed; withholding the watchdog ping")
             }
             Err(_) => tracing::error!(
@@ -246,18 +255,24 @@ mod tests {
         assert!(got.iter().all(|m| m == "WATCHDOG=1"), "{got:?}");
 
         // A check that never answers (a wedged engine) and one that fails:
-        // no pings at all.
+        // no pings at all; the failing one says why in STATUS.
         let n = Notifier::new(path.as_os_str()).unwrap();
         let wedged = tokio::spawn(watchdog_loop(n, period, || {
             std::future::pending::<Result<(), String>>()
         }));
         let n = Notifier::new(path.as_os_str()).unwrap();
         let failing = tokio::spawn(watchdog_loop(n, period, || async {
-            Err::<(), String>("store closed".into())
+            Err::<(), String>("no space left on device".into())
         }));
         tokio::time::sleep(Duration::from_millis(200)).await;
         wedged.abort();
         failing.abort();
-        assert_eq!(recv_all(&server), Vec::<String>::new());
+        let got = recv_all(&server);
+        assert!(!got.is_empty(), "the failure is reported");
+        assert!(
+            got.iter()
+                .all(|m| m == "STATUS=unhealthy: no space left on device"),
+            "{got:?}"
+        );
     }
 }

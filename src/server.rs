@@ -49,6 +49,8 @@ pub struct AppState {
     pub mesh_addr: Option<SocketAddr>,
     /// The link to the upstream hub, when `[upstream]` is configured.
     pub upstream: Option<Arc<crate::upstream::Upstream>>,
+    /// The status page's rate samples and caches.
+    pub console: Arc<crate::console::Console>,
 }
 
 /// Counts live connection actors so shutdown can wait for them.
@@ -113,6 +115,7 @@ impl Relay {
                 min_free_bytes: settings.min_free_bytes,
                 cache_bytes: settings.cache_bytes,
                 schemas: settings.schemas.clone(),
+                max_queued_bytes: settings.max_queued_bytes,
             },
             metrics,
         )?;
@@ -155,6 +158,8 @@ impl Relay {
             None => None,
         };
         let upstream_task = upstream.as_ref().map(|u| u.start(shutdown.clone()));
+        let console = Arc::new(crate::console::Console::default());
+        console.start(&engine);
         let state = Arc::new(AppState {
             engine,
             auth: Auth::new(settings.jwt_secret.as_deref(), settings.anonymous),
@@ -164,11 +169,19 @@ impl Relay {
             links,
             mesh_addr: mesh.as_ref().map(|m| m.local_addr),
             upstream,
+            console,
         });
         let app = crate::http::router(state.clone());
         let mut rx = state.shutdown.clone();
         let serve = match state.settings.tls.clone() {
             None => tokio::spawn(async move {
+                use axum::serve::ListenerExt;
+                // Without it a small frame written right after another
+                // (an ack, then the change it caused) waits for the
+                // client's delayed ACK: about 40 ms per push.
+                let listener = listener.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
                 axum::serve(listener, app)
                     .with_graceful_shutdown(async move {
                         let _ = rx.wait_for(|s| *s).await;

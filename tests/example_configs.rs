@@ -74,6 +74,8 @@ fn every_shipped_config_passes_check_config() {
         let (code, out, err) = check(f, etc.path());
         assert_eq!(code, 0, "{}: {err}", f.display());
         assert!(out.contains("[server]"), "{}: {out}", f.display());
+        // No setting in a shipped file is silently ignored.
+        assert!(!err.contains("warning"), "{}: {err}", f.display());
     }
 }
 

@@ -96,6 +96,14 @@ async fn get_json(addr: SocketAddr, path: &str) -> (u16, Value) {
     )
 }
 
+/// `/metrics` of a secured relay (it needs an admin token).
+async fn metrics_text(addr: SocketAddr) -> String {
+    let admin = token(Scope::Admin, None);
+    let (code, body) = http_get(addr, &format!("/metrics?token={admin}")).await;
+    assert_eq!(code, 200, "{body}");
+    body
+}
+
 fn metric(text: &str, name: &str) -> u64 {
     text.lines()
         .find_map(|l| l.strip_prefix(&format!("{name} ")))
@@ -212,7 +220,7 @@ async fn handshake_refusals() {
         .await,
         400
     );
-    let m = http_get(relay.addr, "/metrics").await.1;
+    let m = metrics_text(relay.addr).await;
     assert!(metric(&m, "outpost_auth_failures_total") >= 5);
     relay.shutdown().await.unwrap();
 
@@ -426,7 +434,7 @@ async fn storage_failure_is_code_500_and_nothing_is_stored() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = secured(dir.path());
     // More free space required than any disk has: every commit is refused.
-    cfg.storage.min_free_mb = 1 << 40;
+    cfg.storage.min_free_mb = 1 << 30;
     let relay = start(cfg).await;
     let (mut c, _) = connect(relay.addr, WS, &token(Scope::Write, None)).await;
     c.send(op("foo", json!("bar"), None)).await;
@@ -601,7 +609,7 @@ async fn webhook_receiver_down_first_gets_every_event_once_up() {
     // Failures show in /metrics.
     tokio::time::timeout(WAIT, async {
         loop {
-            let m = http_get(relay.addr, "/metrics").await.1;
+            let m = metrics_text(relay.addr).await;
             // The backlog gauge is refreshed on each delivery attempt, so
             // wait for one made after all 20 ops were stored.
             if metric(&m, "outpost_webhook_failures_total") >= 2
@@ -680,7 +688,7 @@ async fn webhook_receiver_down_first_gets_every_event_once_up() {
     assert!(tokio::time::timeout(Duration::from_millis(500), rx.recv())
         .await
         .is_err());
-    let m = http_get(relay.addr, "/metrics").await.1;
+    let m = metrics_text(relay.addr).await;
     assert_eq!(metric(&m, "outpost_webhook_delivered_total"), 21);
     assert_eq!(metric(&m, "outpost_webhook_backlog"), 0);
 
@@ -723,7 +731,7 @@ async fn webhook_backlog_is_bounded() {
         "{got:?}"
     );
     assert!(got.len() <= 4, "{got:?}");
-    let m = http_get(relay.addr, "/metrics").await.1;
+    let m = metrics_text(relay.addr).await;
     assert_eq!(
         metric(&m, "outpost_webhook_dropped_total") + metric(&m, "outpost_webhook_delivered_total"),
         10

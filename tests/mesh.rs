@@ -54,17 +54,26 @@ impl Node {
         .unwrap();
     }
 
+    /// The relay's log (stderr of every run).
+    fn log(&self) -> PathBuf {
+        self.cfg.with_file_name("outpost.log")
+    }
+
     /// (Re)start the process; the mesh keeps its port across restarts.
     fn run(&mut self) {
-        let p = Proc::spawn(&[
-            "serve",
-            "--config",
-            self.cfg.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--data",
-            self.data.to_str().unwrap(),
-        ]);
+        let log = self.log();
+        let p = Proc::spawn_logged(
+            &[
+                "serve",
+                "--config",
+                self.cfg.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+                "--data",
+                self.data.to_str().unwrap(),
+            ],
+            &log,
+        );
         self.http = p.addr;
         self.proc = Some(p);
         let st = blocking_status(self.http);
@@ -225,6 +234,13 @@ async fn strangers_are_refused_and_the_mesh_keeps_working() {
     assert!(refused_count >= 2, "{metrics}");
     let peers = status(a.http).await["peers"].as_array().unwrap().len();
     assert_eq!(peers, 1, "only B is a peer of A");
+    // The intruder's own log says why it gets nowhere.
+    let log = std::fs::read_to_string(intruder.log()).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains("different mesh secret")),
+        "the dialler's log does not name the mesh secret:\n{log}"
+    );
 
     // And the mesh still works.
     let more = writes("after", 5, "a");

@@ -332,10 +332,19 @@ async fn http_endpoints() {
     assert_eq!(code, 200);
     let st: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(st["clients"], 1);
+    let sp = &st["spaces"][0];
     assert_eq!(
-        st["spaces"],
-        json!([{"name": "s", "changes": 1, "subscribers": 1}])
+        (
+            &sp["name"],
+            &sp["changes"],
+            &sp["subscribers"],
+            &sp["entities"]
+        ),
+        (&json!("s"), &json!(1), &json!(1), &json!(1)),
+        "{st}"
     );
+    assert!(sp["last_write_ms"].is_u64(), "{st}");
+    assert_eq!(st["connections"]["/ws"], 1, "{st}");
     assert_eq!(st["node_id"].as_str().unwrap().len(), 16);
     assert!(st["uptime_s"].is_u64());
     assert_eq!(st["listen"], relay.addr.to_string(), "the bound address");

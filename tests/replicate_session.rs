@@ -42,6 +42,7 @@ fn engine(dir: &std::path::Path) -> Arc<Engine> {
             min_free_bytes: 0,
             cache_bytes: 1 << 20,
             schemas: Default::default(),
+            max_queued_bytes: 64 << 20,
         },
         Arc::new(Metrics::default()),
     )
@@ -218,11 +219,11 @@ async fn a_peer_behind_the_retention_horizon_gets_a_snapshot() {
     // redone from state once the snapshot lands.
     write(&b, "a1", json!({"n": -1})).await;
     write(&b, "b-own", json!({"mine": true})).await;
-    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let rx = outpost::engine::Outbox::new(64, usize::MAX);
     let signal = Arc::new(outpost::engine::ConnSignal::default());
     let link_b = outpost::engine::ConnLink {
         conn: 7,
-        tx,
+        outbox: rx.clone(),
         signal: signal.clone(),
     };
     let mut sub = b
@@ -256,6 +257,6 @@ async fn a_peer_behind_the_retention_horizon_gets_a_snapshot() {
     // Live changes keep flowing after the snapshot.
     write(&a, "after", json!({"x": 1})).await;
     converge(&[&a, &b, &c]).await;
-    while rx.try_recv().is_ok() {}
+    while rx.try_recv().is_some() {}
     stop_tx.send(true).unwrap();
 }

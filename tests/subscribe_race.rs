@@ -102,6 +102,7 @@ async fn commits_between_registration_and_seam_arrive_once() {
             min_free_bytes: 0,
             cache_bytes: 1 << 20,
             schemas: Default::default(),
+            max_queued_bytes: 64 << 20,
         },
         Arc::new(Metrics::default()),
     )
@@ -117,10 +118,10 @@ async fn commits_between_registration_and_seam_arrive_once() {
     for n in 0..10 {
         engine.push("s", "t", None, vec![write(n)]).await.unwrap();
     }
-    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let rx = outpost::engine::Outbox::new(64, usize::MAX);
     let link = ConnLink {
         conn: 1,
-        tx,
+        outbox: rx.clone(),
         signal: Arc::new(ConnSignal::default()),
     };
     let mut sub = engine
@@ -155,7 +156,7 @@ async fn commits_between_registration_and_seam_arrive_once() {
         collect(page, &mut seen);
     }
     let reached = sub.reached();
-    while let Ok(d) = rx.try_recv() {
+    while let Some(d) = rx.try_recv() {
         if let Delivery::Change { item, .. } = d {
             // The dialect skips live items at or below the catch-up's reach.
             if item.seq > reached {

@@ -43,7 +43,7 @@ pub async fn upgrade(
         .cloned()
         .unwrap_or_else(|| format!("client_{}", atome::random_id()));
     super::limit(ws, &state).on_upgrade(move |socket| async move {
-        let ctx = ConnCtx::new(state.clone());
+        let ctx = ConnCtx::new(state.clone(), "/ws/atome-sync");
         let deadline = (grant.scope.is_none()).then(|| tokio::time::Instant::now() + AUTH_TIMEOUT);
         let proto = AtomeProto {
             engine: state.engine.clone(),

@@ -228,8 +228,12 @@ pub fn error_frame(code: u16, reason: &str, message: &str, key: Option<&str>) ->
 pub fn engine_error(e: &EngineError) -> (u16, &'static str) {
     match e {
         EngineError::Invalid(_) => (400, "invalid_field"),
-        EngineError::Store(crate::store::StoreError::DiskFull { .. }) => (500, "disk_full"),
-        EngineError::Store(crate::store::StoreError::Closed) => (500, "unavailable"),
+        EngineError::Store(
+            crate::store::StoreError::DiskFull { .. } | crate::store::StoreError::NoSpace,
+        ) => (500, "disk_full"),
+        EngineError::Store(
+            crate::store::StoreError::Closed | crate::store::StoreError::Faulted { .. },
+        ) => (500, "unavailable"),
         _ => (500, "storage_failed"),
     }
 }
@@ -310,7 +314,7 @@ use crate::dialect::send_text as send;
 async fn run(mut socket: WebSocket, state: Arc<AppState>, grant: Grant, space: String) {
     let mut shutdown = state.shutdown.clone();
     let mut conn = Conn {
-        ctx: ConnCtx::new(state.clone()),
+        ctx: ConnCtx::new(state.clone(), "/v1/sync"),
         grant,
         space,
         sub: None,

@@ -14,14 +14,13 @@ pub mod sync;
 pub mod unified;
 
 use crate::auth::Grant;
-use crate::engine::{ConnLink, ConnSignal, Delivery, EngineError};
+use crate::engine::{ConnLink, ConnSignal, EngineError, Outbox};
 use crate::server::AppState;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use tokio::sync::mpsc;
 
 /// Render-cache slots, one per dialect that renders committed changes.
 pub const SLOT_NATIVE: usize = 0;
@@ -114,9 +113,9 @@ pub async fn close_going_away(socket: &mut WebSocket) {
 }
 
 /// The message a socket read produced, or None when the connection is
-/// over. A message beyond the hard limit is told why first (close 1009,
-/// "message too big"); other read errors (reset, protocol violation) leave
-/// nothing to say.
+/// over. A read error the client can be told about gets its close frame
+/// first (see [`close_for_error`]); other read errors (reset, protocol
+/// violation) leave nothing to say.
 pub async fn next_message(
     socket: &mut WebSocket,
     read: Option<Result<Message, axum::Error>>,
@@ -125,17 +124,32 @@ pub async fn next_message(
         Ok(m) => return Some(m),
         Err(e) => e,
     };
-    let too_big = matches!(
-        err.into_inner().downcast_ref::<tungstenite::Error>(),
-        Some(tungstenite::Error::Capacity(_))
-    );
-    if too_big {
+    if let Some((code, reason)) = close_for_error(&err) {
         let _ = socket
             .send(Message::Close(Some(CloseFrame {
-                code: 1009,
-                reason: "message too big".into(),
+                code,
+                reason: reason.into(),
             })))
             .await;
+    }
+    None
+}
+
+/// The close frame RFC 6455 asks for after a read error: 1007 for a text
+/// message that is not UTF-8, 1009 for a message beyond the hard size limit.
+/// Looks through the error's sources for tungstenite's error, so it serves
+/// axum's socket and the tungstenite client alike.
+pub fn close_for_error(err: &(dyn std::error::Error + 'static)) -> Option<(u16, &'static str)> {
+    let mut e = Some(err);
+    while let Some(cur) = e {
+        match cur.downcast_ref::<tungstenite::Error>() {
+            Some(tungstenite::Error::Utf8(_)) => {
+                return Some((1007, "invalid UTF-8 in a text message"))
+            }
+            Some(tungstenite::Error::Capacity(_)) => return Some((1009, "message too big")),
+            Some(_) => return None,
+            None => e = cur.source(),
+        }
     }
     None
 }
@@ -146,30 +160,35 @@ pub struct ConnCtx {
     pub state: Arc<AppState>,
     pub id: u64,
     pub link: ConnLink,
-    pub rx: mpsc::Receiver<Delivery>,
+    /// The connection's outbound queue (fan-out pushes, the task pops).
+    pub rx: Arc<Outbox>,
     pub signal: Arc<ConnSignal>,
+    /// The endpoint path, for the per-endpoint connection gauge.
+    endpoint: &'static str,
     _track: crate::server::ConnToken,
 }
 
 impl ConnCtx {
-    pub fn new(state: Arc<AppState>) -> ConnCtx {
+    pub fn new(state: Arc<AppState>, endpoint: &'static str) -> ConnCtx {
         let id = state.engine.next_conn_id();
-        let (tx, rx) = mpsc::channel(state.settings.queue_depth);
+        let rx = Outbox::new(state.settings.queue_depth, state.settings.max_queue_bytes);
         let signal = Arc::new(ConnSignal::default());
         let m = &state.engine.metrics;
         m.connections.fetch_add(1, Relaxed);
         m.connections_total.fetch_add(1, Relaxed);
+        m.endpoint_conn(endpoint, true);
         let track = state.conns.enter();
         ConnCtx {
             link: ConnLink {
                 conn: id,
-                tx,
+                outbox: rx.clone(),
                 signal: signal.clone(),
             },
             state,
             id,
             rx,
             signal,
+            endpoint,
             _track: track,
         }
     }
@@ -178,6 +197,12 @@ impl ConnCtx {
 impl Drop for ConnCtx {
     fn drop(&mut self) {
         self.state.engine.drop_conn(self.id);
+        // Frees whatever is still queued, even if a subscription raced in.
+        self.rx.close();
         self.state.engine.metrics.connections.fetch_sub(1, Relaxed);
+        self.state
+            .engine
+            .metrics
+            .endpoint_conn(self.endpoint, false);
     }
 }

@@ -253,7 +253,7 @@ enum Next {
 use crate::dialect::send_text as send;
 
 async fn run(mut socket: WebSocket, state: Arc<AppState>, grant: Grant) {
-    let ctx = ConnCtx::new(state.clone());
+    let ctx = ConnCtx::new(state.clone(), "/ws");
     let mut shutdown = state.shutdown.clone();
     let mut conn = Conn {
         client_id: format!("c{}", ctx.id),
@@ -350,7 +350,7 @@ impl Conn {
                 fed += 1;
             }
             if fed < DELIVERY_BATCH {
-                next = self.ctx.rx.try_recv().ok();
+                next = self.ctx.rx.try_recv();
             }
         }
         if fed > 0 {

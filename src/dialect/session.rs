@@ -107,7 +107,7 @@ use crate::dialect::send_text as send;
 /// Serve one connection until it closes or the relay shuts down.
 pub async fn run<P: Protocol>(
     mut socket: WebSocket,
-    mut ctx: ConnCtx,
+    ctx: ConnCtx,
     space: String,
     filter: Filter,
     mut proto: P,

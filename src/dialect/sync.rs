@@ -38,7 +38,7 @@ pub async fn upgrade(
         Err(refusal) => return refusal.into_response(),
     };
     super::limit(ws, &state).on_upgrade(move |socket| async move {
-        let ctx = ConnCtx::new(state.clone());
+        let ctx = ConnCtx::new(state.clone(), "/ws/sync");
         let proto = SyncProto {
             engine: state.engine.clone(),
             upstream: state.upstream.clone(),

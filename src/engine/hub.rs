@@ -5,16 +5,21 @@
 //! subscriber's bounded queue. A subscriber registers under the same lock and
 //! learns that last seq, so its catch-up (read from the log up to that seq) and
 //! its live stream (everything after it) meet with no gap and no duplicate.
-//! A full queue never blocks the writer: the subscription is dropped and its
-//! connection is told to resync from the last seq it delivered.
+//! A full queue never blocks the writer: the subscription is dropped, its
+//! queued frames are freed, and its connection is told to resync from the
+//! last seq it delivered. Queues are bounded in items and bytes per
+//! connection, and all of them together by the relay-wide [`Budget`]: when
+//! a change would overrun it, every subscriber that is already behind (has
+//! anything queued) is dropped the same way instead of being given more.
 
+use super::outbox::{change_bytes, json_bytes, Budget, Charge, Outbox, Pushed};
 use super::{Delivery, Event};
 use crate::metrics::Metrics;
 use crate::store::{CommitSink, Committed};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 /// Shared between a connection and the hub: how the hub tells the connection
 /// that one of its subscriptions was dropped for lagging.
@@ -38,7 +43,7 @@ impl ConnSignal {
 #[derive(Clone)]
 pub struct ConnLink {
     pub conn: u64,
-    pub tx: mpsc::Sender<Delivery>,
+    pub outbox: Arc<Outbox>,
     pub signal: Arc<ConnSignal>,
 }
 
@@ -75,13 +80,16 @@ struct State {
 pub struct Hub {
     state: Mutex<State>,
     metrics: Arc<Metrics>,
+    /// Relay-wide bound on the bytes of queued frames.
+    budget: Arc<Budget>,
     /// The last committed seq, for replication senders waiting for news.
     commits: tokio::sync::watch::Sender<u64>,
 }
 
 impl Hub {
-    pub fn new(metrics: Arc<Metrics>, last_seq: u64) -> Self {
+    pub fn new(metrics: Arc<Metrics>, last_seq: u64, max_queued_bytes: usize) -> Self {
         Hub {
+            budget: Budget::new(max_queued_bytes),
             state: Mutex::new(State {
                 last_seq,
                 next_id: 1,
@@ -90,6 +98,11 @@ impl Hub {
             metrics,
             commits: tokio::sync::watch::Sender::new(last_seq),
         }
+    }
+
+    /// The relay-wide budget of queued frames (for the metrics gauge).
+    pub fn budget(&self) -> &Budget {
+        &self.budget
     }
 
     /// Resolves each time something commits (see `Engine::watch_commits`).
@@ -160,24 +173,35 @@ impl Hub {
     pub fn publish(&self, event: Arc<Event>) -> usize {
         let mut st = self.lock();
         let mut sent = 0;
+        let bytes = json_bytes(&event.payload) + event.topic.len() + 256;
+        let pressure = self.budget.would_exceed(bytes);
+        let mut charge: Option<Arc<Charge>> = None;
         if let Some(subs) = st.spaces.get_mut(&event.space) {
             subs.retain(|s| {
                 if !s.filter.events || Some(s.link.conn) == event.source {
                     return true;
                 }
-                match s.link.tx.try_send(Delivery::Event {
+                if pressure && !s.link.outbox.is_empty() {
+                    self.metrics.events_dropped.fetch_add(1, Relaxed);
+                    return true;
+                }
+                let c = charge
+                    .get_or_insert_with(|| Charge::new(&self.budget, bytes))
+                    .clone();
+                let d = Delivery::Event {
                     sub: s.id,
                     event: event.clone(),
-                }) {
-                    Ok(()) => {
+                };
+                match s.link.outbox.push(d, bytes, Some(c)) {
+                    Pushed::Queued => {
                         sent += 1;
                         true
                     }
-                    Err(mpsc::error::TrySendError::Full(_)) => {
+                    Pushed::Full => {
                         self.metrics.events_dropped.fetch_add(1, Relaxed);
                         true
                     }
-                    Err(mpsc::error::TrySendError::Closed(_)) => false,
+                    Pushed::Closed => false,
                 }
             });
         }
@@ -187,7 +211,15 @@ impl Hub {
 }
 
 impl Sub {
-    /// The subscription is dropped; its connection resyncs it from the log.
+    /// The subscription is dropped: its queued frames are freed and its
+    /// connection resyncs it from the log.
+    fn drop_lagged(&self, metrics: &Metrics) {
+        self.link.outbox.purge(self.id);
+        metrics.queue_drops.fetch_add(1, Relaxed);
+        self.tell_lagged();
+    }
+
+    /// Tell the connection the subscription is gone (it resyncs it).
     fn tell_lagged(&self) {
         if let Ok(mut l) = self.link.signal.lagged.lock() {
             l.push(self.id);
@@ -202,6 +234,7 @@ impl CommitSink for Hub {
         for space in spaces {
             if let Some(subs) = st.spaces.remove(space) {
                 for s in subs {
+                    s.link.outbox.purge(s.id);
                     s.tell_lagged();
                 }
             }
@@ -219,24 +252,36 @@ impl CommitSink for Hub {
             let Some(subs) = st.spaces.get_mut(space) else {
                 continue;
             };
+            let bytes = change_bytes(&item);
+            // Over the relay-wide budget, only subscribers that are keeping
+            // up (nothing queued) get more; the others resync from the log.
+            let pressure = self.budget.would_exceed(bytes);
+            let mut charge: Option<Arc<Charge>> = None;
             subs.retain(|s| {
                 if !s.filter.wants(&item.entry.change.collection) {
                     return true;
                 }
-                match s.link.tx.try_send(Delivery::Change {
+                if pressure && !s.link.outbox.is_empty() {
+                    s.drop_lagged(&self.metrics);
+                    return false;
+                }
+                let c = charge
+                    .get_or_insert_with(|| Charge::new(&self.budget, bytes))
+                    .clone();
+                let d = Delivery::Change {
                     sub: s.id,
                     item: item.clone(),
-                }) {
-                    Ok(()) => {
+                };
+                match s.link.outbox.push(d, bytes, Some(c)) {
+                    Pushed::Queued => {
                         sent += 1;
                         true
                     }
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        self.metrics.queue_drops.fetch_add(1, Relaxed);
-                        s.tell_lagged();
+                    Pushed::Full => {
+                        s.drop_lagged(&self.metrics);
                         false
                     }
-                    Err(mpsc::error::TrySendError::Closed(_)) => false,
+                    Pushed::Closed => false,
                 }
             });
             if subs.is_empty() {
@@ -244,5 +289,84 @@ impl CommitSink for Hub {
             }
         }
         self.metrics.deliveries.fetch_add(sent, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Change, NodeId, Op, Stamp};
+    use crate::store::LogEntry;
+
+    fn change(seq: u64, pad: usize) -> Arc<Committed> {
+        Arc::new(Committed {
+            seq,
+            entry: LogEntry {
+                change: Change {
+                    space: "s".into(),
+                    collection: "c".into(),
+                    id: format!("e{seq}"),
+                    op: Op::Put,
+                    fields: [("pad".to_string(), "x".repeat(pad).into())].into(),
+                    stamp: Stamp {
+                        ms: seq,
+                        counter: 0,
+                        node: NodeId(1),
+                    },
+                    origin: NodeId(1),
+                    seq,
+                    actor: String::new(),
+                },
+                at_ms: 0,
+                version: 1,
+                created: true,
+                type_version: 0,
+            },
+            after: None,
+            source: None,
+            rendered: Default::default(),
+        })
+    }
+
+    fn link(conn: u64, outbox: &Arc<Outbox>) -> ConnLink {
+        ConnLink {
+            conn,
+            outbox: outbox.clone(),
+            signal: Arc::new(ConnSignal::default()),
+        }
+    }
+
+    #[test]
+    fn over_the_relay_wide_budget_only_subscribers_behind_are_dropped() {
+        // Each change is charged ~2 x 10 KB; the budget holds about two.
+        let hub = Hub::new(Arc::new(Metrics::default()), 0, 45_000);
+        let slow = Outbox::new(1024, usize::MAX);
+        let fast = Outbox::new(1024, usize::MAX);
+        let slow_link = link(1, &slow);
+        hub.register("s", slow_link.clone(), Filter::default());
+        hub.register("s", link(2, &fast), Filter::default());
+        for seq in 1..=6 {
+            hub.committed(seq, vec![change(seq, 10_000)]);
+            // `fast` keeps up: it takes every change as it comes.
+            assert!(fast.try_recv().is_some(), "fast got change {seq}");
+        }
+        assert_eq!(slow_link.signal.take_lagged(), vec![1], "slow resyncs");
+        assert!(slow.is_empty(), "its queued frames were freed");
+        assert_eq!(hub.budget().used(), 0, "nothing is charged any more");
+        assert_eq!(hub.subscriber_counts(), vec![("s".to_string(), 1)]);
+    }
+
+    #[test]
+    fn a_queue_over_its_bytes_is_dropped_and_purged() {
+        let hub = Hub::new(Arc::new(Metrics::default()), 0, usize::MAX);
+        let q = Outbox::new(1024, 50_000);
+        let l = link(1, &q);
+        hub.register("s", l.clone(), Filter::default());
+        for seq in 1..=3 {
+            hub.committed(seq, vec![change(seq, 10_000)]);
+        }
+        assert_eq!(l.signal.take_lagged(), vec![1]);
+        assert_eq!(q.bytes(), 0);
+        assert_eq!(hub.budget().used(), 0);
     }
 }

@@ -1,11 +1,15 @@
 //! The engine: the one place that applies changes, serves catch-up, and fans
 //! out. Every dialect is a thin adapter over these calls.
 
+mod admin;
 mod hub;
+mod outbox;
 mod recent;
 mod validate;
 
+pub use admin::SpaceFigures;
 pub use hub::{ConnLink, ConnSignal, Filter, Hub};
+pub use outbox::{Budget, Outbox};
 pub use validate::{validate_change, validate_name, validate_write, Limits};
 
 use crate::metrics::Metrics;
@@ -46,8 +50,8 @@ impl EngineError {
     pub fn code(&self) -> u16 {
         match self {
             EngineError::Invalid(_) | EngineError::Schema { .. } => 400,
-            EngineError::Store(StoreError::DiskFull { .. }) => 507,
-            EngineError::Store(StoreError::Closed) => 503,
+            EngineError::Store(StoreError::DiskFull { .. } | StoreError::NoSpace) => 507,
+            EngineError::Store(StoreError::Closed | StoreError::Faulted { .. }) => 503,
             EngineError::Store(StoreError::PreconditionFailed { .. }) => 409,
             EngineError::Store(_) => 500,
             EngineError::ClientGone => 499,
@@ -113,6 +117,9 @@ pub struct EngineSettings {
     pub cache_bytes: usize,
     /// Collection schemas checked on every local push.
     pub schemas: Arc<SchemaSet>,
+    /// Relay-wide bound on the bytes of queued outbound frames
+    /// (`server.max_memory_mb`).
+    pub max_queued_bytes: usize,
 }
 
 pub struct Engine {
@@ -182,7 +189,7 @@ impl Engine {
         // The hub needs the last seq, which only the store knows; it starts at
         // 0 and the store's first commit report sets it. Until then, catch-up
         // reads up to the store's own last seq (see `subscribe`).
-        let hub = Arc::new(Hub::new(metrics.clone(), 0));
+        let hub = Arc::new(Hub::new(metrics.clone(), 0, s.max_queued_bytes));
         let store = Store::open(
             StoreOptions {
                 dir: s.dir,
@@ -291,6 +298,11 @@ impl Engine {
     /// a round trip through the writer queue. The caller bounds it with a
     /// deadline; a wedged engine never answers.
     pub async fn health_check(self: &Arc<Self>) -> Result<(), EngineError> {
+        // A store that lost its file to an I/O error answers pings but
+        // refuses writes until it has reopened it: that is a fault.
+        if let Some(f) = self.store.fault() {
+            return Err(f.error().into());
+        }
         let me = self.clone();
         tokio::task::spawn_blocking(move || me.store.log_len())
             .await
@@ -750,5 +762,10 @@ impl Engine {
 
     pub fn horizon(&self) -> u64 {
         self.store.horizon()
+    }
+
+    /// The storage fault refusing writes now, if any (see `/healthz`).
+    pub fn store_fault(&self) -> Option<crate::store::Fault> {
+        self.store.fault()
     }
 }

@@ -127,7 +127,7 @@ async fn accept_loop(ctx: Arc<Ctx>) {
                     let addr = incoming.remote_address();
                     match incoming.await {
                         Ok(conn) => {
-                            let _ = serve_conn(&ctx, conn, Role::Acceptor).await;
+                            let _ = serve_conn(&ctx, conn, Role::Acceptor, "inbound").await;
                         }
                         Err(e) => {
                             // Wrong ALPN, not TLS, not QUIC: refused in the handshake.
@@ -150,6 +150,8 @@ async fn accept_loop(ctx: Arc<Ctx>) {
 /// Dial `target` ("host:port") and keep a session up, redialling with
 /// backoff forever (until shutdown). `node` is the peer's id when known.
 async fn dial_loop(ctx: Arc<Ctx>, target: String, mut node: Option<NodeId>) {
+    // Discovery passes the node id it saw advertised; static peers none.
+    let found = if node.is_some() { "mdns" } else { "static" };
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
     let mut stop = ctx.shutdown.clone();
     loop {
@@ -159,7 +161,7 @@ async fn dial_loop(ctx: Arc<Ctx>, target: String, mut node: Option<NodeId>) {
         let already = node.is_some_and(|n| ctx.links.connected_to(n));
         if !already {
             let started = Instant::now();
-            match dial_once(&ctx, &target).await {
+            match dial_once(&ctx, &target, found).await {
                 Ok((peer, reason)) => {
                     node = Some(peer);
                     tracing::info!(%target, %peer, %reason, "mesh session ended");
@@ -182,7 +184,11 @@ async fn dial_loop(ctx: Arc<Ctx>, target: String, mut node: Option<NodeId>) {
     }
 }
 
-async fn dial_once(ctx: &Ctx, target: &str) -> Result<(NodeId, String), String> {
+async fn dial_once(
+    ctx: &Ctx,
+    target: &str,
+    found: &'static str,
+) -> Result<(NodeId, String), String> {
     let addr = tokio::net::lookup_host(target)
         .await
         .map_err(|e| format!("resolving: {e}"))?
@@ -194,7 +200,7 @@ async fn dial_once(ctx: &Ctx, target: &str) -> Result<(NodeId, String), String> 
         .map_err(|e| e.to_string())?
         .await
         .map_err(|e| e.to_string())?;
-    serve_conn(ctx, conn, Role::Dialer).await
+    serve_conn(ctx, conn, Role::Dialer, found).await
 }
 
 /// Prove membership, say hello, resolve duplicates, replicate.
@@ -202,9 +208,10 @@ async fn serve_conn(
     ctx: &Ctx,
     conn: quinn::Connection,
     role: Role,
+    found: &'static str,
 ) -> Result<(NodeId, String), String> {
     let addr = conn.remote_address();
-    let result = session_on(ctx, &conn, role).await;
+    let result = session_on(ctx, &conn, role, found).await;
     match &result {
         Ok((_, reason)) => {
             // We said goodbye; let the peer read it and close first.
@@ -223,6 +230,7 @@ async fn session_on(
     ctx: &Ctx,
     conn: &quinn::Connection,
     role: Role,
+    found: &'static str,
 ) -> Result<(NodeId, String), SessionError> {
     let transport = |e: &dyn std::fmt::Display| SessionError::Transport(e.to_string());
     let (send, recv) = match role {
@@ -244,6 +252,7 @@ async fn session_on(
         role == Role::Dialer,
         now_ms(),
     );
+    let _ = guard.stats.found.set(found);
     let greeting = session::hello(&ctx.engine, &mut rx, &mut tx).await?;
     let peer = greeting.peer;
     guard.stats.node.store(peer.0, Relaxed);
@@ -265,7 +274,7 @@ async fn session_on(
         spaces: None,
     };
     let stats = guard.stats.clone();
-    let reason = session::run(
+    let session = session::run(
         ctx.engine.clone(),
         greeting,
         rx,
@@ -273,8 +282,19 @@ async fn session_on(
         opts,
         stats,
         ctx.shutdown.clone(),
-    )
-    .await?;
+    );
+    // QUIC measures the round trip itself; copy it for the status page.
+    let rtt = async {
+        loop {
+            let us = conn.rtt().as_micros().min(u64::MAX as u128) as u64;
+            guard.stats.rtt_us.store(us.max(1), Relaxed);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    };
+    let reason = tokio::select! {
+        r = session => r?,
+        never = rtt => never,
+    };
     Ok((peer, reason))
 }
 
@@ -303,7 +323,15 @@ async fn prove_membership(
     }
     let got = tokio::time::timeout(session::HELLO_TIMEOUT, recv_frame(rx))
         .await
-        .map_err(|_| SessionError::Protocol("no membership proof within 10 s".into()))??;
+        .map_err(|_| SessionError::Protocol("no membership proof within 10 s".into()));
+    // The acceptor answers a proof that does not verify by closing, and
+    // says nothing more to a stranger: on the dialling side that close is
+    // the only sign, so name the likely cause.
+    let got = match (role, got) {
+        (Role::Dialer, Ok(Err(e))) => return Err(refused_by_acceptor(&e.to_string())),
+        (Role::Dialer, Ok(Ok(None))) => return Err(refused_by_acceptor("closed")),
+        (_, got) => got??,
+    };
     match got {
         Some(Frame::Proof { proto, .. }) if proto != PROTO_VERSION => {
             return Err(SessionError::Version(proto))
@@ -322,6 +350,15 @@ async fn prove_membership(
         send_frame(tx, &proof).await?;
     }
     Ok(())
+}
+
+/// The acceptor closed instead of answering the dialler's proof.
+fn refused_by_acceptor(what: &str) -> SessionError {
+    SessionError::Protocol(format!(
+        "the peer closed the connection instead of proving membership ({what}): \
+         the most likely cause is a different mesh secret on the two relays \
+         (mesh.secret / mesh.secret_file)"
+    ))
 }
 
 /// Two relays may connect to each other at once (static peers both ways,

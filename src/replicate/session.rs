@@ -276,6 +276,7 @@ async fn inbound(
         let Some(f) = recv_frame(rx).await? else {
             return Err(SessionError::PeerClosed("connection closed".into()));
         };
+        stats.last_rx_ms.store(crate::engine::now_ms(), Relaxed);
         match f {
             Frame::Batch { id, changes } => {
                 if changes.len() > BATCH * 4 {

@@ -30,13 +30,63 @@ pub struct LinkStats {
     pub outbound: bool,
     /// Tells the session to end (a duplicate link to the same peer).
     pub close: tokio::sync::Notify,
+    /// Smoothed round trip (µs) as the transport measures it (QUIC), 0 if
+    /// unknown.
+    pub rtt_us: AtomicU64,
+    /// When a frame last arrived from the peer (ms since the epoch).
+    pub last_rx_ms: AtomicU64,
+    /// How the peer was found: "static" (config), "mdns", "inbound"
+    /// (it dialled us) or "config" (the upstream URL).
+    pub found: std::sync::OnceLock<&'static str>,
 }
+
+impl LinkStats {
+    pub fn found(&self) -> &'static str {
+        self.found
+            .get()
+            .copied()
+            .unwrap_or(if self.outbound { "static" } else { "inbound" })
+    }
+
+    fn json(&self, connected: bool) -> Value {
+        let node = self.node.load(Relaxed);
+        let rtt = self.rtt_us.load(Relaxed);
+        let rx = self.last_rx_ms.load(Relaxed);
+        json!({
+            "kind": self.kind,
+            "node_id": (node != 0).then(|| NodeId(node).to_string()),
+            "addr": self.addr,
+            "found": self.found(),
+            "outbound": self.outbound,
+            "connected": connected,
+            "connected_since_ms": self.connected_ms,
+            "rtt_ms": (rtt != 0).then(|| (rtt as f64 / 100.0).round() / 10.0),
+            "last_contact_ms": (rx != 0).then_some(rx),
+            "changes_sent": self.changes_sent.load(Relaxed),
+            "changes_received": self.changes_received.load(Relaxed),
+            "duplicates_received": self.duplicates_received.load(Relaxed),
+            "events_sent": self.events_sent.load(Relaxed),
+            "events_received": self.events_received.load(Relaxed),
+            "backlog": self.backlog.load(Relaxed),
+        })
+    }
+}
+
+/// A link that ended, remembered for the status page.
+struct Gone {
+    stats: Arc<LinkStats>,
+    at_ms: u64,
+}
+
+/// Ended links remembered (the newest per peer).
+const GONE: usize = 32;
 
 /// The registry of live links. Entries are removed by their guard's drop.
 #[derive(Default)]
 pub struct Links {
     live: Mutex<BTreeMap<u64, Arc<LinkStats>>>,
     next: AtomicU64,
+    gone: Mutex<std::collections::VecDeque<Gone>>,
 }
 
 /// Keeps a link listed while it lives.
@@ -49,6 +99,26 @@ impl Drop for LinkGuard {
     fn drop(&mut self) {
         if let Ok(mut l) = self.links.live.lock() {
             l.remove(&self.stats.id);
+        }
+        let node = self.stats.node.load(Relaxed);
+        if let Ok(mut g) = self.links.gone.lock() {
+            // One entry per peer (by node id once known, else by address).
+            g.retain(|x| {
+                let n = x.stats.node.load(Relaxed);
+                !(x.stats.kind == self.stats.kind
+                    && if node != 0 {
+                        n == node
+                    } else {
+                        x.stats.addr == self.stats.addr
+                    })
+            });
+            if g.len() >= GONE {
+                g.pop_front();
+            }
+            g.push_back(Gone {
+                stats: self.stats.clone(),
+                at_ms: crate::engine::now_ms(),
+            });
         }
     }
 }
@@ -80,6 +150,9 @@ impl Links {
             acked: AtomicU64::new(0),
             outbound,
             close: tokio::sync::Notify::new(),
+            rtt_us: AtomicU64::new(0),
+            last_rx_ms: AtomicU64::new(now_ms),
+            found: std::sync::OnceLock::new(),
         });
         if let Ok(mut l) = self.live.lock() {
             l.insert(id, stats.clone());
@@ -104,27 +177,39 @@ impl Links {
             .any(|s| s.node.load(Relaxed) == node.0)
     }
 
+    /// The live links.
     pub fn status(&self) -> Value {
-        Value::Array(
-            self.snapshot()
+        Value::Array(self.snapshot().iter().map(|s| s.json(true)).collect())
+    }
+
+    /// Links that ended and have not come back (newest last), with
+    /// `disconnected_ms`: the status page lists them as disconnected.
+    pub fn gone_status(&self) -> Value {
+        let live = self.snapshot();
+        let back = |g: &Gone| {
+            let n = g.stats.node.load(Relaxed);
+            live.iter().any(|l| {
+                l.kind == g.stats.kind
+                    && if n != 0 {
+                        l.node.load(Relaxed) == n
+                    } else {
+                        l.addr == g.stats.addr
+                    }
+            })
+        };
+        let gone = match self.gone.lock() {
+            Ok(g) => g
                 .iter()
-                .map(|s| {
-                    let node = s.node.load(Relaxed);
-                    json!({
-                        "kind": s.kind,
-                        "node_id": (node != 0).then(|| NodeId(node).to_string()),
-                        "addr": s.addr,
-                        "connected_since_ms": s.connected_ms,
-                        "changes_sent": s.changes_sent.load(Relaxed),
-                        "changes_received": s.changes_received.load(Relaxed),
-                        "duplicates_received": s.duplicates_received.load(Relaxed),
-                        "events_sent": s.events_sent.load(Relaxed),
-                        "events_received": s.events_received.load(Relaxed),
-                        "backlog": s.backlog.load(Relaxed),
-                    })
+                .filter(|g| !back(g))
+                .map(|g| {
+                    let mut v = g.stats.json(false);
+                    v["disconnected_ms"] = json!(g.at_ms);
+                    v
                 })
                 .collect(),
-        )
+            Err(_) => Vec::new(),
+        };
+        Value::Array(gone)
     }
 
     /// Prometheus lines, one series per link, labelled by peer and kind.

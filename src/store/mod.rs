@@ -4,16 +4,23 @@
 //! through one writer thread (`writer.rs`) that batches concurrent requests
 //! into one transaction, so one fsync acknowledges many writes.
 
+mod backup;
+mod slot;
 mod tables;
 mod writer;
 
+pub use backup::{check, restore, verify_backup, BackupSummary, CheckReport, RestoreError};
+pub use slot::Fault;
 pub use tables::SCHEMA_VERSION;
-pub use writer::{CommitSink, Expect, Job, LocalWrite, Outcome, OutcomeKind, SnapEntity};
+pub use writer::{
+    free_disk_bytes, CommitSink, Expect, Job, LocalWrite, Outcome, OutcomeKind, SnapEntity,
+};
 
 use crate::metrics::Metrics;
 use crate::model::{Change, EntityState, NodeId, VersionVector};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use serde::{Deserialize, Serialize};
+use slot::Slot;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -48,6 +55,16 @@ pub enum StoreError {
     Closed,
     #[error("the data disk is nearly full ({free_bytes} bytes free): writes are refused until space is freed")]
     DiskFull { free_bytes: u64 },
+    /// A write to the data file failed with ENOSPC: the store refuses
+    /// writes and reopens itself once space is freed.
+    #[error(
+        "no space left on device: the data disk is full; writes are refused until space is freed"
+    )]
+    NoSpace,
+    /// A write to the data file failed (I/O error): the store refuses writes
+    /// until it has reopened the file.
+    #[error("the store is unavailable after a storage I/O error ({cause}); it reopens itself and writes resume then")]
+    Faulted { cause: String },
 }
 
 macro_rules! redb_errors {
@@ -146,7 +163,8 @@ impl StoredEntity {
 }
 
 pub struct Store {
-    db: Arc<Database>,
+    /// The open file; replaced in place after an I/O error (`slot.rs`).
+    slot: Arc<Slot>,
     node: NodeId,
     /// Taken (dropped) by `close` so the writer sees the queue end.
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
@@ -193,11 +211,9 @@ impl Store {
             source,
         })?;
         let path = opts.dir.join("outpost.redb");
-        let db = Database::builder()
-            .set_cache_size(opts.cache_bytes)
-            .create(&path)?;
+        let (slot, db) = Slot::open(&path, opts.cache_bytes)?;
         let (node, last_seq, horizon, hlc) = init_tables(&db)?;
-        let db = Arc::new(db);
+        drop(db);
         let last_seq = Arc::new(AtomicU64::new(last_seq));
         let horizon = Arc::new(AtomicU64::new(horizon));
         let (tx, rx) = mpsc::channel(opts.queue.max(1));
@@ -206,7 +222,7 @@ impl Store {
             Durability::Immediate => None,
         };
         let w = writer::Writer::new(
-            db.clone(),
+            slot.clone(),
             node,
             hlc,
             opts,
@@ -223,7 +239,7 @@ impl Store {
                 source,
             })?;
         Ok(Store {
-            db,
+            slot,
             node,
             jobs: Mutex::new(Some(tx)),
             last_seq,
@@ -268,6 +284,12 @@ impl Store {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Why writes are refused right now (an I/O error the store has not
+    /// yet recovered from), if they are.
+    pub fn fault(&self) -> Option<Fault> {
+        self.slot.fault()
+    }
+
     /// Round trip through the writer queue: proves the writer loop is
     /// running (the systemd watchdog's health check).
     pub async fn ping(&self) -> Result<(), StoreError> {
@@ -301,7 +323,7 @@ impl Store {
         upto: u64,
         limit: usize,
     ) -> Result<Vec<(u64, LogEntry)>, StoreError> {
-        let tx = self.db.begin_read()?;
+        let tx = self.slot.get()?.begin_read()?;
         let idx = tx.open_table(SPACE_LOG)?;
         let log = tx.open_table(LOG)?;
         let mut out = Vec::new();
@@ -329,7 +351,7 @@ impl Store {
         since: u64,
         limit: usize,
     ) -> Result<(u64, Vec<(String, StoredEntity)>), StoreError> {
-        let tx = self.db.begin_read()?;
+        let tx = self.slot.get()?.begin_read()?;
         let latest = tx
             .open_table(TYPE_VERSIONS)?
             .get((space, collection))?
@@ -354,7 +376,7 @@ impl Store {
 
     /// One log entry, if still retained.
     pub fn log_entry(&self, seq: u64) -> Result<Option<LogEntry>, StoreError> {
-        let tx = self.db.begin_read()?;
+        let tx = self.slot.get()?.begin_read()?;
         let log = tx.open_table(LOG)?;
         let v = log.get(seq)?;
         v.map(|v| decode(v.value())).transpose()
@@ -363,13 +385,13 @@ impl Store {
     /// The whole log after `after` (all spaces), for replication.
     /// Local seq of the change `(origin, origin_seq)`, if still in the log.
     pub fn local_seq_of(&self, origin: NodeId, origin_seq: u64) -> Result<Option<u64>, StoreError> {
-        let tx = self.db.begin_read()?;
+        let tx = self.slot.get()?.begin_read()?;
         let ident = tx.open_table(IDENT)?;
         Ok(ident.get((origin.0, origin_seq))?.map(|v| v.value()))
     }
 
     pub fn log_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, LogEntry)>, StoreError> {
-        let tx = self.db.begin_read()?;
+        let tx = self.slot.get()?.begin_read()?;
         let log = tx.open_table(LOG)?;
         let mut out = Vec::new();
         for row in log.range(after.saturating_add(1)..)? {
@@ -388,7 +410,7 @@ impl Store {
         collection: &str,
         id: &str,
     ) -> Result<Option<StoredEntity>, StoreError> {
-        let tx = self.db.begin_read()?;
+        let tx = self.slot.get()?.begin_read()?;
         let t = tx.open_table(ENTITY)?;
         let v = t.get((space, collection, id))?;
         v.map(|v| decode(v.value())).transpose()
@@ -404,7 +426,7 @@ impl Store {
         after: Option<(&str, &str)>,
         limit: usize,
     ) -> Result<Vec<(String, String, StoredEntity)>, StoreError> {
-        let tx = self.db.begin_read()?;
+        let tx = self.slot.get()?.begin_read()?;
         let t = tx.open_table(ENTITY)?;
         let lo = match (after, collection) {
             (Some((c, i)), _) => (space, c, i),
@@ -437,7 +459,7 @@ impl Store {
         space: &str,
         collection: &str,
     ) -> Result<(u64, Vec<(String, StoredEntity)>), StoreError> {
-        let tx = self.db.begin_read()?;
+        let tx = self.slot.get()?.begin_read()?;
         let meta = tx.open_table(META)?;
         let seq = meta
             .get(META_LAST_SEQ)?
@@ -457,7 +479,7 @@ impl Store {
     }
 
     pub fn version_vector(&self) -> Result<VersionVector, StoreError> {
-        let tx = self.db.begin_read()?;
+        let tx = self.slot.get()?.begin_read()?;
         let t = tx.open_table(VV)?;
         let mut vv = VersionVector::new();
         for row in t.iter()? {
@@ -468,14 +490,14 @@ impl Store {
     }
 
     pub fn cursor(&self, name: &str) -> Result<u64, StoreError> {
-        let tx = self.db.begin_read()?;
+        let tx = self.slot.get()?.begin_read()?;
         let t = tx.open_table(CURSORS)?;
         Ok(t.get(name)?.map(|v| v.value()).unwrap_or(0))
     }
 
     /// Spaces with the number of changes applied in each.
     pub fn spaces(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        let tx = self.db.begin_read()?;
+        let tx = self.slot.get()?.begin_read()?;
         let t = tx.open_table(SPACES)?;
         let mut out = Vec::new();
         for row in t.iter()? {
@@ -485,9 +507,84 @@ impl Store {
         Ok(out)
     }
 
+    /// Stream a consistent copy of every table (see `backup.rs`) to `out`,
+    /// from one read transaction: writes go on meanwhile. Blocking; `out`
+    /// returning false (the receiver is gone) stops it.
+    pub fn backup(
+        &self,
+        now_ms: u64,
+        out: impl FnMut(Vec<u8>) -> bool,
+    ) -> Result<BackupSummary, StoreError> {
+        let db = self.slot.get()?;
+        backup::dump(&db, now_ms, out)
+    }
+
+    /// Every entity of every space (or of `space`), with the last seq they
+    /// reflect, read in one transaction: `visit` gets them in key order and
+    /// may stop the walk by returning false.
+    pub fn export(
+        &self,
+        space: Option<&str>,
+        header: impl FnOnce(u64) -> bool,
+        mut visit: impl FnMut(&str, &str, &str, StoredEntity) -> bool,
+    ) -> Result<(), StoreError> {
+        let tx = self.slot.get()?.begin_read()?;
+        let seq = tx
+            .open_table(META)?
+            .get(META_LAST_SEQ)?
+            .map(|v| u64_from(v.value()))
+            .unwrap_or(0);
+        if !header(seq) {
+            return Ok(());
+        }
+        let t = tx.open_table(ENTITY)?;
+        let range = match space {
+            Some(s) => t.range((s, "", "")..)?,
+            None => t.range::<(&str, &str, &str)>(..)?,
+        };
+        for row in range {
+            let (k, v) = row?;
+            let (s, c, i) = k.value();
+            if space.is_some_and(|want| want != s) {
+                break;
+            }
+            if !visit(s, c, i, decode(v.value())?) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of entities (tombstones included) of `space`: a key scan.
+    pub fn count_entities(&self, space: &str) -> Result<u64, StoreError> {
+        let tx = self.slot.get()?.begin_read()?;
+        let t = tx.open_table(ENTITY)?;
+        let mut n = 0;
+        for row in t.range((space, "", "")..)? {
+            let (k, _) = row?;
+            if k.value().0 != space {
+                break;
+            }
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Commit time of the newest change of `space` still in the log.
+    pub fn last_write_ms(&self, space: &str) -> Result<Option<u64>, StoreError> {
+        let tx = self.slot.get()?.begin_read()?;
+        let idx = tx.open_table(SPACE_LOG)?;
+        let last = idx.range((space, 0u64)..=(space, u64::MAX))?.next_back();
+        let Some(row) = last else { return Ok(None) };
+        let seq = row?.0.value().1;
+        let log = tx.open_table(LOG)?;
+        let entry: Option<LogEntry> = log.get(seq)?.map(|v| decode(v.value())).transpose()?;
+        Ok(entry.map(|e| e.at_ms))
+    }
+
     /// Number of changes currently held in the log.
     pub fn log_len(&self) -> Result<u64, StoreError> {
-        let tx = self.db.begin_read()?;
+        let tx = self.slot.get()?.begin_read()?;
         Ok(tx.open_table(LOG)?.len()?)
     }
 }
@@ -499,7 +596,9 @@ impl Drop for Store {
 }
 
 /// Create missing tables, check the schema, load or make the node id.
-fn init_tables(db: &Database) -> Result<(NodeId, u64, u64, crate::model::Hlc), StoreError> {
+pub(crate) fn init_tables(
+    db: &Database,
+) -> Result<(NodeId, u64, u64, crate::model::Hlc), StoreError> {
     let tx = db.begin_write()?;
     let out;
     {

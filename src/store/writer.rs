@@ -6,11 +6,12 @@
 //! the sink in seq order, and only then answers each job. So an ack always
 //! follows a durable commit, and fan-out order equals commit order.
 
+use super::slot::{fault_of, Fault, Slot};
 use super::tables::*;
 use super::{Committed, Durability, LogEntry, StoreError, StoreOptions, StoredEntity};
 use crate::metrics::Metrics;
 use crate::model::{Change, Conflict, Hlc, NodeId, Op, Stamp};
-use redb::{Database, ReadableTable};
+use redb::ReadableTable;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,6 +23,11 @@ use tokio::sync::{mpsc, oneshot};
 const MAX_GROUP: usize = 512;
 /// With relaxed durability, force an fsync at least this often.
 pub const RELAXED_FLUSH: Duration = Duration::from_secs(1);
+/// After an I/O error, how often the writer tries to reopen the file.
+const REOPEN_EVERY: Duration = Duration::from_secs(1);
+/// After ENOSPC, free space needed before a reopen is tried (redb's repair
+/// at open writes to the file; below this it would fail again).
+const REOPEN_MIN_FREE: u64 = 1 << 20;
 
 /// Receives every commit, in order, on the writer thread. It must not block:
 /// fan-out only `try_send`s into bounded queues.
@@ -140,6 +146,13 @@ pub enum Job {
         vv: Option<crate::model::VersionVector>,
         reply: Reply<Vec<String>>,
     },
+    /// `outpost import`: merge exported entity states like a snapshot, and
+    /// carry each entity's version over (the larger of the two), so a
+    /// fresh relay ends up identical to the exporting one.
+    Import {
+        entities: Vec<(SnapEntity, u64)>,
+        reply: Reply<Vec<String>>,
+    },
     /// With relaxed durability: make earlier commits durable if they are
     /// not yet (sent by the store's flush ticker, so an idle relay does not
     /// keep acknowledged writes unsynced for long).
@@ -200,10 +213,13 @@ impl Done {
     }
 
     fn fail(self, msg: &str, disk_full: Option<u64>) {
-        let err = || match disk_full {
+        self.fail_with(|| match disk_full {
             Some(free_bytes) => StoreError::DiskFull { free_bytes },
             None => StoreError::Encode(format!("commit failed: {msg}")),
-        };
+        })
+    }
+
+    fn fail_with(self, err: impl Fn() -> StoreError) {
         match self {
             Done::Outcomes(r, _) => drop(r.send(Err(err()))),
             // Refused whatever happened to the rest of the group.
@@ -216,7 +232,9 @@ impl Done {
 }
 
 pub struct Writer {
-    db: Arc<Database>,
+    slot: Arc<Slot>,
+    /// The last attempt to reopen the file after an I/O error.
+    last_reopen: Option<Instant>,
     node: NodeId,
     hlc: Hlc,
     opts: StoreOptions,
@@ -272,7 +290,7 @@ fn now_ms() -> u64 {
 impl Writer {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        db: Arc<Database>,
+        slot: Arc<Slot>,
         node: NodeId,
         hlc: Hlc,
         opts: StoreOptions,
@@ -282,7 +300,8 @@ impl Writer {
         horizon: Arc<AtomicU64>,
     ) -> Self {
         Writer {
-            db,
+            slot,
+            last_reopen: None,
             node,
             hlc,
             opts,
@@ -296,7 +315,24 @@ impl Writer {
     }
 
     pub fn run(mut self, mut rx: mpsc::Receiver<Job>) {
-        while let Some(first) = rx.blocking_recv() {
+        loop {
+            let first = if self.slot.fault().is_some() && !self.recover() {
+                // Faulted: keep answering (refusals, pings) and keep trying
+                // to reopen even when no write arrives.
+                match rx.try_recv() {
+                    Ok(j) => j,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        std::thread::sleep(Duration::from_millis(100));
+                        continue;
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => break,
+                }
+            } else {
+                match rx.blocking_recv() {
+                    Some(j) => j,
+                    None => break,
+                }
+            };
             let mut jobs = vec![first];
             while jobs.len() < MAX_GROUP {
                 match rx.try_recv() {
@@ -321,6 +357,9 @@ impl Writer {
                 if let Err(e) = self.flush() {
                     tracing::error!(error = %e, "relaxed flush failed");
                     self.metrics.commit_failures.fetch_add(1, Ordering::Relaxed);
+                    if let Some(f) = fault_of(&e) {
+                        self.slot.set_fault(f);
+                    }
                 }
             }
         }
@@ -333,7 +372,7 @@ impl Writer {
     }
 
     fn flush(&mut self) -> Result<(), StoreError> {
-        let mut tx = self.db.begin_write()?;
+        let mut tx = self.slot.get()?.begin_write()?;
         let _ = tx.set_durability(redb::Durability::Immediate);
         tx.commit()?;
         self.dirty = false;
@@ -345,7 +384,57 @@ impl Writer {
         free_disk_bytes(&self.opts.dir)
     }
 
+    /// After an I/O error: close and reopen the data file, at most once per
+    /// [`REOPEN_EVERY`], and after ENOSPC only once some space is free.
+    /// Returns whether the store is healthy again. Commits that failed were
+    /// not applied, so the reopened file holds every acknowledged write
+    /// (with relaxed durability, up to the last fsync, as after a crash).
+    fn recover(&mut self) -> bool {
+        let Some(fault) = self.slot.fault() else {
+            return true;
+        };
+        if self.last_reopen.is_some_and(|t| t.elapsed() < REOPEN_EVERY) {
+            return false;
+        }
+        self.last_reopen = Some(Instant::now());
+        if fault == Fault::NoSpace && self.free_bytes().is_some_and(|f| f < REOPEN_MIN_FREE) {
+            return false;
+        }
+        let reopened = self.slot.reopen().and_then(|db| super::init_tables(&db));
+        match reopened {
+            Ok((_, last, horizon, _)) => {
+                let had = self.last_seq.swap(last, Ordering::AcqRel);
+                if last != had {
+                    tracing::error!(
+                        held = had,
+                        found = last,
+                        "the reopened store ends at another seq (relaxed durability: commits since the last fsync are lost, as in a crash)"
+                    );
+                }
+                let h = horizon.max(self.horizon.load(Ordering::Acquire));
+                self.horizon.store(h, Ordering::Release);
+                self.dirty = false;
+                self.last_fsync = Instant::now();
+                self.slot.clear_fault();
+                tracing::warn!(cause = %fault, "store reopened after a storage error; writes resume");
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, cause = %fault, "reopening the store failed; retrying");
+                false
+            }
+        }
+    }
+
     fn group(&mut self, jobs: Vec<Job>) {
+        if let Some(fault) = self.slot.fault() {
+            if !self.recover() {
+                for job in jobs {
+                    refuse(job, || fault.error());
+                }
+                return;
+            }
+        }
         let started = Instant::now();
         let low_disk = self.free_bytes().filter(|&f| f < self.opts.min_free_bytes);
         let first_seq = self.last_seq.load(Ordering::Acquire);
@@ -355,7 +444,7 @@ impl Writer {
         let mut refused = Vec::new();
         let mut merged = std::collections::BTreeSet::new();
         let result = (|| -> Result<(), StoreError> {
-            let mut tx = self.db.begin_write()?;
+            let mut tx = self.slot.get()?.begin_write()?;
             let immediate = self.opts.durability == Durability::Immediate
                 || self.last_fsync.elapsed() >= RELAXED_FLUSH;
             let _ = tx.set_durability(if immediate {
@@ -477,7 +566,14 @@ impl Writer {
                             vv,
                             reply,
                         } => {
-                            let spaces = self.merge_snapshot(&mut t, entities, vv, seq)?;
+                            let ents = entities.into_iter().map(|e| (e, None));
+                            let spaces = self.merge_snapshot(&mut t, ents, vv, seq)?;
+                            merged.extend(spaces.iter().cloned());
+                            done.push(Done::Spaces(reply, spaces));
+                        }
+                        Job::Import { entities, reply } => {
+                            let ents = entities.into_iter().map(|(e, v)| (e, Some(v)));
+                            let spaces = self.merge_snapshot(&mut t, ents, None, seq)?;
                             merged.extend(spaces.iter().cloned());
                             done.push(Done::Spaces(reply, spaces));
                         }
@@ -518,6 +614,15 @@ impl Writer {
             Err(e) => {
                 tracing::error!(error = %e, "group commit failed; every job in it is refused");
                 self.metrics.commit_failures.fetch_add(1, Ordering::Relaxed);
+                if let Some(f) = fault_of(&e) {
+                    // The file refuses everything from now on: refuse with
+                    // the real cause, and reopen it (see `recover`).
+                    self.slot.set_fault(f.clone());
+                    for d in done {
+                        d.fail_with(|| f.error());
+                    }
+                    return;
+                }
                 let msg = e.to_string();
                 for d in done {
                     d.fail(&msg, None);
@@ -676,12 +781,12 @@ impl Writer {
     fn merge_snapshot(
         &mut self,
         t: &mut Tables<'_>,
-        entities: Vec<SnapEntity>,
+        entities: impl Iterator<Item = (SnapEntity, Option<u64>)>,
         vv: Option<crate::model::VersionVector>,
         last_seq: u64,
     ) -> Result<Vec<String>, StoreError> {
         let mut changed = std::collections::BTreeSet::new();
-        for e in entities {
+        for (e, version) in entities {
             let key = (e.space.as_str(), e.collection.as_str(), e.id.as_str());
             let mut ent: StoredEntity = match t.entity.get(key)? {
                 Some(v) => decode(v.value())?,
@@ -689,8 +794,9 @@ impl Writer {
             };
             let before = ent.state.clone();
             ent.state.merge(&e.state);
-            if ent.state != before {
-                ent.version += 1;
+            let bumped = version.map_or(ent.version + 1, |v| v.max(ent.version + 1));
+            if ent.state != before || version.is_some_and(|v| v > ent.version) {
+                ent.version = bumped;
                 ent.type_version = next_type_version(t, key, ent.type_version)?;
                 t.entity.insert(key, encode(&ent)?.as_slice())?;
                 if t.spaces.get(e.space.as_str())?.is_none() {
@@ -765,8 +871,22 @@ impl Writer {
     }
 }
 
+/// Answer a job the faulted store cannot run.
+fn refuse(job: Job, err: impl Fn() -> StoreError) {
+    match job {
+        Job::Local { reply, .. } | Job::Remote { reply, .. } => drop(reply.send(Err(err()))),
+        Job::SetCursor { reply, .. } => drop(reply.send(Err(err()))),
+        Job::Trim { reply, .. } => drop(reply.send(Err(err()))),
+        Job::MergeSnapshot { reply, .. } | Job::Import { reply, .. } => {
+            drop(reply.send(Err(err())))
+        }
+        Job::Ping(reply) => drop(reply.send(Ok(()))),
+        Job::Flush => {}
+    }
+}
+
 /// Free bytes on the file system holding `dir` (None if it can't be read).
-fn free_disk_bytes(dir: &std::path::Path) -> Option<u64> {
+pub fn free_disk_bytes(dir: &std::path::Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
     let mut s: libc::statvfs = unsafe { std::mem::zeroed() };

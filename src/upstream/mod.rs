@@ -227,6 +227,7 @@ impl Upstream {
         self.contact.store(now_ms(), Relaxed);
         let (mut tx, mut rx) = ws::split(socket, Some(self.contact.clone()), shutdown.clone(), ());
         let guard = self.links.open(KIND, s.url.clone(), true, now_ms());
+        let _ = guard.stats.found.set("config");
         let greeting = match session::hello(&self.engine, &mut rx, &mut tx).await {
             Ok(g) => g,
             Err(e) => return (false, Err(e.to_string())),
@@ -401,7 +402,7 @@ async fn connect_tcp(host: &str, port: u16) -> Result<tokio::net::TcpStream, Str
 
 /// A TLS client on ring, trusting `ca` (the PEM certificates of
 /// `upstream.ca_file`) or else the system's roots.
-fn connector(
+pub(crate) fn connector(
     ca: Option<&[rustls::pki_types::CertificateDer<'static>]>,
 ) -> Result<tokio_rustls::TlsConnector, UpstreamError> {
     let mut roots = rustls::RootCertStore::empty();

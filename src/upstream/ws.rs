@@ -11,8 +11,7 @@ use crate::engine::now_ms;
 use crate::replicate::{FrameSink, FrameSource, SessionError};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use std::fmt::Display;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -134,13 +133,15 @@ impl Drop for WsSink {
 pub struct WsSource<S> {
     stream: SplitStream<S>,
     contact: Option<Arc<AtomicU64>>,
+    /// The close code a read error calls for (0: none), for the writer.
+    close: Arc<AtomicU16>,
 }
 
 impl<S, M, E> FrameSource for WsSource<S>
 where
     S: Stream<Item = Result<M, E>> + Sink<M> + Send + Unpin,
     M: WsMsg,
-    E: Display,
+    E: std::error::Error + 'static,
 {
     async fn recv(&mut self) -> Result<Option<Vec<u8>>, SessionError> {
         loop {
@@ -150,7 +151,13 @@ where
                     SessionError::Transport(format!("nothing heard for {} s", IDLE.as_secs()))
                 })?;
             let Some(msg) = next else { return Ok(None) };
-            let msg = msg.map_err(|e| SessionError::Transport(e.to_string()))?;
+            let msg = msg.map_err(|e| {
+                // Invalid UTF-8 (1007) or too big (1009): the writer says so.
+                if let Some((code, _)) = crate::dialect::close_for_error(&e) {
+                    self.close.store(code, Relaxed);
+                }
+                SessionError::Transport(e.to_string())
+            })?;
             if let Some(c) = &self.contact {
                 c.store(now_ms(), Relaxed);
             }
@@ -183,8 +190,10 @@ where
 {
     let (sink, stream) = ws.split();
     let (tx, rx) = mpsc::channel(4);
+    let close = Arc::new(AtomicU16::new(0));
+    let code = close.clone();
     let writer = tokio::spawn(async move {
-        write_loop(sink, rx, shutdown).await;
+        write_loop(sink, rx, shutdown, code).await;
         drop(keep);
     });
     (
@@ -192,7 +201,11 @@ where
             tx,
             writer: Some(writer),
         },
-        WsSource { stream, contact },
+        WsSource {
+            stream,
+            contact,
+            close,
+        },
     )
 }
 
@@ -200,6 +213,7 @@ async fn write_loop<S, M>(
     mut sink: SplitSink<S, M>,
     mut rx: mpsc::Receiver<Vec<u8>>,
     shutdown: watch::Receiver<bool>,
+    close: Arc<AtomicU16>,
 ) where
     S: Sink<M> + Unpin,
     M: WsMsg,
@@ -224,10 +238,11 @@ async fn write_loop<S, M>(
             }
         }
     }
-    let (code, reason) = if *shutdown.borrow() {
-        (1001, "relay shutting down")
-    } else {
-        (1000, "session ended")
+    let (code, reason) = match close.load(Relaxed) {
+        1007 => (1007, "invalid UTF-8 in a text message"),
+        1009 => (1009, "message too big"),
+        _ if *shutdown.borrow() => (1001, "relay shutting down"),
+        _ => (1000, "session ended"),
     };
     let _ = sink.send(M::close(code, reason)).await;
     let _ = sink.close().await;

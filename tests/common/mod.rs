@@ -56,12 +56,28 @@ impl Proc {
         Proc::spawn_cmd(cmd)
     }
 
+    /// As `spawn`, with the relay's log (stderr) appended to `log`.
+    pub fn spawn_logged(args: &[&str], log: &Path) -> Proc {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_outpost"));
+        cmd.args(args).env_remove("RUST_LOG");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("log file");
+        Proc::spawn_with(cmd, file.into())
+    }
+
     /// Start a prepared command (e.g. `ip netns exec NS outpost serve …`,
     /// which execs the relay, so the pid is the relay's).
-    pub fn spawn_cmd(mut cmd: Command) -> Proc {
+    pub fn spawn_cmd(cmd: Command) -> Proc {
+        Proc::spawn_with(cmd, Stdio::null())
+    }
+
+    fn spawn_with(mut cmd: Command, stderr: Stdio) -> Proc {
         let mut child = cmd
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("spawn outpost");
         let stdout = child.stdout.take().expect("stdout");

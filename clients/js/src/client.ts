@@ -741,11 +741,14 @@ export class Client extends Emitter<ClientEvents> implements SpaceHost {
       case 'hello':
         if (!this.isLeader) return;
         for (const n of m.spaces || []) this.space(n);
-        this.persist().then(() => this.tabs?.post({ t: 'flushed', to: m.from, s: this.st }));
+        this.persist().then(() =>
+          this.tabs?.post({ t: 'flushed', to: m.from, s: this.st, synced: [...this.spaces.values()].filter((s) => s.synced).map((s) => s.name) }),
+        );
         return;
       case 'flushed':
         if (m.to === this.tabId && this.flushedWait) {
           this.setState(m.s);
+          for (const n of m.synced || []) this.space(n).synced = true;
           this.flushedWait();
         }
         return;

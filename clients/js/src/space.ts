@@ -311,7 +311,11 @@ export class Space extends Emitter<SpaceEvents> {
       const p = e.payload as { id?: string; state?: unknown } | null;
       if (!p || typeof p.id !== 'string') return;
       if (p.state === null || p.state === undefined) this.peers.delete(p.id);
-      else this.peers.set(p.id, { id: p.id, state: p.state, at: Date.now() });
+      else {
+        // A peer we did not know: tell it about us now, not at our next beat.
+        if (!this.peers.has(p.id) && this.presenceState != null) this.setPresence(this.presenceState);
+        this.peers.set(p.id, { id: p.id, state: p.state, at: Date.now() });
+      }
       this.emit('presence', this.present());
       return;
     }

@@ -31,7 +31,7 @@ async function withRelay(opts, fn) {
 const online = (c) => until(() => c.state === 'online', 10000, 'online');
 const synced = (c, s) => until(() => c.space(s).synced, 10000, 'synced');
 
-test('two clients converge: optimistic put, pending until acked, watch fires', () =>
+test('two clients converge: optimistic put, pending until acked, watch fires', { timeout: 60_000 }, () =>
   withRelay({}, async (relay, open) => {
     const a = open({ spaces: ['home'] });
     const b = open({ spaces: ['home'] });
@@ -58,7 +58,7 @@ test('two clients converge: optimistic put, pending until acked, watch fires', (
     assert.deepEqual(seen.at(-1), ['eggs']);
   }));
 
-test('a refused write rolls back and raises reject; the rest of its push goes through', () =>
+test('a refused write rolls back and raises reject; the rest of its push goes through', { timeout: 60_000 }, () =>
   withRelay({}, async (relay, open) => {
     const a = open({ spaces: ['s'] });
     await synced(a, 's');
@@ -76,7 +76,7 @@ test('a refused write rolls back and raises reject; the rest of its push goes th
     assert.equal(a.pending, 0);
   }));
 
-test('a write that loses to a newer value raises a conflict event with both values', () =>
+test('a write that loses to a newer value raises a conflict event with both values', { timeout: 60_000 }, () =>
   withRelay({}, async (relay, open) => {
     const a = open({ spaces: ['s'] });
     await synced(a, 's');
@@ -99,7 +99,7 @@ test('a write that loses to a newer value raises a conflict event with both valu
     assert.equal(a.space('s').get('c', 'x').v, 'future');
   }));
 
-test('offline writes survive a restart (file store) and are each applied exactly once', () =>
+test('offline writes survive a restart (file store) and are each applied exactly once', { timeout: 60_000 }, () =>
   withRelay({}, async (relay, open) => {
     const file = join(tmp, 'offline.json');
     const watcher = open({ spaces: ['s'] });
@@ -127,7 +127,7 @@ test('offline writes survive a restart (file store) and are each applied exactly
     assert.equal(watcher.space('s').list('c').length, 50);
   }));
 
-test('acks lost with the connection: the replay is deduplicated by write id', () =>
+test('acks lost with the connection: the replay is deduplicated by write id', { timeout: 60_000 }, () =>
   withRelay({}, async (relay, open) => {
     // A socket that swallows acks and drops after the first pushes, as a
     // network that fails between the relay's commit and the client.
@@ -158,7 +158,7 @@ test('acks lost with the connection: the replay is deduplicated by write id', ()
     assert.deepEqual(seen.sort(), Array.from({ length: 20 }, (_, i) => 'w' + i).sort());
   }));
 
-test('relay SIGKILLed and restarted mid-stream: no acked write lost, no gap, no duplicate', () =>
+test('relay SIGKILLed and restarted mid-stream: no acked write lost, no gap, no duplicate', { timeout: 60_000 }, () =>
   withRelay({}, async (relay, open) => {
     const reader = open({ spaces: ['s'] });
     const writer = open({ spaces: ['s'] });
@@ -183,7 +183,7 @@ test('relay SIGKILLed and restarted mid-stream: no acked write lost, no gap, no 
     for (let i = 1; i < seen.length; i++) assert.ok(seen[i] > seen[i - 1], 'in seq order');
   }));
 
-test('a reader resumes from its cursor: only the missed changes come again', () =>
+test('a reader resumes from its cursor: only the missed changes come again', { timeout: 60_000 }, () =>
   withRelay({}, async (relay, open) => {
     const file = join(tmp, 'cursor.json');
     const w = open({ spaces: ['s'] });
@@ -201,7 +201,7 @@ test('a reader resumes from its cursor: only the missed changes come again', () 
     assert.equal(r.space('s').list('c').length, 13);
   }));
 
-test('connection state is observable and reconnects with backoff', () =>
+test('connection state is observable and reconnects with backoff', { timeout: 60_000 }, () =>
   withRelay({}, async (relay, open) => {
     const a = open({ spaces: ['s'] });
     const states = [];
@@ -218,7 +218,7 @@ test('connection state is observable and reconnects with backoff', () =>
     assert.equal(states.at(-1), 'online');
   }));
 
-test('events and presence reach the other clients of the space', () =>
+test('events and presence reach the other clients of the space', { timeout: 60_000 }, () =>
   withRelay({}, async (relay, open) => {
     const a = open({ spaces: ['room'] });
     const b = open({ spaces: ['room'] });
@@ -235,7 +235,7 @@ test('events and presence reach the other clients of the space', () =>
     await until(() => b.space('room').present().length === 0);
   }));
 
-test('token refresh while offline keeps the queue; another user clears it', () =>
+test('token refresh while offline keeps the queue; another user clears it', { timeout: 60_000 }, () =>
   withRelay({ auth: true }, async (relay, open) => {
     const file = join(tmp, 'tokens.json');
     let token = mint('ann', { exp: Math.floor(Date.now() / 1000) + 3600 });
@@ -278,7 +278,7 @@ test('token refresh while offline keeps the queue; another user clears it', () =
     assert.equal(b.space('s').list('c').length, 5);
   }));
 
-test('stored data of an older schema is upgraded; one that cannot be is wiped but keeps the queue', async () => {
+test('stored data of an older schema is upgraded; one that cannot be is wiped but keeps the queue', { timeout: 60_000 }, async () => {
   const { openStore, MIGRATIONS } = await import('../dist/node.mjs');
   const w = { wid: 'w1', n: 1, space: 's', collection: 'c', id: 'x', op: 'put', fields: { v: 1 }, ts: 1 };
   const seed = async (schema) => {
@@ -308,7 +308,7 @@ test('stored data of an older schema is upgraded; one that cannot be is wiped bu
   assert.equal(same.action, 'kept');
 });
 
-test('package: ESM, CJS and types, no runtime dependencies, within the size budget', async () => {
+test('package: ESM, CJS and types, no runtime dependencies, within the size budget', { timeout: 60_000 }, async () => {
   const { gzipSync } = await import('node:zlib');
   const { createRequire } = await import('node:module');
   const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url)));

@@ -27,6 +27,7 @@ export class Relay {
     this.dir = mkdtempSync(join(tmpdir(), 'outpost-js-'));
     this.port = 0;
     this.proc = null;
+    this.auth = auth;
     const lines = ['[storage]', `dir = "${join(this.dir, 'data')}"`];
     if (retention) lines.push(`retention = "${retention}"`);
     if (auth) lines.push('[auth]', `jwt_secret = "${SECRET}"`, 'anonymous = "none"');
@@ -83,7 +84,9 @@ export class Relay {
   }
 
   async metric(name) {
-    const text = await (await fetch(this.http + '/metrics')).text();
+    // With anonymous = "none", /metrics needs an admin token.
+    const headers = this.auth ? { authorization: 'Bearer ' + mint('ops', { scope: 'admin' }) } : {};
+    const text = await (await fetch(this.http + '/metrics', { headers })).text();
     const m = new RegExp('^' + name + ' (\\S+)$', 'm').exec(text);
     return m ? Number(m[1]) : NaN;
   }

@@ -79,7 +79,7 @@ pub async fn upgrade(
     };
     let device = query.get("deviceId").cloned();
     super::limit(ws, &state).on_upgrade(move |socket| async move {
-        let ctx = ConnCtx::new(state.clone());
+        let ctx = ConnCtx::new(state.clone(), "/ws/config");
         let proto = ConfigProto {
             job: Job {
                 engine: state.engine.clone(),

@@ -548,7 +548,7 @@ pub async fn events(
 ) -> Reply {
     let c = caller(&state, &headers, &query, false)?;
     let engine = state.engine.clone();
-    let ctx = ConnCtx::new(state.clone());
+    let ctx = ConnCtx::new(state.clone(), "/api/sync/events");
     let mut feed = Feed {
         engine: engine.clone(),
         space: c.space,

@@ -139,7 +139,7 @@ async fn run(
     client_id: Option<String>,
     compress: bool,
 ) {
-    let ctx = ConnCtx::new(state.clone());
+    let ctx = ConnCtx::new(state.clone(), endpoint.path());
     let mut shutdown = state.shutdown.clone();
     let mut conn = Conn {
         client_id: client_id.unwrap_or_else(|| format!("c{}", ctx.id)),
@@ -233,10 +233,12 @@ pub(crate) fn engine_error(e: &EngineError) -> Refusal {
             code::INVALID_FIELD,
             m.strip_prefix("changes[0].").unwrap_or(m).to_string(),
         ),
-        EngineError::Store(StoreError::DiskFull { .. }) => {
+        EngineError::Store(StoreError::DiskFull { .. } | StoreError::NoSpace) => {
             Refusal::new(code::DISK_FULL, e.to_string())
         }
-        EngineError::Store(StoreError::Closed) => Refusal::new(code::UNAVAILABLE, e.to_string()),
+        EngineError::Store(StoreError::Closed | StoreError::Faulted { .. }) => {
+            Refusal::new(code::UNAVAILABLE, e.to_string())
+        }
         _ => Refusal::new(code::STORAGE_FAILED, e.to_string()),
     }
 }

@@ -1,0 +1,156 @@
+//! The status document (`GET /v1/status`, the page's feed, `outpost
+//! status`) and its live stream (`GET /v1/status/stream`, Server-Sent
+//! Events: one `status` event a second).
+
+use super::access::{require_admin, Need};
+use crate::server::AppState;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often the stream sends a fresh document.
+const STREAM_EVERY: Duration = Duration::from_secs(1);
+
+/// Everything the console shows. Fields of the earlier `/v1/status`
+/// (`clients`, `spaces[].name/changes/subscribers`, `peers`, `upstream`,
+/// `log`, `version_vector`, `mesh`) keep their shape.
+pub fn status_json(state: &AppState) -> Value {
+    let e = &state.engine;
+    let subs: HashMap<String, usize> = e.hub().subscriber_counts().into_iter().collect();
+    let spaces = e.spaces().unwrap_or_default();
+    let names: Vec<String> = spaces.iter().map(|(n, _)| n.clone()).collect();
+    let figures = state.console.space_figures(e, &names);
+    let spaces: Vec<_> = spaces
+        .into_iter()
+        .map(|(name, changes)| {
+            let f = figures.get(&name).cloned().unwrap_or_default();
+            json!({
+                "name": name,
+                "changes": changes,
+                "subscribers": subs.get(&name).copied().unwrap_or(0),
+                "entities": f.entities,
+                "last_write_ms": f.last_write_ms,
+            })
+        })
+        .collect();
+    let (store_bytes, free_bytes) = e.disk();
+    let rates = state.console.rate_series();
+    let connections: serde_json::Map<String, Value> = e
+        .metrics
+        .endpoint_conns()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), json!(v)))
+        .collect();
+    json!({
+        "node_id": e.node_id().to_string(),
+        "version": crate::VERSION,
+        "now_ms": crate::engine::now_ms(),
+        "uptime_s": e.uptime().as_secs(),
+        "listen": state.settings.listen.to_string(),
+        "clients": e.metrics.connections.load(Relaxed),
+        "connections": connections,
+        "data": {
+            "dir": state.settings.dir.display().to_string(),
+            "store_bytes": store_bytes,
+            "free_bytes": free_bytes,
+            "min_free_bytes": state.settings.min_free_bytes,
+            "store_fault": e.store_fault().map(|f| f.to_string()),
+        },
+        "rates": {
+            "written_per_s": rates.written.last().copied().unwrap_or(0.0),
+            "delivered_per_s": rates.delivered.last().copied().unwrap_or(0.0),
+            "series": rates,
+        },
+        "totals": {
+            "changes_committed": e.metrics.commit_changes.load(Relaxed),
+            "changes_written": e.metrics.changes_written.load(Relaxed),
+            "deliveries": e.metrics.deliveries.load(Relaxed),
+        },
+        "spaces": spaces,
+        "log": {"entries": e.log_len().unwrap_or(0), "last_seq": e.last_seq(), "horizon": e.horizon()},
+        "version_vector": e.version_vector().unwrap_or_default().iter()
+            .map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        "durability": state.settings.durability,
+        "mesh": {
+            "enabled": state.mesh_addr.is_some(),
+            "listen": state.mesh_addr.map(|a| a.to_string()),
+        },
+        "peers": state.links.status(),
+        "peers_gone": state.links.gone_status(),
+        "upstream": state.upstream.as_ref().map(|u| u.status()),
+        // The hub tier on NATS JetStream (issue 19) reports its stream
+        // position and lag here once it exists; the page shows this key.
+        "jetstream": Value::Null,
+        "recent_log": super::logring::global().lines(),
+    })
+}
+
+/// `GET /v1/status` (admin, or anonymous where allowed).
+pub async fn status(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    if let Err(refused) = require_admin(&state, &headers, &query, Need::Read) {
+        return refused.into_response();
+    }
+    axum::Json(status_json(&state)).into_response()
+}
+
+/// `GET /v1/status/stream`: `event: config` once (the effective config,
+/// secrets redacted), then `event: status` with the document every second
+/// until the client goes or the relay shuts down.
+pub async fn stream(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    if let Err(refused) = require_admin(&state, &headers, &query, Need::Read) {
+        return refused.into_response();
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<String>(2);
+    let mut shutdown = state.shutdown.clone();
+    let st = state.clone();
+    // The task ends when the client is gone (send fails) or at shutdown;
+    // its handle is dropped: it owns nothing but the channel.
+    tokio::spawn(async move {
+        let config = json!({"toml": st.settings.effective_toml}).to_string();
+        if tx.send(sse("config", &config)).await.is_err() {
+            return;
+        }
+        let mut tick = tokio::time::interval(STREAM_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            let doc = status_json(&st).to_string();
+            if tx.send(sse("status", &doc)).await.is_err() {
+                return;
+            }
+        }
+    });
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        let chunk = rx.recv().await?;
+        Some((Ok::<_, std::convert::Infallible>(chunk), rx))
+    });
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response()
+}
+
+/// One Server-Sent Event (the data is one line of JSON).
+fn sse(event: &str, data: &str) -> String {
+    format!("event: {event}\ndata: {data}\n\n")
+}
