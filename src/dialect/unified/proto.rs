@@ -822,7 +822,7 @@ mod tests {
                 at_ms: 0,
                 version: 4,
                 created,
-                type_version: 0,
+                type_version: 4,
             },
             after: after.map(|a| EntityView {
                 exists: true,
@@ -1128,8 +1128,9 @@ mod tests {
         assert_eq!(
             v,
             json!({"type": "change", "change": {"id": 7, "entity": "users", "entity_id": "u1",
-                   "action": "create", "data": {"name": "A", "gone": null}, "version": 4,
-                   "client_id": "alice", "timestamp": "2024-05-01T12:30:00.250Z"}})
+                   "action": "create", "data": {"name": "A", "id": "u1"}, "version": 4,
+                   "client_id": "alice", "created_at": "2024-05-01T12:30:00.250Z",
+                   "timestamp": "2024-05-01T12:30:00.250Z"}})
         );
         let d = committed(Op::Delete, json!({}), false, None);
         let v: Value = serde_json::from_str(render_change(&d).as_str()).unwrap();
@@ -1186,10 +1187,11 @@ mod tests {
             actor: "x".into(),
         });
         e.version = 3;
+        e.type_version = 12;
         e.seq = 9;
         let c = snapshot_change("users", "u1", &e);
-        assert_eq!((c.id, c.action, c.version), (9, ChangeAction::Update, 3));
-        assert_eq!(c.data, Some(json!({"a": 1})));
+        assert_eq!((c.id, c.action, c.version), (9, ChangeAction::Update, 12));
+        assert_eq!(c.data, Some(json!({"a": 1, "id": "u1"})));
         let f = snapshot_fields("users", "u1", &e);
         assert_eq!(f.len(), 1);
         assert_eq!(f[0].timestamp, Timestamp::from_unix_ms(1000));
