@@ -9,6 +9,8 @@ command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 # Headless browser tests (clients/js, tests/ui) drive Debian's Chromium.
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+# The JetStream scale-out tests run real NATS servers (Debian's package).
+command -v nats-server >/dev/null 2>&1 || need+=(nats-server)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq
@@ -31,3 +33,12 @@ node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(
     exit 1
 }
 (cd clients/js && npm ci --no-audit --no-fund --loglevel=error && npm test && npm run test:browser)
+
+# The relay's status page (tests/ui): headless Chromium (installed above)
+# driven by playwright-core, against real relay processes on loopback.
+(cd tests/ui && npm ci --no-audit --no-fund --loglevel=error && npm test)
+
+# The cloud build (feature `jetstream`): the scale-out tests against real
+# nats-server processes on loopback. Bounded (a few minutes); set
+# OUTPOST_JETSTREAM_LONG=1 for the longer soak mode of the cluster test.
+cargo test --locked --features jetstream --test jetstream -- --test-threads=2

@@ -2,6 +2,7 @@
 //! default (see `config/outpost.toml`), CLI flags on top, validated once at
 //! startup into errors that name the key.
 
+use crate::cluster::settings::NatsSettings;
 use crate::schema::{SchemaError, SchemaSet};
 use crate::store::Durability;
 use serde::{Deserialize, Serialize};
@@ -44,6 +45,8 @@ pub struct Config {
     pub webhook: WebhookConfig,
     pub mesh: MeshConfig,
     pub upstream: UpstreamConfig,
+    /// `[cluster]`: a hub tier on a NATS JetStream stream.
+    pub cluster: crate::cluster::settings::ClusterConfig,
     /// Seed 004 forms: name -> JSON Schema file (relative to the config file).
     pub forms: BTreeMap<String, PathBuf>,
     /// Collection schemas enforced on every local push: collection -> file.
@@ -296,6 +299,10 @@ pub struct Settings {
     pub mesh: Option<MeshSettings>,
     /// `[upstream]`: the hub this relay forwards to (None: no upstream).
     pub upstream: Option<UpstreamSettings>,
+    /// `[upstream] nats`: the edge forwards straight into JetStream.
+    pub upstream_nats: Option<NatsSettings>,
+    /// `[cluster] nats`: this relay is one instance of a JetStream hub tier.
+    pub cluster: Option<NatsSettings>,
     /// `[server] tls_cert`/`tls_key`: serve TLS on the listener.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Compiled `[forms]` schemas.
@@ -440,7 +447,18 @@ impl Config {
             &a.jwt_secret_file,
         )?;
         let mesh = self.mesh.validate()?;
-        let upstream = self.upstream.validate()?;
+        let upstream_nats = self.upstream.validate_nats()?;
+        let upstream = match upstream_nats {
+            Some(_) => None,
+            None => self.upstream.validate()?,
+        };
+        let cluster = self.cluster.validate()?;
+        if cluster.is_some() && upstream_nats.is_some() {
+            return Err(invalid(
+                "upstream.nats",
+                "a [cluster] member publishes to the stream itself: drop upstream.nats",
+            ));
+        }
         let tls = server_tls(s)?;
         let anonymous = match a.anonymous {
             Some(x) => x,
@@ -489,6 +507,8 @@ impl Config {
             webhook,
             mesh,
             upstream,
+            upstream_nats,
+            cluster,
             tls,
             forms,
             schemas,
@@ -514,6 +534,7 @@ impl Config {
         if c.upstream.token.is_some() {
             c.upstream.token = Some("<redacted>".into());
         }
+        // Credentials are named by file only (creds_file, token_file).
         toml::to_string(&c).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 }
@@ -637,6 +658,13 @@ pub struct UpstreamConfig {
     pub ca_file: Option<PathBuf>,
     /// Replicate only these spaces, both ways (default: all).
     pub spaces: Option<Vec<String>>,
+    /// Forward into a NATS JetStream stream instead of a hub (`nats://` or
+    /// `tls://` URLs; needs the `jetstream` build). Exclusive with `url`.
+    pub nats: Vec<String>,
+    /// NATS credentials file (with `nats`).
+    pub creds_file: Option<PathBuf>,
+    /// The stream (with `nats`): `[upstream.stream]`, as `[cluster.stream]`.
+    pub stream: crate::cluster::settings::StreamConfig,
 }
 
 /// The validated upstream.
@@ -654,7 +682,91 @@ pub struct UpstreamSettings {
     pub spaces: Option<std::collections::HashSet<String>>,
 }
 
+impl crate::cluster::settings::ClusterConfig {
+    fn validate(&self) -> Result<Option<NatsSettings>, ConfigError> {
+        use crate::cluster::settings::{self as cs, Connection, Role};
+        if self.nats.is_empty() {
+            if self.creds_file.is_some() || self.token_file.is_some() || self.ca_file.is_some() {
+                return Err(invalid("cluster.nats", "set cluster.nats too"));
+            }
+            return Ok(None);
+        }
+        let ack_timeout = match &self.ack_timeout {
+            None => Duration::from_secs(10),
+            Some(t) => parse_duration(t).map_err(|e| invalid("cluster.ack_timeout", e))?,
+        };
+        if ack_timeout.is_zero() {
+            return Err(invalid("cluster.ack_timeout", "must be above 0"));
+        }
+        let c = Connection {
+            servers: &self.nats,
+            creds_file: &self.creds_file,
+            token: None,
+            token_file: &self.token_file,
+            ca_file: &self.ca_file,
+            stream: &self.stream,
+        };
+        cs::validate(
+            c,
+            &cs::CLUSTER_KEYS,
+            Role::Cluster { ack_timeout },
+            None,
+            parse_duration,
+        )
+        .map(Some)
+        .map_err(|(key, reason)| invalid(key, reason))
+    }
+}
+
 impl UpstreamConfig {
+    /// `[upstream] nats`: None unless set.
+    fn validate_nats(&self) -> Result<Option<NatsSettings>, ConfigError> {
+        use crate::cluster::settings::{self as cs, Connection, Role};
+        if self.nats.is_empty() {
+            if self.creds_file.is_some() {
+                return Err(invalid("upstream.nats", "set upstream.nats too"));
+            }
+            return Ok(None);
+        }
+        if self.url.is_some() {
+            return Err(invalid(
+                "upstream.url",
+                "set upstream.url (a hub) or upstream.nats (JetStream), not both",
+            ));
+        }
+        let spaces = self.spaces()?;
+        let c = Connection {
+            servers: &self.nats,
+            creds_file: &self.creds_file,
+            token: self.token.as_ref().map(|t| t.trim().to_string()),
+            token_file: &self.token_file,
+            ca_file: &self.ca_file,
+            stream: &self.stream,
+        };
+        cs::validate(
+            c,
+            &cs::UPSTREAM_KEYS,
+            Role::Upstream,
+            spaces,
+            parse_duration,
+        )
+        .map(Some)
+        .map_err(|(key, reason)| invalid(key, reason))
+    }
+
+    fn spaces(&self) -> Result<Option<std::collections::HashSet<String>>, ConfigError> {
+        match &self.spaces {
+            None => Ok(None),
+            Some(v) => {
+                for s in v {
+                    crate::engine::validate_name("space", s)
+                        .map_err(|e| invalid("upstream.spaces", e.to_string()))?;
+                }
+                Ok(Some(v.iter().cloned().collect()))
+            }
+        }
+    }
+
     fn validate(&self) -> Result<Option<UpstreamSettings>, ConfigError> {
         let Some(url) = self.url.as_deref().map(str::trim).filter(|u| !u.is_empty()) else {
             if self.token.is_some() || self.token_file.is_some() || self.ca_file.is_some() {
@@ -723,16 +835,7 @@ impl UpstreamConfig {
                 Some(read_certs(p).map_err(|e| invalid("upstream.ca_file", e))?)
             }
         };
-        let spaces = match &self.spaces {
-            None => None,
-            Some(v) => {
-                for s in v {
-                    crate::engine::validate_name("space", s)
-                        .map_err(|e| invalid("upstream.spaces", e.to_string()))?;
-                }
-                Some(v.iter().cloned().collect())
-            }
-        };
+        let spaces = self.spaces()?;
         Ok(Some(UpstreamSettings {
             url: url.to_string(),
             tls,

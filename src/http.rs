@@ -123,5 +123,8 @@ async fn metrics(
     if let Some(u) = &state.upstream {
         body.push_str(&u.render_metrics());
     }
+    if let Some(n) = &state.nats {
+        body.push_str(&n.render_metrics());
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

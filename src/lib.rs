@@ -28,6 +28,7 @@
 
 pub mod auth;
 pub mod bench;
+pub mod cluster;
 pub mod config;
 pub mod console;
 pub mod dialect;

@@ -31,6 +31,9 @@ pub enum ServerError {
     Mesh(#[from] crate::mesh::MeshError),
     #[error(transparent)]
     Upstream(#[from] crate::upstream::UpstreamError),
+    #[cfg(feature = "jetstream")]
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::link::LinkError),
     #[error("server failed: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -49,6 +52,8 @@ pub struct AppState {
     pub mesh_addr: Option<SocketAddr>,
     /// The link to the upstream hub, when `[upstream]` is configured.
     pub upstream: Option<Arc<crate::upstream::Upstream>>,
+    /// The JetStream link (`[cluster] nats` or `[upstream] nats`), if any.
+    pub nats: Option<Arc<dyn crate::cluster::Report>>,
     /// The status page's rate samples and caches.
     pub console: Arc<crate::console::Console>,
 }
@@ -99,6 +104,7 @@ pub struct Relay {
     serve: JoinHandle<std::io::Result<()>>,
     mesh: Option<Mesh>,
     upstream: Option<JoinHandle<()>>,
+    nats: Vec<JoinHandle<()>>,
 }
 
 impl Relay {
@@ -127,6 +133,11 @@ impl Relay {
         // Likewise the upstream: the log past its cursor is its queue.
         if settings.upstream.is_some() {
             engine.pin_cursor(crate::upstream::CURSOR);
+        }
+        // And a JetStream link: the log past its publish cursor.
+        let nats_settings = settings.cluster.clone().or(settings.upstream_nats.clone());
+        if let Some(n) = &nats_settings {
+            engine.pin_cursor(n.publish_cursor());
         }
         engine.start_maintenance();
         let listener = tokio::net::TcpListener::bind(settings.listen)
@@ -158,6 +169,7 @@ impl Relay {
             None => None,
         };
         let upstream_task = upstream.as_ref().map(|u| u.start(shutdown.clone()));
+        let (nats, nats_tasks) = start_nats(nats_settings, &engine, &shutdown).await?;
         let console = Arc::new(crate::console::Console::default());
         console.start(&engine);
         let state = Arc::new(AppState {
@@ -169,6 +181,7 @@ impl Relay {
             links,
             mesh_addr: mesh.as_ref().map(|m| m.local_addr),
             upstream,
+            nats,
             console,
         });
         let app = crate::http::router(state.clone());
@@ -206,6 +219,7 @@ impl Relay {
             serve,
             mesh,
             upstream: upstream_task,
+            nats: nats_tasks,
         })
     }
 
@@ -242,6 +256,10 @@ impl Relay {
                 task.abort();
             }
         }
+        // The JetStream link's tasks hold no state beyond their cursors.
+        for t in self.nats {
+            t.abort();
+        }
         if let Some(mesh) = self.mesh {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             mesh.shutdown(left.max(Duration::from_secs(1))).await;
@@ -252,6 +270,33 @@ impl Relay {
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         Ok(())
     }
+}
+
+type NatsLink = (Option<Arc<dyn crate::cluster::Report>>, Vec<JoinHandle<()>>);
+
+/// Start the JetStream link, if configured (config validation refuses the
+/// keys in a build without the `jetstream` feature).
+#[cfg(feature = "jetstream")]
+async fn start_nats(
+    s: Option<crate::cluster::settings::NatsSettings>,
+    engine: &Arc<Engine>,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<NatsLink, ServerError> {
+    let Some(s) = s else {
+        return Ok((None, Vec::new()));
+    };
+    let (link, tasks) =
+        crate::cluster::link::Link::start(s, engine.clone(), shutdown.clone()).await?;
+    Ok((Some(link), tasks))
+}
+
+#[cfg(not(feature = "jetstream"))]
+async fn start_nats(
+    _: Option<crate::cluster::settings::NatsSettings>,
+    _: &Arc<Engine>,
+    _: &watch::Receiver<bool>,
+) -> Result<NatsLink, ServerError> {
+    Ok((None, Vec::new()))
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -1,12 +1,13 @@
-//! The operator console: the status page's live feed
-//! (`/v1/status/stream`) and the admin API behind `outpost status`,
-//! `export`, `import` and `backup`.
+//! The operator console: the live status page (`/ui`, with `/` redirecting
+//! to it), its feed (`/v1/status/stream`), and the admin API behind
+//! `outpost status`, `export`, `import` and `backup`.
 //!
 //! Access (`access.rs`): a token with the admin scope, or none where
 //! anonymous clients may already do as much (read for status and export,
 //! write for import and backup).
 
 pub mod access;
+pub mod assets;
 mod dump;
 pub mod logring;
 pub mod rates;
@@ -30,7 +31,7 @@ pub struct Console {
     spaces: Mutex<Option<(Instant, HashMap<String, crate::engine::SpaceFigures>)>>,
 }
 
-/// How long the per-space entity counts are reused.
+/// How long the per-space entity counts (a key scan) are reused.
 const SPACE_SCAN_EVERY: Duration = Duration::from_secs(5);
 
 impl Console {
@@ -86,13 +87,26 @@ impl Console {
                 .collect();
             *cache = Some((Instant::now(), m));
         }
-        cache.as_ref().map(|(_, m)| m.clone()).unwrap_or_default()
+        let mut out = cache.as_ref().map(|(_, m)| m.clone()).unwrap_or_default();
+        // The last write is a point lookup: always fresh.
+        for (name, f) in out.iter_mut() {
+            if let Ok(t) = engine.last_write_ms(name) {
+                f.last_write_ms = t;
+            }
+        }
+        out
     }
 }
 
 /// The console's routes (merged into the main router).
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
+        .route("/", get(assets::root))
+        .route("/ui", get(assets::index))
+        .route("/ui/", get(assets::index))
+        .route("/ui/app.js", get(assets::script))
+        .route("/ui/app.css", get(assets::style))
+        .route("/ui/icon.svg", get(assets::icon))
         .route("/v1/status/stream", get(status::stream))
         .route("/v1/export", get(dump::export))
         .route("/v1/import", post(dump::import))

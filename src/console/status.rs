@@ -82,10 +82,15 @@ pub fn status_json(state: &AppState) -> Value {
         },
         "peers": state.links.status(),
         "peers_gone": state.links.gone_status(),
-        "upstream": state.upstream.as_ref().map(|u| u.status()),
-        // The hub tier on NATS JetStream (issue 19) reports its stream
-        // position and lag here once it exists; the page shows this key.
-        "jetstream": Value::Null,
+        // An edge's upstream: the WebSocket link, or its JetStream link.
+        "upstream": match (&state.upstream, &state.settings.upstream_nats, &state.nats) {
+            (Some(u), _, _) => Some(u.status()),
+            (None, Some(_), Some(n)) => Some(n.status()),
+            _ => None,
+        },
+        // The JetStream link ([cluster] nats or [upstream] nats): stream
+        // position, lag, reachability (docs/scale-out.md).
+        "jetstream": state.nats.as_ref().map(|n| n.status()),
         "recent_log": super::logring::global().lines(),
     })
 }

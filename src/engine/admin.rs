@@ -68,6 +68,12 @@ impl Engine {
         })
     }
 
+    /// Commit time of the newest change of `space` still in the log (a
+    /// point lookup).
+    pub fn last_write_ms(&self, space: &str) -> Result<Option<u64>, EngineError> {
+        Ok(self.store.last_write_ms(space)?)
+    }
+
     /// Changes written by local clients so far (for rates).
     pub fn counters(&self) -> (u64, u64) {
         (

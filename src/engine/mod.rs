@@ -16,8 +16,8 @@ use crate::metrics::Metrics;
 use crate::model::{Change, NodeId, Op, VersionVector};
 use crate::schema::SchemaSet;
 use crate::store::{
-    Committed, Durability, Job, LocalWrite, LogEntry, Outcome, SnapEntity, Store, StoreError,
-    StoreOptions, StoredEntity,
+    Committed, Durability, Job, LocalWrite, LogEntry, Outcome, OutcomeKind, SnapEntity, Store,
+    StoreError, StoreOptions, StoredEntity,
 };
 use axum::extract::ws::Utf8Bytes;
 use serde_json::Value;
@@ -43,6 +43,10 @@ pub enum EngineError {
     Store(#[from] StoreError),
     #[error("the client went away")]
     ClientGone,
+    /// Clustered: committed here (durable) but JetStream did not ack it in
+    /// time; it is published once JetStream is back.
+    #[error("stored on this hub, but the cluster stream did not acknowledge it within {0:?}; it will be published when JetStream is reachable")]
+    NotReplicated(Duration),
 }
 
 impl EngineError {
@@ -51,7 +55,8 @@ impl EngineError {
         match self {
             EngineError::Invalid(_) | EngineError::Schema { .. } => 400,
             EngineError::Store(StoreError::DiskFull { .. } | StoreError::NoSpace) => 507,
-            EngineError::Store(StoreError::Closed | StoreError::Faulted { .. }) => 503,
+            EngineError::Store(StoreError::Closed | StoreError::Faulted { .. })
+            | EngineError::NotReplicated(_) => 503,
             EngineError::Store(StoreError::PreconditionFailed { .. }) => 409,
             EngineError::Store(_) => 500,
             EngineError::ClientGone => 499,
@@ -140,6 +145,16 @@ pub struct Engine {
     next_eid: AtomicU64,
     merges: tokio::sync::watch::Sender<(u64, u64)>,
     seen_events: Mutex<recent::Recent<(NodeId, u64)>>,
+    /// Set when this relay is a member of a JetStream hub tier.
+    ack_gate: OnceLock<AckGate>,
+}
+
+/// Clustered relays answer a write only once the shared stream holds it:
+/// `replicated` is the local seq up to which every log entry is in the
+/// stream (published and acked by JetStream, or read from it).
+pub struct AckGate {
+    pub replicated: tokio::sync::watch::Receiver<u64>,
+    pub timeout: Duration,
 }
 
 /// How many relays an event may cross after the one it was published at.
@@ -218,6 +233,7 @@ impl Engine {
             next_eid: AtomicU64::new(1),
             merges: tokio::sync::watch::Sender::new((0, 0)),
             seen_events: Mutex::new(recent::Recent::new(4096)),
+            ack_gate: OnceLock::new(),
         }))
     }
 
@@ -391,7 +407,36 @@ impl Engine {
             })
             .await?;
         self.metrics.changes_written.fetch_add(n, Relaxed);
+        self.await_gate(&out).await?;
         Ok(out)
+    }
+
+    /// Make writes wait for the cluster stream (see [`AckGate`]); set once.
+    pub fn set_ack_gate(&self, gate: AckGate) {
+        let _ = self.ack_gate.set(gate);
+    }
+
+    /// With an ack gate: wait until the stream holds these outcomes (a
+    /// duplicate's original entry is somewhere at or below the last seq).
+    async fn await_gate(&self, out: &[Outcome]) -> Result<(), EngineError> {
+        let Some(gate) = self.ack_gate.get() else {
+            return Ok(());
+        };
+        let mut need = out.iter().map(|o| o.seq).max().unwrap_or(0);
+        if out.iter().any(|o| o.kind != OutcomeKind::Applied) {
+            need = need.max(self.last_seq());
+        }
+        let mut rx = gate.replicated.clone();
+        let waited = tokio::time::timeout(gate.timeout, async {
+            rx.wait_for(|r| *r >= need).await.map(|_| ())
+        })
+        .await;
+        match waited {
+            Ok(Ok(())) => Ok(()),
+            // The cluster link stopped (shutdown).
+            Ok(Err(_)) => Err(StoreError::Closed.into()),
+            Err(_) => Err(EngineError::NotReplicated(gate.timeout)),
+        }
     }
 
     /// Refuse writes that would leave an entity breaking its collection's
@@ -447,8 +492,21 @@ impl Engine {
         Ok(())
     }
 
-    /// Apply changes that carry their identity (peers, upstream).
+    /// Apply changes that carry their identity (peers, upstream). With an
+    /// ack gate, answers once the cluster stream holds them.
     pub async fn apply_remote(
+        &self,
+        changes: Vec<Change>,
+        source: Option<u64>,
+    ) -> Result<Vec<Outcome>, EngineError> {
+        let out = self.apply_unreplicated(changes, source).await?;
+        self.await_gate(&out).await?;
+        Ok(out)
+    }
+
+    /// Apply changes read from the cluster stream: they are in it already,
+    /// so no ack gate.
+    pub async fn apply_unreplicated(
         &self,
         changes: Vec<Change>,
         source: Option<u64>,

@@ -2,6 +2,7 @@
 //! WebSocket client. Everything listens on 127.0.0.1 with port 0.
 #![allow(dead_code)]
 
+pub mod nats;
 pub mod replication;
 
 use futures_util::{SinkExt, StreamExt};

@@ -242,7 +242,7 @@ export class Client extends Emitter<ClientEvents> implements SpaceHost {
       // Persist the queued write before anyone else hears of it (writes of
       // one task share one store batch).
       this.persistSoon().then(() => {
-        if (this.isLeader) this.pump();
+        if (this.isLeader) this.pumpSoon();
         else this.tabs?.post({ t: 'w', w });
       });
     });
@@ -598,6 +598,17 @@ export class Client extends Emitter<ClientEvents> implements SpaceHost {
 
   // ---- the queue --------------------------------------------------------------
 
+  private pumping = false;
+  /** One pump for all the writes of a task. */
+  private pumpSoon(): void {
+    if (this.pumping) return;
+    this.pumping = true;
+    queueMicrotask(() => {
+      this.pumping = false;
+      this.pump();
+    });
+  }
+
   /** Send queued writes, in order, batched per space, up to the window. */
   private pump(): void {
     if (!this.ws || !this.node || !this.isLeader) return;
@@ -757,7 +768,7 @@ export class Client extends Emitter<ClientEvents> implements SpaceHost {
         return;
       case 'w':
         this.adopt(m.w);
-        if (this.isLeader) this.pump();
+        if (this.isLeader) this.pumpSoon();
         return;
       case 'ack':
         if (!this.isLeader) this.settled(m.w, m.r);

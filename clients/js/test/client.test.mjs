@@ -201,6 +201,42 @@ test('a reader resumes from its cursor: only the missed changes come again', { t
     assert.equal(r.space('s').list('c').length, 13);
   }));
 
+test('behind the trimmed log horizon the replica is rebuilt from the snapshot', { timeout: 60_000 }, () =>
+  withRelay({ retention: '1s' }, async (relay, open) => {
+    const file = join(tmp, 'snapshot.json');
+    const w = open({ spaces: ['s'] });
+    for (let i = 0; i < 5; i++) await w.space('s').put('c', 'a' + i, { i, keep: true });
+    let r = connect(relay.url, { ...fast, store: new FileStore(file), spaces: ['s'] });
+    await synced(r, 's');
+    await r.close();
+    await w.space('s').delete('c', 'a0');
+    await w.space('s').patch('c', 'a1', { i: 10, keep: null });
+    await w.space('s').put('c', 'b0', { new: true });
+    // A restart runs a retention pass (1 s): the log is trimmed past the reader's cursor.
+    await new Promise((r) => setTimeout(r, 1200));
+    await relay.stop();
+    await relay.start();
+    // The pass runs in the background right after the start.
+    await until(async () => (await relay.metric('outpost_log_entries')) === 0, 10000, 'log trimmed');
+    r = open({ store: new FileStore(file), spaces: ['s'] });
+    const changes = [];
+    r.space('s').on('change', (f) => changes.push(f.id));
+    await synced(r, 's');
+    assert.deepEqual(changes, [], 'nothing left in the log: entity frames only');
+    const docs = r.space('s').list('c').map((d) => [d.id, d.data]);
+    assert.deepEqual(docs, [
+      ['a1', { i: 10 }],
+      ['a2', { i: 2, keep: true }],
+      ['a3', { i: 3, keep: true }],
+      ['a4', { i: 4, keep: true }],
+      ['b0', { new: true }],
+    ]);
+    // Live changes continue on top of the snapshot states.
+    await w.space('s').patch('c', 'a2', { i: 20 });
+    await until(() => r.space('s').get('c', 'a2').i === 20);
+    assert.equal(r.space('s').get('c', 'a2').keep, true);
+  }));
+
 test('connection state is observable and reconnects with backoff', { timeout: 60_000 }, () =>
   withRelay({}, async (relay, open) => {
     const a = open({ spaces: ['s'] });

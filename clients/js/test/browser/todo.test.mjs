@@ -201,3 +201,31 @@ test('three tabs share one socket and survive the leader tab closing', { timeout
     assert.deepEqual(titles, ['Written after the leader left', 'Written in tab 3']);
     assert.equal(await check.evaluate(() => todo.changes.length), 2);
   }));
+
+test('without Web Locks every tab syncs, and replaying the shared queue stays exactly once', { timeout: 90_000 }, () =>
+  withRelay(async (relay, context) => {
+    const observer = await openTodo(await context(), relay);
+    const ctx = await context();
+    await ctx.addInitScript(() => Object.defineProperty(Navigator.prototype, 'locks', { get: () => undefined }));
+    await relay.stop();
+    const t1 = await openTodo(ctx, relay, { online: false });
+    await t1.evaluate(() => {
+      for (let i = 0; i < 20; i++) todo.add(`Queued in tab 1, #${i + 1}`);
+    });
+    await until(async () => (await t1.evaluate(() => todo.client.pending)) === 20);
+    await new Promise((r) => setTimeout(r, 300));
+    // A second tab loads the same queue from IndexedDB: both will send it.
+    const t2 = await openTodo(ctx, relay, { online: false });
+    assert.equal(await t2.evaluate(() => todo.client.pending), 20);
+    assert.deepEqual(await Promise.all([t1, t2].map((t) => t.evaluate(() => todo.client.leader))), [true, true]);
+    await relay.start();
+    for (const t of [t1, t2]) await t.waitForFunction(() => todo.client.pending === 0 && todo.client.state === 'online', null, { timeout: 20000 });
+    // Each tab has its own socket (and the observer one, once its backoff ends).
+    await until(async () => (await relay.metric('outpost_connections')) === 3, 15000, 'three sockets');
+    await t2.evaluate(() => todo.add('Written in tab 2'));
+    await until(async () => (await items(t1)).length === 21 && (await items(observer)).length === 21, 10000, 'all converge');
+    await new Promise((r) => setTimeout(r, 500));
+    assert.equal(await observer.evaluate(() => todo.changes.length), 21, 'each write applied once');
+    assert.deepEqual(strip(await items(t1)), strip(await items(observer)));
+    assert.deepEqual(strip(await items(t2)), strip(await items(observer)));
+  }));

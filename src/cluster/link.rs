@@ -1,0 +1,842 @@
+//! The NATS side of a cluster member or a NATS upstream: connect, check or
+//! create the stream, then two tasks:
+//!
+//! - the publisher reads the local log past its durable cursor, in order,
+//!   and publishes each change (pipelined, up to `PAGE` in flight) with
+//!   `Nats-Msg-Id` = its identity; the cursor moves only over acked
+//!   messages, and a cluster member's writers are answered through the
+//!   engine's ack gate only once the cursor passed their seq;
+//! - the consumer reads the stream with an ordered consumer from its own
+//!   durable position (a cursor in redb) and merges what others published
+//!   through `Engine::apply_unreplicated` (identity dedup, as for peers).
+//!
+//! What the consumer merged is in the stream already: its identities go in
+//! `from_stream`, and the publisher skips them instead of publishing them
+//! again. (After a crash that set is empty, so the few entries merged just
+//! before it are published again: JetStream drops them inside the
+//! duplicate window, and the engine drops any that outlive it.)
+
+use super::pending::Pending;
+use super::settings::{NatsAuth, NatsSettings, Role};
+use super::wire;
+use crate::engine::{now_ms, AckGate, Engine};
+use crate::model::{Change, NodeId};
+use crate::replicate::backoff::{jitter_seed, Backoff};
+use crate::store::OutcomeKind;
+use async_nats::jetstream::{self, consumer, stream};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+
+/// Changes published or merged per round.
+const PAGE: usize = 256;
+/// How long startup waits for JetStream before serving anyway (an
+/// unreachable cluster is retried in the background; an incompatible
+/// stream refuses to start).
+const STARTUP_WAIT: Duration = Duration::from_secs(10);
+/// JetStream API requests and publish acks.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on identities merged from the stream and not yet passed by the
+/// publisher: past it the consumer waits for the publisher.
+const MAX_FROM_STREAM: usize = 100_000;
+/// Bound on changes waiting for a predecessor (see `pending`).
+const MAX_PENDING: usize = 10_000;
+const MAX_PENDING_BYTES: usize = 64 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("NATS stream {name}: {reason}")]
+    Incompatible { name: String, reason: String },
+    #[error("NATS: {0}")]
+    Connect(String),
+}
+
+/// Counters for status and metrics.
+#[derive(Default)]
+struct Stats {
+    /// The stream's first and last seq, as last seen.
+    stream_first: AtomicU64,
+    stream_last: AtomicU64,
+    /// The last successful JetStream API answer (ms since the epoch).
+    last_contact: AtomicU64,
+    stream_ok: AtomicBool,
+    /// Read up to here; durable position (below a waiting gap) saved.
+    read: AtomicU64,
+    position: AtomicU64,
+    published: AtomicU64,
+    publish_duplicates: AtomicU64,
+    publish_failures: AtomicU64,
+    consumed: AtomicU64,
+    merged: AtomicU64,
+    merge_duplicates: AtomicU64,
+    refused: AtomicU64,
+    pending: AtomicU64,
+    pending_dropped: AtomicU64,
+}
+
+pub struct Link {
+    s: NatsSettings,
+    engine: Arc<Engine>,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    node: NodeId,
+    from_stream: Mutex<HashSet<(NodeId, u64)>>,
+    /// Local seq up to which the stream holds every log entry.
+    replicated: watch::Sender<u64>,
+    ready: watch::Sender<bool>,
+    stats: Stats,
+    last_error: Mutex<Option<String>>,
+    /// Wakes the consumer when the publisher drained `from_stream`.
+    drained: Notify,
+}
+
+impl Link {
+    /// Connect, check the stream (waiting up to `STARTUP_WAIT`), set the
+    /// ack gate of a cluster member, and start the tasks.
+    pub async fn start(
+        s: NatsSettings,
+        engine: Arc<Engine>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<(Arc<Link>, Vec<JoinHandle<()>>), LinkError> {
+        let node = engine.node_id();
+        let mut opts = async_nats::ConnectOptions::new()
+            .name(format!("outpost {node}"))
+            .connection_timeout(Duration::from_secs(5))
+            .retry_on_initial_connect()
+            .max_reconnects(None);
+        match &s.auth {
+            NatsAuth::None => {}
+            NatsAuth::Token(t) => opts = opts.token(t.clone()),
+            NatsAuth::Creds(p) => {
+                opts = opts
+                    .credentials_file(p)
+                    .await
+                    .map_err(|e| LinkError::Connect(format!("{}: {e}", p.display())))?
+            }
+        }
+        if let Some(ca) = &s.ca_file {
+            opts = opts.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        let client = async_nats::connect_with_options(s.servers.clone(), opts)
+            .await
+            .map_err(|e| LinkError::Connect(e.to_string()))?;
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(REQUEST_TIMEOUT);
+        let cursor = engine.cursor(s.publish_cursor()).unwrap_or(0);
+        let position = engine.cursor(s.consume_cursor()).unwrap_or(0);
+        let link = Arc::new(Link {
+            engine: engine.clone(),
+            client,
+            js,
+            node,
+            from_stream: Mutex::new(HashSet::new()),
+            replicated: watch::Sender::new(cursor),
+            ready: watch::Sender::new(false),
+            stats: Stats::default(),
+            last_error: Mutex::new(None),
+            drained: Notify::new(),
+            s,
+        });
+        link.stats.position.store(position, Relaxed);
+        link.stats.read.store(position, Relaxed);
+        match tokio::time::timeout(STARTUP_WAIT, link.ensure_stream()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e @ LinkError::Incompatible { .. })) => return Err(e),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "JetStream not reachable yet; serving, retrying in the background");
+                link.set_error(Some(e.to_string()));
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "JetStream not reachable within 10 s; serving, retrying in the background"
+                );
+                link.set_error(Some("JetStream not reachable yet".into()));
+            }
+        }
+        if let Role::Cluster { ack_timeout } = link.s.role {
+            engine.set_ack_gate(AckGate {
+                replicated: link.replicated.subscribe(),
+                timeout: ack_timeout,
+            });
+        }
+        let tasks = vec![
+            tokio::spawn(link.clone().ready_loop(shutdown.clone())),
+            tokio::spawn(link.clone().publish_loop(shutdown.clone())),
+            tokio::spawn(link.clone().consume_loop(shutdown)),
+        ];
+        Ok((link, tasks))
+    }
+
+    fn set_error(&self, e: Option<String>) {
+        if let Ok(mut l) = self.last_error.lock() {
+            *l = e;
+        }
+    }
+
+    fn fail(&self, what: &str, e: impl std::fmt::Display) {
+        let msg = format!("{what}: {e}");
+        tracing::warn!(stream = %self.s.stream.name, error = %msg, "JetStream link");
+        self.set_error(Some(msg));
+    }
+
+    fn wants(&self, space: &str) -> bool {
+        self.s.spaces.as_ref().is_none_or(|s| s.contains(space))
+    }
+
+    fn stream_config(&self) -> stream::Config {
+        let st = &self.s.stream;
+        stream::Config {
+            name: st.name.clone(),
+            subjects: vec![wire::filter(&st.subject_prefix, None)],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            discard: stream::DiscardPolicy::Old,
+            num_replicas: st.replicas,
+            max_age: st.max_age.unwrap_or(Duration::ZERO),
+            max_bytes: st.max_bytes.map_or(-1, |b| b as i64),
+            max_messages: -1,
+            max_messages_per_subject: -1,
+            duplicate_window: st.duplicate_window,
+            description: Some("outpost changes: one message per change".into()),
+            ..Default::default()
+        }
+    }
+
+    /// Create the stream if it is missing; refuse one whose settings differ.
+    async fn ensure_stream(&self) -> Result<(), LinkError> {
+        let want = self.stream_config();
+        let info = match self.js.get_stream(&want.name).await {
+            Ok(mut st) => st
+                .info()
+                .await
+                .map_err(|e| LinkError::Connect(e.to_string()))?
+                .clone(),
+            Err(e) if is_not_found(&e) => match self.js.create_stream(want.clone()).await {
+                Ok(mut st) => {
+                    tracing::info!(stream = %want.name, replicas = want.num_replicas, "created the JetStream stream");
+                    st.info()
+                        .await
+                        .map_err(|e| LinkError::Connect(e.to_string()))?
+                        .clone()
+                }
+                Err(e) => {
+                    // Another instance may have created it meanwhile.
+                    let mut st = self.js.get_stream(&want.name).await.map_err(|_| {
+                        LinkError::Connect(format!("creating stream {}: {e}", want.name))
+                    })?;
+                    st.info()
+                        .await
+                        .map_err(|e| LinkError::Connect(e.to_string()))?
+                        .clone()
+                }
+            },
+            Err(e) => return Err(LinkError::Connect(e.to_string())),
+        };
+        let differences = compare(&want, &info.config);
+        if !differences.is_empty() {
+            return Err(LinkError::Incompatible {
+                name: want.name,
+                reason: format!(
+                    "exists with settings this relay cannot share ({}): change the stream (nats stream edit) or [cluster.stream]/[upstream.stream] to match",
+                    differences.join("; ")
+                ),
+            });
+        }
+        self.note_state(&info.state);
+        self.ready.send_replace(true);
+        Ok(())
+    }
+
+    fn note_state(&self, st: &stream::State) {
+        self.stats.stream_first.store(st.first_sequence, Relaxed);
+        self.stats.stream_last.fetch_max(st.last_sequence, Relaxed);
+        self.stats.last_contact.store(now_ms(), Relaxed);
+        self.stats.stream_ok.store(true, Relaxed);
+    }
+
+    /// Until the stream is checked, retry; then refresh its state every 2 s
+    /// (for lag and reachability).
+    async fn ready_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+        loop {
+            let wait = if !*self.ready.borrow() {
+                match self.ensure_stream().await {
+                    Ok(()) => {
+                        self.set_error(None);
+                        backoff.reset();
+                        Duration::from_secs(2)
+                    }
+                    Err(e @ LinkError::Incompatible { .. }) => {
+                        // Refused at runtime (it was unreachable at startup):
+                        // stay stopped and say why.
+                        tracing::error!(error = %e, "JetStream stream incompatible");
+                        self.set_error(Some(e.to_string()));
+                        Duration::from_secs(30)
+                    }
+                    Err(e) => {
+                        self.stats.stream_ok.store(false, Relaxed);
+                        self.set_error(Some(e.to_string()));
+                        backoff.next(jitter_seed())
+                    }
+                }
+            } else {
+                match self.js.get_stream(&self.s.stream.name).await {
+                    Ok(st) => self.note_state(&st.cached_info().state),
+                    Err(_) => self.stats.stream_ok.store(false, Relaxed),
+                }
+                Duration::from_secs(2)
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    async fn wait_ready(&self, shutdown: &mut watch::Receiver<bool>) -> bool {
+        let mut ready = self.ready.subscribe();
+        tokio::select! {
+            r = ready.wait_for(|r| *r) => r.is_ok(),
+            _ = shutdown.wait_for(|s| *s) => false,
+        }
+    }
+
+    async fn publish_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        if !self.wait_ready(&mut shutdown).await {
+            return;
+        }
+        let mut commits = self.engine.watch_commits();
+        let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
+        let mut done = *self.replicated.borrow();
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let page = match self.engine.log_after(done, PAGE) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.fail("reading the log", e);
+                    Vec::new()
+                }
+            };
+            if page.is_empty() {
+                commits.borrow_and_update();
+                if self.engine.last_seq() > done {
+                    continue;
+                }
+                tokio::select! {
+                    _ = commits.changed() => {}
+                    _ = shutdown.wait_for(|s| *s) => return,
+                }
+                continue;
+            }
+            let (reached, err) = self.publish_page(page).await;
+            if reached > done {
+                done = reached;
+                self.replicated.send_replace(done);
+                self.drained.notify_waiters();
+                if let Err(e) = self.engine.set_cursor(self.s.publish_cursor(), done).await {
+                    self.fail("saving the publish cursor", e);
+                }
+            }
+            if let Some(e) = err {
+                self.stats.publish_failures.fetch_add(1, Relaxed);
+                self.fail("publishing", e);
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff.next(jitter_seed())) => {}
+                    _ = shutdown.wait_for(|s| *s) => return,
+                }
+            } else {
+                backoff.reset();
+            }
+        }
+    }
+
+    /// Publish a page in order, pipelined: returns the seq up to which
+    /// everything is in the stream, and the first failure.
+    async fn publish_page(
+        &self,
+        page: Vec<(u64, crate::store::LogEntry)>,
+    ) -> (u64, Option<String>) {
+        let mut acks = Vec::with_capacity(page.len());
+        let mut err = None;
+        for (seq, e) in page {
+            let c = e.change;
+            let known = self
+                .from_stream
+                .lock()
+                .map(|mut s| s.remove(&(c.origin, c.seq)))
+                .unwrap_or(false);
+            if known || !self.wants(&c.space) {
+                acks.push((seq, Err((c.origin, c.seq, known))));
+                continue;
+            }
+            match self.send(&c).await {
+                Ok(f) => acks.push((seq, Ok(f))),
+                Err(e) => {
+                    err = Some(e);
+                    break;
+                }
+            }
+        }
+        let mut reached = 0;
+        let mut failed = false;
+        for (seq, ack) in acks {
+            match ack {
+                // Skipped: in the stream already, or not ours to forward.
+                // After a failure, a skipped identity is kept for the retry.
+                Err((origin, oseq, known)) => {
+                    if failed {
+                        if known {
+                            if let Ok(mut s) = self.from_stream.lock() {
+                                s.insert((origin, oseq));
+                            }
+                        }
+                    } else {
+                        reached = seq;
+                    }
+                }
+                Ok(_) if failed => {}
+                Ok(f) => match f.await {
+                    Ok(ack) => {
+                        reached = seq;
+                        if ack.duplicate {
+                            self.stats.publish_duplicates.fetch_add(1, Relaxed);
+                        } else {
+                            self.stats.published.fetch_add(1, Relaxed);
+                        }
+                        self.stats.stream_last.fetch_max(ack.sequence, Relaxed);
+                    }
+                    Err(e) => {
+                        failed = true;
+                        err.get_or_insert(e.to_string());
+                    }
+                },
+            }
+        }
+        if err.is_none() {
+            self.set_error(None);
+        }
+        (reached, err)
+    }
+
+    async fn send(&self, c: &Change) -> Result<jetstream::context::PublishAckFuture, String> {
+        let payload = wire::encode(c).map_err(|e| e.to_string())?;
+        let msg = jetstream::message::PublishMessage::build()
+            .payload(payload.into())
+            .message_id(wire::msg_id(c.origin, c.seq))
+            .header(wire::PUBLISHER_HEADER, self.node.to_string().as_str());
+        self.js
+            .send_publish(wire::subject(&self.s.stream.subject_prefix, &c.space), msg)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn consume_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
+        let mut pending = Pending::new(MAX_PENDING, MAX_PENDING_BYTES);
+        loop {
+            if !self.wait_ready(&mut shutdown).await {
+                return;
+            }
+            let started = now_ms();
+            match self.consume(&mut pending, &mut shutdown).await {
+                Ok(()) => return,
+                Err(e) => self.fail("reading the stream", e),
+            }
+            if now_ms().saturating_sub(started) > 10_000 {
+                backoff.reset();
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff.next(jitter_seed())) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    /// Read from the durable position until shutdown (Ok) or a failure.
+    async fn consume(
+        &self,
+        pending: &mut Pending,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), String> {
+        let name = &self.s.stream.name;
+        let mut stream = self.js.get_stream(name).await.map_err(|e| e.to_string())?;
+        let state = stream
+            .info()
+            .await
+            .map_err(|e| e.to_string())?
+            .state
+            .clone();
+        self.note_state(&state);
+        let mut pos = self
+            .engine
+            .cursor(self.s.consume_cursor())
+            .map_err(|e| e.to_string())?;
+        // Pending changes are read again from the saved position.
+        pending.take();
+        if pos > state.last_sequence {
+            // Another stream by the same name (recreated): start over; what
+            // is held already merges as duplicates.
+            tracing::warn!(
+                position = pos,
+                last = state.last_sequence,
+                "the stream is behind this relay's position: reading it from the start"
+            );
+            pos = 0;
+        }
+        if pos + 1 < state.first_sequence {
+            tracing::warn!(
+                position = pos,
+                first = state.first_sequence,
+                "the stream no longer holds messages after this relay's position (max_age/max_bytes): seed this relay from a peer's snapshot ([mesh]) for what was trimmed"
+            );
+        }
+        let only = match &self.s.spaces {
+            Some(s) if s.len() == 1 => s.iter().next().map(String::as_str),
+            _ => None,
+        };
+        let cfg = consumer::pull::OrderedConfig {
+            filter_subject: wire::filter(&self.s.stream.subject_prefix, only),
+            deliver_policy: if pos == 0 {
+                consumer::DeliverPolicy::All
+            } else {
+                consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: pos + 1,
+                }
+            },
+            ..Default::default()
+        };
+        let consumer = stream
+            .create_consumer(cfg)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| e.to_string())?
+            .ready_chunks(PAGE);
+        self.set_error(None);
+        loop {
+            // Backpressure: the publisher has not passed what was merged.
+            while self.from_stream.lock().map(|s| s.len()).unwrap_or(0) > MAX_FROM_STREAM {
+                tokio::select! {
+                    _ = self.drained.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = shutdown.wait_for(|s| *s) => return Ok(()),
+                }
+            }
+            let batch = tokio::select! {
+                b = messages.next() => b,
+                _ = shutdown.wait_for(|s| *s) => return Ok(()),
+            };
+            let Some(batch) = batch else {
+                return Err("the consumer ended".into());
+            };
+            let mut read = self.stats.read.load(Relaxed);
+            let mut fresh = Vec::with_capacity(batch.len());
+            for m in batch {
+                let m = m.map_err(|e| e.to_string())?;
+                let info = m.info().map_err(|e| e.to_string())?;
+                let at = info.stream_sequence;
+                read = read.max(at);
+                // What the consumer still has to deliver: the lag.
+                self.stats.stream_last.fetch_max(at + info.pending, Relaxed);
+                self.stats.consumed.fetch_add(1, Relaxed);
+                let mine = m
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(wire::PUBLISHER_HEADER))
+                    .is_some_and(|v| v.as_str() == self.node.to_string());
+                if mine {
+                    continue; // published from this relay's own log
+                }
+                let change = match wire::decode(&m.payload) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        self.stats.refused.fetch_add(1, Relaxed);
+                        tracing::warn!(seq = at, error = %e, "skipping a stream message");
+                        continue;
+                    }
+                };
+                if let Err(e) = crate::engine::validate_change(&self.engine.limits, &change) {
+                    self.stats.refused.fetch_add(1, Relaxed);
+                    tracing::warn!(seq = at, error = %e, "skipping an invalid change from the stream");
+                    continue;
+                }
+                if self.wants(&change.space) {
+                    fresh.push((at, change, m.payload.len()));
+                }
+            }
+            let mut batch = pending.take();
+            batch.extend(fresh);
+            if !batch.is_empty() {
+                self.merge(batch, pending).await?;
+            }
+            self.stats.pending.store(pending.len() as u64, Relaxed);
+            self.stats.pending_dropped.store(pending.dropped, Relaxed);
+            self.stats.read.store(read, Relaxed);
+            let position = pending.position(read);
+            if position != pos {
+                self.engine
+                    .set_cursor(self.s.consume_cursor(), position)
+                    .await
+                    .map_err(|e| format!("saving the stream position: {e}"))?;
+                pos = position;
+                self.stats.position.store(pos, Relaxed);
+            }
+        }
+    }
+
+    /// Merge changes read from the stream; gaps wait in `pending`.
+    async fn merge(
+        &self,
+        batch: Vec<(u64, Change, usize)>,
+        pending: &mut Pending,
+    ) -> Result<(), String> {
+        let ids: Vec<(NodeId, u64)> = batch.iter().map(|(_, c, _)| (c.origin, c.seq)).collect();
+        if let Ok(mut s) = self.from_stream.lock() {
+            s.extend(ids.iter().copied());
+        }
+        let changes: Vec<Change> = batch.iter().map(|(_, c, _)| c.clone()).collect();
+        let outcomes = match self.engine.apply_unreplicated(changes, None).await {
+            Ok(o) => o,
+            Err(e) => {
+                if let Ok(mut s) = self.from_stream.lock() {
+                    for id in &ids {
+                        s.remove(id);
+                    }
+                }
+                return Err(format!("merging: {e}"));
+            }
+        };
+        let mut unneeded = Vec::new();
+        for ((at, change, size), o) in batch.into_iter().zip(outcomes) {
+            match o.kind {
+                OutcomeKind::Applied => {
+                    self.stats.merged.fetch_add(1, Relaxed);
+                }
+                OutcomeKind::Duplicate => {
+                    self.stats.merge_duplicates.fetch_add(1, Relaxed);
+                    unneeded.push((change.origin, change.seq));
+                }
+                OutcomeKind::Gap => {
+                    unneeded.push((change.origin, change.seq));
+                    pending.push(at, change, size);
+                }
+            }
+        }
+        if let Ok(mut s) = self.from_stream.lock() {
+            for id in &unneeded {
+                s.remove(id);
+            }
+        }
+        Ok(())
+    }
+
+    fn reachable(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+            && self.stats.stream_ok.load(Relaxed)
+    }
+
+    /// (log entries not yet in the stream, lag behind the stream).
+    fn backlog(&self) -> (u64, u64) {
+        let published = *self.replicated.borrow();
+        let waiting = self.engine.last_seq().saturating_sub(published);
+        let lag = self
+            .stats
+            .stream_last
+            .load(Relaxed)
+            .saturating_sub(self.stats.read.load(Relaxed));
+        (waiting, lag)
+    }
+}
+
+impl super::Report for Link {
+    fn status(&self) -> Value {
+        let st = &self.stats;
+        let (waiting, lag) = self.backlog();
+        let contact = st.last_contact.load(Relaxed);
+        json!({
+            "transport": "nats",
+            "servers": self.s.servers,
+            "connected": self.reachable(),
+            "role": match self.s.role { Role::Cluster { .. } => "cluster", Role::Upstream => "upstream" },
+            "stream": {
+                "name": self.s.stream.name,
+                "subject_prefix": self.s.stream.subject_prefix,
+                "replicas": self.s.stream.replicas,
+                "first_seq": st.stream_first.load(Relaxed),
+                "last_seq": st.stream_last.load(Relaxed),
+            },
+            "position": st.position.load(Relaxed),
+            "read": st.read.load(Relaxed),
+            "lag": lag,
+            "published_seq": *self.replicated.borrow(),
+            "changes_waiting": waiting,
+            "published": st.published.load(Relaxed),
+            "merged": st.merged.load(Relaxed),
+            "pending_gaps": st.pending.load(Relaxed),
+            "last_contact_ms": (contact != 0).then_some(contact),
+            "last_error": self.last_error.lock().ok().and_then(|e| e.clone()),
+        })
+    }
+
+    fn render_metrics(&self) -> String {
+        let st = &self.stats;
+        let (waiting, lag) = self.backlog();
+        let g = |a: &AtomicU64| a.load(Relaxed) as f64;
+        let series: [(&str, &str, &str, f64); 13] = [
+            (
+                "outpost_jetstream_reachable",
+                "gauge",
+                "1 while the NATS connection is up and the stream answers",
+                u8::from(self.reachable()) as f64,
+            ),
+            (
+                "outpost_jetstream_stream_last_seq",
+                "gauge",
+                "last sequence of the stream, as last seen",
+                g(&st.stream_last),
+            ),
+            (
+                "outpost_jetstream_position",
+                "gauge",
+                "durable position of this relay in the stream",
+                g(&st.position),
+            ),
+            (
+                "outpost_jetstream_lag",
+                "gauge",
+                "stream messages this relay has not read yet",
+                lag as f64,
+            ),
+            (
+                "outpost_jetstream_published_seq",
+                "gauge",
+                "local seq up to which the stream holds every log entry",
+                *self.replicated.borrow() as f64,
+            ),
+            (
+                "outpost_jetstream_backlog",
+                "gauge",
+                "local log entries not yet acknowledged by JetStream",
+                waiting as f64,
+            ),
+            (
+                "outpost_jetstream_published_total",
+                "counter",
+                "changes published to the stream",
+                g(&st.published),
+            ),
+            (
+                "outpost_jetstream_publish_duplicates_total",
+                "counter",
+                "publishes JetStream dropped as duplicates (Nats-Msg-Id)",
+                g(&st.publish_duplicates),
+            ),
+            (
+                "outpost_jetstream_publish_failures_total",
+                "counter",
+                "publish rounds that failed (retried)",
+                g(&st.publish_failures),
+            ),
+            (
+                "outpost_jetstream_consumed_total",
+                "counter",
+                "stream messages read",
+                g(&st.consumed),
+            ),
+            (
+                "outpost_jetstream_merged_total",
+                "counter",
+                "changes from the stream merged here",
+                g(&st.merged),
+            ),
+            (
+                "outpost_jetstream_refused_total",
+                "counter",
+                "stream messages refused (undecodable or invalid)",
+                g(&st.refused),
+            ),
+            (
+                "outpost_jetstream_pending_gaps",
+                "gauge",
+                "changes read ahead of a predecessor, waiting",
+                g(&st.pending),
+            ),
+        ];
+        let mut out = String::new();
+        for (name, kind, help, v) in series {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
+            ));
+        }
+        out
+    }
+}
+
+fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {
+    match e.kind() {
+        jetstream::context::GetStreamErrorKind::JetStream(j) => {
+            j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+        }
+        _ => false,
+    }
+}
+
+/// What differs between the wanted and the existing stream, in a form an
+/// operator can act on.
+fn compare(want: &stream::Config, have: &stream::Config) -> Vec<String> {
+    let mut d = Vec::new();
+    let subject = &want.subjects[0];
+    if !have.subjects.iter().any(|s| s == subject || s == ">") {
+        d.push(format!(
+            "subjects {:?} do not include {subject:?}",
+            have.subjects
+        ));
+    }
+    if have.retention != want.retention {
+        d.push(format!("retention {:?}, not limits", have.retention));
+    }
+    if have.storage != want.storage {
+        d.push(format!("storage {:?}, not file", have.storage));
+    }
+    if have.num_replicas != want.num_replicas {
+        d.push(format!(
+            "replicas {}, config says {}",
+            have.num_replicas, want.num_replicas
+        ));
+    }
+    if have.max_age != want.max_age {
+        d.push(format!(
+            "max_age {:?}, config says {:?} (0 = forever)",
+            have.max_age, want.max_age
+        ));
+    }
+    if have.duplicate_window != want.duplicate_window {
+        d.push(format!(
+            "duplicate_window {:?}, config says {:?}",
+            have.duplicate_window, want.duplicate_window
+        ));
+    }
+    let bytes = |b: i64| if b <= 0 { -1 } else { b };
+    if bytes(have.max_bytes) != bytes(want.max_bytes) {
+        d.push(format!(
+            "max_bytes {}, config says {} (-1 = unbounded)",
+            have.max_bytes, want.max_bytes
+        ));
+    }
+    if have.no_ack {
+        d.push("no_ack is set: publishes would not be acknowledged".into());
+    }
+    if have.sealed {
+        d.push("sealed: it takes no new messages".into());
+    }
+    d
+}

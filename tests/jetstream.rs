@@ -1,0 +1,321 @@
+//! Scale-out on NATS JetStream (issue 19) with real `nats-server` and relay
+//! processes on loopback: hub instances share one stream, each merging what
+//! the others wrote; writes are acked after JetStream holds them; a stream
+//! with other settings refuses the start.
+#![cfg(feature = "jetstream")]
+
+mod common;
+
+use common::nats::Nats;
+use common::replication::*;
+use common::*;
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// One relay process with its own data dir and config file.
+struct Node {
+    proc: Option<Proc>,
+    _dir: tempfile::TempDir,
+    cfg: PathBuf,
+    data: PathBuf,
+    http: SocketAddr,
+}
+
+impl Node {
+    fn new(config: &str) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("outpost.toml");
+        std::fs::write(&cfg, config).unwrap();
+        let data = dir.path().join("data");
+        Node {
+            proc: None,
+            cfg,
+            data,
+            http: "127.0.0.1:0".parse().unwrap(),
+            _dir: dir,
+        }
+    }
+
+    /// A hub instance of the tier on `nats`'s stream.
+    fn hub(nats: &Nats, replicas: usize, extra: &str) -> Node {
+        Node::new(&format!(
+            "[auth]\njwt_secret = \"{SECRET}\"\nanonymous = \"write\"\n\
+             [cluster]\nnats = {}\nack_timeout = \"30s\"\n{extra}\n\
+             [cluster.stream]\nreplicas = {replicas}\n",
+            nats.toml_urls()
+        ))
+    }
+
+    fn args(&self) -> Vec<String> {
+        [
+            "serve",
+            "--config",
+            self.cfg.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            self.data.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    fn run(mut self) -> Node {
+        self.start();
+        self
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill9();
+        }
+    }
+
+    fn start(&mut self) {
+        let args = self.args();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let p = Proc::spawn(&args);
+        self.http = p.addr;
+        self.proc = Some(p);
+    }
+}
+
+async fn cluster_status(addr: SocketAddr) -> Value {
+    status(addr).await["jetstream"].clone()
+}
+
+async fn metric(addr: SocketAddr, name: &str) -> f64 {
+    let (_, body) = http_get(addr, "/metrics").await;
+    body.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {body}"))
+}
+
+/// Poll `check` every 100 ms until it holds (panics after `secs`).
+async fn wait_until<F, Fut>(secs: u64, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hub_instances_share_one_stream() {
+    let nats = Nats::start(1);
+    let a = Node::hub(&nats, 1, "").run();
+    let b = Node::hub(&nats, 1, "").run();
+    for n in [&a, &b] {
+        let st = cluster_status(n.http).await;
+        assert_eq!(st["connected"], true, "{st}");
+        assert_eq!(st["stream"]["name"], "OUTPOST", "{st}");
+    }
+    // Acked writes are in the stream already: the ack waited for JetStream.
+    let wa = writes("a", 150, "a");
+    write_all(a.http, &wa).await;
+    let st = cluster_status(a.http).await;
+    assert_eq!(st["changes_waiting"], 0, "{st}");
+    assert!(st["stream"]["last_seq"].as_u64().unwrap() >= 150, "{st}");
+    let wb = writes("b", 150, "b");
+    write_all(b.http, &wb).await;
+    converge(&[a.http, b.http], 300, &ids(&[&wa, &wb])).await;
+    // Each instance read the whole stream; nothing was published twice.
+    for n in [&a, &b] {
+        wait_until(20, "lag 0", || async {
+            cluster_status(n.http).await["lag"] == 0
+        })
+        .await;
+        let st = cluster_status(n.http).await;
+        assert_eq!(st["position"], 300, "{st}");
+        assert_eq!(st["stream"]["last_seq"], 300, "{st}");
+        assert_eq!(st["merged"], 150, "{st}");
+        assert_eq!(metric(n.http, "outpost_jetstream_reachable").await, 1.0);
+        assert_eq!(metric(n.http, "outpost_jetstream_lag").await, 0.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incompatible_stream_refuses_the_start() {
+    let nats = Nats::start(1);
+    // The first instance creates the stream with a 2 minute window.
+    let a = Node::hub(&nats, 1, "").run();
+    assert_eq!(cluster_status(a.http).await["connected"], true);
+    let b = Node::new(&format!(
+        "[cluster]\nnats = {}\n[cluster.stream]\nreplicas = 1\nduplicate_window = \"5m\"\n",
+        nats.toml_urls()
+    ));
+    let args = b.args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, _, err) = run_cli(&args);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("NATS stream OUTPOST") && err.contains("duplicate_window"),
+        "{err}"
+    );
+}
+
+/// An edge site forwarding to a hub instance over `/ws/replicate`.
+fn ws_site(hub: SocketAddr) -> String {
+    let t = token("site", outpost::auth::Scope::Admin, None);
+    format!("[upstream]\nurl = \"ws://{hub}/ws/replicate\"\ntoken = \"{t}\"\n")
+}
+
+/// How many writes each writer makes per phase (more with
+/// OUTPOST_JETSTREAM_LONG=1).
+fn per_phase() -> usize {
+    if std::env::var_os("OUTPOST_JETSTREAM_LONG").is_some() {
+        2000
+    } else {
+        120
+    }
+}
+
+async fn wait_connected(n: &Node) {
+    wait_until(60, "the cluster link up", || async {
+        cluster_status(n.http).await["connected"] == true
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nats_nodes_three_hubs_two_sites_with_kills_and_a_move() {
+    let w = per_phase();
+    let mut nats = Nats::start(3);
+    let mut hubs: Vec<Node> = (0..3).map(|_| Node::hub(&nats, 3, "").run()).collect();
+    for h in &hubs {
+        wait_connected(h).await;
+    }
+    let mut site1 = Node::new(&ws_site(hubs[0].http)).run();
+    let site2 = Node::new(&ws_site(hubs[1].http)).run();
+    let mut all: Vec<Vec<(String, Value)>> = Vec::new();
+
+    // Phase 1: every hub instance and every site writes at once.
+    let p1: Vec<_> = ["ha", "hb", "hc", "s1", "s2"]
+        .iter()
+        .map(|p| writes(&format!("{p}-1-"), w, p))
+        .collect();
+    let targets = [
+        hubs[0].http,
+        hubs[1].http,
+        hubs[2].http,
+        site1.http,
+        site2.http,
+    ];
+    let mut tasks = Vec::new();
+    for (addr, ws) in targets.iter().zip(p1.iter()) {
+        let (addr, ws) = (*addr, ws.clone());
+        tasks.push(tokio::spawn(async move { write_all(addr, &ws).await }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    all.extend(p1);
+
+    // Phase 2: writes go on at A, B and both sites while one NATS node and
+    // hub C are SIGKILLed; both come back mid-run.
+    let p2: Vec<_> = ["ha", "hb", "s1", "s2"]
+        .iter()
+        .map(|p| writes(&format!("{p}-2-"), w, p))
+        .collect();
+    let targets = [hubs[0].http, hubs[1].http, site1.http, site2.http];
+    let mut tasks = Vec::new();
+    for (addr, ws) in targets.iter().zip(p2.iter()) {
+        let (addr, ws) = (*addr, ws.clone());
+        tasks.push(tokio::spawn(async move { write_all(addr, &ws).await }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    nats.kill9(1);
+    hubs[2].kill9();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    nats.start_node(1);
+    hubs[2].start();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    all.extend(p2);
+    wait_connected(&hubs[2]).await;
+
+    // Phase 3: site 1 moves from hub A to hub B (hard stop, new config),
+    // and hub C writes again.
+    site1.kill9();
+    std::fs::write(&site1.cfg, ws_site(hubs[1].http)).unwrap();
+    site1.start();
+    let p3: Vec<_> = ["s1", "hc"]
+        .iter()
+        .map(|p| writes(&format!("{p}-3-"), w, p))
+        .collect();
+    write_all(site1.http, &p3[0]).await;
+    write_all(hubs[2].http, &p3[1]).await;
+    all.extend(p3);
+
+    let total: usize = all.iter().map(Vec::len).sum();
+    let refs: Vec<&[(String, Value)]> = all.iter().map(Vec::as_slice).collect();
+    let addrs = [
+        hubs[0].http,
+        hubs[1].http,
+        hubs[2].http,
+        site1.http,
+        site2.http,
+    ];
+    // Identical state everywhere, every change exactly once in every log.
+    converge(&addrs, total as u64, &ids(&refs)).await;
+    for h in &hubs {
+        wait_until(30, "lag 0", || async {
+            cluster_status(h.http).await["lag"] == 0
+        })
+        .await;
+        let st = cluster_status(h.http).await;
+        assert_eq!(st["changes_waiting"], 0, "{st}");
+        assert_eq!(st["pending_gaps"], 0, "{st}");
+    }
+}
+
+/// `[upstream] nats`: an edge forwards straight into JetStream. While NATS
+/// is down it acks on its own fsync and keeps the backlog on disk (through
+/// a SIGKILL); when NATS is up it forwards everything exactly once and
+/// receives what a hub instance wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_upstream_edge_with_nats_down_then_up() {
+    let mut nats = Nats::configure(1);
+    let edge_cfg = format!(
+        "[upstream]\nnats = {}\n[upstream.stream]\nreplicas = 1\n",
+        nats.toml_urls()
+    );
+    let mut edge = Node::new(&edge_cfg).run();
+    let w1 = writes("e1-", 200, "edge");
+    write_all(edge.http, &w1).await;
+    let up = status(edge.http).await["upstream"].clone();
+    assert_eq!(up["transport"], "nats", "{up}");
+    assert_eq!(up["connected"], false, "{up}");
+    assert_eq!(up["changes_waiting"], 200, "{up}");
+    assert!(up["last_error"].is_string(), "{up}");
+
+    edge.kill9();
+    edge.start();
+    let w2 = writes("e2-", 50, "edge");
+    write_all(edge.http, &w2).await;
+    assert_eq!(status(edge.http).await["upstream"]["changes_waiting"], 250);
+
+    nats.start_node(0);
+    let hub = Node::hub(&nats, 1, "").run();
+    wait_connected(&hub).await;
+    let wh = writes("h-", 50, "hub");
+    write_all(hub.http, &wh).await;
+    converge(&[edge.http, hub.http], 300, &ids(&[&w1, &w2, &wh])).await;
+    wait_until(30, "edge backlog drained", || async {
+        status(edge.http).await["upstream"]["changes_waiting"] == 0
+    })
+    .await;
+    let st = cluster_status(hub.http).await;
+    assert_eq!(st["merged"], 250, "{st}");
+}
