@@ -71,7 +71,10 @@ async fn all_dialects_see_an_atome_created_over_atome_sync() {
     assert_eq!(log["entity"], "atome");
     assert_eq!(log["entity_id"], "x1");
     assert_eq!(log["action"], "create");
-    assert_eq!(log["data"], json!({"id": "x1", "kind": "shape", "data": {"w": 10}}));
+    assert_eq!(
+        log["data"],
+        json!({"id": "x1", "kind": "shape", "data": {"w": 10}})
+    );
 
     // The writer is not echoed.
     assert_eq!(writer.try_recv(Duration::from_millis(300)).await, None);
