@@ -31,6 +31,16 @@ if [ ! -x "$bin" ]; then
     chmod 755 "$root/usr/bin/outpost"
 fi
 
+# Documentation=man:outpost(1): verify runs man(1) on it, so give man the
+# page the package installs (generated from the clap definition), unless
+# it is installed already.
+if ! man -w outpost >/dev/null 2>&1; then
+    mkdir -p "$root/man/man1"
+    cargo run --locked --quiet --example gen-docs -- "$root/gen-docs" >/dev/null 2>&1
+    cp "$root"/gen-docs/man/*.1 "$root/man/man1/"
+    export MANPATH="$root/man"
+fi
+
 echo "== systemd-analyze verify"
 out=$(systemd-analyze verify --root="$root" /etc/systemd/system/outpost.service 2>&1 || true)
 if [ -n "$out" ]; then

@@ -14,7 +14,8 @@
 #    armv7: the unit tests under qemu-user, and the smoke test
 #    (tests/smoke.rs: start, serve, push, receive, restart) run against the
 #    static armv7 release binary.
-# 4. Builds the arm64 .deb (static binary) and lists it with dpkg-deb -c.
+# 4. Builds the arm64 .deb (static binary, man pages and completions from
+#    examples/gen-docs.rs) and lists it with dpkg-deb -c.
 #
 # Not part of .ci/run: too slow. Cross artifacts go to $CROSS_TARGET_DIR
 # (default: target-cross/, kept apart from the host's target/).
@@ -156,12 +157,18 @@ OUTPOST_SMOKE_BIN="${BIN[armv7-unknown-linux-musleabihf]}" CARGO_TARGET_DIR="$HO
 
 step "arm64 .deb"
 command -v cargo-deb >/dev/null || cargo install cargo-deb --locked
+# The man pages and shell completions the package installs, generated from
+# the clap definition (a host build of the example).
+CARGO_TARGET_DIR="$HOST_TARGET_DIR" cargo run --locked --quiet --example gen-docs -- gen-docs
 cargo deb --no-build --no-strip --target aarch64-unknown-linux-musl
 deb=$(ls -t "$CARGO_TARGET_DIR"/aarch64-unknown-linux-musl/debian/outpost_*_arm64.deb | head -1)
 dpkg-deb -I "$deb" | sed -n '/Package:/,$p'
 dpkg-deb -c "$deb"
 contents=$(dpkg-deb -c "$deb")
-for want in ./usr/bin/outpost ./lib/systemd/system/outpost.service ./etc/outpost/outpost.toml; do
+for want in ./usr/bin/outpost ./lib/systemd/system/outpost.service ./etc/outpost/outpost.toml \
+    ./usr/share/man/man1/outpost.1 ./usr/share/man/man1/outpost-status.1 \
+    ./usr/share/bash-completion/completions/outpost ./usr/share/zsh/vendor-completions/_outpost \
+    ./usr/share/fish/vendor_completions.d/outpost.fish; do
     grep -q " $want\$" <<<"$contents" || { echo "FAIL: $want missing from $deb" >&2; exit 1; }
 done
 ctrl=$(mktemp -d)

@@ -65,8 +65,25 @@ pub struct Config {
 pub struct Server {
     /// HTTP + WebSocket listen address.
     pub listen: String,
-    /// Connections beyond this are refused with HTTP 503.
+    /// Open TCP connections (any stage) beyond this are refused with HTTP 503.
     pub max_connections: usize,
+    /// Connections not yet past their first HTTP request (TLS handshake,
+    /// headers); beyond this new ones are refused with 503.
+    pub max_handshakes: usize,
+    /// Open connections from one IP address (IPv6: one /64).
+    pub max_connections_per_ip: usize,
+    /// Handshakes in flight from one IP address (IPv6: one /64).
+    pub max_handshakes_per_ip: usize,
+    /// TLS handshake, and each request's headers, must arrive within this.
+    pub header_timeout: String,
+    /// A whole HTTP request (body and handler; not a WebSocket after its
+    /// upgrade) must finish within this.
+    pub request_timeout: String,
+    /// A client that accepts no bytes for this long is disconnected.
+    pub write_timeout: String,
+    /// WebSocket: nothing heard (no message, no pong) for this long closes
+    /// the connection; a ping goes out after half of it in silence.
+    pub idle_timeout: String,
     /// Largest accepted WebSocket message; larger ones get error 413.
     pub max_frame_bytes: usize,
     /// Per-connection outbound queue (messages). A subscriber that falls
@@ -94,6 +111,13 @@ impl Default for Server {
         Server {
             listen: "127.0.0.1:7070".into(),
             max_connections: 4096,
+            max_handshakes: 1024,
+            max_connections_per_ip: 1024,
+            max_handshakes_per_ip: 64,
+            header_timeout: "5s".into(),
+            request_timeout: "30s".into(),
+            write_timeout: "30s".into(),
+            idle_timeout: "60s".into(),
             max_frame_bytes: 1 << 20,
             queue_depth: 1024,
             queue_mb: 16,
@@ -279,6 +303,13 @@ pub enum LogFormat {
 pub struct Settings {
     pub listen: SocketAddr,
     pub max_connections: usize,
+    pub max_handshakes: usize,
+    pub max_connections_per_ip: usize,
+    pub max_handshakes_per_ip: usize,
+    pub header_timeout: Duration,
+    pub request_timeout: Duration,
+    pub write_timeout: Duration,
+    pub idle_timeout: Duration,
     pub max_frame_bytes: usize,
     pub queue_depth: usize,
     /// `server.queue_mb` in bytes.
@@ -347,6 +378,16 @@ impl Config {
         // Keys written with a value other than their default (a key set to
         // its default changes nothing either way, as in the shipped file).
         let defaults = toml::Table::try_from(Config::default()).unwrap_or_default();
+        // A sub-table (`[cluster.stream]`) counts only for what it sets.
+        fn differs(v: &toml::Value, d: Option<&toml::Value>) -> bool {
+            match (v, d) {
+                (toml::Value::Table(t), Some(toml::Value::Table(dt))) => {
+                    t.iter().any(|(k, v)| differs(v, dt.get(k)))
+                }
+                (toml::Value::Table(t), None) => !t.is_empty(),
+                (v, d) => Some(v) != d,
+            }
+        }
         let keys = |section: &str, except: &[&str]| -> Vec<String> {
             let dflt = defaults.get(section).and_then(|v| v.as_table());
             raw.get(section)
@@ -354,7 +395,7 @@ impl Config {
                 .map(|t| {
                     t.iter()
                         .filter(|(k, _)| !except.contains(&k.as_str()))
-                        .filter(|(k, v)| dflt.and_then(|d| d.get(k.as_str())) != Some(v))
+                        .filter(|(k, v)| differs(v, dflt.and_then(|d| d.get(k.as_str()))))
                         .map(|(k, _)| format!("{section}.{k}"))
                         .collect()
                 })
@@ -376,11 +417,18 @@ impl Config {
                 webhook.join(", ")
             ));
         }
-        let upstream = keys("upstream", &["url"]);
-        if !url_set(&self.upstream.url) && !upstream.is_empty() {
+        let upstream = keys("upstream", &["url", "nats"]);
+        if !url_set(&self.upstream.url) && self.upstream.nats.is_empty() && !upstream.is_empty() {
             out.push(format!(
-                "[upstream] sets {} but no `url`: there is no upstream and these settings are ignored",
+                "[upstream] sets {} but neither `url` nor `nats`: there is no upstream and these settings are ignored",
                 upstream.join(", ")
+            ));
+        }
+        let cluster = keys("cluster", &["nats"]);
+        if self.cluster.nats.is_empty() && !cluster.is_empty() {
+            out.push(format!(
+                "[cluster] sets {} but no `nats` servers: this relay is not clustered and these settings are ignored",
+                cluster.join(", ")
             ));
         }
         out
@@ -396,6 +444,25 @@ impl Config {
             )
         })?;
         in_range("server.max_connections", s.max_connections, 1, 1_000_000)?;
+        in_range("server.max_handshakes", s.max_handshakes, 1, 1_000_000)?;
+        in_range(
+            "server.max_connections_per_ip",
+            s.max_connections_per_ip,
+            1,
+            1_000_000,
+        )?;
+        in_range(
+            "server.max_handshakes_per_ip",
+            s.max_handshakes_per_ip,
+            1,
+            1_000_000,
+        )?;
+        let second = Duration::from_secs(1);
+        let (ms, hour) = (Duration::from_millis(100), Duration::from_secs(3600));
+        let header_timeout = duration_in("server.header_timeout", &s.header_timeout, ms, hour)?;
+        let request_timeout = duration_in("server.request_timeout", &s.request_timeout, ms, hour)?;
+        let write_timeout = duration_in("server.write_timeout", &s.write_timeout, second, hour)?;
+        let idle_timeout = duration_in("server.idle_timeout", &s.idle_timeout, second, hour)?;
         in_range("server.max_frame_bytes", s.max_frame_bytes, 1024, 64 << 20)?;
         in_range("server.queue_depth", s.queue_depth, 16, 1 << 20)?;
         in_range("server.queue_mb", s.queue_mb, 1, 4096)?;
@@ -490,6 +557,13 @@ impl Config {
         let mut settings = Settings {
             listen,
             max_connections: s.max_connections,
+            max_handshakes: s.max_handshakes,
+            max_connections_per_ip: s.max_connections_per_ip,
+            max_handshakes_per_ip: s.max_handshakes_per_ip,
+            header_timeout,
+            request_timeout,
+            write_timeout,
+            idle_timeout,
             max_frame_bytes: s.max_frame_bytes,
             queue_depth: s.queue_depth,
             max_queue_bytes: (s.queue_mb as usize).saturating_mul(1 << 20),
@@ -1129,6 +1203,24 @@ mod tests {
         }
         let ok = "[log]\nlevel = \"outpost=debug,warn\"\n[storage]\nmin_free_mb = 0\n";
         Config::parse(ok, "t").unwrap().validate().unwrap();
+    }
+
+    #[test]
+    fn settings_without_their_switch_are_warned_about() {
+        let c = Config::parse(
+            "[upstream]\nspaces = [\"a\"]\n[cluster]\nack_timeout = \"5s\"\n[mesh]\nmdns = true\n",
+            "t",
+        )
+        .unwrap();
+        let w = c.warnings();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].starts_with("[upstream] sets upstream.spaces"), "{w:?}");
+        assert!(
+            w[1].starts_with("[cluster] sets cluster.ack_timeout"),
+            "{w:?}"
+        );
+        // mdns = true is the default: nothing to say about [mesh].
+        assert!(Config::default().warnings().is_empty());
     }
 
     #[test]

@@ -119,6 +119,7 @@ async fn metrics(
         ),
     ];
     let mut body = e.metrics.render(&extra);
+    body.push_str(&state.net.render());
     body.push_str(&state.links.render_metrics());
     if let Some(u) = &state.upstream {
         body.push_str(&u.render_metrics());

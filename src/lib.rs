@@ -1,8 +1,12 @@
 //! outpost: an edge sync relay.
 //!
 //! Module map (outside in):
+//! - [`cli`]: the command line's definition (clap), shared with the man
+//!   page and shell completion generators.
 //! - [`config`]: the TOML file, validated into [`config::Settings`].
 //! - [`server`]: binds the listener, runs the HTTP router, handles shutdown.
+//! - [`net`]: the accept loop (plain or TLS): admission limits, timeouts on
+//!   every stage, descriptor limits, write timeouts.
 //! - [`http`]: the axum router: health, metrics, status, and the dialect routes.
 //! - [`console`]: the live status page, its feed, and the admin API behind
 //!   `outpost status`, `export`, `import` and `backup`.
@@ -14,7 +18,6 @@
 //!   version vectors, sessions over any transport), used by the mesh.
 //! - [`upstream`]: store-and-forward from an edge to its hub over WebSocket
 //!   (the `replicate` protocol), and the hub's `/ws/replicate` endpoint.
-//! - [`tls`]: TLS on the HTTP listener (`[server] tls_cert`, `tls_key`).
 //! - [`engine`]: apply, subscribe (catch-up then live), fan-out, events.
 //! - [`store`]: redb tables and the group-commit writer thread.
 //! - [`model`]: stamps, changes, entity state and its CRDT merge (pure).
@@ -28,6 +31,7 @@
 
 pub mod auth;
 pub mod bench;
+pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod console;
@@ -38,6 +42,7 @@ pub mod memory;
 pub mod mesh;
 pub mod metrics;
 pub mod model;
+pub mod net;
 pub mod notify;
 pub mod ops;
 pub mod replicate;
@@ -45,7 +50,6 @@ pub mod rfc3339;
 pub mod schema;
 pub mod server;
 pub mod store;
-pub mod tls;
 pub mod upstream;
 
 /// The relay's version, reported in welcome messages and status.

@@ -36,6 +36,12 @@ pub enum ServerError {
     Cluster(#[from] crate::cluster::link::LinkError),
     #[error("server failed: {0}")]
     Io(#[from] std::io::Error),
+    #[error(
+        "the file descriptor limit ({nofile}) leaves room for fewer than {} connections; \
+         raise it (ulimit -n, LimitNOFILE=)",
+        crate::net::nofile::MIN_CONNECTIONS
+    )]
+    Descriptors { nofile: u64 },
 }
 
 /// Everything a handler needs, shared by all connections.
@@ -52,6 +58,8 @@ pub struct AppState {
     pub mesh_addr: Option<SocketAddr>,
     /// The link to the upstream hub, when `[upstream]` is configured.
     pub upstream: Option<Arc<crate::upstream::Upstream>>,
+    /// Counters of the connection layer (admission, timeouts).
+    pub net: Arc<crate::net::stats::NetStats>,
     /// The JetStream link (`[cluster] nats` or `[upstream] nats`), if any.
     pub nats: Option<Arc<dyn crate::cluster::Report>>,
     /// The status page's rate samples and caches.
@@ -140,6 +148,24 @@ impl Relay {
             engine.pin_cursor(n.publish_cursor());
         }
         engine.start_maintenance();
+        // Every connection is a descriptor: fit the connection limit under
+        // RLIMIT_NOFILE (raised to its hard limit first).
+        let nofile = crate::net::nofile::raise();
+        match crate::net::nofile::fit(settings.max_connections, nofile) {
+            Ok(n) if n < settings.max_connections => {
+                tracing::warn!(
+                    configured = settings.max_connections,
+                    using = n,
+                    nofile,
+                    reserve = crate::net::nofile::RESERVE,
+                    "server.max_connections does not fit the file descriptor limit; \
+                     clamped (raise LimitNOFILE= or the hard limit to serve more)"
+                );
+                settings.max_connections = n;
+            }
+            Ok(_) => {}
+            Err(nofile) => return Err(ServerError::Descriptors { nofile }),
+        }
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
             .map_err(|source| ServerError::Bind {
@@ -181,37 +207,30 @@ impl Relay {
             links,
             mesh_addr: mesh.as_ref().map(|m| m.local_addr),
             upstream,
+            net: Arc::new(crate::net::stats::NetStats::default()),
             nats,
             console,
         });
         let app = crate::http::router(state.clone());
-        let mut rx = state.shutdown.clone();
-        let serve = match state.settings.tls.clone() {
-            None => tokio::spawn(async move {
-                use axum::serve::ListenerExt;
-                // Without it a small frame written right after another
-                // (an ack, then the change it caused) waits for the
-                // client's delayed ACK: about 40 ms per push.
-                let listener = listener.tap_io(|tcp| {
-                    let _ = tcp.set_nodelay(true);
-                });
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async move {
-                        let _ = rx.wait_for(|s| *s).await;
-                    })
-                    .await
-            }),
-            Some(tls) => {
-                let listener = crate::tls::TlsListener::new(listener, tls, state.shutdown.clone())?;
-                tokio::spawn(async move {
-                    axum::serve(listener, app)
-                        .with_graceful_shutdown(async move {
-                            let _ = rx.wait_for(|s| *s).await;
-                        })
-                        .await
-                })
-            }
-        };
+        let st = &state.settings;
+        let serve = crate::net::spawn(
+            listener,
+            app,
+            crate::net::ListenerConfig {
+                limits: crate::net::admission::Limits {
+                    connections: st.max_connections,
+                    handshakes: st.max_handshakes.min(st.max_connections),
+                    connections_per_ip: st.max_connections_per_ip,
+                    handshakes_per_ip: st.max_handshakes_per_ip,
+                },
+                header_timeout: st.header_timeout,
+                request_timeout: st.request_timeout,
+                write_timeout: st.write_timeout,
+                tls: st.tls.clone(),
+            },
+            state.net.clone(),
+            state.shutdown.clone(),
+        );
         Ok(Relay {
             addr,
             state,

@@ -681,3 +681,48 @@ async fn a_revision_that_lost_to_a_relay_concurrent_one_is_a_conflict_until_reso
     );
     relay.shutdown().await.unwrap();
 }
+
+/// Bug: an upload with version 18446744073709551615 was accepted and the
+/// next upload got version 2 (`+ 1` wrapped; with overflow checks, a panic).
+/// Versions that cannot grow are refused with a clear error.
+#[tokio::test]
+async fn a_version_that_cannot_grow_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start(config(dir.path())).await;
+    let mut a = Client::connect(relay.addr, "/ws/config").await;
+    for v in [u64::MAX, 1 << 53] {
+        let r = ask(&mut a, upload("alice", "A", v, 0, HASH_A, &["x"])).await;
+        shape(&r, "upload-config-response", UPLOAD_RESPONSE);
+        assert_eq!(
+            (r["success"].clone(), r["error"].clone()),
+            (json!(false), json!("invalid-request")),
+            "version {v}"
+        );
+    }
+    let r = ask(&mut a, resolve("alice", "A", u64::MAX)).await;
+    assert_eq!(r["success"], false, "{r}");
+    // Nothing was stored: the next upload is version 1, and versions grow.
+    let r = ask(&mut a, upload("alice", "A", 1, 0, HASH_A, &["x"])).await;
+    assert_eq!(
+        (r["success"].clone(), r["newVersion"].clone()),
+        (json!(true), json!(1))
+    );
+    let big = (1u64 << 53) - 2;
+    let r = ask(&mut a, upload("alice", "A", big, 1, HASH_B, &["x"])).await;
+    assert_eq!(
+        (r["success"].clone(), r["newVersion"].clone()),
+        (json!(true), json!(big))
+    );
+    let r = ask(&mut a, upload("alice", "A", 0, big, HASH_A, &["y"])).await;
+    assert_eq!(
+        (r["success"].clone(), r["newVersion"].clone()),
+        (json!(true), json!(big + 1))
+    );
+    // At the limit: refused, not wrapped.
+    let r = ask(&mut a, upload("alice", "A", 0, big + 1, HASH_B, &["z"])).await;
+    assert_eq!(
+        (r["success"].clone(), r["error"].clone()),
+        (json!(false), json!("invalid-request"))
+    );
+    relay.shutdown().await.unwrap();
+}

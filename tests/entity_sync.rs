@@ -894,3 +894,68 @@ async fn a_lagging_subscriber_catches_up_from_the_log() {
     );
     relay.shutdown().await.unwrap();
 }
+
+/// Bug: the schema check read the entity before the write was queued, so
+/// a concurrent write could change it in between: a patch checked against
+/// a live contact was applied after a delete and brought back a contact
+/// without its required email. The check now runs inside the writer's
+/// transaction. (The writer is held so both writes are queued first.)
+#[tokio::test]
+async fn a_schema_check_sees_writes_queued_before_it() {
+    use outpost::model::Op;
+    use outpost::store::LocalWrite;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&dir.path().join("data"));
+    let p = write_schema(
+        dir.path(),
+        "contacts.json",
+        json!({"type": "object", "required": ["email"],
+               "properties": {"email": {"type": "string"}, "age": {"type": "integer"}}}),
+    );
+    cfg.schemas.insert("contacts".into(), p);
+    let relay = start(cfg).await;
+    let engine = relay.state.engine.clone();
+    let w = |op: Op, fields: Value| LocalWrite {
+        collection: "contacts".into(),
+        id: "c1".into(),
+        op,
+        fields: serde_json::from_value(fields).unwrap(),
+        client_us: None,
+        expect: None,
+    };
+    engine
+        .push(
+            "s",
+            "t",
+            None,
+            vec![w(Op::Put, json!({"email": "a@b.example"}))],
+        )
+        .await
+        .unwrap();
+    let hold = engine.hold_writer().await.unwrap();
+    let delete = engine
+        .queue_push("s", "t", None, vec![w(Op::Delete, json!({}))], vec![])
+        .await
+        .unwrap();
+    let patch = engine
+        .queue_push(
+            "s",
+            "t",
+            None,
+            vec![w(Op::Patch, json!({"age": 3}))],
+            vec![],
+        )
+        .await
+        .unwrap();
+    drop(hold);
+    delete.wait().await.unwrap();
+    let e = patch
+        .wait()
+        .await
+        .expect_err("the patch would leave no email");
+    assert_eq!(e.code(), 400, "{e}");
+    assert!(e.to_string().contains("email"), "{e}");
+    let c1 = engine.entity("s", "contacts", "c1").unwrap().unwrap();
+    assert!(!c1.state.exists(), "the contact stays deleted");
+    relay.shutdown().await.unwrap();
+}

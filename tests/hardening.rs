@@ -94,7 +94,9 @@ async fn invalid_utf8_closes_with_1007_on_every_endpoint() {
 
 /// A writer subscribed to the space it writes gets an ack and its change
 /// back per push: two small frames in a row, the second of which Nagle
-/// holds until the client's delayed ACK (about 40 ms) without TCP_NODELAY.
+/// holds until the client's delayed ACK (at least 40 ms) without TCP_NODELAY.
+/// Measured: median 49 ms without it; with it about 1 ms on a quiet machine
+/// and 11 ms at a load average of 19 on two cores, hence the 30 ms bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscribed_writer_does_not_wait_for_delayed_acks() {
     let dir = tempfile::tempdir().unwrap();
@@ -128,7 +130,7 @@ async fn a_subscribed_writer_does_not_wait_for_delayed_acks() {
         took.last().unwrap()
     );
     assert!(
-        median < Duration::from_millis(20),
+        median < Duration::from_millis(30),
         "median round trip {median:?}: Nagle and delayed ACKs (no TCP_NODELAY?)"
     );
     relay.shutdown().await.unwrap();
@@ -156,4 +158,170 @@ fn check_config_names_out_of_range_keys_and_bad_log_filters() {
         assert_eq!(code, 1, "{text}: {err}");
         assert!(err.contains(&format!("`{key}`")), "{text}: {err}");
     }
+}
+
+/// Read until the server closes; returns the close code (None: no close
+/// frame) and how many pings came first.
+async fn close_code(c: &mut Client) -> (Option<u16>, usize) {
+    let mut pings = 0;
+    let code = tokio::time::timeout(WAIT, async {
+        while let Some(m) = c.ws.next().await {
+            match m {
+                Ok(Message::Ping(_)) => pings += 1,
+                Ok(Message::Close(f)) => return f.map(|f| u16::from(f.code)),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+        None
+    })
+    .await
+    .expect("closed in time");
+    (code, pings)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_websockets_close_after_the_idle_timeout_and_answering_ones_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.server.idle_timeout = "2s".into();
+    let relay = start(cfg).await;
+    // One of each dialect loop: native, seed 003, seed 004, seeds 000-002.
+    let paths = ["/ws", "/v1/sync/w", "/api/ws?space=s", "/ws/sync?space=s"];
+    let mut silent = Vec::new();
+    let mut live = Vec::new();
+    for p in paths {
+        silent.push(Client::connect(relay.addr, p).await);
+        live.push(Client::connect(relay.addr, p).await);
+    }
+    // The live ones keep reading (their library answers the relay's pings).
+    let readers = live.into_iter().map(|mut c| async move {
+        let mut pings = 0;
+        let _ = tokio::time::timeout(Duration::from_millis(3500), async {
+            while let Some(Ok(m)) = c.ws.next().await {
+                if matches!(m, Message::Ping(_)) {
+                    pings += 1;
+                }
+            }
+        })
+        .await;
+        (c, pings)
+    });
+    let live = futures_util::future::join_all(readers).await;
+    for ((_, pings), p) in live.iter().zip(paths) {
+        assert!(*pings >= 1, "{p}: no keepalive ping in 3.5 s");
+    }
+    // The silent ones answered nothing: closed with 1001 after a ping.
+    for (mut c, p) in silent.into_iter().zip(paths) {
+        let (code, pings) = close_code(&mut c).await;
+        assert_eq!(code, Some(1001), "{p}");
+        assert!(pings >= 1, "{p}: closed without a ping first");
+    }
+    // The live ones are still served.
+    let (mut native, _) = live.into_iter().next().unwrap();
+    let ack = native.put("s", "k", json!({"alive": true})).await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    let m = http_get(relay.addr, "/metrics").await.1;
+    assert!(m.contains("outpost_idle_timeouts_total 4\n"), "{m}");
+    relay.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_request_whose_body_never_comes_gets_408() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.server.request_timeout = "500ms".into();
+    let relay = start(cfg).await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
+    s.write_all(
+        b"POST /api/atome/create?space=s HTTP/1.1\r\nHost: r\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"kind\":",
+    )
+    .await
+    .unwrap();
+    let t = Instant::now();
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
+        .await
+        .expect("answered in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(t.elapsed() < Duration::from_secs(3));
+    let m = http_get(relay.addr, "/metrics").await.1;
+    assert!(m.contains("outpost_request_timeouts_total 1\n"), "{m}");
+    relay.shutdown().await.unwrap();
+}
+
+/// The TLS listener bounds its stages the same way: a connection that never
+/// starts its TLS handshake, and one that finishes it but sends half a
+/// request, are both closed after `server.header_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_handshakes_and_headers_are_bounded_by_the_header_timeout() {
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    let mut cfg = config(dir.path());
+    cfg.server.tls_cert = Some(cert);
+    cfg.server.tls_key = Some(key);
+    cfg.server.header_timeout = "1s".into();
+    let relay = start(cfg).await;
+    let addr = relay.addr;
+
+    let connector = {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(made.cert.der().clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let c = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tokio_rustls::TlsConnector::from(Arc::new(c))
+    };
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let started = Instant::now();
+    // Silent: TCP only, no ClientHello.
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // Half a request inside TLS.
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut half = connector.connect(name.clone(), tcp).await.unwrap();
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: r\r\n")
+        .await
+        .unwrap();
+    half.flush().await.unwrap();
+
+    let mut buf = Vec::new();
+    let r = tokio::time::timeout(WAIT, silent.read_to_end(&mut buf)).await;
+    assert!(
+        matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+        "the silent connection was not closed: {r:?}"
+    );
+    let mut buf = Vec::new();
+    let r = tokio::time::timeout(WAIT, half.read_to_end(&mut buf)).await;
+    assert!(r.is_ok(), "the half request was not closed");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "closed after {took:?}, header_timeout is 1 s"
+    );
+
+    // A complete request over TLS is served.
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut ok = connector.connect(name, tcp).await.unwrap();
+    ok.write_all(b"GET /healthz HTTP/1.1\r\nHost: r\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(WAIT, ok.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with("ok\n"), "{text}");
+    let m = relay.state.net.render();
+    assert!(m.contains("outpost_header_timeouts_total 2\n"), "{m}");
+    relay.shutdown().await.unwrap();
 }

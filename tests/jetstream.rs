@@ -164,6 +164,32 @@ async fn an_incompatible_stream_refuses_the_start() {
     );
 }
 
+/// As `write_all`, but an ack may take up to a minute: while a NATS node
+/// is killed the stream elects a new leader and the client reconnects, and
+/// acks wait for JetStream (that wait is the guarantee under test).
+async fn write_all_patient(addr: SocketAddr, writes: &[(String, Value)]) {
+    let mut c = Client::native(addr).await;
+    for chunk in writes.chunks(100) {
+        let changes: Vec<_> = chunk
+            .iter()
+            .map(|(id, f)| serde_json::json!({"collection": "notes", "id": id, "op": "patch", "fields": f}))
+            .collect();
+        c.send(serde_json::json!({"type": "push", "rid": 1, "space": "s", "changes": changes}))
+            .await;
+        loop {
+            let f = c
+                .try_recv(Duration::from_secs(60))
+                .await
+                .expect("an ack within a minute");
+            if f["type"] == "ack" {
+                assert_eq!(f["results"].as_array().unwrap().len(), chunk.len(), "{f}");
+                break;
+            }
+            assert_ne!(f["type"], "error", "{f}");
+        }
+    }
+}
+
 /// An edge site forwarding to a hub instance over `/ws/replicate`.
 fn ws_site(hub: SocketAddr) -> String {
     let t = token("site", outpost::auth::Scope::Admin, None);
@@ -231,7 +257,9 @@ async fn three_nats_nodes_three_hubs_two_sites_with_kills_and_a_move() {
     let mut tasks = Vec::new();
     for (addr, ws) in targets.iter().zip(p2.iter()) {
         let (addr, ws) = (*addr, ws.clone());
-        tasks.push(tokio::spawn(async move { write_all(addr, &ws).await }));
+        tasks.push(tokio::spawn(
+            async move { write_all_patient(addr, &ws).await },
+        ));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     nats.kill9(1);
@@ -254,8 +282,8 @@ async fn three_nats_nodes_three_hubs_two_sites_with_kills_and_a_move() {
         .iter()
         .map(|p| writes(&format!("{p}-3-"), w, p))
         .collect();
-    write_all(site1.http, &p3[0]).await;
-    write_all(hubs[2].http, &p3[1]).await;
+    write_all_patient(site1.http, &p3[0]).await;
+    write_all_patient(hubs[2].http, &p3[1]).await;
     all.extend(p3);
 
     let total: usize = all.iter().map(Vec::len).sum();
@@ -318,4 +346,80 @@ async fn nats_upstream_edge_with_nats_down_then_up() {
     .await;
     let st = cluster_status(hub.http).await;
     assert_eq!(st["merged"], 250, "{st}");
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, as PEM files
+/// in `dir`: (ca, cert, key).
+fn ca_and_server_cert(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let issuer = rcgen::CertifiedIssuer::self_signed(ca, ca_key).unwrap();
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&paths.0, issuer.pem()).unwrap();
+    std::fs::write(&paths.1, cert.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    paths
+}
+
+/// TLS verified against `ca_file`, and a token from `token_file`: two
+/// instances share the stream; a wrong token never reaches it (the relay
+/// serves, reports JetStream unreachable with the server's error, and
+/// answers its writers 503 after `ack_timeout`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_ca_file_and_a_token_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = ca_and_server_cert(dir.path());
+    let token = dir.path().join("nats.token");
+    std::fs::write(&token, "s3cret-token-0123456789\n").unwrap();
+    let wrong = dir.path().join("wrong.token");
+    std::fs::write(&wrong, "not-the-token\n").unwrap();
+    let mut nats = Nats::configure_with(
+        1,
+        &format!(
+            "tls {{ cert_file: \"{}\", key_file: \"{}\" }}\nauthorization {{ token: \"s3cret-token-0123456789\" }}",
+            cert.display(),
+            key.display()
+        ),
+    );
+    nats.start_node(0);
+    let url = format!("[\"tls://127.0.0.1:{}\"]", nats.nodes[0].port);
+    let hub = |token: &std::path::Path, timeout: &str| {
+        Node::new(&format!(
+            "[cluster]\nnats = {url}\ntoken_file = \"{}\"\nca_file = \"{}\"\nack_timeout = \"{timeout}\"\n\
+             [cluster.stream]\nreplicas = 1\n",
+            token.display(),
+            ca.display()
+        ))
+        .run()
+    };
+    let a = hub(&token, "30s");
+    let b = hub(&token, "30s");
+    wait_connected(&a).await;
+    wait_connected(&b).await;
+    let wa = writes("a", 50, "a");
+    write_all(a.http, &wa).await;
+    converge(&[a.http, b.http], 50, &ids(&[&wa])).await;
+
+    let c = hub(&wrong, "1s");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let st = cluster_status(c.http).await;
+    assert_eq!(st["connected"], false, "{st}");
+    assert!(st["last_error"].is_string(), "{st}");
+    let mut client = Client::native(c.http).await;
+    client
+        .send(serde_json::json!({"type": "push", "rid": 1, "space": "s",
+            "changes": [{"collection": "notes", "id": "x", "op": "put", "fields": {"v": 1}}]}))
+        .await;
+    let (_, err) = client.until("error").await;
+    assert_eq!(err["code"], 503, "{err}");
+    assert_eq!(st["changes_waiting"], 0, "{st}");
+    assert_eq!(cluster_status(c.http).await["changes_waiting"], 1);
 }

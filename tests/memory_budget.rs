@@ -22,7 +22,13 @@ async fn a_never_reading_subscriber_stays_under_the_memory_budget() {
     let cfg = dir.path().join("outpost.toml");
     std::fs::write(
         &cfg,
-        format!("[server]\nqueue_mb = 8\nmax_queued_mb = {BUDGET_MB}\n[storage]\ncache_mb = 2\n"),
+        // The reader stalls for the whole run (which can pass the default
+        // write and idle timeouts on a loaded machine): keep it connected, this
+        // test is about the queue budget.
+        format!(
+            "[server]\nqueue_mb = 8\nmax_queued_mb = {BUDGET_MB}\nwrite_timeout = \"1h\"\nidle_timeout = \"1h\"\n\
+             [storage]\ncache_mb = 2\n"
+        ),
     )
     .unwrap();
     let data = dir.path().join("data");

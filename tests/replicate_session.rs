@@ -9,6 +9,8 @@ use outpost::replicate::session::{self, SessionError};
 use outpost::replicate::{FrameSink, FrameSource, Links, SessionOpts};
 use outpost::store::{Durability, LocalWrite};
 use serde_json::json;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -50,9 +52,13 @@ fn engine(dir: &std::path::Path) -> Arc<Engine> {
 }
 
 async fn write(e: &Engine, id: &str, fields: serde_json::Value) {
+    write_in(e, "s", id, fields).await
+}
+
+async fn write_in(e: &Engine, space: &str, id: &str, fields: serde_json::Value) {
     let fields = fields.as_object().unwrap().clone().into_iter().collect();
     e.push(
-        "s",
+        space,
         "t",
         None,
         vec![LocalWrite {
@@ -70,29 +76,47 @@ async fn write(e: &Engine, id: &str, fields: serde_json::Value) {
 
 /// Connect two engines, reconnecting whenever a session ends (as the mesh
 /// dialler does); the tasks end when `stop` flips.
-fn link(a: &Arc<Engine>, b: &Arc<Engine>, stop: &watch::Receiver<bool>) {
+fn link(a: &Arc<Engine>, b: &Arc<Engine>, stop: &watch::Receiver<bool>) -> Arc<AtomicU64> {
+    link_spaces(a, b, stop, None, None)
+}
+
+/// `link` with each side's space filter.
+fn link_spaces(
+    a: &Arc<Engine>,
+    b: &Arc<Engine>,
+    stop: &watch::Receiver<bool>,
+    a_spaces: Option<&[&str]>,
+    b_spaces: Option<&[&str]>,
+) -> Arc<AtomicU64> {
+    let set = |s: Option<&[&str]>| s.map(|s| s.iter().map(|x| x.to_string()).collect());
+    let (a_spaces, b_spaces): (Option<HashSet<String>>, Option<HashSet<String>>) =
+        (set(a_spaces), set(b_spaces));
     let (a, b, stop) = (a.clone(), b.clone(), stop.clone());
+    let ends = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = ends.clone();
     tokio::spawn(async move {
         let links = Arc::new(Links::default());
         while !*stop.borrow() {
             let (a_tx, b_rx) = mpsc::channel(16);
             let (b_tx, a_rx) = mpsc::channel(16);
             let mut sides = Vec::new();
-            for (e, rx, tx, outbound) in [
-                (a.clone(), a_rx, a_tx, true),
-                (b.clone(), b_rx, b_tx, false),
+            for (e, rx, tx, outbound, spaces) in [
+                (a.clone(), a_rx, a_tx, true, a_spaces.clone()),
+                (b.clone(), b_rx, b_tx, false, b_spaces.clone()),
             ] {
                 let stop = stop.clone();
+                let ends = ends.clone();
                 let guard = links.open("test", "mem".into(), outbound, 0);
                 sides.push(tokio::spawn(async move {
                     let (mut rx, mut tx) = (Rx(rx), Tx(tx));
                     let g = session::hello(&e, &mut rx, &mut tx).await?;
                     let opts = SessionOpts {
                         cursor: format!("peer:{}", g.peer),
-                        spaces: None,
+                        spaces,
                     };
                     let r = session::run(e, g, rx, tx, opts, guard.stats.clone(), stop).await;
                     eprintln!("session ended: {r:?}");
+                    ends.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     r
                 }));
             }
@@ -102,11 +126,16 @@ fn link(a: &Arc<Engine>, b: &Arc<Engine>, stop: &watch::Receiver<bool>) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     });
+    counted
 }
 
 /// Every entity of space "s" with its merged state, serialized.
 fn state(e: &Engine) -> Vec<(String, Vec<u8>)> {
-    e.entities("s", None, None, 100_000)
+    state_of(e, "s")
+}
+
+fn state_of(e: &Engine, space: &str) -> Vec<(String, Vec<u8>)> {
+    e.entities(space, None, None, 100_000)
         .unwrap()
         .into_iter()
         .map(|(c, id, ent)| (format!("{c}/{id}"), rmp_serde::to_vec(&ent.state).unwrap()))
@@ -259,4 +288,157 @@ async fn a_peer_behind_the_retention_horizon_gets_a_snapshot() {
     converge(&[&a, &b, &c]).await;
     while rx.try_recv().is_some() {}
     stop_tx.send(true).unwrap();
+}
+
+/// Bug: with a space filter, the sender skipped the filtered changes and the
+/// receiver took the skipped origin seqs for a gap, so once a relay had
+/// written to a space that is not forwarded, replication stalled for good
+/// (every session ended with "gap"). Covers let the receiver advance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_space_filter_does_not_stall_replication() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (edge, hub, other) = (
+        engine(dirs[0].path()),
+        engine(dirs[1].path()),
+        engine(dirs[2].path()),
+    );
+    // The edge writes a private change first, then shared ones: the first
+    // shared change already follows a filtered one.
+    write_in(&edge, "private", "p0", json!({"secret": 1})).await;
+    for n in 0..5 {
+        write_in(&edge, "shared", &format!("s{n}"), json!({"n": n})).await;
+    }
+    let (stop_tx, stop) = watch::channel(false);
+    // The edge forwards only "shared"; the hub takes everything.
+    let ends = link_spaces(&edge, &hub, &stop, Some(&["shared"]), None);
+    // The hub passes on to a third relay unfiltered: its log has a hole
+    // where the private change was, which it must vouch for in turn.
+    link(&hub, &other, &stop);
+    for round in 0..3 {
+        write_in(
+            &edge,
+            "private",
+            &format!("p{}", round + 1),
+            json!({"x": round}),
+        )
+        .await;
+        write_in(
+            &edge,
+            "shared",
+            &format!("live{round}"),
+            json!({"r": round}),
+        )
+        .await;
+    }
+    // Everything settles: same vv (filtered changes counted as vouched
+    // for), same shared state, and no private space past the filter.
+    converge_spaces(&[&edge, &hub, &other], &["shared"]).await;
+    assert_eq!(state_of(&hub, "shared").len(), 8);
+    for e in [&hub, &other] {
+        assert!(state_of(e, "private").is_empty(), "private leaked");
+    }
+    assert_eq!(ends.load(Relaxed), 0, "no session ended (no gap)");
+    stop_tx.send(true).unwrap();
+}
+
+async fn converge_spaces(engines: &[&Arc<Engine>], spaces: &[&str]) {
+    for _ in 0..500 {
+        let vvs: Vec<_> = engines
+            .iter()
+            .map(|e| e.version_vector().unwrap())
+            .collect();
+        if vvs.windows(2).all(|w| w[0] == w[1]) {
+            for s in spaces {
+                let states: Vec<_> = engines.iter().map(|e| state_of(e, s)).collect();
+                assert!(
+                    states.windows(2).all(|w| w[0] == w[1]),
+                    "same changes, different state of {s}"
+                );
+            }
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no convergence in 10 s");
+}
+
+/// Bug: when a page's frame was too large and split in two, both halves
+/// were registered as covering the whole page, so the first half's ack
+/// claimed the second half too (the cursor is the retention pin and the
+/// backlog gauge). Each part now acks up to its own last entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_batch_acks_only_what_each_half_carried() {
+    use outpost::model::{NodeId, VersionVector};
+    use outpost::replicate::frame::{decode, encode, Frame, PROTO_VERSION};
+    let dir = tempfile::tempdir().unwrap();
+    let a = engine(dir.path());
+    // 256 changes of ~40 KB: one page, over the 8 MiB frame limit.
+    let big = "x".repeat(40_000);
+    let writes = (0..256)
+        .map(|n| LocalWrite {
+            collection: "c".into(),
+            id: format!("e{n}"),
+            op: Op::Put,
+            fields: [("body".to_string(), json!(big))].into(),
+            client_us: None,
+            expect: None,
+        })
+        .collect();
+    a.push("s", "t", None, writes).await.unwrap();
+    assert_eq!(a.last_seq(), 256);
+    let (a_tx, mut peer_rx) = mpsc::channel(16);
+    let (peer_tx, a_rx) = mpsc::channel(16);
+    let (_stop_tx, stop) = watch::channel(false);
+    let links = Arc::new(Links::default());
+    let guard = links.open("test", "mem".into(), true, 0);
+    let stats = guard.stats.clone();
+    let e = a.clone();
+    let session = tokio::spawn(async move {
+        let (mut rx, mut tx) = (Rx(a_rx), Tx(a_tx));
+        let g = session::hello(&e, &mut rx, &mut tx).await?;
+        let opts = SessionOpts {
+            cursor: "peer:fake".into(),
+            spaces: None,
+        };
+        session::run(e, g, rx, tx, opts, stats, stop).await
+    });
+    // The fake peer: hello with nothing held, then ack the first batch only.
+    let hello = Frame::Hello {
+        proto: PROTO_VERSION,
+        node: NodeId(42),
+        vv: VersionVector::new(),
+        software: "test".into(),
+    };
+    peer_tx.send(encode(&hello).unwrap()).await.unwrap();
+    assert!(matches!(
+        decode(&peer_rx.recv().await.unwrap()).unwrap(),
+        Frame::Hello { .. }
+    ));
+    let mut carried = Vec::new();
+    for _ in 0..2 {
+        let f = decode(&peer_rx.recv().await.unwrap()).unwrap();
+        let Frame::Batch { id, changes, .. } = f else {
+            panic!("expected a batch, got {f:?}")
+        };
+        carried.push((id, changes.len()));
+    }
+    assert_eq!(carried.len(), 2, "the page was split");
+    let first = carried[0].1 as u64;
+    assert!(first < 256);
+    let ack = Frame::Ack { id: carried[0].0 };
+    peer_tx.send(encode(&ack).unwrap()).await.unwrap();
+    for _ in 0..100 {
+        if guard.stats.acked.load(Relaxed) != 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        guard.stats.acked.load(Relaxed),
+        first,
+        "the first half's ack covers only the first half"
+    );
+    assert_eq!(guard.stats.backlog.load(Relaxed), 256 - first);
+    session.abort();
 }

@@ -18,7 +18,10 @@ async fn a_stalled_subscriber_is_bounded_and_told_to_resync() {
     let cfg = dir.path().join("outpost.toml");
     std::fs::write(
         &cfg,
-        "[server]\nqueue_depth = 256\n[storage]\ncache_mb = 2\n",
+        // The stalled reader must outlive the run even on a loaded machine:
+        // no write or idle timeout in the way (tests/conn_limits.rs and
+        // tests/hardening.rs test those).
+        "[server]\nqueue_depth = 256\nwrite_timeout = \"1h\"\nidle_timeout = \"1h\"\n[storage]\ncache_mb = 2\n",
     )
     .unwrap();
     let data = dir.path().join("data");

@@ -56,6 +56,11 @@ pub struct BenchArgs {
     /// instead of starting child relays. Replication needs child relays.
     #[arg(long)]
     pub url: Option<String>,
+    /// With --url: subscribe at this relay instead (host:port), e.g.
+    /// another hub instance of the same JetStream tier, so latency is end
+    /// to end through the stream (scripts/bench-tier.sh).
+    #[arg(long, requires = "url")]
+    pub sub_url: Option<String>,
     /// The pid of the relay at --url, to read its RSS from /proc.
     #[arg(long, requires = "url")]
     pub pid: Option<u32>,
@@ -103,22 +108,22 @@ pub async fn run(args: BenchArgs) -> Result<bool> {
         None => std::env::temp_dir(),
     };
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
-    let url: Option<SocketAddr> = match &args.url {
-        Some(u) => Some(
-            u.trim_start_matches("ws://")
-                .trim_start_matches("http://")
-                .trim_end_matches('/')
-                .trim_end_matches("/ws")
-                .parse()
-                .context("--url must be host:port, e.g. 127.0.0.1:7070")?,
-        ),
-        None => None,
+    let addr = |u: &str| -> Result<SocketAddr> {
+        u.trim_start_matches("ws://")
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .trim_end_matches("/ws")
+            .parse()
+            .context("--url and --sub-url must be host:port, e.g. 127.0.0.1:7070")
     };
+    let url = args.url.as_deref().map(addr).transpose()?;
+    let sub_url = args.sub_url.as_deref().map(addr).transpose()?;
     let need = (args.idle_clients.max(args.subscribers) as u64) * 2 + 256;
     let nofile = procs::raise_nofile(need);
     let params = Params {
         root: root.clone(),
         url,
+        sub_url,
         pid: args.pid,
         subscribers: args.subscribers,
         changes: args.changes,
@@ -176,6 +181,7 @@ pub async fn run(args: BenchArgs) -> Result<bool> {
             "repl_changes": args.repl_changes, "catchup_changes": args.catchup_changes,
             "change_bytes": load::CHANGE_BYTES, "durability": "immediate",
             "target": args.url.as_deref().unwrap_or("child relays"),
+            "subscribe_at": args.sub_url.as_deref().or(args.url.as_deref()).unwrap_or("child relays"),
         },
         "fsync": fsync,
         "scenarios": results,

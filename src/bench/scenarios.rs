@@ -17,6 +17,8 @@ use tokio::task::JoinSet;
 pub struct Params {
     pub root: PathBuf,
     pub url: Option<SocketAddr>,
+    /// Subscribe here instead of at `url` (another instance of a tier).
+    pub sub_url: Option<SocketAddr>,
     pub pid: Option<u32>,
     pub subscribers: usize,
     pub changes: u64,
@@ -67,7 +69,9 @@ pub async fn fanout(p: &Params, tag: &str, writers: usize) -> Result<Value> {
             space: fresh_space(tag),
         },
         write_url: relay.ws_url(),
-        sub_url: relay.ws_url(),
+        sub_url: p
+            .sub_url
+            .map_or_else(|| relay.ws_url(), |a| format!("ws://{a}/ws")),
     };
     let r = load::run(&target, load).await.context("relay run")?;
     let (rss_kib, hwm_kib) = (relay.rss_kib(), relay.hwm_kib());

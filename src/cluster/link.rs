@@ -311,12 +311,16 @@ impl Link {
             return;
         }
         let mut commits = self.engine.watch_commits();
-        let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
+        // Short: a stream leader election takes seconds, and writers wait.
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         let mut done = *self.replicated.borrow();
         loop {
             if *shutdown.borrow() {
                 return;
             }
+            // Seen before reading, so a commit landing after the read
+            // still wakes the wait below.
+            commits.borrow_and_update();
             let page = match self.engine.log_after(done, PAGE) {
                 Ok(p) => p,
                 Err(e) => {
@@ -325,12 +329,9 @@ impl Link {
                 }
             };
             if page.is_empty() {
-                commits.borrow_and_update();
-                if self.engine.last_seq() > done {
-                    continue;
-                }
                 tokio::select! {
                     _ = commits.changed() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = shutdown.wait_for(|s| *s) => return,
                 }
                 continue;

@@ -12,9 +12,9 @@ use super::atome::{self, bad, AtomeChange, AtomeEvent, AtomeWrite, Bad};
 use super::session::{self, Handled, Protocol, Refusal};
 use super::{ConnCtx, SLOT_ATOME};
 use crate::auth::Grant;
-use crate::engine::{now_ms, Engine, EngineError, Event, Filter};
+use crate::engine::{json_bytes, now_ms, Engine, EngineError, Event, Filter, PAGE_BYTES};
 use crate::server::AppState;
-use crate::store::{Committed, StoredEntity};
+use crate::store::{Cap, Committed, StoredEntity};
 use axum::body::Bytes;
 use axum::extract::ws::{Utf8Bytes, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
@@ -46,6 +46,7 @@ pub async fn upgrade(
         let ctx = ConnCtx::new(state.clone(), "/ws/atome-sync");
         let deadline = (grant.scope.is_none()).then(|| tokio::time::Instant::now() + AUTH_TIMEOUT);
         let proto = AtomeProto {
+            order: Default::default(),
             engine: state.engine.clone(),
             auth: state.auth.clone(),
             space: space.clone(),
@@ -237,6 +238,8 @@ pub fn snapshot_frame(id: &str, e: &StoredEntity, now: u64) -> String {
 // ---- the socket connection ---------------------------------------------------
 
 struct AtomeProto {
+    /// Pushes reach the writer in the order their frames were read.
+    order: crate::engine::WriteOrder,
     engine: Arc<Engine>,
     auth: crate::auth::Auth,
     space: String,
@@ -331,8 +334,16 @@ impl Protocol for AtomeProto {
                 let actor = actor(&self.grant, Some(&self.client_id));
                 // Stored, then fanned out to the other clients; only a
                 // failure is answered (the seed has no acknowledgement).
+                let pushed = self.order.push(
+                    engine.clone(),
+                    space,
+                    actor,
+                    Some(conn),
+                    vec![write],
+                    vec![],
+                );
                 Handled::later(Box::pin(async move {
-                    match engine.push(&space, &actor, Some(conn), vec![write]).await {
+                    match pushed.await {
                         Ok(_) => vec![],
                         Err(e) => {
                             engine.metrics.errors_sent.fetch_add(1, Relaxed);
@@ -585,8 +596,14 @@ pub async fn get_one(
 const MAX_LIST: usize = 10_000;
 const DEFAULT_LIST: usize = 1_000;
 
-/// `GET /api/atome?kind=K&limit=N`: existing atomes in id order, those whose
-/// `kind` property equals K when given.
+/// A list page stops once its atomes hold about this many bytes of JSON
+/// (at least one), whatever `limit` says.
+const LIST_BYTES: usize = 4 << 20;
+
+/// `GET /api/atome?kind=K&limit=N&after=ID`: existing atomes in id order
+/// (after `ID` when given), those whose `kind` property equals K when
+/// given. A page that stopped at `limit` or at [`LIST_BYTES`] carries
+/// `next`: pass it as `after` for the next page.
 pub async fn list(
     State(state): State<Arc<AppState>>,
     Query(query): Query<HashMap<String, String>>,
@@ -606,16 +623,21 @@ pub async fn list(
     };
     let kind = query.get("kind");
     let mut atomes = Vec::new();
-    let mut after: Option<(String, String)> = None;
+    let mut bytes = 0usize;
+    let mut next: Option<String> = None;
+    let mut after: Option<(String, String)> = query
+        .get("after")
+        .filter(|a| !a.is_empty())
+        .map(|a| (atome::COLLECTION.to_string(), a.clone()));
     'pages: loop {
-        let page = c.engine().entities(
+        let page = c.engine().entities_page(
             &c.space,
             Some(atome::COLLECTION),
             after.as_ref().map(|(a, b)| (a.as_str(), b.as_str())),
-            256,
+            Cap::new(256, PAGE_BYTES),
         )?;
-        let short = page.len() < 256;
-        for (coll, id, e) in page {
+        let short = !page.more;
+        for (coll, id, e) in page.items {
             after = Some((coll, id.clone()));
             if !e.state.exists() {
                 continue;
@@ -625,8 +647,13 @@ pub async fn list(
             {
                 continue;
             }
-            atomes.push(atome::join_atome(&id, &fields));
-            if atomes.len() >= limit {
+            let a = atome::join_atome(&id, &fields);
+            // The body carries the list twice (`atomes`, and `data` for
+            // the REST adapter), so each atome counts twice in the bound.
+            bytes += 2 * json_bytes(&a);
+            atomes.push(a);
+            if atomes.len() >= limit || bytes >= LIST_BYTES {
+                next = Some(id);
                 break 'pages;
             }
         }
@@ -635,10 +662,11 @@ pub async fn list(
         }
     }
     let count = atomes.len();
-    Ok(ok(
-        StatusCode::OK,
-        json!({"success": true, "atomes": atomes, "data": atomes, "count": count}),
-    ))
+    let mut body = json!({"success": true, "atomes": atomes, "data": atomes, "count": count});
+    if let Some(n) = next {
+        body["next"] = n.into();
+    }
+    Ok(ok(StatusCode::OK, body))
 }
 
 /// `PATCH /api/atome/{id}`: merge the body (the alteration) into the atome;

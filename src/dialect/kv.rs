@@ -13,10 +13,10 @@ pub mod webhook;
 
 use super::{admit, limit, ConnCtx, SLOT_KV};
 use crate::auth::Grant;
-use crate::engine::{CatchUp, Delivery, EngineError, Filter};
+use crate::engine::{CatchUp, Delivery, EngineError, Filter, PAGE_BYTES};
 use crate::model::{Op, Stamp};
 use crate::server::AppState;
-use crate::store::{Committed, LocalWrite, LogEntry, StoredEntity};
+use crate::store::{Cap, Committed, LocalWrite, LogEntry, Page, StoredEntity};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -183,17 +183,43 @@ pub fn data_of(entities: &[(String, StoredEntity)]) -> Map<String, Value> {
 /// identical states, so equal states give equal heads on every relay, and
 /// any change that alters the state alters the heads. No keys: no heads.
 pub fn heads(entities: &[(String, StoredEntity)]) -> Vec<String> {
-    if entities.is_empty() {
-        return vec![];
-    }
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut h = Heads::default();
     for (key, e) in entities {
+        h.add(key, e);
+    }
+    h.finish()
+}
+
+/// [`heads`] computed page by page, for a state too large to hold at once.
+#[derive(Default)]
+pub struct Heads {
+    ctx: Option<ring::digest::Context>,
+}
+
+impl Heads {
+    pub fn add(&mut self, key: &str, e: &StoredEntity) {
+        let ctx = self
+            .ctx
+            .get_or_insert_with(|| ring::digest::Context::new(&ring::digest::SHA256));
         // Length-prefixed, so ("ab","c") and ("a","bc") differ.
         let bytes = rmp_serde::to_vec(&(key, &e.state)).unwrap_or_default();
         ctx.update(&(bytes.len() as u64).to_le_bytes());
         ctx.update(&bytes);
     }
-    vec![hex(ctx.finish().as_ref())]
+
+    pub fn finish(self) -> Vec<String> {
+        self.ctx
+            .map(|c| vec![hex(c.finish().as_ref())])
+            .unwrap_or_default()
+    }
+}
+
+/// Stored bytes of key state per `init` chunk (and per page of the
+/// history): a large workspace is sent as an `init` with the first chunk,
+/// then one `op` per further key, which the seed's client folds into its
+/// state the same way; no single message holds the whole workspace.
+fn chunk_bytes(max_frame_bytes: usize) -> usize {
+    (max_frame_bytes / 2).max(16 * 1024)
 }
 
 pub fn hex(bytes: &[u8]) -> String {
@@ -307,6 +333,8 @@ struct Conn {
     /// Ops awaiting their commit; each yields an error frame or nothing
     /// (success shows as the op's broadcast, which the writer receives too).
     pending: FuturesOrdered<Pending>,
+    /// Pushes reach the writer in the order their frames were read.
+    order: crate::engine::WriteOrder,
 }
 
 use crate::dialect::send_text as send;
@@ -320,12 +348,14 @@ async fn run(mut socket: WebSocket, state: Arc<AppState>, grant: Grant, space: S
         sub: None,
         last_seq: 0,
         pending: FuturesOrdered::new(),
+        order: Default::default(),
     };
     if let Err(e) = conn.sync(&mut socket).await {
         conn.fail(&mut socket, &e).await;
         return;
     }
     let max_inflight = state.settings.max_inflight;
+    let mut keepalive = crate::dialect::keepalive::Keepalive::new(&state);
     let mut closing = false;
     loop {
         tokio::select! {
@@ -345,8 +375,8 @@ async fn run(mut socket: WebSocket, state: Arc<AppState>, grant: Grant, space: S
             Some(d) = conn.ctx.rx.recv() => {
                 if conn.deliver(&mut socket, d).await.is_err() { break; }
             }
-            msg = socket.recv(), if conn.pending.len() < max_inflight => {
-                let Some(msg) = crate::dialect::next_message(&mut socket, msg).await else { break };
+            msg = keepalive.recv(&mut socket), if conn.pending.len() < max_inflight => {
+                let Some(msg) = msg else { break };
                 match conn.handle(&mut socket, msg).await {
                     Ok(true) => {}
                     Ok(false) | Err(_) => break,
@@ -377,9 +407,7 @@ impl Conn {
     /// live ones after them, with no gap. Also used after a lag drop.
     async fn sync(&mut self, socket: &mut WebSocket) -> Result<(), EngineError> {
         let engine = self.engine().clone();
-        let (seq, entities) = engine.collection_snapshot(&self.space, COLLECTION)?;
-        send(socket, render_init(data_of(&entities), heads(&entities))).await?;
-        drop(entities);
+        let seq = self.send_init(socket).await?;
         let filter = Filter {
             collections: Some([COLLECTION.to_string()].into_iter().collect()),
             events: false,
@@ -413,6 +441,67 @@ impl Conn {
         self.sub = sub.id;
         self.last_seq = sub.reached();
         Ok(())
+    }
+
+    /// The workspace's state as `init`, in chunks of bounded size (see
+    /// [`chunk_bytes`]); returns the seq the first chunk reflects. Later
+    /// chunks are read later and may be newer: the changes after that seq
+    /// are replayed as `op`s anyway, each rendered from the key's current
+    /// state, so the client ends at the relay's state either way.
+    async fn send_init(&self, socket: &mut WebSocket) -> Result<u64, EngineError> {
+        let engine = self.engine();
+        let cap = Cap::new(
+            usize::MAX,
+            chunk_bytes(self.ctx.state.settings.max_frame_bytes),
+        );
+        let keys = |p: Page<(String, String, StoredEntity)>| -> Vec<(String, StoredEntity)> {
+            p.items.into_iter().map(|(_, id, e)| (id, e)).collect()
+        };
+        let first = engine.entities_page(&self.space, Some(COLLECTION), None, cap)?;
+        let (seq, more) = (first.seq, first.more);
+        let first = keys(first);
+        if !more {
+            send(socket, render_init(data_of(&first), heads(&first))).await?;
+            return Ok(seq);
+        }
+        // Too large for one message: the heads need every key, so hash
+        // the state page by page first, then send it.
+        let mut h = Heads::default();
+        let mut after: Option<String> = None;
+        loop {
+            let page = engine.entities_page(
+                &self.space,
+                Some(COLLECTION),
+                after.as_deref().map(|a| (COLLECTION, a)),
+                cap,
+            )?;
+            let more = page.more;
+            for (_, id, e) in page.items {
+                h.add(&id, &e);
+                after = Some(id);
+            }
+            if !more {
+                break;
+            }
+        }
+        let mut after = first.last().map(|(id, _)| id.clone());
+        send(socket, render_init(data_of(&first), h.finish())).await?;
+        drop(first);
+        while let Some(a) = after.take() {
+            let page =
+                engine.entities_page(&self.space, Some(COLLECTION), Some((COLLECTION, &a)), cap)?;
+            let more = page.more;
+            for (id, e) in keys(page) {
+                let (v, ts) = key_state(&e);
+                if !v.is_null() {
+                    send(socket, render_op(&id, &v, ts.unwrap_or(0))).await?;
+                }
+                if more {
+                    after = Some(id);
+                }
+            }
+        }
+        Ok(seq)
     }
 
     fn lookup(&self, key: &str) -> Option<StoredEntity> {
@@ -515,9 +604,12 @@ impl Conn {
         let actor = self.grant.sub.clone();
         let source = Some(self.ctx.id);
         let write = op_write(key.clone(), value, timestamp_us);
+        let pushed = self
+            .order
+            .push(engine.clone(), space, actor, source, vec![write], vec![]);
         // Answered in order once durable; the actor keeps serving meanwhile.
         self.pending.push_back(Box::pin(async move {
-            match engine.push(&space, &actor, source, vec![write]).await {
+            match pushed.await {
                 Ok(_) => None,
                 Err(e) => {
                     engine.metrics.errors_sent.fetch_add(1, Relaxed);
@@ -535,6 +627,8 @@ impl Conn {
 /// Default and largest page of `GET /v1/history`.
 const HISTORY_DEFAULT: usize = 100;
 const HISTORY_MAX: usize = 1000;
+/// A history page stops once its ops hold about this many bytes of JSON.
+const HISTORY_BYTES: usize = 4 << 20;
 
 fn http_error(status: StatusCode, reason: &str, message: &str) -> Response {
     let body = error_frame(status.as_u16(), reason, message, None);
@@ -594,25 +688,30 @@ pub async fn history(
     };
     let engine = &state.engine;
     let trimmed = since.saturating_add(1) < engine.horizon();
-    // Read up to one op past the limit, to know whether more follow.
+    // Read up to one op past the limit, to know whether more follow. The
+    // page also ends once it holds HISTORY_BYTES of ops (at least one):
+    // `more` and `next` then say where to continue.
     let (mut ops, mut after, mut next, mut more) = (Vec::new(), since, since, false);
+    let mut bytes = 0usize;
     'scan: loop {
-        let page = match engine.space_log(&workspace, after, 256) {
+        let page = match engine.space_log_page(&workspace, after, Cap::new(256, PAGE_BYTES)) {
             Ok(p) => p,
             Err(e) => {
                 let (_, reason) = engine_error(&e);
                 return http_error(StatusCode::INTERNAL_SERVER_ERROR, reason, &e.to_string());
             }
         };
-        let short = page.len() < 256;
-        for (seq, entry) in page {
+        let short = !page.more;
+        for (seq, entry) in page.items {
             after = seq;
             if entry.change.collection == COLLECTION {
-                if ops.len() == limit {
+                if ops.len() == limit || bytes >= HISTORY_BYTES {
                     more = true;
                     break 'scan;
                 }
-                ops.push(history_item(seq, &entry));
+                let item = history_item(seq, &entry);
+                bytes += crate::engine::json_bytes(&item);
+                ops.push(item);
             }
             next = seq;
         }

@@ -7,6 +7,7 @@ pub mod atome_adapter;
 pub mod atome_sync;
 pub mod config_sync;
 pub mod gzip;
+pub mod keepalive;
 pub mod kv;
 pub mod native;
 pub mod session;
@@ -52,20 +53,15 @@ pub fn token_from(headers: &HeaderMap, query: &HashMap<String, String>) -> Optio
         .or_else(|| query.get("token").cloned())
 }
 
-/// Admission at the handshake: a refused connection gets HTTP 401 (bad or
-/// missing token) or 503 (connection limit) before any upgrade.
+/// Admission at the handshake: a bad or missing token gets HTTP 401 before
+/// any upgrade. (The connection limits were applied when the TCP connection
+/// was accepted, see `crate::net`.)
 pub fn admit(
     state: &AppState,
     headers: &HeaderMap,
     query: &HashMap<String, String>,
 ) -> Result<Grant, (StatusCode, String)> {
     let m = &state.engine.metrics;
-    if m.connections.load(Relaxed) as usize >= state.settings.max_connections {
-        return Err((
-            StatusCode::SERVICE_UNAVAILABLE,
-            "connection limit reached\n".into(),
-        ));
-    }
     let token = token_from(headers, query);
     state.auth.admit(token.as_deref(), now_s()).map_err(|e| {
         m.auth_failures.fetch_add(1, Relaxed);

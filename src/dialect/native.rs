@@ -242,6 +242,8 @@ struct Conn {
     subs: HashMap<u64, SubState>,
     by_space: HashMap<String, u64>,
     pending: FuturesOrdered<AckFuture>,
+    /// Pushes reach the writer in the order their frames were read.
+    order: crate::engine::WriteOrder,
 }
 
 /// Why a read of the socket ends the loop.
@@ -262,6 +264,7 @@ async fn run(mut socket: WebSocket, state: Arc<AppState>, grant: Grant) {
         subs: HashMap::new(),
         by_space: HashMap::new(),
         pending: FuturesOrdered::new(),
+        order: Default::default(),
     };
     let welcome = json!({
         "type": "welcome",
@@ -276,6 +279,7 @@ async fn run(mut socket: WebSocket, state: Arc<AppState>, grant: Grant) {
         return;
     }
     let max_inflight = state.settings.max_inflight;
+    let mut keepalive = crate::dialect::keepalive::Keepalive::new(&state);
     let mut closing = false;
     loop {
         tokio::select! {
@@ -293,8 +297,8 @@ async fn run(mut socket: WebSocket, state: Arc<AppState>, grant: Grant) {
             Some(d) = conn.ctx.rx.recv() => {
                 if conn.deliver_queued(&mut socket, d).await.is_err() { break; }
             }
-            msg = socket.recv(), if conn.pending.len() < max_inflight => {
-                let Some(msg) = crate::dialect::next_message(&mut socket, msg).await else { break };
+            msg = keepalive.recv(&mut socket), if conn.pending.len() < max_inflight => {
+                let Some(msg) = msg else { break };
                 match conn.handle(&mut socket, msg).await {
                     Ok(Next::Continue) => {}
                     Ok(Next::Close) | Err(_) => break,
@@ -674,15 +678,16 @@ impl Conn {
         let actor = self.actor();
         let source = Some(self.ctx.id);
         let rid = rid.clone();
+        let space = p.space.clone();
+        let pushed = self
+            .order
+            .push(engine.clone(), p.space, actor, source, writes, write_ids);
         // Answered in request order once durable; the actor keeps serving.
         self.pending.push_back(Box::pin(async move {
-            match engine
-                .push_idempotent(&p.space, &actor, source, writes, write_ids)
-                .await
-            {
+            match pushed.await {
                 Ok(outs) => {
                     engine.metrics.acks.fetch_add(1, Relaxed);
-                    json!({"type": "ack", "rid": rid, "space": p.space,
+                    json!({"type": "ack", "rid": rid, "space": space,
                            "results": outs.iter().map(outcome_json).collect::<Vec<_>>()})
                     .to_string()
                 }

@@ -134,6 +134,7 @@ pub async fn run<P: Protocol>(
     let max_inflight = ctx.state.settings.max_inflight;
     let max_frame = ctx.state.settings.max_frame_bytes;
     let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
+    let mut keepalive = crate::dialect::keepalive::Keepalive::new(&ctx.state);
     let mut closing = false;
     loop {
         tokio::select! {
@@ -172,8 +173,8 @@ pub async fn run<P: Protocol>(
             Some(d) = ctx.rx.recv() => {
                 if deliver(&mut socket, &ctx, &mut feed, &mut proto, d).await.is_err() { break; }
             }
-            msg = socket.recv(), if pending.len() < max_inflight => {
-                let Some(msg) = crate::dialect::next_message(&mut socket, msg).await else { break };
+            msg = keepalive.recv(&mut socket), if pending.len() < max_inflight => {
+                let Some(msg) = msg else { break };
                 let handled = match msg {
                     Message::Text(t) if t.len() > max_frame => {
                         Handled::reply(proto.refuse(Refusal::TooLarge { len: t.len(), max: max_frame }))

@@ -40,6 +40,7 @@ pub async fn upgrade(
     super::limit(ws, &state).on_upgrade(move |socket| async move {
         let ctx = ConnCtx::new(state.clone(), "/ws/sync");
         let proto = SyncProto {
+            order: Default::default(),
             engine: state.engine.clone(),
             upstream: state.upstream.clone(),
             space: space.clone(),
@@ -285,6 +286,8 @@ pub fn event_frame(topic: &str, payload: &Value, now: u64) -> String {
 // ---- the connection -----------------------------------------------------------
 
 struct SyncProto {
+    /// Pushes reach the writer in the order their frames were read.
+    order: crate::engine::WriteOrder,
     engine: Arc<Engine>,
     /// The upstream hub, if any: `sync_request` starts a round with it.
     upstream: Option<Arc<crate::upstream::Upstream>>,
@@ -378,8 +381,16 @@ impl SyncProto {
                 );
                 // Stored, then fanned out to the other clients; only a
                 // failure is answered (the seed has no acknowledgement).
+                let pushed = self.order.push(
+                    engine.clone(),
+                    space,
+                    actor,
+                    Some(conn),
+                    vec![write],
+                    vec![],
+                );
                 Handled::later(Box::pin(async move {
-                    match engine.push(&space, &actor, Some(conn), vec![write]).await {
+                    match pushed.await {
                         Ok(_) => vec![],
                         Err(e) => {
                             engine.metrics.errors_sent.fetch_add(1, Relaxed);

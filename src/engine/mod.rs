@@ -9,15 +9,15 @@ mod validate;
 
 pub use admin::SpaceFigures;
 pub use hub::{ConnLink, ConnSignal, Filter, Hub};
-pub use outbox::{Budget, Outbox};
+pub use outbox::{json_bytes, Budget, Outbox};
 pub use validate::{validate_change, validate_name, validate_write, Limits};
 
 use crate::metrics::Metrics;
 use crate::model::{Change, NodeId, Op, VersionVector};
 use crate::schema::SchemaSet;
 use crate::store::{
-    Committed, Durability, Job, LocalWrite, LogEntry, Outcome, OutcomeKind, SnapEntity, Store,
-    StoreError, StoreOptions, StoredEntity,
+    Cap, Committed, Durability, Job, LocalWrite, LogEntry, Outcome, OutcomeKind, Page, SnapEntity,
+    Store, StoreError, StoreOptions, StoredEntity,
 };
 use axum::extract::ws::Utf8Bytes;
 use serde_json::Value;
@@ -40,13 +40,27 @@ pub enum EngineError {
         violation: crate::schema::Violation,
     },
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(StoreError),
     #[error("the client went away")]
     ClientGone,
     /// Clustered: committed here (durable) but JetStream did not ack it in
     /// time; it is published once JetStream is back.
     #[error("stored on this hub, but the cluster stream did not acknowledge it within {0:?}; it will be published when JetStream is reachable")]
     NotReplicated(Duration),
+}
+
+impl From<StoreError> for EngineError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            // The writer refused a job on the engine's own check (schemas):
+            // give back the engine's error as it was made.
+            StoreError::Rejected(r) => match r.downcast::<EngineError>() {
+                Ok(e) => *e,
+                Err(r) => EngineError::Invalid(r.to_string()),
+            },
+            e => EngineError::Store(e),
+        }
+    }
 }
 
 impl EngineError {
@@ -157,6 +171,122 @@ pub struct AckGate {
     pub timeout: Duration,
 }
 
+/// Refuse writes that would leave an entity breaking its collection's
+/// schema. A put is checked as the whole entity; a patch as the entity it
+/// produces from the state `read` now (inside the writer's transaction) and
+/// from earlier writes of the same batch. Deletes are not checked. Changes
+/// from peers and the upstream are not checked here: their origin relay did.
+/// Outer error: reading failed; inner: the refusal.
+fn check_schemas(
+    schemas: &SchemaSet,
+    writes: &[LocalWrite],
+    read: &crate::store::ReadEntity<'_>,
+) -> Result<Result<(), EngineError>, StoreError> {
+    let mut projected: std::collections::HashMap<(&str, &str), serde_json::Map<String, Value>> =
+        std::collections::HashMap::new();
+    for (index, w) in writes.iter().enumerate() {
+        if w.op == Op::Delete {
+            projected.insert((&w.collection, &w.id), serde_json::Map::new());
+            continue;
+        }
+        if !schemas.contains(&w.collection) {
+            continue;
+        }
+        let key = (w.collection.as_str(), w.id.as_str());
+        let mut fields = match (w.op, projected.remove(&key)) {
+            (Op::Put, _) => serde_json::Map::new(),
+            (_, Some(f)) => f,
+            _ => read(&w.collection, &w.id)?
+                .filter(|e| e.state.exists())
+                .map(|e| e.state.visible())
+                .unwrap_or_default(),
+        };
+        for (k, v) in &w.fields {
+            if v.is_null() {
+                fields.remove(k);
+            } else {
+                fields.insert(k.clone(), v.clone());
+            }
+        }
+        let violations = schemas
+            .check_object(&w.collection, &fields)
+            .unwrap_or_default();
+        if let Some(violation) = violations.into_iter().next() {
+            return Ok(Err(EngineError::Schema {
+                index,
+                collection: w.collection.clone(),
+                violation,
+            }));
+        }
+        projected.insert(key, fields);
+    }
+    Ok(Ok(()))
+}
+
+/// A push queued to the writer, waiting for its durable commit.
+pub struct QueuedPush<'e> {
+    engine: &'e Engine,
+    n: u64,
+    rx: Option<tokio::sync::oneshot::Receiver<Result<Vec<Outcome>, StoreError>>>,
+}
+
+impl QueuedPush<'_> {
+    /// The outcomes, once the commit is durable.
+    pub async fn wait(self) -> Result<Vec<Outcome>, EngineError> {
+        let Some(rx) = self.rx else {
+            return Ok(vec![]);
+        };
+        let out = rx.await.map_err(|_| StoreError::Closed)??;
+        self.engine
+            .metrics
+            .changes_written
+            .fetch_add(self.n, Relaxed);
+        self.engine.await_gate(&out).await?;
+        Ok(out)
+    }
+}
+
+/// Keeps one connection's pushes in the order its frames were read.
+///
+/// A connection answers pushes asynchronously (one future per push, polled
+/// together), and a future does nothing until first polled: without this, a
+/// later push could reach the writer first and two patches of one field,
+/// sent in order, could end with the older value. Each push made through
+/// `push` queues its job only after the previous push of the same
+/// `WriteOrder` has queued its own (or failed, or been dropped); only the
+/// wait for the commit overlaps.
+#[derive(Default)]
+pub struct WriteOrder {
+    prev: Option<tokio::sync::oneshot::Receiver<()>>,
+}
+
+impl WriteOrder {
+    pub fn push(
+        &mut self,
+        engine: Arc<Engine>,
+        space: String,
+        actor: String,
+        source: Option<u64>,
+        writes: Vec<LocalWrite>,
+        write_ids: Vec<Option<String>>,
+    ) -> impl std::future::Future<Output = Result<Vec<Outcome>, EngineError>> + Send + 'static {
+        let prev = self.prev.take();
+        let (queued, next) = tokio::sync::oneshot::channel();
+        self.prev = Some(next);
+        async move {
+            if let Some(prev) = prev {
+                // An error means the earlier push was dropped: nothing to wait for.
+                let _ = prev.await;
+            }
+            let pushed = engine
+                .queue_push(&space, &actor, source, writes, write_ids)
+                .await;
+            drop(queued);
+            pushed?.wait().await
+        }
+    }
+}
+
 /// How many relays an event may cross after the one it was published at.
 pub const EVENT_HOPS: u8 = 8;
 
@@ -189,8 +319,10 @@ enum Phase {
     Live,
 }
 
-/// Catch-up page size: bounds memory per subscribing connection.
+/// Catch-up page size: bounds memory per subscribing connection, in items
+/// and in stored bytes (a page of 256 changes of ~1 MiB would be 256 MiB).
 const PAGE: usize = 256;
+pub const PAGE_BYTES: usize = 4 << 20;
 
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -347,6 +479,13 @@ impl Engine {
         self.store.last_seq()
     }
 
+    /// Park the store writer until the guard is dropped (deterministic
+    /// tests of what queues behind it).
+    #[doc(hidden)]
+    pub async fn hold_writer(&self) -> Result<crate::store::WriterHold, EngineError> {
+        Ok(self.store.hold_writer().await?)
+    }
+
     /// Apply local writes (validated here); answers after the durable commit.
     pub async fn push(
         &self,
@@ -372,6 +511,24 @@ impl Engine {
         writes: Vec<LocalWrite>,
         write_ids: Vec<Option<String>>,
     ) -> Result<Vec<Outcome>, EngineError> {
+        self.queue_push(space, actor, source, writes, write_ids)
+            .await?
+            .wait()
+            .await
+    }
+
+    /// Validate local writes (with optional write ids, as in
+    /// `push_idempotent`) and queue them for the writer; returns once the
+    /// job is queued, with the wait for its durable commit. Jobs are
+    /// applied in the order they were queued (see [`WriteOrder`]).
+    pub async fn queue_push(
+        &self,
+        space: &str,
+        actor: &str,
+        source: Option<u64>,
+        writes: Vec<LocalWrite>,
+        write_ids: Vec<Option<String>>,
+    ) -> Result<QueuedPush<'_>, EngineError> {
         validate::validate_name("space", space)?;
         for (i, wid) in write_ids.iter().enumerate() {
             if let Some(wid) = wid {
@@ -379,7 +536,11 @@ impl Engine {
             }
         }
         if writes.is_empty() {
-            return Ok(vec![]);
+            return Ok(QueuedPush {
+                engine: self,
+                n: 0,
+                rx: None,
+            });
         }
         if writes.len() > self.limits.max_batch {
             return Err(EngineError::Invalid(format!(
@@ -392,23 +553,37 @@ impl Engine {
             validate_write(&self.limits, w)
                 .map_err(|e| EngineError::Invalid(format!("changes[{i}].{e}")))?;
         }
-        self.check_schemas(space, &writes)?;
+        // Collection schemas are checked by the writer, inside the
+        // transaction that applies the writes: a check made here, before
+        // queueing, could be overtaken by a concurrent write to the entity.
+        let admit: Option<crate::store::Admit> = (!self.schemas.is_empty()).then(|| {
+            let schemas = self.schemas.clone();
+            Arc::new(
+                move |read: &crate::store::ReadEntity<'_>, writes: &[LocalWrite]| {
+                    Ok(check_schemas(&schemas, writes, read)?
+                        .map_err(|e| Box::new(e) as crate::store::Rejection))
+                },
+            ) as crate::store::Admit
+        });
         self.metrics.pushes.fetch_add(1, Relaxed);
         let n = writes.len() as u64;
-        let out = self
+        let rx = self
             .store
-            .submit(|reply| Job::Local {
+            .enqueue(|reply| Job::Local {
                 space: space.to_string(),
                 actor: actor.to_string(),
                 source,
                 writes,
                 write_ids,
+                admit,
                 reply,
             })
             .await?;
-        self.metrics.changes_written.fetch_add(n, Relaxed);
-        self.await_gate(&out).await?;
-        Ok(out)
+        Ok(QueuedPush {
+            engine: self,
+            n,
+            rx: Some(rx),
+        })
     }
 
     /// Make writes wait for the cluster stream (see [`AckGate`]); set once.
@@ -439,59 +614,6 @@ impl Engine {
         }
     }
 
-    /// Refuse writes that would leave an entity breaking its collection's
-    /// schema. A put is checked as the whole entity; a patch as the entity
-    /// it produces from the state read now (and from earlier writes of the
-    /// same batch). Deletes are not checked. Changes from peers and the
-    /// upstream are not checked here: their origin relay did.
-    fn check_schemas(&self, space: &str, writes: &[LocalWrite]) -> Result<(), EngineError> {
-        if self.schemas.is_empty() {
-            return Ok(());
-        }
-        let mut projected: std::collections::HashMap<(&str, &str), serde_json::Map<String, Value>> =
-            std::collections::HashMap::new();
-        for (index, w) in writes.iter().enumerate() {
-            if w.op == Op::Delete {
-                projected.insert((&w.collection, &w.id), serde_json::Map::new());
-                continue;
-            }
-            if !self.schemas.contains(&w.collection) {
-                continue;
-            }
-            let key = (w.collection.as_str(), w.id.as_str());
-            let mut fields = match (w.op, projected.remove(&key)) {
-                (Op::Put, _) => serde_json::Map::new(),
-                (_, Some(f)) => f,
-                _ => self
-                    .store
-                    .entity(space, &w.collection, &w.id)?
-                    .filter(|e| e.state.exists())
-                    .map(|e| e.state.visible())
-                    .unwrap_or_default(),
-            };
-            for (k, v) in &w.fields {
-                if v.is_null() {
-                    fields.remove(k);
-                } else {
-                    fields.insert(k.clone(), v.clone());
-                }
-            }
-            let violations = self
-                .schemas
-                .check_object(&w.collection, &fields)
-                .unwrap_or_default();
-            if let Some(violation) = violations.into_iter().next() {
-                return Err(EngineError::Schema {
-                    index,
-                    collection: w.collection.clone(),
-                    violation,
-                });
-            }
-            projected.insert(key, fields);
-        }
-        Ok(())
-    }
-
     /// Apply changes that carry their identity (peers, upstream). With an
     /// ack gate, answers once the cluster stream holds them.
     pub async fn apply_remote(
@@ -499,9 +621,7 @@ impl Engine {
         changes: Vec<Change>,
         source: Option<u64>,
     ) -> Result<Vec<Outcome>, EngineError> {
-        let out = self.apply_unreplicated(changes, source).await?;
-        self.await_gate(&out).await?;
-        Ok(out)
+        self.apply_covered(changes, Vec::new(), source).await
     }
 
     /// Apply changes read from the cluster stream: they are in it already,
@@ -511,10 +631,33 @@ impl Engine {
         changes: Vec<Change>,
         source: Option<u64>,
     ) -> Result<Vec<Outcome>, EngineError> {
+        self.apply_ungated(changes, Vec::new(), source).await
+    }
+
+    /// `apply_remote` of a replication batch with its `covers` (see
+    /// `Job::Remote`): the changes a space filter held back are skipped.
+    pub async fn apply_covered(
+        &self,
+        changes: Vec<Change>,
+        covers: Vec<(NodeId, u64, u64)>,
+        source: Option<u64>,
+    ) -> Result<Vec<Outcome>, EngineError> {
+        let out = self.apply_ungated(changes, covers, source).await?;
+        self.await_gate(&out).await?;
+        Ok(out)
+    }
+
+    async fn apply_ungated(
+        &self,
+        changes: Vec<Change>,
+        covers: Vec<(NodeId, u64, u64)>,
+        source: Option<u64>,
+    ) -> Result<Vec<Outcome>, EngineError> {
         Ok(self
             .store
             .submit(|reply| Job::Remote {
                 changes,
+                covers,
                 source,
                 reply,
             })
@@ -674,19 +817,26 @@ impl Engine {
     pub fn next_page(&self, sub: &mut Subscription) -> Result<Option<Vec<CatchUp>>, EngineError> {
         let mut out = Vec::new();
         if let Phase::Snapshot { after, base } = &mut sub.phase {
-            let page = self.store.entities(
+            let page = self.store.entities_page(
                 &sub.space,
                 None,
                 after.as_ref().map(|(c, i)| (c.as_str(), i.as_str())),
-                PAGE,
+                Cap::new(PAGE, PAGE_BYTES),
             )?;
-            let short = page.len() < PAGE;
+            let short = !page.more;
+            let page = page.items;
             if let Some((c, i, _)) = page.last() {
                 *after = Some((c.clone(), i.clone()));
             }
             if short {
                 sub.cursor = *base;
-                sub.phase = Phase::Backlog;
+                // Back to where it was: the backlog, or the seam if the
+                // trim overtook it there (it is registered already).
+                sub.phase = if sub.id.is_some() {
+                    Phase::Seam
+                } else {
+                    Phase::Backlog
+                };
             }
             for (collection, id, entity) in page {
                 if sub.filter.wants(&collection) {
@@ -706,8 +856,24 @@ impl Engine {
         // is committed and visible and nothing after it can also arrive live.
         // Unregistered, so a long history does not fill the live queue.
         let upto = *sub.upto.get_or_insert_with(|| self.hub.last_seq());
-        let page = self.store.space_log(&sub.space, sub.cursor, upto, PAGE)?;
-        let short = page.len() < PAGE;
+        let page =
+            self.store
+                .space_log_page(&sub.space, sub.cursor, upto, Cap::new(PAGE, PAGE_BYTES))?;
+        // Retention may have trimmed entries after the cursor since the
+        // last page (the horizon is raised before the trim commits, so a
+        // read that missed trimmed entries sees it raised): the log can no
+        // longer replay them, so this page is dropped and the subscription
+        // goes back to the current states, as it would have at the start.
+        let horizon = self.store.horizon();
+        if sub.cursor.saturating_add(1) < horizon {
+            sub.phase = Phase::Snapshot {
+                after: None,
+                base: horizon - 1,
+            };
+            return Ok(Some(Vec::new()));
+        }
+        let short = !page.more;
+        let page = page.items;
         for (seq, entry) in page {
             sub.cursor = seq;
             if sub.filter.wants(&entry.change.collection) {
@@ -806,6 +972,35 @@ impl Engine {
         Ok(self.store.log_after(after, limit)?)
     }
 
+    /// Bounded reads: as `space_log`, `log_after` and `entities`, capped in
+    /// items and stored bytes, saying whether more follow.
+    pub fn space_log_page(
+        &self,
+        space: &str,
+        after: u64,
+        cap: Cap,
+    ) -> Result<Page<(u64, LogEntry)>, EngineError> {
+        Ok(self.store.space_log_page(space, after, u64::MAX, cap)?)
+    }
+
+    pub fn log_after_page(
+        &self,
+        after: u64,
+        cap: Cap,
+    ) -> Result<Page<(u64, LogEntry)>, EngineError> {
+        Ok(self.store.log_after_page(after, cap)?)
+    }
+
+    pub fn entities_page(
+        &self,
+        space: &str,
+        collection: Option<&str>,
+        after: Option<(&str, &str)>,
+        cap: Cap,
+    ) -> Result<Page<(String, String, StoredEntity)>, EngineError> {
+        Ok(self.store.entities_page(space, collection, after, cap)?)
+    }
+
     pub fn version_vector(&self) -> Result<VersionVector, EngineError> {
         Ok(self.store.version_vector()?)
     }
@@ -820,6 +1015,11 @@ impl Engine {
 
     pub fn horizon(&self) -> u64 {
         self.store.horizon()
+    }
+
+    /// See `Store::merges`.
+    pub fn merges(&self) -> u64 {
+        self.store.merges()
     }
 
     /// The storage fault refusing writes now, if any (see `/healthz`).

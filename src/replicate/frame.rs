@@ -28,7 +28,19 @@ pub enum Frame {
         software: String,
     },
     /// Changes the receiver lacks, per origin in origin-seq order.
-    Batch { id: u64, changes: Vec<Change> },
+    /// `covers` is the filtering contract: for each `(origin, from, to)`,
+    /// every change of `origin` numbered `from..=to` that the sender holds
+    /// and the link carries is in this batch or an earlier one of the
+    /// session; the others were filtered out by a space filter (the
+    /// sender's, or one on the route it got them by), so the receiver's
+    /// version vector advances over them. Empty from older relays, whose
+    /// batches are contiguous per origin.
+    Batch {
+        id: u64,
+        changes: Vec<Change>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        covers: Vec<Cover>,
+    },
     /// The batch `id` is durably committed by the receiver.
     Ack { id: u64 },
     /// Entity states, for a peer lacking changes this relay's retention
@@ -52,6 +64,9 @@ pub enum Frame {
     /// The sender is closing the session, and why.
     Bye { reason: String },
 }
+
+/// `(origin, from, to)`: see [`Frame::Batch`].
+pub type Cover = (NodeId, u64, u64);
 
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
@@ -114,7 +129,13 @@ mod tests {
             },
             Frame::Batch {
                 id: 1,
+                changes: vec![change.clone()],
+                covers: vec![],
+            },
+            Frame::Batch {
+                id: 2,
                 changes: vec![change],
+                covers: vec![(NodeId(9), 2, 7)],
             },
             Frame::Ack { id: 1 },
             Frame::Event {

@@ -7,12 +7,12 @@
 use super::frame::{self, Frame, FrameError, PROTO_VERSION};
 use super::plan::{self, InFlight, Start};
 use super::stats::LinkStats;
-use crate::engine::{Engine, EngineError, Event, RenderCache};
+use crate::engine::{Engine, EngineError, Event, RenderCache, PAGE_BYTES};
 use crate::model::{NodeId, VersionVector};
-use crate::store::OutcomeKind;
+use crate::store::{Cap, OutcomeKind};
 use std::collections::HashSet;
 use std::future::Future;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, watch};
@@ -72,6 +72,8 @@ pub struct Greeting {
     /// Last local seq read before our version vector (see `plan::start`).
     head: u64,
     vv: VersionVector,
+    /// `Engine::merges` before our version vector was read.
+    merges: u64,
 }
 
 /// Exchange hellos. Refuses another protocol version and ourselves.
@@ -80,6 +82,7 @@ pub async fn hello(
     rx: &mut impl FrameSource,
     tx: &mut impl FrameSink,
 ) -> Result<Greeting, SessionError> {
+    let merges = engine.merges();
     let head = engine.last_seq();
     let vv = engine.version_vector()?;
     let me = engine.node_id();
@@ -114,6 +117,7 @@ pub async fn hello(
                 peer_vv,
                 head,
                 vv,
+                merges,
             })
         }
         Some(Frame::Bye { reason }) => Err(SessionError::PeerClosed(reason)),
@@ -182,6 +186,8 @@ pub async fn run(
     };
     let (ctl_tx, ctl_rx) = mpsc::channel(WINDOW * 2);
     let (ack_tx, ack_rx) = mpsc::channel(WINDOW * 2);
+    let covered = filter.peer_vv.clone();
+    let own_merges = Arc::new(AtomicU64::new(0));
     let out = Outbound {
         engine: engine.clone(),
         stats: stats.clone(),
@@ -191,7 +197,10 @@ pub async fn run(
         acked: pos,
         inflight: InFlight::default(),
         cursor_saved: Instant::now(),
+        merges: greeting.merges,
+        own_merges: own_merges.clone(),
         snapshot,
+        covered,
     };
     let inbound = inbound(
         &engine,
@@ -200,6 +209,7 @@ pub async fn run(
         ack_tx,
         &stats,
         opts.spaces.as_ref(),
+        &own_merges,
     );
     let mut merges = engine.watch_merges();
     merges.borrow_and_update();
@@ -270,6 +280,7 @@ async fn inbound(
     acks: mpsc::Sender<u64>,
     stats: &LinkStats,
     spaces: Option<&HashSet<String>>,
+    own_merges: &AtomicU64,
 ) -> Result<String, SessionError> {
     let allowed = |space: &str| spaces.is_none_or(|s| s.contains(space));
     loop {
@@ -278,7 +289,11 @@ async fn inbound(
         };
         stats.last_rx_ms.store(crate::engine::now_ms(), Relaxed);
         match f {
-            Frame::Batch { id, changes } => {
+            Frame::Batch {
+                id,
+                changes,
+                covers,
+            } => {
                 if changes.len() > BATCH * 4 {
                     return Err(SessionError::Protocol(format!(
                         "batch of {} changes",
@@ -293,7 +308,9 @@ async fn inbound(
                         keep.push(c);
                     }
                 }
-                let outcomes = engine.apply_remote(keep, Some(stats.id)).await?;
+                // Changes of spaces this side does not take are skipped too:
+                // the covers let the version vector advance over them.
+                let outcomes = engine.apply_covered(keep, covers, Some(stats.id)).await?;
                 for o in &outcomes {
                     match o.kind {
                         OutcomeKind::Applied => stats.changes_received.fetch_add(1, Relaxed),
@@ -302,7 +319,7 @@ async fn inbound(
                             // The sender skipped a change we lack: restart the
                             // session so it recomputes the start from our vv.
                             return Err(SessionError::Protocol(format!(
-                                "gap: change {} of origin {} arrived before its predecessors",
+                                "gap: change {} of origin {} arrived before its predecessors (or a cover skipped them)",
                                 o.origin_seq, o.origin
                             )));
                         }
@@ -328,12 +345,15 @@ async fn inbound(
                     }
                 }
                 stats.changes_received.fetch_add(keep.len() as u64, Relaxed);
+                // Counted before the store counts it (see `Outbound::merges`).
+                own_merges.fetch_add(1, Relaxed);
                 engine.merge_snapshot(keep, None, stats.id).await?;
                 ctl.send(Frame::Ack { id })
                     .await
                     .map_err(|_| SessionError::PeerClosed("outbound ended".into()))?;
             }
             Frame::SnapshotDone { id, vv } => {
+                own_merges.fetch_add(1, Relaxed);
                 engine
                     .merge_snapshot(Vec::new(), Some(vv), stats.id)
                     .await?;
@@ -399,6 +419,21 @@ struct Outbound {
     cursor_saved: Instant,
     /// A snapshot still being sent (before any log streaming).
     snapshot: Option<SnapshotCursor>,
+    /// `Engine::merges` when the session planned.
+    merges: u64,
+    /// Merges this session's own inbound made (the peer's snapshot: the
+    /// peer holds what it brought), counted before the store's count.
+    own_merges: Arc<AtomicU64>,
+    /// Per origin, the highest origin seq the peer holds or has been
+    /// vouched for (see `Frame::Batch` covers): the peer's version vector
+    /// as this session advances it.
+    covered: VersionVector,
+}
+
+/// A log entry read for the peer: sent, or only vouched for (filtered).
+struct Item {
+    seq: u64,
+    change: crate::model::Change,
 }
 
 /// Progress through the snapshot: spaces left, position in the current one.
@@ -453,28 +488,105 @@ impl Outbound {
             self.send_snapshot_page(tx).await?;
             return Ok(true);
         }
-        let page = self.engine.log_after(self.pos, BATCH)?;
-        let Some((last, _)) = page.last() else {
-            self.progress().await?;
-            return Ok(false);
-        };
-        let last = *last;
-        let changes: Vec<_> = page
+        // Bounded in bytes too: 256 changes of ~1 MiB are 256 MiB.
+        let cap = Cap::new(BATCH, PAGE_BYTES);
+        let last = self.engine.last_seq();
+        let mut page = self.engine.log_after_page(self.pos, cap)?.items;
+        self.check_contiguous(last, &page)?;
+        if page.is_empty() {
+            // Caught up. Vouch for what the version vector holds beyond what
+            // the peer was sent (changes this relay never received because a
+            // filter on their route held them back). The vector is read
+            // before the log, so an empty log read proves every change it
+            // counts was seen by this session.
+            let vv = self.engine.version_vector()?;
+            let own = self.own_merges.load(Relaxed);
+            if self.engine.merges() > self.merges + own {
+                // A merged snapshot raised the vector over changes the log
+                // does not hold: vouching for them would hide them from the
+                // peer. Plan again (the peer gets a snapshot in turn).
+                return Err(SessionError::Protocol(
+                    "state merged from a snapshot: planning again".into(),
+                ));
+            }
+            let last = self.engine.last_seq();
+            page = self.engine.log_after_page(self.pos, cap)?.items;
+            self.check_contiguous(last, &page)?;
+            if page.is_empty() {
+                let covers = self.covers_upto(&vv);
+                if covers.is_empty() {
+                    self.progress().await?;
+                    return Ok(false);
+                }
+                let id = self.inflight.push(self.pos);
+                send_frame(
+                    tx,
+                    &Frame::Batch {
+                        id,
+                        changes: vec![],
+                        covers,
+                    },
+                )
+                .await?;
+                return Ok(true);
+            }
+        }
+        let last = page.last().map(|(s, _)| *s).unwrap_or(self.pos);
+        let items: Vec<Item> = page
             .into_iter()
-            .map(|(_, e)| e.change)
-            .filter(|c| self.filter.wants(c))
+            .map(|(seq, e)| Item {
+                seq,
+                change: e.change,
+            })
+            .filter(|i| i.change.origin != self.filter.peer)
             .collect();
         self.pos = last;
-        if changes.is_empty() {
-            if self.inflight.is_empty() {
-                self.acked = last;
-            }
-            return Ok(true);
-        }
-        self.send_batch(tx, changes).await?;
+        self.send_batch(tx, items, last).await?;
         Ok(true)
     }
 
+    /// Retention trimmed the log past this session's read position (a peer
+    /// that is not pinned and fell behind): the changes it lacks are gone
+    /// from the log, so end the session; the next one plans from version
+    /// vectors and sends a snapshot if needed. The log's local seqs are
+    /// contiguous from its first entry (every applied change takes the next
+    /// one; retention removes a prefix), so a read after `pos` that does not
+    /// start at `pos + 1`, while `last` (read before) is past `pos`, lost
+    /// entries to a trim.
+    fn check_contiguous(
+        &self,
+        last: u64,
+        page: &[(u64, crate::store::LogEntry)],
+    ) -> Result<(), SessionError> {
+        let next = self.pos.saturating_add(1);
+        let trimmed = match page.first() {
+            Some((seq, _)) => *seq != next,
+            None => last >= next,
+        };
+        if trimmed {
+            return Err(SessionError::Protocol(format!(
+                "the log was trimmed past this link's position {}: planning again",
+                self.pos
+            )));
+        }
+        Ok(())
+    }
+
+    /// Covers raising the peer to `vv` (its own origin excluded).
+    fn covers_upto(&mut self, vv: &VersionVector) -> Vec<frame::Cover> {
+        let mut out = Vec::new();
+        for (&origin, &to) in vv {
+            if origin == self.filter.peer {
+                continue;
+            }
+            let held = self.covered.entry(origin).or_insert(0);
+            if to > *held {
+                out.push((origin, *held + 1, to));
+                *held = to;
+            }
+        }
+        out
+    }
     /// The next page of entity states, or the end-of-snapshot frame.
     async fn send_snapshot_page(&mut self, tx: &mut impl FrameSink) -> Result<(), SessionError> {
         let Some(snap) = self.snapshot.as_mut() else {
@@ -491,8 +603,12 @@ impl Outbound {
                 continue;
             }
             let after = snap.after.as_ref().map(|(c, i)| (c.as_str(), i.as_str()));
-            let page = self.engine.entities(&space, None, after, BATCH)?;
-            if page.len() < BATCH {
+            let page =
+                self.engine
+                    .entities_page(&space, None, after, Cap::new(BATCH, PAGE_BYTES))?;
+            let more = page.more;
+            let page = page.items;
+            if !more {
                 snap.spaces.remove(0);
                 snap.after = None;
             } else if let Some((c, i, _)) = page.last() {
@@ -522,36 +638,79 @@ impl Outbound {
         send_frame(tx, &Frame::SnapshotDone { id, vv }).await
     }
 
-    /// Send as one batch, or split it if its frame would be too large.
+    /// Send the page `items` (read up to local seq `upto`) as one batch,
+    /// or split if its frame would be too large. Each part is acknowledged
+    /// up to its own last entry, never the page's end, so an ack never
+    /// claims what the peer has not got (the cursor pins retention).
     async fn send_batch(
         &mut self,
         tx: &mut impl FrameSink,
-        changes: Vec<crate::model::Change>,
+        items: Vec<Item>,
+        upto: u64,
     ) -> Result<(), SessionError> {
-        let mut queue = vec![changes];
-        while let Some(part) = queue.pop() {
-            let n = part.len() as u64;
-            let id = self.inflight.push(self.pos);
-            let f = Frame::Batch { id, changes: part };
+        let mut queue = vec![(items, upto)];
+        while let Some((part, upto)) = queue.pop() {
+            let mut covered = self.covered.clone();
+            let (changes, covers) = self.frame_part(&part, &mut covered);
+            if changes.is_empty() && covers.is_empty() {
+                if self.inflight.is_empty() {
+                    self.acked = upto;
+                }
+                continue;
+            }
+            let n = changes.len() as u64;
+            let id = self.inflight.push(upto);
+            let f = Frame::Batch {
+                id,
+                changes,
+                covers,
+            };
             match frame::encode(&f) {
                 Ok(bytes) => {
                     tx.send(bytes).await?;
+                    self.covered = covered;
                     self.stats.changes_sent.fetch_add(n, Relaxed);
                 }
-                Err(FrameError::TooLarge(_)) if n > 1 => {
+                Err(FrameError::TooLarge(_)) if part.len() > 1 => {
                     self.inflight.unpush();
-                    let Frame::Batch { mut changes, .. } = f else {
-                        unreachable!("constructed above")
-                    };
-                    let back = changes.split_off(changes.len() / 2);
+                    let mut front = part;
+                    let back = front.split_off(front.len() / 2);
+                    let front_upto = back[0].seq - 1;
                     // Front half first: the queue pops from the end.
-                    queue.push(back);
-                    queue.push(changes);
+                    queue.push((back, upto));
+                    queue.push((front, front_upto));
                 }
                 Err(e) => return Err(e.into()),
             }
         }
         Ok(())
+    }
+
+    /// The changes of `part` the peer gets, and covers for all of it
+    /// (filtered entries included), advancing `covered`.
+    fn frame_part(
+        &self,
+        part: &[Item],
+        covered: &mut VersionVector,
+    ) -> (Vec<crate::model::Change>, Vec<frame::Cover>) {
+        let mut changes = Vec::new();
+        let mut covers: Vec<frame::Cover> = Vec::new();
+        for item in part {
+            let c = &item.change;
+            let held = covered.entry(c.origin).or_insert(0);
+            if c.seq <= *held {
+                continue;
+            }
+            match covers.iter_mut().find(|(o, _, _)| *o == c.origin) {
+                Some(cover) => cover.2 = c.seq,
+                None => covers.push((c.origin, *held + 1, c.seq)),
+            }
+            *held = c.seq;
+            if self.filter.wants(c) {
+                changes.push(c.clone());
+            }
+        }
+        (changes, covers)
     }
 
     async fn forward(&mut self, tx: &mut impl FrameSink, ev: &Event) -> Result<(), SessionError> {

@@ -13,7 +13,8 @@ pub use backup::{check, restore, verify_backup, BackupSummary, CheckReport, Rest
 pub use slot::Fault;
 pub use tables::SCHEMA_VERSION;
 pub use writer::{
-    free_disk_bytes, CommitSink, Expect, Job, LocalWrite, Outcome, OutcomeKind, SnapEntity,
+    free_disk_bytes, Admit, CommitSink, Expect, Job, LocalWrite, Outcome, OutcomeKind, ReadEntity,
+    Rejection, SnapEntity,
 };
 
 use crate::metrics::Metrics;
@@ -51,6 +52,9 @@ pub enum StoreError {
         index: usize,
         found: serde_json::Value,
     },
+    /// An admission check ([`Admit`]) refused the job; nothing applied.
+    #[error("{0}")]
+    Rejected(Rejection),
     #[error("the store is shutting down")]
     Closed,
     #[error("the data disk is nearly full ({free_bytes} bytes free): writes are refused until space is freed")]
@@ -102,6 +106,64 @@ pub struct StoreOptions {
     pub cache_bytes: usize,
     /// Largest tolerated clock skew of client-supplied edit times.
     pub max_skew_ms: u64,
+}
+
+/// Bounds of one paged read: at most `items`, and no item is added once
+/// the page holds `bytes` of stored (encoded) data; a page always takes
+/// its first item, however large.
+#[derive(Clone, Copy, Debug)]
+pub struct Cap {
+    pub items: usize,
+    pub bytes: usize,
+}
+
+impl Cap {
+    pub fn items(items: usize) -> Cap {
+        Cap {
+            items,
+            bytes: usize::MAX,
+        }
+    }
+
+    pub fn new(items: usize, bytes: usize) -> Cap {
+        Cap { items, bytes }
+    }
+}
+
+/// One page of a bounded read.
+#[derive(Debug)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// The read stopped at its cap: more may follow (read on from the last
+    /// item). False: the range is exhausted.
+    pub more: bool,
+    /// Stored bytes of the items.
+    pub bytes: usize,
+    /// For reads that report it: the last committed seq the read saw.
+    pub seq: u64,
+    cap: Cap,
+}
+
+impl<T> Page<T> {
+    fn new(cap: Cap) -> Self {
+        Page {
+            items: Vec::new(),
+            more: false,
+            bytes: 0,
+            seq: 0,
+            cap,
+        }
+    }
+
+    fn full(&self) -> bool {
+        self.items.len() >= self.cap.items
+            || (!self.items.is_empty() && self.bytes >= self.cap.bytes)
+    }
+
+    fn push(&mut self, item: T, bytes: usize) {
+        self.items.push(item);
+        self.bytes += bytes;
+    }
 }
 
 /// A log record: the change plus what the local merge made of it.
@@ -162,6 +224,10 @@ impl StoredEntity {
     }
 }
 
+/// Holds the writer parked ([`Store::hold_writer`]) until dropped.
+#[doc(hidden)]
+pub struct WriterHold(#[allow(dead_code)] std::sync::mpsc::Sender<()>);
+
 pub struct Store {
     /// The open file; replaced in place after an I/O error (`slot.rs`).
     slot: Arc<Slot>,
@@ -170,6 +236,7 @@ pub struct Store {
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     last_seq: Arc<AtomicU64>,
     horizon: Arc<AtomicU64>,
+    merges: Arc<AtomicU64>,
     thread: Mutex<Option<JoinHandle<()>>>,
     /// Relaxed durability only: asks the writer to fsync once a second.
     ticker: Mutex<Option<JoinHandle<()>>>,
@@ -216,6 +283,7 @@ impl Store {
         drop(db);
         let last_seq = Arc::new(AtomicU64::new(last_seq));
         let horizon = Arc::new(AtomicU64::new(horizon));
+        let merges = Arc::new(AtomicU64::new(0));
         let (tx, rx) = mpsc::channel(opts.queue.max(1));
         let ticker = match opts.durability {
             Durability::Relaxed => Some(spawn_ticker(tx.downgrade(), &path)?),
@@ -230,7 +298,8 @@ impl Store {
             sink,
             last_seq.clone(),
             horizon.clone(),
-        );
+        )
+        .with_merges(merges.clone());
         let thread = std::thread::Builder::new()
             .name("outpost-writer".into())
             .spawn(move || w.run(rx))
@@ -244,6 +313,7 @@ impl Store {
             jobs: Mutex::new(Some(tx)),
             last_seq,
             horizon,
+            merges,
             thread: Mutex::new(Some(thread)),
             ticker: Mutex::new(ticker),
             path,
@@ -263,6 +333,14 @@ impl Store {
         self.last_seq.load(Ordering::Acquire)
     }
 
+    /// How many snapshot merges (or imports) this process applied: state
+    /// and version vector that came without log entries. Raised before
+    /// their commit, so one read after the version vector tells whether
+    /// that vector may count changes the log does not hold.
+    pub fn merges(&self) -> u64 {
+        self.merges.load(Ordering::Acquire)
+    }
+
     /// Lowest local seq still in the log (1 until retention trims).
     pub fn horizon(&self) -> u64 {
         self.horizon.load(Ordering::Acquire)
@@ -273,6 +351,18 @@ impl Store {
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Job,
     ) -> Result<T, StoreError> {
+        let rx = self.enqueue(make).await?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Queue a job and return at once the receiver of its answer: the job
+    /// is in the writer's queue (FIFO) when this returns, so jobs queued
+    /// one after another are applied in that order, whichever answer is
+    /// awaited first. Waits while the queue is full.
+    pub async fn enqueue<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Job,
+    ) -> Result<oneshot::Receiver<Result<T, StoreError>>, StoreError> {
         let (tx, rx) = oneshot::channel();
         let jobs = self
             .jobs
@@ -281,7 +371,22 @@ impl Store {
             .and_then(|j| j.clone())
             .ok_or(StoreError::Closed)?;
         jobs.send(make(tx)).await.map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        Ok(rx)
+    }
+
+    /// Park the writer until the returned guard is dropped (deterministic
+    /// tests: jobs queued meanwhile are then taken as one group).
+    #[doc(hidden)]
+    pub async fn hold_writer(&self) -> Result<WriterHold, StoreError> {
+        let (release_tx, release) = std::sync::mpsc::channel();
+        let rx = self
+            .enqueue(|held| Job::Hold {
+                held,
+                release: std::sync::Mutex::new(release),
+            })
+            .await?;
+        rx.await.map_err(|_| StoreError::Closed)??;
+        Ok(WriterHold(release_tx))
     }
 
     /// Why writes are refused right now (an I/O error the store has not
@@ -323,21 +428,36 @@ impl Store {
         upto: u64,
         limit: usize,
     ) -> Result<Vec<(u64, LogEntry)>, StoreError> {
+        Ok(self
+            .space_log_page(space, after, upto, Cap::items(limit))?
+            .items)
+    }
+
+    /// As `space_log`, bounded by `cap` in items and stored bytes.
+    pub fn space_log_page(
+        &self,
+        space: &str,
+        after: u64,
+        upto: u64,
+        cap: Cap,
+    ) -> Result<Page<(u64, LogEntry)>, StoreError> {
         let tx = self.slot.get()?.begin_read()?;
         let idx = tx.open_table(SPACE_LOG)?;
         let log = tx.open_table(LOG)?;
-        let mut out = Vec::new();
+        let mut page = Page::new(cap);
         for row in idx.range((space, after.saturating_add(1))..=(space, upto))? {
+            if page.full() {
+                page.more = true;
+                break;
+            }
             let (k, _) = row?;
             let seq = k.value().1;
             if let Some(v) = log.get(seq)? {
-                out.push((seq, decode(v.value())?));
-            }
-            if out.len() >= limit {
-                break;
+                let raw = v.value();
+                page.push((seq, decode(raw)?), raw.len());
             }
         }
-        Ok(out)
+        Ok(page)
     }
 
     /// Entities of `collection` in `space` changed after per-type version
@@ -391,17 +511,28 @@ impl Store {
     }
 
     pub fn log_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, LogEntry)>, StoreError> {
+        Ok(self.log_after_page(after, Cap::items(limit))?.items)
+    }
+
+    /// As `log_after`, bounded by `cap` in items and stored bytes.
+    pub fn log_after_page(
+        &self,
+        after: u64,
+        cap: Cap,
+    ) -> Result<Page<(u64, LogEntry)>, StoreError> {
         let tx = self.slot.get()?.begin_read()?;
         let log = tx.open_table(LOG)?;
-        let mut out = Vec::new();
+        let mut page = Page::new(cap);
         for row in log.range(after.saturating_add(1)..)? {
-            let (k, v) = row?;
-            out.push((k.value(), decode(v.value())?));
-            if out.len() >= limit {
+            if page.full() {
+                page.more = true;
                 break;
             }
+            let (k, v) = row?;
+            let raw = v.value();
+            page.push((k.value(), decode(raw)?), raw.len());
         }
-        Ok(out)
+        Ok(page)
     }
 
     pub fn entity(
@@ -417,8 +548,7 @@ impl Store {
     }
 
     /// Entities of a space (optionally one collection), in key order, after
-    /// the `(collection, id)` cursor, at most `limit`. Returns the txn's last
-    /// seq too, so a snapshot can be followed by the log from there.
+    /// the `(collection, id)` cursor, at most `limit`.
     pub fn entities(
         &self,
         space: &str,
@@ -426,14 +556,33 @@ impl Store {
         after: Option<(&str, &str)>,
         limit: usize,
     ) -> Result<Vec<(String, String, StoredEntity)>, StoreError> {
+        Ok(self
+            .entities_page(space, collection, after, Cap::items(limit))?
+            .items)
+    }
+
+    /// As `entities`, bounded by `cap` in items and stored bytes. `seq` of
+    /// the page is the last seq its read transaction saw.
+    pub fn entities_page(
+        &self,
+        space: &str,
+        collection: Option<&str>,
+        after: Option<(&str, &str)>,
+        cap: Cap,
+    ) -> Result<Page<(String, String, StoredEntity)>, StoreError> {
         let tx = self.slot.get()?.begin_read()?;
+        let mut page = Page::new(cap);
+        page.seq = tx
+            .open_table(META)?
+            .get(META_LAST_SEQ)?
+            .map(|v| u64_from(v.value()))
+            .unwrap_or(0);
         let t = tx.open_table(ENTITY)?;
         let lo = match (after, collection) {
             (Some((c, i)), _) => (space, c, i),
             (None, Some(c)) => (space, c, ""),
             (None, None) => (space, "", ""),
         };
-        let mut out = Vec::new();
         for row in t.range(lo..)? {
             let (k, v) = row?;
             let (s, c, i) = k.value();
@@ -443,12 +592,14 @@ impl Store {
             if after.is_some_and(|(ac, ai)| (ac, ai) == (c, i)) {
                 continue;
             }
-            out.push((c.to_string(), i.to_string(), decode(v.value())?));
-            if out.len() >= limit {
+            if page.full() {
+                page.more = true;
                 break;
             }
+            let raw = v.value();
+            page.push((c.to_string(), i.to_string(), decode(raw)?), raw.len());
         }
-        Ok(out)
+        Ok(page)
     }
 
     /// Every entity of one collection of `space`, in id order, read in one

@@ -107,6 +107,24 @@ impl Expect {
 
 pub type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
+/// Reads an entity (collection, id) of the job's space inside the writer's
+/// transaction, with every earlier write of the group applied.
+pub type ReadEntity<'a> = dyn Fn(&str, &str) -> Result<Option<StoredEntity>, StoreError> + 'a;
+
+/// Why an admission check refused a job (the engine's own error, boxed).
+pub type Rejection = Box<dyn std::error::Error + Send + Sync>;
+
+/// An admission check of a local job (collection schemas), run by the
+/// writer inside the transaction that would apply the job, so no other
+/// write can slip in between the check and the write. Outer error: the
+/// entity could not be read; inner: the job is refused
+/// ([`StoreError::Rejected`]), nothing of it applied.
+pub type Admit = Arc<
+    dyn Fn(&ReadEntity<'_>, &[LocalWrite]) -> Result<Result<(), Rejection>, StoreError>
+        + Send
+        + Sync,
+>;
+
 pub enum Job {
     Local {
         space: String,
@@ -117,11 +135,18 @@ pub enum Job {
         /// id this space already holds is not applied again; its outcome is
         /// the first application's, marked [`OutcomeKind::Duplicate`].
         write_ids: Vec<Option<String>>,
+        /// Checked inside the transaction, after the preconditions.
+        admit: Option<Admit>,
         reply: Reply<Vec<Outcome>>,
     },
     /// Changes that already have an identity (from a peer or the upstream).
+    /// `covers` (`(origin, from, to)`, see `replicate::frame::Frame::Batch`):
+    /// the sender vouches that the changes of `origin` numbered `from..=to`
+    /// that were not sent were filtered out on purpose, so they may be
+    /// skipped, and the version vector advances to `to`.
     Remote {
         changes: Vec<Change>,
+        covers: Vec<(NodeId, u64, u64)>,
         source: Option<u64>,
         reply: Reply<Vec<Outcome>>,
     },
@@ -157,6 +182,13 @@ pub enum Job {
     /// not yet (sent by the store's flush ticker, so an idle relay does not
     /// keep acknowledged writes unsynced for long).
     Flush,
+    /// Deterministic tests only: the writer parks (reporting `held`) until
+    /// `release` yields or is dropped; jobs queued meanwhile wait, and are
+    /// then taken as one group.
+    Hold {
+        held: Reply<()>,
+        release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+    },
     /// Liveness probe (the systemd watchdog): answered by the writer loop
     /// without a transaction, so an answer proves the writer is not stuck.
     Ping(Reply<()>),
@@ -191,44 +223,87 @@ pub struct Outcome {
     pub type_version: u64,
 }
 
-enum Done {
-    Outcomes(Reply<Vec<Outcome>>, Vec<Outcome>),
-    /// A job refused as a whole (a failed precondition): nothing applied.
-    Refused(Reply<Vec<Outcome>>, StoreError),
-    Unit(Reply<()>),
-    Count(Reply<u64>, u64),
-    Spaces(Reply<Vec<String>>, Vec<String>),
+impl Outcome {
+    fn gap(c: &Change) -> Outcome {
+        let mut o = Outcome::gap_at(c.origin, c.seq);
+        o.stamp = c.stamp;
+        o
+    }
+
+    fn gap_at(origin: NodeId, origin_seq: u64) -> Outcome {
+        Outcome {
+            kind: OutcomeKind::Gap,
+            seq: 0,
+            origin,
+            origin_seq,
+            stamp: Stamp {
+                ms: 0,
+                counter: 0,
+                node: origin,
+            },
+            version: 0,
+            conflicts: vec![],
+            created: false,
+            type_version: 0,
+        }
+    }
 }
 
-impl Done {
-    fn send(self) {
+/// What a job gets once its group has committed (its reply is kept apart,
+/// in the job, so a group can be tried again without the jobs it lost).
+enum Answer {
+    Outcomes(Vec<Outcome>),
+    /// Refused as a whole (a failed precondition): nothing applied.
+    Refused(StoreError),
+    Unit,
+    Count(u64),
+    Spaces(Vec<String>),
+}
+
+/// Why a group's transaction did not commit.
+enum Failure {
+    /// Job `index` failed (say, a stored entity it touches does not
+    /// decode): it alone is refused, and the group is tried again without it.
+    Job(usize, StoreError),
+    /// The transaction itself failed (begin or commit): every job is refused.
+    Group(StoreError),
+}
+
+impl Job {
+    /// Send the answer of a committed group.
+    fn answer(self, a: Answer) {
         // A dropped receiver means the client went away; the write stands.
-        match self {
-            Done::Outcomes(r, v) => drop(r.send(Ok(v))),
-            Done::Refused(r, e) => drop(r.send(Err(e))),
-            Done::Unit(r) => drop(r.send(Ok(()))),
-            Done::Count(r, n) => drop(r.send(Ok(n))),
-            Done::Spaces(r, s) => drop(r.send(Ok(s))),
+        match (self, a) {
+            (Job::Local { reply, .. } | Job::Remote { reply, .. }, Answer::Outcomes(v)) => {
+                drop(reply.send(Ok(v)))
+            }
+            (Job::Local { reply, .. } | Job::Remote { reply, .. }, Answer::Refused(e)) => {
+                drop(reply.send(Err(e)))
+            }
+            (Job::SetCursor { reply, .. }, _) => drop(reply.send(Ok(()))),
+            (Job::Trim { reply, .. }, Answer::Count(n)) => drop(reply.send(Ok(n))),
+            (Job::MergeSnapshot { reply, .. } | Job::Import { reply, .. }, Answer::Spaces(s)) => {
+                drop(reply.send(Ok(s)))
+            }
+            (job, _) => job.fail(StoreError::Encode("internal: mismatched answer".into())),
         }
     }
 
-    fn fail(self, msg: &str, disk_full: Option<u64>) {
-        self.fail_with(|| match disk_full {
-            Some(free_bytes) => StoreError::DiskFull { free_bytes },
-            None => StoreError::Encode(format!("commit failed: {msg}")),
-        })
-    }
-
-    fn fail_with(self, err: impl Fn() -> StoreError) {
+    fn fail(self, e: StoreError) {
         match self {
-            Done::Outcomes(r, _) => drop(r.send(Err(err()))),
-            // Refused whatever happened to the rest of the group.
-            Done::Refused(r, e) => drop(r.send(Err(e))),
-            Done::Unit(r) => drop(r.send(Err(err()))),
-            Done::Count(r, _) => drop(r.send(Err(err()))),
-            Done::Spaces(r, _) => drop(r.send(Err(err()))),
+            Job::Local { reply, .. } | Job::Remote { reply, .. } => drop(reply.send(Err(e))),
+            Job::SetCursor { reply, .. } | Job::Ping(reply) => drop(reply.send(Err(e))),
+            Job::Trim { reply, .. } => drop(reply.send(Err(e))),
+            Job::MergeSnapshot { reply, .. } | Job::Import { reply, .. } => {
+                drop(reply.send(Err(e)))
+            }
+            Job::Flush | Job::Hold { .. } => {}
         }
     }
+}
+
+fn commit_failed(e: &StoreError) -> StoreError {
+    StoreError::Encode(format!("commit failed: {e}"))
 }
 
 pub struct Writer {
@@ -244,6 +319,11 @@ pub struct Writer {
     horizon: Arc<AtomicU64>,
     last_fsync: Instant,
     dirty: bool,
+    /// This group raised the version vector over vouched-for changes.
+    vouched: bool,
+    /// Bumped (before the commit) by every merged snapshot or import: state
+    /// that came without log entries (see `Store::merges`).
+    merges: Arc<AtomicU64>,
 }
 
 struct Tables<'t> {
@@ -311,12 +391,23 @@ impl Writer {
             horizon,
             last_fsync: Instant::now(),
             dirty: false,
+            vouched: false,
+            merges: Arc::new(AtomicU64::new(0)),
         }
     }
 
+    /// Share the merge counter with the store's readers.
+    pub fn with_merges(mut self, merges: Arc<AtomicU64>) -> Self {
+        self.merges = merges;
+        self
+    }
+
     pub fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        let mut next = None;
         loop {
-            let first = if self.slot.fault().is_some() && !self.recover() {
+            let first = if let Some(j) = next.take() {
+                j
+            } else if self.slot.fault().is_some() && !self.recover() {
                 // Faulted: keep answering (refusals, pings) and keep trying
                 // to reopen even when no write arrives.
                 match rx.try_recv() {
@@ -333,9 +424,21 @@ impl Writer {
                     None => break,
                 }
             };
+            if let Job::Hold { held, release } = first {
+                let _ = held.send(Ok(()));
+                if let Ok(release) = release.lock() {
+                    let _ = release.recv();
+                }
+                continue;
+            }
             let mut jobs = vec![first];
             while jobs.len() < MAX_GROUP {
                 match rx.try_recv() {
+                    // A hold ends the group: what follows it waits.
+                    Ok(j @ Job::Hold { .. }) => {
+                        next = Some(j);
+                        break;
+                    }
                     Ok(j) => jobs.push(j),
                     Err(_) => break,
                 }
@@ -426,209 +529,296 @@ impl Writer {
         }
     }
 
-    fn group(&mut self, jobs: Vec<Job>) {
+    /// Apply `jobs` in one transaction and answer each. A job that fails
+    /// on its own (not the transaction) is refused alone and the rest are
+    /// tried again without it, so one bad job never fails its neighbours.
+    fn group(&mut self, mut jobs: Vec<Job>) {
         if let Some(fault) = self.slot.fault() {
             if !self.recover() {
                 for job in jobs {
-                    refuse(job, || fault.error());
+                    job.fail(fault.error());
                 }
                 return;
             }
         }
         let started = Instant::now();
         let low_disk = self.free_bytes().filter(|&f| f < self.opts.min_free_bytes);
-        let first_seq = self.last_seq.load(Ordering::Acquire);
-        let mut seq = first_seq;
-        let mut done = Vec::with_capacity(jobs.len());
-        let mut committed = Vec::new();
-        let mut refused = Vec::new();
-        let mut merged = std::collections::BTreeSet::new();
-        let result = (|| -> Result<(), StoreError> {
-            let mut tx = self.slot.get()?.begin_write()?;
-            let immediate = self.opts.durability == Durability::Immediate
-                || self.last_fsync.elapsed() >= RELAXED_FLUSH;
-            let _ = tx.set_durability(if immediate {
-                redb::Durability::Immediate
-            } else {
-                redb::Durability::None
-            });
-            {
-                let mut t = Tables::open(&tx)?;
-                let at_ms = now_ms();
-                for job in jobs {
-                    match job {
-                        Job::Local {
-                            space,
-                            actor,
-                            source,
-                            writes,
-                            write_ids,
-                            reply,
-                        } => {
-                            if low_disk.is_some() {
-                                refused.push(Done::Outcomes(reply, vec![]));
-                                continue;
-                            }
-                            if let Some(e) = Self::check_expect(&t, &space, &writes)? {
-                                done.push(Done::Refused(reply, e));
-                                continue;
-                            }
-                            let mut outs = Vec::with_capacity(writes.len());
-                            let mut wids = write_ids.into_iter();
-                            for w in writes {
-                                let wid = wids.next().flatten();
-                                if let Some(wid) = &wid {
-                                    if let Some(first) = Self::replayed(&t, self.node, &space, wid)?
-                                    {
-                                        outs.push(first);
-                                        continue;
-                                    }
-                                }
-                                let origin_seq =
-                                    t.vv.get(self.node.0)?.map(|v| v.value()).unwrap_or(0) + 1;
-                                let stamp = match w.client_us {
-                                    Some(us) => {
-                                        self.hlc.at_client_time(us, at_ms, self.opts.max_skew_ms)
-                                    }
-                                    None => self.hlc.now(at_ms),
-                                };
-                                let change = Change {
-                                    space: space.clone(),
-                                    collection: w.collection,
-                                    id: w.id,
-                                    op: w.op,
-                                    fields: w.fields,
-                                    stamp,
-                                    origin: self.node,
-                                    seq: origin_seq,
-                                    actor: actor.clone(),
-                                };
-                                let out = self.apply(
-                                    &mut t,
-                                    change,
-                                    source,
-                                    at_ms,
-                                    &mut seq,
-                                    &mut committed,
-                                )?;
-                                if let Some(wid) = &wid {
-                                    t.write_ids
-                                        .insert((space.as_str(), wid.as_str()), out.seq)?;
-                                    t.write_id_seqs
-                                        .insert(out.seq, (space.as_str(), wid.as_str()))?;
-                                }
-                                outs.push(out);
-                            }
-                            done.push(Done::Outcomes(reply, outs));
-                        }
-                        Job::Remote {
-                            changes,
-                            source,
-                            reply,
-                        } => {
-                            if low_disk.is_some() {
-                                refused.push(Done::Outcomes(reply, vec![]));
-                                continue;
-                            }
-                            let mut outs = Vec::with_capacity(changes.len());
-                            for c in changes {
-                                self.hlc.observe(c.stamp, at_ms, self.opts.max_skew_ms);
-                                outs.push(self.apply(
-                                    &mut t,
-                                    c,
-                                    source,
-                                    at_ms,
-                                    &mut seq,
-                                    &mut committed,
-                                )?);
-                            }
-                            done.push(Done::Outcomes(reply, outs));
-                        }
-                        Job::SetCursor {
-                            name,
-                            seq: s,
-                            reply,
-                        } => {
-                            t.cursors.insert(name.as_str(), s)?;
-                            done.push(Done::Unit(reply));
-                        }
-                        Job::Trim {
-                            older_than_ms,
-                            keep_from,
-                            max,
-                            reply,
-                        } => {
-                            let n = self.trim(&mut t, older_than_ms, keep_from, max, seq)?;
-                            done.push(Done::Count(reply, n));
-                        }
-                        Job::MergeSnapshot {
-                            entities,
-                            vv,
-                            reply,
-                        } => {
-                            let ents = entities.into_iter().map(|e| (e, None));
-                            let spaces = self.merge_snapshot(&mut t, ents, vv, seq)?;
-                            merged.extend(spaces.iter().cloned());
-                            done.push(Done::Spaces(reply, spaces));
-                        }
-                        Job::Import { entities, reply } => {
-                            let ents = entities.into_iter().map(|(e, v)| (e, Some(v)));
-                            let spaces = self.merge_snapshot(&mut t, ents, None, seq)?;
-                            merged.extend(spaces.iter().cloned());
-                            done.push(Done::Spaces(reply, spaces));
-                        }
-                        Job::Flush | Job::Ping(_) => {}
-                    }
-                }
-                t.meta.insert(META_LAST_SEQ, seq.to_le_bytes().as_slice())?;
-                t.meta.insert(META_HLC, encode(&self.hlc)?.as_slice())?;
+        if let Some(free_bytes) = low_disk {
+            // Writes are refused; cursors, trims and merges go on.
+            let (writes, rest): (Vec<Job>, Vec<Job>) = jobs
+                .into_iter()
+                .partition(|j| matches!(j, Job::Local { .. } | Job::Remote { .. }));
+            for j in writes {
+                j.fail(StoreError::DiskFull { free_bytes });
             }
-            tx.commit()?;
-            if immediate {
-                self.last_fsync = Instant::now();
-                self.dirty = false;
-            } else {
-                self.dirty = true;
-            }
-            Ok(())
-        })();
-        for r in refused {
-            r.fail("disk full", low_disk);
+            jobs = rest;
         }
-        match result {
-            Ok(()) => {
-                self.metrics
-                    .observe_commit(started.elapsed(), committed.len());
-                self.last_seq.store(seq, Ordering::Release);
-                if !committed.is_empty() {
-                    self.sink.committed(seq, committed);
-                }
-                if !merged.is_empty() {
-                    let spaces: Vec<String> = merged.into_iter().collect();
-                    self.sink.states_merged(&spaces);
-                }
-                for d in done {
-                    d.send();
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "group commit failed; every job in it is refused");
-                self.metrics.commit_failures.fetch_add(1, Ordering::Relaxed);
-                if let Some(f) = fault_of(&e) {
-                    // The file refuses everything from now on: refuse with
-                    // the real cause, and reopen it (see `recover`).
-                    self.slot.set_fault(f.clone());
-                    for d in done {
-                        d.fail_with(|| f.error());
+        while !jobs.is_empty() {
+            let hlc = self.hlc.clone();
+            let horizon = self.horizon.load(Ordering::Acquire);
+            match self.attempt(&jobs) {
+                Ok((seq, answers, committed, merged)) => {
+                    self.metrics
+                        .observe_commit(started.elapsed(), committed.len());
+                    self.last_seq.store(seq, Ordering::Release);
+                    if !committed.is_empty() || std::mem::take(&mut self.vouched) {
+                        self.sink.committed(seq, committed);
+                    }
+                    if !merged.is_empty() {
+                        let spaces: Vec<String> = merged.into_iter().collect();
+                        self.sink.states_merged(&spaces);
+                    }
+                    for (job, answer) in jobs.into_iter().zip(answers) {
+                        job.answer(answer);
                     }
                     return;
                 }
-                let msg = e.to_string();
-                for d in done {
-                    d.fail(&msg, None);
+                Err(failure) => {
+                    // Nothing of the attempt stands: not its stamps (never
+                    // published) and not the trim point it raised.
+                    self.hlc = hlc;
+                    self.horizon.store(horizon, Ordering::Release);
+                    self.vouched = false;
+                    self.metrics.commit_failures.fetch_add(1, Ordering::Relaxed);
+                    // An I/O error, wherever it struck, is the file's: it
+                    // refuses everything until reopened (see `recover`).
+                    let failure = match failure {
+                        Failure::Job(_, e) | Failure::Group(e) if fault_of(&e).is_some() => {
+                            Failure::Group(e)
+                        }
+                        f => f,
+                    };
+                    match failure {
+                        Failure::Job(index, e) => {
+                            tracing::error!(error = %e, "a job failed; it is refused and its group tried again without it");
+                            jobs.remove(index).fail(e);
+                        }
+                        Failure::Group(e) => {
+                            tracing::error!(error = %e, "group commit failed; every job in it is refused");
+                            if let Some(f) = fault_of(&e) {
+                                self.slot.set_fault(f.clone());
+                                for j in jobs {
+                                    j.fail(f.error());
+                                }
+                                return;
+                            }
+                            for j in jobs {
+                                j.fail(commit_failed(&e));
+                            }
+                            return;
+                        }
+                    }
                 }
             }
         }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn attempt(
+        &mut self,
+        jobs: &[Job],
+    ) -> Result<
+        (
+            u64,
+            Vec<Answer>,
+            Vec<Arc<Committed>>,
+            std::collections::BTreeSet<String>,
+        ),
+        Failure,
+    > {
+        let mut seq = self.last_seq.load(Ordering::Acquire);
+        let mut answers = Vec::with_capacity(jobs.len());
+        let mut committed = Vec::new();
+        let mut merged = std::collections::BTreeSet::new();
+        let db = self.slot.get().map_err(Failure::Group)?;
+        let mut tx = db.begin_write().map_err(|e| Failure::Group(e.into()))?;
+        let immediate = self.opts.durability == Durability::Immediate
+            || self.last_fsync.elapsed() >= RELAXED_FLUSH;
+        let _ = tx.set_durability(if immediate {
+            redb::Durability::Immediate
+        } else {
+            redb::Durability::None
+        });
+        {
+            let mut t = Tables::open(&tx).map_err(Failure::Group)?;
+            let at_ms = now_ms();
+            for (index, job) in jobs.iter().enumerate() {
+                let answer = self
+                    .job(&mut t, job, at_ms, &mut seq, &mut committed, &mut merged)
+                    .map_err(|e| Failure::Job(index, e))?;
+                answers.push(answer);
+            }
+            let meta = (|| -> Result<(), StoreError> {
+                t.meta.insert(META_LAST_SEQ, seq.to_le_bytes().as_slice())?;
+                t.meta.insert(META_HLC, encode(&self.hlc)?.as_slice())?;
+                Ok(())
+            })();
+            meta.map_err(Failure::Group)?;
+        }
+        tx.commit().map_err(|e| Failure::Group(e.into()))?;
+        if immediate {
+            self.last_fsync = Instant::now();
+            self.dirty = false;
+        } else {
+            self.dirty = true;
+        }
+        Ok((seq, answers, committed, merged))
+    }
+
+    /// One job inside the group's transaction.
+    fn job(
+        &mut self,
+        t: &mut Tables<'_>,
+        job: &Job,
+        at_ms: u64,
+        seq: &mut u64,
+        committed: &mut Vec<Arc<Committed>>,
+        merged: &mut std::collections::BTreeSet<String>,
+    ) -> Result<Answer, StoreError> {
+        Ok(match job {
+            Job::Local {
+                space,
+                actor,
+                source,
+                writes,
+                write_ids,
+                admit,
+                ..
+            } => {
+                if let Some(e) = Self::check_expect(t, space, writes)? {
+                    return Ok(Answer::Refused(e));
+                }
+                if let Some(admit) = admit {
+                    let entity = &t.entity;
+                    let read =
+                        |collection: &str, id: &str| -> Result<Option<StoredEntity>, StoreError> {
+                            match entity.get((space.as_str(), collection, id))? {
+                                Some(v) => Ok(Some(decode(v.value())?)),
+                                None => Ok(None),
+                            }
+                        };
+                    if let Err(e) = admit(&read, writes)? {
+                        return Ok(Answer::Refused(StoreError::Rejected(e)));
+                    }
+                }
+                let mut outs = Vec::with_capacity(writes.len());
+                let mut wids = write_ids.iter();
+                for w in writes {
+                    let wid = wids.next().and_then(|w| w.as_deref());
+                    if let Some(wid) = wid {
+                        if let Some(first) = Self::replayed(t, self.node, space, wid)? {
+                            outs.push(first);
+                            continue;
+                        }
+                    }
+                    let origin_seq = t.vv.get(self.node.0)?.map(|v| v.value()).unwrap_or(0) + 1;
+                    let stamp = match w.client_us {
+                        Some(us) => self.hlc.at_client_time(us, at_ms, self.opts.max_skew_ms),
+                        None => self.hlc.now(at_ms),
+                    };
+                    let change = Change {
+                        space: space.clone(),
+                        collection: w.collection.clone(),
+                        id: w.id.clone(),
+                        op: w.op,
+                        fields: w.fields.clone(),
+                        stamp,
+                        origin: self.node,
+                        seq: origin_seq,
+                        actor: actor.clone(),
+                    };
+                    let out = self.apply(t, change, false, *source, at_ms, seq, committed)?;
+                    if let Some(wid) = wid {
+                        t.write_ids.insert((space.as_str(), wid), out.seq)?;
+                        t.write_id_seqs.insert(out.seq, (space.as_str(), wid))?;
+                    }
+                    outs.push(out);
+                }
+                Answer::Outcomes(outs)
+            }
+            Job::Remote {
+                changes,
+                covers,
+                source,
+                ..
+            } => Answer::Outcomes(self.remote(t, changes, covers, *source, at_ms, seq, committed)?),
+            Job::SetCursor { name, seq: s, .. } => {
+                t.cursors.insert(name.as_str(), *s)?;
+                Answer::Unit
+            }
+            Job::Trim {
+                older_than_ms,
+                keep_from,
+                max,
+                ..
+            } => Answer::Count(self.trim(t, *older_than_ms, *keep_from, *max, *seq)?),
+            Job::MergeSnapshot { entities, vv, .. } => {
+                let ents = entities.iter().map(|e| (e, None));
+                let spaces = self.merge_snapshot(t, ents, vv.as_ref(), *seq)?;
+                merged.extend(spaces.iter().cloned());
+                Answer::Spaces(spaces)
+            }
+            Job::Import { entities, .. } => {
+                let ents = entities.iter().map(|(e, v)| (e, Some(*v)));
+                let spaces = self.merge_snapshot(t, ents, None, *seq)?;
+                merged.extend(spaces.iter().cloned());
+                Answer::Spaces(spaces)
+            }
+            Job::Flush | Job::Ping(_) | Job::Hold { .. } => Answer::Unit,
+        })
+    }
+
+    /// Changes from a peer, with the covers of their batch (`Job::Remote`).
+    #[allow(clippy::too_many_arguments)]
+    fn remote(
+        &mut self,
+        t: &mut Tables<'_>,
+        changes: &[Change],
+        covers: &[(NodeId, u64, u64)],
+        source: Option<u64>,
+        at_ms: u64,
+        seq: &mut u64,
+        committed: &mut Vec<Arc<Committed>>,
+    ) -> Result<Vec<Outcome>, StoreError> {
+        // A cover is usable only if it starts at or below the next change
+        // we lack; one that starts later means the sender skipped something
+        // we need.
+        let mut usable = BTreeMap::new();
+        let mut gapped = Vec::new();
+        for &(origin, from, to) in covers {
+            if origin == self.node || from > to {
+                continue;
+            }
+            let held = t.vv.get(origin.0)?.map(|v| v.value()).unwrap_or(0);
+            if from > held + 1 {
+                gapped.push(origin);
+            } else {
+                usable.insert(origin, to);
+            }
+        }
+        let mut outs = Vec::with_capacity(changes.len());
+        for c in changes {
+            if gapped.contains(&c.origin) {
+                outs.push(Outcome::gap(c));
+                continue;
+            }
+            let covered = usable.get(&c.origin).is_some_and(|&to| c.seq <= to);
+            self.hlc.observe(c.stamp, at_ms, self.opts.max_skew_ms);
+            outs.push(self.apply(t, c.clone(), covered, source, at_ms, seq, committed)?);
+        }
+        for o in &gapped {
+            outs.push(Outcome::gap_at(*o, 0));
+        }
+        for (origin, to) in usable {
+            let held = t.vv.get(origin.0)?.map(|v| v.value()).unwrap_or(0);
+            if to > held {
+                t.vv.insert(origin.0, to)?;
+                // No log entry records this: wake the sessions (through the
+                // commit report) so they vouch for it to their peers in turn.
+                self.vouched = true;
+            }
+        }
+        Ok(outs)
     }
 
     /// The first failed precondition of a job, as its refusal.
@@ -702,10 +892,15 @@ impl Writer {
         }))
     }
 
+    /// Apply one change unless held. `covered`: the sender vouched (see
+    /// `Job::Remote`) that the changes of its origin before it that we lack
+    /// were filtered out, so it may follow them without a gap.
+    #[allow(clippy::too_many_arguments)]
     fn apply(
         &mut self,
         t: &mut Tables<'_>,
         change: Change,
+        covered: bool,
         source: Option<u64>,
         at_ms: u64,
         seq: &mut u64,
@@ -727,7 +922,7 @@ impl Writer {
             out.kind = OutcomeKind::Duplicate;
             return Ok(out);
         }
-        if change.seq > held + 1 {
+        if change.seq > held + 1 && !covered {
             out.kind = OutcomeKind::Gap;
             return Ok(out);
         }
@@ -778,13 +973,16 @@ impl Writer {
         Ok(out)
     }
 
-    fn merge_snapshot(
+    fn merge_snapshot<'a>(
         &mut self,
         t: &mut Tables<'_>,
-        entities: impl Iterator<Item = (SnapEntity, Option<u64>)>,
-        vv: Option<crate::model::VersionVector>,
+        entities: impl Iterator<Item = (&'a SnapEntity, Option<u64>)>,
+        vv: Option<&crate::model::VersionVector>,
         last_seq: u64,
     ) -> Result<Vec<String>, StoreError> {
+        // Before the commit, like the horizon: a reader that sees the
+        // merged state or version vector sees the count raised.
+        self.merges.fetch_add(1, Ordering::AcqRel);
         let mut changed = std::collections::BTreeSet::new();
         for (e, version) in entities {
             let key = (e.space.as_str(), e.collection.as_str(), e.id.as_str());
@@ -802,10 +1000,10 @@ impl Writer {
                 if t.spaces.get(e.space.as_str())?.is_none() {
                     t.spaces.insert(e.space.as_str(), 0)?;
                 }
-                changed.insert(e.space);
+                changed.insert(e.space.clone());
             }
         }
-        for (origin, seq) in vv.unwrap_or_default() {
+        for (&origin, &seq) in vv.into_iter().flatten() {
             let held = t.vv.get(origin.0)?.map(|v| v.value()).unwrap_or(0);
             if seq > held {
                 t.vv.insert(origin.0, seq)?;
@@ -819,7 +1017,9 @@ impl Writer {
         Ok(changed.into_iter().collect())
     }
 
-    /// The horizon never goes down: below it, catch-up is from state.
+    /// The horizon never goes down: below it, catch-up is from state. It
+    /// is raised before the commit, so a reader that sees the trimmed log
+    /// also sees the new horizon (`group` puts it back if the commit fails).
     fn raise_horizon(&mut self, t: &mut Tables<'_>, to: u64) -> Result<(), StoreError> {
         let horizon = to.max(self.horizon.load(Ordering::Acquire));
         t.meta
@@ -871,20 +1071,6 @@ impl Writer {
     }
 }
 
-/// Answer a job the faulted store cannot run.
-fn refuse(job: Job, err: impl Fn() -> StoreError) {
-    match job {
-        Job::Local { reply, .. } | Job::Remote { reply, .. } => drop(reply.send(Err(err()))),
-        Job::SetCursor { reply, .. } => drop(reply.send(Err(err()))),
-        Job::Trim { reply, .. } => drop(reply.send(Err(err()))),
-        Job::MergeSnapshot { reply, .. } | Job::Import { reply, .. } => {
-            drop(reply.send(Err(err())))
-        }
-        Job::Ping(reply) => drop(reply.send(Ok(()))),
-        Job::Flush => {}
-    }
-}
-
 /// Free bytes on the file system holding `dir` (None if it can't be read).
 pub fn free_disk_bytes(dir: &std::path::Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
@@ -921,4 +1107,124 @@ fn next_type_version(
     }
     t.type_index.insert((space, coll, tv), id)?;
     Ok(tv)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redb::ReadableDatabase;
+
+    struct NoSink;
+    impl CommitSink for NoSink {
+        fn committed(&self, _: u64, _: Vec<Arc<Committed>>) {}
+        fn states_merged(&self, _: &[String]) {}
+    }
+
+    fn writer(dir: &std::path::Path) -> (Writer, Arc<redb::Database>) {
+        let (slot, db) = Slot::open(&dir.join("w.redb"), 1 << 20).unwrap();
+        let (node, last, horizon, hlc) = super::super::init_tables(&db).unwrap();
+        let opts = StoreOptions {
+            dir: dir.to_path_buf(),
+            durability: Durability::Immediate,
+            queue: 16,
+            min_free_bytes: 0,
+            cache_bytes: 1 << 20,
+            max_skew_ms: 60_000,
+        };
+        let w = Writer::new(
+            slot,
+            node,
+            hlc,
+            opts,
+            Arc::new(Metrics::default()),
+            Arc::new(NoSink),
+            Arc::new(AtomicU64::new(last)),
+            Arc::new(AtomicU64::new(horizon)),
+        );
+        (w, db)
+    }
+
+    fn local(id: &str) -> (Job, oneshot::Receiver<Result<Vec<Outcome>, StoreError>>) {
+        let (reply, rx) = oneshot::channel();
+        let job = Job::Local {
+            space: "s".into(),
+            actor: "t".into(),
+            source: None,
+            write_ids: vec![],
+            admit: None,
+            writes: vec![LocalWrite {
+                collection: "c".into(),
+                id: id.into(),
+                op: Op::Patch,
+                fields: [("v".to_string(), Value::from(1))].into(),
+                client_us: None,
+                expect: None,
+            }],
+            reply,
+        };
+        (job, rx)
+    }
+
+    /// A stored entity that does not decode: any write to it fails.
+    fn corrupt(db: &redb::Database, id: &str) {
+        let tx = db.begin_write().unwrap();
+        tx.open_table(ENTITY)
+            .unwrap()
+            .insert(("s", "c", id), [0xc1u8, 0xff].as_slice())
+            .unwrap();
+        tx.commit().unwrap();
+    }
+
+    /// Bug: one failing job failed its whole group: the jobs before it were
+    /// answered "commit failed" and those after it "shutting down" (503).
+    #[test]
+    fn one_bad_job_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, db) = writer(dir.path());
+        corrupt(&db, "bad");
+        let (a, mut a_rx) = local("a");
+        let (bad, mut bad_rx) = local("bad");
+        let (b, mut b_rx) = local("b");
+        w.group(vec![a, bad, b]);
+        assert!(a_rx.try_recv().unwrap().is_ok(), "the job before");
+        assert!(b_rx.try_recv().unwrap().is_ok(), "the job after");
+        assert!(matches!(
+            bad_rx.try_recv().unwrap(),
+            Err(StoreError::Decode(_))
+        ));
+        assert_eq!(w.last_seq.load(Ordering::Acquire), 2);
+    }
+
+    /// Bug: a trim raised the trim point (the log horizon) before the
+    /// commit and did not restore it when the group failed, so catch-up
+    /// took log entries still present for trimmed.
+    #[test]
+    fn a_failed_group_does_not_move_the_trim_point() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, db) = writer(dir.path());
+        for id in ["x", "y"] {
+            let (job, _rx) = local(id);
+            w.group(vec![job]);
+        }
+        corrupt(&db, "bad");
+        let (reply, mut trim_rx) = oneshot::channel();
+        let trim = Job::Trim {
+            older_than_ms: u64::MAX,
+            keep_from: 2,
+            max: 10,
+            reply,
+        };
+        let (bad, _bad_rx) = local("bad");
+        w.group(vec![trim, bad]);
+        let first_in_log = {
+            let tx = db.begin_read().unwrap();
+            let log = tx.open_table(LOG).unwrap();
+            let first = log.first().unwrap().map(|(k, _)| k.value());
+            first
+        };
+        let horizon = w.horizon.load(Ordering::Acquire);
+        assert_eq!(first_in_log, Some(2), "seq 1 trimmed, seq 2 kept");
+        assert_eq!(horizon, 2, "the trim point is the first seq in the log");
+        assert_eq!(trim_rx.try_recv().unwrap().unwrap(), 1);
+    }
 }

@@ -21,10 +21,11 @@ pub mod hub;
 pub mod ws;
 
 use crate::config::UpstreamSettings;
-use crate::engine::{now_ms, Engine};
+use crate::engine::{now_ms, Engine, PAGE_BYTES};
 use crate::replicate::backoff::{jitter_seed, Backoff};
 use crate::replicate::session;
 use crate::replicate::{LinkStats, Links, SessionError, SessionOpts};
+use crate::store::Cap;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -294,7 +295,11 @@ impl Upstream {
         }
         let hub = self.hub_node.load(Relaxed);
         let spaces = self.settings.spaces.as_ref();
-        let page = self.engine.log_after(pos, 256).unwrap_or_default();
+        let page = self
+            .engine
+            .log_after_page(pos, Cap::new(256, PAGE_BYTES))
+            .map(|p| p.items)
+            .unwrap_or_default();
         let oldest = page
             .iter()
             .find(|(_, e)| {

@@ -60,7 +60,13 @@ impl Proc {
     /// As `spawn`, with the relay's log (stderr) appended to `log`.
     pub fn spawn_logged(args: &[&str], log: &Path) -> Proc {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_outpost"));
-        cmd.args(args).env_remove("RUST_LOG");
+        cmd.args(args);
+        Proc::spawn_cmd_logged(cmd, log)
+    }
+
+    /// As `spawn_cmd`, with the relay's log (stderr) appended to `log`.
+    pub fn spawn_cmd_logged(mut cmd: Command, log: &Path) -> Proc {
+        cmd.env_remove("RUST_LOG");
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

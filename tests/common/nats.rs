@@ -42,6 +42,12 @@ impl Nats {
 
     /// Write the config files, start nothing (ports are chosen now).
     pub fn configure(n: usize) -> Nats {
+        Nats::configure_with(n, "")
+    }
+
+    /// As `configure`, with `extra` (e.g. `tls {…}`, `authorization {…}`)
+    /// in every node's config.
+    pub fn configure_with(n: usize, extra: &str) -> Nats {
         let dir = tempfile::tempdir().unwrap();
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let mut nodes = Vec::new();
@@ -53,6 +59,8 @@ impl Nats {
                  jetstream {{\n  store_dir: \"{}\"\n  max_memory_store: 64MB\n  max_file_store: 1GB\n}}\n",
                 store.display()
             );
+            conf.push_str(extra);
+            conf.push('\n');
             if n > 1 {
                 let routes: Vec<String> = ports
                     .iter()

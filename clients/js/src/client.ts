@@ -108,6 +108,7 @@ export class Client extends Emitter<ClientEvents> implements SpaceHost {
   private node: string | null = null;
   private attempt = 0;
   private retry: any = null;
+  private handshake: any = null;
   private refresh = false;
   private token: string | null = null;
   private tokenTimer: any = null;
@@ -198,6 +199,7 @@ export class Client extends Emitter<ClientEvents> implements SpaceHost {
     this.setState('closed');
     for (const s of this.spaces.values()) if (s.presenceState != null) this.publish(s.name, '$presence', { id: this.meta.clientId, state: null });
     clearTimeout(this.retry);
+    clearTimeout(this.handshake);
     clearTimeout(this.tokenTimer);
     clearTimeout(this.retrySend);
     clearInterval(this.pinger);
@@ -341,6 +343,7 @@ export class Client extends Emitter<ClientEvents> implements SpaceHost {
   }
 
   private start(): void {
+    if (this.st === 'closed') return;
     this.isLeader = true;
     this.emit('leader', true);
     if (typeof addEventListener !== 'undefined') {
@@ -428,7 +431,7 @@ export class Client extends Emitter<ClientEvents> implements SpaceHost {
     };
     // Some WebSocket implementations report a refused connection with an
     // error and no close; a handshake that hangs is given up on too.
-    const timer = setTimeout(() => welcomed || gone(), 10_000);
+    const timer = (this.handshake = setTimeout(() => welcomed || gone(), 10_000));
     ws.onclose = gone;
     ws.onerror = () => ws.readyState !== 1 && gone();
   }

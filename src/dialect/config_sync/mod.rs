@@ -31,10 +31,10 @@ pub use proto::{DEVICES, DOCS, HISTORY};
 use super::session::{self, Handled, Protocol, Refusal};
 use super::{ConnCtx, SLOT_CONFIG};
 use crate::auth::Grant;
-use crate::engine::{now_ms, Engine, EngineError, Event, Filter};
+use crate::engine::{now_ms, Engine, EngineError, Event, Filter, PAGE_BYTES};
 use crate::model::Op;
 use crate::server::AppState;
-use crate::store::{Committed, Expect, LocalWrite, StoreError, StoredEntity};
+use crate::store::{Cap, Committed, Expect, LocalWrite, StoreError, StoredEntity};
 use axum::extract::ws::{Utf8Bytes, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -256,13 +256,14 @@ impl Job {
         let mut cursor = proto::history_from(user, after + 1);
         let mut out = Vec::new();
         loop {
-            let page = self.engine.entities(
+            let page = self.engine.entities_page(
                 &self.space,
                 Some(HISTORY),
                 Some((HISTORY, cursor.as_str())),
-                256,
+                Cap::new(256, PAGE_BYTES),
             )?;
-            let short = page.len() < 256;
+            let short = !page.more;
+            let page = page.items;
             for (_, id, e) in &page {
                 if !id.starts_with(&prefix) {
                     return Ok(out);
@@ -462,7 +463,12 @@ impl Job {
                         proto::upload_response(false, None, Some(code::VERSION_CONFLICT), now_ms());
                     return Ok(Some(vec![refused, note]));
                 }
-                let version = u.version.unwrap_or(0).max(doc.version + 1);
+                // A stored version at the limit (written before versions
+                // were bounded) cannot grow: refused, never wrapped.
+                let Some(next) = next_version(doc.version) else {
+                    return Ok(Some(fail(code::INVALID_REQUEST)));
+                };
+                let version = u.version.unwrap_or(0).max(next);
                 let name = self.device_name(&u.user_id, &u.device_id, u.device_name.clone())?;
                 let rev = RevisionFields {
                     user: &u.user_id,
@@ -536,7 +542,10 @@ impl Job {
                         all
                     }
                 };
-                let version = r.resolved_version.unwrap_or(0).max(doc.version + 1);
+                let Some(next) = next_version(doc.version) else {
+                    return Ok(Some(fail(code::INVALID_REQUEST)));
+                };
+                let version = r.resolved_version.unwrap_or(0).max(next);
                 let name = self.device_name(&r.user_id, &r.device_id, r.device_name.clone())?;
                 let delta = r.delta.as_ref().map_or(Value::Null, |d| d.to_value());
                 let rev = RevisionFields {
@@ -594,4 +603,9 @@ fn write(
         client_us: None,
         expect: None,
     }
+}
+
+/// The version after `v`, if it stays within `proto::MAX_VERSION + 1`.
+fn next_version(v: u64) -> Option<u64> {
+    v.checked_add(1).filter(|n| *n <= proto::MAX_VERSION + 1)
 }

@@ -219,8 +219,23 @@ fn body<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, Bad> {
     serde_json::from_value(v).map_err(|e| Bad::new(code::INVALID_REQUEST, e.to_string()))
 }
 
+/// Largest version a client may send: the next one (+1) is still an
+/// integer every JSON client reads exactly (2^53 - 1), and can be made
+/// without wrapping. A version that cannot grow would wrap to 0 or 1.
+pub const MAX_VERSION: u64 = (1 << 53) - 2;
+
+fn check_version(what: &str, v: Option<u64>) -> Result<(), Bad> {
+    match v {
+        Some(v) if v > MAX_VERSION => Err(Bad::new(
+            code::INVALID_REQUEST,
+            format!("{what}: {v} is above {MAX_VERSION}, the largest version that can still grow"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The checks serde does not make: ids present and bounded, the blob
-/// base64, the hash 64 hex digits.
+/// base64, the hash 64 hex digits, versions that can grow.
 fn check(req: &Request) -> Result<(), Bad> {
     for (what, s) in [("userId", req.user_id()), ("deviceId", req.device_id())] {
         crate::engine::validate_name(what, s)
@@ -235,10 +250,13 @@ fn check(req: &Request) -> Result<(), Bad> {
     }
     match req {
         Request::Upload(u) => {
+            check_version("version", u.version)?;
+            check_version("previousVersion", u.previous_version)?;
             check_blob("encryptedConfig", &u.encrypted_config)?;
             check_hash(&u.config_hash)
         }
         Request::Resolve(r) => {
+            check_version("resolvedVersion", r.resolved_version)?;
             check_blob("resolvedConfig", &r.resolved_config)?;
             r.config_hash.as_deref().map_or(Ok(()), check_hash)
         }

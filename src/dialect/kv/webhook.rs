@@ -17,8 +17,8 @@
 
 use super::{hex, history_item, COLLECTION};
 use crate::config::WebhookSettings;
-use crate::engine::Engine;
-use crate::store::LogEntry;
+use crate::engine::{Engine, PAGE_BYTES};
+use crate::store::{Cap, LogEntry};
 use axum::body::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
@@ -242,7 +242,10 @@ async fn deliver(
 fn count_events(engine: &Engine, mut from: u64, to: u64) -> u64 {
     let mut n = 0;
     while from < to {
-        let Ok(page) = engine.log_after(from, 1024) else {
+        let Ok(page) = engine
+            .log_after_page(from, Cap::new(1024, PAGE_BYTES))
+            .map(|p| p.items)
+        else {
             break;
         };
         if page.is_empty() {
@@ -313,7 +316,9 @@ async fn run(weak: Weak<Engine>, cfg: WebhookSettings, mut shutdown: watch::Rece
             .webhook_backlog
             .store(last.saturating_sub(c), Relaxed);
         let page = if last > c {
-            engine.log_after(c, PAGE)
+            engine
+                .log_after_page(c, Cap::new(PAGE, PAGE_BYTES))
+                .map(|p| p.items)
         } else {
             Ok(vec![])
         };

@@ -126,6 +126,8 @@ struct Conn {
     pending: FuturesOrdered<Pending>,
     /// Send frames of `gzip::THRESHOLD` bytes or more gzipped (binary).
     compress: bool,
+    /// Pushes reach the writer in the order their frames were read.
+    order: crate::engine::WriteOrder,
 }
 
 use crate::dialect::send_text as send;
@@ -150,8 +152,10 @@ async fn run(
         feeds: HashMap::new(),
         pending: FuturesOrdered::new(),
         compress,
+        order: Default::default(),
     };
     let max_inflight = state.settings.max_inflight;
+    let mut keepalive = crate::dialect::keepalive::Keepalive::new(&state);
     let mut closing = false;
     loop {
         tokio::select! {
@@ -169,8 +173,8 @@ async fn run(
             Some(d) = conn.ctx.rx.recv() => {
                 if conn.deliver(&mut socket, d).await.is_err() { break; }
             }
-            msg = socket.recv(), if conn.pending.len() < max_inflight => {
-                let Some(msg) = crate::dialect::next_message(&mut socket, msg).await else { break };
+            msg = keepalive.recv(&mut socket), if conn.pending.len() < max_inflight => {
+                let Some(msg) = msg else { break };
                 match conn.handle(&mut socket, msg).await {
                     Ok(true) => {}
                     Ok(false) | Err(_) => break,
@@ -582,9 +586,12 @@ impl Conn {
         };
         let engine = self.engine().clone();
         let (space, actor, source) = (self.space.clone(), self.actor(), Some(self.ctx.id));
+        let pushed = self
+            .order
+            .push(engine.clone(), space, actor, source, vec![write], vec![]);
         // Answered in request order once durable; the actor keeps serving.
         self.pending.push_back(Box::pin(async move {
-            match engine.push(&space, &actor, source, vec![write]).await {
+            match pushed.await {
                 Ok(outs) => {
                     engine.metrics.acks.fetch_add(1, Relaxed);
                     let version = outs.first().map(|o| o.type_version).unwrap_or(0);
@@ -620,8 +627,11 @@ impl Conn {
         let engine = self.engine().clone();
         let (space, actor, source) = (self.space.clone(), self.actor(), Some(self.ctx.id));
         let endpoint = self.endpoint;
+        let pushed = self
+            .order
+            .push(engine.clone(), space, actor, source, writes, vec![]);
         self.pending.push_back(Box::pin(async move {
-            match engine.push(&space, &actor, source, writes).await {
+            match pushed.await {
                 Ok(outs) => {
                     engine.metrics.acks.fetch_add(1, Relaxed);
                     proto::field_push_reply(&entity, &entity_id, &times, &outs)
