@@ -26,6 +26,9 @@
 
 mod proto;
 
+/// The frame parser, for the property tests (tests/fuzz.rs).
+#[doc(hidden)]
+pub use proto::parse;
 pub use proto::{DEVICES, DOCS, HISTORY};
 
 use super::session::{self, Handled, Protocol, Refusal};
