@@ -28,10 +28,9 @@ pub async fn server_info() -> Json<Value> {
 /// Apply `alteration` to an existing atome (404 if there is none) and
 /// return the atome before and after.
 async fn alter(c: &Caller, id: &str, alteration: Map<String, Value>) -> Result<Value, RestError> {
-    if c.current(id)?.is_none() {
-        return Err(RestError::not_found(id));
-    }
-    c.write(AtomeWrite::Alter {
+    // Checked by the writer, so an alter racing a delete cannot bring the
+    // atome back (see `Caller::write_existing`).
+    c.write_existing(AtomeWrite::Alter {
         id: id.to_string(),
         alteration: Value::Object(alteration),
     })

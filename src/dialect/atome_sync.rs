@@ -14,7 +14,7 @@ use super::{ConnCtx, SLOT_ATOME};
 use crate::auth::Grant;
 use crate::engine::{json_bytes, now_ms, Engine, EngineError, Event, Filter, PAGE_BYTES};
 use crate::server::AppState;
-use crate::store::{Cap, Committed, StoredEntity};
+use crate::store::{Cap, Committed, Expect, StoreError, StoredEntity};
 use axum::body::Bytes;
 use axum::extract::ws::{Utf8Bytes, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
@@ -520,13 +520,44 @@ impl Caller {
         let write = w
             .to_local()
             .map_err(|e| RestError::invalid(e.to_string()))?;
-        let mut outs = self
+        let outs = self
             .engine()
             .push(&self.space, &self.actor, None, vec![write])
             .await?;
-        outs.pop()
-            .ok_or_else(|| RestError::new(StatusCode::INTERNAL_SERVER_ERROR, FAILED, "no outcome"))
+        one(outs)
     }
+
+    /// A write to an atome that must exist (update, alter, delete): 404 if
+    /// it does not. The writer checks it (`Expect::Exists`) inside the
+    /// transaction that applies the write, so a write racing a delete
+    /// cannot bring the atome back (a check before queueing the write
+    /// could pass while the delete is queued ahead of it).
+    pub(super) async fn write_existing(
+        &self,
+        w: AtomeWrite,
+    ) -> Result<crate::store::Outcome, RestError> {
+        let id = w.id();
+        let mut write = w
+            .to_local()
+            .map_err(|e| RestError::invalid(e.to_string()))?;
+        write.expect = Some(Expect::Exists);
+        match self
+            .engine()
+            .push(&self.space, &self.actor, None, vec![write])
+            .await
+        {
+            Err(EngineError::Store(StoreError::PreconditionFailed { .. })) => {
+                Err(RestError::not_found(&id))
+            }
+            Err(e) => Err(e.into()),
+            Ok(outs) => one(outs),
+        }
+    }
+}
+
+fn one(mut outs: Vec<crate::store::Outcome>) -> Result<crate::store::Outcome, RestError> {
+    outs.pop()
+        .ok_or_else(|| RestError::new(StatusCode::INTERNAL_SERVER_ERROR, FAILED, "no outcome"))
 }
 
 /// The body of a write: the object itself, or `{"<key>": {...}}` with that
@@ -681,11 +712,8 @@ pub async fn patch(
     let c = caller(state, &headers, &query, Need::Write)?;
     let alteration = unwrap_single(c.body(&body)?, "alteration");
     // REST semantics: altering an atome that does not exist is 404, not an
-    // implicit create.
-    if c.current(&id)?.is_none() {
-        return Err(RestError::not_found(&id));
-    }
-    c.write(AtomeWrite::Alter {
+    // implicit create (checked by the writer, see `write_existing`).
+    c.write_existing(AtomeWrite::Alter {
         id: id.clone(),
         alteration,
     })
@@ -705,10 +733,8 @@ pub async fn delete(
     headers: HeaderMap,
 ) -> RestResult {
     let c = caller(state, &headers, &query, Need::Write)?;
-    if c.current(&id)?.is_none() {
-        return Err(RestError::not_found(&id));
-    }
-    c.write(AtomeWrite::Delete { id: id.clone() }).await?;
+    c.write_existing(AtomeWrite::Delete { id: id.clone() })
+        .await?;
     let data = json!({"id": id, "deleted_at": atome::iso_ms(crate::engine::now_ms())});
     Ok(ok(
         StatusCode::OK,

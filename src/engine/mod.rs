@@ -486,6 +486,12 @@ impl Engine {
         Ok(self.store.hold_writer().await?)
     }
 
+    /// See `Store::enqueued` (deterministic tests).
+    #[doc(hidden)]
+    pub fn jobs_enqueued(&self) -> u64 {
+        self.store.enqueued()
+    }
+
     /// Apply local writes (validated here); answers after the durable commit.
     pub async fn push(
         &self,

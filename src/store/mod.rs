@@ -234,6 +234,8 @@ pub struct Store {
     node: NodeId,
     /// Taken (dropped) by `close` so the writer sees the queue end.
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    /// See `enqueued`.
+    enqueued: AtomicU64,
     last_seq: Arc<AtomicU64>,
     horizon: Arc<AtomicU64>,
     merges: Arc<AtomicU64>,
@@ -311,6 +313,7 @@ impl Store {
             slot,
             node,
             jobs: Mutex::new(Some(tx)),
+            enqueued: AtomicU64::new(0),
             last_seq,
             horizon,
             merges,
@@ -372,7 +375,16 @@ impl Store {
             .and_then(|j| j.clone())
             .ok_or(StoreError::Closed)?;
         jobs.send(make(tx)).await.map_err(|_| StoreError::Closed)?;
+        self.enqueued.fetch_add(1, Ordering::AcqRel);
         Ok(rx)
+    }
+
+    /// Jobs handed to the writer so far (not counting its own flush
+    /// ticks): deterministic tests wait on it to know a request's job is
+    /// queued behind [`Store::hold_writer`].
+    #[doc(hidden)]
+    pub fn enqueued(&self) -> u64 {
+        self.enqueued.load(Ordering::Acquire)
     }
 
     /// Park the writer until the returned guard is dropped (deterministic

@@ -78,6 +78,10 @@ pub enum Expect {
     /// These visible field values; `null` means the field is absent (as it
     /// is on an entity that does not exist or is deleted).
     Fields(BTreeMap<String, Value>),
+    /// The entity exists and is not deleted (a REST update or delete of
+    /// something that must be there: one racing a delete must not bring
+    /// it back).
+    Exists,
 }
 
 impl Expect {
@@ -100,6 +104,10 @@ impl Expect {
                     .collect();
                 let same = want.iter().all(|(k, v)| found.get(k) == Some(v));
                 (!same).then_some(Value::Object(found))
+            }
+            Expect::Exists => {
+                let exists = ent.is_some_and(|e| e.state.exists());
+                (!exists).then_some(Value::String("no such entity".into()))
             }
         }
     }
