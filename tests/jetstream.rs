@@ -423,3 +423,71 @@ async fn tls_with_a_ca_file_and_a_token_file() {
     assert_eq!(st["changes_waiting"], 0, "{st}");
     assert_eq!(cluster_status(c.http).await["changes_waiting"], 1);
 }
+
+/// Push `n` puts to `notes` in `space`, ids `<prefix><i>`, in pushes of 10.
+async fn write_space(c: &mut Client, space: &str, prefix: &str, n: usize) {
+    for start in (0..n).step_by(10) {
+        let changes: Vec<_> = (start..(start + 10).min(n))
+            .map(|i| serde_json::json!({"collection": "notes", "id": format!("{prefix}{i}"), "op": "put", "fields": {"i": i}}))
+            .collect();
+        c.send(serde_json::json!({"type": "push", "rid": 1, "space": space, "changes": changes}))
+            .await;
+        let (_, ack) = c.until("ack").await;
+        assert_eq!(
+            ack["results"].as_array().unwrap().len(),
+            changes.len(),
+            "{ack}"
+        );
+    }
+}
+
+/// How many of `notes` `<prefix>0..n` in `space` exist at `addr`.
+async fn held(addr: SocketAddr, space: &str, prefix: &str, n: usize) -> usize {
+    let mut c = Client::native(addr).await;
+    let mut found = 0;
+    for i in 0..n {
+        c.send(serde_json::json!({"type": "get", "rid": i, "space": space, "collection": "notes", "id": format!("{prefix}{i}")}))
+            .await;
+        let e = c.recv().await;
+        assert_eq!(e["type"], "entity", "{e}");
+        if e["deleted"] == false {
+            found += 1;
+        }
+    }
+    found
+}
+
+/// `[upstream] nats` with `spaces`: a hub instance's origin writes to a
+/// space the edge keeps and to one it skips, interleaved. The edge vouches
+/// for the skipped changes as covers (the replication protocol's
+/// contract), so every kept change merges with no gap, the edge's version
+/// vector reaches the hub's, and the skipped space stays away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_upstream_with_spaces_skips_without_gaps() {
+    let mut nats = Nats::configure(1);
+    nats.start_node(0);
+    let hub = Node::hub(&nats, 1, "").run();
+    wait_connected(&hub).await;
+    let edge = Node::new(&format!(
+        "[upstream]\nnats = {}\nspaces = [\"kept\"]\n[upstream.stream]\nreplicas = 1\n",
+        nats.toml_urls()
+    ))
+    .run();
+    let mut c = Client::native(hub.http).await;
+    for round in 0..6 {
+        write_space(&mut c, "kept", &format!("k{round}-"), 20).await;
+        write_space(&mut c, "other", &format!("o{round}-"), 20).await;
+    }
+    let hub_vv = status(hub.http).await["version_vector"].clone();
+    wait_until(60, "the edge's version vector at the hub's", || async {
+        status(edge.http).await["version_vector"] == hub_vv
+    })
+    .await;
+    let up = status(edge.http).await["upstream"].clone();
+    assert_eq!(up["pending_gaps"], 0, "{up}");
+    assert_eq!(status(edge.http).await["log"]["entries"], 120);
+    for round in 0..6 {
+        assert_eq!(held(edge.http, "kept", &format!("k{round}-"), 20).await, 20);
+        assert_eq!(held(edge.http, "other", &format!("o{round}-"), 20).await, 0);
+    }
+}

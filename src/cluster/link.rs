@@ -17,6 +17,7 @@
 //! duplicate window, and the engine drops any that outlive it.)
 
 use super::pending::Pending;
+use super::read::{self, Read};
 use super::settings::{NatsAuth, NatsSettings, Role};
 use super::wire;
 use crate::engine::{now_ms, AckGate, Engine};
@@ -498,12 +499,11 @@ impl Link {
                 "the stream no longer holds messages after this relay's position (max_age/max_bytes): seed this relay from a peer's snapshot ([mesh]) for what was trimmed"
             );
         }
-        let only = match &self.s.spaces {
-            Some(s) if s.len() == 1 => s.iter().next().map(String::as_str),
-            _ => None,
-        };
+        // The whole stream, even with `spaces`: a skipped change has to be
+        // seen to be vouched for (`read`), or the origin's next kept change
+        // would be a gap.
         let cfg = consumer::pull::OrderedConfig {
-            filter_subject: wire::filter(&self.s.stream.subject_prefix, only),
+            filter_subject: wire::filter(&self.s.stream.subject_prefix, None),
             deliver_policy: if pos == 0 {
                 consumer::DeliverPolicy::All
             } else {
@@ -570,9 +570,14 @@ impl Link {
                     tracing::warn!(seq = at, error = %e, "skipping an invalid change from the stream");
                     continue;
                 }
-                if self.wants(&change.space) {
-                    fresh.push((at, change, m.payload.len()));
-                }
+                let keep = self.wants(&change.space);
+                fresh.push(Read {
+                    at,
+                    origin: change.origin,
+                    seq: change.seq,
+                    change: keep.then_some(change),
+                    size: if keep { m.payload.len() } else { 64 },
+                });
             }
             let mut batch = pending.take();
             batch.extend(fresh);
@@ -594,18 +599,42 @@ impl Link {
         }
     }
 
-    /// Merge changes read from the stream; gaps wait in `pending`.
-    async fn merge(
-        &self,
-        batch: Vec<(u64, Change, usize)>,
-        pending: &mut Pending,
-    ) -> Result<(), String> {
-        let ids: Vec<(NodeId, u64)> = batch.iter().map(|(_, c, _)| (c.origin, c.seq)).collect();
+    /// Merge reads from the stream, with covers for the skipped ones; gaps
+    /// wait in `pending`.
+    async fn merge(&self, batch: Vec<Read>, pending: &mut Pending) -> Result<(), String> {
+        let mut vv = None;
+        let mut failed = None;
+        let plan = read::plan(batch, |origin| {
+            if vv.is_none() {
+                vv = Some(self.engine.version_vector().unwrap_or_else(|e| {
+                    failed = Some(e.to_string());
+                    Default::default()
+                }));
+            }
+            vv.as_ref()
+                .and_then(|v| v.get(&origin).copied())
+                .unwrap_or(0)
+        });
+        if let Some(e) = failed {
+            return Err(format!("reading the version vector: {e}"));
+        }
+        for r in plan.waiting {
+            pending.push(r);
+        }
+        if plan.apply.is_empty() && plan.covers.is_empty() {
+            return Ok(());
+        }
+        let batch = plan.apply;
+        let ids: Vec<(NodeId, u64)> = batch.iter().map(|r| (r.origin, r.seq)).collect();
         if let Ok(mut s) = self.from_stream.lock() {
             s.extend(ids.iter().copied());
         }
-        let changes: Vec<Change> = batch.iter().map(|(_, c, _)| c.clone()).collect();
-        let outcomes = match self.engine.apply_unreplicated(changes, None).await {
+        let changes: Vec<Change> = batch.iter().filter_map(|r| r.change.clone()).collect();
+        let outcomes = match self
+            .engine
+            .apply_unreplicated(changes, plan.covers, None)
+            .await
+        {
             Ok(o) => o,
             Err(e) => {
                 if let Ok(mut s) = self.from_stream.lock() {
@@ -616,19 +645,29 @@ impl Link {
                 return Err(format!("merging: {e}"));
             }
         };
+        let n = batch.len();
+        // Past the changes' outcomes, the writer appends a gap per origin
+        // whose cover it refused: that origin's skipped reads wait again.
+        for o in outcomes.iter().skip(n) {
+            if o.kind == OutcomeKind::Gap {
+                for r in plan.covered.iter().filter(|r| r.origin == o.origin) {
+                    pending.push(r.clone());
+                }
+            }
+        }
         let mut unneeded = Vec::new();
-        for ((at, change, size), o) in batch.into_iter().zip(outcomes) {
+        for (r, o) in batch.into_iter().zip(outcomes) {
             match o.kind {
                 OutcomeKind::Applied => {
                     self.stats.merged.fetch_add(1, Relaxed);
                 }
                 OutcomeKind::Duplicate => {
                     self.stats.merge_duplicates.fetch_add(1, Relaxed);
-                    unneeded.push((change.origin, change.seq));
+                    unneeded.push((r.origin, r.seq));
                 }
                 OutcomeKind::Gap => {
-                    unneeded.push((change.origin, change.seq));
-                    pending.push(at, change, size);
+                    unneeded.push((r.origin, r.seq));
+                    pending.push(r);
                 }
             }
         }

@@ -622,14 +622,16 @@ impl Engine {
         self.apply_covered(changes, Vec::new(), source).await
     }
 
-    /// Apply changes read from the cluster stream: they are in it already,
-    /// so no ack gate.
+    /// Apply changes read from the cluster stream, with the covers of the
+    /// ones the reader's space filter skipped (see `apply_covered`): they
+    /// are in the stream already, so no ack gate.
     pub async fn apply_unreplicated(
         &self,
         changes: Vec<Change>,
+        covers: Vec<(NodeId, u64, u64)>,
         source: Option<u64>,
     ) -> Result<Vec<Outcome>, EngineError> {
-        self.apply_ungated(changes, Vec::new(), source).await
+        self.apply_ungated(changes, covers, source).await
     }
 
     /// `apply_remote` of a replication batch with its `covers` (see
