@@ -27,7 +27,7 @@ use crate::store::OutcomeKind;
 use async_nats::jetstream::{self, consumer, stream};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -48,6 +48,9 @@ const MAX_FROM_STREAM: usize = 100_000;
 /// Bound on changes waiting for a predecessor (see `pending`).
 const MAX_PENDING: usize = 10_000;
 const MAX_PENDING_BYTES: usize = 64 << 20;
+/// Entries of one origin the publisher looks back through for
+/// `Outpost-After` after a start (once per origin).
+const WALK: usize = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -315,6 +318,9 @@ impl Link {
         // Short: a stream leader election takes seconds, and writers wait.
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         let mut done = *self.replicated.borrow();
+        // Per origin, the newest of its seqs this relay's log put in the
+        // stream (published, or merged from it), for `Outpost-After`.
+        let mut last: HashMap<NodeId, u64> = HashMap::new();
         loop {
             if *shutdown.borrow() {
                 return;
@@ -337,7 +343,7 @@ impl Link {
                 }
                 continue;
             }
-            let (reached, err) = self.publish_page(page).await;
+            let (reached, err) = self.publish_page(page, &mut last).await;
             if reached > done {
                 done = reached;
                 self.replicated.send_replace(done);
@@ -347,6 +353,9 @@ impl Link {
                 }
             }
             if let Some(e) = err {
+                // The page is read again from `reached`: what `last` learnt
+                // past it is not in the stream.
+                last.clear();
                 self.stats.publish_failures.fetch_add(1, Relaxed);
                 self.fail("publishing", e);
                 tokio::select! {
@@ -364,6 +373,7 @@ impl Link {
     async fn publish_page(
         &self,
         page: Vec<(u64, crate::store::LogEntry)>,
+        last: &mut HashMap<NodeId, u64>,
     ) -> (u64, Option<String>) {
         let mut acks = Vec::with_capacity(page.len());
         let mut err = None;
@@ -374,11 +384,21 @@ impl Link {
                 .lock()
                 .map(|mut s| s.remove(&(c.origin, c.seq)))
                 .unwrap_or(false);
+            if known {
+                last.insert(c.origin, c.seq);
+            }
             if known || !self.wants(&c.space) {
                 acks.push((seq, Err((c.origin, c.seq, known))));
                 continue;
             }
-            match self.send(&c).await {
+            let before = match last.get(&c.origin) {
+                Some(&y) if y < c.seq => Some(y),
+                _ => self.in_stream_before(c.origin, c.seq),
+            };
+            last.insert(c.origin, c.seq);
+            // Vouch only for a hole: most changes follow their predecessor.
+            let after = before.filter(|&y| y + 1 < c.seq);
+            match self.send(&c, after).await {
                 Ok(f) => acks.push((seq, Ok(f))),
                 Err(e) => {
                     err = Some(e);
@@ -427,12 +447,31 @@ impl Link {
         (reached, err)
     }
 
-    async fn send(&self, c: &Change) -> Result<jetstream::context::PublishAckFuture, String> {
+    /// The newest seq of `origin` below `seq` that this relay's log put in
+    /// the stream (a change of a space it forwards), from the store: after
+    /// a start, before `publish_page` has seen the origin. 0 if the log
+    /// never held one; None if it cannot tell (trimmed, or past the walk).
+    fn in_stream_before(&self, origin: NodeId, seq: u64) -> Option<u64> {
+        let (older, trimmed) = self.engine.origin_before(origin, seq, WALK).ok()?;
+        if let Some((s, _)) = older.iter().find(|(_, e)| self.wants(&e.change.space)) {
+            return Some(*s);
+        }
+        (older.len() < WALK && !trimmed).then_some(0)
+    }
+
+    async fn send(
+        &self,
+        c: &Change,
+        after: Option<u64>,
+    ) -> Result<jetstream::context::PublishAckFuture, String> {
         let payload = wire::encode(c).map_err(|e| e.to_string())?;
-        let msg = jetstream::message::PublishMessage::build()
+        let mut msg = jetstream::message::PublishMessage::build()
             .payload(payload.into())
             .message_id(wire::msg_id(c.origin, c.seq))
             .header(wire::PUBLISHER_HEADER, self.node.to_string().as_str());
+        if let Some(a) = after {
+            msg = msg.header(wire::AFTER_HEADER, a.to_string().as_str());
+        }
         self.js
             .send_publish(wire::subject(&self.s.stream.subject_prefix, &c.space), msg)
             .await
@@ -571,11 +610,17 @@ impl Link {
                     continue;
                 }
                 let keep = self.wants(&change.space);
+                let after = m
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(wire::AFTER_HEADER))
+                    .and_then(|v| v.as_str().parse().ok());
                 fresh.push(Read {
                     at,
                     origin: change.origin,
                     seq: change.seq,
                     change: keep.then_some(change),
+                    after,
                     size: if keep { m.payload.len() } else { 64 },
                 });
             }

@@ -101,6 +101,7 @@ mod tests {
             origin: NodeId(1),
             seq,
             change: Some(change),
+            after: None,
             size,
         }
     }

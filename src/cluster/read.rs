@@ -13,6 +13,11 @@
 //! this reader skipped, so a change still to come (a publish retried after
 //! later ones were stored) is never vouched for. A skipped read that does
 //! not connect to what is held yet waits, like a gapped change.
+//!
+//! A publisher's log can lack some of an origin's seqs too (it got them
+//! through a space filter, or filtered them itself, as an edge with
+//! `spaces` does): it vouches for those in the message of the origin's next
+//! change (`after`), and the range counts as proven.
 
 use crate::model::{Change, NodeId};
 use std::collections::{BTreeMap, HashMap};
@@ -26,6 +31,10 @@ pub struct Read {
     pub seq: u64,
     /// The change, or None when this reader's `spaces` skip it.
     pub change: Option<Change>,
+    /// The publisher vouches that the origin's changes numbered after this
+    /// and before `seq` are not in the stream by its route: they were
+    /// filtered out (`wire::AFTER_HEADER`).
+    pub after: Option<u64>,
     /// Payload bytes (for the bound of the waiting buffer).
     pub size: usize,
 }
@@ -51,29 +60,31 @@ pub struct Plan {
 /// vector entry of an origin (asked only for origins with skipped reads;
 /// it may be stale low, never high: the vector only grows).
 pub fn plan(reads: Vec<Read>, mut held: impl FnMut(NodeId) -> u64) -> Plan {
-    let mut seqs: BTreeMap<NodeId, Vec<u64>> = BTreeMap::new();
-    for r in reads.iter().filter(|r| r.change.is_none()) {
-        seqs.entry(r.origin).or_default();
+    // Per origin that needs covers, the seq ranges the batch proves.
+    let mut ranges: BTreeMap<NodeId, Vec<(u64, u64)>> = BTreeMap::new();
+    for r in reads
+        .iter()
+        .filter(|r| r.change.is_none() || r.after.is_some())
+    {
+        ranges.entry(r.origin).or_default();
     }
     for r in &reads {
-        if let Some(v) = seqs.get_mut(&r.origin) {
-            v.push(r.seq);
+        if let Some(v) = ranges.get_mut(&r.origin) {
+            let from = r.after.filter(|&a| a < r.seq).map_or(r.seq, |a| a + 1);
+            v.push((from, r.seq));
         }
     }
     let mut reach: HashMap<NodeId, u64> = HashMap::new();
     let mut out = Plan::default();
-    for (origin, mut v) in seqs {
+    for (origin, mut v) in ranges {
         let h = held(origin);
         v.sort_unstable();
         let mut cur = h;
-        for s in v {
-            if s <= cur {
-                continue;
-            }
-            if s > cur + 1 {
+        for (from, to) in v {
+            if from > cur + 1 {
                 break;
             }
-            cur = s;
+            cur = cur.max(to);
         }
         if cur > h {
             out.covers.push((origin, h + 1, cur));
@@ -140,6 +151,7 @@ mod tests {
                 seq,
                 actor: String::new(),
             }),
+            after: None,
             size: 10,
         }
     }
@@ -150,6 +162,7 @@ mod tests {
             origin,
             seq,
             change: None,
+            after: None,
             size: 10,
         }
     }
@@ -218,5 +231,30 @@ mod tests {
         );
         let order: Vec<(NodeId, u64)> = p.apply.iter().map(|r| (r.origin, r.seq)).collect();
         assert_eq!(order, [(A, 2), (B, 1), (A, 3), (B, 2)]);
+    }
+
+    #[test]
+    fn a_publisher_vouches_for_what_its_log_lacks() {
+        // A's change 7 says 4..=6 were filtered on its publisher's route;
+        // A:9 says 8 was; A:12 says 10 and 11 were.
+        let mut r7 = kept(1, A, 7);
+        r7.after = Some(3);
+        let mut r9 = kept(2, A, 9);
+        r9.after = Some(7);
+        let mut r12 = kept(3, A, 12);
+        r12.after = Some(9);
+        let p = plan(vec![r7, r9, r12], |_| 3);
+        assert_eq!(p.covers, [(A, 4, 12)]);
+        // Held only up to 2: 3 is missing, nothing is covered.
+        let mut r7 = kept(1, A, 7);
+        r7.after = Some(3);
+        let p = plan(vec![r7], |_| 2);
+        assert!(p.covers.is_empty());
+        assert_eq!(ats(&p.apply), [1]);
+        // A vouch that starts after the seq is ignored (garbage).
+        let mut r = skipped(1, A, 4);
+        r.after = Some(9);
+        let p = plan(vec![r], |_| 3);
+        assert_eq!(p.covers, [(A, 4, 4)]);
     }
 }

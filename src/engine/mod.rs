@@ -766,6 +766,16 @@ impl Engine {
         self.merges.subscribe()
     }
 
+    /// See `Store::origin_before`.
+    pub fn origin_before(
+        &self,
+        origin: NodeId,
+        before: u64,
+        max: usize,
+    ) -> Result<(Vec<(u64, crate::store::LogEntry)>, bool), EngineError> {
+        Ok(self.store.origin_before(origin, before, max)?)
+    }
+
     /// Local seq of the change `(origin, origin_seq)`, if the log holds it.
     pub fn local_seq_of(
         &self,
