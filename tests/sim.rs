@@ -17,10 +17,9 @@
 //! - a relay's version vector never counts an acked write it should hold
 //!   while its state lacks it (checked after every step).
 //!
-//! Without `SIM_SEEDS` it runs seeds 0..16, 120 steps each (about a minute
-//! on two busy cores); it is `#[ignore]` until the open finding below is
-//! fixed (pass `-- --ignored`). A failing seed prints itself;
-//! replay it alone with `SIM_SEED=<n> cargo test --test sim -- --ignored`, with
+//! CI runs a fixed set of seeds (`SIM_SEEDS` unset: seeds 0..16, 120 steps
+//! each, about a minute on two busy cores). A failing seed prints itself;
+//! replay it alone with `SIM_SEED=<n> cargo test --test sim`, with
 //! `SIM_DEBUG=1` for the script and session log (`SIM_LOG` sets the tracing
 //! filter, e.g. `outpost=trace` for every frame). The long mode:
 //! `SIM_SEEDS=100000 SIM_STEPS=300 cargo test --release --test sim` (seeds
@@ -659,7 +658,7 @@ async fn run_seed(seed: u64, steps: usize) -> Result<(), String> {
             .collect();
         let links: Vec<_> = sim.links.iter().map(|l| (l.a, l.b)).collect();
         format!(
-            "seed {seed}: {e}\n  relays {} links {links:?} filters {filters:?}\n  last events: {:?}\n  replay: SIM_SEED={seed} SIM_STEPS={steps} cargo test --test sim -- --ignored (SIM_DEBUG=1 for a trace)",
+            "seed {seed}: {e}\n  relays {} links {links:?} filters {filters:?}\n  last events: {:?}\n  replay: SIM_SEED={seed} SIM_STEPS={steps} cargo test --test sim (SIM_DEBUG=1 for a trace)",
             sim.relays.len(),
             sim.log.iter().rev().take(12).collect::<Vec<_>>()
         )
@@ -678,12 +677,6 @@ fn seeds() -> Vec<u64> {
     (0..n).collect()
 }
 
-// Not in CI yet: one interleaving still fails rarely (about 1 in 200
-// seed runs, seen with seed 7 under load): a session's own snapshot merge
-// in flight can mask a merge from another link, so the session vouches for
-// the other merge's range (docs/reliability.md, "Known open findings").
-// Run: `cargo test --test sim -- --ignored`.
-#[ignore = "a rare open finding (docs/reliability.md); run with --ignored"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sim_relays_converge_and_keep_every_acked_write() {
     if std::env::var("SIM_DEBUG").is_ok() {

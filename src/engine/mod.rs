@@ -766,6 +766,7 @@ impl Engine {
             .submit(|reply| Job::MergeSnapshot {
                 entities,
                 vv,
+                link,
                 reply,
             })
             .await;
@@ -1050,6 +1051,16 @@ impl Engine {
     /// See `Store::merges`.
     pub fn merges(&self) -> u64 {
         self.store.merges()
+    }
+
+    /// See `Store::merges_by_link`.
+    pub fn merges_by_link(&self, link: u64) -> u64 {
+        self.store.merges_by_link(link)
+    }
+
+    /// See `Store::forget_link_merges`.
+    pub fn forget_link_merges(&self, link: u64) {
+        self.store.forget_link_merges(link)
     }
 
     /// The storage fault refusing writes now, if any (see `/healthz`).

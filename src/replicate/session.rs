@@ -12,7 +12,7 @@ use crate::model::{NodeId, VersionVector};
 use crate::store::{Cap, OutcomeKind};
 use std::collections::HashSet;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, watch};
@@ -200,7 +200,6 @@ pub async fn run(
     let (ctl_tx, ctl_rx) = mpsc::channel(WINDOW * 2);
     let (ack_tx, ack_rx) = mpsc::channel(WINDOW * 2);
     let covered = filter.peer_vv.clone();
-    let own_merges = Arc::new(AtomicU64::new(0));
     let out = Outbound {
         engine: engine.clone(),
         stats: stats.clone(),
@@ -211,7 +210,6 @@ pub async fn run(
         inflight: InFlight::default(),
         cursor_saved: Instant::now(),
         merges: greeting.merges,
-        own_merges: own_merges.clone(),
         snapshot,
         covered,
     };
@@ -222,7 +220,6 @@ pub async fn run(
         ack_tx,
         &stats,
         opts.spaces.as_ref(),
-        &own_merges,
     );
     let mut merges = engine.watch_merges();
     merges.borrow_and_update();
@@ -252,6 +249,7 @@ pub async fn run(
         // Ends the session; the dialler reconnects and plans from scratch.
         reason = replan => Ok(reason),
     };
+    engine.forget_link_merges(stats.id);
     if let Ok(reason) = &result {
         let _ = send_frame(
             &mut tx,
@@ -316,7 +314,6 @@ async fn inbound(
     acks: mpsc::Sender<u64>,
     stats: &LinkStats,
     spaces: Option<&HashSet<String>>,
-    own_merges: &AtomicU64,
 ) -> Result<String, SessionError> {
     let allowed = |space: &str| spaces.is_none_or(|s| s.contains(space));
     loop {
@@ -381,16 +378,13 @@ async fn inbound(
                     }
                 }
                 stats.changes_received.fetch_add(keep.len() as u64, Relaxed);
-                // Counted before the store counts it (twice: see
-                // `Store::merges`).
-                own_merges.fetch_add(2, Relaxed);
+                // Counted for this link (see `Outbound::check_no_merge`).
                 engine.merge_snapshot(keep, None, stats.id).await?;
                 ctl.send(Frame::Ack { id })
                     .await
                     .map_err(|_| SessionError::PeerClosed("outbound ended".into()))?;
             }
             Frame::SnapshotDone { id, vv } => {
-                own_merges.fetch_add(2, Relaxed);
                 engine
                     .merge_snapshot(Vec::new(), Some(vv), stats.id)
                     .await?;
@@ -456,11 +450,9 @@ struct Outbound {
     cursor_saved: Instant,
     /// A snapshot still being sent (before any log streaming).
     snapshot: Option<SnapshotCursor>,
-    /// `Engine::merges` when the session planned.
+    /// `Engine::merges` when the session planned (its link had merged
+    /// nothing then).
     merges: u64,
-    /// Merges this session's own inbound made (the peer's snapshot: the
-    /// peer holds what it brought), counted before the store's count.
-    own_merges: Arc<AtomicU64>,
     /// Per origin, the highest origin seq the peer holds or has been
     /// vouched for (see `Frame::Batch` covers): the peer's version vector
     /// as this session advances it.
@@ -618,8 +610,14 @@ impl Outbound {
     /// them would hide them from the peer. The session ends and the next
     /// one plans again (the peer gets a snapshot in turn).
     fn check_no_merge(&self) -> Result<(), SessionError> {
-        let own = self.own_merges.load(Relaxed);
-        if self.engine.merges() > self.merges + own {
+        // The total first, then this link's part: the store moves a link's
+        // count before the total, so an own merge seen in the total is seen
+        // in the part too, and one in flight never hides another link's
+        // (it did when the session counted its own merges itself, before
+        // the store: docs/reliability.md).
+        let all = self.engine.merges();
+        let own = self.engine.merges_by_link(self.stats.id);
+        if all > self.merges + own {
             return Err(SessionError::Protocol(
                 "state merged from a snapshot: planning again".into(),
             ));

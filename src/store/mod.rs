@@ -238,7 +238,7 @@ pub struct Store {
     enqueued: AtomicU64,
     last_seq: Arc<AtomicU64>,
     horizon: Arc<AtomicU64>,
-    merges: Arc<AtomicU64>,
+    merges: Arc<writer::MergeCounts>,
     thread: Mutex<Option<JoinHandle<()>>>,
     /// Relaxed durability only: asks the writer to fsync once a second.
     ticker: Mutex<Option<JoinHandle<()>>>,
@@ -285,7 +285,7 @@ impl Store {
         drop(db);
         let last_seq = Arc::new(AtomicU64::new(last_seq));
         let horizon = Arc::new(AtomicU64::new(horizon));
-        let merges = Arc::new(AtomicU64::new(0));
+        let merges = Arc::new(writer::MergeCounts::default());
         let (tx, rx) = mpsc::channel(opts.queue.max(1));
         let ticker = match opts.durability {
             Durability::Relaxed => Some(spawn_ticker(tx.downgrade(), &path)?),
@@ -342,7 +342,18 @@ impl Store {
     /// version vector and compared with one read later tells whether that
     /// vector, or any read since, may count changes the log does not hold.
     pub fn merges(&self) -> u64 {
-        self.merges.load(Ordering::Acquire)
+        self.merges.all()
+    }
+
+    /// The part of `merges` received on replication link `link` (read it
+    /// after `merges`: a link's count moves first).
+    pub fn merges_by_link(&self, link: u64) -> u64 {
+        self.merges.by_link(link)
+    }
+
+    /// The link ended: forget its merge count.
+    pub fn forget_link_merges(&self, link: u64) {
+        self.merges.forget(link)
     }
 
     /// Lowest local seq still in the log (1 until retention trims).

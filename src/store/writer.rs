@@ -113,6 +113,54 @@ impl Expect {
     }
 }
 
+/// How many snapshot merges (or imports) this process applied, in all and
+/// per replication link: state and version vector that came without log
+/// entries (see `Store::merges`). Each merge counts 2, once before its
+/// commit and once after; its link's count moves first each time, so a
+/// reader that takes the total and then its own link's count never sees
+/// its own merge in the total only.
+#[derive(Debug, Default)]
+pub struct MergeCounts {
+    all: AtomicU64,
+    by_link: std::sync::Mutex<std::collections::HashMap<u64, u64>>,
+}
+
+impl MergeCounts {
+    /// `first`: the bump before the commit (it may add the link's entry;
+    /// the one after only moves an entry that is still there).
+    fn bump(&self, link: Option<u64>, first: bool) {
+        if let Some(l) = link {
+            if let Ok(mut m) = self.by_link.lock() {
+                if first {
+                    *m.entry(l).or_insert(0) += 1;
+                } else if let Some(v) = m.get_mut(&l) {
+                    *v += 1;
+                }
+            }
+        }
+        self.all.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn all(&self) -> u64 {
+        self.all.load(Ordering::Acquire)
+    }
+
+    /// Merges received on replication link `link`.
+    pub fn by_link(&self, link: u64) -> u64 {
+        self.by_link
+            .lock()
+            .map(|m| m.get(&link).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    /// The link ended: drop its count.
+    pub fn forget(&self, link: u64) {
+        if let Ok(mut m) = self.by_link.lock() {
+            m.remove(&link);
+        }
+    }
+}
+
 pub type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 /// Reads an entity (collection, id) of the job's space inside the writer's
@@ -177,6 +225,8 @@ pub enum Job {
     MergeSnapshot {
         entities: Vec<SnapEntity>,
         vv: Option<crate::model::VersionVector>,
+        /// The replication link it came on (see `MergeCounts`).
+        link: u64,
         reply: Reply<Vec<String>>,
     },
     /// `outpost import`: merge exported entity states like a snapshot, and
@@ -332,10 +382,10 @@ pub struct Writer {
     vouched: bool,
     /// Bumped by every merged snapshot or import (state that came without
     /// log entries, see `Store::merges`) twice: before its commit and after.
-    merges: Arc<AtomicU64>,
-    /// Snapshots this attempt merged: `merges` moves again by as many once
-    /// it is over (each merge counts exactly 2).
-    merging: u64,
+    merges: Arc<MergeCounts>,
+    /// The links of the snapshots this attempt merged: `merges` moves
+    /// again for each once it is over (each merge counts exactly 2).
+    merging: Vec<Option<u64>>,
 }
 
 struct Tables<'t> {
@@ -404,13 +454,13 @@ impl Writer {
             last_fsync: Instant::now(),
             dirty: false,
             vouched: false,
-            merges: Arc::new(AtomicU64::new(0)),
-            merging: 0,
+            merges: Arc::new(MergeCounts::default()),
+            merging: Vec::new(),
         }
     }
 
     /// Share the merge counter with the store's readers.
-    pub fn with_merges(mut self, merges: Arc<AtomicU64>) -> Self {
+    pub fn with_merges(mut self, merges: Arc<MergeCounts>) -> Self {
         self.merges = merges;
         self
     }
@@ -570,12 +620,11 @@ impl Writer {
             let hlc = self.hlc.clone();
             let horizon = self.horizon.load(Ordering::Acquire);
             let attempt = self.attempt(&jobs);
-            let merged_now = std::mem::take(&mut self.merging);
-            if merged_now > 0 {
-                // A reader that took the count between the first bump and
-                // the commit may have read the vector before the merge: it
-                // sees the count move again (committed or not).
-                self.merges.fetch_add(merged_now, Ordering::AcqRel);
+            // A reader that took the count between the first bump and the
+            // commit may have read the vector before the merge: it sees the
+            // count move again (committed or not).
+            for link in std::mem::take(&mut self.merging) {
+                self.merges.bump(link, false);
             }
             match attempt {
                 Ok((seq, answers, committed, merged)) => {
@@ -773,15 +822,17 @@ impl Writer {
                 max,
                 ..
             } => Answer::Count(self.trim(t, *older_than_ms, *keep_from, *max, *seq)?),
-            Job::MergeSnapshot { entities, vv, .. } => {
+            Job::MergeSnapshot {
+                entities, vv, link, ..
+            } => {
                 let ents = entities.iter().map(|e| (e, None));
-                let spaces = self.merge_snapshot(t, ents, vv.as_ref(), *seq)?;
+                let spaces = self.merge_snapshot(t, ents, vv.as_ref(), Some(*link), *seq)?;
                 merged.extend(spaces.iter().cloned());
                 Answer::Spaces(spaces)
             }
             Job::Import { entities, .. } => {
                 let ents = entities.iter().map(|(e, v)| (e, Some(*v)));
-                let spaces = self.merge_snapshot(t, ents, None, *seq)?;
+                let spaces = self.merge_snapshot(t, ents, None, None, *seq)?;
                 merged.extend(spaces.iter().cloned());
                 Answer::Spaces(spaces)
             }
@@ -999,13 +1050,14 @@ impl Writer {
         t: &mut Tables<'_>,
         entities: impl Iterator<Item = (&'a SnapEntity, Option<u64>)>,
         vv: Option<&crate::model::VersionVector>,
+        link: Option<u64>,
         last_seq: u64,
     ) -> Result<Vec<String>, StoreError> {
         // Before the commit, like the horizon: a reader that sees the
         // merged state or version vector sees the count raised. (And once
         // more after it, see `merging`.)
-        self.merges.fetch_add(1, Ordering::AcqRel);
-        self.merging += 1;
+        self.merges.bump(link, true);
+        self.merging.push(link);
         let mut changed = std::collections::BTreeSet::new();
         for (e, version) in entities {
             let key = (e.space.as_str(), e.collection.as_str(), e.id.as_str());
