@@ -74,6 +74,14 @@ pub struct AppState {
     pub console: Arc<crate::app::console::Console>,
     /// What the hub's replication endpoint gets (`/ws/replicate`).
     pub hub: crate::upstream::hub::HubCtx,
+    /// What the dialects get.
+    pub ctx: crate::dialect::Ctx,
+}
+
+impl axum::extract::FromRef<Arc<AppState>> for crate::dialect::Ctx {
+    fn from_ref(state: &Arc<AppState>) -> Self {
+        state.ctx.clone()
+    }
 }
 
 impl axum::extract::FromRef<Arc<AppState>> for crate::upstream::hub::HubCtx {
@@ -185,7 +193,21 @@ impl Relay {
             shutdown: shutdown.clone(),
             conns: conns.clone(),
         };
+        let net = Arc::new(crate::net::stats::NetStats::default());
+        let ctx = crate::dialect::Ctx::new(crate::dialect::Shared {
+            engine: engine.clone(),
+            auth: auth.clone(),
+            settings: crate::dialect::ConnSettings::of(&settings),
+            shutdown: shutdown.clone(),
+            conns: conns.clone(),
+            net: net.clone(),
+            upstream: upstream.clone().map(|u| {
+                let wake: crate::dialect::Wake = Arc::new(move || u.wake());
+                wake
+            }),
+        });
         let state = Arc::new(AppState {
+            ctx,
             engine,
             auth,
             settings,
@@ -195,7 +217,7 @@ impl Relay {
             links,
             mesh_addr: mesh.as_ref().map(|m| m.local_addr),
             upstream,
-            net: Arc::new(crate::net::stats::NetStats::default()),
+            net,
             nats,
             console,
         });
