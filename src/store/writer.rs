@@ -989,7 +989,6 @@ impl Writer {
             entry,
             after: Some(ent.view()),
             source,
-            rendered: Default::default(),
         }));
         Ok(out)
     }
