@@ -1,6 +1,6 @@
 //! The axum router: dialect endpoints plus health, metrics and status.
 
-use crate::dialect::{atome_sync, config_sync, kv, native, sync, unified};
+use crate::dialect::{atome_adapter, atome_sync, config_sync, kv, native, sync, unified};
 use crate::server::AppState;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -17,18 +17,32 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ws/atome-sync", get(atome_sync::upgrade))
         .route("/api/atome/create", post(atome_sync::create))
         .route("/api/atome", get(atome_sync::list))
+        .route("/api/atome/list", get(atome_sync::list))
         .route(
             "/api/atome/{id}",
             get(atome_sync::get_one)
                 .patch(atome_sync::patch)
+                .put(atome_adapter::update)
                 .delete(atome_sync::delete),
         )
+        .route("/api/atome/{id}/alter", post(atome_adapter::alter_route))
+        .route("/api/atome/{id}/rename", post(atome_adapter::rename))
+        .route("/api/server-info", get(atome_adapter::server_info))
         .route("/v1/sync/{workspace}", get(kv::upgrade))
         .route("/v1/history/{workspace}", get(kv::history))
         .route("/ws/config", get(config_sync::upgrade))
         .route("/api/ws", get(unified::unified))
         .route("/api/sync/ws", get(unified::entity_sync))
         .route("/api/field-sync/ws", get(unified::field_sync))
+        .route("/api/sync/events", get(unified::http::events))
+        .route(
+            "/api/sync/{entity}",
+            get(unified::http::get_sync).post(unified::http::post_sync),
+        )
+        .route(
+            "/api/field-sync/{entity}",
+            get(unified::http::get_field_sync).post(unified::http::post_field_sync),
+        )
         .route("/ws/replicate", get(crate::upstream::hub::upgrade))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))

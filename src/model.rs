@@ -38,6 +38,22 @@ pub struct Stamp {
     pub node: NodeId,
 }
 
+/// Where a client's sub-millisecond edit time lives in [`Stamp::counter`]:
+/// its top 10 bits hold the microseconds (0..=999), the low 22 bits the
+/// logical counter of edits within that microsecond. A relay's own stamps
+/// start at counter 0, i.e. at microsecond 0 of their millisecond.
+pub const SUB_MS_SHIFT: u32 = 22;
+
+impl Stamp {
+    /// The stamp's time in Unix microseconds: exactly a client's edit time
+    /// when it sent one in microseconds (see [`Hlc::at_client_time`]).
+    pub fn micros(&self) -> u64 {
+        self.ms
+            .saturating_mul(1000)
+            .saturating_add(u64::from((self.counter >> SUB_MS_SHIFT).min(999)))
+    }
+}
+
 /// The key that decides a last-writer-wins race: the stamp, then the origin
 /// sequence number, which makes it unique per change even when one node gives
 /// two changes the same client-supplied edit time.
@@ -76,22 +92,34 @@ impl Hlc {
         self.current()
     }
 
-    /// A stamp for a client-supplied edit time. Offline edits keep their real
-    /// (past) time so they lose to newer writes; times further than `max_skew_ms`
-    /// ahead of the wall clock are clamped so one bad clock can't win forever.
-    pub fn at_client_time(&mut self, client_ms: u64, wall_ms: u64, max_skew_ms: u64) -> Stamp {
-        let ms = client_ms.min(wall_ms.saturating_add(max_skew_ms));
-        if ms >= self.last_ms {
-            // Keep the clock monotonic: a future edit time moves it forward.
-            return self.now(ms);
-        }
-        // A past edit time: the logical part orders it after anything this
-        // node wrote at that same millisecond only via the origin seq.
-        Stamp {
+    /// A stamp for a client-supplied edit time in **microseconds**. Offline
+    /// edits keep their real (past) time so they lose to newer writes; times
+    /// further than `max_skew_ms` ahead of the wall clock are clamped so one
+    /// bad clock can't win forever.
+    ///
+    /// The sub-millisecond part is kept in the counter's top bits (see
+    /// [`SUB_MS_SHIFT`]), so two edits in one millisecond are ordered by
+    /// their microseconds and [`Stamp::micros`] gives back exactly what the
+    /// client sent. The stamp is the client's time as is (not bumped): two
+    /// edits with the same time are told apart by their origin seq
+    /// ([`WriteKey`]). The clock moves forward to it when it is ahead.
+    pub fn at_client_time(&mut self, client_us: u64, wall_ms: u64, max_skew_ms: u64) -> Stamp {
+        let limit = wall_ms.saturating_add(max_skew_ms);
+        let (ms, sub) = if client_us / 1000 >= limit {
+            (limit, 0)
+        } else {
+            (client_us / 1000, (client_us % 1000) as u32)
+        };
+        let stamp = Stamp {
             ms,
-            counter: 0,
+            counter: sub << SUB_MS_SHIFT,
             node: self.node,
+        };
+        if (stamp.ms, stamp.counter) > (self.last_ms, self.last_counter) {
+            self.last_ms = stamp.ms;
+            self.last_counter = stamp.counter;
         }
+        stamp
     }
 
     /// Fold in a stamp seen from elsewhere so later local stamps sort after it.
@@ -349,10 +377,24 @@ mod tests {
     #[test]
     fn hlc_clamps_future_client_times() {
         let mut h = Hlc::new(NodeId(1));
-        let s = h.at_client_time(1_000_000, 1000, 500);
+        let s = h.at_client_time(1_000_000_000, 1000, 500);
         assert_eq!(s.ms, 1500);
-        let past = h.at_client_time(10, 2000, 500);
+        let past = h.at_client_time(10_000, 2000, 500);
         assert_eq!(past.ms, 10);
+    }
+
+    #[test]
+    fn client_microseconds_survive_and_order_writes_within_a_millisecond() {
+        let mut h = Hlc::new(NodeId(1));
+        let a = h.at_client_time(1_795_607_927_827_456, u64::MAX / 2, 0);
+        let b = h.at_client_time(1_795_607_927_827_123, u64::MAX / 2, 0);
+        assert_eq!(a.micros(), 1_795_607_927_827_456);
+        assert_eq!(b.micros(), 1_795_607_927_827_123);
+        assert!(b < a, "the earlier microsecond loses");
+        // The relay's next stamp in that millisecond sorts after both.
+        let c = h.now(1_795_607_927_827);
+        assert!(c > a);
+        assert_eq!(h.now(1_795_607_927_828).micros(), 1_795_607_927_828_000);
     }
 
     #[test]

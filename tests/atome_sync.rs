@@ -16,7 +16,7 @@ const QUIET: Duration = Duration::from_millis(300);
 async fn atome_client(addr: SocketAddr, query: &str) -> (Client, Value) {
     let mut c = Client::connect(addr, &format!("/ws/atome-sync{query}")).await;
     let hello = c.recv().await;
-    assert_eq!(hello["type"], "sync:connected", "{hello}");
+    assert_eq!(hello["type"], "welcome", "{hello}");
     (c, hello)
 }
 
@@ -54,9 +54,13 @@ async fn connect_message_and_ping() {
     let dir = tempfile::tempdir().unwrap();
     let relay = start(config(dir.path())).await;
     let (mut c, hello) = atome_client(relay.addr, "").await;
-    assert_eq!(keys(&hello), ["clientId", "serverTime", "type"]);
+    assert_eq!(
+        keys(&hello),
+        ["clientId", "serverTime", "timestamp", "type"]
+    );
     assert!(hello["clientId"].as_str().unwrap().starts_with("client_"));
     assert!(is_iso(&hello["serverTime"]), "{hello}");
+    assert_eq!(hello["timestamp"], hello["serverTime"]);
     let (_, named) = atome_client(relay.addr, "?clientId=tauri-7").await;
     assert_eq!(named["clientId"], "tauri-7");
 
@@ -184,7 +188,7 @@ async fn socket_errors_keep_the_connection() {
     for (text, code) in cases {
         c.send_raw(Message::Text(text.into())).await;
         let e = c.recv().await;
-        assert_eq!(e["type"], "sync:error", "{text}");
+        assert_eq!(e["type"], "error", "{text}");
         assert_eq!(e["code"], code, "{text}");
         assert!(!e["error"].as_str().unwrap().is_empty());
         assert!(is_iso(&e["timestamp"]));
@@ -210,7 +214,7 @@ async fn rest_endpoints_read_write_and_broadcast() {
     let note = json!({"id": "n1", "kind": "note", "data": {"title": "My Note"}});
     let (st, body) = rest(addr, "POST", "/api/atome/create", None, Some(note.clone())).await;
     assert_eq!(st, 201, "{body}");
-    assert_eq!(body, json!({"success": true, "atome": note}));
+    assert_eq!(body, json!({"success": true, "atome": note, "data": note}));
     let e = sock.recv().await;
     assert_eq!(e["type"], "atome:created");
     assert_eq!(e["atome"], note);
@@ -240,7 +244,10 @@ async fn rest_endpoints_read_write_and_broadcast() {
 
     // Reads.
     let (st, body) = rest(addr, "GET", "/api/atome/n1", None, None).await;
-    assert_eq!((st, body), (200, json!({"success": true, "atome": note2})));
+    assert_eq!(
+        (st, body),
+        (200, json!({"success": true, "atome": note2, "data": note2}))
+    );
     let (st, body) = rest(addr, "GET", "/api/atome/nope", None, None).await;
     assert_eq!(st, 404);
     assert_eq!(body["success"], false);
@@ -249,7 +256,7 @@ async fn rest_endpoints_read_write_and_broadcast() {
     assert_eq!(st, 200);
     assert_eq!(
         body,
-        json!({"success": true, "atomes": [note2], "count": 1})
+        json!({"success": true, "atomes": [note2], "data": [note2], "count": 1})
     );
     let (_, body) = rest(addr, "GET", "/api/atome", None, None).await;
     assert_eq!(body["count"], 2);
@@ -269,7 +276,10 @@ async fn rest_endpoints_read_write_and_broadcast() {
     .await;
     assert_eq!(st, 200, "{body}");
     let merged = json!({"id": "n1", "kind": "note", "data": {"title": "v2"}, "pinned": true});
-    assert_eq!(body, json!({"success": true, "atome": merged}));
+    assert_eq!(
+        body,
+        json!({"success": true, "atome": merged, "data": merged})
+    );
     let e = sock.recv().await;
     assert_eq!(e["type"], "atome:altered");
     assert_eq!(e["atomeId"], "n1");
@@ -287,7 +297,11 @@ async fn rest_endpoints_read_write_and_broadcast() {
 
     // DELETE.
     let (st, body) = rest(addr, "DELETE", "/api/atome/n1", None, None).await;
-    assert_eq!((st, body), (200, json!({"success": true, "atomeId": "n1"})));
+    assert_eq!(
+        (st, body["success"].clone(), body["atomeId"].clone()),
+        (200, json!(true), json!("n1"))
+    );
+    assert_eq!(body["data"]["id"], "n1");
     let e = sock.recv().await;
     assert_eq!(e["type"], "atome:deleted");
     assert_eq!(e["atomeId"], "n1");
@@ -392,8 +406,12 @@ async fn rest_and_socket_honour_token_scopes() {
     assert_eq!(st, 200);
     assert_eq!(sock.recv().await["type"], "atome:deleted");
 
-    // Socket: no token is refused at the handshake; a read token cannot write.
-    assert_eq!(handshake_status(addr, "/ws/atome-sync", None).await, 401);
+    // Socket: a bad token is refused at the handshake (no token is let in to
+    // authenticate in-band: tests/real_clients.rs); a read token cannot write.
+    assert_eq!(
+        handshake_status(addr, "/ws/atome-sync?token=nope", None).await,
+        401
+    );
     assert_eq!(
         handshake_status(addr, "/ws/atome-sync?space=work", Some(&home)).await,
         403
@@ -401,7 +419,7 @@ async fn rest_and_socket_honour_token_scopes() {
     sock.send(json!({"type": "atome:created", "atome": {"id": "z"}}))
         .await;
     let e = sock.recv().await;
-    assert_eq!(e["type"], "sync:error");
+    assert_eq!(e["type"], "error");
     assert_eq!(e["code"], "forbidden");
     relay.shutdown().await.unwrap();
 }

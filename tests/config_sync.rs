@@ -29,6 +29,7 @@ const UPLOAD_RESPONSE: &[&str] = &["error", "newVersion", "success", "timestamp"
 const DOWNLOAD_RESPONSE: &[&str] = &[
     "configHash",
     "encryptedConfig",
+    "encryption",
     "lastModified",
     "metadata",
     "timestamp",

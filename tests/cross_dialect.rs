@@ -34,12 +34,7 @@ async fn all_dialects_see_an_atome_created_over_atome_sync() {
     let relay = start(config(dir.path())).await;
     let addr = relay.addr;
     let q = format!("?space={SPACE}");
-    let mut writer = connect(
-        addr,
-        &format!("/ws/atome-sync{q}&clientId=W"),
-        "sync:connected",
-    )
-    .await;
+    let mut writer = connect(addr, &format!("/ws/atome-sync{q}&clientId=W"), "welcome").await;
     let mut sync = connect(addr, &format!("/ws/sync{q}"), "welcome").await;
     let mut native = native_subscriber(addr).await;
     let mut unified = Client::connect(addr, &format!("/api/ws{q}")).await;
@@ -76,7 +71,10 @@ async fn all_dialects_see_an_atome_created_over_atome_sync() {
     assert_eq!(log["entity"], "atome");
     assert_eq!(log["entity_id"], "x1");
     assert_eq!(log["action"], "create");
-    assert_eq!(log["data"], json!({"kind": "shape", "data": {"w": 10}}));
+    assert_eq!(
+        log["data"],
+        json!({"id": "x1", "kind": "shape", "data": {"w": 10}})
+    );
 
     // The writer is not echoed.
     assert_eq!(writer.try_recv(Duration::from_millis(300)).await, None);
@@ -112,7 +110,7 @@ async fn native_and_rest_writes_reach_both_atome_dialects() {
     let relay = start(config(dir.path())).await;
     let addr = relay.addr;
     let q = format!("?space={SPACE}");
-    let mut atome_sock = connect(addr, &format!("/ws/atome-sync{q}"), "sync:connected").await;
+    let mut atome_sock = connect(addr, &format!("/ws/atome-sync{q}"), "welcome").await;
     let mut sync = connect(addr, &format!("/ws/sync{q}"), "welcome").await;
     let mut native = Client::native(addr).await;
 

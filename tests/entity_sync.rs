@@ -34,6 +34,7 @@ const CHANGE_LOG_KEYS: &[&str] = &[
     "version",
     "client_id",
     "timestamp",
+    "created_at",
 ];
 const FIELD_CHANGE_KEYS: &[&str] = &[
     "entity",
@@ -116,8 +117,10 @@ async fn push_subscribe_change_and_sync_shapes() {
     assert_eq!(c["entity"], "users");
     assert_eq!(c["entity_id"], "u1");
     assert_eq!(c["action"], "create");
-    assert_eq!(c["data"], json!({"name": "Ann", "age": 30}));
+    // `data` is the entity's whole state, `id` included (issue 13, 4b).
+    assert_eq!(c["data"], json!({"name": "Ann", "age": 30, "id": "u1"}));
     assert_eq!(c["version"], 1);
+    assert_eq!(c["created_at"], c["timestamp"]);
     assert_eq!(c["client_id"], "alice");
     let t = ts_ms(&c["timestamp"]);
     assert!(t >= before && t <= outpost::engine::now_ms(), "{c}");
@@ -135,13 +138,14 @@ async fn push_subscribe_change_and_sync_shapes() {
     assert_eq!(ack["version"], 2);
     let c = b.recv().await["change"].clone();
     assert_eq!(c["action"], "update");
-    assert_eq!(c["data"], json!({"age": 31, "name": null}));
+    assert_eq!(c["data"], json!({"age": 31, "id": "u1"}));
     assert_eq!(
         (c["id"].clone(), c["version"].clone()),
         (json!(2), json!(2))
     );
 
-    // Another entity type is not delivered to a `users` subscriber.
+    // Another entity type is not delivered to a `users` subscriber, and
+    // has its own per-type versions.
     let ack = push(&mut a, "posts", "p1", "create", json!({"title": "t"})).await;
     assert_eq!(ack["version"], 1);
     assert!(barrier(&mut b).await.is_empty());
@@ -154,12 +158,15 @@ async fn push_subscribe_change_and_sync_shapes() {
     assert_eq!(c["version"], 3);
     assert_eq!(c["id"], 4);
 
-    // A second entity, and a writer that is not subscribed sees nothing.
-    push(&mut a, "users", "u2", "create", json!({"name": "Bob"})).await;
+    // A second entity (the type's next version), and a writer that is not
+    // subscribed sees nothing.
+    let ack = push(&mut a, "users", "u2", "create", json!({"name": "Bob"})).await;
+    assert_eq!(ack["version"], 4);
     assert_eq!(b.recv().await["change"]["entity_id"], "u2");
     assert!(barrier(&mut a).await.is_empty());
 
-    // sync: every change of the type with per-entity version > since.
+    // sync: each entity of the type changed after per-type version `since`,
+    // once, at its newest version with its current state.
     let mut c = Client::connect(relay.addr, "/api/sync/ws").await;
     c.send(json!({"type": "sync", "entity": "users", "since": 0}))
         .await;
@@ -179,18 +186,16 @@ async fn push_subscribe_change_and_sync_shapes() {
     assert_eq!(
         seen,
         vec![
-            ("u1".to_string(), 1, "create"),
-            ("u1".to_string(), 2, "update"),
             ("u1".to_string(), 3, "delete"),
-            ("u2".to_string(), 1, "create"),
+            ("u2".to_string(), 4, "create"),
         ]
     );
-    // Ids are the relay's log order.
+    // Ids are the relay's log seqs of each entity's newest change.
     let ids: Vec<i64> = all
         .iter()
         .map(|m| m["change"]["id"].as_i64().unwrap())
         .collect();
-    assert_eq!(ids, vec![1, 2, 4, 5]);
+    assert_eq!(ids, vec![4, 5]);
     c.send(json!({"type": "sync", "entity": "users", "since": 1}))
         .await;
     let later = barrier(&mut c).await;
@@ -198,12 +203,23 @@ async fn push_subscribe_change_and_sync_shapes() {
         .iter()
         .map(|m| m["change"]["version"].as_i64().unwrap())
         .collect();
-    assert_eq!(versions, vec![2, 3]);
+    assert_eq!(versions, vec![3, 4]);
+    c.send(json!({"type": "sync", "entity": "users", "since": 3}))
+        .await;
+    let later = barrier(&mut c).await;
+    assert_eq!(later.len(), 1);
+    assert_eq!(
+        later[0]["change"]["data"],
+        json!({"name": "Bob", "id": "u2"})
+    );
     c.send(json!({"type": "sync", "entity": "posts", "since": 0}))
         .await;
     let posts = barrier(&mut c).await;
     assert_eq!(posts.len(), 1);
-    assert_eq!(posts[0]["change"]["data"], json!({"title": "t"}));
+    assert_eq!(
+        posts[0]["change"]["data"],
+        json!({"title": "t", "id": "p1"})
+    );
     c.send(json!({"type": "sync", "entity": "nothing", "since": 0}))
         .await;
     assert!(barrier(&mut c).await.is_empty());
@@ -382,13 +398,16 @@ async fn subset_endpoints_refuse_the_other_family() {
     assert!(barrier(&mut e).await.is_empty());
 
     let mut f = Client::connect(relay.addr, "/api/field-sync/ws").await;
-    for m in entity_msgs.iter().chain(&validation_msgs) {
+    // `subscribe` is the field client's own name for `subscribe_fields`
+    // there (tests/real_clients.rs); the other entity messages are refused.
+    for m in entity_msgs.iter().skip(1).chain(&validation_msgs) {
         f.send(m.clone()).await;
         let msg = expect_error(&mut f, "unsupported").await;
         assert!(msg.contains("/api/field-sync/ws"), "{msg}");
     }
     f.send(field_msgs[1].clone()).await;
-    assert_eq!(f.recv().await["type"], "field_push_ack");
+    // The field client's name for the ack on its endpoint.
+    assert_eq!(f.recv().await["type"], "push_ack");
     assert!(barrier(&mut f).await.is_empty());
     relay.shutdown().await.unwrap();
 }
@@ -762,7 +781,10 @@ async fn native_writes_reach_api_ws_and_back() {
     assert_eq!(c["change"]["entity"], "atome");
     assert_eq!(c["change"]["entity_id"], "a1");
     assert_eq!(c["change"]["action"], "create");
-    assert_eq!(c["change"]["data"], json!({"kind": "shape", "x": 1}));
+    assert_eq!(
+        c["change"]["data"],
+        json!({"kind": "shape", "x": 1, "id": "a1"})
+    );
     push(&mut u, "atome", "a1", "update", json!({"x": 2})).await;
     // The native subscriber also sees its own create; wait for the update.
     let ch = loop {
@@ -800,7 +822,9 @@ async fn sync_after_retention_sends_current_state() {
         .await;
     let got = barrier(&mut c).await;
     let got: Vec<Value> = got.into_iter().map(|m| m["change"].clone()).collect();
-    assert_eq!(got.len(), 2, "{got:?}");
+    // Per-type versions: u1 is at 2, u2 at 4, u3 at 5 (the log is gone,
+    // the index is not).
+    assert_eq!(got.len(), 3, "{got:?}");
     assert_eq!(keys(&got[0]), set(CHANGE_LOG_KEYS));
     assert_eq!(
         (
@@ -810,15 +834,18 @@ async fn sync_after_retention_sends_current_state() {
         ),
         (json!("u1"), json!("update"), json!(2))
     );
-    assert_eq!(got[0]["data"], json!({"a": 1, "b": 2}));
+    assert_eq!(got[0]["data"], json!({"a": 1, "b": 2, "id": "u1"}));
+    assert_eq!(got[0]["client_id"], Value::Null, "its log entry is trimmed");
     assert_eq!(
         (
             got[1]["entity_id"].clone(),
             got[1]["action"].clone(),
-            got[1]["data"].clone()
+            got[1]["data"].clone(),
+            got[1]["version"].clone()
         ),
-        (json!("u2"), json!("delete"), Value::Null)
+        (json!("u2"), json!("delete"), Value::Null, json!(4))
     );
+    assert_eq!(got[2]["version"], 5);
     relay.shutdown().await.unwrap();
 }
 
@@ -893,7 +920,7 @@ async fn a_schema_check_sees_writes_queued_before_it() {
         id: "c1".into(),
         op,
         fields: serde_json::from_value(fields).unwrap(),
-        client_ms: None,
+        client_us: None,
         expect: None,
     };
     engine

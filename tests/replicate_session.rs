@@ -66,7 +66,7 @@ async fn write_in(e: &Engine, space: &str, id: &str, fields: serde_json::Value) 
             id: id.into(),
             op: Op::Patch,
             fields,
-            client_ms: None,
+            client_us: None,
             expect: None,
         }],
     )
@@ -380,7 +380,7 @@ async fn a_split_batch_acks_only_what_each_half_carried() {
             id: format!("e{n}"),
             op: Op::Put,
             fields: [("body".to_string(), json!(big))].into(),
-            client_ms: None,
+            client_us: None,
             expect: None,
         })
         .collect();

@@ -360,7 +360,7 @@ impl Sim {
             id: id.clone(),
             op,
             fields,
-            client_ms,
+            client_us: client_ms.map(|ms| ms * 1000),
             expect: None,
         };
         let out = e.push(&space, "sim", None, vec![w]).await.expect("write");

@@ -105,7 +105,7 @@ fn doc_write(id: &str, fields: serde_json::Value, expect: Option<Expect>) -> Loc
         id: id.into(),
         op: Op::Put,
         fields: serde_json::from_value(fields).unwrap(),
-        client_ms: None,
+        client_us: None,
         expect,
     }
 }
@@ -182,6 +182,60 @@ async fn concurrent_compare_and_swap_lets_exactly_one_through() {
     }
     assert_eq!(won, 1);
     assert_eq!(e.entity("s", "doc", "d").unwrap().unwrap().version, 1);
+    relay.shutdown().await.unwrap();
+}
+
+/// A schema-1 data dir (before per-type versions) is migrated at open:
+/// every entity gets a per-type version in the order of its newest change,
+/// and the relay goes on counting from there.
+#[tokio::test]
+async fn a_schema_1_store_gets_per_type_versions_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let relay = start(config(dir.path())).await;
+        let e = relay.state.engine.clone();
+        for (id, v) in [("b", 1), ("a", 2), ("b", 3), ("c", 4)] {
+            e.push("s", "t", None, vec![doc_write(id, json!({"v": v}), None)])
+                .await
+                .unwrap();
+        }
+        relay.shutdown().await.unwrap();
+    }
+    // Make it look like schema 1: no per-type tables, no versions.
+    {
+        let db = redb::Database::create(dir.path().join("outpost.redb")).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let meta: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
+            let mut t = tx.open_table(meta).unwrap();
+            t.insert("schema_version", 1u32.to_le_bytes().as_slice())
+                .unwrap();
+        }
+        let v: redb::TableDefinition<(&str, &str), u64> =
+            redb::TableDefinition::new("type_versions");
+        let i: redb::TableDefinition<(&str, &str, u64), &str> =
+            redb::TableDefinition::new("type_index");
+        tx.delete_table(v).unwrap();
+        tx.delete_table(i).unwrap();
+        tx.commit().unwrap();
+    }
+    let relay = start(config(dir.path())).await;
+    let e = relay.state.engine.clone();
+    let (latest, ents) = e.type_changes("s", "doc", 0, 100).unwrap();
+    let got: Vec<(String, u64)> = ents
+        .iter()
+        .map(|(id, x)| (id.clone(), x.type_version))
+        .collect();
+    assert_eq!(latest, 3);
+    assert_eq!(got, vec![("a".into(), 1), ("b".into(), 2), ("c".into(), 3)]);
+    let outs = e
+        .push("s", "t", None, vec![doc_write("a", json!({"v": 5}), None)])
+        .await
+        .unwrap();
+    assert_eq!(outs[0].type_version, 4);
+    let (_, since2) = e.type_changes("s", "doc", 2, 100).unwrap();
+    let ids: Vec<&str> = since2.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids, vec!["c", "a"]);
     relay.shutdown().await.unwrap();
 }
 

@@ -112,7 +112,7 @@ async fn commits_between_registration_and_seam_arrive_once() {
         id: format!("e{n}"),
         op: Op::Put,
         fields: [("n".to_string(), json!(n))].into(),
-        client_ms: None,
+        client_us: None,
         expect: None,
     };
     for n in 0..10 {

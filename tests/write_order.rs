@@ -18,7 +18,7 @@ fn patch(n: u64) -> Vec<LocalWrite> {
         id: "e".into(),
         op: Op::Patch,
         fields: [("n".to_string(), json!(n))].into(),
-        client_ms: None,
+        client_us: None,
         expect: None,
     }]
 }

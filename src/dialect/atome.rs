@@ -185,7 +185,7 @@ impl AtomeWrite {
             id,
             op,
             fields,
-            client_ms: None,
+            client_us: None,
             expect: None,
         })
     }
@@ -515,6 +515,7 @@ mod tests {
                 at_ms: 1_700_000_000_123,
                 version: 1,
                 created,
+                type_version: 0,
             },
             after: after.map(|f| EntityView {
                 exists: true,

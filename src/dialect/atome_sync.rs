@@ -32,7 +32,7 @@ pub async fn upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let (grant, space) = match session::admit_space(&state, &headers, &query) {
+    let (grant, space) = match admit(&state, &headers, &query) {
         Ok(x) => x,
         Err(refusal) => return refusal.into_response(),
     };
@@ -44,13 +44,16 @@ pub async fn upgrade(
         .unwrap_or_else(|| format!("client_{}", atome::random_id()));
     super::limit(ws, &state).on_upgrade(move |socket| async move {
         let ctx = ConnCtx::new(state.clone(), "/ws/atome-sync");
+        let deadline = (grant.scope.is_none()).then(|| tokio::time::Instant::now() + AUTH_TIMEOUT);
         let proto = AtomeProto {
             order: Default::default(),
             engine: state.engine.clone(),
+            auth: state.auth.clone(),
             space: space.clone(),
             grant,
             conn: ctx.id,
             client_id,
+            deadline,
         };
         let filter = Filter {
             collections: Some([atome::COLLECTION.to_string()].into()),
@@ -60,17 +63,64 @@ pub async fn upgrade(
     })
 }
 
-/// Error codes (shared with seed 000, plus `forbidden`).
+/// How long a connection admitted without a token (in-band auth expected)
+/// may wait before its `{"type":"auth"}`; then it is closed with 1008.
+pub const AUTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Handshake checks. The real client (`SyncWebSocket.js`) opens the socket
+/// without credentials and sends its token in a `{"type":"auth"}` message,
+/// so when anonymous access is off a connection without any token is still
+/// accepted, holding no scope: it receives nothing and may only send `auth`
+/// and `ping` until its token is accepted (or [`AUTH_TIMEOUT`] passes).
+/// A token given at the handshake is checked there as on every endpoint.
+fn admit(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Result<(Grant, String), (StatusCode, String)> {
+    let in_band = super::token_from(headers, query).is_none()
+        && state.auth.anonymous() == crate::config::Anonymous::None;
+    if !in_band {
+        return session::admit_space(state, headers, query);
+    }
+    if state.engine.metrics.connections.load(Relaxed) as usize >= state.settings.max_connections {
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "connection limit reached\n".into(),
+        ));
+    }
+    let space = query
+        .get("space")
+        .cloned()
+        .unwrap_or_else(|| "default".into());
+    crate::engine::validate_name("space", &space)
+        .map_err(|e| (StatusCode::BAD_REQUEST, format!("{e}\n")))?;
+    let pending = Grant {
+        sub: "anonymous".into(),
+        scope: None,
+        spaces: None,
+    };
+    Ok((pending, space))
+}
+
+/// Error codes (shared with seed 000, plus `forbidden` and `unauthorized`).
 pub const INVALID: &str = "invalid-payload";
 pub const UNKNOWN: &str = "unknown-type";
 pub const FAILED: &str = "request-failed";
 pub const FORBIDDEN: &str = "forbidden";
+pub const UNAUTHORIZED: &str = "unauthorized";
 
 /// A parsed socket message.
 #[derive(Debug, PartialEq)]
 pub enum Request {
-    Ping { timestamp: Value },
+    Ping {
+        timestamp: Value,
+    },
     Pong,
+    /// In-band authentication (`SyncWebSocket.connect({token})`).
+    Auth {
+        token: String,
+    },
     Write(AtomeWrite),
 }
 
@@ -95,6 +145,12 @@ fn parse_obj(obj: &Map<String, Value>) -> Result<Request, Bad> {
             })
         }
         "pong" => return Ok(Request::Pong),
+        "auth" => {
+            return match obj.get("token") {
+                Some(Value::String(t)) if !t.is_empty() => Ok(Request::Auth { token: t.clone() }),
+                _ => Err(bad(INVALID, "missing string field `token`")),
+            }
+        }
         "atome:created" | "atome:updated" => {
             let a = obj
                 .get("atome")
@@ -126,16 +182,22 @@ fn id_field(obj: &Map<String, Value>) -> Result<String, Bad> {
 
 // ---- rendering --------------------------------------------------------------
 
-pub fn connected_frame(client_id: &str, now: u64) -> String {
-    json!({"type": "sync:connected", "clientId": client_id, "serverTime": atome::iso_ms(now)})
-        .to_string()
+/// The greeting: `welcome`, what the real server sends and the only frame
+/// from which the real client learns its `clientId` (it then fires its own
+/// `sync:connected` event with `{clientId, serverTime: timestamp}`).
+/// `serverTime` is the seed's name for the same instant.
+pub fn welcome_frame(client_id: &str, now: u64) -> String {
+    let ts = atome::iso_ms(now);
+    json!({"type": "welcome", "clientId": client_id, "timestamp": ts, "serverTime": ts}).to_string()
 }
 
-/// `{type:"sync:error", error, code, timestamp}` plus the request's
-/// `requestId` when it had one.
+/// `{type:"error", message, error, code, timestamp}` plus the request's
+/// `requestId` when it had one: the real client reads `message` into its
+/// `sync:error` event; `error` is the seed's name for the same text.
 pub fn error_frame(code: &str, message: &str, rid: &Value, now: u64) -> String {
     let mut m = Map::new();
-    m.insert("type".into(), "sync:error".into());
+    m.insert("type".into(), "error".into());
+    m.insert("message".into(), message.into());
     m.insert("error".into(), message.into());
     m.insert("code".into(), code.into());
     if !rid.is_null() {
@@ -179,10 +241,13 @@ struct AtomeProto {
     /// Pushes reach the writer in the order their frames were read.
     order: crate::engine::WriteOrder,
     engine: Arc<Engine>,
+    auth: crate::auth::Auth,
     space: String,
     grant: Grant,
     conn: u64,
     client_id: String,
+    /// Set while in-band authentication is awaited.
+    deadline: Option<tokio::time::Instant>,
 }
 
 /// Who writes: the token's subject, or the client's id when anonymous (as on
@@ -199,11 +264,39 @@ impl AtomeProto {
         self.engine.metrics.errors_sent.fetch_add(1, Relaxed);
         error_frame(code, message, rid, now_ms())
     }
+
+    /// `{"type":"auth","token"}`: a token that verifies and may read this
+    /// space becomes the connection's grant (its scopes apply from now on)
+    /// and is answered `auth:success` with the `clientId`, as the real
+    /// server does. A refused token leaves the grant as it was.
+    fn authenticate(&mut self, token: &str, rid: &Value) -> String {
+        let grant = match self.auth.verify(token, super::now_s()) {
+            Ok(g) => g,
+            Err(e) => {
+                self.engine.metrics.auth_failures.fetch_add(1, Relaxed);
+                return self.error(UNAUTHORIZED, &format!("unauthorized: {e}"), rid);
+            }
+        };
+        if !grant.can_read(&self.space) {
+            return self.error(
+                FORBIDDEN,
+                &format!("no read access to space {:?}", self.space),
+                rid,
+            );
+        }
+        self.grant = grant;
+        self.deadline = None;
+        json!({"type": "auth:success", "clientId": self.client_id}).to_string()
+    }
 }
 
 impl Protocol for AtomeProto {
     fn greeting(&mut self) -> Option<String> {
-        Some(connected_frame(&self.client_id, now_ms()))
+        Some(welcome_frame(&self.client_id, now_ms()))
+    }
+
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        self.deadline
     }
 
     fn on_text(&mut self, text: &str) -> Handled {
@@ -219,6 +312,12 @@ impl Protocol for AtomeProto {
                 Handled::reply(json!({"type": "pong", "timestamp": ts}).to_string())
             }
             Ok(Request::Pong) => Handled::default(),
+            Ok(Request::Auth { token }) => Handled::reply(self.authenticate(&token, &rid)),
+            Ok(Request::Write(_)) if self.grant.scope.is_none() => Handled::reply(self.error(
+                UNAUTHORIZED,
+                "authenticate first: send {\"type\":\"auth\",\"token\":…}",
+                &rid,
+            )),
             Ok(Request::Write(w)) => {
                 if !self.grant.can_write(&self.space) {
                     return Handled::reply(self.error(
@@ -262,7 +361,7 @@ impl Protocol for AtomeProto {
     }
 
     fn change(&mut self, c: &Committed) -> Option<Utf8Bytes> {
-        if c.entry.change.collection != atome::COLLECTION {
+        if c.entry.change.collection != atome::COLLECTION || !self.grant.can_read(&self.space) {
             return None;
         }
         Some(c.rendered.get_or(SLOT_ATOME, || {
@@ -271,7 +370,8 @@ impl Protocol for AtomeProto {
     }
 
     fn snapshot(&mut self, collection: &str, id: &str, e: &StoredEntity) -> Option<Utf8Bytes> {
-        (collection == atome::COLLECTION).then(|| snapshot_frame(id, e, now_ms()).into())
+        (collection == atome::COLLECTION && self.grant.can_read(&self.space))
+            .then(|| snapshot_frame(id, e, now_ms()).into())
     }
 
     fn event(&mut self, _: &Event) -> Option<Utf8Bytes> {
@@ -297,11 +397,11 @@ impl RestError {
         }
     }
 
-    fn invalid(message: impl Into<String>) -> RestError {
+    pub(super) fn invalid(message: impl Into<String>) -> RestError {
         RestError::new(StatusCode::BAD_REQUEST, INVALID, message)
     }
 
-    fn not_found(id: &str) -> RestError {
+    pub(super) fn not_found(id: &str) -> RestError {
         RestError::new(
             StatusCode::NOT_FOUND,
             "not-found",
@@ -328,17 +428,17 @@ impl IntoResponse for RestError {
     }
 }
 
-type RestResult = Result<Response, RestError>;
+pub(super) type RestResult = Result<Response, RestError>;
 
 /// What a REST request may do, in which space, as whom.
-struct Caller {
+pub(super) struct Caller {
     state: Arc<AppState>,
     space: String,
     actor: String,
 }
 
 #[derive(Clone, Copy, PartialEq)]
-enum Need {
+pub(super) enum Need {
     Read,
     Write,
 }
@@ -346,7 +446,7 @@ enum Need {
 /// Admission for REST: the same token rules as the sockets (Bearer header or
 /// `?token=`): no valid token is 401; a token without the scope the method
 /// needs (read for GET, write otherwise) is 403.
-fn caller(
+pub(super) fn caller(
     state: Arc<AppState>,
     headers: &HeaderMap,
     query: &HashMap<String, String>,
@@ -398,7 +498,7 @@ impl Caller {
         &self.state.engine
     }
 
-    fn body(&self, body: &Bytes) -> Result<Value, RestError> {
+    pub(super) fn body(&self, body: &Bytes) -> Result<Value, RestError> {
         let max = self.state.settings.max_frame_bytes;
         if body.len() > max {
             return Err(RestError::new(
@@ -410,13 +510,13 @@ impl Caller {
         serde_json::from_slice(body).map_err(|e| RestError::invalid(format!("not JSON: {e}")))
     }
 
-    fn current(&self, id: &str) -> Result<Option<Value>, RestError> {
+    pub(super) fn current(&self, id: &str) -> Result<Option<Value>, RestError> {
         let e = self.engine().entity(&self.space, atome::COLLECTION, id)?;
         Ok(e.filter(|e| e.state.exists())
             .map(|e| atome::join_atome(id, &e.state.visible())))
     }
 
-    async fn write(&self, w: AtomeWrite) -> Result<crate::store::Outcome, RestError> {
+    pub(super) async fn write(&self, w: AtomeWrite) -> Result<crate::store::Outcome, RestError> {
         let write = w
             .to_local()
             .map_err(|e| RestError::invalid(e.to_string()))?;
@@ -440,7 +540,7 @@ fn unwrap_single(v: Value, key: &str) -> Value {
     }
 }
 
-fn ok(status: StatusCode, body: Value) -> Response {
+pub(super) fn ok(status: StatusCode, body: Value) -> Response {
     (status, Json(body)).into_response()
 }
 
@@ -469,7 +569,10 @@ pub async fn create(
         StatusCode::OK
     };
     let atome = c.current(&id)?;
-    Ok(ok(status, json!({"success": true, "atome": atome})))
+    Ok(ok(
+        status,
+        json!({"success": true, "atome": atome, "data": atome}),
+    ))
 }
 
 /// `GET /api/atome/{id}`.
@@ -481,7 +584,10 @@ pub async fn get_one(
 ) -> RestResult {
     let c = caller(state, &headers, &query, Need::Read)?;
     match c.current(&id)? {
-        Some(a) => Ok(ok(StatusCode::OK, json!({"success": true, "atome": a}))),
+        Some(a) => Ok(ok(
+            StatusCode::OK,
+            json!({"success": true, "atome": a, "data": a}),
+        )),
         None => Err(RestError::not_found(&id)),
     }
 }
@@ -542,7 +648,9 @@ pub async fn list(
                 continue;
             }
             let a = atome::join_atome(&id, &fields);
-            bytes += json_bytes(&a);
+            // The body carries the list twice (`atomes`, and `data` for
+            // the REST adapter), so each atome counts twice in the bound.
+            bytes += 2 * json_bytes(&a);
             atomes.push(a);
             if atomes.len() >= limit || bytes >= LIST_BYTES {
                 next = Some(id);
@@ -554,7 +662,7 @@ pub async fn list(
         }
     }
     let count = atomes.len();
-    let mut body = json!({"success": true, "atomes": atomes, "count": count});
+    let mut body = json!({"success": true, "atomes": atomes, "data": atomes, "count": count});
     if let Some(n) = next {
         body["next"] = n.into();
     }
@@ -583,7 +691,10 @@ pub async fn patch(
     })
     .await?;
     let atome = c.current(&id)?;
-    Ok(ok(StatusCode::OK, json!({"success": true, "atome": atome})))
+    Ok(ok(
+        StatusCode::OK,
+        json!({"success": true, "atome": atome, "data": atome}),
+    ))
 }
 
 /// `DELETE /api/atome/{id}`. Broadcast as `atome:deleted`.
@@ -598,7 +709,11 @@ pub async fn delete(
         return Err(RestError::not_found(&id));
     }
     c.write(AtomeWrite::Delete { id: id.clone() }).await?;
-    Ok(ok(StatusCode::OK, json!({"success": true, "atomeId": id})))
+    let data = json!({"id": id, "deleted_at": atome::iso_ms(crate::engine::now_ms())});
+    Ok(ok(
+        StatusCode::OK,
+        json!({"success": true, "atomeId": id, "data": data}),
+    ))
 }
 
 #[cfg(test)]
@@ -696,10 +811,15 @@ mod tests {
             v,
             json!({"type": "atome:deleted", "atomeId": "a", "sourceClient": "client_1", "timestamp": ts})
         );
-        let v: Value = serde_json::from_str(&connected_frame("c", 0)).unwrap();
+        let v: Value = serde_json::from_str(&welcome_frame("c", 0)).unwrap();
         assert_eq!(
             v,
-            json!({"type": "sync:connected", "clientId": "c", "serverTime": ts})
+            json!({"type": "welcome", "clientId": "c", "timestamp": ts, "serverTime": ts})
+        );
+        let v: Value = serde_json::from_str(&error_frame("x", "bad", &Value::Null, 0)).unwrap();
+        assert_eq!(
+            v,
+            json!({"type": "error", "message": "bad", "error": "bad", "code": "x", "timestamp": ts})
         );
     }
 

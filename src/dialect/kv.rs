@@ -47,6 +47,9 @@ pub enum ClientMsg {
         /// The client's edit time, Unix microseconds.
         timestamp_us: Option<u64>,
     },
+    /// The SDKs' heartbeat `{"type":"ping"}` (and a `pong`): ignored, as
+    /// the real server ignores it; the SDK expects no answer.
+    Heartbeat,
 }
 
 /// Why a client message was refused; the connection keeps serving.
@@ -97,8 +100,10 @@ pub fn parse_client(text: &str) -> Result<ClientMsg, ProtoError> {
         Some(Value::String(s)) => s,
         _ => return Err(ProtoError::NotMessage),
     };
-    if kind != "op" {
-        return Err(ProtoError::UnknownType(kind));
+    match kind.as_str() {
+        "op" => {}
+        "ping" | "pong" => return Ok(ClientMsg::Heartbeat),
+        _ => return Err(ProtoError::UnknownType(kind)),
     }
     let Some(Value::Object(mut p)) = obj.remove("payload") else {
         return Err(ProtoError::Field("payload: required, an object"));
@@ -129,23 +134,24 @@ pub fn parse_client(text: &str) -> Result<ClientMsg, ProtoError> {
     })
 }
 
-/// The engine write for an op: a patch of the key's one field. The client's
-/// microseconds become the engine's millisecond edit time.
+/// The engine write for an op: a patch of the key's one field, at the
+/// client's edit time in microseconds (kept exactly: see
+/// `Hlc::at_client_time`).
 pub fn op_write(key: String, value: Value, timestamp_us: Option<u64>) -> LocalWrite {
     LocalWrite {
         collection: COLLECTION.into(),
         id: key,
         op: Op::Patch,
         fields: BTreeMap::from([(FIELD.to_string(), value)]),
-        client_ms: timestamp_us.map(|us| us / 1000),
+        client_us: timestamp_us,
         expect: None,
     }
 }
 
-/// A stamp as the seed's integer timestamp (Unix microseconds; stamps hold
-/// milliseconds, so this is a multiple of 1000).
+/// A stamp as the seed's integer timestamp (Unix microseconds): exactly the
+/// client's `timestamp` when it sent one.
 pub fn stamp_us(s: Stamp) -> u64 {
-    s.ms.saturating_mul(1000)
+    s.micros()
 }
 
 /// A key's current value and the timestamp of the write that set it
@@ -580,6 +586,7 @@ impl Conn {
                 value,
                 timestamp_us,
             }) => (key, value, timestamp_us),
+            Ok(ClientMsg::Heartbeat) => return Ok(true),
             Err(e) => return self.error(socket, &e).await.map(|()| true),
         };
         if !self.grant.can_write(&self.space) {
@@ -753,6 +760,7 @@ mod tests {
             state,
             version: changes.len() as u64,
             seq: 0,
+            type_version: 0,
         }
     }
 
@@ -776,8 +784,9 @@ mod tests {
                 value,
                 timestamp_us,
             } => op_write(key, value, timestamp_us),
+            ClientMsg::Heartbeat => unreachable!("an op"),
         };
-        assert_eq!(w.client_ms, Some(1_700_000_000_123));
+        assert_eq!(w.client_us, Some(1_700_000_000_123_456));
         assert_eq!(w.collection, "kv");
         assert_eq!(w.fields, BTreeMap::from([("value".into(), json!("bar"))]));
         // timestamp optional, value any (null allowed), extra fields ignored
@@ -790,6 +799,13 @@ mod tests {
                 timestamp_us: None
             }
         );
+    }
+
+    #[test]
+    fn the_sdk_heartbeat_is_ignored() {
+        let ping = r#"{"type":"ping","timestamp":1795607927827}"#;
+        assert_eq!(parse_client(ping), Ok(ClientMsg::Heartbeat));
+        assert_eq!(parse_client(r#"{"type":"pong"}"#), Ok(ClientMsg::Heartbeat));
     }
 
     #[test]
@@ -880,6 +896,7 @@ mod tests {
                 at_ms: 0,
                 version: 2,
                 created: false,
+                type_version: 0,
             },
             source: None,
             rendered: Default::default(),

@@ -3,8 +3,10 @@
 //! socket limits) lives here.
 
 pub mod atome;
+pub mod atome_adapter;
 pub mod atome_sync;
 pub mod config_sync;
+pub mod gzip;
 pub mod keepalive;
 pub mod kv;
 pub mod native;

@@ -670,7 +670,7 @@ impl Conn {
                 id: w.id,
                 op: w.op,
                 fields: w.fields,
-                client_ms: w.ts,
+                client_us: w.ts.map(|ms| ms.saturating_mul(1000)),
                 expect: None,
             })
             .collect();

@@ -86,6 +86,11 @@ pub trait Protocol: Send + 'static {
     fn snapshot(&mut self, collection: &str, id: &str, e: &StoredEntity) -> Option<Utf8Bytes>;
     /// An ephemeral event of the followed space.
     fn event(&mut self, e: &Event) -> Option<Utf8Bytes>;
+    /// When the connection must have authenticated in-band (None: no
+    /// deadline). Past it the socket is closed with 1008.
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        None
+    }
 }
 
 /// The subscription a session follows.
@@ -136,6 +141,15 @@ pub async fn run<P: Protocol>(
             biased;
             _ = shutdown.changed(), if !closing => {
                 closing = true;
+                break;
+            }
+            _ = sleep_until_opt(proto.deadline()), if proto.deadline().is_some() => {
+                let _ = socket
+                    .send(Message::Close(Some(CloseFrame {
+                        code: 1008,
+                        reason: "authentication required".into(),
+                    })))
+                    .await;
                 break;
             }
             Some(frames) = pending.next(), if !pending.is_empty() => {
@@ -191,6 +205,14 @@ pub async fn run<P: Protocol>(
             }
         }
         crate::dialect::close_going_away(&mut socket).await;
+    }
+}
+
+/// Sleep until `at`; never when there is none.
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

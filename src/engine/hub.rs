@@ -355,6 +355,7 @@ mod tests {
                 at_ms: 0,
                 version: 1,
                 created: true,
+                type_version: 0,
             },
             after: None,
             source: None,

@@ -112,7 +112,9 @@ pub enum Delivery {
     Event { sub: u64, event: Arc<Event> },
 }
 
-/// Items a subscription emits before it goes live.
+/// Items a subscription emits before it goes live. Short-lived (one page
+/// at a time), so the snapshot variant's size is not worth a box.
+#[allow(clippy::large_enum_variant)]
 pub enum CatchUp {
     /// The log was trimmed past the requested seq: current entity states.
     Snapshot {
@@ -937,6 +939,24 @@ impl Engine {
     ) -> Result<(u64, Vec<(String, StoredEntity)>), EngineError> {
         validate::validate_name("space", space)?;
         Ok(self.store.collection_snapshot(space, collection)?)
+    }
+
+    /// Entities of `collection` changed after per-type version `since`, in
+    /// version order, and the collection's latest per-type version (see
+    /// `Store::type_changes`).
+    pub fn type_changes(
+        &self,
+        space: &str,
+        collection: &str,
+        since: u64,
+        limit: usize,
+    ) -> Result<(u64, Vec<(String, StoredEntity)>), EngineError> {
+        Ok(self.store.type_changes(space, collection, since, limit)?)
+    }
+
+    /// One log entry, if retention has not trimmed it.
+    pub fn log_entry(&self, seq: u64) -> Result<Option<LogEntry>, EngineError> {
+        Ok(self.store.log_entry(seq)?)
     }
 
     pub fn space_log(

@@ -176,6 +176,10 @@ pub struct LogEntry {
     pub version: u64,
     /// Whether the entity did not exist before this change.
     pub created: bool,
+    /// The entity type's (collection's) version after this change (see
+    /// `tables::TYPE_VERSIONS`); 0 in entries written before schema 2.
+    #[serde(default)]
+    pub type_version: u64,
 }
 
 /// A committed change as handed to fan-out and catch-up.
@@ -205,6 +209,10 @@ pub struct StoredEntity {
     pub version: u64,
     /// Local seq of the newest change that touched it.
     pub seq: u64,
+    /// Its collection's per-type version at its newest change (its key in
+    /// `tables::TYPE_INDEX`).
+    #[serde(default)]
+    pub type_version: u64,
 }
 
 impl StoredEntity {
@@ -450,6 +458,48 @@ impl Store {
             }
         }
         Ok(page)
+    }
+
+    /// Entities of `collection` in `space` changed after per-type version
+    /// `since`, in per-type version order (each once, at its newest), at
+    /// most `limit`; and the collection's latest per-type version, read in
+    /// the same transaction.
+    pub fn type_changes(
+        &self,
+        space: &str,
+        collection: &str,
+        since: u64,
+        limit: usize,
+    ) -> Result<(u64, Vec<(String, StoredEntity)>), StoreError> {
+        let tx = self.slot.get()?.begin_read()?;
+        let latest = tx
+            .open_table(TYPE_VERSIONS)?
+            .get((space, collection))?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        let idx = tx.open_table(TYPE_INDEX)?;
+        let ents = tx.open_table(ENTITY)?;
+        let mut out = Vec::new();
+        let lo = (space, collection, since.saturating_add(1));
+        for row in idx.range(lo..=(space, collection, u64::MAX))? {
+            let (_, id) = row?;
+            let id = id.value();
+            if let Some(v) = ents.get((space, collection, id))? {
+                out.push((id.to_string(), decode(v.value())?));
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok((latest, out))
+    }
+
+    /// One log entry, if still retained.
+    pub fn log_entry(&self, seq: u64) -> Result<Option<LogEntry>, StoreError> {
+        let tx = self.slot.get()?.begin_read()?;
+        let log = tx.open_table(LOG)?;
+        let v = log.get(seq)?;
+        v.map(|v| decode(v.value())).transpose()
     }
 
     /// The whole log after `after` (all spaces), for replication.
@@ -715,6 +765,9 @@ pub(crate) fn init_tables(
             });
         }
         meta.insert(META_SCHEMA, SCHEMA_VERSION.to_le_bytes().as_slice())?;
+        if found == 1 {
+            migrate_type_versions(&tx)?;
+        }
         let existing = meta.get(META_NODE)?.map(|v| u64_from(v.value()));
         let node = match existing {
             Some(n) => NodeId(n),
@@ -746,8 +799,46 @@ pub(crate) fn init_tables(
     tx.open_table(SPACE_LOG)?;
     tx.open_table(SPACES)?;
     tx.open_table(CURSORS)?;
+    tx.open_table(TYPE_VERSIONS)?;
+    tx.open_table(TYPE_INDEX)?;
     tx.commit()?;
     Ok(out)
+}
+
+/// Schema 1 → 2: give every existing entity a per-type version, in the
+/// order of its newest change (so a client's cursor from before sees each
+/// once), and build the index. One pass over the entities, at open. Log
+/// entries written before keep `type_version` 0.
+fn migrate_type_versions(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let mut ents = tx.open_table(ENTITY)?;
+    let mut order: Vec<(u64, String, String, String)> = Vec::new();
+    for row in ents.iter()? {
+        let (k, v) = row?;
+        let (s, c, i) = k.value();
+        let e: StoredEntity = decode(v.value())?;
+        order.push((e.seq, s.to_string(), c.to_string(), i.to_string()));
+    }
+    order.sort();
+    let mut versions = tx.open_table(TYPE_VERSIONS)?;
+    let mut idx = tx.open_table(TYPE_INDEX)?;
+    for (_, s, c, i) in order {
+        let key = (s.as_str(), c.as_str(), i.as_str());
+        let mut e: StoredEntity = match ents.get(key)? {
+            Some(v) => decode(v.value())?,
+            None => continue,
+        };
+        let tv = versions
+            .get((s.as_str(), c.as_str()))?
+            .map(|v| v.value())
+            .unwrap_or(0)
+            + 1;
+        versions.insert((s.as_str(), c.as_str()), tv)?;
+        idx.insert((s.as_str(), c.as_str(), tv), i.as_str())?;
+        e.type_version = tv;
+        ents.insert(key, encode(&e)?.as_slice())?;
+    }
+    tracing::info!("store migrated to schema 2 (per-type versions)");
+    Ok(())
 }
 
 fn random_node_id() -> Result<NodeId, StoreError> {

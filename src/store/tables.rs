@@ -8,7 +8,11 @@ use redb::TableDefinition;
 use serde::{de::DeserializeOwned, Serialize};
 
 /// Bump when a table or stored struct changes shape.
-pub const SCHEMA_VERSION: u32 = 1;
+///
+/// 2: per-type versions (`TYPE_VERSIONS`, `TYPE_INDEX`, the trailing
+/// `type_version` of `StoredEntity` and `LogEntry`). A version-1 file is
+/// migrated when opened (`super::migrate_type_versions`).
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Small typed values: schema version, node id, clock, counters.
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -35,6 +39,15 @@ pub const WRITE_IDS: TableDefinition<(&str, &str), u64> = TableDefinition::new("
 /// local seq -> (space, client write id): lets a trim find the
 /// `WRITE_IDS` entry of each log entry it removes.
 pub const WRITE_ID_SEQS: TableDefinition<u64, (&str, &str)> = TableDefinition::new("write_id_seqs");
+
+/// (space, collection) -> the collection's latest per-type version: a
+/// counter that goes up by one for every change merged into an entity of
+/// that collection (seed 004's `version`).
+pub const TYPE_VERSIONS: TableDefinition<(&str, &str), u64> = TableDefinition::new("type_versions");
+/// (space, collection, per-type version) -> entity id: each entity under its
+/// newest per-type version only, so "what changed since version N" is a
+/// range read whose cost grows with the entities returned, not the log.
+pub const TYPE_INDEX: TableDefinition<(&str, &str, u64), &str> = TableDefinition::new("type_index");
 
 pub const META_SCHEMA: &str = "schema_version";
 pub const META_NODE: &str = "node_id";

@@ -54,8 +54,8 @@ pub struct LocalWrite {
     pub id: String,
     pub op: Op,
     pub fields: BTreeMap<String, Value>,
-    /// The client's own edit time (ms since the epoch), if it sent one.
-    pub client_ms: Option<u64>,
+    /// The client's own edit time (µs since the epoch), if it sent one.
+    pub client_us: Option<u64>,
     /// Apply only if the entity is in this state (compare-and-swap).
     pub expect: Option<Expect>,
 }
@@ -218,6 +218,9 @@ pub struct Outcome {
     /// (same as the log entry's `created`), so dialects can tell a create
     /// from an update without a racy read before the write.
     pub created: bool,
+    /// The collection's per-type version after this change (0 unless
+    /// applied; see `tables::TYPE_VERSIONS`).
+    pub type_version: u64,
 }
 
 impl Outcome {
@@ -241,6 +244,7 @@ impl Outcome {
             version: 0,
             conflicts: vec![],
             created: false,
+            type_version: 0,
         }
     }
 }
@@ -333,6 +337,8 @@ struct Tables<'t> {
     cursors: redb::Table<'t, &'static str, u64>,
     write_ids: redb::Table<'t, (&'static str, &'static str), u64>,
     write_id_seqs: redb::Table<'t, u64, (&'static str, &'static str)>,
+    type_versions: redb::Table<'t, (&'static str, &'static str), u64>,
+    type_index: redb::Table<'t, (&'static str, &'static str, u64), &'static str>,
 }
 
 impl<'t> Tables<'t> {
@@ -348,6 +354,8 @@ impl<'t> Tables<'t> {
             cursors: tx.open_table(CURSORS)?,
             write_ids: tx.open_table(WRITE_IDS)?,
             write_id_seqs: tx.open_table(WRITE_ID_SEQS)?,
+            type_versions: tx.open_table(TYPE_VERSIONS)?,
+            type_index: tx.open_table(TYPE_INDEX)?,
         })
     }
 }
@@ -704,8 +712,8 @@ impl Writer {
                         }
                     }
                     let origin_seq = t.vv.get(self.node.0)?.map(|v| v.value()).unwrap_or(0) + 1;
-                    let stamp = match w.client_ms {
-                        Some(ms) => self.hlc.at_client_time(ms, at_ms, self.opts.max_skew_ms),
+                    let stamp = match w.client_us {
+                        Some(us) => self.hlc.at_client_time(us, at_ms, self.opts.max_skew_ms),
                         None => self.hlc.now(at_ms),
                     };
                     let change = Change {
@@ -864,6 +872,7 @@ impl Writer {
                 version: e.version,
                 conflicts: vec![],
                 created: false,
+                type_version: e.type_version,
             },
             None => Outcome {
                 kind: OutcomeKind::Duplicate,
@@ -878,6 +887,7 @@ impl Writer {
                 version: 0,
                 conflicts: vec![],
                 created: false,
+                type_version: 0,
             },
         }))
     }
@@ -906,6 +916,7 @@ impl Writer {
             version: 0,
             conflicts: vec![],
             created: false,
+            type_version: 0,
         };
         if change.seq <= held || t.ident.get((change.origin.0, change.seq))?.is_some() {
             out.kind = OutcomeKind::Duplicate;
@@ -929,8 +940,10 @@ impl Writer {
         *seq += 1;
         ent.version += 1;
         ent.seq = *seq;
+        ent.type_version = next_type_version(t, key, ent.type_version)?;
         out.seq = *seq;
         out.version = ent.version;
+        out.type_version = ent.type_version;
         out.created = !existed && ent.state.exists();
         t.entity.insert(key, encode(&ent)?.as_slice())?;
         let count = t
@@ -947,6 +960,7 @@ impl Writer {
             change,
             at_ms,
             version: ent.version,
+            type_version: ent.type_version,
         };
         t.log.insert(*seq, encode(&entry)?.as_slice())?;
         committed.push(Arc::new(Committed {
@@ -981,6 +995,7 @@ impl Writer {
             let bumped = version.map_or(ent.version + 1, |v| v.max(ent.version + 1));
             if ent.state != before || version.is_some_and(|v| v > ent.version) {
                 ent.version = bumped;
+                ent.type_version = next_type_version(t, key, ent.type_version)?;
                 t.entity.insert(key, encode(&ent)?.as_slice())?;
                 if t.spaces.get(e.space.as_str())?.is_none() {
                     t.spaces.insert(e.space.as_str(), 0)?;
@@ -1069,6 +1084,31 @@ pub fn free_disk_bytes(dir: &std::path::Path) -> Option<u64> {
     Some((s.f_bavail as u64).saturating_mul(s.f_frsize as u64))
 }
 
+/// Give entity `key` (space, collection, id), whose last per-type version
+/// was `old` (0: none), the collection's next per-type version, and move its
+/// index entry there. Runs inside the writer transaction, so versions are
+/// assigned in commit order, whichever path (local write, peer or upstream
+/// change, snapshot merge) changed the entity.
+fn next_type_version(
+    t: &mut Tables<'_>,
+    key: (&str, &str, &str),
+    old: u64,
+) -> Result<u64, StoreError> {
+    let (space, coll, id) = key;
+    let tv = t
+        .type_versions
+        .get((space, coll))?
+        .map(|v| v.value())
+        .unwrap_or(0)
+        + 1;
+    t.type_versions.insert((space, coll), tv)?;
+    if old > 0 {
+        t.type_index.remove((space, coll, old))?;
+    }
+    t.type_index.insert((space, coll, tv), id)?;
+    Ok(tv)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1117,7 +1157,7 @@ mod tests {
                 id: id.into(),
                 op: Op::Patch,
                 fields: [("v".to_string(), Value::from(1))].into(),
-                client_ms: None,
+                client_us: None,
                 expect: None,
             }],
             reply,

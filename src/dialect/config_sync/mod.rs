@@ -482,6 +482,7 @@ impl Job {
                     config_hash: Some(&u.config_hash),
                     strategy: None,
                     now: now_ms(),
+                    encryption: u.encryption.as_ref(),
                 };
                 let writes = self.revision_writes(&rev, &doc, &u.encrypted_config, &metadata);
                 match self.push(writes).await {
@@ -559,6 +560,7 @@ impl Job {
                     config_hash: r.config_hash.as_deref(),
                     strategy: Some(&r.strategy),
                     now: now_ms(),
+                    encryption: r.encryption.as_ref(),
                 };
                 let metadata = r.metadata.clone().unwrap_or_else(|| doc.metadata.clone());
                 let writes = self.revision_writes(&rev, &doc, &r.resolved_config, &metadata);
@@ -598,7 +600,7 @@ fn write(
         id,
         op,
         fields,
-        client_ms: None,
+        client_us: None,
         expect: None,
     }
 }

@@ -120,6 +120,10 @@ pub struct Upload {
     pub metadata: Option<Map<String, Value>>,
     #[serde(default)]
     pub delta: Option<Delta>,
+    /// The real client's decryption parameters (`{algorithm, iv, authTag,
+    /// keyId}`), kept opaque beside the blob and returned on download.
+    #[serde(default)]
+    pub encryption: Option<Map<String, Value>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -142,6 +146,9 @@ pub struct Resolve {
     /// outpost extension: the paths the merge changed, for sync-events.
     #[serde(default)]
     pub delta: Option<Delta>,
+    /// The merged blob's decryption parameters, as on an upload.
+    #[serde(default)]
+    pub encryption: Option<Map<String, Value>>,
 }
 
 #[derive(Debug, Clone)]
@@ -304,6 +311,8 @@ pub struct Doc {
     pub metadata: Map<String, Value>,
     pub last_modified: Option<u64>,
     pub last_modified_by: Option<String>,
+    /// The blob's decryption parameters as the uploader sent them (opaque).
+    pub encryption: Option<Map<String, Value>>,
 }
 
 fn str_of(f: &Map<String, Value>, k: &str) -> Option<String> {
@@ -328,6 +337,7 @@ impl Doc {
                 .unwrap_or_default(),
             last_modified: u64_of(f, "lastModified"),
             last_modified_by: str_of(f, "lastModifiedBy"),
+            encryption: f.get("encryption").and_then(Value::as_object).cloned(),
         }
     }
 
@@ -436,6 +446,7 @@ pub struct RevisionFields<'a> {
     pub config_hash: Option<&'a str>,
     pub strategy: Option<&'a str>,
     pub now: u64,
+    pub encryption: Option<&'a Map<String, Value>>,
 }
 
 type Fields = BTreeMap<String, Value>;
@@ -447,6 +458,7 @@ fn opt(s: Option<&str>) -> Value {
 impl RevisionFields<'_> {
     pub fn doc(&self, encrypted: &str, metadata: &Map<String, Value>) -> Fields {
         BTreeMap::from([
+            ("encryption".into(), self.encryption_value()),
             ("userId".into(), self.user.into()),
             ("version".into(), self.version.into()),
             ("encryptedConfig".into(), encrypted.into()),
@@ -472,7 +484,14 @@ impl RevisionFields<'_> {
             ("configHash".into(), opt(self.config_hash)),
             ("strategy".into(), opt(self.strategy)),
             ("timestamp".into(), self.now.into()),
+            ("encryption".into(), self.encryption_value()),
         ])
+    }
+
+    /// `null` removes the field: a revision without parameters must not
+    /// keep an older revision's.
+    fn encryption_value(&self) -> Value {
+        self.encryption.cloned().map_or(Value::Null, Value::Object)
     }
 }
 
@@ -606,6 +625,7 @@ pub fn download_response(doc: &Doc, now: u64) -> String {
         "encryptedConfig": doc.encrypted_config,
         "configHash": doc.config_hash,
         "metadata": doc.metadata,
+        "encryption": doc.encryption,
         "timestamp": now,
     })
     .to_string()
@@ -822,6 +842,11 @@ mod tests {
 
     #[test]
     fn stored_shapes_round_trip() {
+        let enc =
+            json!({"algorithm": "aes-256-gcm", "iv": "aXY=", "authTag": "dGFn", "keyId": "k1"})
+                .as_object()
+                .cloned()
+                .unwrap();
         let r = RevisionFields {
             user: "u",
             device: "d",
@@ -834,9 +859,11 @@ mod tests {
             config_hash: Some(HASH),
             strategy: None,
             now: 9,
+            encryption: Some(&enc),
         };
         let doc: Map<String, Value> = r.doc("eA==", &Map::new()).into_iter().collect();
         let d = Doc::from_fields(&doc);
+        assert_eq!(d.encryption.as_ref(), Some(&enc));
         assert_eq!(
             (
                 d.version,

@@ -404,6 +404,7 @@ mod tests {
             at_ms: 0,
             version: 1,
             created: true,
+            type_version: 0,
         };
         let body = event_body(9, &e).unwrap();
         let v: Value = serde_json::from_slice(&body).unwrap();

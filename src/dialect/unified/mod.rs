@@ -5,13 +5,14 @@
 //! over the socket, the bounded fan-out queue, the lag signal, pending acks
 //! and shutdown. Documented in docs/protocol.md.
 
+pub mod http;
 pub mod proto;
 
 use super::{admit, limit, ConnCtx};
 use crate::auth::Grant;
-use crate::engine::{CatchUp, Delivery, EngineError, Filter, PAGE_BYTES};
+use crate::engine::{CatchUp, Delivery, EngineError, Filter};
 use crate::server::AppState;
-use crate::store::{Cap, Committed, StoreError};
+use crate::store::{Committed, StoreError};
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -78,8 +79,17 @@ fn upgrade(
         .get("client_id")
         .filter(|c| crate::engine::validate_name("client_id", c).is_ok())
         .cloned();
+    // Whether large frames go out gzipped: RHTMX's clients on the two
+    // backward-compatible endpoints always decompress binary frames, so
+    // there the relay compresses as the real server does; on `/api/ws`
+    // only for a client that asks (or that compresses itself).
+    let compress = match query.get("compression").map(String::as_str) {
+        Some("gzip") => true,
+        Some("off") | Some("none") => false,
+        _ => endpoint != Endpoint::Unified,
+    };
     limit(ws, &state)
-        .on_upgrade(move |socket| run(socket, state, grant, endpoint, space, client_id))
+        .on_upgrade(move |socket| run(socket, state, grant, endpoint, space, client_id, compress))
 }
 
 /// Catch-up page size for `sync`.
@@ -114,6 +124,8 @@ struct Conn {
     /// Hub subscription id -> feed.
     feeds: HashMap<u64, Feed>,
     pending: FuturesOrdered<Pending>,
+    /// Send frames of `gzip::THRESHOLD` bytes or more gzipped (binary).
+    compress: bool,
     /// Pushes reach the writer in the order their frames were read.
     order: crate::engine::WriteOrder,
 }
@@ -127,6 +139,7 @@ async fn run(
     endpoint: Endpoint,
     space: String,
     client_id: Option<String>,
+    compress: bool,
 ) {
     let ctx = ConnCtx::new(state.clone(), endpoint.path());
     let mut shutdown = state.shutdown.clone();
@@ -138,6 +151,7 @@ async fn run(
         space,
         feeds: HashMap::new(),
         pending: FuturesOrdered::new(),
+        compress,
         order: Default::default(),
     };
     let max_inflight = state.settings.max_inflight;
@@ -151,7 +165,7 @@ async fn run(
                 break;
             }
             Some(frames) = conn.pending.next(), if !conn.pending.is_empty() => {
-                if send_all(&mut socket, frames).await.is_err() { break; }
+                if send_all(&mut socket, conn.compress, frames).await.is_err() { break; }
             }
             _ = conn.ctx.signal.notify.notified() => {
                 if conn.resync(&mut socket).await.is_err() { break; }
@@ -171,7 +185,7 @@ async fn run(
     if closing {
         // Every push accepted before shutdown still gets its ack.
         while let Some(frames) = conn.pending.next().await {
-            if send_all(&mut socket, frames).await.is_err() {
+            if send_all(&mut socket, conn.compress, frames).await.is_err() {
                 return;
             }
         }
@@ -179,15 +193,36 @@ async fn run(
     }
 }
 
-async fn send_all(socket: &mut WebSocket, frames: Vec<String>) -> Result<(), EngineError> {
+async fn send_all(
+    socket: &mut WebSocket,
+    compress: bool,
+    frames: Vec<String>,
+) -> Result<(), EngineError> {
     for f in frames {
-        send(socket, f).await?;
+        send_frame(socket, compress, f.into()).await?;
     }
     Ok(())
 }
 
+/// One frame to the client: as text, or gzipped in a binary frame when the
+/// client compresses and the frame is at least `gzip::THRESHOLD` bytes.
+async fn send_frame(
+    socket: &mut WebSocket,
+    compress: bool,
+    text: Utf8Bytes,
+) -> Result<(), EngineError> {
+    if compress && text.len() >= crate::dialect::gzip::THRESHOLD {
+        let zipped = crate::dialect::gzip::gzip(text.as_str());
+        return socket
+            .send(Message::Binary(zipped.into()))
+            .await
+            .map_err(|_| EngineError::ClientGone);
+    }
+    send(socket, text).await
+}
+
 /// An engine error as an `error` frame with a stable code.
-fn engine_error(e: &EngineError) -> Refusal {
+pub(crate) fn engine_error(e: &EngineError) -> Refusal {
     match e {
         EngineError::Schema {
             collection,
@@ -227,13 +262,34 @@ impl Conn {
 
     async fn refuse(&self, socket: &mut WebSocket, r: Refusal) -> Result<(), EngineError> {
         self.engine().metrics.errors_sent.fetch_add(1, Relaxed);
-        send(socket, proto::error(&r)).await
+        self.out(socket, proto::error(&r)).await
     }
 
-    /// Frames of one committed change for a feed of `kind`.
-    fn frames(kind: Kind, c: &Committed) -> Vec<Utf8Bytes> {
+    async fn out(
+        &self,
+        socket: &mut WebSocket,
+        text: impl Into<Utf8Bytes>,
+    ) -> Result<(), EngineError> {
+        send_frame(socket, self.compress, text.into()).await
+    }
+
+    /// Frames of one committed change for a feed of `kind`. An entity-level
+    /// `change` carries the entity's whole state: known for live changes;
+    /// for one re-read from the log (catch-up) the current state is read.
+    fn frames(&self, kind: Kind, c: &Committed) -> Vec<Utf8Bytes> {
         match kind {
-            Kind::Entity => vec![proto::render_change(c)],
+            Kind::Entity if c.after.is_some() => vec![proto::render_change(c)],
+            Kind::Entity => {
+                let ch = &c.entry.change;
+                let now = self
+                    .engine()
+                    .entity(&self.space, &ch.collection, &ch.id)
+                    .ok()
+                    .flatten()
+                    .map(|e| e.view());
+                let change = proto::change_log_over(c, now.as_ref());
+                vec![proto::render(&UnifiedMessage::Change { change }).into()]
+            }
             Kind::Field => proto::render_field_changes(c),
         }
     }
@@ -251,8 +307,9 @@ impl Conn {
             return Ok(());
         }
         feed.last_seq = item.seq;
-        for f in Self::frames(feed.kind, &item) {
-            send(socket, f).await?;
+        let kind = feed.kind;
+        for f in self.frames(kind, &item) {
+            self.out(socket, f).await?;
         }
         Ok(())
     }
@@ -272,17 +329,30 @@ impl Conn {
 
     /// Returns false when the connection should close.
     async fn handle(&mut self, socket: &mut WebSocket, msg: Message) -> Result<bool, EngineError> {
+        let max = self.ctx.state.settings.max_frame_bytes;
         let text = match msg {
             Message::Text(t) => t,
-            Message::Binary(_) => {
-                self.refuse(socket, Refusal::new(code::BINARY, "send JSON text frames"))
-                    .await?;
-                return Ok(true);
-            }
+            // A gzipped message (what RHTMX's clients send for 1 KiB and
+            // more): decompressed up to the frame limit; a client that
+            // compresses gets large frames compressed too.
+            Message::Binary(b) => match crate::dialect::gzip::gunzip_text(&b, max) {
+                Ok(t) => {
+                    self.compress = true;
+                    t.into()
+                }
+                Err(e) => {
+                    let c = match e {
+                        crate::dialect::gzip::GzipError::TooLarge(_) => code::TOO_LARGE,
+                        _ => code::BINARY,
+                    };
+                    self.refuse(socket, Refusal::new(c, format!("binary frame: {e}")))
+                        .await?;
+                    return Ok(true);
+                }
+            },
             Message::Close(_) => return Ok(false),
             Message::Ping(_) | Message::Pong(_) => return Ok(true),
         };
-        let max = self.ctx.state.settings.max_frame_bytes;
         if text.len() > max {
             let m = format!(
                 "message of {} bytes exceeds the {max}-byte limit",
@@ -325,7 +395,7 @@ impl Conn {
                 field,
                 value,
             } => match proto::validate_field(forms, request_id, form, field, value) {
-                Ok(m) => send(socket, proto::render(&m)).await,
+                Ok(m) => self.out(socket, proto::render(&m)).await,
                 Err(r) => self.refuse(socket, r).await,
             },
             UnifiedMessage::ValidateForm {
@@ -333,10 +403,10 @@ impl Conn {
                 form,
                 fields,
             } => match proto::validate_form(forms, request_id, form, fields) {
-                Ok(m) => send(socket, proto::render(&m)).await,
+                Ok(m) => self.out(socket, proto::render(&m)).await,
                 Err(r) => self.refuse(socket, r).await,
             },
-            UnifiedMessage::Ping => send(socket, proto::render(&UnifiedMessage::Pong)).await,
+            UnifiedMessage::Ping => self.out(socket, proto::render(&UnifiedMessage::Pong)).await,
             // `parse` refuses server-only messages before they get here.
             _ => {
                 self.refuse(
@@ -428,8 +498,8 @@ impl Conn {
                             continue;
                         }
                         last = c.seq;
-                        for f in Self::frames(kind, &c) {
-                            send(socket, f).await?;
+                        for f in self.frames(kind, &c) {
+                            self.out(socket, f).await?;
                         }
                     }
                     CatchUp::Snapshot {
@@ -438,7 +508,7 @@ impl Conn {
                         entity,
                     } => {
                         for f in snapshot_frames(kind, &collection, &id, &entity) {
-                            send(socket, f).await?;
+                            self.out(socket, f).await?;
                         }
                     }
                 }
@@ -456,10 +526,10 @@ impl Conn {
         Ok(())
     }
 
-    /// `sync {entity, since}`: every retained change of that entity type
-    /// whose per-entity version is above `since`, in commit order. When
-    /// retention has trimmed the log, the current state of each entity of the
-    /// type with version above `since` is sent instead (one change each).
+    /// `sync {entity, since}`: one `change` per entity of that type changed
+    /// after per-type version `since`, at its newest version and with its
+    /// whole current state, in version order; read from the per-type index,
+    /// so the cost grows with the entities returned, not with the log.
     async fn sync(
         &mut self,
         socket: &mut WebSocket,
@@ -470,54 +540,17 @@ impl Conn {
             return self.refuse(socket, r).await;
         }
         let engine = self.engine().clone();
-        if engine.horizon() > 1 {
-            let mut after: Option<(String, String)> = None;
-            loop {
-                let page = match engine.entities_page(
-                    &self.space,
-                    Some(&entity),
-                    after.as_ref().map(|(c, i)| (c.as_str(), i.as_str())),
-                    Cap::new(PAGE, PAGE_BYTES),
-                ) {
-                    Ok(p) => p,
-                    Err(e) => return self.refuse(socket, engine_error(&e)).await,
-                };
-                let short = !page.more;
-                let page = page.items;
-                for (c, i, e) in &page {
-                    if proto::sync_wants(c, e.version, &entity, since) {
-                        let change = proto::snapshot_change(c, i, e);
-                        send(socket, proto::render(&UnifiedMessage::Change { change })).await?;
-                    }
-                }
-                if short {
-                    return Ok(());
-                }
-                after = page.last().map(|(c, i, _)| (c.clone(), i.clone()));
-            }
-        }
-        let mut after = 0;
+        let mut after = u64::try_from(since).unwrap_or(0);
         loop {
-            let page = match engine.space_log_page(&self.space, after, Cap::new(PAGE, PAGE_BYTES)) {
-                Ok(p) => p,
+            let page = match proto_sync_page(&engine, &self.space, &entity, after, PAGE) {
+                Ok((_, p)) => p,
                 Err(e) => return self.refuse(socket, engine_error(&e)).await,
             };
-            let short = !page.more;
-            let page = page.items;
-            for (seq, entry) in page {
-                after = seq;
-                if !proto::sync_wants(&entry.change.collection, entry.version, &entity, since) {
-                    continue;
-                }
-                let c = Committed {
-                    seq,
-                    entry,
-                    after: None,
-                    source: None,
-                    rendered: Default::default(),
-                };
-                let change = proto::change_log(&c);
-                send(socket, proto::render(&UnifiedMessage::Change { change })).await?;
+            let short = page.len() < PAGE;
+            for change in page {
+                after = u64::try_from(change.version).unwrap_or(after);
+                self.out(socket, proto::render(&UnifiedMessage::Change { change }))
+                    .await?;
             }
             if short {
                 return Ok(());
@@ -561,7 +594,7 @@ impl Conn {
             match pushed.await {
                 Ok(outs) => {
                     engine.metrics.acks.fetch_add(1, Relaxed);
-                    let version = outs.first().map(|o| o.version).unwrap_or(0);
+                    let version = outs.first().map(|o| o.type_version).unwrap_or(0);
                     vec![proto::render(&UnifiedMessage::PushAck {
                         entity,
                         entity_id,
@@ -593,6 +626,7 @@ impl Conn {
         };
         let engine = self.engine().clone();
         let (space, actor, source) = (self.space.clone(), self.actor(), Some(self.ctx.id));
+        let endpoint = self.endpoint;
         let pushed = self
             .order
             .push(engine.clone(), space, actor, source, writes, vec![]);
@@ -602,7 +636,7 @@ impl Conn {
                     engine.metrics.acks.fetch_add(1, Relaxed);
                     proto::field_push_reply(&entity, &entity_id, &times, &outs)
                         .iter()
-                        .map(proto::render)
+                        .map(|m| proto::render_for(endpoint, m))
                         .collect()
                 }
                 Err(e) => {
@@ -630,4 +664,23 @@ fn snapshot_frames(
             .map(|change| proto::render(&UnifiedMessage::FieldChange { change }))
             .collect(),
     }
+}
+
+/// One page of `sync` (and the HTTP sync API): the entities of `entity`
+/// changed after per-type version `after`, as `ChangeLog`s, with the type's
+/// latest version.
+pub(crate) fn proto_sync_page(
+    engine: &crate::engine::Engine,
+    space: &str,
+    entity: &str,
+    after: u64,
+    limit: usize,
+) -> Result<(u64, Vec<proto::ChangeLog>), EngineError> {
+    let (latest, ents) = engine.type_changes(space, entity, after, limit)?;
+    let mut out = Vec::with_capacity(ents.len());
+    for (id, e) in ents {
+        let newest = engine.log_entry(e.seq)?;
+        out.push(proto::entity_change(entity, &id, &e, newest.as_ref()));
+    }
+    Ok((latest, out))
 }

@@ -6,7 +6,7 @@ use crate::dialect::{SLOT_UNIFIED_CHANGE, SLOT_UNIFIED_FIELDS};
 use crate::model::{Conflict, Op};
 use crate::rfc3339::Timestamp;
 use crate::schema::{SchemaSet, Violation};
-use crate::store::{Committed, LocalWrite, Outcome, StoredEntity};
+use crate::store::{Committed, EntityView, LocalWrite, LogEntry, Outcome, StoredEntity};
 use axum::extract::ws::Utf8Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -126,12 +126,16 @@ pub struct ChangeLog {
     pub entity: String,
     pub entity_id: String,
     pub action: ChangeAction,
-    /// The fields the change wrote (`null` = field removed); null for a delete.
+    /// The entity's whole state after the change, `id` included (what an
+    /// entity-level client stores); null for a delete.
     pub data: Option<Value>,
-    /// The entity's version after this change: see `docs/protocol.md`.
+    /// The entity type's version after this change: see `docs/protocol.md`.
     pub version: i64,
     /// Who wrote it: the token subject, or the connection's client id.
     pub client_id: Option<String>,
+    /// The real server's name for the change's time.
+    pub created_at: Timestamp,
+    /// The same instant, under the name outpost used first.
     pub timestamp: Timestamp,
 }
 
@@ -284,6 +288,15 @@ pub fn parse(text: &str, endpoint: Endpoint) -> Result<UnifiedMessage, Refusal> 
             ))
         }
     };
+    // The field client (`rusty-field-sync.js`) subscribes with `subscribe`
+    // on its endpoint, where only field messages are served.
+    let mut v = v;
+    let kind = if endpoint == Endpoint::Field && kind == "subscribe" {
+        v["type"] = Value::from("subscribe_fields");
+        "subscribe_fields".to_string()
+    } else {
+        kind
+    };
     let fam = family(&kind).ok_or_else(|| {
         Refusal::new(code::UNKNOWN_TYPE, format!("unknown message type {kind:?}"))
     })?;
@@ -307,6 +320,23 @@ pub fn render(m: &UnifiedMessage) -> String {
     // Serializing these types cannot fail (string keys, no non-finite floats
     // beyond what serde_json::Value already holds).
     serde_json::to_string(m).unwrap_or_default()
+}
+
+/// A message as `endpoint` sends it: on `/api/field-sync/ws` the field
+/// client's names (`push_ack`, `conflict`, as the real field server sends
+/// them) stand for the seed's `field_push_ack` and `field_conflict`.
+pub fn render_for(endpoint: Endpoint, m: &UnifiedMessage) -> String {
+    let rename = match m {
+        UnifiedMessage::FieldPushAck { .. } => "push_ack",
+        UnifiedMessage::FieldConflict { .. } => "conflict",
+        _ => return render(m),
+    };
+    if endpoint != Endpoint::Field {
+        return render(m);
+    }
+    let mut v = serde_json::to_value(m).unwrap_or_default();
+    v["type"] = Value::from(rename);
+    v.to_string()
 }
 
 pub fn error(r: &Refusal) -> String {
@@ -363,7 +393,7 @@ pub fn push_write(
         id: entity_id,
         op,
         fields,
-        client_ms: None,
+        client_us: None,
         expect: None,
     })
 }
@@ -405,7 +435,7 @@ pub fn field_writes(
             id: entity_id.to_string(),
             op: Op::Patch,
             fields,
-            client_ms: Some(ms),
+            client_us: Some(ms.saturating_mul(1000)),
             expect: None,
         })
         .collect();
@@ -454,33 +484,58 @@ fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// An entity's whole state as entity-level clients store it: its visible
+/// fields plus `id` (the entity id) unless it has a field named `id`.
+pub fn whole(id: &str, fields: &Map<String, Value>) -> Value {
+    let mut m = fields.clone();
+    m.entry("id").or_insert_with(|| Value::from(id));
+    Value::Object(m)
+}
+
+/// A committed change as a `ChangeLog`, with the entity's state after it
+/// (known live; on a catch-up the caller reads it).
 pub fn change_log(c: &Committed) -> ChangeLog {
+    change_log_over(c, c.after.as_ref())
+}
+
+/// As [`change_log`], over the given state of the entity (None: unknown,
+/// the fields the change wrote stand in).
+pub fn change_log_over(c: &Committed, after: Option<&EntityView>) -> ChangeLog {
     let ch = &c.entry.change;
-    let (action, data) = match ch.op {
-        Op::Delete => (ChangeAction::Delete, None),
-        Op::Put | Op::Patch => (
-            if c.entry.created {
-                ChangeAction::Create
-            } else {
-                ChangeAction::Update
-            },
-            Some(Value::Object(
-                ch.fields
+    let gone = ch.op == Op::Delete || after.is_some_and(|a| !a.exists);
+    let (action, data) = if gone {
+        (ChangeAction::Delete, None)
+    } else {
+        let action = if c.entry.created {
+            ChangeAction::Create
+        } else {
+            ChangeAction::Update
+        };
+        let data = match after {
+            Some(a) => whole(&ch.id, &a.fields),
+            None => {
+                let written: Map<String, Value> = ch
+                    .fields
                     .iter()
+                    .filter(|(_, v)| !v.is_null())
                     .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-            )),
-        ),
+                    .collect();
+                whole(&ch.id, &written)
+            }
+        };
+        (action, Some(data))
     };
+    let at = Timestamp::from_unix_ms(ch.stamp.ms);
     ChangeLog {
         id: to_i64(c.seq),
         entity: ch.collection.clone(),
         entity_id: ch.id.clone(),
         action,
         data,
-        version: to_i64(c.entry.version),
+        version: to_i64(c.entry.type_version),
         client_id: Some(ch.actor.clone()),
-        timestamp: Timestamp::from_unix_ms(ch.stamp.ms),
+        created_at: at,
+        timestamp: at,
     }
 }
 
@@ -519,7 +574,7 @@ pub fn field_changes(c: &Committed) -> Vec<FieldChange> {
                 FieldAction::Update
             },
             timestamp: Timestamp::from_unix_ms(ch.stamp.ms),
-            version: to_i64(c.entry.version),
+            version: to_i64(c.entry.type_version),
         })
         .collect()
 }
@@ -544,23 +599,68 @@ pub fn render_field_changes(c: &Committed) -> Vec<Utf8Bytes> {
         .collect()
 }
 
-/// An entity's current state standing in for changes retention trimmed.
-pub fn snapshot_change(collection: &str, id: &str, e: &StoredEntity) -> ChangeLog {
+/// An entity's current state as one `ChangeLog` at its newest per-type
+/// version: what `sync` (and the HTTP sync API) sends for each entity
+/// changed since the client's cursor, and what stands in for changes
+/// retention trimmed. `newest` is its newest log entry when still retained
+/// (for the writer, time and create/update); without it `client_id` is null.
+pub fn entity_change(
+    collection: &str,
+    id: &str,
+    e: &StoredEntity,
+    newest: Option<&LogEntry>,
+) -> ChangeLog {
     let exists = e.state.exists();
+    let at = Timestamp::from_unix_ms(e.state.newest().map(|k| k.stamp.ms).unwrap_or(0));
+    let created = newest.is_some_and(|n| n.created);
     ChangeLog {
         id: to_i64(e.seq),
         entity: collection.to_string(),
         entity_id: id.to_string(),
-        action: if exists {
-            ChangeAction::Update
-        } else {
-            ChangeAction::Delete
+        action: match (exists, created) {
+            (false, _) => ChangeAction::Delete,
+            (true, true) => ChangeAction::Create,
+            (true, false) => ChangeAction::Update,
         },
-        data: exists.then(|| Value::Object(e.state.visible())),
-        version: to_i64(e.version),
-        client_id: None,
-        timestamp: Timestamp::from_unix_ms(e.state.newest().map(|k| k.stamp.ms).unwrap_or(0)),
+        data: exists.then(|| whole(id, &e.state.visible())),
+        version: to_i64(e.type_version),
+        client_id: newest.map(|n| n.change.actor.clone()),
+        created_at: at,
+        timestamp: at,
     }
+}
+
+/// An entity's state standing in for changes retention trimmed.
+pub fn snapshot_change(collection: &str, id: &str, e: &StoredEntity) -> ChangeLog {
+    entity_change(collection, id, e, None)
+}
+
+/// An entity's fields as `FieldChange`s at its newest per-type version:
+/// every field with a value as an `update`, every removed field (and, for a
+/// deleted entity, every field) as a `delete`. What the HTTP field-sync API
+/// sends per entity changed since the cursor.
+pub fn entity_fields(collection: &str, id: &str, e: &StoredEntity) -> Vec<FieldChange> {
+    let exists = e.state.exists();
+    e.state
+        .fields
+        .iter()
+        .map(|(k, c)| {
+            let value = (exists && !c.value.is_null()).then(|| c.value.clone());
+            FieldChange {
+                entity: collection.to_string(),
+                entity_id: id.to_string(),
+                field: k.clone(),
+                action: if value.is_some() {
+                    FieldAction::Update
+                } else {
+                    FieldAction::Delete
+                },
+                value,
+                timestamp: Timestamp::from_unix_ms(c.key.stamp.ms),
+                version: to_i64(e.type_version),
+            }
+        })
+        .collect()
 }
 
 /// An entity's current fields standing in for changes retention trimmed.
@@ -568,19 +668,9 @@ pub fn snapshot_fields(collection: &str, id: &str, e: &StoredEntity) -> Vec<Fiel
     if !e.state.exists() {
         return vec![];
     }
-    e.state
-        .fields
-        .iter()
-        .filter(|(_, c)| !c.value.is_null())
-        .map(|(k, c)| FieldChange {
-            entity: collection.to_string(),
-            entity_id: id.to_string(),
-            field: k.clone(),
-            value: Some(c.value.clone()),
-            action: FieldAction::Update,
-            timestamp: Timestamp::from_unix_ms(c.key.stamp.ms),
-            version: to_i64(e.version),
-        })
+    entity_fields(collection, id, e)
+        .into_iter()
+        .filter(|f| f.action == FieldAction::Update)
         .collect()
 }
 
@@ -732,6 +822,7 @@ mod tests {
                 at_ms: 0,
                 version: 4,
                 created,
+                type_version: 4,
             },
             after: after.map(|a| EntityView {
                 exists: true,
@@ -753,6 +844,7 @@ mod tests {
             data: None,
             version: 1,
             client_id: None,
+            created_at: ts,
             timestamp: ts,
         };
         let fc = FieldChange {
@@ -972,9 +1064,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(w.len(), 2);
-        assert_eq!(w[0].client_ms, Some(1_714_564_800_000));
+        assert_eq!(w[0].client_us, Some(1_714_564_800_000_000));
         assert_eq!(w[0].fields["b"], Value::Null);
-        assert_eq!(w[1].client_ms, Some(1_714_564_801_500));
+        assert_eq!(w[1].client_us, Some(1_714_564_801_500_000));
         assert_eq!(times.len(), 3);
         let dup = field_writes(
             "u",
@@ -1003,6 +1095,7 @@ mod tests {
             stamp,
             version: 2,
             created: false,
+            type_version: 2,
             conflicts: vec![Conflict {
                 field: "a".into(),
                 attempted: json!("old"),
@@ -1035,8 +1128,9 @@ mod tests {
         assert_eq!(
             v,
             json!({"type": "change", "change": {"id": 7, "entity": "users", "entity_id": "u1",
-                   "action": "create", "data": {"name": "A", "gone": null}, "version": 4,
-                   "client_id": "alice", "timestamp": "2024-05-01T12:30:00.250Z"}})
+                   "action": "create", "data": {"name": "A", "id": "u1"}, "version": 4,
+                   "client_id": "alice", "created_at": "2024-05-01T12:30:00.250Z",
+                   "timestamp": "2024-05-01T12:30:00.250Z"}})
         );
         let d = committed(Op::Delete, json!({}), false, None);
         let v: Value = serde_json::from_str(render_change(&d).as_str()).unwrap();
@@ -1093,10 +1187,11 @@ mod tests {
             actor: "x".into(),
         });
         e.version = 3;
+        e.type_version = 12;
         e.seq = 9;
         let c = snapshot_change("users", "u1", &e);
-        assert_eq!((c.id, c.action, c.version), (9, ChangeAction::Update, 3));
-        assert_eq!(c.data, Some(json!({"a": 1})));
+        assert_eq!((c.id, c.action, c.version), (9, ChangeAction::Update, 12));
+        assert_eq!(c.data, Some(json!({"a": 1, "id": "u1"})));
         let f = snapshot_fields("users", "u1", &e);
         assert_eq!(f.len(), 1);
         assert_eq!(f[0].timestamp, Timestamp::from_unix_ms(1000));

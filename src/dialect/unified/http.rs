@@ -1,0 +1,574 @@
+//! Seed 004's HTTP API, as RHTMX's real server serves it and its clients
+//! use it (`rusty-sync.js`, `rusty-field-sync.js`): catch-up after a reload
+//! (`GET /api/sync/{entity}?since=N`, `GET /api/field-sync/{entity}?since=N`),
+//! pushes while the socket is down (`POST` on the same paths) and the
+//! Server-Sent Events fallback (`GET /api/sync/events`). Same tokens, spaces
+//! and per-type versions as the sockets. Documented in docs/protocol.md.
+
+use super::proto::{self, ChangeAction, FieldUpdate, UnifiedMessage};
+use super::{engine_error, proto_sync_page};
+use crate::auth::Grant;
+use crate::dialect::{admit, gzip, ConnCtx};
+use crate::engine::{CatchUp, Delivery, Engine, EngineError, Filter, Subscription};
+use crate::rfc3339::Timestamp;
+use crate::server::AppState;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::convert::Infallible;
+use std::sync::Arc;
+
+/// Most changes one `GET` returns. A longer backlog is paged: the reply's
+/// `version` is then the last change's, so the client's next sync goes on
+/// from there.
+pub const MAX_CHANGES: usize = 1000;
+/// Most changes one `POST` may carry.
+pub const MAX_PUSH: usize = 1000;
+
+/// A refused request: `{"error", "code"}` with an HTTP status.
+pub struct HttpError {
+    status: StatusCode,
+    code: String,
+    message: String,
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": self.message, "code": self.code});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+fn refuse(status: StatusCode, code: &str, message: impl Into<String>) -> HttpError {
+    HttpError {
+        status,
+        code: code.to_string(),
+        message: message.into(),
+    }
+}
+
+type Reply = Result<Response, HttpError>;
+
+/// Who calls, in which space: admission as on the sockets, then the scope
+/// the method needs.
+struct Caller {
+    grant: Grant,
+    space: String,
+    actor: String,
+}
+
+fn caller(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+    write: bool,
+) -> Result<Caller, HttpError> {
+    let grant = admit(state, headers, query).map_err(|(status, m)| {
+        let code = if status == StatusCode::UNAUTHORIZED {
+            "unauthorized"
+        } else {
+            "unavailable"
+        };
+        refuse(status, code, m.trim_end())
+    })?;
+    let space = query
+        .get("space")
+        .cloned()
+        .unwrap_or_else(|| "default".into());
+    crate::engine::validate_name("space", &space).map_err(|e| {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            proto::code::INVALID_MESSAGE,
+            e.to_string(),
+        )
+    })?;
+    let allowed = if write {
+        grant.can_write(&space)
+    } else {
+        grant.can_read(&space)
+    };
+    if !allowed {
+        let what = if write { "write" } else { "read" };
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            proto::code::FORBIDDEN,
+            format!("no {what} access to space {space:?}"),
+        ));
+    }
+    let actor = if grant.sub == "anonymous" {
+        query
+            .get("client_id")
+            .filter(|c| crate::engine::validate_name("client_id", c).is_ok())
+            .cloned()
+            .unwrap_or_else(|| "anonymous".into())
+    } else {
+        grant.sub.clone()
+    };
+    Ok(Caller {
+        grant,
+        space,
+        actor,
+    })
+}
+
+fn since(query: &HashMap<String, String>) -> Result<u64, HttpError> {
+    match query.get("since") {
+        None => Ok(0),
+        Some(s) => s.parse::<i64>().map(|n| n.max(0) as u64).map_err(|_| {
+            refuse(
+                StatusCode::BAD_REQUEST,
+                proto::code::INVALID_MESSAGE,
+                "since: an integer",
+            )
+        }),
+    }
+}
+
+fn check_entity(entity: &str) -> Result<(), HttpError> {
+    crate::engine::validate_name("entity", entity).map_err(|e| {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            proto::code::INVALID_MESSAGE,
+            e.to_string(),
+        )
+    })
+}
+
+fn engine_refusal(e: &EngineError) -> HttpError {
+    let r = engine_error(e);
+    let status = match r.code {
+        proto::code::SCHEMA_VIOLATION | proto::code::INVALID_FIELD => StatusCode::BAD_REQUEST,
+        proto::code::DISK_FULL => StatusCode::INSUFFICIENT_STORAGE,
+        proto::code::UNAVAILABLE => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    refuse(status, r.code, r.message)
+}
+
+/// A JSON body, gzipped or not (`Content-Encoding: gzip`), at most
+/// `server.max_frame_bytes` once decompressed.
+fn json_body<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<T, HttpError> {
+    let max = state.settings.max_frame_bytes;
+    let gzipped = headers
+        .get(axum::http::header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
+    let text = if gzipped {
+        gzip::gunzip_text(body, max).map_err(|e| {
+            let status = match e {
+                gzip::GzipError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            refuse(status, proto::code::INVALID_MESSAGE, format!("body: {e}"))
+        })?
+    } else {
+        if body.len() > max {
+            return Err(refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                proto::code::TOO_LARGE,
+                format!("body of {} bytes exceeds the {max}-byte limit", body.len()),
+            ));
+        }
+        String::from_utf8(body.to_vec()).map_err(|_| {
+            refuse(
+                StatusCode::BAD_REQUEST,
+                proto::code::INVALID_JSON,
+                "body: not UTF-8",
+            )
+        })?
+    };
+    serde_json::from_str(&text).map_err(|e| {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            proto::code::INVALID_MESSAGE,
+            format!("body: {e}"),
+        )
+    })
+}
+
+/// `GET /api/sync/{entity}?since=N` → `{entity, version, changes}`.
+pub async fn get_sync(
+    State(state): State<Arc<AppState>>,
+    Path(entity): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Reply {
+    let c = caller(&state, &headers, &query, false)?;
+    let since = since(&query)?;
+    check_entity(&entity)?;
+    let (latest, changes) = proto_sync_page(&state.engine, &c.space, &entity, since, MAX_CHANGES)
+        .map_err(|e| engine_refusal(&e))?;
+    let version = if changes.len() >= MAX_CHANGES {
+        changes.last().map_or(latest as i64, |ch| ch.version)
+    } else {
+        latest as i64
+    };
+    Ok(Json(json!({"entity": entity, "version": version, "changes": changes})).into_response())
+}
+
+/// A change in a `POST /api/sync/{entity}` body.
+#[derive(Deserialize)]
+pub struct ClientChange {
+    pub id: String,
+    pub action: ChangeAction,
+    #[serde(default)]
+    pub data: Option<Value>,
+    /// Sent by some clients; not used (last writer wins).
+    #[serde(default)]
+    pub client_version: Option<i64>,
+}
+
+#[derive(Deserialize)]
+pub struct PushBody {
+    pub changes: Vec<ClientChange>,
+}
+
+/// `POST /api/sync/{entity}` `{changes: [{id, action, data}]}` →
+/// `{version, applied: [ids], conflicts: ["id: why"]}`. Each change is
+/// stored on its own, as the real server does; one refused change does not
+/// stop the others.
+pub async fn post_sync(
+    State(state): State<Arc<AppState>>,
+    Path(entity): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Reply {
+    let c = caller(&state, &headers, &query, true)?;
+    check_entity(&entity)?;
+    let req: PushBody = json_body(&state, &headers, &body)?;
+    if req.changes.len() > MAX_PUSH {
+        return Err(refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            proto::code::TOO_LARGE,
+            format!("at most {MAX_PUSH} changes per request"),
+        ));
+    }
+    let (mut applied, mut conflicts) = (Vec::new(), Vec::new());
+    for ch in req.changes {
+        let _ = ch.client_version;
+        let w = match proto::push_write(ch.id.clone(), entity.clone(), ch.action, ch.data) {
+            Ok(w) => w,
+            Err(r) => {
+                conflicts.push(format!("{}: {}", ch.id, r.message));
+                continue;
+            }
+        };
+        match state.engine.push(&c.space, &c.actor, None, vec![w]).await {
+            Ok(_) => applied.push(ch.id),
+            Err(e @ EngineError::Store(_)) => return Err(engine_refusal(&e)),
+            Err(e) => conflicts.push(format!("{}: {}", ch.id, engine_error(&e).message)),
+        }
+    }
+    let _ = &c.grant;
+    let (version, _) = state
+        .engine
+        .type_changes(&c.space, &entity, u64::MAX, 0)
+        .map_err(|e| engine_refusal(&e))?;
+    Ok(
+        Json(json!({"version": version, "applied": applied, "conflicts": conflicts}))
+            .into_response(),
+    )
+}
+
+/// `GET /api/field-sync/{entity}?since=N` → `{entity, version, changes:
+/// [FieldChange]}`: every field of each entity changed since the cursor.
+pub async fn get_field_sync(
+    State(state): State<Arc<AppState>>,
+    Path(entity): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Reply {
+    let c = caller(&state, &headers, &query, false)?;
+    let since = since(&query)?;
+    check_entity(&entity)?;
+    let (latest, ents) = state
+        .engine
+        .type_changes(&c.space, &entity, since, MAX_CHANGES)
+        .map_err(|e| engine_refusal(&e))?;
+    let version = if ents.len() >= MAX_CHANGES {
+        ents.last().map_or(latest, |(_, e)| e.type_version)
+    } else {
+        latest
+    };
+    let changes: Vec<proto::FieldChange> = ents
+        .iter()
+        .flat_map(|(id, e)| proto::entity_fields(&entity, id, e))
+        .collect();
+    Ok(Json(json!({"entity": entity, "version": version, "changes": changes})).into_response())
+}
+
+/// A field in a `POST /api/field-sync/{entity}` body.
+#[derive(Deserialize)]
+pub struct ClientFieldChange {
+    pub entity_id: String,
+    #[serde(flatten)]
+    pub update: FieldUpdate,
+}
+
+#[derive(Deserialize)]
+pub struct FieldPushBody {
+    pub changes: Vec<ClientFieldChange>,
+}
+
+/// `POST /api/field-sync/{entity}` `{changes: [{entity_id, field, value,
+/// action, timestamp}]}` → `{applied: [FieldChange], conflicts:
+/// [FieldConflict]}`, each field competing on its own timestamp as with
+/// `push_fields`.
+pub async fn post_field_sync(
+    State(state): State<Arc<AppState>>,
+    Path(entity): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Reply {
+    let c = caller(&state, &headers, &query, true)?;
+    check_entity(&entity)?;
+    let req: FieldPushBody = json_body(&state, &headers, &body)?;
+    if req.changes.len() > MAX_PUSH {
+        return Err(refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            proto::code::TOO_LARGE,
+            format!("at most {MAX_PUSH} changes per request"),
+        ));
+    }
+    let mut by_id: BTreeMap<String, Vec<FieldUpdate>> = BTreeMap::new();
+    for ch in req.changes {
+        by_id.entry(ch.entity_id).or_default().push(ch.update);
+    }
+    let (mut applied, mut conflicts) = (Vec::new(), Vec::new());
+    for (id, fields) in by_id {
+        let asked: Vec<(String, Option<Value>, Timestamp)> = fields
+            .iter()
+            .map(|f| {
+                let v = match f.action {
+                    proto::FieldAction::Delete => None,
+                    proto::FieldAction::Update => f.value.clone().filter(|v| !v.is_null()),
+                };
+                (f.field.clone(), v, f.timestamp)
+            })
+            .collect();
+        let (writes, times) = proto::field_writes(&entity, &id, fields)
+            .map_err(|r| refuse(StatusCode::BAD_REQUEST, r.code, r.message))?;
+        let outs = state
+            .engine
+            .push(&c.space, &c.actor, None, writes)
+            .await
+            .map_err(|e| engine_refusal(&e))?;
+        let version = outs.iter().map(|o| o.type_version).max().unwrap_or(0);
+        let replies = proto::field_push_reply(&entity, &id, &times, &outs);
+        let lost: Vec<&str> = replies
+            .iter()
+            .filter_map(|m| match m {
+                UnifiedMessage::FieldConflict { field, .. } => Some(field.as_str()),
+                _ => None,
+            })
+            .collect();
+        for (field, value, ts) in &asked {
+            if lost.contains(&field.as_str()) {
+                continue;
+            }
+            applied.push(proto::FieldChange {
+                entity: entity.clone(),
+                entity_id: id.clone(),
+                field: field.clone(),
+                action: if value.is_some() {
+                    proto::FieldAction::Update
+                } else {
+                    proto::FieldAction::Delete
+                },
+                value: value.clone(),
+                timestamp: *ts,
+                version: version as i64,
+            });
+        }
+        for m in replies {
+            if let UnifiedMessage::FieldConflict { .. } = m {
+                let mut v = serde_json::to_value(&m).unwrap_or_default();
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("type");
+                    o.insert("resolution".into(), "last_write_wins".into());
+                }
+                conflicts.push(v);
+            }
+        }
+    }
+    Ok(Json(json!({"applied": applied, "conflicts": conflicts})).into_response())
+}
+
+// ---- Server-Sent Events ----------------------------------------------------------
+
+/// The state of one `GET /api/sync/events` stream: a hub subscription to
+/// the whole space through the connection's bounded queue, like a socket.
+struct Feed {
+    ctx: ConnCtx,
+    engine: Arc<Engine>,
+    space: String,
+    sub: Option<u64>,
+    /// Catch-up in progress (after a lag), pulled one page per step.
+    catching: Option<Subscription>,
+    last: u64,
+    ready: VecDeque<Event>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+fn event_of(change: &proto::ChangeLog) -> Event {
+    Event::default()
+        .event("sync")
+        .data(serde_json::to_string(change).unwrap_or_default())
+}
+
+impl Feed {
+    fn all() -> Filter {
+        Filter {
+            collections: None,
+            events: false,
+        }
+    }
+
+    /// Subscribe again from `last` after a lag: the gap is replayed from the
+    /// log (or as current states past the retention horizon).
+    fn restart(&mut self) -> Result<(), EngineError> {
+        if let Some(id) = self.sub.take() {
+            self.engine.unsubscribe(&self.space, id);
+        }
+        self.catching = Some(self.engine.start_subscription(
+            &self.space,
+            self.last,
+            Self::all(),
+            self.ctx.link.clone(),
+        )?);
+        Ok(())
+    }
+
+    /// Pull one page of catch-up into `ready`.
+    fn catch_up_page(&mut self) -> Result<(), EngineError> {
+        let Some(sub) = self.catching.as_mut() else {
+            return Ok(());
+        };
+        match self.engine.next_page(sub)? {
+            Some(page) => {
+                for item in page {
+                    let change = match item {
+                        CatchUp::Change(c) => {
+                            if c.seq <= self.last {
+                                continue;
+                            }
+                            self.last = c.seq;
+                            let ch = &c.entry.change;
+                            let now = self
+                                .engine
+                                .entity(&self.space, &ch.collection, &ch.id)?
+                                .map(|e| e.view());
+                            proto::change_log_over(&c, now.as_ref())
+                        }
+                        CatchUp::Snapshot {
+                            collection,
+                            id,
+                            entity,
+                        } => proto::entity_change(&collection, &id, &entity, None),
+                    };
+                    self.ready.push_back(event_of(&change));
+                }
+            }
+            None => {
+                let sub = self.catching.take();
+                if let Some(s) = sub {
+                    self.last = self.last.max(s.reached());
+                    self.sub = s.id;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The next event, or None when the stream ends (shutdown, store error).
+    async fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(e) = self.ready.pop_front() {
+                return Some(e);
+            }
+            if self.catching.is_some() {
+                if let Err(e) = self.catch_up_page() {
+                    tracing::warn!(error = %e, "sync events: catch-up failed; ending the stream");
+                    return None;
+                }
+                continue;
+            }
+            tokio::select! {
+                _ = self.shutdown.changed() => return None,
+                _ = self.ctx.signal.notify.notified() => {
+                    let lagged = self.ctx.signal.take_lagged();
+                    if self.sub.is_some_and(|id| lagged.contains(&id)) {
+                        self.engine.metrics.resyncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if self.restart().is_err() {
+                            return None;
+                        }
+                    }
+                }
+                d = self.ctx.rx.recv() => {
+                    let Some(Delivery::Change { sub, item }) = d else { continue };
+                    if Some(sub) != self.sub || item.seq <= self.last {
+                        continue;
+                    }
+                    self.last = item.seq;
+                    self.ready.push_back(event_of(&proto::change_log(&item)));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        if let Some(id) = self.sub.take() {
+            self.engine.unsubscribe(&self.space, id);
+        }
+    }
+}
+
+/// `GET /api/sync/events`: every change of the space committed from now on,
+/// as `event: sync` with a `ChangeLog` (whole entity state) as data, through
+/// a bounded queue (a slow reader is caught up from the log, like a socket).
+/// Ends on relay shutdown; keep-alive comments every 15 s.
+pub async fn events(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Reply {
+    let c = caller(&state, &headers, &query, false)?;
+    let engine = state.engine.clone();
+    let ctx = ConnCtx::new(state.clone(), "/api/sync/events");
+    let mut feed = Feed {
+        engine: engine.clone(),
+        space: c.space,
+        sub: None,
+        catching: None,
+        last: engine.hub().last_seq(),
+        ready: VecDeque::new(),
+        shutdown: state.shutdown.clone(),
+        ctx,
+    };
+    feed.restart().map_err(|e| engine_refusal(&e))?;
+    // The subscription starts at the current end of the log: its catch-up
+    // is empty and registers it live.
+    while feed.catching.is_some() {
+        feed.catch_up_page().map_err(|e| engine_refusal(&e))?;
+    }
+    let stream = futures_util::stream::unfold(feed, |mut feed| async move {
+        feed.next().await.map(|e| (Ok::<_, Infallible>(e), feed))
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
+        .into_response())
+}
