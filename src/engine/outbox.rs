@@ -431,6 +431,7 @@ mod tests {
                     at_ms: 0,
                     version: 1,
                     created: true,
+                    type_version: seq,
                 },
                 after: None,
                 source: Some(sub),
