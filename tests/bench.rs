@@ -74,7 +74,10 @@ fn bench_smoke_all_scenarios() {
         let u = &v["relay_usage"];
         // CPU time counts in clock ticks (10 ms): a tiny run may use none.
         assert!(u["cpu_us_per_delivery"].is_f64(), "relay CPU: {u}");
-        assert!(v["floor_usage"]["cpu_us_per_delivery"].is_f64(), "floor CPU: {v}");
+        assert!(
+            v["floor_usage"]["cpu_us_per_delivery"].is_f64(),
+            "floor CPU: {v}"
+        );
         // Zero if the temp dir is on tmpfs (no block device): present, not positive.
         assert!(
             u["written_bytes_per_change"].is_f64(),

@@ -166,8 +166,10 @@ impl Outbox {
     /// Queue the changes of one commit group for subscription `sub` as one
     /// entry: one lock and one wake-up for the group instead of one per
     /// change (fan-out runs on the writer thread, between commits). They
-    /// count against the item bound one by one; a group larger than the
-    /// bounds is still taken into an empty queue, like one big change.
+    /// count against the bounds one by one, as if pushed one at a time: a
+    /// group that does not fit is refused whole (the subscription resyncs
+    /// from the log), and only a group of one change may exceed the byte
+    /// bound, into an empty queue.
     pub fn push_changes(
         &self,
         sub: u64,
@@ -192,10 +194,10 @@ impl Outbox {
             return Pushed::Closed;
         }
         let n = item.count();
-        if !st.entries.is_empty()
-            && (st.queued.saturating_add(n) > self.max_items
-                || st.bytes.saturating_add(bytes) > self.max_bytes)
-        {
+        let over_items = st.queued.saturating_add(n) > self.max_items;
+        let alone = st.entries.is_empty() && n == 1;
+        let over_bytes = !alone && st.bytes.saturating_add(bytes) > self.max_bytes;
+        if over_items || over_bytes {
             return Pushed::Full;
         }
         st.bytes += bytes;
@@ -472,21 +474,18 @@ mod tests {
     }
 
     #[test]
-    fn groups_are_bounded_in_changes_but_fit_an_empty_queue() {
-        let o = Outbox::new(4, 1_000_000);
-        assert_eq!(
-            o.push_changes(1, group(1, 1..=10), 10, None),
-            Pushed::Queued
-        );
-        assert_eq!(o.push_changes(1, group(1, 11..=11), 1, None), Pushed::Full);
-        for _ in 0..10 {
-            o.try_recv().unwrap();
-        }
-        assert_eq!(
-            o.push_changes(1, group(1, 11..=14), 4, None),
-            Pushed::Queued
-        );
-        assert_eq!(o.push_changes(1, group(1, 15..=15), 1, None), Pushed::Full);
+    fn groups_are_bounded_in_changes_and_bytes_as_if_pushed_one_by_one() {
+        let o = Outbox::new(4, 100);
+        let full = |o: &Outbox, r: std::ops::RangeInclusive<u64>, bytes| {
+            o.push_changes(1, group(1, r), bytes, None) == Pushed::Full
+        };
+        assert!(full(&o, 1..=5, 5), "5 changes > 4 items, even when empty");
+        assert!(full(&o, 1..=2, 500), "2 changes over the bytes");
+        assert!(o.is_empty());
+        assert!(!full(&o, 1..=1, 500), "one big change alone is taken");
+        o.try_recv().unwrap();
+        assert!(!full(&o, 11..=14, 4));
+        assert!(full(&o, 15..=15, 1));
         // A partly handed-out group counts only what is left of it.
         o.try_recv().unwrap();
         assert_eq!(o.len(), 3);
@@ -494,7 +493,7 @@ mod tests {
             o.push_changes(2, group(2, 15..=15), 1, None),
             Pushed::Queued
         );
-        assert_eq!(o.purge(1), 4, "the rest of sub 1's group");
+        assert_eq!(o.purge(1), 4, "the bytes of the rest of sub 1's group");
         assert_eq!(o.len(), 1);
         assert_eq!(seq_of(o.try_recv().unwrap()), (2, 15));
     }
