@@ -172,9 +172,9 @@ impl fmt::Display for Timestamp {
         )?;
         let n = self.nanos;
         if n == 0 {
-        } else if n % 1_000_000 == 0 {
+        } else if n.is_multiple_of(1_000_000) {
             write!(f, ".{:03}", n / 1_000_000)?;
-        } else if n % 1000 == 0 {
+        } else if n.is_multiple_of(1000) {
             write!(f, ".{:06}", n / 1000)?;
         } else {
             write!(f, ".{n:09}")?;

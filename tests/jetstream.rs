@@ -423,3 +423,272 @@ async fn tls_with_a_ca_file_and_a_token_file() {
     assert_eq!(st["changes_waiting"], 0, "{st}");
     assert_eq!(cluster_status(c.http).await["changes_waiting"], 1);
 }
+
+/// Push `n` puts to `notes` in `space`, ids `<prefix><i>`, in pushes of 10.
+async fn write_space(c: &mut Client, space: &str, prefix: &str, n: usize) {
+    for start in (0..n).step_by(10) {
+        let changes: Vec<_> = (start..(start + 10).min(n))
+            .map(|i| serde_json::json!({"collection": "notes", "id": format!("{prefix}{i}"), "op": "put", "fields": {"i": i}}))
+            .collect();
+        c.send(serde_json::json!({"type": "push", "rid": 1, "space": space, "changes": changes}))
+            .await;
+        let (_, ack) = c.until("ack").await;
+        assert_eq!(
+            ack["results"].as_array().unwrap().len(),
+            changes.len(),
+            "{ack}"
+        );
+    }
+}
+
+/// How many of `notes` `<prefix>0..n` in `space` exist at `addr`.
+async fn held(addr: SocketAddr, space: &str, prefix: &str, n: usize) -> usize {
+    let mut c = Client::native(addr).await;
+    let mut found = 0;
+    for i in 0..n {
+        c.send(serde_json::json!({"type": "get", "rid": i, "space": space, "collection": "notes", "id": format!("{prefix}{i}")}))
+            .await;
+        let e = c.recv().await;
+        assert_eq!(e["type"], "entity", "{e}");
+        if e["deleted"] == false {
+            found += 1;
+        }
+    }
+    found
+}
+
+/// `[upstream] nats` with `spaces`, both ways.
+/// - A hub instance's origin writes to a space the edge keeps and to one it
+///   skips, interleaved. The edge vouches for the skipped changes as covers
+///   (the replication protocol's contract), so every kept change merges
+///   with no gap, the edge's version vector reaches the hub's, and the
+///   skipped space stays away.
+/// - The edge's own clients write to a space it forwards and to one it
+///   keeps local, interleaved, with a SIGKILL and restart in between (the
+///   publisher then finds what it put in the stream in its log). Each
+///   forwarded change says which seqs before it were filtered
+///   (`Outpost-After`), so the hub merges every one with no gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_upstream_with_spaces_skips_without_gaps() {
+    let mut nats = Nats::configure(1);
+    nats.start_node(0);
+    let hub = Node::hub(&nats, 1, "").run();
+    wait_connected(&hub).await;
+    let mut edge = Node::new(&format!(
+        "[upstream]\nnats = {}\nspaces = [\"kept\"]\n[upstream.stream]\nreplicas = 1\n",
+        nats.toml_urls()
+    ))
+    .run();
+    let mut c = Client::native(hub.http).await;
+    for round in 0..6 {
+        write_space(&mut c, "kept", &format!("k{round}-"), 20).await;
+        write_space(&mut c, "other", &format!("o{round}-"), 20).await;
+    }
+    let hub_vv = status(hub.http).await["version_vector"].clone();
+    wait_until(60, "the edge's version vector at the hub's", || async {
+        status(edge.http).await["version_vector"] == hub_vv
+    })
+    .await;
+    let up = status(edge.http).await["upstream"].clone();
+    assert_eq!(up["pending_gaps"], 0, "{up}");
+    assert_eq!(status(edge.http).await["log"]["entries"], 120);
+    for round in 0..6 {
+        assert_eq!(held(edge.http, "kept", &format!("k{round}-"), 20).await, 20);
+        assert_eq!(held(edge.http, "other", &format!("o{round}-"), 20).await, 0);
+    }
+
+    let mut c = Client::native(edge.http).await;
+    for round in 0..3 {
+        write_space(&mut c, "local", &format!("l{round}-"), 20).await;
+        write_space(&mut c, "kept", &format!("e{round}-"), 20).await;
+    }
+    write_space(&mut c, "local", "l3-", 20).await;
+    drop(c);
+    edge.kill9();
+    edge.start();
+    let mut c = Client::native(edge.http).await;
+    write_space(&mut c, "local", "l4-", 20).await;
+    write_space(&mut c, "kept", "e3-", 20).await;
+    let edge_node = status(edge.http).await["node_id"].clone();
+    let edge_last = status(edge.http).await["version_vector"][edge_node.as_str().unwrap()].clone();
+    assert_eq!(edge_last, 180, "the edge's own seqs");
+    wait_until(
+        60,
+        "the hub's version vector at the edge's own seq",
+        || async {
+            status(hub.http).await["version_vector"][edge_node.as_str().unwrap()] == edge_last
+        },
+    )
+    .await;
+    let st = cluster_status(hub.http).await;
+    assert_eq!(st["pending_gaps"], 0, "{st}");
+    for round in 0..4 {
+        assert_eq!(held(hub.http, "kept", &format!("e{round}-"), 20).await, 20);
+    }
+    for round in 0..5 {
+        assert_eq!(held(hub.http, "local", &format!("l{round}-"), 20).await, 0);
+    }
+}
+
+/// A NATS JWT (`ed25519-nkey`) for `subject`, signed by `issuer`.
+fn nats_jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: Value) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let iat = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let header = b64.encode(r#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let claims = serde_json::json!({
+        "jti": format!("{name}-{iat}-{}", &subject[..8]),
+        "iat": iat,
+        "iss": issuer.public_key(),
+        "name": name,
+        "sub": subject,
+        "nats": nats,
+    });
+    let signed = format!("{header}.{}", b64.encode(claims.to_string()));
+    let sig = b64.encode(issuer.sign(signed.as_bytes()).unwrap());
+    format!("{signed}.{sig}")
+}
+
+/// Decentralized auth as `nsc` sets it up, made here with the `nkeys`
+/// crate: an operator, a system account and an account with JetStream
+/// signed by it (preloaded in the server's memory resolver), and a user
+/// signed by the account,
+/// whose JWT and seed make the `.creds` file. Returns (server config,
+/// creds file text, a creds file of a user the account never signed).
+fn operator_mode() -> (String, String, String) {
+    let operator = nkeys::KeyPair::new_operator();
+    let account = nkeys::KeyPair::new_account();
+    // JetStream needs a system account in operator mode.
+    let system = nkeys::KeyPair::new_account();
+    let op_jwt = nats_jwt(
+        &operator,
+        &operator.public_key(),
+        "outpost-test",
+        serde_json::json!({"type": "operator", "version": 2,
+            "system_account": system.public_key()}),
+    );
+    let sys_jwt = nats_jwt(
+        &operator,
+        &system.public_key(),
+        "SYS",
+        serde_json::json!({"type": "account", "version": 2}),
+    );
+    let acc_jwt = nats_jwt(
+        &operator,
+        &account.public_key(),
+        "hubs",
+        serde_json::json!({"type": "account", "version": 2, "limits": {
+            "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+            "wildcards": true, "conn": -1, "leaf": -1,
+            "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1}}),
+    );
+    let creds = |signer: &nkeys::KeyPair| {
+        let user = nkeys::KeyPair::new_user();
+        let jwt = nats_jwt(
+            signer,
+            &user.public_key(),
+            "hub",
+            serde_json::json!({"type": "user", "version": 2,
+                "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1}),
+        );
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n\
+             ************************* IMPORTANT *************************\n\
+             NKEY Seed printed below can be used to sign and prove identity.\n\
+             NKEYs are sensitive and should be treated as secrets.\n\n\
+             -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+            user.seed().unwrap()
+        )
+    };
+    let conf = format!(
+        "operator: \"{op_jwt}\"\nsystem_account: {}\nresolver: MEMORY\n\
+         resolver_preload: {{\n  {}: \"{acc_jwt}\"\n  {}: \"{sys_jwt}\"\n}}\n",
+        system.public_key(),
+        account.public_key(),
+        system.public_key()
+    );
+    (conf, creds(&account), creds(&nkeys::KeyPair::new_account()))
+}
+
+/// `creds_file`: two hub instances authenticate with a user `.creds` file
+/// (JWT + nkey seed) against a nats-server in operator mode and share the
+/// stream; a user the account never signed is refused (JetStream
+/// unreachable, writes answered 503 after `ack_timeout`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creds_file_against_an_operator_mode_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let (conf, good, bad) = operator_mode();
+    let creds = dir.path().join("hub.creds");
+    std::fs::write(&creds, good).unwrap();
+    let stranger = dir.path().join("stranger.creds");
+    std::fs::write(&stranger, bad).unwrap();
+    let mut nats = Nats::configure_with(1, &conf);
+    nats.start_node(0);
+    let hub = |creds: &std::path::Path, timeout: &str| {
+        Node::new(&format!(
+            "[cluster]\nnats = {}\ncreds_file = \"{}\"\nack_timeout = \"{timeout}\"\n\
+             [cluster.stream]\nreplicas = 1\n",
+            nats.toml_urls(),
+            creds.display()
+        ))
+        .run()
+    };
+    let a = hub(&creds, "30s");
+    let b = hub(&creds, "30s");
+    wait_connected(&a).await;
+    wait_connected(&b).await;
+    let wa = writes("a", 50, "a");
+    write_all(a.http, &wa).await;
+    converge(&[a.http, b.http], 50, &ids(&[&wa])).await;
+
+    let c = hub(&stranger, "1s");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let st = cluster_status(c.http).await;
+    assert_eq!(st["connected"], false, "{st}");
+    assert!(st["last_error"].is_string(), "{st}");
+    let mut client = Client::native(c.http).await;
+    client
+        .send(serde_json::json!({"type": "push", "rid": 1, "space": "s",
+            "changes": [{"collection": "notes", "id": "x", "op": "put", "fields": {"v": 1}}]}))
+        .await;
+    let (_, err) = client.until("error").await;
+    assert_eq!(err["code"], 503, "{err}");
+}
+
+/// The hub tier with a site that forwards only some spaces over
+/// `/ws/replicate`: hub A's log lacks the site's local-space seqs (its
+/// batches came with covers), so A's next forwarded change of the site
+/// vouches for them (`Outpost-After`) and hub B merges every kept change
+/// with no gap, its version vector reaching A's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filtered_site_leaves_no_gap_across_the_tier() {
+    let nats = Nats::start(1);
+    let a = Node::hub(&nats, 1, "").run();
+    let b = Node::hub(&nats, 1, "").run();
+    wait_connected(&a).await;
+    wait_connected(&b).await;
+    let site = Node::new(&format!("{}spaces = [\"kept\"]\n", ws_site(a.http))).run();
+    let mut c = Client::native(site.http).await;
+    for round in 0..4 {
+        write_space(&mut c, "local", &format!("l{round}-"), 20).await;
+        write_space(&mut c, "kept", &format!("k{round}-"), 20).await;
+    }
+    let node = status(site.http).await["node_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for hub in [&a, &b] {
+        wait_until(60, "the site's last seq at the hub", || async {
+            status(hub.http).await["version_vector"][node.as_str()] == 160
+        })
+        .await;
+        assert_eq!(cluster_status(hub.http).await["pending_gaps"], 0);
+        for round in 0..4 {
+            assert_eq!(held(hub.http, "kept", &format!("k{round}-"), 20).await, 20);
+            assert_eq!(held(hub.http, "local", &format!("l{round}-"), 20).await, 0);
+        }
+    }
+}

@@ -30,10 +30,11 @@ pub struct Params {
     pub quiet: Duration,
 }
 
-/// A space name no earlier run on the same relay used.
+/// A space name no earlier run on the same relay used, nor a concurrent
+/// bench process (scripts/bench-tier.sh runs three at once).
 fn fresh_space(tag: &str) -> String {
     let ms = crate::engine::now_ms();
-    format!("bench-{tag}-{ms}")
+    format!("bench-{tag}-{ms}-{}", std::process::id())
 }
 
 /// The relay under test: the one at `--url`, or a fresh child.

@@ -17,6 +17,7 @@
 //! duplicate window, and the engine drops any that outlive it.)
 
 use super::pending::Pending;
+use super::read::{self, Read};
 use super::settings::{NatsAuth, NatsSettings, Role};
 use super::wire;
 use crate::engine::{now_ms, AckGate, Engine};
@@ -26,7 +27,7 @@ use crate::store::OutcomeKind;
 use async_nats::jetstream::{self, consumer, stream};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -47,6 +48,9 @@ const MAX_FROM_STREAM: usize = 100_000;
 /// Bound on changes waiting for a predecessor (see `pending`).
 const MAX_PENDING: usize = 10_000;
 const MAX_PENDING_BYTES: usize = 64 << 20;
+/// Entries of one origin the publisher looks back through for
+/// `Outpost-After` after a start (once per origin).
+const WALK: usize = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -314,6 +318,9 @@ impl Link {
         // Short: a stream leader election takes seconds, and writers wait.
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         let mut done = *self.replicated.borrow();
+        // Per origin, the newest of its seqs this relay's log put in the
+        // stream (published, or merged from it), for `Outpost-After`.
+        let mut last: HashMap<NodeId, u64> = HashMap::new();
         loop {
             if *shutdown.borrow() {
                 return;
@@ -336,7 +343,7 @@ impl Link {
                 }
                 continue;
             }
-            let (reached, err) = self.publish_page(page).await;
+            let (reached, err) = self.publish_page(page, &mut last).await;
             if reached > done {
                 done = reached;
                 self.replicated.send_replace(done);
@@ -346,6 +353,9 @@ impl Link {
                 }
             }
             if let Some(e) = err {
+                // The page is read again from `reached`: what `last` learnt
+                // past it is not in the stream.
+                last.clear();
                 self.stats.publish_failures.fetch_add(1, Relaxed);
                 self.fail("publishing", e);
                 tokio::select! {
@@ -363,6 +373,7 @@ impl Link {
     async fn publish_page(
         &self,
         page: Vec<(u64, crate::store::LogEntry)>,
+        last: &mut HashMap<NodeId, u64>,
     ) -> (u64, Option<String>) {
         let mut acks = Vec::with_capacity(page.len());
         let mut err = None;
@@ -373,11 +384,21 @@ impl Link {
                 .lock()
                 .map(|mut s| s.remove(&(c.origin, c.seq)))
                 .unwrap_or(false);
+            if known {
+                last.insert(c.origin, c.seq);
+            }
             if known || !self.wants(&c.space) {
                 acks.push((seq, Err((c.origin, c.seq, known))));
                 continue;
             }
-            match self.send(&c).await {
+            let before = match last.get(&c.origin) {
+                Some(&y) if y < c.seq => Some(y),
+                _ => self.in_stream_before(c.origin, c.seq),
+            };
+            last.insert(c.origin, c.seq);
+            // Vouch only for a hole: most changes follow their predecessor.
+            let after = before.filter(|&y| y + 1 < c.seq);
+            match self.send(&c, after).await {
                 Ok(f) => acks.push((seq, Ok(f))),
                 Err(e) => {
                     err = Some(e);
@@ -426,12 +447,31 @@ impl Link {
         (reached, err)
     }
 
-    async fn send(&self, c: &Change) -> Result<jetstream::context::PublishAckFuture, String> {
+    /// The newest seq of `origin` below `seq` that this relay's log put in
+    /// the stream (a change of a space it forwards), from the store: after
+    /// a start, before `publish_page` has seen the origin. 0 if the log
+    /// never held one; None if it cannot tell (trimmed, or past the walk).
+    fn in_stream_before(&self, origin: NodeId, seq: u64) -> Option<u64> {
+        let (older, trimmed) = self.engine.origin_before(origin, seq, WALK).ok()?;
+        if let Some((s, _)) = older.iter().find(|(_, e)| self.wants(&e.change.space)) {
+            return Some(*s);
+        }
+        (older.len() < WALK && !trimmed).then_some(0)
+    }
+
+    async fn send(
+        &self,
+        c: &Change,
+        after: Option<u64>,
+    ) -> Result<jetstream::context::PublishAckFuture, String> {
         let payload = wire::encode(c).map_err(|e| e.to_string())?;
-        let msg = jetstream::message::PublishMessage::build()
+        let mut msg = jetstream::message::PublishMessage::build()
             .payload(payload.into())
             .message_id(wire::msg_id(c.origin, c.seq))
             .header(wire::PUBLISHER_HEADER, self.node.to_string().as_str());
+        if let Some(a) = after {
+            msg = msg.header(wire::AFTER_HEADER, a.to_string().as_str());
+        }
         self.js
             .send_publish(wire::subject(&self.s.stream.subject_prefix, &c.space), msg)
             .await
@@ -498,12 +538,11 @@ impl Link {
                 "the stream no longer holds messages after this relay's position (max_age/max_bytes): seed this relay from a peer's snapshot ([mesh]) for what was trimmed"
             );
         }
-        let only = match &self.s.spaces {
-            Some(s) if s.len() == 1 => s.iter().next().map(String::as_str),
-            _ => None,
-        };
+        // The whole stream, even with `spaces`: a skipped change has to be
+        // seen to be vouched for (`read`), or the origin's next kept change
+        // would be a gap.
         let cfg = consumer::pull::OrderedConfig {
-            filter_subject: wire::filter(&self.s.stream.subject_prefix, only),
+            filter_subject: wire::filter(&self.s.stream.subject_prefix, None),
             deliver_policy: if pos == 0 {
                 consumer::DeliverPolicy::All
             } else {
@@ -570,9 +609,20 @@ impl Link {
                     tracing::warn!(seq = at, error = %e, "skipping an invalid change from the stream");
                     continue;
                 }
-                if self.wants(&change.space) {
-                    fresh.push((at, change, m.payload.len()));
-                }
+                let keep = self.wants(&change.space);
+                let after = m
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(wire::AFTER_HEADER))
+                    .and_then(|v| v.as_str().parse().ok());
+                fresh.push(Read {
+                    at,
+                    origin: change.origin,
+                    seq: change.seq,
+                    change: keep.then_some(change),
+                    after,
+                    size: if keep { m.payload.len() } else { 64 },
+                });
             }
             let mut batch = pending.take();
             batch.extend(fresh);
@@ -594,18 +644,42 @@ impl Link {
         }
     }
 
-    /// Merge changes read from the stream; gaps wait in `pending`.
-    async fn merge(
-        &self,
-        batch: Vec<(u64, Change, usize)>,
-        pending: &mut Pending,
-    ) -> Result<(), String> {
-        let ids: Vec<(NodeId, u64)> = batch.iter().map(|(_, c, _)| (c.origin, c.seq)).collect();
+    /// Merge reads from the stream, with covers for the skipped ones; gaps
+    /// wait in `pending`.
+    async fn merge(&self, batch: Vec<Read>, pending: &mut Pending) -> Result<(), String> {
+        let mut vv = None;
+        let mut failed = None;
+        let plan = read::plan(batch, |origin| {
+            if vv.is_none() {
+                vv = Some(self.engine.version_vector().unwrap_or_else(|e| {
+                    failed = Some(e.to_string());
+                    Default::default()
+                }));
+            }
+            vv.as_ref()
+                .and_then(|v| v.get(&origin).copied())
+                .unwrap_or(0)
+        });
+        if let Some(e) = failed {
+            return Err(format!("reading the version vector: {e}"));
+        }
+        for r in plan.waiting {
+            pending.push(r);
+        }
+        if plan.apply.is_empty() && plan.covers.is_empty() {
+            return Ok(());
+        }
+        let batch = plan.apply;
+        let ids: Vec<(NodeId, u64)> = batch.iter().map(|r| (r.origin, r.seq)).collect();
         if let Ok(mut s) = self.from_stream.lock() {
             s.extend(ids.iter().copied());
         }
-        let changes: Vec<Change> = batch.iter().map(|(_, c, _)| c.clone()).collect();
-        let outcomes = match self.engine.apply_unreplicated(changes, None).await {
+        let changes: Vec<Change> = batch.iter().filter_map(|r| r.change.clone()).collect();
+        let outcomes = match self
+            .engine
+            .apply_unreplicated(changes, plan.covers, None)
+            .await
+        {
             Ok(o) => o,
             Err(e) => {
                 if let Ok(mut s) = self.from_stream.lock() {
@@ -616,19 +690,29 @@ impl Link {
                 return Err(format!("merging: {e}"));
             }
         };
+        let n = batch.len();
+        // Past the changes' outcomes, the writer appends a gap per origin
+        // whose cover it refused: that origin's skipped reads wait again.
+        for o in outcomes.iter().skip(n) {
+            if o.kind == OutcomeKind::Gap {
+                for r in plan.covered.iter().filter(|r| r.origin == o.origin) {
+                    pending.push(r.clone());
+                }
+            }
+        }
         let mut unneeded = Vec::new();
-        for ((at, change, size), o) in batch.into_iter().zip(outcomes) {
+        for (r, o) in batch.into_iter().zip(outcomes) {
             match o.kind {
                 OutcomeKind::Applied => {
                     self.stats.merged.fetch_add(1, Relaxed);
                 }
                 OutcomeKind::Duplicate => {
                     self.stats.merge_duplicates.fetch_add(1, Relaxed);
-                    unneeded.push((change.origin, change.seq));
+                    unneeded.push((r.origin, r.seq));
                 }
                 OutcomeKind::Gap => {
-                    unneeded.push((change.origin, change.seq));
-                    pending.push(at, change, size);
+                    unneeded.push((r.origin, r.seq));
+                    pending.push(r);
                 }
             }
         }

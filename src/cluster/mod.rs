@@ -12,11 +12,14 @@
 //! - `settings`: `[cluster]` / `[upstream] nats` keys (always built, so a
 //!   build without the feature refuses them by name);
 //! - `wire`: subjects, message ids, payloads (pure);
-//! - `pending`: changes read ahead of their predecessors (pure);
+//! - `read`: which read changes go to the engine, with which covers for
+//!   the ones `spaces` skip (pure);
+//! - `pending`: reads ahead of their predecessors (pure);
 //! - `link` (feature `jetstream`): the NATS client side: stream check,
 //!   publisher, consumer, status and metrics.
 
 pub mod pending;
+pub mod read;
 pub mod settings;
 pub mod wire;
 

@@ -5,13 +5,14 @@
 //! predecessor arrives, and the durable position stays below it, so a
 //! restart reads it again. Bounded in count and bytes: past the bound the
 //! oldest is dropped (counted; its origin resends through its own link or
-//! a peer's snapshot). Pure.
+//! a peer's snapshot). A read this relay's `spaces` skip waits here too
+//! while it does not connect to what is held (see `read`). Pure.
 
-use crate::model::Change;
+use super::read::Read;
 use std::collections::VecDeque;
 
 pub struct Pending {
-    items: VecDeque<(u64, Change, usize)>,
+    items: VecDeque<Read>,
     bytes: usize,
     max_items: usize,
     max_bytes: usize,
@@ -30,14 +31,14 @@ impl Pending {
         }
     }
 
-    /// Keep `change` read at stream seq `at` (payload `size` bytes).
-    pub fn push(&mut self, at: u64, change: Change, size: usize) {
-        self.bytes += size;
-        self.items.push_back((at, change, size));
+    /// Keep a read that has to wait.
+    pub fn push(&mut self, r: Read) {
+        self.bytes += r.size;
+        self.items.push_back(r);
         while self.items.len() > self.max_items || self.bytes > self.max_bytes {
             match self.items.pop_front() {
-                Some((_, _, n)) => {
-                    self.bytes -= n;
+                Some(r) => {
+                    self.bytes -= r.size;
                     self.dropped += 1;
                 }
                 None => break,
@@ -47,9 +48,11 @@ impl Pending {
 
     /// Everything waiting, to retry in stream order; what still has a gap
     /// goes back with `push`.
-    pub fn take(&mut self) -> Vec<(u64, Change, usize)> {
+    pub fn take(&mut self) -> Vec<Read> {
         self.bytes = 0;
-        self.items.drain(..).collect()
+        let mut v: Vec<Read> = self.items.drain(..).collect();
+        v.sort_by_key(|r| r.at);
+        v
     }
 
     pub fn len(&self) -> usize {
@@ -65,7 +68,7 @@ impl Pending {
     pub fn position(&self, read: u64) -> u64 {
         self.items
             .iter()
-            .map(|(at, _, _)| at.saturating_sub(1))
+            .map(|r| r.at.saturating_sub(1))
             .min()
             .map_or(read, |p| p.min(read))
     }
@@ -74,10 +77,11 @@ impl Pending {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{NodeId, Op, Stamp};
+    use crate::model::{Change, NodeId, Op, Stamp};
 
-    fn change(seq: u64) -> Change {
-        Change {
+    fn read(at: u64, size: usize) -> Read {
+        let seq = at;
+        let change = Change {
             space: "s".into(),
             collection: "c".into(),
             id: seq.to_string(),
@@ -91,6 +95,14 @@ mod tests {
             origin: NodeId(1),
             seq,
             actor: String::new(),
+        };
+        Read {
+            at,
+            origin: NodeId(1),
+            seq,
+            change: Some(change),
+            after: None,
+            size,
         }
     }
 
@@ -98,8 +110,8 @@ mod tests {
     fn position_stays_below_the_oldest_waiting() {
         let mut p = Pending::new(10, 1000);
         assert_eq!(p.position(50), 50);
-        p.push(20, change(2), 10);
-        p.push(30, change(3), 10);
+        p.push(read(20, 10));
+        p.push(read(30, 10));
         assert_eq!(p.position(50), 19);
         let back = p.take();
         assert_eq!(back.len(), 2);
@@ -111,13 +123,13 @@ mod tests {
     fn bounded_in_items_and_bytes() {
         let mut p = Pending::new(2, 1000);
         for i in 1..=3 {
-            p.push(i, change(i), 10);
+            p.push(read(i, 10));
         }
         assert_eq!((p.len(), p.dropped), (2, 1));
         assert_eq!(p.position(9), 1);
         let mut p = Pending::new(100, 25);
         for i in 1..=3 {
-            p.push(i, change(i), 10);
+            p.push(read(i, 10));
         }
         assert_eq!((p.len(), p.dropped), (2, 1));
     }

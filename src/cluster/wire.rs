@@ -7,6 +7,13 @@ use crate::model::{Change, NodeId};
 /// own messages (they came from its log).
 pub const PUBLISHER_HEADER: &str = "Outpost-Publisher";
 
+/// Header `<seq>` on a change of origin O: the publisher's log holds no
+/// change of O numbered between `<seq>` and this one that belongs in the
+/// stream; those numbers were filtered out on its route (a space filter),
+/// so a reader may cover them (`read`). Absent when there is no such hole,
+/// or when the publisher cannot tell (its log was trimmed).
+pub const AFTER_HEADER: &str = "Outpost-After";
+
 /// `<prefix>.<space>`, with the space escaped into one subject token: bytes
 /// outside `[A-Za-z0-9_-]` become `~XX` (hex), so `.`, `*`, `>` and spaces
 /// cannot split or widen the subject. The payload carries the real name.

@@ -624,14 +624,16 @@ impl Engine {
         self.apply_covered(changes, Vec::new(), source).await
     }
 
-    /// Apply changes read from the cluster stream: they are in it already,
-    /// so no ack gate.
+    /// Apply changes read from the cluster stream, with the covers of the
+    /// ones the reader's space filter skipped (see `apply_covered`): they
+    /// are in the stream already, so no ack gate.
     pub async fn apply_unreplicated(
         &self,
         changes: Vec<Change>,
+        covers: Vec<(NodeId, u64, u64)>,
         source: Option<u64>,
     ) -> Result<Vec<Outcome>, EngineError> {
-        self.apply_ungated(changes, Vec::new(), source).await
+        self.apply_ungated(changes, covers, source).await
     }
 
     /// `apply_remote` of a replication batch with its `covers` (see
@@ -762,6 +764,16 @@ impl Engine {
     /// Changes each time a snapshot from a peer is merged: (count, link).
     pub fn watch_merges(&self) -> tokio::sync::watch::Receiver<(u64, u64)> {
         self.merges.subscribe()
+    }
+
+    /// See `Store::origin_before`.
+    pub fn origin_before(
+        &self,
+        origin: NodeId,
+        before: u64,
+        max: usize,
+    ) -> Result<(Vec<(u64, crate::store::LogEntry)>, bool), EngineError> {
+        Ok(self.store.origin_before(origin, before, max)?)
     }
 
     /// Local seq of the change `(origin, origin_seq)`, if the log holds it.

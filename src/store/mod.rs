@@ -510,6 +510,33 @@ impl Store {
         Ok(ident.get((origin.0, origin_seq))?.map(|v| v.value()))
     }
 
+    /// The log's entries of `origin` numbered below `before`, newest first,
+    /// at most `max`, as (origin seq, entry); and whether the log's start
+    /// was trimmed (then older entries of the origin may be gone). For the
+    /// JetStream publisher, which vouches for the origin seqs its log lacks.
+    pub fn origin_before(
+        &self,
+        origin: NodeId,
+        before: u64,
+        max: usize,
+    ) -> Result<(Vec<(u64, LogEntry)>, bool), StoreError> {
+        let tx = self.slot.get()?.begin_read()?;
+        let ident = tx.open_table(IDENT)?;
+        let log = tx.open_table(LOG)?;
+        let trimmed = log.first()?.is_none_or(|(k, _)| k.value() > 1);
+        let mut out = Vec::new();
+        for row in ident.range((origin.0, 0)..(origin.0, before))?.rev() {
+            if out.len() >= max {
+                break;
+            }
+            let (k, v) = row?;
+            if let Some(e) = log.get(v.value())? {
+                out.push((k.value().1, decode(e.value())?));
+            }
+        }
+        Ok((out, trimmed))
+    }
+
     pub fn log_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, LogEntry)>, StoreError> {
         Ok(self.log_after_page(after, Cap::items(limit))?.items)
     }
