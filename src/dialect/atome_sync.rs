@@ -12,9 +12,10 @@ use super::atome::{self, bad, AtomeChange, AtomeEvent, AtomeWrite, Bad};
 use super::session::{self, Handled, Protocol, Refusal};
 use super::{ConnCtx, SLOT_ATOME};
 use crate::auth::Grant;
+use crate::dialect::Ctx;
+use crate::engine::Committed;
 use crate::engine::{json_bytes, now_ms, Engine, EngineError, Event, Filter, PAGE_BYTES};
-use crate::server::AppState;
-use crate::store::{Cap, Committed, StoredEntity};
+use crate::store::{Cap, StoredEntity};
 use axum::body::Bytes;
 use axum::extract::ws::{Utf8Bytes, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
@@ -27,7 +28,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 pub async fn upgrade(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Ctx>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
@@ -74,7 +75,7 @@ pub const AUTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10)
 /// and `ping` until its token is accepted (or [`AUTH_TIMEOUT`] passes).
 /// A token given at the handshake is checked there as on every endpoint.
 fn admit(
-    state: &AppState,
+    state: &Ctx,
     headers: &HeaderMap,
     query: &HashMap<String, String>,
 ) -> Result<(Grant, String), (StatusCode, String)> {
@@ -432,7 +433,7 @@ pub(super) type RestResult = Result<Response, RestError>;
 
 /// What a REST request may do, in which space, as whom.
 pub(super) struct Caller {
-    state: Arc<AppState>,
+    state: Ctx,
     space: String,
     actor: String,
 }
@@ -447,7 +448,7 @@ pub(super) enum Need {
 /// `?token=`): no valid token is 401; a token without the scope the method
 /// needs (read for GET, write otherwise) is 403.
 pub(super) fn caller(
-    state: Arc<AppState>,
+    state: Ctx,
     headers: &HeaderMap,
     query: &HashMap<String, String>,
     need: Need,
@@ -547,7 +548,7 @@ pub(super) fn ok(status: StatusCode, body: Value) -> Response {
 /// `POST /api/atome/create`: store an atome (an id is generated when it has
 /// none); 201 when it is new, 200 when it replaced an existing one.
 pub async fn create(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Ctx>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Bytes,
@@ -577,7 +578,7 @@ pub async fn create(
 
 /// `GET /api/atome/{id}`.
 pub async fn get_one(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Ctx>,
     Path(id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
@@ -605,7 +606,7 @@ const LIST_BYTES: usize = 4 << 20;
 /// given. A page that stopped at `limit` or at [`LIST_BYTES`] carries
 /// `next`: pass it as `after` for the next page.
 pub async fn list(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Ctx>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> RestResult {
@@ -672,7 +673,7 @@ pub async fn list(
 /// `PATCH /api/atome/{id}`: merge the body (the alteration) into the atome;
 /// a `null` property removes it. Broadcast as `atome:altered`.
 pub async fn patch(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Ctx>,
     Path(id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
@@ -699,7 +700,7 @@ pub async fn patch(
 
 /// `DELETE /api/atome/{id}`. Broadcast as `atome:deleted`.
 pub async fn delete(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Ctx>,
     Path(id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,

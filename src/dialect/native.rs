@@ -9,10 +9,11 @@
 
 use super::{admit, limit, now_s, ConnCtx, SLOT_NATIVE};
 use crate::auth::Grant;
+use crate::dialect::Ctx;
+use crate::engine::Committed;
 use crate::engine::{CatchUp, Delivery, EngineError, Event, Filter};
 use crate::model::{Conflict, Op, Stamp};
-use crate::server::AppState;
-use crate::store::{Committed, LocalWrite, Outcome, OutcomeKind};
+use crate::store::{LocalWrite, Outcome, OutcomeKind};
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
@@ -25,10 +26,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
 
 pub async fn upgrade(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Ctx>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
@@ -254,7 +254,7 @@ enum Next {
 
 use crate::dialect::send_text as send;
 
-async fn run(mut socket: WebSocket, state: Arc<AppState>, grant: Grant) {
+async fn run(mut socket: WebSocket, state: Ctx, grant: Grant) {
     let ctx = ConnCtx::new(state.clone(), "/ws");
     let mut shutdown = state.shutdown.clone();
     let mut conn = Conn {

@@ -14,8 +14,9 @@
 //! The protocol itself (parsing, engine calls, rendering) is a [`Protocol`].
 
 use super::ConnCtx;
+use crate::engine::Committed;
 use crate::engine::{CatchUp, Delivery, Engine, EngineError, Event, Filter};
-use crate::store::{Committed, StoredEntity};
+use crate::store::StoredEntity;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::FuturesOrdered;
 use futures_util::StreamExt;
@@ -315,7 +316,7 @@ async fn deliver<P: Protocol>(
 /// space from `?space=` (default `default`): a bad name is 400, a token
 /// without read access to it 403. Refusals happen before any upgrade.
 pub fn admit_space(
-    state: &crate::server::AppState,
+    state: &crate::dialect::Ctx,
     headers: &axum::http::HeaderMap,
     query: &std::collections::HashMap<String, String>,
 ) -> Result<(crate::auth::Grant, String), (axum::http::StatusCode, String)> {

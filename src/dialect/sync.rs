@@ -15,9 +15,10 @@ use super::atome::{self, bad, AtomeChange, AtomeEvent, AtomeWrite, Bad};
 use super::session::{self, Handled, Protocol, Refusal};
 use super::{ConnCtx, SLOT_SYNC};
 use crate::auth::Grant;
+use crate::dialect::Ctx;
+use crate::engine::Committed;
 use crate::engine::{now_ms, Engine, Event, Filter};
-use crate::server::AppState;
-use crate::store::{Committed, StoredEntity};
+use crate::store::StoredEntity;
 use axum::extract::ws::{Utf8Bytes, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
@@ -28,7 +29,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 pub async fn upgrade(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Ctx>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
@@ -290,7 +291,7 @@ struct SyncProto {
     order: crate::engine::WriteOrder,
     engine: Arc<Engine>,
     /// The upstream hub, if any: `sync_request` starts a round with it.
-    upstream: Option<Arc<crate::upstream::Upstream>>,
+    upstream: Option<super::Wake>,
     space: String,
     grant: Grant,
     conn: u64,
@@ -338,7 +339,7 @@ impl SyncProto {
             Request::SyncRequest => {
                 let mode = match &self.upstream {
                     Some(u) => {
-                        u.wake();
+                        u();
                         "upstream"
                     }
                     None => "local",

@@ -15,9 +15,10 @@
 //! anything queued) is dropped the same way instead of being given more.
 
 use super::outbox::{change_bytes, json_bytes, Budget, Charge, Outbox, Pushed};
+use super::Committed;
 use super::{Delivery, Event};
 use crate::metrics::Metrics;
-use crate::store::{CommitSink, Committed};
+use crate::store::CommitSink;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
@@ -243,7 +244,8 @@ impl CommitSink for Hub {
         }
     }
 
-    fn committed(&self, last_seq: u64, batch: Vec<Arc<Committed>>) {
+    fn committed(&self, last_seq: u64, batch: Vec<Arc<crate::store::Committed>>) {
+        let batch: Vec<Arc<Committed>> = batch.into_iter().map(Committed::from_store).collect();
         let mut st = self.lock();
         st.last_seq = last_seq;
         // Never blocks: a watch only replaces its value.
@@ -333,8 +335,8 @@ mod tests {
     use crate::model::{Change, NodeId, Op, Stamp};
     use crate::store::LogEntry;
 
-    fn change(seq: u64, pad: usize) -> Arc<Committed> {
-        Arc::new(Committed {
+    fn change(seq: u64, pad: usize) -> Arc<crate::store::Committed> {
+        Arc::new(crate::store::Committed {
             seq,
             entry: LogEntry {
                 change: Change {
@@ -359,7 +361,6 @@ mod tests {
             },
             after: None,
             source: None,
-            rendered: Default::default(),
         })
     }
 

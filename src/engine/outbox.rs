@@ -14,8 +14,8 @@
 //! budget, through a [`Charge`] that every queued copy shares and that
 //! releases the bytes when the last copy leaves its queue.
 
+use super::Committed;
 use super::Delivery;
-use crate::store::Committed;
 use serde_json::Value;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};

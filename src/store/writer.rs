@@ -968,7 +968,6 @@ impl Writer {
             entry,
             after: Some(ent.view()),
             source,
-            rendered: Default::default(),
         }));
         Ok(out)
     }

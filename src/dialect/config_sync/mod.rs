@@ -31,10 +31,11 @@ pub use proto::{DEVICES, DOCS, HISTORY};
 use super::session::{self, Handled, Protocol, Refusal};
 use super::{ConnCtx, SLOT_CONFIG};
 use crate::auth::Grant;
+use crate::dialect::Ctx;
+use crate::engine::Committed;
 use crate::engine::{now_ms, Engine, EngineError, Event, Filter, PAGE_BYTES};
 use crate::model::Op;
-use crate::server::AppState;
-use crate::store::{Cap, Committed, Expect, LocalWrite, StoreError, StoredEntity};
+use crate::store::{Cap, Expect, LocalWrite, StoreError, StoredEntity};
 use axum::extract::ws::{Utf8Bytes, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -57,7 +58,7 @@ const ATTEMPTS: usize = 4;
 /// `deviceId` let a device receive `sync-event`s before its first request
 /// (with a token, the user is the token's subject anyway).
 pub async fn upgrade(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Ctx>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,

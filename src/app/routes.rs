@@ -1,7 +1,7 @@
 //! The axum router: dialect endpoints plus health, metrics and status.
 
+use crate::app::AppState;
 use crate::dialect::{atome_adapter, atome_sync, config_sync, kv, native, sync, unified};
-use crate::server::AppState;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -46,8 +46,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ws/replicate", get(crate::upstream::hub::upgrade))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .route("/v1/status", get(crate::console::status))
-        .merge(crate::console::routes())
+        .route("/v1/status", get(crate::app::console::status))
+        .merge(crate::app::console::routes())
         .with_state(state)
 }
 
@@ -82,7 +82,7 @@ fn operator_only(
     headers: &HeaderMap,
     query: &HashMap<String, String>,
 ) -> Option<Response> {
-    use crate::console::access::{require_admin, Need};
+    use crate::app::console::access::{require_admin, Need};
     require_admin(state, headers, query, Need::Read)
         .err()
         .map(IntoResponse::into_response)
