@@ -392,7 +392,11 @@ mod tests {
         assert_eq!(hub.subscriber_counts(), vec![("s".to_string(), 1)]);
     }
 
-    fn in_space(c: Arc<Committed>, space: &str, collection: &str) -> Arc<Committed> {
+    fn in_space(
+        c: Arc<crate::store::Committed>,
+        space: &str,
+        collection: &str,
+    ) -> Arc<crate::store::Committed> {
         let mut c = Arc::try_unwrap(c).ok().unwrap();
         c.entry.change.space = space.into();
         c.entry.change.collection = collection.into();

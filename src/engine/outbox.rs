@@ -412,7 +412,7 @@ mod tests {
         use crate::model::{Change, Op, Stamp};
         use crate::store::LogEntry;
         seqs.map(|seq| {
-            Arc::new(Committed {
+            Arc::new(Committed::new(crate::store::Committed {
                 seq,
                 entry: LogEntry {
                     change: Change {
@@ -437,8 +437,7 @@ mod tests {
                 },
                 after: None,
                 source: Some(sub),
-                rendered: RenderCache::default(),
-            })
+            }))
         })
         .collect()
     }
