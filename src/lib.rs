@@ -9,6 +9,8 @@
 //!   admin API (`app::console`), graceful shutdown.
 //! - [`net`]: the accept loop (plain or TLS): admission limits, timeouts on
 //!   every stage, descriptor limits, write timeouts; connection tracking.
+//! - [`conn`]: the one client connection driver every WebSocket dialect
+//!   runs on: frames, keepalive, timeouts, in-flight limits, feeds.
 //! - [`dialect`]: one module per client protocol, each a thin adapter
 //!   (parse, call the engine, render). `native` is outpost's own.
 //! - [`auth`]: HS256 JWTs and scopes.
@@ -34,6 +36,7 @@ pub mod bench;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod conn;
 pub mod dialect;
 pub mod engine;
 pub mod memory;

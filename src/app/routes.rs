@@ -1,7 +1,7 @@
 //! The axum router: dialect endpoints plus health, metrics and status.
 
 use crate::app::AppState;
-use crate::dialect::{atome_adapter, atome_sync, config_sync, kv, native, sync, unified};
+use crate::dialect::{atome_adapter, atome_sync, kv, native, unified};
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -13,8 +13,8 @@ use std::sync::Arc;
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/ws", get(native::upgrade))
-        .route("/ws/sync", get(sync::upgrade))
-        .route("/ws/atome-sync", get(atome_sync::upgrade))
+        .route("/ws/sync", get(crate::conn::endpoints::sync))
+        .route("/ws/atome-sync", get(crate::conn::endpoints::atome_sync))
         .route("/api/atome/create", post(atome_sync::create))
         .route("/api/atome", get(atome_sync::list))
         .route("/api/atome/list", get(atome_sync::list))
@@ -30,7 +30,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/server-info", get(atome_adapter::server_info))
         .route("/v1/sync/{workspace}", get(kv::upgrade))
         .route("/v1/history/{workspace}", get(kv::history))
-        .route("/ws/config", get(config_sync::upgrade))
+        .route("/ws/config", get(crate::conn::endpoints::config_sync))
         .route("/api/ws", get(unified::unified))
         .route("/api/sync/ws", get(unified::entity_sync))
         .route("/api/field-sync/ws", get(unified::field_sync))

@@ -10,9 +10,11 @@ pub mod gzip;
 pub mod keepalive;
 pub mod kv;
 pub mod native;
-pub mod session;
+pub mod protocol;
 pub mod sync;
 pub mod unified;
+
+pub use protocol::{Dialect, Follow, Handled, Lag, Opening, Pending, Refusal, Refused, Since};
 
 use crate::auth::Grant;
 use crate::engine::{ConnLink, ConnSignal, EngineError, Outbox};
@@ -67,6 +69,7 @@ pub type Wake = Arc<dyn Fn() + Send + Sync>;
 pub struct ConnSettings {
     pub max_frame_bytes: usize,
     pub max_inflight: usize,
+    pub max_subscriptions: usize,
     pub max_connections: usize,
     pub queue_depth: usize,
     pub max_queue_bytes: usize,
@@ -79,6 +82,7 @@ impl ConnSettings {
         ConnSettings {
             max_frame_bytes: s.max_frame_bytes,
             max_inflight: s.max_inflight,
+            max_subscriptions: s.max_subscriptions,
             max_connections: s.max_connections,
             queue_depth: s.queue_depth,
             max_queue_bytes: s.max_queue_bytes,
@@ -115,6 +119,31 @@ pub fn admit(
         m.auth_failures.fetch_add(1, Relaxed);
         (StatusCode::UNAUTHORIZED, format!("unauthorized: {e}\n"))
     })
+}
+
+/// Handshake checks of a one-space dialect: admission (401/503), then the
+/// space from `?space=` (default `default`): a bad name is 400, a token
+/// without read access to it 403. Refusals happen before any upgrade.
+pub fn admit_space(
+    state: &crate::dialect::Ctx,
+    headers: &axum::http::HeaderMap,
+    query: &std::collections::HashMap<String, String>,
+) -> Result<(crate::auth::Grant, String), (axum::http::StatusCode, String)> {
+    use axum::http::StatusCode;
+    let grant = admit(state, headers, query)?;
+    let space = query
+        .get("space")
+        .cloned()
+        .unwrap_or_else(|| "default".into());
+    crate::engine::validate_name("space", &space)
+        .map_err(|e| (StatusCode::BAD_REQUEST, format!("{e}\n")))?;
+    if !grant.can_read(&space) {
+        return Err((
+            StatusCode::FORBIDDEN,
+            format!("forbidden: no read access to space {space:?}\n"),
+        ));
+    }
+    Ok((grant, space))
 }
 
 /// Socket limits. Messages up to `max_frame_bytes` are served; larger ones,
@@ -198,6 +227,7 @@ impl ConnCtx {
         let id = state.engine.next_conn_id();
         let rx = Outbox::new(state.settings.queue_depth, state.settings.max_queue_bytes);
         let signal = Arc::new(ConnSignal::default());
+        state.engine.hub().attach(id, signal.clone());
         let m = &state.engine.metrics;
         m.connections.fetch_add(1, Relaxed);
         m.connections_total.fetch_add(1, Relaxed);

@@ -25,14 +25,50 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
 /// Shared between a connection and the hub: how the hub tells the connection
-/// that one of its subscriptions was dropped for lagging.
+/// that one of its subscriptions was dropped for lagging, and which seqs the
+/// connection wrote itself.
 #[derive(Default)]
 pub struct ConnSignal {
     pub notify: Notify,
     lagged: Mutex<Vec<u64>>,
+    /// Seqs of changes this connection wrote, ascending, recorded by fan-out
+    /// before they are visible to any catch-up: a replay after a lag drop
+    /// reads them from the log without their source, and a dialect that
+    /// does not echo a client's writes skips them by this record.
+    own: Mutex<Vec<u64>>,
 }
 
+/// At most this many of a connection's own seqs are remembered (the oldest
+/// go first); a connection writing that much while never catching up could
+/// see an early write of its own again after a resync.
+const OWN_MAX: usize = 4096;
+
 impl ConnSignal {
+    /// Whether the connection wrote the change at `seq` (while recorded).
+    pub fn is_own(&self, seq: u64) -> bool {
+        self.own
+            .lock()
+            .map(|o| o.binary_search(&seq).is_ok())
+            .unwrap_or(false)
+    }
+
+    /// Forget own seqs up to `upto`: the connection's feeds are past them.
+    pub fn forget_own(&self, upto: u64) {
+        if let Ok(mut o) = self.own.lock() {
+            let keep = o.partition_point(|s| *s <= upto);
+            o.drain(..keep);
+        }
+    }
+
+    fn record_own(&self, seq: u64) {
+        if let Ok(mut o) = self.own.lock() {
+            if o.len() >= OWN_MAX {
+                o.drain(..OWN_MAX / 2);
+            }
+            o.push(seq);
+        }
+    }
+
     /// Subscription ids dropped since the last call.
     pub fn take_lagged(&self) -> Vec<u64> {
         self.lagged
@@ -78,6 +114,8 @@ struct State {
     last_seq: u64,
     next_id: u64,
     spaces: HashMap<String, Vec<Sub>>,
+    /// Every client connection by id, for the record of its own writes.
+    conns: HashMap<u64, Arc<ConnSignal>>,
 }
 
 pub struct Hub {
@@ -97,6 +135,7 @@ impl Hub {
                 last_seq,
                 next_id: 1,
                 spaces: HashMap::new(),
+                conns: HashMap::new(),
             }),
             metrics,
             commits: tokio::sync::watch::Sender::new(last_seq),
@@ -153,9 +192,16 @@ impl Hub {
         }
     }
 
+    /// A client connection: fan-out records the seqs it writes (see
+    /// [`ConnSignal::is_own`]) until `unregister_conn`.
+    pub fn attach(&self, conn: u64, signal: Arc<ConnSignal>) {
+        self.lock().conns.insert(conn, signal);
+    }
+
     /// Remove every subscription of a connection (on disconnect).
     pub fn unregister_conn(&self, conn: u64) {
         let mut st = self.lock();
+        st.conns.remove(&conn);
         st.spaces.retain(|_, subs| {
             subs.retain(|s| s.link.conn != conn);
             !subs.is_empty()
@@ -247,6 +293,13 @@ impl CommitSink for Hub {
     fn committed(&self, last_seq: u64, batch: Vec<Arc<crate::store::Committed>>) {
         let batch: Vec<Arc<Committed>> = batch.into_iter().map(Committed::from_store).collect();
         let mut st = self.lock();
+        // Before the new seqs are visible to any catch-up (which reads up
+        // to `last_seq`, under this lock).
+        for item in &batch {
+            if let Some(signal) = item.source.and_then(|c| st.conns.get(&c)) {
+                signal.record_own(item.seq);
+            }
+        }
         st.last_seq = last_seq;
         // Never blocks: a watch only replaces its value.
         self.commits.send_replace(last_seq);
