@@ -1,7 +1,7 @@
 //! The axum router: dialect endpoints plus health, metrics and status.
 
 use crate::app::AppState;
-use crate::dialect::{atome_adapter, atome_sync, kv, native, unified};
+use crate::dialect::{atome_adapter, atome_sync, kv, unified};
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/ws", get(native::upgrade))
+        .route("/ws", get(crate::conn::endpoints::native))
         .route("/ws/sync", get(crate::conn::endpoints::sync))
         .route("/ws/atome-sync", get(crate::conn::endpoints::atome_sync))
         .route("/api/atome/create", post(atome_sync::create))

@@ -198,7 +198,7 @@ impl<D: Dialect> Driver<D> {
         let engine = self.cc.state.engine.clone();
         let signal = self.cc.signal.clone();
         let read = async {
-            let mut pages = Pages::start(&engine, &feed, self.cc.link.clone())?;
+            let mut pages = Pages::start(&engine, &mut feed, self.cc.link.clone())?;
             while let Some(page) = pages.next().await? {
                 self.out.clear();
                 for item in page {

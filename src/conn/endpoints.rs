@@ -3,7 +3,7 @@
 //! upgrade with the socket limits, then [`super::run`].
 
 use super::{run, ConnCtx, Ctx};
-use crate::dialect::{atome_sync, config_sync, limit, sync, Dialect, Opening, Refused};
+use crate::dialect::{atome_sync, config_sync, limit, native, sync, Dialect, Opening, Refused};
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
@@ -11,6 +11,16 @@ use axum::response::{IntoResponse, Response};
 use std::collections::HashMap;
 
 type Params = Query<HashMap<String, String>>;
+
+/// `GET /ws` (the native protocol).
+pub async fn native(
+    State(ctx): State<Ctx>,
+    Query(q): Params,
+    h: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    serve(ctx.clone(), ws, native::accept(&ctx, &h, &q))
+}
 
 /// `GET /ws/sync` (seed 000).
 pub async fn sync(

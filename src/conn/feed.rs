@@ -67,8 +67,15 @@ pub struct Pages {
 }
 
 impl Pages {
-    pub fn start(engine: &Arc<Engine>, feed: &Feed, link: ConnLink) -> Result<Pages, EngineError> {
+    pub fn start(
+        engine: &Arc<Engine>,
+        feed: &mut Feed,
+        link: ConnLink,
+    ) -> Result<Pages, EngineError> {
         let sub = engine.start_subscription(&feed.space, feed.last, feed.filter.clone(), link)?;
+        // A resume point past anything this relay committed comes from
+        // another history: the engine starts over, and so does the feed.
+        feed.last = feed.last.min(sub.reached());
         Ok(Pages {
             engine: engine.clone(),
             sub: Some(sub),
@@ -144,7 +151,7 @@ mod tests {
     /// Replay a feed to live; the ids of the changes it passes on.
     async fn replay(engine: &Arc<Engine>, feed: &mut Feed, link: &ConnLink) -> Vec<String> {
         let mut seen = Vec::new();
-        let mut pages = Pages::start(engine, feed, link.clone()).unwrap();
+        let mut pages = Pages::start(engine, &mut *feed, link.clone()).unwrap();
         while let Some(page) = pages.next().await.unwrap() {
             for item in page {
                 if let CatchUp::Change(c) = item {

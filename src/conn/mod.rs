@@ -16,8 +16,8 @@
 //! protocol, so a client that stops reading is cut off after
 //! `server.write_timeout`, logged and counted, whatever it speaks.
 //!
-//! Still on their own loops (to move here next): native `/ws`, seed 003
-//! `/v1/sync`, seed 004 `/api/ws` and its two subsets.
+//! Still on their own loops (to move here next): seed 003 `/v1/sync`,
+//! seed 004 `/api/ws` and its two subsets.
 
 pub mod driver;
 pub mod endpoints;
