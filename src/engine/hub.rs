@@ -1,8 +1,10 @@
 //! Fan-out: the live subscriber registry.
 //!
 //! The writer thread calls `committed` after each durable commit, holding the
-//! hub lock while it records the new last seq and `try_send`s into each
-//! subscriber's bounded queue. A subscriber registers under the same lock and
+//! hub lock while it records the new last seq and queues the group's
+//! changes of each space into each subscriber's bounded queue, as one entry
+//! (one lock and one wake-up per subscriber per group, not per change; the
+//! slice of changes is shared by the subscribers that want all of it). A subscriber registers under the same lock and
 //! learns that last seq, so its catch-up (read from the log up to that seq) and
 //! its live stream (everything after it) meet with no gap and no duplicate.
 //! A full queue never blocks the writer: the subscription is dropped, its
@@ -302,34 +304,49 @@ impl CommitSink for Hub {
         // Never blocks: a watch only replaces its value.
         self.commits.send_replace(last_seq);
         let mut sent = 0u64;
-        for item in batch {
-            let space = item.entry.change.space.as_str();
-            let Some(subs) = st.spaces.get_mut(space) else {
+        for (space, changes) in by_space(batch) {
+            let Some(subs) = st.spaces.get_mut(&space) else {
                 continue;
             };
-            let bytes = change_bytes(&item);
+            let bytes: usize = changes.iter().map(|c| change_bytes(c)).sum();
             // Over the relay-wide budget, only subscribers that are keeping
             // up (nothing queued) get more; the others resync from the log.
             let pressure = self.budget.would_exceed(bytes);
+            // The group as most subscribers see it, shared by all of them
+            // and charged once relay-wide.
+            let all: Arc<[Arc<Committed>]> = changes.into();
             let mut charge: Option<Arc<Charge>> = None;
             subs.retain(|s| {
-                if !s.filter.wants(&item.entry.change.collection) {
+                let (mine, mine_bytes) = match &s.filter.collections {
+                    None => (all.clone(), bytes),
+                    Some(_) => {
+                        let v: Vec<Arc<Committed>> = all
+                            .iter()
+                            .filter(|c| s.filter.wants(&c.entry.change.collection))
+                            .cloned()
+                            .collect();
+                        let b = v.iter().map(|c| change_bytes(c)).sum();
+                        (v.into(), b)
+                    }
+                };
+                if mine.is_empty() {
                     return true;
                 }
                 if pressure && !s.link.outbox.is_empty() {
                     s.drop_lagged(&self.metrics);
                     return false;
                 }
-                let c = charge
-                    .get_or_insert_with(|| Charge::new(&self.budget, bytes))
-                    .clone();
-                let d = Delivery::Change {
-                    sub: s.id,
-                    item: item.clone(),
+                let c = if mine.len() == all.len() {
+                    charge
+                        .get_or_insert_with(|| Charge::new(&self.budget, bytes))
+                        .clone()
+                } else {
+                    Charge::new(&self.budget, mine_bytes)
                 };
-                match s.link.outbox.push(d, bytes, Some(c)) {
+                let n = mine.len() as u64;
+                match s.link.outbox.push_changes(s.id, mine, mine_bytes, Some(c)) {
                     Pushed::Queued => {
-                        sent += 1;
+                        sent += n;
                         true
                     }
                     Pushed::Full => {
@@ -340,11 +357,29 @@ impl CommitSink for Hub {
                 }
             });
             if subs.is_empty() {
-                st.spaces.remove(space);
+                st.spaces.remove(&space);
             }
         }
         self.metrics.deliveries.fetch_add(sent, Relaxed);
     }
+}
+
+/// A commit group's changes split by space, each space's in seq order
+/// (a group nearly always holds one space, or a few).
+fn by_space(batch: Vec<Arc<Committed>>) -> Vec<(String, Vec<Arc<Committed>>)> {
+    let mut out: Vec<(String, Vec<Arc<Committed>>)> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for c in batch {
+        let space = &c.entry.change.space;
+        match index.get(space) {
+            Some(&i) => out[i].1.push(c),
+            None => {
+                index.insert(space.clone(), out.len());
+                out.push((space.clone(), vec![c]));
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -408,6 +443,56 @@ mod tests {
         assert!(slow.is_empty(), "its queued frames were freed");
         assert_eq!(hub.budget().used(), 0, "nothing is charged any more");
         assert_eq!(hub.subscriber_counts(), vec![("s".to_string(), 1)]);
+    }
+
+    fn in_space(
+        c: Arc<crate::store::Committed>,
+        space: &str,
+        collection: &str,
+    ) -> Arc<crate::store::Committed> {
+        let mut c = Arc::try_unwrap(c).ok().unwrap();
+        c.entry.change.space = space.into();
+        c.entry.change.collection = collection.into();
+        Arc::new(c)
+    }
+
+    fn seqs(q: &Outbox) -> Vec<u64> {
+        std::iter::from_fn(|| q.try_recv())
+            .map(|d| match d {
+                Delivery::Change { item, .. } => item.seq,
+                Delivery::Event { .. } => 0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_group_is_one_queue_entry_per_subscriber_split_by_space_and_filter() {
+        let hub = Hub::new(Arc::new(Metrics::default()), 0, usize::MAX);
+        let (all, only_b, other) = (
+            Outbox::new(1024, usize::MAX),
+            Outbox::new(1024, usize::MAX),
+            Outbox::new(1024, usize::MAX),
+        );
+        hub.register("s", link(1, &all), Filter::default());
+        let b_only = Filter {
+            collections: Some(["b".to_string()].into()),
+            events: false,
+        };
+        hub.register("s", link(2, &only_b), b_only);
+        hub.register("t", link(3, &other), Filter::default());
+        let group = vec![
+            in_space(change(1, 10), "s", "a"),
+            in_space(change(2, 10), "t", "a"),
+            in_space(change(3, 10), "s", "b"),
+            in_space(change(4, 10), "s", "a"),
+        ];
+        hub.committed(4, group);
+        assert_eq!((all.len(), only_b.len(), other.len()), (3, 1, 1));
+        assert_eq!(seqs(&all), vec![1, 3, 4], "in commit order");
+        assert_eq!(seqs(&only_b), vec![3]);
+        assert_eq!(seqs(&other), vec![2]);
+        assert_eq!(hub.budget().used(), 0);
+        assert_eq!(hub.last_seq(), 4);
     }
 
     #[test]
