@@ -98,6 +98,9 @@ pub struct Server {
     /// Most unacknowledged pushes one connection may have in flight before
     /// the relay stops reading from it (backpressure).
     pub max_inflight: usize,
+    /// Most subscriptions (followed spaces, entity-type feeds) one
+    /// connection may hold; past it a subscribe is refused with an error.
+    pub max_subscriptions: usize,
     /// How long SIGTERM waits for connections to finish.
     pub shutdown_grace: String,
     /// Serve HTTPS/WSS with this certificate chain (PEM); needs `tls_key`.
@@ -123,6 +126,7 @@ impl Default for Server {
             queue_mb: 16,
             max_queued_mb: 128,
             max_inflight: 256,
+            max_subscriptions: 256,
             shutdown_grace: "10s".into(),
             tls_cert: None,
             tls_key: None,
@@ -317,6 +321,7 @@ pub struct Settings {
     /// `server.max_queued_mb` in bytes.
     pub max_queued_bytes: usize,
     pub max_inflight: usize,
+    pub max_subscriptions: usize,
     pub shutdown_grace: Duration,
     pub dir: PathBuf,
     pub durability: Durability,
@@ -477,6 +482,7 @@ impl Config {
             ));
         }
         in_range("server.max_inflight", s.max_inflight, 1, 65_536)?;
+        in_range("server.max_subscriptions", s.max_subscriptions, 1, 65_536)?;
         let shutdown_grace = duration_in(
             "server.shutdown_grace",
             &s.shutdown_grace,
@@ -569,6 +575,7 @@ impl Config {
             max_queue_bytes: (s.queue_mb as usize).saturating_mul(1 << 20),
             max_queued_bytes: (s.max_queued_mb as usize).saturating_mul(1 << 20),
             max_inflight: s.max_inflight,
+            max_subscriptions: s.max_subscriptions,
             shutdown_grace,
             dir: st.dir.clone(),
             durability: st.durability,

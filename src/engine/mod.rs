@@ -16,8 +16,8 @@ use crate::metrics::Metrics;
 use crate::model::{Change, NodeId, Op, VersionVector};
 use crate::schema::SchemaSet;
 use crate::store::{
-    Cap, Committed, Durability, Job, LocalWrite, LogEntry, Outcome, OutcomeKind, Page, SnapEntity,
-    Store, StoreError, StoreOptions, StoredEntity,
+    Cap, Durability, Job, LocalWrite, LogEntry, Outcome, OutcomeKind, Page, SnapEntity, Store,
+    StoreError, StoreOptions, StoredEntity,
 };
 use axum::extract::ws::Utf8Bytes;
 use serde_json::Value;
@@ -86,6 +86,38 @@ pub struct RenderCache([OnceLock<Utf8Bytes>; 8]);
 impl RenderCache {
     pub fn get_or(&self, slot: usize, render: impl FnOnce() -> String) -> Utf8Bytes {
         self.0[slot % 8].get_or_init(|| render().into()).clone()
+    }
+}
+
+/// A committed change as fan-out and catch-up hand it to connections: the
+/// store's record plus the frames rendered from it, made once per dialect
+/// and shared by every subscriber. (The cache belongs here, on the fan-out
+/// side; the store knows nothing of frames.)
+#[derive(Debug)]
+pub struct Committed {
+    pub record: crate::store::Committed,
+    pub rendered: RenderCache,
+}
+
+impl Committed {
+    pub fn new(record: crate::store::Committed) -> Committed {
+        Committed {
+            record,
+            rendered: RenderCache::default(),
+        }
+    }
+
+    /// Take over the writer's record (it keeps no copy, so nothing is cloned).
+    pub fn from_store(record: Arc<crate::store::Committed>) -> Arc<Committed> {
+        let record = Arc::try_unwrap(record).unwrap_or_else(|shared| (*shared).clone());
+        Arc::new(Committed::new(record))
+    }
+}
+
+impl std::ops::Deref for Committed {
+    type Target = crate::store::Committed;
+    fn deref(&self) -> &crate::store::Committed {
+        &self.record
     }
 }
 
@@ -908,13 +940,14 @@ impl Engine {
         for (seq, entry) in page {
             sub.cursor = seq;
             if sub.filter.wants(&entry.change.collection) {
-                out.push(CatchUp::Change(Arc::new(Committed {
-                    seq,
-                    entry,
-                    after: None,
-                    source: None,
-                    rendered: RenderCache::default(),
-                })));
+                out.push(CatchUp::Change(Arc::new(Committed::new(
+                    crate::store::Committed {
+                        seq,
+                        entry,
+                        after: None,
+                        source: None,
+                    },
+                ))));
             }
         }
         if short {

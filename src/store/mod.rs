@@ -182,8 +182,9 @@ pub struct LogEntry {
     pub type_version: u64,
 }
 
-/// A committed change as handed to fan-out and catch-up.
-#[derive(Debug)]
+/// A committed change as handed to fan-out and catch-up (which add the
+/// frames rendered from it: `engine::Committed`).
+#[derive(Clone, Debug)]
 pub struct Committed {
     pub seq: u64,
     pub entry: LogEntry,
@@ -191,8 +192,6 @@ pub struct Committed {
     pub after: Option<EntityView>,
     /// The connection that wrote it, so dialects can skip echoing it back.
     pub source: Option<u64>,
-    /// Rendered frames, made once per dialect and shared by all subscribers.
-    pub rendered: crate::engine::RenderCache,
 }
 
 /// An entity as readers see it.

@@ -1040,7 +1040,6 @@ impl Writer {
             entry,
             after: Some(ent.view()),
             source,
-            rendered: Default::default(),
         }));
         Ok(out)
     }
