@@ -71,11 +71,32 @@ PY
     echo "$p"
 }
 
+# caught_up PORT: wait (at most 120 s) until the instance has read the
+# whole stream and has nothing waiting.
+caught_up() {
+    python3 - "$1" <<'PY'
+import json, sys, time, urllib.request
+deadline = time.time() + 120
+while True:
+    s = json.load(urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/v1/status", timeout=5))["jetstream"]
+    if s["read"] >= s["stream"]["last_seq"] > 0 and s["lag"] == 0 and s["pending_gaps"] == 0:
+        break
+    if time.time() > deadline:
+        sys.exit(f"instance {sys.argv[1]} not caught up with the stream: {s}")
+    time.sleep(0.2)
+PY
+}
+
 # bench WRITE_PORT SUB_PORT CHANGES OUT
 bench() {
-    "$BIN" bench --url "127.0.0.1:$1" --sub-url "127.0.0.1:$2" --scenarios writers \
+    if ! "$BIN" bench --url "127.0.0.1:$1" --sub-url "127.0.0.1:$2" --scenarios writers \
         --subscribers 1 --writers "$W" --changes "$3" --fsync-samples 10 --data-root "$ROOT" \
-        2>/dev/null | tail -1 > "$4"
+        2>"$4.err" > "$4.all"; then
+        echo "bench $1 -> $2 failed:" >&2
+        tail -n 20 "$4.err" "$4.all" >&2
+        return 1
+    fi
+    tail -1 "$4.all" > "$4"
 }
 
 summary() {
@@ -104,12 +125,22 @@ summary tier-1 "$ROOT/t1.json"
 
 Bp=$(start_hub b 1)
 C=$(start_hub c 1)
+# New instances read the stream from its start (tier-1's changes) first:
+# measure the steady state, not that bootstrap.
+for p in "$Bp" "$C"; do caught_up "$p"; done
 per=$((N / 3))
+# Started 0.3 s apart: a bench names its space after the millisecond (and,
+# since this script, its pid); two runs in one space would count each
+# other's changes as duplicates.
 bench "$A" "$Bp" "$per" "$ROOT/t3a.json" &
 j1=$!
+sleep 0.3
 bench "$Bp" "$C" "$per" "$ROOT/t3b.json" &
 j2=$!
+sleep 0.3
 bench "$C" "$A" "$per" "$ROOT/t3c.json" &
 j3=$!
-wait "$j1" "$j2" "$j3"
+wait "$j1"
+wait "$j2"
+wait "$j3"
 summary tier-3 "$ROOT/t3a.json" "$ROOT/t3b.json" "$ROOT/t3c.json"

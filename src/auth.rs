@@ -108,6 +108,27 @@ impl Grant {
     }
 }
 
+/// Seconds since the epoch, for token expiry.
+pub fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The token of a request: `Authorization: Bearer …`, else `?token=`.
+pub fn token_from(
+    headers: &axum::http::HeaderMap,
+    query: &std::collections::HashMap<String, String>,
+) -> Option<String> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_string())
+        .or_else(|| query.get("token").cloned())
+}
+
 #[derive(Clone)]
 pub struct Auth {
     key: Option<ring::hmac::Key>,

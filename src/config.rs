@@ -6,7 +6,7 @@ use crate::cluster::settings::NatsSettings;
 use crate::schema::{SchemaError, SchemaSet};
 use crate::store::Durability;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -98,6 +98,9 @@ pub struct Server {
     /// Most unacknowledged pushes one connection may have in flight before
     /// the relay stops reading from it (backpressure).
     pub max_inflight: usize,
+    /// Most subscriptions (followed spaces, entity-type feeds) one
+    /// connection may hold; past it a subscribe is refused with an error.
+    pub max_subscriptions: usize,
     /// How long SIGTERM waits for connections to finish.
     pub shutdown_grace: String,
     /// Serve HTTPS/WSS with this certificate chain (PEM); needs `tls_key`.
@@ -123,6 +126,7 @@ impl Default for Server {
             queue_mb: 16,
             max_queued_mb: 128,
             max_inflight: 256,
+            max_subscriptions: 256,
             shutdown_grace: "10s".into(),
             tls_cert: None,
             tls_key: None,
@@ -317,6 +321,7 @@ pub struct Settings {
     /// `server.max_queued_mb` in bytes.
     pub max_queued_bytes: usize,
     pub max_inflight: usize,
+    pub max_subscriptions: usize,
     pub shutdown_grace: Duration,
     pub dir: PathBuf,
     pub durability: Durability,
@@ -477,6 +482,7 @@ impl Config {
             ));
         }
         in_range("server.max_inflight", s.max_inflight, 1, 65_536)?;
+        in_range("server.max_subscriptions", s.max_subscriptions, 1, 65_536)?;
         let shutdown_grace = duration_in(
             "server.shutdown_grace",
             &s.shutdown_grace,
@@ -569,6 +575,7 @@ impl Config {
             max_queue_bytes: (s.queue_mb as usize).saturating_mul(1 << 20),
             max_queued_bytes: (s.max_queued_mb as usize).saturating_mul(1 << 20),
             max_inflight: s.max_inflight,
+            max_subscriptions: s.max_subscriptions,
             shutdown_grace,
             dir: st.dir.clone(),
             durability: st.durability,
@@ -656,6 +663,11 @@ pub struct MeshConfig {
     pub peers: Vec<String>,
     /// Advertise and discover relays on the LAN with mDNS.
     pub mdns: bool,
+    /// Replicate only these spaces with every peer, both ways (default: all).
+    pub spaces: Option<Vec<String>>,
+    /// Per peer (keyed by its node id, 16 hex digits): replicate only these
+    /// spaces with it, instead of `spaces`.
+    pub peer_spaces: BTreeMap<String, Vec<String>>,
 }
 
 impl Default for MeshConfig {
@@ -667,6 +679,8 @@ impl Default for MeshConfig {
             secret_file: None,
             peers: Vec::new(),
             mdns: true,
+            spaces: None,
+            peer_spaces: Default::default(),
         }
     }
 }
@@ -678,6 +692,28 @@ pub struct MeshSettings {
     pub secret: Vec<u8>,
     pub peers: Vec<String>,
     pub mdns: bool,
+    /// Spaces replicated with every peer not in `peer_spaces` (all: None).
+    pub spaces: Option<HashSet<String>>,
+    /// Spaces replicated with the peer of this node id.
+    pub peer_spaces: std::collections::HashMap<crate::model::NodeId, HashSet<String>>,
+}
+
+impl MeshSettings {
+    /// The spaces this relay replicates with `peer` (None: all).
+    pub fn spaces_for(&self, peer: crate::model::NodeId) -> Option<HashSet<String>> {
+        match self.peer_spaces.get(&peer) {
+            Some(s) => Some(s.clone()),
+            None => self.spaces.clone(),
+        }
+    }
+}
+
+/// A list of space names, each checked as a space name (`key` names it).
+fn space_set(key: &'static str, spaces: &[String]) -> Result<HashSet<String>, ConfigError> {
+    for s in spaces {
+        crate::engine::validate_name("space", s).map_err(|e| invalid(key, e.to_string()))?;
+    }
+    Ok(spaces.iter().cloned().collect())
 }
 
 impl MeshConfig {
@@ -708,11 +744,38 @@ impl MeshConfig {
                 return Err(invalid("mesh.peers", format!("{p:?} is not \"host:port\"")));
             }
         }
+        let spaces = match &self.spaces {
+            Some(v) => Some(space_set("mesh.spaces", v)?),
+            None => None,
+        };
+        let mut peer_spaces = std::collections::HashMap::new();
+        for (node, v) in &self.peer_spaces {
+            let id = (node.len() == 16)
+                .then(|| node.parse::<crate::model::NodeId>().ok())
+                .flatten()
+                .ok_or_else(|| {
+                    invalid(
+                        "mesh.peer_spaces",
+                        format!(
+                            "{node:?} is not a node id (16 hex digits, as `outpost status` shows it)"
+                        ),
+                    )
+                })?;
+            let spaces = space_set("mesh.peer_spaces", v)?;
+            if peer_spaces.insert(id, spaces).is_some() {
+                return Err(invalid(
+                    "mesh.peer_spaces",
+                    format!("node id {node:?} is listed twice"),
+                ));
+            }
+        }
         Ok(Some(MeshSettings {
             listen,
             secret,
             peers: self.peers.clone(),
             mdns: self.mdns,
+            spaces,
+            peer_spaces,
         }))
     }
 }
@@ -828,16 +891,10 @@ impl UpstreamConfig {
         .map_err(|(key, reason)| invalid(key, reason))
     }
 
-    fn spaces(&self) -> Result<Option<std::collections::HashSet<String>>, ConfigError> {
+    fn spaces(&self) -> Result<Option<HashSet<String>>, ConfigError> {
         match &self.spaces {
             None => Ok(None),
-            Some(v) => {
-                for s in v {
-                    crate::engine::validate_name("space", s)
-                        .map_err(|e| invalid("upstream.spaces", e.to_string()))?;
-                }
-                Ok(Some(v.iter().cloned().collect()))
-            }
+            Some(v) => space_set("upstream.spaces", v).map(Some),
         }
     }
 
@@ -1103,6 +1160,65 @@ mod tests {
         assert!(e.contains("auth.jwt_secret"), "{e}");
         c.auth.jwt_secret = Some("0123456789abcdef0123".into());
         assert_eq!(c.validate().unwrap().anonymous, Anonymous::None);
+    }
+
+    #[test]
+    fn mesh_spaces_are_checked_and_apply_per_peer() {
+        let base = "[mesh]\nenabled = true\nsecret = \"0123456789abcdef0123\"\nmdns = false\n";
+        let mesh = |extra: &str| {
+            Config::parse(&format!("{base}{extra}"), "t")
+                .unwrap()
+                .validate()
+                .map(|s| s.mesh.unwrap())
+        };
+        let m = mesh("").unwrap();
+        assert_eq!(m.spaces_for(crate::model::NodeId(7)), None, "default: all");
+        let m = mesh(
+            "spaces = [\"family\"]\n[mesh.peer_spaces]\n\"00000000000000aB\" = [\"family\", \"photos\"]\n",
+        )
+        .unwrap();
+        let set = |v: &[&str]| Some(v.iter().map(|s| s.to_string()).collect::<HashSet<_>>());
+        assert_eq!(
+            m.spaces_for(crate::model::NodeId(0xab)),
+            set(&["family", "photos"])
+        );
+        assert_eq!(m.spaces_for(crate::model::NodeId(1)), set(&["family"]));
+        // An empty list shares nothing (and is allowed: a peer for events only).
+        let m = mesh("spaces = []\n").unwrap();
+        assert_eq!(m.spaces_for(crate::model::NodeId(1)), set(&[]));
+        for (extra, key, says) in [
+            ("spaces = [\"a\\u0001\"]\n", "mesh.spaces", "control"),
+            (
+                "[mesh.peer_spaces]\n\"xyz\" = []\n",
+                "mesh.peer_spaces",
+                "node id",
+            ),
+            (
+                "[mesh.peer_spaces]\n\"00000000000000ab0\" = []\n",
+                "mesh.peer_spaces",
+                "node id",
+            ),
+            (
+                "[mesh.peer_spaces]\n\"00000000000000ab\" = [\"\"]\n",
+                "mesh.peer_spaces",
+                "space",
+            ),
+            (
+                "[mesh.peer_spaces]\n\"00000000000000ab\" = []\n\"00000000000000AB\" = []\n",
+                "mesh.peer_spaces",
+                "twice",
+            ),
+        ] {
+            let e = mesh(extra).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains(says), "{extra}: {e}");
+        }
+        // Set while the mesh is off: warned about like the other keys.
+        let c = Config::parse("[mesh]\nspaces = [\"a\"]\n", "t").unwrap();
+        assert!(
+            c.warnings()[0].contains("mesh.spaces"),
+            "{:?}",
+            c.warnings()
+        );
     }
 
     #[test]

@@ -4,12 +4,13 @@
 //! - [`cli`]: the command line's definition (clap), shared with the man
 //!   page and shell completion generators.
 //! - [`config`]: the TOML file, validated into [`config::Settings`].
-//! - [`server`]: binds the listener, runs the HTTP router, handles shutdown.
+//! - [`app`]: the relay: starts and owns every part, its routes (health,
+//!   metrics, status, the dialect endpoints), the live status page and
+//!   admin API (`app::console`), graceful shutdown.
 //! - [`net`]: the accept loop (plain or TLS): admission limits, timeouts on
-//!   every stage, descriptor limits, write timeouts.
-//! - [`http`]: the axum router: health, metrics, status, and the dialect routes.
-//! - [`console`]: the live status page, its feed, and the admin API behind
-//!   `outpost status`, `export`, `import` and `backup`.
+//!   every stage, descriptor limits, write timeouts; connection tracking.
+//! - [`conn`]: the one client connection driver every WebSocket dialect
+//!   runs on: frames, keepalive, timeouts, in-flight limits, feeds.
 //! - [`dialect`]: one module per client protocol, each a thin adapter
 //!   (parse, call the engine, render). `native` is outpost's own.
 //! - [`auth`]: HS256 JWTs and scopes.
@@ -29,15 +30,15 @@
 //! - [`bench`]: `outpost bench`, the benchmark against a floor measured in
 //!   the same run.
 
+pub mod app;
 pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod cluster;
 pub mod config;
-pub mod console;
+pub mod conn;
 pub mod dialect;
 pub mod engine;
-pub mod http;
 pub mod memory;
 pub mod mesh;
 pub mod metrics;
@@ -48,7 +49,6 @@ pub mod ops;
 pub mod replicate;
 pub mod rfc3339;
 pub mod schema;
-pub mod server;
 pub mod store;
 pub mod upstream;
 

@@ -2,11 +2,11 @@
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use outpost::app::{terminate_signal, Relay};
 use outpost::auth::Auth;
 use outpost::cli::{Cli, Command, ServeArgs};
 use outpost::config::{parse_duration, Config, LogFormat, Settings};
 use outpost::ops::{OpsError, Target};
-use outpost::server::{terminate_signal, Relay};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -38,7 +38,7 @@ fn init_tracing(cfg: &Config, flag: Option<LogFormat>) {
     // level, whatever the log level is.
     tracing_subscriber::registry()
         .with(fmt.with_filter(filter))
-        .with(outpost::console::logring::RingLayer.with_filter(LevelFilter::WARN))
+        .with(outpost::app::console::logring::RingLayer.with_filter(LevelFilter::WARN))
         .init();
 }
 

@@ -423,3 +423,56 @@ async fn rest_and_socket_honour_token_scopes() {
     assert_eq!(e["code"], "forbidden");
     relay.shutdown().await.unwrap();
 }
+
+/// Bug: PATCH and DELETE of `/api/atome/{id}` checked that the atome
+/// exists, then queued the write without a precondition: a PATCH checked
+/// while a DELETE was queued ahead of it was applied after the delete and
+/// brought the atome back. The writer now checks existence inside the
+/// transaction (`Expect::Exists`). The writer is held so the DELETE is
+/// queued first and the PATCH second, both after their handlers ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patch_racing_a_delete_does_not_bring_the_atome_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start(config(dir.path())).await;
+    let addr = relay.addr;
+    let note = json!({"id": "a1", "kind": "note", "title": "first"});
+    let (st, _) = rest(addr, "POST", "/api/atome/create", None, Some(note)).await;
+    assert_eq!(st, 201);
+    let engine = relay.state.engine.clone();
+    let queued = |n: u64| {
+        let engine = engine.clone();
+        async move {
+            for _ in 0..2000 {
+                if engine.jobs_enqueued() >= n {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            panic!("the request's write was not queued");
+        }
+    };
+    let hold = engine.hold_writer().await.unwrap();
+    let base = engine.jobs_enqueued();
+    let delete = tokio::spawn(rest(addr, "DELETE", "/api/atome/a1", None, None));
+    queued(base + 1).await;
+    let patch = tokio::spawn(rest(
+        addr,
+        "PATCH",
+        "/api/atome/a1",
+        None,
+        Some(json!({"title": "back?"})),
+    ));
+    queued(base + 2).await;
+    drop(hold);
+    let (st, body) = delete.await.unwrap();
+    assert_eq!(st, 200, "{body}");
+    let (st, body) = patch.await.unwrap();
+    assert_eq!(st, 404, "the patch came after the delete: {body}");
+    assert_eq!(body["code"], "not-found", "{body}");
+    let (st, body) = rest(addr, "GET", "/api/atome/a1", None, None).await;
+    assert_eq!(st, 404, "the atome stays deleted: {body}");
+    // A second DELETE of the same atome is 404 too.
+    let (st, _) = rest(addr, "DELETE", "/api/atome/a1", None, None).await;
+    assert_eq!(st, 404);
+    relay.shutdown().await.unwrap();
+}

@@ -71,6 +71,19 @@ fn bench_smoke_all_scenarios() {
         assert_eq!(v["relay"]["writers"], writers);
         positive(&v["ratio"]["deliveries_per_s"], "ratio");
         positive(&v["relay_rss_kib"]["after"], "relay rss");
+        let u = &v["relay_usage"];
+        // CPU time counts in clock ticks (10 ms): a tiny run may use none.
+        assert!(u["cpu_us_per_delivery"].is_f64(), "relay CPU: {u}");
+        assert!(
+            v["floor_usage"]["cpu_us_per_delivery"].is_f64(),
+            "floor CPU: {v}"
+        );
+        // Zero if the temp dir is on tmpfs (no block device): present, not positive.
+        assert!(
+            u["written_bytes_per_change"].is_f64(),
+            "bytes per change: {u}"
+        );
+        assert!(u["idle_written_bytes"].is_u64(), "idle writes: {u}");
     }
 
     let idle = &sc["idle"];
@@ -87,7 +100,7 @@ fn bench_smoke_all_scenarios() {
     positive(&repl["catchup"]["catchup_s"], "catch-up time");
     assert_eq!(repl["catchup"]["changes"], 2000);
 
-    assert_eq!(doc["budget"].as_array().map(Vec::len), Some(5));
+    assert_eq!(doc["budget"].as_array().map(Vec::len), Some(8));
     // Every child relay and temp dir is gone.
     let left: Vec<_> = std::fs::read_dir(root.path()).unwrap().collect();
     assert!(left.is_empty(), "left behind: {left:?}");

@@ -657,3 +657,38 @@ async fn creds_file_against_an_operator_mode_server() {
     let (_, err) = client.until("error").await;
     assert_eq!(err["code"], 503, "{err}");
 }
+
+/// The hub tier with a site that forwards only some spaces over
+/// `/ws/replicate`: hub A's log lacks the site's local-space seqs (its
+/// batches came with covers), so A's next forwarded change of the site
+/// vouches for them (`Outpost-After`) and hub B merges every kept change
+/// with no gap, its version vector reaching A's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filtered_site_leaves_no_gap_across_the_tier() {
+    let nats = Nats::start(1);
+    let a = Node::hub(&nats, 1, "").run();
+    let b = Node::hub(&nats, 1, "").run();
+    wait_connected(&a).await;
+    wait_connected(&b).await;
+    let site = Node::new(&format!("{}spaces = [\"kept\"]\n", ws_site(a.http))).run();
+    let mut c = Client::native(site.http).await;
+    for round in 0..4 {
+        write_space(&mut c, "local", &format!("l{round}-"), 20).await;
+        write_space(&mut c, "kept", &format!("k{round}-"), 20).await;
+    }
+    let node = status(site.http).await["node_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for hub in [&a, &b] {
+        wait_until(60, "the site's last seq at the hub", || async {
+            status(hub.http).await["version_vector"][node.as_str()] == 160
+        })
+        .await;
+        assert_eq!(cluster_status(hub.http).await["pending_gaps"], 0);
+        for round in 0..4 {
+            assert_eq!(held(hub.http, "kept", &format!("k{round}-"), 20).await, 20);
+            assert_eq!(held(hub.http, "local", &format!("l{round}-"), 20).await, 0);
+        }
+    }
+}

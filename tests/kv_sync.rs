@@ -479,7 +479,7 @@ async fn heads_are_equal_on_relays_holding_the_same_state() {
 
     // Exchange the changes both ways (what replication does), in different
     // orders: same state, same data, same heads; local seqs differ.
-    let log = |r: &outpost::server::Relay| -> Vec<outpost::model::Change> {
+    let log = |r: &outpost::app::Relay| -> Vec<outpost::model::Change> {
         r.state
             .engine
             .log_after(0, 100)

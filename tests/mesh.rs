@@ -7,6 +7,7 @@ mod common;
 use common::replication::*;
 use common::*;
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -21,10 +22,16 @@ struct Node {
     data: PathBuf,
     http: SocketAddr,
     mesh: SocketAddr,
+    /// More `[mesh]` keys (and tables after them), appended to the config.
+    extra: String,
 }
 
 impl Node {
     fn start(peers: &[SocketAddr], secret: &str) -> Node {
+        Node::start_with(peers, secret, "")
+    }
+
+    fn start_with(peers: &[SocketAddr], secret: &str, extra: &str) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("outpost.toml");
         let data = dir.path().join("data");
@@ -34,6 +41,7 @@ impl Node {
             data,
             http: "127.0.0.1:0".parse().unwrap(),
             mesh: "127.0.0.1:0".parse().unwrap(),
+            extra: extra.to_string(),
             _dir: dir,
         };
         n.write_config(peers, secret);
@@ -46,9 +54,10 @@ impl Node {
         std::fs::write(
             &self.cfg,
             format!(
-                "[mesh]\nenabled = true\nlisten = \"{}\"\nsecret = \"{secret}\"\npeers = [{}]\nmdns = false\n",
+                "[mesh]\nenabled = true\nlisten = \"{}\"\nsecret = \"{secret}\"\npeers = [{}]\nmdns = false\n{}",
                 self.mesh,
-                peers.join(", ")
+                peers.join(", "),
+                self.extra,
             ),
         )
         .unwrap();
@@ -246,6 +255,156 @@ async fn strangers_are_refused_and_the_mesh_keeps_working() {
     let more = writes("after", 5, "a");
     write_all(a.http, &more).await;
     converge(&[a.http, b.http], 15, &ids(&[&secret_data, &more])).await;
+}
+
+/// Push `n` patches to space `space` (ids `{prefix}{i}`), acked.
+async fn write_space(addr: SocketAddr, space: &str, prefix: &str, n: usize) {
+    let mut c = Client::native(addr).await;
+    for i in 0..n {
+        let change = json!({"collection": "notes", "id": format!("{prefix}{i}"), "op": "patch",
+                            "fields": {"i": i}});
+        c.send(json!({"type": "push", "rid": i, "space": space, "changes": [change]}))
+            .await;
+        let (_, ack) = c.until("ack").await;
+        assert!(ack["results"][0]["seq"].is_u64(), "{ack}");
+    }
+}
+
+/// Changes applied per space on one relay (`/v1/status` `spaces`).
+async fn space_counts(addr: SocketAddr) -> BTreeMap<String, u64> {
+    let st = status(addr).await;
+    st["spaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_string(),
+                s["changes"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Wait until every relay holds exactly the expected changes per space and
+/// all hold the same version vector; fail at once on a change too many or a
+/// space that should not be there.
+async fn converge_spaces(nodes: &[(&str, SocketAddr, BTreeMap<String, u64>)]) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let mut done = true;
+        let mut vvs = Vec::new();
+        for (name, addr, want) in nodes {
+            let got = space_counts(*addr).await;
+            for (space, n) in &got {
+                let w = want.get(space).copied();
+                assert!(
+                    w.is_some_and(|w| *n <= w),
+                    "{name} holds {n} changes of space {space:?}, expected {w:?}: {got:?}"
+                );
+            }
+            done &= &got == want;
+            vvs.push(status(*addr).await["version_vector"].clone());
+        }
+        if done && vvs.windows(2).all(|w| w[0] == w[1]) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no convergence: version vectors {vvs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn counts(v: &[(&str, u64)]) -> BTreeMap<String, u64> {
+    v.iter().map(|(s, n)| (s.to_string(), *n)).collect()
+}
+
+/// `[mesh] spaces` for all peers and `[mesh.peer_spaces]` for one: a home
+/// relay A shares `family` with its neighbour B, `family` and `photos` with
+/// C, and `private` with nobody. Writes to the filtered spaces come first
+/// (the case that stalled a filtered link before covers): nothing filtered
+/// leaves, everything shared arrives, both ways, and keeps arriving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_spaces_filter_per_peer_and_for_all() {
+    let b = Node::start(&[], SECRET);
+    let c = Node::start(&[], SECRET);
+    let c_id = status(c.http).await["node_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let a = Node::start_with(
+        &[b.mesh, c.mesh],
+        SECRET,
+        &format!(
+            "spaces = [\"family\"]\n[mesh.peer_spaces]\n\"{c_id}\" = [\"family\", \"photos\"]\n"
+        ),
+    );
+    // B and C filter nothing themselves: A's own filter is enough both ways.
+    write_space(a.http, "private", "p", 30).await;
+    write_space(a.http, "photos", "ph", 10).await;
+    write_space(a.http, "family", "f", 20).await;
+    write_space(b.http, "other", "o", 15).await;
+    write_space(b.http, "family", "bf", 5).await;
+    write_space(c.http, "photos", "cph", 4).await;
+    converge_spaces(&[
+        (
+            "A",
+            a.http,
+            counts(&[("private", 30), ("photos", 14), ("family", 25)]),
+        ),
+        ("B", b.http, counts(&[("other", 15), ("family", 25)])),
+        ("C", c.http, counts(&[("photos", 14), ("family", 25)])),
+    ])
+    .await;
+    // The status page names what each link carries.
+    let peers = status(a.http).await["peers"].clone();
+    let spaces_of = |node: &str| {
+        peers
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["node_id"] == node)
+            .map(|p| p["spaces"].clone())
+    };
+    let b_id = status(b.http).await["node_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(spaces_of(&b_id), Some(json!(["family"])), "{peers}");
+    assert_eq!(
+        spaces_of(&c_id),
+        Some(json!(["family", "photos"])),
+        "{peers}"
+    );
+
+    // Live, after convergence: more private writes, then shared ones.
+    write_space(a.http, "private", "p2-", 40).await;
+    write_space(b.http, "other", "o2-", 10).await;
+    write_space(a.http, "family", "f2-", 3).await;
+    write_space(b.http, "family", "bf2-", 2).await;
+    write_space(a.http, "photos", "ph2-", 2).await;
+    converge_spaces(&[
+        (
+            "A",
+            a.http,
+            counts(&[("private", 70), ("photos", 16), ("family", 30)]),
+        ),
+        ("B", b.http, counts(&[("other", 25), ("family", 30)])),
+        ("C", c.http, counts(&[("photos", 16), ("family", 30)])),
+    ])
+    .await;
+    // Nor did a private entity reach B or C by any read path.
+    for n in [&b, &c] {
+        let mut cl = Client::native(n.http).await;
+        cl.send(
+            json!({"type": "get", "rid": 1, "space": "private", "collection": "notes", "id": "p0"}),
+        )
+        .await;
+        let e = cl.recv().await;
+        assert!(e["fields"].as_object().is_none_or(|f| f.is_empty()), "{e}");
+    }
 }
 
 /// Connect with QUIC using `alpn`, optionally send `garbage` on a stream;

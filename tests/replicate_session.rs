@@ -442,3 +442,121 @@ async fn a_split_batch_acks_only_what_each_half_carried() {
     assert_eq!(guard.stats.backlog.load(Relaxed), 256 - first);
     session.abort();
 }
+
+/// Bug (found by tests/sim.rs): a relay whose log holds an origin's changes
+/// before and after a range it got only as merged snapshot state planned
+/// a peer lacking the first of them from the log, and its covers vouched
+/// for the merged range: the peer counted changes it never got (equal
+/// version vectors, different states). It now sends a snapshot first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_merged_from_a_snapshot_is_never_vouched_for() {
+    use outpost::model::{NodeId, VersionVector};
+    use outpost::replicate::frame::{decode, encode, Frame, PROTO_VERSION};
+    use outpost::store::SnapEntity;
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (engine(da.path()), engine(db.path()));
+    for n in 1..=5 {
+        write(&b, &format!("e{n}"), json!({"n": n})).await;
+    }
+    let log = |e: &Engine| -> Vec<outpost::model::Change> {
+        e.log_after(0, 100)
+            .unwrap()
+            .into_iter()
+            .map(|(_, l)| l.change)
+            .collect()
+    };
+    // A: origin B's seq 1 from the log, 2..=5 from a snapshot, 6 from the log.
+    a.apply_covered(log(&b)[..1].to_vec(), vec![], None)
+        .await
+        .unwrap();
+    let states = b
+        .entities("s", None, None, 100)
+        .unwrap()
+        .into_iter()
+        .map(|(collection, id, e)| SnapEntity {
+            space: "s".into(),
+            collection,
+            id,
+            state: e.state,
+        })
+        .collect();
+    a.merge_snapshot(states, Some(b.version_vector().unwrap()), 999)
+        .await
+        .unwrap();
+    write(&b, "e6", json!({"n": 6})).await;
+    a.apply_covered(log(&b)[5..].to_vec(), vec![], None)
+        .await
+        .unwrap();
+    assert_eq!(a.version_vector().unwrap()[&b.node_id()], 6);
+
+    // A fake peer that holds nothing.
+    let (a_tx, mut peer_rx) = mpsc::channel(16);
+    let (peer_tx, a_rx) = mpsc::channel(16);
+    let (_stop_tx, stop) = watch::channel(false);
+    let links = Arc::new(Links::default());
+    let guard = links.open("test", "mem".into(), true, 0);
+    let e = a.clone();
+    let session = tokio::spawn(async move {
+        let (mut rx, mut tx) = (Rx(a_rx), Tx(a_tx));
+        let g = session::hello(&e, &mut rx, &mut tx).await?;
+        let opts = SessionOpts {
+            cursor: "peer:fake".into(),
+            spaces: None,
+        };
+        session::run(e, g, rx, tx, opts, guard.stats.clone(), stop).await
+    });
+    let hello = Frame::Hello {
+        proto: PROTO_VERSION,
+        node: NodeId(42),
+        vv: VersionVector::new(),
+        software: "test".into(),
+    };
+    peer_tx.send(encode(&hello).unwrap()).await.unwrap();
+    assert!(matches!(
+        decode(&peer_rx.recv().await.unwrap()).unwrap(),
+        Frame::Hello { .. }
+    ));
+    // The states come first (a batch would vouch for seqs 2..=5).
+    let f = decode(&peer_rx.recv().await.unwrap()).unwrap();
+    let Frame::Snapshot { entities, .. } = f else {
+        panic!("expected a snapshot, got {f:?}")
+    };
+    assert_eq!(entities.len(), 6);
+    session.abort();
+}
+
+/// Bug (found by tests/sim.rs): a session that ended while its inbound was
+/// merging a peer's snapshot (the merge finishes in the writer anyway) did
+/// not tell the relay's other links, so an idle link never planned again
+/// and never passed on what the snapshot brought: the relays stopped short
+/// of convergence. The other links are told even when the caller is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_whose_caller_is_cancelled_still_replans_the_other_links() {
+    use outpost::model::NodeId;
+    let dir = tempfile::tempdir().unwrap();
+    let a = engine(dir.path());
+    let mut merges = a.watch_merges();
+    merges.borrow_and_update();
+    let mut commits = a.watch_commits();
+    commits.borrow_and_update();
+    let hold = a.hold_writer().await.unwrap();
+    let vv = [(NodeId(7), 3)].into();
+    // Queued behind the hold, then abandoned (the session ended).
+    let merge = a.merge_snapshot(vec![], Some(vv), 5);
+    assert!(tokio::time::timeout(Duration::from_millis(100), merge)
+        .await
+        .is_err());
+    drop(hold);
+    tokio::time::timeout(Duration::from_secs(5), merges.changed())
+        .await
+        .expect("the other links are told to plan again")
+        .unwrap();
+    assert_eq!(merges.borrow().1, 5, "by the link that merged");
+    // They may have planned before the merge committed: its commit report
+    // wakes them again (an idle session then sees the merge count moved).
+    tokio::time::timeout(Duration::from_secs(5), commits.changed())
+        .await
+        .expect("the merge's commit wakes the sessions")
+        .unwrap();
+    assert_eq!(a.version_vector().unwrap().get(&NodeId(7)), Some(&3));
+}

@@ -13,12 +13,19 @@
 //!   its relay and on every relay that carries its space;
 //! - no log holds one change twice;
 //! - no space passes a filter;
-//! - a sender's durable per-peer cursor never passes what the peer holds.
+//! - a sender's durable per-peer cursor never passes what the peer holds;
+//! - a relay's version vector never counts an acked write it should hold
+//!   while its state lacks it (checked after every step).
 //!
-//! Reproduce a failing seed: `SIM_SEED=<n> cargo test --test sim -- --ignored`.
-//! Run many: `SIM_SEEDS=100000 cargo test --test sim --release -- --ignored`
-//! (seeds 0..n; without it, a fixed few). What replays exactly is the script (every decision above);
-//! the interleaving of the concurrent session tasks on the tokio runtime is
+//! Without `SIM_SEEDS` it runs seeds 0..16, 120 steps each (about a minute
+//! on two busy cores); it is `#[ignore]` until the open finding below is
+//! fixed (pass `-- --ignored`). A failing seed prints itself;
+//! replay it alone with `SIM_SEED=<n> cargo test --test sim -- --ignored`, with
+//! `SIM_DEBUG=1` for the script and session log (`SIM_LOG` sets the tracing
+//! filter, e.g. `outpost=trace` for every frame). The long mode:
+//! `SIM_SEEDS=100000 SIM_STEPS=300 cargo test --release --test sim` (seeds
+//! 0..n). What replays exactly is the script (every decision above); the
+//! interleaving of the concurrent session tasks on the tokio runtime is
 //! not under the seed's control, so a failure that depends on a rare
 //! interleaving may need several runs of its seed. See docs/reliability.md.
 
@@ -259,22 +266,34 @@ impl Sim {
             ] {
                 let stop = self.stop.subscribe();
                 let guard = self.stats.open("sim", format!("link{k}"), true, 0);
-                l.tasks.push(tokio::spawn(async move {
-                    let (mut rx, mut tx) = (Rx(rx), Tx(tx));
-                    let Ok(g) = session::hello(&e, &mut rx, &mut tx).await else {
-                        return;
-                    };
-                    let opts = SessionOpts {
-                        cursor: format!("peer:{}", g.peer),
-                        spaces,
-                    };
-                    let r = session::run(e, g, rx, tx, opts, guard.stats.clone(), stop).await;
-                    if std::env::var("SIM_DEBUG").is_ok() {
-                        eprintln!("link {k}: session ended: {r:?}");
-                    }
-                }));
+                let span = tracing::debug_span!("link", k, node = %e.node_id());
+                l.tasks.push(tokio::spawn(tracing::Instrument::instrument(
+                    async move {
+                        let (mut rx, mut tx) = (Rx(rx), Tx(tx));
+                        let Ok(g) = session::hello(&e, &mut rx, &mut tx).await else {
+                            return;
+                        };
+                        let opts = SessionOpts {
+                            cursor: format!("peer:{}", g.peer),
+                            spaces,
+                        };
+                        let r = session::run(e, g, rx, tx, opts, guard.stats.clone(), stop).await;
+                        if std::env::var("SIM_DEBUG").is_ok() {
+                            eprintln!("link {k}: session ended: {r:?}");
+                        }
+                    },
+                    span,
+                )));
             }
         }
+    }
+
+    /// Record a script event (printed as it happens with `SIM_DEBUG`).
+    fn note(&mut self, what: String) {
+        if std::env::var("SIM_DEBUG").is_ok() {
+            eprintln!("sim: {what}");
+        }
+        self.log.push(what);
     }
 
     fn cut(&mut self, k: usize) {
@@ -285,12 +304,13 @@ impl Sim {
 
     async fn step(&mut self) {
         let n = self.relays.len();
+
         match self.rng.below(100) {
             0..=69 => self.write().await,
             70..=79 => {
                 let k = self.rng.below(self.links.len() as u64) as usize;
                 self.links[k].up = !self.links[k].up;
-                self.log.push(format!(
+                self.note(format!(
                     "link {k} ({}-{}) {}",
                     self.links[k].a,
                     self.links[k].b,
@@ -302,7 +322,7 @@ impl Sim {
             }
             80..=89 => {
                 let i = self.rng.below(n as u64) as usize;
-                self.log.push(format!("relay {i} restarts"));
+                self.note(format!("relay {i} restarts"));
                 self.restart(i).await;
             }
             _ => {
@@ -310,7 +330,7 @@ impl Sim {
                 if let Some(e) = self.relays[i].engine.clone() {
                     tokio::time::sleep(Duration::from_millis(2)).await;
                     let t = e.trim(Duration::ZERO).await.unwrap();
-                    self.log.push(format!("relay {i} trims {t}"));
+                    self.note(format!("relay {i} trims {t}"));
                 }
             }
         }
@@ -365,6 +385,12 @@ impl Sim {
         };
         let out = e.push(&space, "sim", None, vec![w]).await.expect("write");
         let o = &out[0];
+        if std::env::var("SIM_DEBUG").is_ok() {
+            eprintln!(
+                "sim: relay {i} writes {op:?} {space}/{id} seq {}",
+                o.origin_seq
+            );
+        }
         self.acked.push(Acked {
             relay: i,
             space,
@@ -432,6 +458,34 @@ impl Sim {
         Err(format!("no convergence in 20 s: {vvs:?}"))
     }
 
+    /// At any moment: a relay's version vector never counts an acked write
+    /// that it should hold (it carries the space, and so does the writer)
+    /// while its state lacks it. The vector is read before the states,
+    /// which only grow, so a write committed in between cannot fail this.
+    fn check_vv_backed(&self) -> Result<(), String> {
+        for (i, r) in self.relays.iter().enumerate() {
+            let Some(e) = &r.engine else { continue };
+            let vv = e.version_vector().unwrap();
+            for w in &self.acked {
+                let origin = self.relays[w.relay].node;
+                if i == w.relay
+                    || !r.carries(&w.space)
+                    || !self.relays[w.relay].carries(&w.space)
+                    || vv.get(&origin).copied().unwrap_or(0) < w.key.seq
+                {
+                    continue;
+                }
+                if !holds(e, w) {
+                    return Err(format!(
+                        "relay {i} counts {:?} {}/{} (origin relay {} seq {}) in its version vector {vv:?} but lacks it",
+                        w.op, w.space, w.id, w.relay, w.key.seq
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn check(&self) -> Result<(), String> {
         let es = self.engines();
         for space in SPACES {
@@ -448,10 +502,21 @@ impl Sim {
                 })
                 .collect();
             if let Some(w) = states.windows(2).position(|w| w[0] != w[1]) {
+                let (i, j) = (carriers[w], carriers[w + 1]);
+                let diff: Vec<String> = es[i]
+                    .entities(space, None, None, 100_000)
+                    .unwrap()
+                    .into_iter()
+                    .filter_map(|(_, id, e)| {
+                        let other = es[j].entity(space, "c", &id).unwrap();
+                        (other.as_ref().map(|o| &o.state) != Some(&e.state))
+                            .then(|| format!("{id}: {:?} vs {:?}", e.state, other.map(|o| o.state)))
+                    })
+                    .collect();
                 return Err(format!(
-                    "relays {} and {} carry {space} but differ",
-                    carriers[w],
-                    carriers[w + 1]
+                    "relays {i} and {j} carry {space} but differ: {diff:?}; vvs {:?} / {:?}",
+                    es[i].version_vector().unwrap(),
+                    es[j].version_vector().unwrap()
                 ));
             }
             // A relay that filters a space holds only its own writes there.
@@ -501,19 +566,7 @@ impl Sim {
                 vec![w.relay]
             };
             for i in holders {
-                let ent = es[i].entity(&w.space, "c", &w.id).unwrap().ok_or_else(|| {
-                    format!("relay {i} lacks {}/{} acked at {}", w.space, w.id, w.relay)
-                })?;
-                let s = &ent.state;
-                let ok = if w.op == Op::Delete {
-                    s.tomb.is_some_and(|t| t >= w.key)
-                } else {
-                    w.fields.iter().all(|f| {
-                        let cell = s.fields.get(f).map(|c| c.key);
-                        cell.is_some_and(|k| k >= w.key) || s.reset.is_some_and(|r| r > w.key)
-                    })
-                };
-                if !ok {
+                if !holds(&es[i], w) {
                     return Err(format!(
                         "relay {i}: acked {:?} of {}/{} from relay {} lost",
                         w.op, w.space, w.id, w.relay
@@ -564,15 +617,39 @@ impl Sim {
     }
 }
 
+/// The relay's state holds the acked write `w` or something newer.
+fn holds(e: &Engine, w: &Acked) -> bool {
+    let Some(ent) = e.entity(&w.space, "c", &w.id).unwrap() else {
+        return false;
+    };
+    let s = &ent.state;
+    if w.op == Op::Delete {
+        s.tomb.is_some_and(|t| t >= w.key)
+    } else {
+        w.fields.iter().all(|f| {
+            let cell = s.fields.get(f).map(|c| c.key);
+            cell.is_some_and(|k| k >= w.key) || s.reset.is_some_and(|r| r > w.key)
+        })
+    }
+}
+
 async fn run_seed(seed: u64, steps: usize) -> Result<(), String> {
     let mut sim = Sim::new(seed);
     sim.dial();
+    let mut result = Ok(());
     for _ in 0..steps {
         sim.step().await;
+        result = sim.check_vv_backed();
+        if result.is_err() {
+            break;
+        }
     }
-    let result = match sim.converge().await {
-        Ok(()) => sim.check(),
+    let result = match result {
         Err(e) => Err(e),
+        Ok(()) => match sim.converge().await {
+            Ok(()) => sim.check_vv_backed().and_then(|()| sim.check()),
+            Err(e) => Err(e),
+        },
     };
     let result = result.map_err(|e| {
         let filters: Vec<_> = sim
@@ -582,7 +659,7 @@ async fn run_seed(seed: u64, steps: usize) -> Result<(), String> {
             .collect();
         let links: Vec<_> = sim.links.iter().map(|l| (l.a, l.b)).collect();
         format!(
-            "seed {seed}: {e}\n  relays {} links {links:?} filters {filters:?}\n  last events: {:?}\n  replay: SIM_SEED={seed} cargo test --test sim",
+            "seed {seed}: {e}\n  relays {} links {links:?} filters {filters:?}\n  last events: {:?}\n  replay: SIM_SEED={seed} SIM_STEPS={steps} cargo test --test sim -- --ignored (SIM_DEBUG=1 for a trace)",
             sim.relays.len(),
             sim.log.iter().rev().take(12).collect::<Vec<_>>()
         )
@@ -595,20 +672,26 @@ fn seeds() -> Vec<u64> {
     if let Ok(s) = std::env::var("SIM_SEED") {
         return vec![s.parse().expect("SIM_SEED is a number")];
     }
-    match std::env::var("SIM_SEEDS") {
-        Ok(n) => (0..n.parse().expect("SIM_SEEDS is a number")).collect(),
-        // CI's fixed set. Seeds 2, 3 and 8 are left out: they find open
-        // bugs (docs/reliability.md, "Known open findings").
-        Err(_) => vec![0, 1, 4, 5, 6, 7, 9, 10, 11],
-    }
+    let n = std::env::var("SIM_SEEDS")
+        .map(|n| n.parse().expect("SIM_SEEDS is a number"))
+        .unwrap_or(16);
+    (0..n).collect()
 }
 
-// Not in CI yet: with space filters, restarts and trims it still finds
-// divergence and convergence failures on some interleavings (open bugs,
-// docs/reliability.md). Run: `cargo test --test sim -- --ignored`.
-#[ignore = "finds open bugs (docs/reliability.md); run with --ignored"]
+// Not in CI yet: one interleaving still fails rarely (about 1 in 200
+// seed runs, seen with seed 7 under load): a session's own snapshot merge
+// in flight can mask a merge from another link, so the session vouches for
+// the other merge's range (docs/reliability.md, "Known open findings").
+// Run: `cargo test --test sim -- --ignored`.
+#[ignore = "a rare open finding (docs/reliability.md); run with --ignored"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sim_relays_converge_and_keep_every_acked_write() {
+    if std::env::var("SIM_DEBUG").is_ok() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(std::env::var("SIM_LOG").unwrap_or("outpost=debug".into()))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let steps: usize = std::env::var("SIM_STEPS")
         .ok()
         .map(|s| s.parse().expect("SIM_STEPS is a number"))

@@ -1,7 +1,8 @@
 //! The floor: the least a WebSocket broadcast can cost on this machine.
 //! Every text frame from a writer (`/pub`) is answered with a tiny ack and
 //! forwarded verbatim to every subscriber (`/sub`): no parsing, no storage,
-//! one shared buffer per frame. It runs as its own child process (hidden
+//! one shared buffer per frame, and the frames already waiting for a
+//! subscriber written with one flush. It runs as its own child process (hidden
 //! `outpost bench-floor`) with the same runtime setup as the relay, so the
 //! relay and the floor meet the same load on the same footing.
 
@@ -10,8 +11,12 @@ use axum::extract::State;
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
+use futures_util::SinkExt;
 use std::io::Write;
 use tokio::sync::broadcast;
+
+/// Frames written per flush at most (as the relay's native dialect).
+const BATCH: usize = 64;
 
 /// Serve the floor on `listen` until killed; prints
 /// `floor listening on ADDR` once bound. `capacity`: frames a subscriber may
@@ -71,7 +76,22 @@ async fn subscriber(
             tokio::select! {
                 r = rx.recv() => match r {
                     Ok(frame) => {
-                        if socket.send(Message::Text(frame)).await.is_err() {
+                        // Write what is already there with one flush (one
+                        // syscall), as a broadcaster that cares would.
+                        let mut next = Some(frame);
+                        let mut fed = 0;
+                        let mut gone = false;
+                        while let Some(f) = next.take() {
+                            if socket.feed(Message::Text(f)).await.is_err() {
+                                gone = true;
+                                break;
+                            }
+                            fed += 1;
+                            if fed < BATCH {
+                                next = rx.try_recv().ok();
+                            }
+                        }
+                        if gone || socket.flush().await.is_err() {
                             break;
                         }
                     }

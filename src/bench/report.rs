@@ -51,6 +51,24 @@ pub fn budget(results: &Value, fsync: &Latency) -> Value {
             false
         ),
         item(
+            "fan-out relay CPU per delivery ≤ 2 × floor (#16)",
+            fan["ratio"]["cpu_us_per_delivery"].as_f64(),
+            2.0,
+            false
+        ),
+        item(
+            "disk bytes written per ~256 B change ≤ 1 KB (#16)",
+            fan["relay_usage"]["written_bytes_per_change"].as_f64(),
+            1024.0,
+            false
+        ),
+        item(
+            "bytes written by the idle relay = 0 (#16)",
+            fan["relay_usage"]["idle_written_bytes"].as_f64(),
+            0.0,
+            false
+        ),
+        item(
             "RSS at rest (KiB) ≤ 15 MB",
             idle["rss_rest_kib"].as_f64(),
             15.0 * 1024.0,
@@ -69,6 +87,13 @@ fn f(v: &Value) -> String {
     match v.as_f64() {
         Some(x) if x.abs() >= 100.0 => format!("{x:.0}"),
         Some(x) => format!("{x:.2}"),
+        None => "-".into(),
+    }
+}
+
+fn f3(v: &Value) -> String {
+    match v.as_f64() {
+        Some(x) => format!("{x:.3}"),
         None => "-".into(),
     }
 }
@@ -166,6 +191,19 @@ pub fn table(doc: &Value) -> String {
             "",
             f(&r["e2e_p99"])
         );
+        let (u, fu) = (&v["relay_usage"], &v["floor_usage"]);
+        if !u.is_null() {
+            let _ = writeln!(
+                out,
+                "  CPU per delivery: relay {} µs, floor {} µs (ratio {}); relay disk writes {} B per change ({} B in all), {} B while idle for 3 s after",
+                f3(&u["cpu_us_per_delivery"]),
+                f3(&fu["cpu_us_per_delivery"]),
+                f(&r["cpu_us_per_delivery"]),
+                f(&u["written_bytes_per_change"]),
+                u["written_bytes"],
+                u["idle_written_bytes"],
+            );
+        }
         let rss = &v["relay_rss_kib"];
         let _ = writeln!(
             out,
@@ -214,7 +252,7 @@ pub fn table(doc: &Value) -> String {
             }
         }
     }
-    let _ = writeln!(out, "\nbudget (issue 7):");
+    let _ = writeln!(out, "\nbudget (issues 7 and 16):");
     for b in doc["budget"].as_array().into_iter().flatten() {
         let met = match b["met"].as_bool() {
             Some(true) => "met",

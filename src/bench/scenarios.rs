@@ -3,7 +3,7 @@
 
 use super::floor;
 use super::load::{self, Load, LoadResult, Proto, Target};
-use super::procs::{ChildProc, TempDir};
+use super::procs::{ChildProc, TempDir, Usage};
 use super::relay::{MeshOpts, Owned, Relay};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
@@ -30,10 +30,11 @@ pub struct Params {
     pub quiet: Duration,
 }
 
-/// A space name no earlier run on the same relay used.
+/// A space name no earlier run on the same relay used, nor a concurrent
+/// bench process (scripts/bench-tier.sh runs three at once).
 fn fresh_space(tag: &str) -> String {
     let ms = crate::engine::now_ms();
-    format!("bench-{tag}-{ms}")
+    format!("bench-{tag}-{ms}-{}", std::process::id())
 }
 
 /// The relay under test: the one at `--url`, or a fresh child.
@@ -73,23 +74,60 @@ pub async fn fanout(p: &Params, tag: &str, writers: usize) -> Result<Value> {
             .sub_url
             .map_or_else(|| relay.ws_url(), |a| format!("ws://{a}/ws")),
     };
+    let before = Usage::of(relay.pid);
     let r = load::run(&target, load).await.context("relay run")?;
+    let used = before.zip(Usage::of(relay.pid)).map(|(a, b)| a.until(b));
     let (rss_kib, hwm_kib) = (relay.rss_kib(), relay.hwm_kib());
+    let idle_written = idle_writes(relay.pid).await;
     drop(owned);
-    let f = run_floor(p, tag, load).await.context("floor run")?;
+    let (f, floor_used) = run_floor(p, tag, load).await.context("floor run")?;
+    let relay_cpu = used.map(|u| per(u.cpu_us, r.deliveries));
+    let floor_cpu = floor_used.map(|u| per(u.cpu_us, f.deliveries));
     Ok(json!({
         "relay": r,
         "relay_rss_kib": {"before": rest_kib, "after": rss_kib, "peak": hwm_kib},
+        "relay_usage": used.map(|u| json!({
+            "cpu_us": u.cpu_us,
+            "cpu_us_per_delivery": relay_cpu,
+            "written_bytes": u.written,
+            "written_bytes_per_change": per(u.written, r.acked),
+            "idle_written_bytes": idle_written,
+        })),
         "floor": f,
+        "floor_usage": floor_used.map(|u| json!({
+            "cpu_us": u.cpu_us,
+            "cpu_us_per_delivery": floor_cpu,
+        })),
         "ratio": {
             "deliveries_per_s": ratio(r.deliveries_per_s, f.deliveries_per_s),
             "acked_writes_per_s": ratio(r.acked_writes_per_s, f.acked_writes_per_s),
             "e2e_p99": ratio(r.e2e.p99_us as f64, f.e2e.p99_us as f64),
+            "cpu_us_per_delivery": relay_cpu.zip(floor_cpu).and_then(|(a, b)| ratio(a, b)),
         },
     }))
 }
 
-async fn run_floor(p: &Params, tag: &str, load: Load) -> Result<LoadResult> {
+fn per(total: u64, n: u64) -> f64 {
+    total as f64 / n.max(1) as f64
+}
+
+/// How long the relay is left alone after a run before its idle writes
+/// are counted: background flushes of the run (relaxed durability's 1 s
+/// flush, a log checkpoint) are allowed to finish first.
+const SETTLE: Duration = Duration::from_secs(2);
+/// How long an idle relay is watched for disk writes.
+const IDLE_WATCH: Duration = Duration::from_secs(3);
+
+/// Bytes the relay wrote while idle (its clients connected or gone, no
+/// writes): an idle relay should write nothing (SD-card wear).
+async fn idle_writes(pid: Option<u32>) -> Option<u64> {
+    tokio::time::sleep(SETTLE).await;
+    let a = Usage::of(pid)?;
+    tokio::time::sleep(IDLE_WATCH).await;
+    Some(a.until(Usage::of(pid)?).written)
+}
+
+async fn run_floor(p: &Params, tag: &str, load: Load) -> Result<(LoadResult, Option<Usage>)> {
     let dir = TempDir::new(&p.root, &format!("floor-{tag}"))?;
     let args = vec![
         "bench-floor".to_string(),
@@ -109,9 +147,13 @@ async fn run_floor(p: &Params, tag: &str, load: Load) -> Result<LoadResult> {
         write_url: format!("ws://{}/pub", child.addr),
         sub_url: format!("ws://{}/sub", child.addr),
     };
-    let r = load::run(&target, load).await;
+    let before = Usage::of(Some(child.pid()));
+    let r = load::run(&target, load).await?;
+    let used = before
+        .zip(Usage::of(Some(child.pid())))
+        .map(|(a, b)| a.until(b));
     drop(child);
-    r
+    Ok((r, used))
 }
 
 /// The floor server itself (`outpost bench-floor`).

@@ -11,9 +11,10 @@
 //! sees too. A property whose value is `null` is not stored (the model reads
 //! `null` as "field removed"), so it reads back absent.
 
+use crate::engine::Committed;
 use crate::engine::Engine;
 use crate::model::Op;
-use crate::store::{Committed, EntityView, LocalWrite};
+use crate::store::{EntityView, LocalWrite};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
@@ -498,7 +499,7 @@ mod tests {
             counter: 0,
             node: NodeId(1),
         };
-        Committed {
+        crate::engine::Committed::new(crate::store::Committed {
             seq: 1,
             entry: LogEntry {
                 change: Change {
@@ -522,8 +523,7 @@ mod tests {
                 fields: f.as_object().cloned().unwrap_or_default(),
             }),
             source: None,
-            rendered: Default::default(),
-        }
+        })
     }
 
     #[test]

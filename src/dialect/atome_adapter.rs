@@ -10,15 +10,14 @@
 
 use super::atome::{self, AtomeWrite};
 use super::atome_sync::{caller, ok, Caller, Need, RestError, RestResult};
+use crate::dialect::Ctx;
 use crate::engine::now_ms;
-use crate::server::AppState;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
-use std::sync::Arc;
 
 /// `GET /api/server-info`: the adapter's availability probe.
 pub async fn server_info() -> Json<Value> {
@@ -28,10 +27,9 @@ pub async fn server_info() -> Json<Value> {
 /// Apply `alteration` to an existing atome (404 if there is none) and
 /// return the atome before and after.
 async fn alter(c: &Caller, id: &str, alteration: Map<String, Value>) -> Result<Value, RestError> {
-    if c.current(id)?.is_none() {
-        return Err(RestError::not_found(id));
-    }
-    c.write(AtomeWrite::Alter {
+    // Checked by the writer, so an alter racing a delete cannot bring the
+    // atome back (see `Caller::write_existing`).
+    c.write_existing(AtomeWrite::Alter {
         id: id.to_string(),
         alteration: Value::Object(alteration),
     })
@@ -50,7 +48,7 @@ fn object(v: Value, what: &str) -> Result<Map<String, Value>, RestError> {
 /// those properties (`null` removes one), keep the others, as the real
 /// server's update does.
 pub async fn update(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Ctx>,
     Path(id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
@@ -108,7 +106,7 @@ fn alterations(body: Map<String, Value>) -> Result<Vec<(String, Value, String)>,
 
 /// `POST /api/atome/{id}/alter`: set each listed property.
 pub async fn alter_route(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Ctx>,
     Path(id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
@@ -140,7 +138,7 @@ pub async fn alter_route(
 
 /// `POST /api/atome/{id}/rename` `{newName}` (or `new_name`): set `name`.
 pub async fn rename(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Ctx>,
     Path(id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,

@@ -9,14 +9,15 @@
 //! any other dialect (or a peer) arrive the same way.
 
 use super::atome::{self, bad, AtomeChange, AtomeEvent, AtomeWrite, Bad};
-use super::session::{self, Handled, Protocol, Refusal};
-use super::{ConnCtx, SLOT_ATOME};
+use super::SLOT_ATOME;
+use super::{Dialect, Follow, Handled, Opening, Refusal, Refused, Since};
 use crate::auth::Grant;
-use crate::engine::{json_bytes, now_ms, Engine, EngineError, Event, Filter, PAGE_BYTES};
-use crate::server::AppState;
-use crate::store::{Cap, Committed, StoredEntity};
+use crate::dialect::Ctx;
+use crate::engine::Committed;
+use crate::engine::{json_bytes, now_ms, Engine, EngineError, Filter, PAGE_BYTES};
+use crate::store::{Cap, Expect, StoreError, StoredEntity};
 use axum::body::Bytes;
-use axum::extract::ws::{Utf8Bytes, WebSocketUpgrade};
+use axum::extract::ws::Utf8Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -26,41 +27,33 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-pub async fn upgrade(
-    State(state): State<Arc<AppState>>,
-    Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-    ws: WebSocketUpgrade,
-) -> Response {
-    let (grant, space) = match admit(&state, &headers, &query) {
-        Ok(x) => x,
-        Err(refusal) => return refusal.into_response(),
-    };
+/// The handshake of `GET /ws/atome-sync?space=NAME` (see [`admit`]).
+pub fn accept(
+    state: &Ctx,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Result<Opening<AtomeProto>, Refused> {
+    let (grant, space) = admit(state, headers, query)?;
     // The seed's client may name itself; otherwise the relay names it.
     let client_id = query
         .get("clientId")
         .filter(|c| !c.is_empty() && c.len() <= 256)
         .cloned()
         .unwrap_or_else(|| format!("client_{}", atome::random_id()));
-    super::limit(ws, &state).on_upgrade(move |socket| async move {
-        let ctx = ConnCtx::new(state.clone(), "/ws/atome-sync");
+    let state = state.clone();
+    Ok(Opening::new("/ws/atome-sync", move |conn| {
         let deadline = (grant.scope.is_none()).then(|| tokio::time::Instant::now() + AUTH_TIMEOUT);
-        let proto = AtomeProto {
+        AtomeProto {
             order: Default::default(),
             engine: state.engine.clone(),
             auth: state.auth.clone(),
-            space: space.clone(),
+            space,
             grant,
-            conn: ctx.id,
+            conn: conn.id,
             client_id,
             deadline,
-        };
-        let filter = Filter {
-            collections: Some([atome::COLLECTION.to_string()].into()),
-            events: false,
-        };
-        session::run(socket, ctx, space, filter, proto).await
-    })
+        }
+    }))
 }
 
 /// How long a connection admitted without a token (in-band auth expected)
@@ -74,14 +67,14 @@ pub const AUTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10)
 /// and `ping` until its token is accepted (or [`AUTH_TIMEOUT`] passes).
 /// A token given at the handshake is checked there as on every endpoint.
 fn admit(
-    state: &AppState,
+    state: &Ctx,
     headers: &HeaderMap,
     query: &HashMap<String, String>,
 ) -> Result<(Grant, String), (StatusCode, String)> {
     let in_band = super::token_from(headers, query).is_none()
         && state.auth.anonymous() == crate::config::Anonymous::None;
     if !in_band {
-        return session::admit_space(state, headers, query);
+        return super::admit_space(state, headers, query);
     }
     if state.engine.metrics.connections.load(Relaxed) as usize >= state.settings.max_connections {
         return Err((
@@ -237,7 +230,7 @@ pub fn snapshot_frame(id: &str, e: &StoredEntity, now: u64) -> String {
 
 // ---- the socket connection ---------------------------------------------------
 
-struct AtomeProto {
+pub struct AtomeProto {
     /// Pushes reach the writer in the order their frames were read.
     order: crate::engine::WriteOrder,
     engine: Arc<Engine>,
@@ -290,9 +283,27 @@ impl AtomeProto {
     }
 }
 
-impl Protocol for AtomeProto {
-    fn greeting(&mut self) -> Option<String> {
-        Some(welcome_frame(&self.client_id, now_ms()))
+impl Dialect for AtomeProto {
+    /// The welcome, then the space's atomes (no ephemeral events).
+    fn open(&mut self) -> Handled {
+        Handled {
+            now: vec![welcome_frame(&self.client_id, now_ms())],
+            follow: vec![Follow {
+                key: 0,
+                space: self.space.clone(),
+                filter: Filter {
+                    collections: Some([atome::COLLECTION.to_string()].into()),
+                    events: false,
+                },
+                since: Since::Now,
+            }],
+            ..Handled::default()
+        }
+    }
+
+    /// A client never gets its own writes back.
+    fn echo(&self) -> bool {
+        false
     }
 
     fn deadline(&self) -> Option<tokio::time::Instant> {
@@ -360,22 +371,26 @@ impl Protocol for AtomeProto {
         self.error(INVALID, &why.message(), &Value::Null)
     }
 
-    fn change(&mut self, c: &Committed) -> Option<Utf8Bytes> {
+    fn change(&mut self, _: u64, c: &Committed, out: &mut Vec<Utf8Bytes>) {
         if c.entry.change.collection != atome::COLLECTION || !self.grant.can_read(&self.space) {
-            return None;
+            return;
         }
-        Some(c.rendered.get_or(SLOT_ATOME, || {
+        out.push(c.rendered.get_or(SLOT_ATOME, || {
             change_frame(&atome::describe_committed(&self.engine, c))
         }))
     }
 
-    fn snapshot(&mut self, collection: &str, id: &str, e: &StoredEntity) -> Option<Utf8Bytes> {
-        (collection == atome::COLLECTION && self.grant.can_read(&self.space))
-            .then(|| snapshot_frame(id, e, now_ms()).into())
-    }
-
-    fn event(&mut self, _: &Event) -> Option<Utf8Bytes> {
-        None // seed 001 carries atomes only (the subscription asks for no events)
+    fn snapshot(
+        &mut self,
+        _: u64,
+        collection: &str,
+        id: &str,
+        e: &StoredEntity,
+        out: &mut Vec<Utf8Bytes>,
+    ) {
+        if collection == atome::COLLECTION && self.grant.can_read(&self.space) {
+            out.push(snapshot_frame(id, e, now_ms()).into());
+        }
     }
 }
 
@@ -432,7 +447,7 @@ pub(super) type RestResult = Result<Response, RestError>;
 
 /// What a REST request may do, in which space, as whom.
 pub(super) struct Caller {
-    state: Arc<AppState>,
+    state: Ctx,
     space: String,
     actor: String,
 }
@@ -447,7 +462,7 @@ pub(super) enum Need {
 /// `?token=`): no valid token is 401; a token without the scope the method
 /// needs (read for GET, write otherwise) is 403.
 pub(super) fn caller(
-    state: Arc<AppState>,
+    state: Ctx,
     headers: &HeaderMap,
     query: &HashMap<String, String>,
     need: Need,
@@ -520,13 +535,44 @@ impl Caller {
         let write = w
             .to_local()
             .map_err(|e| RestError::invalid(e.to_string()))?;
-        let mut outs = self
+        let outs = self
             .engine()
             .push(&self.space, &self.actor, None, vec![write])
             .await?;
-        outs.pop()
-            .ok_or_else(|| RestError::new(StatusCode::INTERNAL_SERVER_ERROR, FAILED, "no outcome"))
+        one(outs)
     }
+
+    /// A write to an atome that must exist (update, alter, delete): 404 if
+    /// it does not. The writer checks it (`Expect::Exists`) inside the
+    /// transaction that applies the write, so a write racing a delete
+    /// cannot bring the atome back (a check before queueing the write
+    /// could pass while the delete is queued ahead of it).
+    pub(super) async fn write_existing(
+        &self,
+        w: AtomeWrite,
+    ) -> Result<crate::store::Outcome, RestError> {
+        let id = w.id();
+        let mut write = w
+            .to_local()
+            .map_err(|e| RestError::invalid(e.to_string()))?;
+        write.expect = Some(Expect::Exists);
+        match self
+            .engine()
+            .push(&self.space, &self.actor, None, vec![write])
+            .await
+        {
+            Err(EngineError::Store(StoreError::PreconditionFailed { .. })) => {
+                Err(RestError::not_found(&id))
+            }
+            Err(e) => Err(e.into()),
+            Ok(outs) => one(outs),
+        }
+    }
+}
+
+fn one(mut outs: Vec<crate::store::Outcome>) -> Result<crate::store::Outcome, RestError> {
+    outs.pop()
+        .ok_or_else(|| RestError::new(StatusCode::INTERNAL_SERVER_ERROR, FAILED, "no outcome"))
 }
 
 /// The body of a write: the object itself, or `{"<key>": {...}}` with that
@@ -547,7 +593,7 @@ pub(super) fn ok(status: StatusCode, body: Value) -> Response {
 /// `POST /api/atome/create`: store an atome (an id is generated when it has
 /// none); 201 when it is new, 200 when it replaced an existing one.
 pub async fn create(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Ctx>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Bytes,
@@ -577,7 +623,7 @@ pub async fn create(
 
 /// `GET /api/atome/{id}`.
 pub async fn get_one(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Ctx>,
     Path(id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
@@ -605,7 +651,7 @@ const LIST_BYTES: usize = 4 << 20;
 /// given. A page that stopped at `limit` or at [`LIST_BYTES`] carries
 /// `next`: pass it as `after` for the next page.
 pub async fn list(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Ctx>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> RestResult {
@@ -672,7 +718,7 @@ pub async fn list(
 /// `PATCH /api/atome/{id}`: merge the body (the alteration) into the atome;
 /// a `null` property removes it. Broadcast as `atome:altered`.
 pub async fn patch(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Ctx>,
     Path(id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
@@ -681,11 +727,8 @@ pub async fn patch(
     let c = caller(state, &headers, &query, Need::Write)?;
     let alteration = unwrap_single(c.body(&body)?, "alteration");
     // REST semantics: altering an atome that does not exist is 404, not an
-    // implicit create.
-    if c.current(&id)?.is_none() {
-        return Err(RestError::not_found(&id));
-    }
-    c.write(AtomeWrite::Alter {
+    // implicit create (checked by the writer, see `write_existing`).
+    c.write_existing(AtomeWrite::Alter {
         id: id.clone(),
         alteration,
     })
@@ -699,16 +742,14 @@ pub async fn patch(
 
 /// `DELETE /api/atome/{id}`. Broadcast as `atome:deleted`.
 pub async fn delete(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Ctx>,
     Path(id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> RestResult {
     let c = caller(state, &headers, &query, Need::Write)?;
-    if c.current(&id)?.is_none() {
-        return Err(RestError::not_found(&id));
-    }
-    c.write(AtomeWrite::Delete { id: id.clone() }).await?;
+    c.write_existing(AtomeWrite::Delete { id: id.clone() })
+        .await?;
     let data = json!({"id": id, "deleted_at": atome::iso_ms(crate::engine::now_ms())});
     Ok(ok(
         StatusCode::OK,

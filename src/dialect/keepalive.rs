@@ -8,7 +8,7 @@
 //! The deadline lives here, not in the read future, so a read cancelled by
 //! another `select!` branch (a delivery, a commit) loses nothing.
 
-use super::{next_message, AppState};
+use super::{next_message, Ctx};
 use crate::net::stats::NetStats;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use std::sync::atomic::Ordering::Relaxed;
@@ -25,7 +25,7 @@ pub struct Keepalive {
 }
 
 impl Keepalive {
-    pub fn new(state: &AppState) -> Keepalive {
+    pub fn new(state: &Ctx) -> Keepalive {
         Keepalive {
             idle: state.settings.idle_timeout,
             stats: state.net.clone(),

@@ -13,10 +13,11 @@ pub mod webhook;
 
 use super::{admit, limit, ConnCtx, SLOT_KV};
 use crate::auth::Grant;
+use crate::dialect::Ctx;
+use crate::engine::Committed;
 use crate::engine::{CatchUp, Delivery, EngineError, Filter, PAGE_BYTES};
 use crate::model::{Op, Stamp};
-use crate::server::AppState;
-use crate::store::{Cap, Committed, LocalWrite, LogEntry, Page, StoredEntity};
+use crate::store::{Cap, LocalWrite, LogEntry, Page, StoredEntity};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -298,7 +299,7 @@ pub fn history_item(seq: u64, e: &LogEntry) -> Value {
 // ---- the sync socket ----------------------------------------------------------
 
 pub async fn upgrade(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Ctx>,
     Path(workspace): Path<String>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
@@ -339,7 +340,7 @@ struct Conn {
 
 use crate::dialect::send_text as send;
 
-async fn run(mut socket: WebSocket, state: Arc<AppState>, grant: Grant, space: String) {
+async fn run(mut socket: WebSocket, state: Ctx, grant: Grant, space: String) {
     let mut shutdown = state.shutdown.clone();
     let mut conn = Conn {
         ctx: ConnCtx::new(state.clone(), "/v1/sync"),
@@ -663,7 +664,7 @@ pub fn history_params(q: &HashMap<String, String>) -> Result<(u64, usize), Strin
 }
 
 pub async fn history(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Ctx>,
     Path(workspace): Path<String>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
@@ -888,18 +889,19 @@ mod tests {
         let newer = change("k", json!("new"), 50, 1, 1);
         let late = change("k", json!("old"), 10, 2, 1);
         let state = entity(&[newer.clone(), late.clone()]);
-        let committed = |c: &Change| Committed {
-            seq: 5,
-            after: Some(state.view()),
-            entry: LogEntry {
-                change: c.clone(),
-                at_ms: 0,
-                version: 2,
-                created: false,
-                type_version: 0,
-            },
-            source: None,
-            rendered: Default::default(),
+        let committed = |c: &Change| {
+            crate::engine::Committed::new(crate::store::Committed {
+                seq: 5,
+                after: Some(state.view()),
+                entry: LogEntry {
+                    change: c.clone(),
+                    at_ms: 0,
+                    version: 2,
+                    created: false,
+                    type_version: 0,
+                },
+                source: None,
+            })
         };
         // The winner renders from itself (no lookup needed).
         let f = render_change(&committed(&newer), || panic!("no lookup for a winner"));

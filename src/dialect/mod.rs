@@ -10,13 +10,14 @@ pub mod gzip;
 pub mod keepalive;
 pub mod kv;
 pub mod native;
-pub mod session;
+pub mod protocol;
 pub mod sync;
 pub mod unified;
 
+pub use protocol::{Dialect, Follow, Handled, Lag, Opening, Pending, Refusal, Refused, Since};
+
 use crate::auth::Grant;
 use crate::engine::{ConnLink, ConnSignal, EngineError, Outbox};
-use crate::server::AppState;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode};
 use std::collections::HashMap;
@@ -38,26 +39,77 @@ pub const SLOT_KV: usize = 4;
 pub const SLOT_UNIFIED_CHANGE: usize = 6;
 pub const SLOT_UNIFIED_FIELDS: usize = 7;
 
-/// Seconds since the epoch, for token expiry.
-pub fn now_s() -> u64 {
-    crate::engine::now_ms() / 1000
+pub use crate::auth::{now_s, token_from};
+
+/// What handlers and connections get from the relay, and nothing more:
+/// the engine, auth, the connection settings and the shutdown signal.
+/// Cheap to clone (one shared allocation); the app builds it once.
+#[derive(Clone)]
+pub struct Ctx(Arc<Shared>);
+
+pub struct Shared {
+    pub engine: Arc<crate::engine::Engine>,
+    pub auth: crate::auth::Auth,
+    pub settings: ConnSettings,
+    /// Flips to true when shutdown starts.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Shutdown waits for every connection actor to finish.
+    pub conns: crate::net::ConnTracker,
+    /// Counters of the connection layer (idle timeouts).
+    pub net: Arc<crate::net::stats::NetStats>,
+    /// Starts a round with the upstream hub now, when there is one
+    /// (seed 000's `sync_request`).
+    pub upstream: Option<Wake>,
 }
 
-/// The token from `Authorization: Bearer …` or `?token=`.
-pub fn token_from(headers: &HeaderMap, query: &HashMap<String, String>) -> Option<String> {
-    headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| t.trim().to_string())
-        .or_else(|| query.get("token").cloned())
+/// A nudge to a task elsewhere in the relay.
+pub type Wake = Arc<dyn Fn() + Send + Sync>;
+
+/// The `[server]` (and `[forms]`) settings connections use.
+pub struct ConnSettings {
+    pub max_frame_bytes: usize,
+    pub max_inflight: usize,
+    pub max_subscriptions: usize,
+    pub max_connections: usize,
+    pub queue_depth: usize,
+    pub max_queue_bytes: usize,
+    pub idle_timeout: std::time::Duration,
+    pub forms: Arc<crate::schema::SchemaSet>,
+}
+
+impl ConnSettings {
+    pub fn of(s: &crate::config::Settings) -> ConnSettings {
+        ConnSettings {
+            max_frame_bytes: s.max_frame_bytes,
+            max_inflight: s.max_inflight,
+            max_subscriptions: s.max_subscriptions,
+            max_connections: s.max_connections,
+            queue_depth: s.queue_depth,
+            max_queue_bytes: s.max_queue_bytes,
+            idle_timeout: s.idle_timeout,
+            forms: s.forms.clone(),
+        }
+    }
+}
+
+impl Ctx {
+    pub fn new(shared: Shared) -> Ctx {
+        Ctx(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for Ctx {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 /// Admission at the handshake: a bad or missing token gets HTTP 401 before
 /// any upgrade. (The connection limits were applied when the TCP connection
 /// was accepted, see `crate::net`.)
 pub fn admit(
-    state: &AppState,
+    state: &Ctx,
     headers: &HeaderMap,
     query: &HashMap<String, String>,
 ) -> Result<Grant, (StatusCode, String)> {
@@ -69,6 +121,31 @@ pub fn admit(
     })
 }
 
+/// Handshake checks of a one-space dialect: admission (401/503), then the
+/// space from `?space=` (default `default`): a bad name is 400, a token
+/// without read access to it 403. Refusals happen before any upgrade.
+pub fn admit_space(
+    state: &crate::dialect::Ctx,
+    headers: &axum::http::HeaderMap,
+    query: &std::collections::HashMap<String, String>,
+) -> Result<(crate::auth::Grant, String), (axum::http::StatusCode, String)> {
+    use axum::http::StatusCode;
+    let grant = admit(state, headers, query)?;
+    let space = query
+        .get("space")
+        .cloned()
+        .unwrap_or_else(|| "default".into());
+    crate::engine::validate_name("space", &space)
+        .map_err(|e| (StatusCode::BAD_REQUEST, format!("{e}\n")))?;
+    if !grant.can_read(&space) {
+        return Err((
+            StatusCode::FORBIDDEN,
+            format!("forbidden: no read access to space {space:?}\n"),
+        ));
+    }
+    Ok((grant, space))
+}
+
 /// Socket limits. Messages up to `max_frame_bytes` are served; larger ones,
 /// up to four times that, are read and answered with error 413 so the
 /// connection survives; beyond that the socket is closed (1009).
@@ -77,7 +154,7 @@ pub fn admit(
 /// is allocated and zero-filled per connection up front, which made each
 /// idle connection cost about 140 KiB of RSS (docs/performance.md). Larger
 /// messages still fit: the buffer grows for a frame that needs it.
-pub fn limit(ws: WebSocketUpgrade, state: &AppState) -> WebSocketUpgrade {
+pub fn limit(ws: WebSocketUpgrade, state: &Ctx) -> WebSocketUpgrade {
     let hard = state.settings.max_frame_bytes.saturating_mul(4);
     ws.max_message_size(hard)
         .max_frame_size(hard)
@@ -110,7 +187,7 @@ pub async fn close_going_away(socket: &mut WebSocket) {
 
 /// The message a socket read produced, or None when the connection is
 /// over. A read error the client can be told about gets its close frame
-/// first (see [`close_for_error`]); other read errors (reset, protocol
+/// first (see `net::ws::close_for_error`); other read errors (reset, protocol
 /// violation) leave nothing to say.
 pub async fn next_message(
     socket: &mut WebSocket,
@@ -120,7 +197,7 @@ pub async fn next_message(
         Ok(m) => return Some(m),
         Err(e) => e,
     };
-    if let Some((code, reason)) = close_for_error(&err) {
+    if let Some((code, reason)) = crate::net::ws::close_for_error(&err) {
         let _ = socket
             .send(Message::Close(Some(CloseFrame {
                 code,
@@ -131,29 +208,10 @@ pub async fn next_message(
     None
 }
 
-/// The close frame RFC 6455 asks for after a read error: 1007 for a text
-/// message that is not UTF-8, 1009 for a message beyond the hard size limit.
-/// Looks through the error's sources for tungstenite's error, so it serves
-/// axum's socket and the tungstenite client alike.
-pub fn close_for_error(err: &(dyn std::error::Error + 'static)) -> Option<(u16, &'static str)> {
-    let mut e = Some(err);
-    while let Some(cur) = e {
-        match cur.downcast_ref::<tungstenite::Error>() {
-            Some(tungstenite::Error::Utf8(_)) => {
-                return Some((1007, "invalid UTF-8 in a text message"))
-            }
-            Some(tungstenite::Error::Capacity(_)) => return Some((1009, "message too big")),
-            Some(_) => return None,
-            None => e = cur.source(),
-        }
-    }
-    None
-}
-
 /// One connection's accounting and fan-out link. Dropping it unregisters
 /// every subscription of the connection and updates the gauges.
 pub struct ConnCtx {
-    pub state: Arc<AppState>,
+    pub state: Ctx,
     pub id: u64,
     pub link: ConnLink,
     /// The connection's outbound queue (fan-out pushes, the task pops).
@@ -161,14 +219,15 @@ pub struct ConnCtx {
     pub signal: Arc<ConnSignal>,
     /// The endpoint path, for the per-endpoint connection gauge.
     endpoint: &'static str,
-    _track: crate::server::ConnToken,
+    _track: crate::net::ConnToken,
 }
 
 impl ConnCtx {
-    pub fn new(state: Arc<AppState>, endpoint: &'static str) -> ConnCtx {
+    pub fn new(state: Ctx, endpoint: &'static str) -> ConnCtx {
         let id = state.engine.next_conn_id();
         let rx = Outbox::new(state.settings.queue_depth, state.settings.max_queue_bytes);
         let signal = Arc::new(ConnSignal::default());
+        state.engine.hub().attach(id, signal.clone());
         let m = &state.engine.metrics;
         m.connections.fetch_add(1, Relaxed);
         m.connections_total.fetch_add(1, Relaxed);

@@ -1,44 +1,27 @@
 //! The native protocol on `/ws`: JSON text frames, documented message by
 //! message in docs/protocol.md.
 //!
-//! One actor per connection: a select loop over the socket, the bounded
-//! fan-out queue, the lag signal, pending acks and shutdown. Pushes are
-//! pipelined: each becomes a future answered (in request order) after its
-//! durable commit, so a client may keep many unacknowledged pushes in flight
-//! up to `server.max_inflight`, past which the relay stops reading.
+//! [`Native`] is the protocol; the connection driver (`conn::run`) runs it.
+//! Pushes are pipelined: each becomes a future answered (in request order)
+//! after its durable commit, so a client may keep many unacknowledged
+//! pushes in flight up to `server.max_inflight`, past which the relay stops
+//! reading. A subscription is a feed: catch-up, `synced`, then live; a
+//! feed dropped for lagging is answered with `resync` (the client resumes).
 
-use super::{admit, limit, now_s, ConnCtx, SLOT_NATIVE};
+use super::SLOT_NATIVE;
+use super::{admit, now_s, Dialect, Follow, Handled, Lag, Opening, Refusal, Refused, Since};
 use crate::auth::Grant;
-use crate::engine::{CatchUp, Delivery, EngineError, Event, Filter};
+use crate::dialect::Ctx;
+use crate::engine::{Committed, Engine, EngineError, Event, Filter};
 use crate::model::{Conflict, Op, Stamp};
-use crate::server::AppState;
-use crate::store::{Committed, LocalWrite, Outcome, OutcomeKind};
-use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use crate::store::{LocalWrite, Outcome, OutcomeKind, StoredEntity};
+use axum::extract::ws::Utf8Bytes;
 use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
-use futures_util::stream::FuturesOrdered;
-use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-
-pub async fn upgrade(
-    State(state): State<Arc<AppState>>,
-    Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-    ws: WebSocketUpgrade,
-) -> Response {
-    let grant = match admit(&state, &headers, &query) {
-        Ok(g) => g,
-        Err(refusal) => return refusal.into_response(),
-    };
-    limit(ws, &state).on_upgrade(move |socket| run(socket, state, grant))
-}
 
 // ---- wire shapes -----------------------------------------------------------
 
@@ -222,318 +205,66 @@ fn engine_error_frame(e: &EngineError, rid: &Value) -> String {
     error_frame(e.code(), reason, &e.to_string(), rid)
 }
 
-// ---- the connection actor -------------------------------------------------
+// ---- the protocol state machine --------------------------------------------
 
-/// Queued deliveries written per flush (bounds the time the actor spends
-/// away from its other duties, e.g. reading pushes, and the write buffer).
-const DELIVERY_BATCH: usize = 64;
-
-type AckFuture = Pin<Box<dyn Future<Output = String> + Send + Sync>>;
-
-struct SubState {
-    space: String,
-    last_seq: u64,
-}
-
-struct Conn {
-    ctx: ConnCtx,
+/// One `/ws` connection's protocol state. The driver (`conn::run`) owns the
+/// socket, the feeds and the in-flight pushes; this turns frames into
+/// frames, follows and pushes. Pushes are pipelined: each becomes a future
+/// answered (in request order) after its durable commit, up to
+/// `server.max_inflight` in flight.
+pub struct Native {
+    engine: Arc<Engine>,
+    auth: crate::auth::Auth,
     grant: Grant,
     client_id: String,
-    subs: HashMap<u64, SubState>,
+    conn: u64,
+    max_frame_bytes: usize,
+    /// Space -> feed key of its subscription.
     by_space: HashMap<String, u64>,
-    pending: FuturesOrdered<AckFuture>,
+    /// Feed key -> (space, rid of the subscribe being caught up).
+    feeds: HashMap<u64, (String, Value)>,
+    next_key: u64,
     /// Pushes reach the writer in the order their frames were read.
     order: crate::engine::WriteOrder,
 }
 
-/// Why a read of the socket ends the loop.
-enum Next {
-    Continue,
-    Close,
-}
-
-use crate::dialect::send_text as send;
-
-async fn run(mut socket: WebSocket, state: Arc<AppState>, grant: Grant) {
-    let ctx = ConnCtx::new(state.clone(), "/ws");
-    let mut shutdown = state.shutdown.clone();
-    let mut conn = Conn {
-        client_id: format!("c{}", ctx.id),
-        ctx,
+/// The handshake of `GET /ws`: a bad or missing token is 401.
+pub fn accept(
+    state: &Ctx,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Result<Opening<Native>, Refused> {
+    let grant = admit(state, headers, query)?;
+    let state = state.clone();
+    Ok(Opening::new("/ws", move |conn| Native {
+        engine: state.engine.clone(),
+        auth: state.auth.clone(),
         grant,
-        subs: HashMap::new(),
+        client_id: format!("c{}", conn.id),
+        conn: conn.id,
+        max_frame_bytes: state.settings.max_frame_bytes,
         by_space: HashMap::new(),
-        pending: FuturesOrdered::new(),
+        feeds: HashMap::new(),
+        next_key: 0,
         order: Default::default(),
-    };
-    let welcome = json!({
-        "type": "welcome",
-        "node": state.engine.node_id().to_string(),
-        "version": crate::VERSION,
-        "protocol": 1,
-        "capabilities": ["push", "subscribe", "since", "collections", "events", "conflicts", "get", "wid"],
-        "max_frame_bytes": state.settings.max_frame_bytes,
-        "auth": conn.grant.scope_names(),
-    });
-    if send(&mut socket, welcome.to_string()).await.is_err() {
-        return;
-    }
-    let max_inflight = state.settings.max_inflight;
-    let mut keepalive = crate::dialect::keepalive::Keepalive::new(&state);
-    let mut closing = false;
-    loop {
-        tokio::select! {
-            biased;
-            _ = shutdown.changed(), if !closing => {
-                closing = true;
-                break;
-            }
-            Some(frame) = conn.pending.next(), if !conn.pending.is_empty() => {
-                if send(&mut socket, frame).await.is_err() { break; }
-            }
-            _ = conn.ctx.signal.notify.notified() => {
-                if conn.resync(&mut socket).await.is_err() { break; }
-            }
-            Some(d) = conn.ctx.rx.recv() => {
-                if conn.deliver_queued(&mut socket, d).await.is_err() { break; }
-            }
-            msg = keepalive.recv(&mut socket), if conn.pending.len() < max_inflight => {
-                let Some(msg) = msg else { break };
-                match conn.handle(&mut socket, msg).await {
-                    Ok(Next::Continue) => {}
-                    Ok(Next::Close) | Err(_) => break,
-                }
-            }
-        }
-    }
-    if closing {
-        // Finish in-flight commits so every push gets its ack, then say why.
-        while let Some(frame) = conn.pending.next().await {
-            if send(&mut socket, frame).await.is_err() {
-                return;
-            }
-        }
-        crate::dialect::close_going_away(&mut socket).await;
-    }
+    }))
 }
 
-impl Conn {
-    fn engine(&self) -> &crate::engine::Engine {
-        &self.ctx.state.engine
+impl Native {
+    fn error(&self, code: u16, reason: &str, msg: &str, rid: &Value) -> Handled {
+        self.engine.metrics.errors_sent.fetch_add(1, Relaxed);
+        Handled::reply(error_frame(code, reason, msg, rid))
     }
 
-    async fn error(
+    /// Parse a message body, answering 422 with serde's message (which
+    /// names the field) when it does not fit.
+    fn parse<T: serde::de::DeserializeOwned>(
         &self,
-        socket: &mut WebSocket,
-        code: u16,
-        reason: &str,
-        msg: &str,
-        rid: &Value,
-    ) -> Result<(), EngineError> {
-        self.engine().metrics.errors_sent.fetch_add(1, Relaxed);
-        send(socket, error_frame(code, reason, msg, rid)).await
-    }
-
-    /// Send `first` and whatever else is already queued (up to
-    /// [`DELIVERY_BATCH`]) with one flush: under fan-out load a socket write
-    /// per frame per subscriber was the dominant cost (see
-    /// docs/performance.md); frames written together go out in one syscall.
-    async fn deliver_queued(
-        &mut self,
-        socket: &mut WebSocket,
-        first: Delivery,
-    ) -> Result<(), EngineError> {
-        let mut fed = 0usize;
-        let mut next = Some(first);
-        while let Some(d) = next.take() {
-            if let Some(frame) = self.frame_for(d) {
-                socket
-                    .feed(Message::Text(frame))
-                    .await
-                    .map_err(|_| EngineError::ClientGone)?;
-                fed += 1;
-            }
-            if fed < DELIVERY_BATCH {
-                next = self.ctx.rx.try_recv();
-            }
-        }
-        if fed > 0 {
-            socket.flush().await.map_err(|_| EngineError::ClientGone)?;
-        }
-        Ok(())
-    }
-
-    /// The frame for a queued delivery, or None if its subscription is
-    /// gone or the change was already sent by the catch-up.
-    fn frame_for(&mut self, d: Delivery) -> Option<Utf8Bytes> {
-        match d {
-            Delivery::Change { sub, item } => {
-                let s = self.subs.get_mut(&sub)?;
-                if item.seq <= s.last_seq {
-                    return None;
-                }
-                s.last_seq = item.seq;
-                Some(render_change(&item))
-            }
-            Delivery::Event { sub, event } => {
-                self.subs.contains_key(&sub).then(|| render_event(&event))
-            }
-        }
-    }
-
-    /// Subscriptions dropped by fan-out for lagging: tell the client where to
-    /// resume. Items of the dropped subscription still queued are ignored.
-    async fn resync(&mut self, socket: &mut WebSocket) -> Result<(), EngineError> {
-        for id in self.ctx.signal.take_lagged() {
-            if let Some(s) = self.subs.remove(&id) {
-                self.by_space.remove(&s.space);
-                self.engine().metrics.resyncs.fetch_add(1, Relaxed);
-                let msg = json!({"type": "resync", "space": s.space, "since": s.last_seq, "reason": "queue_full"});
-                send(socket, msg.to_string()).await?;
-            }
-        }
-        Ok(())
-    }
-
-    async fn handle(&mut self, socket: &mut WebSocket, msg: Message) -> Result<Next, EngineError> {
-        let text = match msg {
-            Message::Text(t) => t,
-            Message::Binary(_) => {
-                self.error(
-                    socket,
-                    400,
-                    "binary_unsupported",
-                    "send JSON text frames",
-                    &Value::Null,
-                )
-                .await?;
-                return Ok(Next::Continue);
-            }
-            Message::Close(_) => return Ok(Next::Close),
-            Message::Ping(_) | Message::Pong(_) => return Ok(Next::Continue),
-        };
-        let max = self.ctx.state.settings.max_frame_bytes;
-        if text.len() > max {
-            let m = format!(
-                "message of {} bytes exceeds the {max}-byte limit",
-                text.len()
-            );
-            self.error(socket, 413, "too_large", &m, &Value::Null)
-                .await?;
-            return Ok(Next::Continue);
-        }
-        let v: Value = match serde_json::from_str(&text) {
-            Ok(v) => v,
-            Err(e) => {
-                self.error(
-                    socket,
-                    400,
-                    "invalid_json",
-                    &format!("not JSON: {e}"),
-                    &Value::Null,
-                )
-                .await?;
-                return Ok(Next::Continue);
-            }
-        };
-        let Value::Object(mut obj) = v else {
-            self.error(
-                socket,
-                400,
-                "invalid_message",
-                "a message is a JSON object",
-                &Value::Null,
-            )
-            .await?;
-            return Ok(Next::Continue);
-        };
-        let rid = obj.remove("rid").unwrap_or(Value::Null);
-        let kind = match obj.remove("type") {
-            Some(Value::String(s)) => s,
-            _ => {
-                self.error(
-                    socket,
-                    400,
-                    "invalid_message",
-                    "missing string field `type`",
-                    &rid,
-                )
-                .await?;
-                return Ok(Next::Continue);
-            }
-        };
-        let body = Value::Object(obj);
-        let r = match kind.as_str() {
-            "hello" => self.hello(socket, body, &rid).await,
-            "subscribe" => self.subscribe(socket, body, &rid).await,
-            "unsubscribe" => self.unsubscribe(socket, body, &rid).await,
-            "push" => self.push(socket, body, &rid).await,
-            "publish" => self.publish(socket, body, &rid).await,
-            "get" => self.get(socket, body, &rid).await,
-            "ping" => {
-                let mut m = Map::new();
-                m.insert("type".into(), "pong".into());
-                if !rid.is_null() {
-                    m.insert("rid".into(), rid.clone());
-                }
-                if let Some(ts) = body.get("ts") {
-                    m.insert("ts".into(), ts.clone());
-                }
-                m.insert("server_ms".into(), crate::engine::now_ms().into());
-                send(socket, Value::Object(m).to_string()).await
-            }
-            other => {
-                let m = format!("unknown message type {other:?}");
-                self.error(socket, 400, "unknown_type", &m, &rid).await
-            }
-        };
-        r.map(|()| Next::Continue)
-    }
-
-    /// Parse a message body, answering 422 with serde's message (which names
-    /// the field) when it does not fit.
-    async fn parse<T: serde::de::DeserializeOwned>(
-        &self,
-        socket: &mut WebSocket,
         body: Value,
         rid: &Value,
-    ) -> Result<Option<T>, EngineError> {
-        match serde_json::from_value(body) {
-            Ok(t) => Ok(Some(t)),
-            Err(e) => {
-                self.error(socket, 422, "invalid_field", &e.to_string(), rid)
-                    .await?;
-                Ok(None)
-            }
-        }
-    }
-
-    async fn hello(
-        &mut self,
-        socket: &mut WebSocket,
-        body: Value,
-        rid: &Value,
-    ) -> Result<(), EngineError> {
-        let Some(h) = self.parse::<Hello>(socket, body, rid).await? else {
-            return Ok(());
-        };
-        if let Some(token) = h.token {
-            match self.ctx.state.auth.verify(&token, now_s()) {
-                Ok(g) => self.grant = g,
-                Err(e) => {
-                    self.engine().metrics.auth_failures.fetch_add(1, Relaxed);
-                    return self
-                        .error(socket, 401, "unauthorized", &e.to_string(), rid)
-                        .await;
-                }
-            }
-        }
-        if let Some(id) = h.client_id.filter(|s| !s.is_empty() && s.len() <= 256) {
-            self.client_id = id;
-        }
-        let msg = json!({"type": "ready", "rid": rid, "client_id": self.client_id,
-                         "sub": self.grant.sub, "scopes": self.grant.scope_names()});
-        send(socket, msg.to_string()).await
+    ) -> Result<T, Handled> {
+        serde_json::from_value(body)
+            .map_err(|e| self.error(422, "invalid_field", &e.to_string(), rid))
     }
 
     fn actor(&self) -> String {
@@ -544,122 +275,116 @@ impl Conn {
         }
     }
 
-    async fn subscribe(
-        &mut self,
-        socket: &mut WebSocket,
-        body: Value,
-        rid: &Value,
-    ) -> Result<(), EngineError> {
-        let Some(s) = self.parse::<Subscribe>(socket, body, rid).await? else {
-            return Ok(());
+    fn handle(&mut self, text: &str) -> Handled {
+        let v: Value = match serde_json::from_str(text) {
+            Ok(v) => v,
+            Err(e) => {
+                let m = format!("not JSON: {e}");
+                return self.error(400, "invalid_json", &m, &Value::Null);
+            }
         };
-        if !self.grant.can_read(&s.space) {
-            return self
-                .error(
-                    socket,
-                    403,
-                    "forbidden",
-                    "no read access to this space",
-                    rid,
-                )
-                .await;
-        }
-        if let Some(old) = self.by_space.remove(&s.space) {
-            self.subs.remove(&old);
-            self.engine().unsubscribe(&s.space, old);
-        }
-        let filter = Filter {
-            collections: s.collections.map(|c| c.into_iter().collect()),
-            events: s.events,
+        let Value::Object(mut obj) = v else {
+            let m = "a message is a JSON object";
+            return self.error(400, "invalid_message", m, &Value::Null);
         };
-        let engine = self.ctx.state.engine.clone();
-        let mut sub =
-            match engine.start_subscription(&s.space, s.since, filter, self.ctx.link.clone()) {
-                Ok(sub) => sub,
-                Err(e) => return send(socket, engine_error_frame(&e, rid)).await,
-            };
-        loop {
-            let page = match engine.next_page(&mut sub) {
-                Ok(Some(page)) => page,
-                Ok(None) => break,
-                Err(e) => {
-                    if let Some(id) = sub.id {
-                        engine.unsubscribe(&s.space, id);
-                    }
-                    return send(socket, engine_error_frame(&e, rid)).await;
+        let rid = obj.remove("rid").unwrap_or(Value::Null);
+        let kind = match obj.remove("type") {
+            Some(Value::String(s)) => s,
+            _ => return self.error(400, "invalid_message", "missing string field `type`", &rid),
+        };
+        let body = Value::Object(obj);
+        let r = match kind.as_str() {
+            "hello" => self.hello(body, &rid),
+            "subscribe" => self.subscribe(body, &rid),
+            "unsubscribe" => self.unsubscribe(body, &rid),
+            "push" => self.push(body, &rid),
+            "publish" => self.publish(body, &rid),
+            "get" => self.get(body, &rid),
+            "ping" => {
+                let mut m = Map::new();
+                m.insert("type".into(), "pong".into());
+                if !rid.is_null() {
+                    m.insert("rid".into(), rid.clone());
                 }
-            };
-            for item in page {
-                let frame: Utf8Bytes = match item {
-                    CatchUp::Change(c) => render_change(&c),
-                    CatchUp::Snapshot {
-                        collection,
-                        id,
-                        entity,
-                    } => json!({
-                        "type": "entity", "space": s.space, "collection": collection, "id": id,
-                        "fields": entity.state.visible(), "deleted": !entity.state.exists(),
-                        "version": entity.version, "seq": entity.seq})
-                    .to_string()
-                    .into(),
-                };
-                send(socket, frame).await?;
+                if let Some(ts) = body.get("ts") {
+                    m.insert("ts".into(), ts.clone());
+                }
+                m.insert("server_ms".into(), crate::engine::now_ms().into());
+                Ok(Handled::reply(Value::Object(m).to_string()))
+            }
+            other => {
+                let m = format!("unknown message type {other:?}");
+                Err(self.error(400, "unknown_type", &m, &rid))
+            }
+        };
+        r.unwrap_or_else(|refused| refused)
+    }
+
+    fn hello(&mut self, body: Value, rid: &Value) -> Result<Handled, Handled> {
+        let h: Hello = self.parse(body, rid)?;
+        if let Some(token) = h.token {
+            match self.auth.verify(&token, now_s()) {
+                Ok(g) => self.grant = g,
+                Err(e) => {
+                    self.engine.metrics.auth_failures.fetch_add(1, Relaxed);
+                    return Err(self.error(401, "unauthorized", &e.to_string(), rid));
+                }
             }
         }
-        let (Some(id), reached) = (sub.id, sub.reached()) else {
-            return Err(EngineError::ClientGone);
-        };
-        self.subs.insert(
-            id,
-            SubState {
-                space: s.space.clone(),
-                last_seq: reached,
-            },
-        );
-        self.by_space.insert(s.space.clone(), id);
-        let m = json!({"type": "synced", "rid": rid, "space": s.space, "seq": reached});
-        send(socket, m.to_string()).await
-    }
-
-    async fn unsubscribe(
-        &mut self,
-        socket: &mut WebSocket,
-        body: Value,
-        rid: &Value,
-    ) -> Result<(), EngineError> {
-        let Some(s) = self.parse::<SpaceOnly>(socket, body, rid).await? else {
-            return Ok(());
-        };
-        if let Some(id) = self.by_space.remove(&s.space) {
-            self.subs.remove(&id);
-            self.engine().unsubscribe(&s.space, id);
+        if let Some(id) = h.client_id.filter(|s| !s.is_empty() && s.len() <= 256) {
+            self.client_id = id;
         }
-        send(
-            socket,
-            json!({"type": "unsubscribed", "rid": rid, "space": s.space}).to_string(),
-        )
-        .await
+        let msg = json!({"type": "ready", "rid": rid, "client_id": self.client_id,
+                         "sub": self.grant.sub, "scopes": self.grant.scope_names()});
+        Ok(Handled::reply(msg.to_string()))
     }
 
-    async fn push(
-        &mut self,
-        socket: &mut WebSocket,
-        body: Value,
-        rid: &Value,
-    ) -> Result<(), EngineError> {
-        let Some(p) = self.parse::<Push>(socket, body, rid).await? else {
-            return Ok(());
+    fn subscribe(&mut self, body: Value, rid: &Value) -> Result<Handled, Handled> {
+        let s: Subscribe = self.parse(body, rid)?;
+        if !self.grant.can_read(&s.space) {
+            return Err(self.error(403, "forbidden", "no read access to this space", rid));
+        }
+        // A second subscribe to a space replaces the first (same feed key).
+        let key = match self.by_space.get(&s.space) {
+            Some(k) => *k,
+            None => {
+                self.next_key += 1;
+                self.by_space.insert(s.space.clone(), self.next_key);
+                self.next_key
+            }
         };
+        self.feeds.insert(key, (s.space.clone(), rid.clone()));
+        Ok(Handled {
+            follow: vec![Follow {
+                key,
+                space: s.space,
+                filter: Filter {
+                    collections: s.collections.map(|c| c.into_iter().collect()),
+                    events: s.events,
+                },
+                since: Since::After(s.since),
+            }],
+            ..Handled::default()
+        })
+    }
+
+    fn unsubscribe(&mut self, body: Value, rid: &Value) -> Result<Handled, Handled> {
+        let s: SpaceOnly = self.parse(body, rid)?;
+        let key = self.by_space.remove(&s.space);
+        if let Some(k) = key {
+            self.feeds.remove(&k);
+        }
+        Ok(Handled {
+            now: vec![json!({"type": "unsubscribed", "rid": rid, "space": s.space}).to_string()],
+            unfollow: key.into_iter().collect(),
+            ..Handled::default()
+        })
+    }
+
+    fn push(&mut self, body: Value, rid: &Value) -> Result<Handled, Handled> {
+        let p: Push = self.parse(body, rid)?;
         if !self.grant.can_write(&p.space) {
-            return self
-                .error(
-                    socket,
-                    403,
-                    "forbidden",
-                    "no write access to this space",
-                    rid,
-                )
-                .await;
+            return Err(self.error(403, "forbidden", "no write access to this space", rid));
         }
         let write_ids: Vec<Option<String>> = p.changes.iter().map(|w| w.wid.clone()).collect();
         let writes: Vec<LocalWrite> = p
@@ -674,17 +399,20 @@ impl Conn {
                 expect: None,
             })
             .collect();
-        let engine = self.ctx.state.engine.clone();
-        let actor = self.actor();
-        let source = Some(self.ctx.id);
+        let engine = self.engine.clone();
         let rid = rid.clone();
         let space = p.space.clone();
-        let pushed = self
-            .order
-            .push(engine.clone(), p.space, actor, source, writes, write_ids);
-        // Answered in request order once durable; the actor keeps serving.
-        self.pending.push_back(Box::pin(async move {
-            match pushed.await {
+        let pushed = self.order.push(
+            engine.clone(),
+            p.space,
+            self.actor(),
+            Some(self.conn),
+            writes,
+            write_ids,
+        );
+        // Answered in request order once durable; the driver keeps serving.
+        Ok(Handled::later(Box::pin(async move {
+            vec![match pushed.await {
                 Ok(outs) => {
                     engine.metrics.acks.fetch_add(1, Relaxed);
                     json!({"type": "ack", "rid": rid, "space": space,
@@ -695,71 +423,34 @@ impl Conn {
                     engine.metrics.errors_sent.fetch_add(1, Relaxed);
                     engine_error_frame(&e, &rid)
                 }
-            }
-        }));
-        Ok(())
+            }]
+        })))
     }
 
-    async fn publish(
-        &mut self,
-        socket: &mut WebSocket,
-        body: Value,
-        rid: &Value,
-    ) -> Result<(), EngineError> {
-        let Some(p) = self.parse::<Publish>(socket, body, rid).await? else {
-            return Ok(());
-        };
+    fn publish(&mut self, body: Value, rid: &Value) -> Result<Handled, Handled> {
+        let p: Publish = self.parse(body, rid)?;
         if !self.grant.can_write(&p.space) {
-            return self
-                .error(
-                    socket,
-                    403,
-                    "forbidden",
-                    "no write access to this space",
-                    rid,
-                )
-                .await;
+            return Err(self.error(403, "forbidden", "no write access to this space", rid));
         }
         if p.topic.is_empty() || p.topic.len() > 256 {
-            return self
-                .error(socket, 422, "invalid_field", "topic: 1 to 256 bytes", rid)
-                .await;
+            return Err(self.error(422, "invalid_field", "topic: 1 to 256 bytes", rid));
         }
         let actor = self.actor();
-        self.engine()
-            .publish(&p.space, &p.topic, p.payload, &actor, Some(self.ctx.id));
+        self.engine
+            .publish(&p.space, &p.topic, p.payload, &actor, Some(self.conn));
         if rid.is_null() {
-            return Ok(());
+            return Ok(Handled::default());
         }
-        send(
-            socket,
-            json!({"type": "published", "rid": rid, "space": p.space, "topic": p.topic})
-                .to_string(),
-        )
-        .await
+        let m = json!({"type": "published", "rid": rid, "space": p.space, "topic": p.topic});
+        Ok(Handled::reply(m.to_string()))
     }
 
-    async fn get(
-        &mut self,
-        socket: &mut WebSocket,
-        body: Value,
-        rid: &Value,
-    ) -> Result<(), EngineError> {
-        let Some(g) = self.parse::<Get>(socket, body, rid).await? else {
-            return Ok(());
-        };
+    fn get(&mut self, body: Value, rid: &Value) -> Result<Handled, Handled> {
+        let g: Get = self.parse(body, rid)?;
         if !self.grant.can_read(&g.space) {
-            return self
-                .error(
-                    socket,
-                    403,
-                    "forbidden",
-                    "no read access to this space",
-                    rid,
-                )
-                .await;
+            return Err(self.error(403, "forbidden", "no read access to this space", rid));
         }
-        match self.engine().entity(&g.space, &g.collection, &g.id) {
+        match self.engine.entity(&g.space, &g.collection, &g.id) {
             Ok(e) => {
                 let (fields, exists, version, seq) = match e {
                     Some(e) => (
@@ -772,9 +463,109 @@ impl Conn {
                 };
                 let m = json!({"type": "entity", "rid": rid, "space": g.space, "collection": g.collection,
                                "id": g.id, "fields": fields, "deleted": !exists, "version": version, "seq": seq});
-                send(socket, m.to_string()).await
+                Ok(Handled::reply(m.to_string()))
             }
-            Err(e) => send(socket, engine_error_frame(&e, rid)).await,
+            Err(e) => {
+                self.engine.metrics.errors_sent.fetch_add(1, Relaxed);
+                Ok(Handled::reply(engine_error_frame(&e, rid)))
+            }
         }
+    }
+
+    fn space_of(&self, key: u64) -> &str {
+        self.feeds.get(&key).map(|(s, _)| s.as_str()).unwrap_or("")
+    }
+
+    /// The feed is gone (refused, failed, dropped): forget it.
+    fn forget(&mut self, key: u64) -> Option<(String, Value)> {
+        let (space, rid) = self.feeds.remove(&key)?;
+        if self.by_space.get(&space) == Some(&key) {
+            self.by_space.remove(&space);
+        }
+        Some((space, rid))
+    }
+}
+
+impl Dialect for Native {
+    fn open(&mut self) -> Handled {
+        let welcome = json!({
+            "type": "welcome",
+            "node": self.engine.node_id().to_string(),
+            "version": crate::VERSION,
+            "protocol": 1,
+            "capabilities": ["push", "subscribe", "since", "collections", "events", "conflicts", "get", "wid"],
+            "max_frame_bytes": self.max_frame_bytes,
+            "auth": self.grant.scope_names(),
+        });
+        Handled::reply(welcome.to_string())
+    }
+
+    fn on_text(&mut self, text: &str) -> Handled {
+        self.handle(text)
+    }
+
+    fn refuse(&mut self, why: Refusal) -> String {
+        self.engine.metrics.errors_sent.fetch_add(1, Relaxed);
+        let (code, reason) = match why {
+            Refusal::Binary => (400, "binary_unsupported"),
+            Refusal::TooLarge { .. } => (413, "too_large"),
+            Refusal::TooManyFeeds { .. } => (429, "too_many_subscriptions"),
+        };
+        let message = match why {
+            Refusal::Binary => "send JSON text frames".to_string(),
+            _ => why.message(),
+        };
+        error_frame(code, reason, &message, &Value::Null)
+    }
+
+    fn refuse_follow(&mut self, key: u64, why: Refusal) -> String {
+        let rid = self.forget(key).map(|(_, rid)| rid).unwrap_or(Value::Null);
+        self.engine.metrics.errors_sent.fetch_add(1, Relaxed);
+        error_frame(429, "too_many_subscriptions", &why.message(), &rid)
+    }
+
+    fn change(&mut self, _: u64, c: &Committed, out: &mut Vec<Utf8Bytes>) {
+        out.push(render_change(c));
+    }
+
+    fn snapshot(
+        &mut self,
+        key: u64,
+        collection: &str,
+        id: &str,
+        entity: &StoredEntity,
+        out: &mut Vec<Utf8Bytes>,
+    ) {
+        let f = json!({
+            "type": "entity", "space": self.space_of(key), "collection": collection, "id": id,
+            "fields": entity.state.visible(), "deleted": !entity.state.exists(),
+            "version": entity.version, "seq": entity.seq});
+        out.push(f.to_string().into());
+    }
+
+    fn event(&mut self, _: u64, e: &Event) -> Option<Utf8Bytes> {
+        Some(render_event(e))
+    }
+
+    fn live(&mut self, key: u64, seq: u64) -> Vec<String> {
+        let Some((space, rid)) = self.feeds.get_mut(&key) else {
+            return Vec::new();
+        };
+        let rid = std::mem::take(rid);
+        vec![json!({"type": "synced", "rid": rid, "space": space, "seq": seq}).to_string()]
+    }
+
+    /// The protocol's own way: tell the client where to resume.
+    fn lagged(&mut self, key: u64, last: u64) -> Lag {
+        let Some((space, _)) = self.forget(key) else {
+            return Lag::Drop(Vec::new());
+        };
+        let m = json!({"type": "resync", "space": space, "since": last, "reason": "queue_full"});
+        Lag::Drop(vec![m.to_string()])
+    }
+
+    fn feed_failed(&mut self, key: u64, e: &EngineError) -> Option<Vec<String>> {
+        let rid = self.forget(key).map(|(_, rid)| rid).unwrap_or(Value::Null);
+        Some(vec![engine_error_frame(e, &rid)])
     }
 }

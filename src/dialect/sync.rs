@@ -9,53 +9,40 @@
 //! ephemerally. Either way the other clients get them; the sender does not.
 //!
 //! Parsing and rendering are pure functions below; `SyncProto` only calls
-//! the engine, and `session::run` drives the socket.
+//! the engine, and `conn::run` drives the socket.
 
 use super::atome::{self, bad, AtomeChange, AtomeEvent, AtomeWrite, Bad};
-use super::session::{self, Handled, Protocol, Refusal};
-use super::{ConnCtx, SLOT_SYNC};
+use super::SLOT_SYNC;
+use super::{Dialect, Follow, Handled, Opening, Refusal, Refused, Since};
 use crate::auth::Grant;
+use crate::dialect::Ctx;
+use crate::engine::Committed;
 use crate::engine::{now_ms, Engine, Event, Filter};
-use crate::server::AppState;
-use crate::store::{Committed, StoredEntity};
-use axum::extract::ws::{Utf8Bytes, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use crate::store::StoredEntity;
+use axum::extract::ws::Utf8Bytes;
 use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-pub async fn upgrade(
-    State(state): State<Arc<AppState>>,
-    Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-    ws: WebSocketUpgrade,
-) -> Response {
-    let (grant, space) = match session::admit_space(&state, &headers, &query) {
-        Ok(x) => x,
-        Err(refusal) => return refusal.into_response(),
-    };
-    super::limit(ws, &state).on_upgrade(move |socket| async move {
-        let ctx = ConnCtx::new(state.clone(), "/ws/sync");
-        let proto = SyncProto {
-            order: Default::default(),
-            engine: state.engine.clone(),
-            upstream: state.upstream.clone(),
-            space: space.clone(),
-            grant,
-            conn: ctx.id,
-            client_id: format!("client_{}", atome::random_id()),
-        };
-        // Atome entities and ephemeral events: seed 000 has no mapping for
-        // other collections.
-        let filter = Filter {
-            collections: Some([atome::COLLECTION.to_string()].into()),
-            events: true,
-        };
-        session::run(socket, ctx, space, filter, proto).await
-    })
+/// The handshake of `GET /ws/sync?space=NAME` (see `dialect::admit_space`).
+pub fn accept(
+    state: &Ctx,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Result<Opening<SyncProto>, Refused> {
+    let (grant, space) = super::admit_space(state, headers, query)?;
+    let state = state.clone();
+    Ok(Opening::new("/ws/sync", move |conn| SyncProto {
+        order: Default::default(),
+        engine: state.engine.clone(),
+        upstream: state.upstream.clone(),
+        space,
+        grant,
+        conn: conn.id,
+        client_id: format!("client_{}", atome::random_id()),
+    }))
 }
 
 /// What the relay reports it can do (at least the seed's four).
@@ -285,12 +272,12 @@ pub fn event_frame(topic: &str, payload: &Value, now: u64) -> String {
 
 // ---- the connection -----------------------------------------------------------
 
-struct SyncProto {
+pub struct SyncProto {
     /// Pushes reach the writer in the order their frames were read.
     order: crate::engine::WriteOrder,
     engine: Arc<Engine>,
     /// The upstream hub, if any: `sync_request` starts a round with it.
-    upstream: Option<Arc<crate::upstream::Upstream>>,
+    upstream: Option<super::Wake>,
     space: String,
     grant: Grant,
     conn: u64,
@@ -338,7 +325,7 @@ impl SyncProto {
             Request::SyncRequest => {
                 let mode = match &self.upstream {
                     Some(u) => {
-                        u.wake();
+                        u();
                         "upstream"
                     }
                     None => "local",
@@ -404,9 +391,28 @@ impl SyncProto {
     }
 }
 
-impl Protocol for SyncProto {
-    fn greeting(&mut self) -> Option<String> {
-        Some(welcome_frame(&self.client_id, &Value::Null, now_ms()))
+impl Dialect for SyncProto {
+    /// The welcome, then the space: atome entities and ephemeral events
+    /// (seed 000 has no mapping for other collections).
+    fn open(&mut self) -> Handled {
+        Handled {
+            now: vec![welcome_frame(&self.client_id, &Value::Null, now_ms())],
+            follow: vec![Follow {
+                key: 0,
+                space: self.space.clone(),
+                filter: Filter {
+                    collections: Some([atome::COLLECTION.to_string()].into()),
+                    events: true,
+                },
+                since: Since::Now,
+            }],
+            ..Handled::default()
+        }
+    }
+
+    /// A client never gets its own writes back.
+    fn echo(&self) -> bool {
+        false
     }
 
     fn on_text(&mut self, text: &str) -> Handled {
@@ -420,22 +426,31 @@ impl Protocol for SyncProto {
         self.error(INVALID, &why.message(), &Value::Null)
     }
 
-    fn change(&mut self, c: &Committed) -> Option<Utf8Bytes> {
+    fn change(&mut self, _: u64, c: &Committed, out: &mut Vec<Utf8Bytes>) {
         let ch = &c.entry.change;
         if ch.collection != atome::COLLECTION {
-            return None;
+            return;
         }
-        Some(c.rendered.get_or(SLOT_SYNC, || {
+        out.push(c.rendered.get_or(SLOT_SYNC, || {
             let d = atome::describe_committed(&self.engine, c);
             change_frame(&d)
         }))
     }
 
-    fn snapshot(&mut self, collection: &str, id: &str, e: &StoredEntity) -> Option<Utf8Bytes> {
-        (collection == atome::COLLECTION).then(|| snapshot_frame(id, e, now_ms()).into())
+    fn snapshot(
+        &mut self,
+        _: u64,
+        collection: &str,
+        id: &str,
+        e: &StoredEntity,
+        out: &mut Vec<Utf8Bytes>,
+    ) {
+        if collection == atome::COLLECTION {
+            out.push(snapshot_frame(id, e, now_ms()).into());
+        }
     }
 
-    fn event(&mut self, e: &Event) -> Option<Utf8Bytes> {
+    fn event(&mut self, _: u64, e: &Event) -> Option<Utf8Bytes> {
         Some(
             e.rendered
                 .get_or(SLOT_SYNC, || event_frame(&e.topic, &e.payload, now_ms())),

@@ -1,8 +1,10 @@
 //! Fan-out: the live subscriber registry.
 //!
 //! The writer thread calls `committed` after each durable commit, holding the
-//! hub lock while it records the new last seq and `try_send`s into each
-//! subscriber's bounded queue. A subscriber registers under the same lock and
+//! hub lock while it records the new last seq and queues the group's
+//! changes of each space into each subscriber's bounded queue, as one entry
+//! (one lock and one wake-up per subscriber per group, not per change; the
+//! slice of changes is shared by the subscribers that want all of it). A subscriber registers under the same lock and
 //! learns that last seq, so its catch-up (read from the log up to that seq) and
 //! its live stream (everything after it) meet with no gap and no duplicate.
 //! A full queue never blocks the writer: the subscription is dropped, its
@@ -13,23 +15,60 @@
 //! anything queued) is dropped the same way instead of being given more.
 
 use super::outbox::{change_bytes, json_bytes, Budget, Charge, Outbox, Pushed};
+use super::Committed;
 use super::{Delivery, Event};
 use crate::metrics::Metrics;
-use crate::store::{CommitSink, Committed};
+use crate::store::CommitSink;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
 /// Shared between a connection and the hub: how the hub tells the connection
-/// that one of its subscriptions was dropped for lagging.
+/// that one of its subscriptions was dropped for lagging, and which seqs the
+/// connection wrote itself.
 #[derive(Default)]
 pub struct ConnSignal {
     pub notify: Notify,
     lagged: Mutex<Vec<u64>>,
+    /// Seqs of changes this connection wrote, ascending, recorded by fan-out
+    /// before they are visible to any catch-up: a replay after a lag drop
+    /// reads them from the log without their source, and a dialect that
+    /// does not echo a client's writes skips them by this record.
+    own: Mutex<Vec<u64>>,
 }
 
+/// At most this many of a connection's own seqs are remembered (the oldest
+/// go first); a connection writing that much while never catching up could
+/// see an early write of its own again after a resync.
+const OWN_MAX: usize = 4096;
+
 impl ConnSignal {
+    /// Whether the connection wrote the change at `seq` (while recorded).
+    pub fn is_own(&self, seq: u64) -> bool {
+        self.own
+            .lock()
+            .map(|o| o.binary_search(&seq).is_ok())
+            .unwrap_or(false)
+    }
+
+    /// Forget own seqs up to `upto`: the connection's feeds are past them.
+    pub fn forget_own(&self, upto: u64) {
+        if let Ok(mut o) = self.own.lock() {
+            let keep = o.partition_point(|s| *s <= upto);
+            o.drain(..keep);
+        }
+    }
+
+    fn record_own(&self, seq: u64) {
+        if let Ok(mut o) = self.own.lock() {
+            if o.len() >= OWN_MAX {
+                o.drain(..OWN_MAX / 2);
+            }
+            o.push(seq);
+        }
+    }
+
     /// Subscription ids dropped since the last call.
     pub fn take_lagged(&self) -> Vec<u64> {
         self.lagged
@@ -75,6 +114,8 @@ struct State {
     last_seq: u64,
     next_id: u64,
     spaces: HashMap<String, Vec<Sub>>,
+    /// Every client connection by id, for the record of its own writes.
+    conns: HashMap<u64, Arc<ConnSignal>>,
 }
 
 pub struct Hub {
@@ -94,6 +135,7 @@ impl Hub {
                 last_seq,
                 next_id: 1,
                 spaces: HashMap::new(),
+                conns: HashMap::new(),
             }),
             metrics,
             commits: tokio::sync::watch::Sender::new(last_seq),
@@ -150,9 +192,16 @@ impl Hub {
         }
     }
 
+    /// A client connection: fan-out records the seqs it writes (see
+    /// [`ConnSignal::is_own`]) until `unregister_conn`.
+    pub fn attach(&self, conn: u64, signal: Arc<ConnSignal>) {
+        self.lock().conns.insert(conn, signal);
+    }
+
     /// Remove every subscription of a connection (on disconnect).
     pub fn unregister_conn(&self, conn: u64) {
         let mut st = self.lock();
+        st.conns.remove(&conn);
         st.spaces.retain(|_, subs| {
             subs.retain(|s| s.link.conn != conn);
             !subs.is_empty()
@@ -241,40 +290,63 @@ impl CommitSink for Hub {
         }
     }
 
-    fn committed(&self, last_seq: u64, batch: Vec<Arc<Committed>>) {
+    fn committed(&self, last_seq: u64, batch: Vec<Arc<crate::store::Committed>>) {
+        let batch: Vec<Arc<Committed>> = batch.into_iter().map(Committed::from_store).collect();
         let mut st = self.lock();
+        // Before the new seqs are visible to any catch-up (which reads up
+        // to `last_seq`, under this lock).
+        for item in &batch {
+            if let Some(signal) = item.source.and_then(|c| st.conns.get(&c)) {
+                signal.record_own(item.seq);
+            }
+        }
         st.last_seq = last_seq;
         // Never blocks: a watch only replaces its value.
         self.commits.send_replace(last_seq);
         let mut sent = 0u64;
-        for item in batch {
-            let space = item.entry.change.space.as_str();
-            let Some(subs) = st.spaces.get_mut(space) else {
+        for (space, changes) in by_space(batch) {
+            let Some(subs) = st.spaces.get_mut(&space) else {
                 continue;
             };
-            let bytes = change_bytes(&item);
+            let bytes: usize = changes.iter().map(|c| change_bytes(c)).sum();
             // Over the relay-wide budget, only subscribers that are keeping
             // up (nothing queued) get more; the others resync from the log.
             let pressure = self.budget.would_exceed(bytes);
+            // The group as most subscribers see it, shared by all of them
+            // and charged once relay-wide.
+            let all: Arc<[Arc<Committed>]> = changes.into();
             let mut charge: Option<Arc<Charge>> = None;
             subs.retain(|s| {
-                if !s.filter.wants(&item.entry.change.collection) {
+                let (mine, mine_bytes) = match &s.filter.collections {
+                    None => (all.clone(), bytes),
+                    Some(_) => {
+                        let v: Vec<Arc<Committed>> = all
+                            .iter()
+                            .filter(|c| s.filter.wants(&c.entry.change.collection))
+                            .cloned()
+                            .collect();
+                        let b = v.iter().map(|c| change_bytes(c)).sum();
+                        (v.into(), b)
+                    }
+                };
+                if mine.is_empty() {
                     return true;
                 }
                 if pressure && !s.link.outbox.is_empty() {
                     s.drop_lagged(&self.metrics);
                     return false;
                 }
-                let c = charge
-                    .get_or_insert_with(|| Charge::new(&self.budget, bytes))
-                    .clone();
-                let d = Delivery::Change {
-                    sub: s.id,
-                    item: item.clone(),
+                let c = if mine.len() == all.len() {
+                    charge
+                        .get_or_insert_with(|| Charge::new(&self.budget, bytes))
+                        .clone()
+                } else {
+                    Charge::new(&self.budget, mine_bytes)
                 };
-                match s.link.outbox.push(d, bytes, Some(c)) {
+                let n = mine.len() as u64;
+                match s.link.outbox.push_changes(s.id, mine, mine_bytes, Some(c)) {
                     Pushed::Queued => {
-                        sent += 1;
+                        sent += n;
                         true
                     }
                     Pushed::Full => {
@@ -285,11 +357,29 @@ impl CommitSink for Hub {
                 }
             });
             if subs.is_empty() {
-                st.spaces.remove(space);
+                st.spaces.remove(&space);
             }
         }
         self.metrics.deliveries.fetch_add(sent, Relaxed);
     }
+}
+
+/// A commit group's changes split by space, each space's in seq order
+/// (a group nearly always holds one space, or a few).
+fn by_space(batch: Vec<Arc<Committed>>) -> Vec<(String, Vec<Arc<Committed>>)> {
+    let mut out: Vec<(String, Vec<Arc<Committed>>)> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for c in batch {
+        let space = &c.entry.change.space;
+        match index.get(space) {
+            Some(&i) => out[i].1.push(c),
+            None => {
+                index.insert(space.clone(), out.len());
+                out.push((space.clone(), vec![c]));
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -298,8 +388,8 @@ mod tests {
     use crate::model::{Change, NodeId, Op, Stamp};
     use crate::store::LogEntry;
 
-    fn change(seq: u64, pad: usize) -> Arc<Committed> {
-        Arc::new(Committed {
+    fn change(seq: u64, pad: usize) -> Arc<crate::store::Committed> {
+        Arc::new(crate::store::Committed {
             seq,
             entry: LogEntry {
                 change: Change {
@@ -324,7 +414,6 @@ mod tests {
             },
             after: None,
             source: None,
-            rendered: Default::default(),
         })
     }
 
@@ -354,6 +443,56 @@ mod tests {
         assert!(slow.is_empty(), "its queued frames were freed");
         assert_eq!(hub.budget().used(), 0, "nothing is charged any more");
         assert_eq!(hub.subscriber_counts(), vec![("s".to_string(), 1)]);
+    }
+
+    fn in_space(
+        c: Arc<crate::store::Committed>,
+        space: &str,
+        collection: &str,
+    ) -> Arc<crate::store::Committed> {
+        let mut c = Arc::try_unwrap(c).ok().unwrap();
+        c.entry.change.space = space.into();
+        c.entry.change.collection = collection.into();
+        Arc::new(c)
+    }
+
+    fn seqs(q: &Outbox) -> Vec<u64> {
+        std::iter::from_fn(|| q.try_recv())
+            .map(|d| match d {
+                Delivery::Change { item, .. } => item.seq,
+                Delivery::Event { .. } => 0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_group_is_one_queue_entry_per_subscriber_split_by_space_and_filter() {
+        let hub = Hub::new(Arc::new(Metrics::default()), 0, usize::MAX);
+        let (all, only_b, other) = (
+            Outbox::new(1024, usize::MAX),
+            Outbox::new(1024, usize::MAX),
+            Outbox::new(1024, usize::MAX),
+        );
+        hub.register("s", link(1, &all), Filter::default());
+        let b_only = Filter {
+            collections: Some(["b".to_string()].into()),
+            events: false,
+        };
+        hub.register("s", link(2, &only_b), b_only);
+        hub.register("t", link(3, &other), Filter::default());
+        let group = vec![
+            in_space(change(1, 10), "s", "a"),
+            in_space(change(2, 10), "t", "a"),
+            in_space(change(3, 10), "s", "b"),
+            in_space(change(4, 10), "s", "a"),
+        ];
+        hub.committed(4, group);
+        assert_eq!((all.len(), only_b.len(), other.len()), (3, 1, 1));
+        assert_eq!(seqs(&all), vec![1, 3, 4], "in commit order");
+        assert_eq!(seqs(&only_b), vec![3]);
+        assert_eq!(seqs(&other), vec![2]);
+        assert_eq!(hub.budget().used(), 0);
+        assert_eq!(hub.last_seq(), 4);
     }
 
     #[test]

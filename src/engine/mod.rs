@@ -16,8 +16,8 @@ use crate::metrics::Metrics;
 use crate::model::{Change, NodeId, Op, VersionVector};
 use crate::schema::SchemaSet;
 use crate::store::{
-    Cap, Committed, Durability, Job, LocalWrite, LogEntry, Outcome, OutcomeKind, Page, SnapEntity,
-    Store, StoreError, StoreOptions, StoredEntity,
+    Cap, Durability, Job, LocalWrite, LogEntry, Outcome, OutcomeKind, Page, SnapEntity, Store,
+    StoreError, StoreOptions, StoredEntity,
 };
 use axum::extract::ws::Utf8Bytes;
 use serde_json::Value;
@@ -86,6 +86,38 @@ pub struct RenderCache([OnceLock<Utf8Bytes>; 8]);
 impl RenderCache {
     pub fn get_or(&self, slot: usize, render: impl FnOnce() -> String) -> Utf8Bytes {
         self.0[slot % 8].get_or_init(|| render().into()).clone()
+    }
+}
+
+/// A committed change as fan-out and catch-up hand it to connections: the
+/// store's record plus the frames rendered from it, made once per dialect
+/// and shared by every subscriber. (The cache belongs here, on the fan-out
+/// side; the store knows nothing of frames.)
+#[derive(Debug)]
+pub struct Committed {
+    pub record: crate::store::Committed,
+    pub rendered: RenderCache,
+}
+
+impl Committed {
+    pub fn new(record: crate::store::Committed) -> Committed {
+        Committed {
+            record,
+            rendered: RenderCache::default(),
+        }
+    }
+
+    /// Take over the writer's record (it keeps no copy, so nothing is cloned).
+    pub fn from_store(record: Arc<crate::store::Committed>) -> Arc<Committed> {
+        let record = Arc::try_unwrap(record).unwrap_or_else(|shared| (*shared).clone());
+        Arc::new(Committed::new(record))
+    }
+}
+
+impl std::ops::Deref for Committed {
+    type Target = crate::store::Committed;
+    fn deref(&self) -> &crate::store::Committed {
+        &self.record
     }
 }
 
@@ -486,6 +518,12 @@ impl Engine {
         Ok(self.store.hold_writer().await?)
     }
 
+    /// See `Store::enqueued` (deterministic tests).
+    #[doc(hidden)]
+    pub fn jobs_enqueued(&self) -> u64 {
+        self.store.enqueued()
+    }
+
     /// Apply local writes (validated here); answers after the durable commit.
     pub async fn push(
         &self,
@@ -745,6 +783,16 @@ impl Engine {
         link: u64,
     ) -> Result<Vec<String>, EngineError> {
         let vv_given = vv.is_some();
+        // Other links' streams come from the log, which does not hold what
+        // the snapshot brought: they must plan again. Told on drop, so also
+        // when the caller is cancelled while the job is queued or running (a
+        // session ending mid-merge): the writer finishes the merge anyway,
+        // and a link left idle would never learn of it.
+        let mut replan = ReplanOnDrop {
+            merges: &self.merges,
+            link,
+            armed: true,
+        };
         let spaces = self
             .store
             .submit(|reply| Job::MergeSnapshot {
@@ -752,13 +800,9 @@ impl Engine {
                 vv,
                 reply,
             })
-            .await?;
-        if !spaces.is_empty() || vv_given {
-            // Other links' streams come from the log, which does not hold
-            // what the snapshot brought: they must plan again.
-            self.merges.send_modify(|m| *m = (m.0 + 1, link));
-        }
-        Ok(spaces)
+            .await;
+        replan.armed = spaces.as_ref().is_ok_and(|s| !s.is_empty()) || vv_given;
+        Ok(spaces?)
     }
 
     /// Changes each time a snapshot from a peer is merged: (count, link).
@@ -777,6 +821,12 @@ impl Engine {
     }
 
     /// Local seq of the change `(origin, origin_seq)`, if the log holds it.
+    /// Per origin, the highest seq a merged snapshot counted without log
+    /// entries (see `Store::merged_vv`).
+    pub fn merged_vv(&self) -> Result<VersionVector, EngineError> {
+        Ok(self.store.merged_vv()?)
+    }
+
     pub fn local_seq_of(
         &self,
         origin: NodeId,
@@ -889,13 +939,14 @@ impl Engine {
         for (seq, entry) in page {
             sub.cursor = seq;
             if sub.filter.wants(&entry.change.collection) {
-                out.push(CatchUp::Change(Arc::new(Committed {
-                    seq,
-                    entry,
-                    after: None,
-                    source: None,
-                    rendered: RenderCache::default(),
-                })));
+                out.push(CatchUp::Change(Arc::new(Committed::new(
+                    crate::store::Committed {
+                        seq,
+                        entry,
+                        after: None,
+                        source: None,
+                    },
+                ))));
             }
         }
         if short {
@@ -1037,5 +1088,22 @@ impl Engine {
     /// The storage fault refusing writes now, if any (see `/healthz`).
     pub fn store_fault(&self) -> Option<crate::store::Fault> {
         self.store.fault()
+    }
+}
+
+/// Tells the other replication links that a snapshot was merged (see
+/// `Engine::merge_snapshot`), unless disarmed.
+struct ReplanOnDrop<'a> {
+    merges: &'a tokio::sync::watch::Sender<(u64, u64)>,
+    link: u64,
+    armed: bool,
+}
+
+impl Drop for ReplanOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let link = self.link;
+            self.merges.send_modify(|m| *m = (m.0 + 1, link));
+        }
     }
 }

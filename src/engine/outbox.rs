@@ -14,8 +14,8 @@
 //! budget, through a [`Charge`] that every queued copy shares and that
 //! releases the bytes when the last copy leaves its queue.
 
+use super::Committed;
 use super::Delivery;
-use crate::store::Committed;
 use serde_json::Value;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -86,15 +86,48 @@ pub enum Pushed {
     Closed,
 }
 
+/// What one queue entry holds.
+enum Item {
+    One(Delivery),
+    /// The changes of one commit group for one subscription: queued with
+    /// one push and one wake-up, handed out one change at a time (`next`
+    /// is the first not yet handed out). The slice is shared by every
+    /// subscriber of the space that wants all of it.
+    Changes {
+        sub: u64,
+        changes: Arc<[Arc<Committed>]>,
+        next: usize,
+    },
+}
+
+impl Item {
+    fn sub(&self) -> u64 {
+        match self {
+            Item::One(Delivery::Change { sub, .. } | Delivery::Event { sub, .. }) => *sub,
+            Item::Changes { sub, .. } => *sub,
+        }
+    }
+
+    /// Deliveries still to hand out.
+    fn count(&self) -> usize {
+        match self {
+            Item::One(_) => 1,
+            Item::Changes { changes, next, .. } => changes.len() - next,
+        }
+    }
+}
+
 struct Entry {
-    delivery: Delivery,
+    item: Item,
     bytes: usize,
     _charge: Option<Arc<Charge>>,
 }
 
 #[derive(Default)]
 struct State {
-    items: VecDeque<Entry>,
+    entries: VecDeque<Entry>,
+    /// Deliveries queued (a group counts each of its changes).
+    queued: usize,
     bytes: usize,
     closed: bool,
 }
@@ -127,17 +160,50 @@ impl Outbox {
     /// larger than the byte bound is still taken into an empty queue, so a
     /// change that fits the frame limit can always be delivered.
     pub fn push(&self, d: Delivery, bytes: usize, charge: Option<Arc<Charge>>) -> Pushed {
+        self.enqueue(Item::One(d), bytes, charge)
+    }
+
+    /// Queue the changes of one commit group for subscription `sub` as one
+    /// entry: one lock and one wake-up for the group instead of one per
+    /// change (fan-out runs on the writer thread, between commits). They
+    /// count against the bounds one by one, as if pushed one at a time: a
+    /// group that does not fit is refused whole (the subscription resyncs
+    /// from the log), and only a group of one change may exceed the byte
+    /// bound, into an empty queue.
+    pub fn push_changes(
+        &self,
+        sub: u64,
+        changes: Arc<[Arc<Committed>]>,
+        bytes: usize,
+        charge: Option<Arc<Charge>>,
+    ) -> Pushed {
+        if changes.is_empty() {
+            return Pushed::Queued;
+        }
+        let item = Item::Changes {
+            sub,
+            changes,
+            next: 0,
+        };
+        self.enqueue(item, bytes, charge)
+    }
+
+    fn enqueue(&self, item: Item, bytes: usize, charge: Option<Arc<Charge>>) -> Pushed {
         let mut st = self.lock();
         if st.closed {
             return Pushed::Closed;
         }
-        let over_bytes = !st.items.is_empty() && st.bytes.saturating_add(bytes) > self.max_bytes;
-        if st.items.len() >= self.max_items || over_bytes {
+        let n = item.count();
+        let over_items = st.queued.saturating_add(n) > self.max_items;
+        let alone = st.entries.is_empty() && n == 1;
+        let over_bytes = !alone && st.bytes.saturating_add(bytes) > self.max_bytes;
+        if over_items || over_bytes {
             return Pushed::Full;
         }
         st.bytes += bytes;
-        st.items.push_back(Entry {
-            delivery: d,
+        st.queued += n;
+        st.entries.push_back(Entry {
+            item,
             bytes,
             _charge: charge,
         });
@@ -168,11 +234,36 @@ impl Outbox {
     }
 
     fn pop(st: &mut State) -> Option<Delivery> {
-        let e = st.items.pop_front()?;
-        st.bytes -= e.bytes;
-        // The relay-wide charge goes with `e` here: from now on the item is
-        // the connection's frame in progress, bounded by its send batch.
-        Some(e.delivery)
+        let front = st.entries.front_mut()?;
+        let d = match &mut front.item {
+            Item::Changes { sub, changes, next } if *next + 1 < changes.len() => {
+                *next += 1;
+                st.queued -= 1;
+                return Some(Delivery::Change {
+                    sub: *sub,
+                    item: changes[*next - 1].clone(),
+                });
+            }
+            Item::Changes { sub, changes, next } => Delivery::Change {
+                sub: *sub,
+                item: changes[*next].clone(),
+            },
+            Item::One(_) => {
+                let e = st.entries.pop_front()?;
+                let Item::One(d) = e.item else { return None };
+                st.bytes -= e.bytes;
+                st.queued -= 1;
+                return Some(d);
+            }
+        };
+        // The group's last change: the entry goes, and with it its bytes and
+        // the relay-wide charge; from now on the change is the connection's
+        // frame in progress, bounded by its send batch.
+        if let Some(e) = st.entries.pop_front() {
+            st.bytes -= e.bytes;
+            st.queued -= 1;
+        }
+        Some(d)
     }
 
     /// Drop every queued item of subscription `sub` (dropped for lagging):
@@ -180,18 +271,17 @@ impl Outbox {
     /// Returns the bytes freed.
     pub fn purge(&self, sub: u64) -> usize {
         let mut st = self.lock();
-        let before = st.bytes;
-        let mut freed = 0;
-        st.items.retain(|e| {
-            let keep = match &e.delivery {
-                Delivery::Change { sub: s, .. } | Delivery::Event { sub: s, .. } => *s != sub,
-            };
+        let (mut freed, mut dropped) = (0, 0);
+        st.entries.retain(|e| {
+            let keep = e.item.sub() != sub;
             if !keep {
                 freed += e.bytes;
+                dropped += e.item.count();
             }
             keep
         });
-        st.bytes = before - freed;
+        st.bytes -= freed;
+        st.queued -= dropped;
         freed
     }
 
@@ -201,7 +291,8 @@ impl Outbox {
             let mut st = self.lock();
             st.closed = true;
             st.bytes = 0;
-            std::mem::take(&mut st.items)
+            st.queued = 0;
+            std::mem::take(&mut st.entries)
         };
         drop(items);
         self.ready.notify_one();
@@ -213,7 +304,12 @@ impl Outbox {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.lock().items.is_empty()
+        self.lock().entries.is_empty()
+    }
+
+    /// Deliveries queued now (each change of a group counts).
+    pub fn len(&self) -> usize {
+        self.lock().queued
     }
 }
 
@@ -310,6 +406,95 @@ mod tests {
         assert!(o.try_recv().is_some());
         assert_eq!(budget.used(), 0, "popped: released");
         assert_eq!(other.push(event(9), 1, None), Pushed::Closed);
+    }
+
+    fn group(sub: u64, seqs: std::ops::RangeInclusive<u64>) -> Arc<[Arc<Committed>]> {
+        use crate::model::{Change, Op, Stamp};
+        use crate::store::LogEntry;
+        seqs.map(|seq| {
+            Arc::new(Committed::new(crate::store::Committed {
+                seq,
+                entry: LogEntry {
+                    change: Change {
+                        space: "s".into(),
+                        collection: "c".into(),
+                        id: format!("e{seq}"),
+                        op: Op::Put,
+                        fields: Default::default(),
+                        stamp: Stamp {
+                            ms: seq,
+                            counter: 0,
+                            node: NodeId(1),
+                        },
+                        origin: NodeId(1),
+                        seq,
+                        actor: String::new(),
+                    },
+                    at_ms: 0,
+                    version: 1,
+                    created: true,
+                    type_version: seq,
+                },
+                after: None,
+                source: Some(sub),
+            }))
+        })
+        .collect()
+    }
+
+    fn seq_of(d: Delivery) -> (u64, u64) {
+        match d {
+            Delivery::Change { sub, item } => (sub, item.seq),
+            Delivery::Event { .. } => panic!("an event"),
+        }
+    }
+
+    #[test]
+    fn a_commit_group_is_one_entry_handed_out_change_by_change() {
+        let budget = Budget::new(10_000);
+        let o = Outbox::new(8, 10_000);
+        let charge = Charge::new(&budget, 500);
+        assert_eq!(
+            o.push_changes(1, group(1, 1..=3), 500, Some(charge)),
+            Pushed::Queued
+        );
+        assert_eq!(o.push(event(1), 10, None), Pushed::Queued);
+        assert_eq!(o.len(), 4, "each change counts against the item bound");
+        assert_eq!(o.bytes(), 510);
+        assert_eq!(seq_of(o.try_recv().unwrap()), (1, 1));
+        assert_eq!(seq_of(o.try_recv().unwrap()), (1, 2));
+        assert_eq!(budget.used(), 500, "held until the group's last change");
+        assert_eq!(seq_of(o.try_recv().unwrap()), (1, 3));
+        assert_eq!(budget.used(), 0);
+        assert_eq!(o.bytes(), 10);
+        assert!(matches!(o.try_recv(), Some(Delivery::Event { .. })));
+        assert!(o.try_recv().is_none());
+        assert_eq!(o.len(), 0);
+    }
+
+    #[test]
+    fn groups_are_bounded_in_changes_and_bytes_as_if_pushed_one_by_one() {
+        let o = Outbox::new(4, 100);
+        let full = |o: &Outbox, r: std::ops::RangeInclusive<u64>, bytes| {
+            o.push_changes(1, group(1, r), bytes, None) == Pushed::Full
+        };
+        assert!(full(&o, 1..=5, 5), "5 changes > 4 items, even when empty");
+        assert!(full(&o, 1..=2, 500), "2 changes over the bytes");
+        assert!(o.is_empty());
+        assert!(!full(&o, 1..=1, 500), "one big change alone is taken");
+        o.try_recv().unwrap();
+        assert!(!full(&o, 11..=14, 4));
+        assert!(full(&o, 15..=15, 1));
+        // A partly handed-out group counts only what is left of it.
+        o.try_recv().unwrap();
+        assert_eq!(o.len(), 3);
+        assert_eq!(
+            o.push_changes(2, group(2, 15..=15), 1, None),
+            Pushed::Queued
+        );
+        assert_eq!(o.purge(1), 4, "the bytes of the rest of sub 1's group");
+        assert_eq!(o.len(), 1);
+        assert_eq!(seq_of(o.try_recv().unwrap()), (2, 15));
     }
 
     #[tokio::test]

@@ -48,6 +48,8 @@ struct Ctx {
     engine: Arc<Engine>,
     links: Arc<Links>,
     membership: Membership,
+    /// `spaces` and `peer_spaces`: what each session carries.
+    settings: MeshSettings,
     endpoint: quinn::Endpoint,
     shutdown: watch::Receiver<bool>,
 }
@@ -80,6 +82,7 @@ impl Mesh {
             engine: engine.clone(),
             links,
             membership,
+            settings: settings.clone(),
             endpoint: endpoint.clone(),
             shutdown,
         });
@@ -269,9 +272,12 @@ async fn session_on(
     }
     ctx.engine.metrics.mesh_sessions.fetch_add(1, Relaxed);
     tracing::info!(%peer, addr = %conn.remote_address(), "mesh session up");
+    // `[mesh] spaces` / `peer_spaces`: the session sends and accepts only
+    // these, vouching (covers) for what it holds back, so the peer's
+    // version vector moves past them and the link never stalls.
     let opts = SessionOpts {
         cursor: format!("peer:{peer}"),
-        spaces: None,
+        spaces: ctx.settings.spaces_for(peer),
     };
     let stats = guard.stats.clone();
     let session = session::run(

@@ -28,6 +28,10 @@ pub mod admission;
 pub mod io;
 pub mod nofile;
 pub mod stats;
+pub mod tracker;
+pub mod ws;
+
+pub use tracker::{ConnToken, ConnTracker};
 
 use admission::{Admission, ConnSlot, HandshakeSlot, Limits};
 use futures_util::FutureExt;

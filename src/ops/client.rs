@@ -109,7 +109,7 @@ impl Target {
             (Some(t), _) => Some(t.trim().to_string()),
             (None, Some(s)) => match &s.jwt_secret {
                 Some(secret) => {
-                    let now = crate::dialect::now_s();
+                    let now = crate::auth::now_s();
                     let auth = crate::auth::Auth::new(Some(secret), s.anonymous);
                     let t = auth
                         .mint("outpost-cli", crate::auth::Scope::Admin, None, 300, now)

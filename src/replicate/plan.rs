@@ -22,21 +22,32 @@ pub fn lacking(mine: &VersionVector, theirs: &VersionVector, peer: NodeId) -> Ve
 pub enum Start {
     /// Read the log after this local seq.
     After(u64),
-    /// Changes the peer lacks were trimmed by retention: it needs a state
-    /// snapshot first (the origin named has a trimmed change).
+    /// Changes the peer lacks are not in the log (trimmed by retention, or
+    /// counted by a merged snapshot): it needs a state snapshot first (the
+    /// origin named has such a change).
     Behind { origin: NodeId, seq: u64 },
 }
 
 /// The start position: just before the earliest local seq holding a change
 /// the peer lacks, or `head` (the last seq read before the version vector)
 /// when it lacks nothing. `locate` maps a change identity to its local seq.
+///
+/// `merged` (per origin, the highest seq a merged snapshot counted without
+/// log entries) matters even when the first lacking change is in the log:
+/// the log then holds that origin's changes before and after the merged
+/// range but not the range, and the session would vouch for it (covers)
+/// while the peer never got it.
 pub fn start<E>(
     head: u64,
     lacking: &[(NodeId, u64)],
+    merged: &VersionVector,
     mut locate: impl FnMut(NodeId, u64) -> Result<Option<u64>, E>,
 ) -> Result<Start, E> {
     let mut from = head;
     for &(origin, seq) in lacking {
+        if merged.get(&origin).is_some_and(|&m| m >= seq) {
+            return Ok(Start::Behind { origin, seq });
+        }
         match locate(origin, seq)? {
             Some(local) => from = from.min(local.saturating_sub(1)),
             None => return Ok(Start::Behind { origin, seq }),
@@ -132,17 +143,36 @@ mod tests {
                 _ => None,
             })
         };
-        assert_eq!(start(100, &[], locate), Ok(Start::After(100)));
+        let none = VersionVector::new();
+        assert_eq!(start(100, &[], &none, locate), Ok(Start::After(100)));
         assert_eq!(
-            start(100, &[(n(2), 2), (n(3), 1)], locate),
+            start(100, &[(n(2), 2), (n(3), 1)], &none, locate),
             Ok(Start::After(11))
         );
         assert_eq!(
-            start(100, &[(n(2), 2), (n(4), 1)], locate),
+            start(100, &[(n(2), 2), (n(4), 1)], &none, locate),
             Ok(Start::Behind {
                 origin: n(4),
                 seq: 1
             })
+        );
+        // Origin 2's seqs 3..=9 came in a merged snapshot: the log holds
+        // seq 2 (and later ones) but not those, so the peer lacking seq 2
+        // needs a snapshot. A peer that holds up to 9 does not.
+        let merged = [(n(2), 9)].into();
+        assert_eq!(
+            start(100, &[(n(2), 2), (n(3), 1)], &merged, locate),
+            Ok(Start::Behind {
+                origin: n(2),
+                seq: 2
+            })
+        );
+        let locate_10 = |o: NodeId, s: u64| -> Result<Option<u64>, ()> {
+            Ok((o.0 == 2 && s == 10).then_some(50))
+        };
+        assert_eq!(
+            start(100, &[(n(2), 10)], &merged, locate_10),
+            Ok(Start::After(49))
         );
     }
 

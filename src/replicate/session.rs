@@ -55,12 +55,17 @@ pub trait FrameSource: Send {
 }
 
 pub async fn send_frame(tx: &mut impl FrameSink, f: &Frame) -> Result<(), SessionError> {
+    tracing::trace!(frame = ?TraceFrame(f), "send");
     tx.send(frame::encode(f)?).await
 }
 
 pub async fn recv_frame(rx: &mut impl FrameSource) -> Result<Option<Frame>, SessionError> {
     match rx.recv().await? {
-        Some(bytes) => Ok(Some(frame::decode(&bytes)?)),
+        Some(bytes) => {
+            let f = frame::decode(&bytes)?;
+            tracing::trace!(frame = ?TraceFrame(&f), "received");
+            Ok(Some(f))
+        }
         None => Ok(None),
     }
 }
@@ -148,16 +153,23 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<String, SessionError> {
     stats.node.store(greeting.peer.0, Relaxed);
+    if let Some(s) = &opts.spaces {
+        let mut sorted: Vec<String> = s.iter().cloned().collect();
+        sorted.sort();
+        let _ = stats.spaces.set(sorted);
+    }
     let lacking = plan::lacking(&greeting.vv, &greeting.peer_vv, greeting.peer);
     let mut peer_vv = greeting.peer_vv;
-    let (pos, snapshot) = match plan::start(greeting.head, &lacking, |o, s| {
+    let merged = engine.merged_vv()?;
+    let (pos, snapshot) = match plan::start(greeting.head, &lacking, &merged, |o, s| {
         engine.local_seq_of(o, s)
     })? {
         Start::After(pos) => (pos, None),
         Start::Behind { origin, seq } => {
-            // Retention trimmed changes the peer lacks: send the current
-            // states (which include them), then the log from here on.
-            tracing::info!(peer = %greeting.peer, %origin, seq, "peer is behind the log horizon; sending a state snapshot");
+            // The peer lacks changes the log does not hold (retention
+            // trimmed them, or a merged snapshot brought them): send the
+            // current states (which include them), then the log from here on.
+            tracing::info!(peer = %greeting.peer, %origin, seq, "peer lacks changes the log does not hold (trimmed, or merged from a snapshot); sending a state snapshot");
             let head = engine.last_seq();
             let vv = engine.version_vector()?;
             for (o, s) in &vv {
@@ -175,6 +187,7 @@ pub async fn run(
             )
         }
     };
+    tracing::debug!(node = %engine.node_id(), peer = %greeting.peer, pos, snapshot = snapshot.is_some(), "session planned");
     stats.acked.store(pos, Relaxed);
     stats
         .backlog
@@ -257,6 +270,29 @@ pub async fn run(
         .await;
     }
     result
+}
+
+/// A frame for trace logs: its kind, id and size, not its contents.
+struct TraceFrame<'a>(&'a Frame);
+
+impl std::fmt::Debug for TraceFrame<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Frame::Batch {
+                id,
+                changes,
+                covers,
+            } => write!(
+                f,
+                "batch {id}: {} changes, covers {covers:?}",
+                changes.len()
+            ),
+            Frame::Snapshot { id, entities } => write!(f, "snapshot {id}: {}", entities.len()),
+            Frame::SnapshotDone { id, vv } => write!(f, "snapshot_done {id}: {vv:?}"),
+            Frame::Ack { id } => write!(f, "ack {id}"),
+            other => f.write_str(kind(other)),
+        }
+    }
 }
 
 fn kind(f: &Frame) -> &'static str {
@@ -345,15 +381,16 @@ async fn inbound(
                     }
                 }
                 stats.changes_received.fetch_add(keep.len() as u64, Relaxed);
-                // Counted before the store counts it (see `Outbound::merges`).
-                own_merges.fetch_add(1, Relaxed);
+                // Counted before the store counts it (twice: see
+                // `Store::merges`).
+                own_merges.fetch_add(2, Relaxed);
                 engine.merge_snapshot(keep, None, stats.id).await?;
                 ctl.send(Frame::Ack { id })
                     .await
                     .map_err(|_| SessionError::PeerClosed("outbound ended".into()))?;
             }
             Frame::SnapshotDone { id, vv } => {
-                own_merges.fetch_add(1, Relaxed);
+                own_merges.fetch_add(2, Relaxed);
                 engine
                     .merge_snapshot(Vec::new(), Some(vv), stats.id)
                     .await?;
@@ -500,15 +537,7 @@ impl Outbound {
             // before the log, so an empty log read proves every change it
             // counts was seen by this session.
             let vv = self.engine.version_vector()?;
-            let own = self.own_merges.load(Relaxed);
-            if self.engine.merges() > self.merges + own {
-                // A merged snapshot raised the vector over changes the log
-                // does not hold: vouching for them would hide them from the
-                // peer. Plan again (the peer gets a snapshot in turn).
-                return Err(SessionError::Protocol(
-                    "state merged from a snapshot: planning again".into(),
-                ));
-            }
+            self.check_no_merge()?;
             let last = self.engine.last_seq();
             page = self.engine.log_after_page(self.pos, cap)?.items;
             self.check_contiguous(last, &page)?;
@@ -519,6 +548,7 @@ impl Outbound {
                     return Ok(false);
                 }
                 let id = self.inflight.push(self.pos);
+                tracing::debug!(node = %self.engine.node_id(), peer = %self.filter.peer, ?covers, "vouching at the log's end");
                 send_frame(
                     tx,
                     &Frame::Batch {
@@ -531,6 +561,16 @@ impl Outbound {
                 return Ok(true);
             }
         }
+        // The covers of this page vouch for every origin seq up to each of
+        // its changes, including seqs this relay holds only as merged state
+        // (a snapshot from another link raises the version vector, then
+        // later changes of the same origin are logged after the gap): the
+        // peer would count them as held and never get them. The merge
+        // counter is raised before the merge commits, and a change after
+        // the gap is logged only after it, so reading it after the page is
+        // enough. (The `replan` branch of `run` sees the merge too, but
+        // only once this send is over.)
+        self.check_no_merge()?;
         let last = page.last().map(|(s, _)| *s).unwrap_or(self.pos);
         let items: Vec<Item> = page
             .into_iter()
@@ -568,6 +608,21 @@ impl Outbound {
                 "the log was trimmed past this link's position {}: planning again",
                 self.pos
             )));
+        }
+        Ok(())
+    }
+
+    /// Fails if a snapshot was merged since this session planned, other
+    /// than by its own inbound (the peer holds what it sent): the version
+    /// vector then counts changes the log does not hold, and vouching for
+    /// them would hide them from the peer. The session ends and the next
+    /// one plans again (the peer gets a snapshot in turn).
+    fn check_no_merge(&self) -> Result<(), SessionError> {
+        let own = self.own_merges.load(Relaxed);
+        if self.engine.merges() > self.merges + own {
+            return Err(SessionError::Protocol(
+                "state merged from a snapshot: planning again".into(),
+            ));
         }
         Ok(())
     }
@@ -633,6 +688,7 @@ impl Outbound {
             return Ok(());
         }
         let vv = snap.vv.clone();
+        tracing::debug!(node = %self.engine.node_id(), peer = %self.filter.peer, ?vv, "snapshot done");
         self.snapshot = None;
         let id = self.inflight.push(self.pos);
         send_frame(tx, &Frame::SnapshotDone { id, vv }).await
@@ -667,6 +723,7 @@ impl Outbound {
             };
             match frame::encode(&f) {
                 Ok(bytes) => {
+                    tracing::trace!(frame = ?TraceFrame(&f), "send");
                     tx.send(bytes).await?;
                     self.covered = covered;
                     self.stats.changes_sent.fetch_add(n, Relaxed);

@@ -38,6 +38,8 @@ pub struct LinkStats {
     /// How the peer was found: "static" (config), "mdns", "inbound"
     /// (it dialled us) or "config" (the upstream URL).
     pub found: std::sync::OnceLock<&'static str>,
+    /// The spaces this link carries, sorted (unset: all).
+    pub spaces: std::sync::OnceLock<Vec<String>>,
 }
 
 impl LinkStats {
@@ -57,6 +59,7 @@ impl LinkStats {
             "node_id": (node != 0).then(|| NodeId(node).to_string()),
             "addr": self.addr,
             "found": self.found(),
+            "spaces": self.spaces.get(),
             "outbound": self.outbound,
             "connected": connected,
             "connected_since_ms": self.connected_ms,
@@ -153,6 +156,7 @@ impl Links {
             rtt_us: AtomicU64::new(0),
             last_rx_ms: AtomicU64::new(now_ms),
             found: std::sync::OnceLock::new(),
+            spaces: std::sync::OnceLock::new(),
         });
         if let Ok(mut l) = self.live.lock() {
             l.insert(id, stats.clone());

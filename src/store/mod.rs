@@ -182,8 +182,9 @@ pub struct LogEntry {
     pub type_version: u64,
 }
 
-/// A committed change as handed to fan-out and catch-up.
-#[derive(Debug)]
+/// A committed change as handed to fan-out and catch-up (which add the
+/// frames rendered from it: `engine::Committed`).
+#[derive(Clone, Debug)]
 pub struct Committed {
     pub seq: u64,
     pub entry: LogEntry,
@@ -191,8 +192,6 @@ pub struct Committed {
     pub after: Option<EntityView>,
     /// The connection that wrote it, so dialects can skip echoing it back.
     pub source: Option<u64>,
-    /// Rendered frames, made once per dialect and shared by all subscribers.
-    pub rendered: crate::engine::RenderCache,
 }
 
 /// An entity as readers see it.
@@ -234,6 +233,8 @@ pub struct Store {
     node: NodeId,
     /// Taken (dropped) by `close` so the writer sees the queue end.
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    /// See `enqueued`.
+    enqueued: AtomicU64,
     last_seq: Arc<AtomicU64>,
     horizon: Arc<AtomicU64>,
     merges: Arc<AtomicU64>,
@@ -311,6 +312,7 @@ impl Store {
             slot,
             node,
             jobs: Mutex::new(Some(tx)),
+            enqueued: AtomicU64::new(0),
             last_seq,
             horizon,
             merges,
@@ -333,10 +335,11 @@ impl Store {
         self.last_seq.load(Ordering::Acquire)
     }
 
-    /// How many snapshot merges (or imports) this process applied: state
-    /// and version vector that came without log entries. Raised before
-    /// their commit, so one read after the version vector tells whether
-    /// that vector may count changes the log does not hold.
+    /// Moves with every snapshot merge (or import) this process applied:
+    /// state and version vector that came without log entries. Raised
+    /// before their commit and again after it, so a count read before the
+    /// version vector and compared with one read later tells whether that
+    /// vector, or any read since, may count changes the log does not hold.
     pub fn merges(&self) -> u64 {
         self.merges.load(Ordering::Acquire)
     }
@@ -371,7 +374,16 @@ impl Store {
             .and_then(|j| j.clone())
             .ok_or(StoreError::Closed)?;
         jobs.send(make(tx)).await.map_err(|_| StoreError::Closed)?;
+        self.enqueued.fetch_add(1, Ordering::AcqRel);
         Ok(rx)
+    }
+
+    /// Jobs handed to the writer so far (not counting its own flush
+    /// ticks): deterministic tests wait on it to know a request's job is
+    /// queued behind [`Store::hold_writer`].
+    #[doc(hidden)]
+    pub fn enqueued(&self) -> u64 {
+        self.enqueued.load(Ordering::Acquire)
     }
 
     /// Park the writer until the returned guard is dropped (deterministic
@@ -665,6 +677,17 @@ impl Store {
             vv.insert(NodeId(k.value()), v.value());
         }
         Ok(vv)
+    }
+
+    /// Per origin, the highest origin seq counted by a merged snapshot
+    /// without log entries (see `tables::META_MERGED_VV`).
+    pub fn merged_vv(&self) -> Result<VersionVector, StoreError> {
+        let tx = self.slot.get()?.begin_read()?;
+        let meta = tx.open_table(META)?;
+        match meta.get(META_MERGED_VV)? {
+            Some(v) => decode(v.value()),
+            None => Ok(VersionVector::new()),
+        }
     }
 
     pub fn cursor(&self, name: &str) -> Result<u64, StoreError> {

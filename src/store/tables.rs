@@ -55,6 +55,10 @@ pub const META_HLC: &str = "hlc";
 pub const META_LAST_SEQ: &str = "last_seq";
 /// Lowest local seq still in the log; below it, catch-up needs a snapshot.
 pub const META_HORIZON: &str = "log_horizon";
+/// Per origin, the highest origin seq a merged snapshot counted in the
+/// version vector without log entries (a `VersionVector`, MessagePack):
+/// a peer lacking changes at or below it needs a snapshot, never covers.
+pub const META_MERGED_VV: &str = "merged_vv";
 
 pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
     rmp_serde::to_vec(v).map_err(|e| StoreError::Encode(e.to_string()))

@@ -78,6 +78,10 @@ pub enum Expect {
     /// These visible field values; `null` means the field is absent (as it
     /// is on an entity that does not exist or is deleted).
     Fields(BTreeMap<String, Value>),
+    /// The entity exists and is not deleted (a REST update or delete of
+    /// something that must be there: one racing a delete must not bring
+    /// it back).
+    Exists,
 }
 
 impl Expect {
@@ -100,6 +104,10 @@ impl Expect {
                     .collect();
                 let same = want.iter().all(|(k, v)| found.get(k) == Some(v));
                 (!same).then_some(Value::Object(found))
+            }
+            Expect::Exists => {
+                let exists = ent.is_some_and(|e| e.state.exists());
+                (!exists).then_some(Value::String("no such entity".into()))
             }
         }
     }
@@ -319,11 +327,15 @@ pub struct Writer {
     horizon: Arc<AtomicU64>,
     last_fsync: Instant,
     dirty: bool,
-    /// This group raised the version vector over vouched-for changes.
+    /// This group raised the version vector over vouched-for changes, or
+    /// merged a snapshot: the commit report wakes the sessions.
     vouched: bool,
-    /// Bumped (before the commit) by every merged snapshot or import: state
-    /// that came without log entries (see `Store::merges`).
+    /// Bumped by every merged snapshot or import (state that came without
+    /// log entries, see `Store::merges`) twice: before its commit and after.
     merges: Arc<AtomicU64>,
+    /// Snapshots this attempt merged: `merges` moves again by as many once
+    /// it is over (each merge counts exactly 2).
+    merging: u64,
 }
 
 struct Tables<'t> {
@@ -393,6 +405,7 @@ impl Writer {
             dirty: false,
             vouched: false,
             merges: Arc::new(AtomicU64::new(0)),
+            merging: 0,
         }
     }
 
@@ -556,7 +569,15 @@ impl Writer {
         while !jobs.is_empty() {
             let hlc = self.hlc.clone();
             let horizon = self.horizon.load(Ordering::Acquire);
-            match self.attempt(&jobs) {
+            let attempt = self.attempt(&jobs);
+            let merged_now = std::mem::take(&mut self.merging);
+            if merged_now > 0 {
+                // A reader that took the count between the first bump and
+                // the commit may have read the vector before the merge: it
+                // sees the count move again (committed or not).
+                self.merges.fetch_add(merged_now, Ordering::AcqRel);
+            }
+            match attempt {
                 Ok((seq, answers, committed, merged)) => {
                     self.metrics
                         .observe_commit(started.elapsed(), committed.len());
@@ -968,7 +989,6 @@ impl Writer {
             entry,
             after: Some(ent.view()),
             source,
-            rendered: Default::default(),
         }));
         Ok(out)
     }
@@ -981,8 +1001,10 @@ impl Writer {
         last_seq: u64,
     ) -> Result<Vec<String>, StoreError> {
         // Before the commit, like the horizon: a reader that sees the
-        // merged state or version vector sees the count raised.
+        // merged state or version vector sees the count raised. (And once
+        // more after it, see `merging`.)
         self.merges.fetch_add(1, Ordering::AcqRel);
+        self.merging += 1;
         let mut changed = std::collections::BTreeSet::new();
         for (e, version) in entities {
             let key = (e.space.as_str(), e.collection.as_str(), e.id.as_str());
@@ -1003,11 +1025,34 @@ impl Writer {
                 changed.insert(e.space.clone());
             }
         }
+        let mut merged_vv: Option<crate::model::VersionVector> = None;
         for (&origin, &seq) in vv.into_iter().flatten() {
             let held = t.vv.get(origin.0)?.map(|v| v.value()).unwrap_or(0);
             if seq > held {
                 t.vv.insert(origin.0, seq)?;
+                // The log will never hold `held+1..=seq` of this origin:
+                // remember it, so no session vouches for them to a peer
+                // that lacks them (`plan::start` sends it a snapshot).
+                let m = match &mut merged_vv {
+                    Some(m) => m,
+                    None => merged_vv.insert(match t.meta.get(META_MERGED_VV)? {
+                        Some(v) => decode(v.value())?,
+                        None => Default::default(),
+                    }),
+                };
+                let e = m.entry(origin).or_insert(0);
+                *e = (*e).max(seq);
             }
+        }
+        let raised = merged_vv.is_some();
+        if let Some(m) = merged_vv {
+            t.meta.insert(META_MERGED_VV, encode(&m)?.as_slice())?;
+        }
+        if raised || !changed.is_empty() {
+            // Wake the sessions through the commit report (as a vouch
+            // does): an idle one then sees the merge count moved and plans
+            // again, even if the merge's own caller is gone.
+            self.vouched = true;
         }
         if !changed.is_empty() {
             // Subscribers resuming from before this point cannot replay

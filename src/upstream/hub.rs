@@ -5,13 +5,13 @@
 //! sends enters the hub's log and so flows on to every other edge.
 
 use super::ws;
-use crate::dialect::admit;
-use crate::engine::now_ms;
+use crate::auth::Auth;
+use crate::engine::{now_ms, Engine};
 use crate::model::NodeId;
+use crate::net::{ConnToken, ConnTracker};
 use crate::replicate::frame::MAX_FRAME_BYTES;
 use crate::replicate::session;
-use crate::replicate::SessionOpts;
-use crate::server::{AppState, ConnToken};
+use crate::replicate::{Links, SessionOpts};
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -19,19 +19,37 @@ use axum::response::{IntoResponse, Response};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use tokio::sync::watch;
 
 /// The link kind of an accepted edge in status and metrics.
 pub const KIND: &str = "edge";
 
+/// What the endpoint needs from the relay (and nothing more); cheap to
+/// clone (shared handles).
+#[derive(Clone)]
+pub struct HubCtx {
+    pub engine: Arc<Engine>,
+    pub auth: Auth,
+    pub links: Arc<Links>,
+    /// Flips to true when shutdown starts.
+    pub shutdown: watch::Receiver<bool>,
+    /// Shutdown waits for every session's goodbye.
+    pub conns: ConnTracker,
+}
+
 pub async fn upgrade(
-    State(state): State<Arc<AppState>>,
+    State(state): State<HubCtx>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let grant = match admit(&state, &headers, &query) {
+    let token = crate::auth::token_from(&headers, &query);
+    let grant = match state.auth.admit(token.as_deref(), crate::auth::now_s()) {
         Ok(g) => g,
-        Err(refusal) => return refusal.into_response(),
+        Err(e) => {
+            state.engine.metrics.auth_failures.fetch_add(1, Relaxed);
+            return (StatusCode::UNAUTHORIZED, format!("unauthorized: {e}\n")).into_response();
+        }
     };
     if !grant.is_admin() {
         state.engine.metrics.auth_failures.fetch_add(1, Relaxed);
@@ -52,12 +70,7 @@ pub async fn upgrade(
         .on_upgrade(move |socket| serve_edge(state, socket, grant, token))
 }
 
-async fn serve_edge(
-    state: Arc<AppState>,
-    socket: WebSocket,
-    grant: crate::auth::Grant,
-    token: ConnToken,
-) {
+async fn serve_edge(state: HubCtx, socket: WebSocket, grant: crate::auth::Grant, token: ConnToken) {
     let (mut tx, mut rx) = ws::split(socket, None, state.shutdown.clone(), token);
     let guard = state.links.open(KIND, grant.sub.clone(), false, now_ms());
     let greeting = match session::hello(&state.engine, &mut rx, &mut tx).await {
@@ -95,7 +108,7 @@ async fn serve_edge(
 /// An edge that reconnects replaces its previous session: the old one is
 /// most likely a connection that died without a close (the edge would not
 /// dial twice), and one session per edge keeps its cursor simple.
-fn replace_older_sessions(state: &AppState, peer: NodeId, new_id: u64) {
+fn replace_older_sessions(state: &HubCtx, peer: NodeId, new_id: u64) {
     for old in state.links.snapshot() {
         if old.id != new_id && old.kind == KIND && old.node.load(Relaxed) == peer.0 {
             old.close.notify_one();

@@ -153,7 +153,7 @@ where
             let Some(msg) = next else { return Ok(None) };
             let msg = msg.map_err(|e| {
                 // Invalid UTF-8 (1007) or too big (1009): the writer says so.
-                if let Some((code, _)) = crate::dialect::close_for_error(&e) {
+                if let Some((code, _)) = crate::net::ws::close_for_error(&e) {
                     self.close.store(code, Relaxed);
                 }
                 SessionError::Transport(e.to_string())

@@ -6,8 +6,8 @@ pub mod nats;
 pub mod replication;
 
 use futures_util::{SinkExt, StreamExt};
+use outpost::app::Relay;
 use outpost::config::Config;
-use outpost::server::Relay;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

@@ -26,26 +26,26 @@
 
 mod proto;
 
+/// The frame parser, for the property tests (tests/fuzz.rs).
+#[doc(hidden)]
+pub use proto::parse;
 pub use proto::{DEVICES, DOCS, HISTORY};
 
-use super::session::{self, Handled, Protocol, Refusal};
-use super::{ConnCtx, SLOT_CONFIG};
+use super::SLOT_CONFIG;
+use super::{Dialect, Follow, Handled, Opening, Refusal, Refused, Since};
 use crate::auth::Grant;
-use crate::engine::{now_ms, Engine, EngineError, Event, Filter, PAGE_BYTES};
+use crate::dialect::Ctx;
+use crate::engine::Committed;
+use crate::engine::{now_ms, Engine, EngineError, Filter, PAGE_BYTES};
 use crate::model::Op;
-use crate::server::AppState;
-use crate::store::{Cap, Committed, Expect, LocalWrite, StoreError, StoredEntity};
-use axum::extract::ws::{Utf8Bytes, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use crate::store::{Cap, Expect, LocalWrite, StoreError, StoredEntity};
+use axum::extract::ws::Utf8Bytes;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
 use proto::{code, Bad, Device, Doc, Request, Revision, RevisionFields};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use tokio::sync::oneshot;
 
 /// At most this many revisions are read to find conflicting paths (the
 /// newest ones): bounds the work one stale upload can cause.
@@ -56,50 +56,36 @@ const ATTEMPTS: usize = 4;
 /// `GET /ws/config?space=&userId=&deviceId=`. The optional `userId` and
 /// `deviceId` let a device receive `sync-event`s before its first request
 /// (with a token, the user is the token's subject anyway).
-pub async fn upgrade(
-    State(state): State<Arc<AppState>>,
-    Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-    ws: WebSocketUpgrade,
-) -> Response {
-    let (grant, space) = match session::admit_space(&state, &headers, &query) {
-        Ok(x) => x,
-        Err(refusal) => return refusal.into_response(),
-    };
+pub fn accept(
+    state: &Ctx,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Result<Opening<ConfigProto>, Refused> {
+    let (grant, space) = super::admit_space(state, headers, query)?;
     let authed = authed_user(&grant);
     let user = match (query.get("userId"), authed) {
         (Some(u), Some(sub)) if *u != sub => {
-            return (
+            return Err((
                 StatusCode::FORBIDDEN,
-                "forbidden: userId must be the token's subject\n",
-            )
-                .into_response()
+                "forbidden: userId must be the token's subject\n".into(),
+            ))
         }
         (q, a) => a.or_else(|| q.cloned()),
     };
     let device = query.get("deviceId").cloned();
-    super::limit(ws, &state).on_upgrade(move |socket| async move {
-        let ctx = ConnCtx::new(state.clone(), "/ws/config");
-        let proto = ConfigProto {
-            job: Job {
-                engine: state.engine.clone(),
-                space: space.clone(),
-                node: state.engine.node_id().to_string(),
-                conn: ctx.id,
-                actor: String::new(),
-            },
-            grant,
-            user,
-            device,
-            tail: None,
-        };
-        // Revisions only: each becomes a sync-event for the user's devices.
-        let filter = Filter {
-            collections: Some([HISTORY.to_string()].into()),
-            events: false,
-        };
-        session::run(socket, ctx, space, filter, proto).await
-    })
+    let engine = state.engine.clone();
+    Ok(Opening::new("/ws/config", move |conn| ConfigProto {
+        job: Job {
+            node: engine.node_id().to_string(),
+            engine,
+            space,
+            conn: conn.id,
+            actor: String::new(),
+        },
+        grant,
+        user,
+        device,
+    }))
 }
 
 /// The user a token speaks for; None when anonymous access let it in.
@@ -122,15 +108,13 @@ fn is_precondition(e: &EngineError) -> bool {
     matches!(e, EngineError::Store(StoreError::PreconditionFailed { .. }))
 }
 
-struct ConfigProto {
+pub struct ConfigProto {
     job: Job,
     grant: Grant,
     /// The user whose devices' revisions this connection is told about.
     user: Option<String>,
     /// This device (its own revisions are not echoed as sync-events).
     device: Option<String>,
-    /// Done when the previous request has been answered.
-    tail: Option<oneshot::Receiver<()>>,
 }
 
 impl ConfigProto {
@@ -138,26 +122,35 @@ impl ConfigProto {
         self.job.engine.metrics.errors_sent.fetch_add(1, Relaxed);
         Handled::reply(proto::refusal(kind, bad, now_ms()))
     }
-
-    /// Run `work` after every earlier request of this connection.
-    fn in_order(&mut self, work: impl Future<Output = Vec<String>> + Send + 'static) -> Handled {
-        let prev = self.tail.take();
-        let (done, tail) = oneshot::channel();
-        self.tail = Some(tail);
-        Handled::later(Box::pin(async move {
-            if let Some(prev) = prev {
-                let _ = prev.await;
-            }
-            let frames = work.await;
-            let _ = done.send(());
-            frames
-        }))
-    }
 }
 
-impl Protocol for ConfigProto {
-    fn greeting(&mut self) -> Option<String> {
-        None // the seed has none: the client speaks first
+impl Dialect for ConfigProto {
+    /// No greeting (the client speaks first); revisions only: each becomes
+    /// a sync-event for the user's other devices.
+    fn open(&mut self) -> Handled {
+        Handled {
+            follow: vec![Follow {
+                key: 0,
+                space: self.job.space.clone(),
+                filter: Filter {
+                    collections: Some([HISTORY.to_string()].into()),
+                    events: false,
+                },
+                since: Since::Now,
+            }],
+            ..Handled::default()
+        }
+    }
+
+    /// Each request is served after the previous one is answered, so a
+    /// download sent after an upload reads what the upload stored.
+    fn ordered(&self) -> bool {
+        true
+    }
+
+    /// A device's own revisions are never sync-events for it.
+    fn echo(&self) -> bool {
+        false
     }
 
     fn on_text(&mut self, text: &str) -> Handled {
@@ -181,10 +174,12 @@ impl Protocol for ConfigProto {
         job.actor = authed_user(&self.grant).unwrap_or_else(|| req.device_id().to_string());
         let record = self.grant.can_write(&self.job.space);
         match req {
-            Request::CheckStatus(q) => self.in_order(async move { job.check_status(q) }),
-            Request::Download(q) => self.in_order(async move { job.download(q, record).await }),
-            Request::Upload(u) => self.in_order(async move { job.upload(u).await }),
-            Request::Resolve(r) => self.in_order(async move { job.resolve(r).await }),
+            Request::CheckStatus(q) => Handled::later(Box::pin(async move { job.check_status(q) })),
+            Request::Download(q) => {
+                Handled::later(Box::pin(async move { job.download(q, record).await }))
+            }
+            Request::Upload(u) => Handled::later(Box::pin(async move { job.upload(u).await })),
+            Request::Resolve(r) => Handled::later(Box::pin(async move { job.resolve(r).await })),
         }
     }
 
@@ -194,19 +189,19 @@ impl Protocol for ConfigProto {
     }
 
     /// A committed revision of this user by another device: `sync-event`.
-    fn change(&mut self, c: &Committed) -> Option<Utf8Bytes> {
+    fn change(&mut self, _: u64, c: &Committed, out: &mut Vec<Utf8Bytes>) {
         let ch = &c.entry.change;
         if ch.collection != HISTORY || ch.op == Op::Delete {
-            return None;
+            return;
         }
         let field = |k: &str| ch.fields.get(k).and_then(Value::as_str);
         if self.user.is_none() || field("userId") != self.user.as_deref() {
-            return None;
+            return;
         }
         if self.device.is_some() && field("deviceId") == self.device.as_deref() {
-            return None;
+            return;
         }
-        Some(
+        out.push(
             c.rendered
                 .get_or(SLOT_CONFIG, || proto::sync_event(&ch.fields)),
         )
@@ -214,13 +209,7 @@ impl Protocol for ConfigProto {
 
     /// Lag recovery past the log's horizon replays entity states: old
     /// revisions are not news, and `check-status` tells where things are.
-    fn snapshot(&mut self, _: &str, _: &str, _: &StoredEntity) -> Option<Utf8Bytes> {
-        None
-    }
-
-    fn event(&mut self, _: &Event) -> Option<Utf8Bytes> {
-        None
-    }
+    fn snapshot(&mut self, _: u64, _: &str, _: &str, _: &StoredEntity, _: &mut Vec<Utf8Bytes>) {}
 }
 
 /// What a request needs to run after `on_text` returned: engine calls only.

@@ -8,10 +8,10 @@
 use super::proto::{self, ChangeAction, FieldUpdate, UnifiedMessage};
 use super::{engine_error, proto_sync_page};
 use crate::auth::Grant;
+use crate::dialect::Ctx;
 use crate::dialect::{admit, gzip, ConnCtx};
 use crate::engine::{CatchUp, Delivery, Engine, EngineError, Filter, Subscription};
 use crate::rfc3339::Timestamp;
-use crate::server::AppState;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -64,7 +64,7 @@ struct Caller {
 }
 
 fn caller(
-    state: &AppState,
+    state: &Ctx,
     headers: &HeaderMap,
     query: &HashMap<String, String>,
     write: bool,
@@ -154,7 +154,7 @@ fn engine_refusal(e: &EngineError) -> HttpError {
 /// A JSON body, gzipped or not (`Content-Encoding: gzip`), at most
 /// `server.max_frame_bytes` once decompressed.
 fn json_body<T: serde::de::DeserializeOwned>(
-    state: &AppState,
+    state: &Ctx,
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<T, HttpError> {
@@ -198,7 +198,7 @@ fn json_body<T: serde::de::DeserializeOwned>(
 
 /// `GET /api/sync/{entity}?since=N` → `{entity, version, changes}`.
 pub async fn get_sync(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Ctx>,
     Path(entity): Path<String>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
@@ -238,7 +238,7 @@ pub struct PushBody {
 /// stored on its own, as the real server does; one refused change does not
 /// stop the others.
 pub async fn post_sync(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Ctx>,
     Path(entity): Path<String>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
@@ -284,7 +284,7 @@ pub async fn post_sync(
 /// `GET /api/field-sync/{entity}?since=N` → `{entity, version, changes:
 /// [FieldChange]}`: every field of each entity changed since the cursor.
 pub async fn get_field_sync(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Ctx>,
     Path(entity): Path<String>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
@@ -326,7 +326,7 @@ pub struct FieldPushBody {
 /// [FieldConflict]}`, each field competing on its own timestamp as with
 /// `push_fields`.
 pub async fn post_field_sync(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Ctx>,
     Path(entity): Path<String>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
@@ -542,7 +542,7 @@ impl Drop for Feed {
 /// a bounded queue (a slow reader is caught up from the log, like a socket).
 /// Ends on relay shutdown; keep-alive comments every 15 s.
 pub async fn events(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Ctx>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Reply {

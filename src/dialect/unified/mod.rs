@@ -10,9 +10,10 @@ pub mod proto;
 
 use super::{admit, limit, ConnCtx};
 use crate::auth::Grant;
+use crate::dialect::Ctx;
+use crate::engine::Committed;
 use crate::engine::{CatchUp, Delivery, EngineError, Filter};
-use crate::server::AppState;
-use crate::store::{Committed, StoreError};
+use crate::store::StoreError;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -28,7 +29,7 @@ use std::sync::Arc;
 
 /// `GET /api/ws`: every message family.
 pub async fn unified(
-    state: State<Arc<AppState>>,
+    state: State<Ctx>,
     query: Query<HashMap<String, String>>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
@@ -38,7 +39,7 @@ pub async fn unified(
 
 /// `GET /api/sync/ws`: entity-level sync only.
 pub async fn entity_sync(
-    state: State<Arc<AppState>>,
+    state: State<Ctx>,
     query: Query<HashMap<String, String>>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
@@ -48,7 +49,7 @@ pub async fn entity_sync(
 
 /// `GET /api/field-sync/ws`: field-level sync only.
 pub async fn field_sync(
-    state: State<Arc<AppState>>,
+    state: State<Ctx>,
     query: Query<HashMap<String, String>>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
@@ -58,7 +59,7 @@ pub async fn field_sync(
 
 fn upgrade(
     endpoint: Endpoint,
-    State(state): State<Arc<AppState>>,
+    State(state): State<Ctx>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
@@ -134,7 +135,7 @@ use crate::dialect::send_text as send;
 
 async fn run(
     mut socket: WebSocket,
-    state: Arc<AppState>,
+    state: Ctx,
     grant: Grant,
     endpoint: Endpoint,
     space: String,

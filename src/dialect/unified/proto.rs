@@ -3,10 +3,11 @@
 //! rendering of committed changes, and form validation. No sockets here.
 
 use crate::dialect::{SLOT_UNIFIED_CHANGE, SLOT_UNIFIED_FIELDS};
+use crate::engine::Committed;
 use crate::model::{Conflict, Op};
 use crate::rfc3339::Timestamp;
 use crate::schema::{SchemaSet, Violation};
-use crate::store::{Committed, EntityView, LocalWrite, LogEntry, Outcome, StoredEntity};
+use crate::store::{EntityView, LocalWrite, LogEntry, Outcome, StoredEntity};
 use axum::extract::ws::Utf8Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -796,7 +797,7 @@ mod tests {
     use serde_json::json;
 
     fn committed(op: Op, fields: Value, created: bool, after: Option<Value>) -> Committed {
-        Committed {
+        crate::engine::Committed::new(crate::store::Committed {
             seq: 7,
             entry: LogEntry {
                 change: Change {
@@ -829,8 +830,7 @@ mod tests {
                 fields: a.as_object().cloned().unwrap_or_default(),
             }),
             source: None,
-            rendered: Default::default(),
-        }
+        })
     }
 
     #[test]

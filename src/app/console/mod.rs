@@ -13,7 +13,7 @@ pub mod logring;
 pub mod rates;
 mod status;
 
-use crate::server::AppState;
+use crate::app::AppState;
 use axum::routing::{get, post};
 use axum::Router;
 use std::collections::HashMap;

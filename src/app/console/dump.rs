@@ -5,7 +5,7 @@
 //! channel, so a slow reader holds the snapshot, never the relay's memory.
 
 use super::access::{require_admin, Need};
-use crate::server::AppState;
+use crate::app::AppState;
 use crate::store::SnapEntity;
 use axum::body::Body;
 use axum::extract::{Query, State};

@@ -1,21 +1,29 @@
-//! Running the relay: bind, serve, and shut down gracefully.
+//! The relay: it starts every part (store and engine, mesh, upstream,
+//! cluster link, listener), owns their tasks, serves the routes
+//! ([`routes`]) and the status page ([`console`]), and shuts down
+//! gracefully. Handlers get narrow contexts (`dialect::Ctx`,
+//! `upstream::hub::HubCtx`), never [`AppState`]; only the app's own
+//! routes and the console see the whole relay.
 //!
 //! Shutdown order (SIGTERM/SIGINT): stop accepting; tell every connection
 //! (they finish in-flight commits and close with 1001); wait for them up to
 //! `server.shutdown_grace`; then stop the engine, which drains and flushes
 //! the writer.
 
+pub mod console;
+pub mod routes;
+
 use crate::auth::Auth;
 use crate::config::Settings;
 use crate::engine::{Engine, EngineError, EngineSettings, Limits};
 use crate::mesh::Mesh;
 use crate::metrics::Metrics;
+use crate::net::ConnTracker;
 use crate::replicate::Links;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 #[derive(Debug, thiserror::Error)]
@@ -63,44 +71,22 @@ pub struct AppState {
     /// The JetStream link (`[cluster] nats` or `[upstream] nats`), if any.
     pub nats: Option<Arc<dyn crate::cluster::Report>>,
     /// The status page's rate samples and caches.
-    pub console: Arc<crate::console::Console>,
+    pub console: Arc<crate::app::console::Console>,
+    /// What the hub's replication endpoint gets (`/ws/replicate`).
+    pub hub: crate::upstream::hub::HubCtx,
+    /// What the dialects get.
+    pub ctx: crate::dialect::Ctx,
 }
 
-/// Counts live connection actors so shutdown can wait for them.
-#[derive(Default)]
-pub struct ConnTracker {
-    live: Arc<(AtomicUsize, Notify)>,
-}
-
-/// Held by a connection actor; dropping it marks the actor finished.
-pub struct ConnToken(Arc<(AtomicUsize, Notify)>);
-
-impl ConnTracker {
-    pub fn enter(&self) -> ConnToken {
-        self.live.0.fetch_add(1, Ordering::AcqRel);
-        ConnToken(self.live.clone())
-    }
-
-    pub fn live(&self) -> usize {
-        self.live.0.load(Ordering::Acquire)
-    }
-
-    async fn idle(&self) {
-        loop {
-            let notified = self.live.1.notified();
-            if self.live() == 0 {
-                return;
-            }
-            notified.await;
-        }
+impl axum::extract::FromRef<Arc<AppState>> for crate::dialect::Ctx {
+    fn from_ref(state: &Arc<AppState>) -> Self {
+        state.ctx.clone()
     }
 }
 
-impl Drop for ConnToken {
-    fn drop(&mut self) {
-        if self.0 .0.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0 .1.notify_waiters();
-        }
+impl axum::extract::FromRef<Arc<AppState>> for crate::upstream::hub::HubCtx {
+    fn from_ref(state: &Arc<AppState>) -> Self {
+        state.hub.clone()
     }
 }
 
@@ -196,22 +182,46 @@ impl Relay {
         };
         let upstream_task = upstream.as_ref().map(|u| u.start(shutdown.clone()));
         let (nats, nats_tasks) = start_nats(nats_settings, &engine, &shutdown).await?;
-        let console = Arc::new(crate::console::Console::default());
+        let console = Arc::new(crate::app::console::Console::default());
         console.start(&engine);
+        let auth = Auth::new(settings.jwt_secret.as_deref(), settings.anonymous);
+        let conns = ConnTracker::default();
+        let hub = crate::upstream::hub::HubCtx {
+            engine: engine.clone(),
+            auth: auth.clone(),
+            links: links.clone(),
+            shutdown: shutdown.clone(),
+            conns: conns.clone(),
+        };
+        let net = Arc::new(crate::net::stats::NetStats::default());
+        let ctx = crate::dialect::Ctx::new(crate::dialect::Shared {
+            engine: engine.clone(),
+            auth: auth.clone(),
+            settings: crate::dialect::ConnSettings::of(&settings),
+            shutdown: shutdown.clone(),
+            conns: conns.clone(),
+            net: net.clone(),
+            upstream: upstream.clone().map(|u| {
+                let wake: crate::dialect::Wake = Arc::new(move || u.wake());
+                wake
+            }),
+        });
         let state = Arc::new(AppState {
+            ctx,
             engine,
-            auth: Auth::new(settings.jwt_secret.as_deref(), settings.anonymous),
+            auth,
             settings,
             shutdown,
-            conns: ConnTracker::default(),
+            conns,
+            hub,
             links,
             mesh_addr: mesh.as_ref().map(|m| m.local_addr),
             upstream,
-            net: Arc::new(crate::net::stats::NetStats::default()),
+            net,
             nats,
             console,
         });
-        let app = crate::http::router(state.clone());
+        let app = routes::router(state.clone());
         let st = &state.settings;
         let serve = crate::net::spawn(
             listener,

@@ -1,9 +1,9 @@
 //! Who may read the relay's status and use the admin API: one rule for
 //! `/v1/status`, `/metrics`, the status page's feed and the CLI.
 
+use crate::app::AppState;
 use crate::auth::Grant;
 use crate::config::Anonymous;
-use crate::server::AppState;
 use axum::http::{HeaderMap, StatusCode};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -33,7 +33,7 @@ pub fn require_admin(
         state.engine.metrics.auth_failures.fetch_add(1, Relaxed);
         Err((code, why))
     };
-    let token = crate::dialect::token_from(headers, query).filter(|t| !t.is_empty());
+    let token = crate::auth::token_from(headers, query).filter(|t| !t.is_empty());
     let open = matches!(
         (state.auth.anonymous(), need),
         (Anonymous::Write, _) | (Anonymous::Read, Need::Read)
@@ -46,7 +46,7 @@ pub fn require_admin(
                 "unauthorized: a token with the admin scope is required\n".into(),
             )
         }
-        Some(t) => match state.auth.verify(&t, crate::dialect::now_s()) {
+        Some(t) => match state.auth.verify(&t, crate::auth::now_s()) {
             Ok(g) => g,
             Err(e) => return refuse(StatusCode::UNAUTHORIZED, format!("unauthorized: {e}\n")),
         },

@@ -1,7 +1,7 @@
 //! The axum router: dialect endpoints plus health, metrics and status.
 
-use crate::dialect::{atome_adapter, atome_sync, config_sync, kv, native, sync, unified};
-use crate::server::AppState;
+use crate::app::AppState;
+use crate::dialect::{atome_adapter, atome_sync, kv, unified};
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -12,9 +12,9 @@ use std::sync::Arc;
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/ws", get(native::upgrade))
-        .route("/ws/sync", get(sync::upgrade))
-        .route("/ws/atome-sync", get(atome_sync::upgrade))
+        .route("/ws", get(crate::conn::endpoints::native))
+        .route("/ws/sync", get(crate::conn::endpoints::sync))
+        .route("/ws/atome-sync", get(crate::conn::endpoints::atome_sync))
         .route("/api/atome/create", post(atome_sync::create))
         .route("/api/atome", get(atome_sync::list))
         .route("/api/atome/list", get(atome_sync::list))
@@ -30,7 +30,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/server-info", get(atome_adapter::server_info))
         .route("/v1/sync/{workspace}", get(kv::upgrade))
         .route("/v1/history/{workspace}", get(kv::history))
-        .route("/ws/config", get(config_sync::upgrade))
+        .route("/ws/config", get(crate::conn::endpoints::config_sync))
         .route("/api/ws", get(unified::unified))
         .route("/api/sync/ws", get(unified::entity_sync))
         .route("/api/field-sync/ws", get(unified::field_sync))
@@ -46,8 +46,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ws/replicate", get(crate::upstream::hub::upgrade))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .route("/v1/status", get(crate::console::status))
-        .merge(crate::console::routes())
+        .route("/v1/status", get(crate::app::console::status))
+        .merge(crate::app::console::routes())
         .with_state(state)
 }
 
@@ -82,7 +82,7 @@ fn operator_only(
     headers: &HeaderMap,
     query: &HashMap<String, String>,
 ) -> Option<Response> {
-    use crate::console::access::{require_admin, Need};
+    use crate::app::console::access::{require_admin, Need};
     require_admin(state, headers, query, Need::Read)
         .err()
         .map(IntoResponse::into_response)

@@ -3,7 +3,7 @@
 //! Events: one `status` event a second).
 
 use super::access::{require_admin, Need};
-use crate::server::AppState;
+use crate::app::AppState;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};

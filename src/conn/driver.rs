@@ -1,0 +1,336 @@
+//! The one client connection loop, generic over a [`Dialect`].
+//!
+//! One actor per connection: a `select!` (biased, in this order) over
+//! 1. shutdown: stop reading, answer what is in flight, close with 1001;
+//! 2. the in-band authentication deadline of the dialect (1008);
+//! 3. answers of in-flight requests, in request order;
+//! 4. the lag signal of fan-out (the one lag policy, see `feed`);
+//! 5. the bounded fan-out queue: up to [`BATCH`] frames per flush;
+//! 6. the socket, while fewer than `server.max_inflight` requests are in
+//!    flight (in ordered mode: while none is), with the keepalive and
+//!    idle timeout of [`super::socket`].
+//!
+//! A client that stops reading is cut off by the socket's write timeout
+//! (`net::io`), which every write here goes through.
+
+use super::feed::{Feed, Pages};
+use super::socket::{Gone, Socket};
+use super::ConnCtx;
+use crate::dialect::{Dialect, Follow, Handled, Lag, Pending, Refusal, Since};
+use crate::engine::{CatchUp, Delivery, EngineError};
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
+use futures_util::stream::FuturesOrdered;
+use futures_util::StreamExt;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+
+/// Queued deliveries written per flush: bounds the time the actor spends
+/// away from its other duties and its write buffer; frames written
+/// together go out in one syscall.
+pub const BATCH: usize = 64;
+
+/// How long a closing connection waits for its in-flight requests.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+struct Driver<D> {
+    socket: Socket,
+    cc: ConnCtx,
+    dialect: D,
+    /// Feed key -> feed.
+    feeds: HashMap<u64, Feed>,
+    pending: FuturesOrdered<Pending>,
+    out: Vec<Utf8Bytes>,
+}
+
+/// Why the loop ended.
+enum End {
+    /// The client left (or its socket failed): nothing more to say.
+    Gone,
+    /// Close with this code and reason.
+    Close(u16, &'static str),
+}
+
+impl From<Gone> for End {
+    fn from(_: Gone) -> End {
+        End::Gone
+    }
+}
+
+/// Serve one connection until it closes or the relay shuts down.
+pub async fn run<D: Dialect>(socket: WebSocket, cc: ConnCtx, dialect: D) {
+    let mut d = Driver {
+        socket: Socket::new(socket, &cc.state),
+        cc,
+        dialect,
+        feeds: HashMap::new(),
+        pending: FuturesOrdered::new(),
+        out: Vec::new(),
+    };
+    let end = d.serve().await;
+    match end {
+        End::Gone => {}
+        End::Close(code, reason) => d.socket.close(code, reason).await,
+    }
+}
+
+impl<D: Dialect> Driver<D> {
+    async fn serve(&mut self) -> End {
+        let opened = self.dialect.open();
+        if let Err(e) = self.apply(opened).await {
+            return e;
+        }
+        let mut shutdown = self.cc.state.shutdown.clone();
+        let max_inflight = self.cc.state.settings.max_inflight;
+        loop {
+            let reading = if self.dialect.ordered() {
+                self.pending.is_empty()
+            } else {
+                self.pending.len() < max_inflight
+            };
+            let deadline = self.dialect.deadline();
+            let step: Result<(), End> = tokio::select! {
+                biased;
+                _ = shutdown.changed() => return self.drain().await,
+                _ = sleep_until_opt(deadline), if deadline.is_some() => {
+                    Err(End::Close(1008, "authentication required"))
+                }
+                Some(frames) = self.pending.next(), if !self.pending.is_empty() => {
+                    self.socket.send_all(frames.into_iter().map(Utf8Bytes::from), &self.dialect).await.map_err(End::from)
+                }
+                _ = self.cc.signal.notify.notified() => self.lagged().await,
+                Some(first) = self.cc.rx.recv() => self.deliver(first).await,
+                msg = self.socket.recv(), if reading => match msg {
+                    Some(m) => self.on_message(m).await,
+                    None => Err(End::Gone),
+                },
+            };
+            if let Err(end) = step {
+                return end;
+            }
+        }
+    }
+
+    /// Shutdown: answer in-flight requests (bounded), then 1001.
+    async fn drain(&mut self) -> End {
+        let answered = tokio::time::timeout(DRAIN, async {
+            while let Some(frames) = self.pending.next().await {
+                let frames = frames.into_iter().map(Utf8Bytes::from);
+                self.socket.send_all(frames, &self.dialect).await?;
+            }
+            Ok::<(), Gone>(())
+        })
+        .await;
+        match answered {
+            Ok(Err(Gone)) => End::Gone,
+            _ => End::Close(1001, "relay shutting down"),
+        }
+    }
+
+    async fn on_message(&mut self, msg: Message) -> Result<(), End> {
+        let max = self.cc.state.settings.max_frame_bytes;
+        let handled = match msg {
+            Message::Text(t) if t.len() > max => {
+                Handled::reply(self.dialect.refuse(Refusal::TooLarge { len: t.len(), max }))
+            }
+            Message::Text(t) => self.dialect.on_text(&t),
+            Message::Binary(b) => self.dialect.on_binary(&b),
+            Message::Close(_) => return Err(End::Gone),
+            Message::Ping(_) | Message::Pong(_) => return Ok(()),
+        };
+        self.apply(handled).await
+    }
+
+    /// Carry out what the dialect asked for, in order.
+    async fn apply(&mut self, h: Handled) -> Result<(), End> {
+        let now = h.now.into_iter().map(Utf8Bytes::from);
+        self.socket.send_all(now, &self.dialect).await?;
+        if let Some(later) = h.later {
+            self.pending.push_back(later);
+        }
+        for key in h.unfollow {
+            if let Some(f) = self.feeds.remove(&key) {
+                if let Some(id) = f.sub {
+                    self.cc.state.engine.unsubscribe(&f.space, id);
+                }
+            }
+        }
+        for f in h.follow {
+            self.follow(f).await?;
+        }
+        Ok(())
+    }
+
+    /// Start (or replace) a feed and bring it up to date.
+    async fn follow(&mut self, f: Follow) -> Result<(), End> {
+        let max = self.cc.state.settings.max_subscriptions;
+        if let Some(old) = self.feeds.remove(&f.key) {
+            if let Some(id) = old.sub {
+                self.cc.state.engine.unsubscribe(&old.space, id);
+            }
+        } else if self.feeds.len() >= max {
+            let frame = self
+                .dialect
+                .refuse_follow(f.key, Refusal::TooManyFeeds { max });
+            self.cc
+                .state
+                .engine
+                .metrics
+                .errors_sent
+                .fetch_add(1, Relaxed);
+            return Ok(self.socket.send_all([frame.into()], &self.dialect).await?);
+        }
+        let last = match f.since {
+            Since::Now => self.cc.state.engine.hub().last_seq(),
+            Since::After(seq) => seq,
+        };
+        let feed = Feed {
+            space: f.space,
+            filter: f.filter,
+            sub: None,
+            last,
+            echo: self.dialect.echo(),
+        };
+        self.catch_up(f.key, feed).await
+    }
+
+    /// Replay `feed` from its last seq until it is live, then keep it.
+    async fn catch_up(&mut self, key: u64, mut feed: Feed) -> Result<(), End> {
+        let engine = self.cc.state.engine.clone();
+        let signal = self.cc.signal.clone();
+        let read = async {
+            let mut pages = Pages::start(&engine, &mut feed, self.cc.link.clone())?;
+            while let Some(page) = pages.next().await? {
+                self.out.clear();
+                for item in page {
+                    match item {
+                        CatchUp::Change(c) => {
+                            if feed.accept_catch_up(&c, |seq| signal.is_own(seq)) {
+                                self.dialect.change(key, &c, &mut self.out);
+                            }
+                        }
+                        CatchUp::Snapshot {
+                            collection,
+                            id,
+                            entity,
+                        } => self
+                            .dialect
+                            .snapshot(key, &collection, &id, &entity, &mut self.out),
+                    }
+                }
+                let frames = std::mem::take(&mut self.out);
+                if self.socket.send_all(frames, &self.dialect).await.is_err() {
+                    return Err(EngineError::ClientGone);
+                }
+            }
+            pages.live().ok_or(EngineError::ClientGone)
+        };
+        match read.await {
+            Ok((id, reached)) => {
+                feed.sub = Some(id);
+                feed.last = feed.last.max(reached);
+                self.cc.signal.forget_own(feed.last);
+                self.feeds.insert(key, feed);
+                let frames = self.dialect.live(key, feed_last(&self.feeds, key));
+                Ok(self
+                    .socket
+                    .send_all(frames.into_iter().map(Utf8Bytes::from), &self.dialect)
+                    .await?)
+            }
+            Err(EngineError::ClientGone) => Err(End::Gone),
+            Err(e) => match self.dialect.feed_failed(key, &e) {
+                Some(frames) => {
+                    self.cc
+                        .state
+                        .engine
+                        .metrics
+                        .errors_sent
+                        .fetch_add(1, Relaxed);
+                    let frames = frames.into_iter().map(Utf8Bytes::from);
+                    Ok(self.socket.send_all(frames, &self.dialect).await?)
+                }
+                None => {
+                    tracing::warn!(error = %e, "following a space failed; closing the connection");
+                    Err(End::Close(1011, "relay storage error"))
+                }
+            },
+        }
+    }
+
+    /// Fan-out dropped some feeds for lagging: the one lag policy.
+    async fn lagged(&mut self) -> Result<(), End> {
+        for id in self.cc.signal.take_lagged() {
+            let Some(key) = self
+                .feeds
+                .iter()
+                .find_map(|(k, f)| (f.sub == Some(id)).then_some(*k))
+            else {
+                continue;
+            };
+            let Some(mut feed) = self.feeds.remove(&key) else {
+                continue;
+            };
+            self.cc.state.engine.metrics.resyncs.fetch_add(1, Relaxed);
+            match self.dialect.lagged(key, feed.last) {
+                Lag::Resume => {
+                    feed.sub = None;
+                    self.catch_up(key, feed).await?;
+                }
+                Lag::Drop(frames) => {
+                    let frames = frames.into_iter().map(Utf8Bytes::from);
+                    self.socket.send_all(frames, &self.dialect).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `first` and whatever else is queued (up to [`BATCH`]), one flush.
+    async fn deliver(&mut self, first: Delivery) -> Result<(), End> {
+        self.out.clear();
+        let conn = self.cc.id;
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(d) = next.take() {
+            taken += 1;
+            match d {
+                Delivery::Change { sub, item } => {
+                    if let Some((key, feed)) =
+                        self.feeds.iter_mut().find(|(_, f)| f.sub == Some(sub))
+                    {
+                        if feed.accept_live(sub, &item, conn) {
+                            self.dialect.change(*key, &item, &mut self.out);
+                        }
+                    }
+                }
+                Delivery::Event { sub, event } => {
+                    if let Some(key) = self
+                        .feeds
+                        .iter()
+                        .find_map(|(k, f)| (f.sub == Some(sub)).then_some(*k))
+                    {
+                        if let Some(f) = self.dialect.event(key, &event) {
+                            self.out.push(f);
+                        }
+                    }
+                }
+            }
+            if taken < BATCH {
+                next = self.cc.rx.try_recv();
+            }
+        }
+        let frames = std::mem::take(&mut self.out);
+        Ok(self.socket.send_all(frames, &self.dialect).await?)
+    }
+}
+
+fn feed_last(feeds: &HashMap<u64, Feed>, key: u64) -> u64 {
+    feeds.get(&key).map(|f| f.last).unwrap_or(0)
+}
+
+/// Sleep until `at`; never when there is none.
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

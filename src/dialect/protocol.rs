@@ -1,0 +1,191 @@
+//! What a client protocol is to the connection driver ([`crate::conn`]):
+//! frames in, frames and requests out. A dialect never touches the socket,
+//! the clock's timers or the fan-out queue; the driver reads and writes
+//! frames, keeps the connection alive, runs every catch-up-to-live feed
+//! and applies the one lag policy (see `conn::feed`).
+//!
+//! Engine calls still happen inside a dialect (writes are futures it hands
+//! back in [`Handled::later`]; reads are synchronous calls): making them
+//! effects too is the next step of issue 15.
+
+use crate::engine::{Committed, EngineError, Event, Filter};
+use crate::store::StoredEntity;
+use axum::extract::ws::Utf8Bytes;
+use std::future::Future;
+use std::pin::Pin;
+
+/// Work answered later (a write waiting for its commit): its frames, if any.
+pub type Pending = Pin<Box<dyn Future<Output = Vec<String>> + Send>>;
+
+/// Where a new feed starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Since {
+    /// Live from now: nothing committed before is replayed.
+    Now,
+    /// After this local seq (0: from the beginning).
+    After(u64),
+}
+
+/// Start following a space. `key` names the feed in later calls; a
+/// follow with a key already in use replaces that feed.
+#[derive(Debug, Clone)]
+pub struct Follow {
+    pub key: u64,
+    pub space: String,
+    pub filter: Filter,
+    pub since: Since,
+}
+
+/// What handling one client message produced.
+#[derive(Default)]
+pub struct Handled {
+    /// Frames to send right away.
+    pub now: Vec<String>,
+    /// Work whose answer comes later (a write waiting for its commit).
+    pub later: Option<Pending>,
+    /// Feeds to start (after `now` is sent), in order.
+    pub follow: Vec<Follow>,
+    /// Feeds to end.
+    pub unfollow: Vec<u64>,
+}
+
+impl Handled {
+    pub fn reply(frame: String) -> Handled {
+        Handled {
+            now: vec![frame],
+            ..Handled::default()
+        }
+    }
+
+    pub fn later(f: Pending) -> Handled {
+        Handled {
+            later: Some(f),
+            ..Handled::default()
+        }
+    }
+}
+
+/// Frames refused before the protocol sees them.
+#[derive(Debug, Clone, Copy)]
+pub enum Refusal {
+    Binary,
+    TooLarge {
+        len: usize,
+        max: usize,
+    },
+    /// A follow past `server.max_subscriptions`.
+    TooManyFeeds {
+        max: usize,
+    },
+}
+
+impl Refusal {
+    pub fn message(self) -> String {
+        match self {
+            Refusal::Binary => "binary frames are not supported: send JSON text frames".into(),
+            Refusal::TooLarge { len, max } => {
+                format!("message of {len} bytes exceeds the {max}-byte limit")
+            }
+            Refusal::TooManyFeeds { max } => {
+                format!("a connection may hold {max} subscriptions (server.max_subscriptions)")
+            }
+        }
+    }
+}
+
+/// What a dialect wants when fan-out dropped one of its feeds for lagging.
+pub enum Lag {
+    /// Replay the gap from the log, then go on live (no message).
+    Resume,
+    /// End the feed; send these frames (the client resumes by itself).
+    Drop(Vec<String>),
+}
+
+/// One client protocol, driven by `conn::run`.
+pub trait Dialect: Send + Sync + 'static {
+    /// What to send and follow as soon as the connection is up.
+    fn open(&mut self) -> Handled;
+    /// One client text frame (within `server.max_frame_bytes`).
+    fn on_text(&mut self, text: &str) -> Handled;
+    /// One client binary frame; refused unless the protocol has them.
+    fn on_binary(&mut self, _data: &[u8]) -> Handled {
+        Handled::reply(self.refuse(Refusal::Binary))
+    }
+    /// The error frame for a refused frame.
+    fn refuse(&mut self, why: Refusal) -> String;
+    /// The error frame for a refused follow (feed `feed` does not start).
+    fn refuse_follow(&mut self, _feed: u64, why: Refusal) -> String {
+        self.refuse(why)
+    }
+    /// Frames for a committed change of feed `feed` (live or replayed).
+    fn change(&mut self, feed: u64, c: &Committed, out: &mut Vec<Utf8Bytes>);
+    /// Frames for an entity's current state, replayed when the log was
+    /// trimmed past the point a feed resumes from.
+    fn snapshot(
+        &mut self,
+        feed: u64,
+        collection: &str,
+        id: &str,
+        e: &StoredEntity,
+        out: &mut Vec<Utf8Bytes>,
+    );
+    /// An ephemeral event of feed `feed`'s space (feeds whose filter asks
+    /// for events).
+    fn event(&mut self, _feed: u64, _e: &Event) -> Option<Utf8Bytes> {
+        None
+    }
+    /// Feed `feed` caught up and is live from `seq` on.
+    fn live(&mut self, _feed: u64, _seq: u64) -> Vec<String> {
+        Vec::new()
+    }
+    /// Fan-out dropped feed `feed` (last delivered: `last`) for lagging.
+    fn lagged(&mut self, _feed: u64, _last: u64) -> Lag {
+        Lag::Resume
+    }
+    /// Reading feed `feed` failed: frames to send, after which the feed is
+    /// gone; None closes the connection with 1011.
+    fn feed_failed(&mut self, _feed: u64, _e: &EngineError) -> Option<Vec<String>> {
+        None
+    }
+    /// Whether the client gets its own writes back through its feeds.
+    fn echo(&self) -> bool {
+        true
+    }
+    /// Ordered mode: the next frame is read only once every earlier one is
+    /// answered (a request then sees what the previous one stored).
+    fn ordered(&self) -> bool {
+        false
+    }
+    /// When the connection must have authenticated in-band (None: no
+    /// deadline); past it the socket is closed with 1008.
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        None
+    }
+    /// A frame as it goes out: text, or (a protocol that compresses) a
+    /// binary frame.
+    fn outgoing(&self, frame: Utf8Bytes) -> axum::extract::ws::Message {
+        axum::extract::ws::Message::Text(frame)
+    }
+}
+
+/// An accepted handshake: the endpoint (for the per-endpoint gauge) and
+/// how to make the dialect once the connection has its id.
+pub struct Opening<D> {
+    pub endpoint: &'static str,
+    pub make: Box<dyn FnOnce(&super::ConnCtx) -> D + Send>,
+}
+
+impl<D> Opening<D> {
+    pub fn new(
+        endpoint: &'static str,
+        make: impl FnOnce(&super::ConnCtx) -> D + Send + 'static,
+    ) -> Opening<D> {
+        Opening {
+            endpoint,
+            make: Box::new(make),
+        }
+    }
+}
+
+/// A handshake refused before the upgrade: HTTP status and body.
+pub type Refused = (axum::http::StatusCode, String);
