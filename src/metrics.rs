@@ -6,6 +6,16 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+/// Append one single-valued series in the Prometheus text format: its HELP
+/// and TYPE lines, then `name value`. Every `/metrics` section renders its
+/// plain counters and gauges through this.
+pub fn series(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+    );
+}
+
 /// Upper bounds (seconds) of the commit latency histogram buckets.
 const COMMIT_BUCKETS: [f64; 12] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
@@ -152,11 +162,7 @@ impl Metrics {
             ),
         ];
         for (name, help, v) in counters {
-            let _ = writeln!(
-                s,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                v.load(Relaxed)
-            );
+            series(&mut s, name, "counter", help, v.load(Relaxed));
         }
         let _ = writeln!(
             s,
@@ -234,14 +240,10 @@ impl Metrics {
             ),
         ];
         for (name, kind, help, v) in webhook {
-            let _ = writeln!(
-                s,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
-                v.load(Relaxed)
-            );
+            series(&mut s, name, kind, help, v.load(Relaxed));
         }
         for (name, help, v) in extra {
-            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+            series(&mut s, name, "gauge", help, v);
         }
         s
     }

@@ -858,9 +858,7 @@ impl super::Report for Link {
         ];
         let mut out = String::new();
         for (name, kind, help, v) in series {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
-            ));
+            crate::metrics::series(&mut out, name, kind, help, v);
         }
         out
     }

@@ -108,11 +108,7 @@ impl NetStats {
             ("outpost_accept_errors_total", "counter", "failed accept calls (out of descriptors and others)", &self.accept_errors),
         ];
         for (name, kind, help, v) in series {
-            let _ = writeln!(
-                s,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
-                v.load(Relaxed)
-            );
+            crate::metrics::series(&mut s, name, kind, help, v.load(Relaxed));
         }
         s
     }
