@@ -672,8 +672,14 @@ impl Sim {
         drop(hold);
         let hold2 = hold2.await.unwrap().map_err(|err| err.to_string())?;
         let mut acked = Vec::new();
+        let mut answered = Vec::new();
         for (kind, write, t) in jobs {
-            let r = t.await.unwrap();
+            answered.push((kind, write, t.await.unwrap()));
+        }
+        // The good jobs and the trim first: a neighbour's fault must not
+        // touch them (the bad ones' own answers are checked after).
+        answered.sort_by_key(|(kind, _, _)| !matches!(kind, Kind::Good | Kind::Trim));
+        for (kind, write, r) in answered {
             match (kind, &r) {
                 (Kind::Good, Ok(out)) => acked.push((write.expect("a write"), out[0].clone())),
                 (Kind::Trim, Ok(_)) => {}
@@ -790,15 +796,69 @@ impl Sim {
                 self.cut(k);
             }
         }
+        // A crash strikes under load: local writes in flight, some acked
+        // before it (they must survive), the others refused.
+        let mut inflight = Vec::new();
+        if crash {
+            if let Some(e) = self.relays[i].engine.clone() {
+                for _ in 0..self.rng.below(6) {
+                    let (space, w) = self.gen_write();
+                    let e = e.clone();
+                    let w2 = w.clone();
+                    let s2 = space.clone();
+                    inflight.push((
+                        space,
+                        w,
+                        tokio::spawn(async move { e.push(&s2, "sim", None, vec![w2]).await }),
+                    ));
+                }
+                // Let some of them commit first.
+                for _ in 0..self.rng.below(4) {
+                    tokio::task::yield_now().await;
+                }
+            }
+        }
         if crash {
             let torn = self.rng.chance(50);
-            let mut rng = Rng(self.rng.next());
-            let what = self.relays[i].disk.crash(|| torn && rng.chance(50));
+            let seed = self.rng.next();
+            let disk = self.relays[i].disk.clone();
+            // Mostly during a commit (the next sync), else wherever it is.
+            let what = if inflight.is_empty() {
+                disk.crash(seed, torn)
+            } else {
+                disk.crash_at_next_sync(seed, torn);
+                let mut struck = None;
+                for _ in 0..20 {
+                    struck = disk.crashed();
+                    if struck.is_some() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                match struck {
+                    Some(c) => c,
+                    None => disk
+                        .crash_if_armed()
+                        .or_else(|| disk.crashed())
+                        .unwrap_or_default(),
+                }
+            };
             self.note(format!(
                 "relay {i} crashes ({} unsynced sectors lost, {} kept)",
                 what.sectors_lost, what.sectors_kept
             ));
             self.count("crashes");
+            *self.counts.entry("unsynced sectors lost").or_default() += what.sectors_lost as u64;
+            *self.counts.entry("unsynced sectors kept").or_default() += what.sectors_kept as u64;
+        }
+        for (space, w, t) in inflight {
+            match t.await.unwrap() {
+                Ok(out) => {
+                    self.count("writes acked just before a crash");
+                    self.record(i, &space, &w, &out[0]);
+                }
+                Err(_) => self.count("writes refused by a crash"),
+            }
         }
         // Aborted tasks drop their engine handles on their next poll.
         tokio::time::sleep(Duration::from_millis(5)).await;

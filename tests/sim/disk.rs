@@ -31,6 +31,12 @@ struct State {
     /// Bumped by each crash: handles of an older epoch belong to the
     /// crashed process and fail.
     epoch: u64,
+    /// A crash waiting for the next sync (the power fails during a
+    /// commit): the seed of its sector draws, and whether sectors may
+    /// survive at all.
+    armed: Option<(u64, bool)>,
+    /// What the last crash did.
+    last: Option<Crash>,
 }
 
 #[derive(Debug)]
@@ -53,7 +59,7 @@ fn apply(img: &mut Vec<u8>, p: &Pending) {
 }
 
 /// What a crash did to the writes that were not synced.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Crash {
     pub sectors_lost: usize,
     pub sectors_kept: usize,
@@ -76,44 +82,73 @@ impl Disk {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The process using the disk dies. `keep` decides, per sector written
-    /// since the last sync, whether it reached the platter.
-    pub fn crash(&self, mut keep: impl FnMut() -> bool) -> Crash {
+    /// The process using the disk dies now. Of the sectors written since
+    /// the last sync, with `torn` each survives or not as `seed` draws;
+    /// without, none does.
+    pub fn crash(&self, seed: u64, torn: bool) -> Crash {
+        crash(&mut self.lock(), seed, torn)
+    }
+
+    /// The process dies at its next sync (inside a commit), before the sync
+    /// takes effect. Returns at once; see `crashed`.
+    pub fn crash_at_next_sync(&self, seed: u64, torn: bool) {
+        self.lock().armed = Some((seed, torn));
+    }
+
+    /// The armed crash, once it struck (disarmed then).
+    pub fn crashed(&self) -> Option<Crash> {
         let mut st = self.lock();
-        st.epoch += 1;
-        let pending = std::mem::take(&mut st.pending);
-        let mut out = Crash::default();
-        let mut durable = std::mem::take(&mut st.durable);
-        for p in &pending {
-            match p {
-                Pending::Len(_) => {
-                    if keep() {
-                        apply(&mut durable, p);
-                    }
+        if st.armed.is_some() {
+            return None;
+        }
+        st.last.take()
+    }
+
+    /// Crash now if the armed crash has not struck yet.
+    pub fn crash_if_armed(&self) -> Option<Crash> {
+        let mut st = self.lock();
+        let (seed, torn) = st.armed.take()?;
+        Some(crash(&mut st, seed, torn))
+    }
+}
+
+fn crash(st: &mut State, seed: u64, torn: bool) -> Crash {
+    let mut rng = super::Rng(seed);
+    st.epoch += 1;
+    st.armed = None;
+    let pending = std::mem::take(&mut st.pending);
+    let mut out = Crash::default();
+    let mut durable = std::mem::take(&mut st.durable);
+    for p in &pending {
+        match p {
+            Pending::Len(_) => {
+                if torn && rng.chance(50) {
+                    apply(&mut durable, p);
                 }
-                Pending::Write(off, data) => {
-                    // Split at sector boundaries; each sector survives or not.
-                    let mut at = *off;
-                    let end = off + data.len() as u64;
-                    while at < end {
-                        let next = ((at / SECTOR) + 1) * SECTOR;
-                        let upto = next.min(end);
-                        if keep() {
-                            let slice = &data[(at - off) as usize..(upto - off) as usize];
-                            apply(&mut durable, &Pending::Write(at, slice.to_vec()));
-                            out.sectors_kept += 1;
-                        } else {
-                            out.sectors_lost += 1;
-                        }
-                        at = upto;
+            }
+            Pending::Write(off, data) => {
+                // Split at sector boundaries; each sector survives or not.
+                let mut at = *off;
+                let end = off + data.len() as u64;
+                while at < end {
+                    let next = ((at / SECTOR) + 1) * SECTOR;
+                    let upto = next.min(end);
+                    if torn && rng.chance(50) {
+                        let slice = &data[(at - off) as usize..(upto - off) as usize];
+                        apply(&mut durable, &Pending::Write(at, slice.to_vec()));
+                        out.sectors_kept += 1;
+                    } else {
+                        out.sectors_lost += 1;
                     }
+                    at = upto;
                 }
             }
         }
-        st.current = durable.clone();
-        st.durable = durable;
-        out
     }
+    st.current = durable.clone();
+    st.durable = durable;
+    st.last = Some(out.clone());
+    out
 }
 
 /// One process's handle on the disk (see [`Disk::handle`]).
@@ -165,6 +200,10 @@ impl StorageBackend for Handle {
 
     fn sync_data(&self) -> io::Result<()> {
         let mut st = self.live()?;
+        if let Some((seed, torn)) = st.armed {
+            crash(&mut st, seed, torn);
+            return Err(dead());
+        }
         let pending = std::mem::take(&mut st.pending);
         let mut durable = std::mem::take(&mut st.durable);
         for p in &pending {
