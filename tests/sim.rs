@@ -77,7 +77,7 @@ const ROT: &str = "rot";
 pub struct Rng(pub u64);
 
 impl Rng {
-    pub fn next(&mut self) -> u64 {
+    pub fn draw(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -85,7 +85,7 @@ impl Rng {
         z ^ (z >> 31)
     }
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.draw() % n
     }
     pub fn chance(&mut self, percent: u64) -> bool {
         self.below(100) < percent
@@ -301,7 +301,7 @@ impl Sim {
                 b,
                 up: true,
                 tasks: vec![],
-                delay_seed: rng.next(),
+                delay_seed: rng.draw(),
                 // Half the links split every page into parts of a change
                 // or a few (a change frame is ~150 bytes).
                 batch_bytes: if rng.chance(50) {
@@ -350,7 +350,7 @@ impl Sim {
             ) else {
                 continue;
             };
-            l.delay_seed = Rng(l.delay_seed).next();
+            l.delay_seed = Rng(l.delay_seed).draw();
             let (a_out, a_wire) = mpsc::channel(16);
             let (b_in_tx, b_in) = mpsc::channel(16);
             let (b_out, b_wire) = mpsc::channel(16);
@@ -623,7 +623,8 @@ impl Sim {
         };
         let horizon = e.horizon();
         type Pushed = JoinHandle<Result<Vec<outpost::store::Outcome>, EngineError>>;
-        let mut jobs: Vec<(Kind, Option<(String, LocalWrite)>, Pushed)> = Vec::new();
+        type Queued = (Kind, Option<(String, LocalWrite)>, Pushed);
+        let mut jobs: Vec<Queued> = Vec::new();
         for &kind in &kinds {
             let before = e.jobs_enqueued();
             let (space, w) = match kind {
@@ -820,7 +821,7 @@ impl Sim {
         }
         if crash {
             let torn = self.rng.chance(50);
-            let seed = self.rng.next();
+            let seed = self.rng.draw();
             let disk = self.relays[i].disk.clone();
             // Mostly during a commit (the next sync), else wherever it is.
             let what = if inflight.is_empty() {
