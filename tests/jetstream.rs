@@ -692,3 +692,70 @@ async fn a_filtered_site_leaves_no_gap_across_the_tier() {
         }
     }
 }
+
+/// `[cluster.bootstrap]`: a stream whose messages expire after 5 s. Hubs A
+/// and B write and converge; once the stream has dropped every message, a
+/// new instance N with `[cluster.bootstrap]` naming A pulls A's data over
+/// `/ws/replicate`, reads the stream after A's position, and converges
+/// with A and B with every change once in its log. A control instance C
+/// without the key gets nothing of the trimmed part (the test would fail
+/// without the bootstrap). Then N and B write: everything converges, and
+/// the stream holds each change once (N did not republish what it pulled).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_instance_bootstraps_from_a_peer_when_the_stream_was_trimmed() {
+    let nats = Nats::start(1);
+    let hub = |bootstrap: &str| {
+        Node::new(&format!(
+            "[auth]\njwt_secret = \"{SECRET}\"\nanonymous = \"write\"\n\
+             [cluster]\nnats = {}\nack_timeout = \"30s\"\n{bootstrap}\n\
+             [cluster.stream]\nreplicas = 1\nmax_age = \"5s\"\nduplicate_window = \"1s\"\n",
+            nats.toml_urls()
+        ))
+        .run()
+    };
+    let a = hub("");
+    let b = hub("");
+    wait_connected(&a).await;
+    wait_connected(&b).await;
+    let wa = writes("a", 100, "a");
+    let wb = writes("b", 100, "b");
+    write_all(a.http, &wa).await;
+    write_all(b.http, &wb).await;
+    converge(&[a.http, b.http], 200, &ids(&[&wa, &wb])).await;
+    wait_until(30, "the stream to drop every message", || async {
+        cluster_status(a.http).await["stream"]["first_seq"] == 201
+    })
+    .await;
+
+    let t = token("bootstrap", outpost::auth::Scope::Admin, None);
+    let n = hub(&format!(
+        "[cluster.bootstrap]\nurl = \"http://{}\"\ntoken = \"{t}\"\n",
+        a.http
+    ));
+    let c = hub("");
+    converge(&[a.http, b.http, n.http], 200, &ids(&[&wa, &wb])).await;
+    let st = cluster_status(n.http).await;
+    assert!(
+        st["bootstrap"].as_str().unwrap().starts_with("done"),
+        "{st}"
+    );
+    assert_eq!(st["position"], 200, "{st}");
+    wait_connected(&c).await;
+    let sc = status(c.http).await;
+    assert_eq!(sc["log"]["entries"], 0, "{sc}");
+    assert!(sc["jetstream"]["bootstrap"].is_null(), "{sc}");
+
+    let wn = writes("n", 50, "n");
+    let wb2 = writes("b2-", 50, "b");
+    write_all(n.http, &wn).await;
+    write_all(b.http, &wb2).await;
+    converge(&[a.http, b.http, n.http], 300, &ids(&[&wa, &wb, &wn, &wb2])).await;
+    assert_eq!(cluster_status(n.http).await["changes_waiting"], 0);
+    // The stream's last seq, refreshed every 2 s: 300 messages, not 500.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for h in [&a, &n] {
+        let st = cluster_status(h.http).await;
+        assert_eq!(st["stream"]["last_seq"], 300, "{st}");
+        assert_eq!(st["pending_gaps"], 0, "{st}");
+    }
+}
