@@ -9,7 +9,9 @@
 //! feed dropped for lagging is answered with `resync` (the client resumes).
 
 use super::SLOT_NATIVE;
-use super::{admit, now_s, Dialect, Follow, Handled, Lag, Opening, Refusal, Refused, Since};
+use super::{
+    admit, now_s, Dialect, Failed, Follow, Handled, Lag, Opening, Refusal, Refused, Since,
+};
 use crate::auth::Grant;
 use crate::dialect::Ctx;
 use crate::engine::{Committed, Engine, EngineError, Event, Filter};
@@ -564,8 +566,8 @@ impl Dialect for Native {
         Lag::Drop(vec![m.to_string()])
     }
 
-    fn feed_failed(&mut self, key: u64, e: &EngineError) -> Option<Vec<String>> {
+    fn feed_failed(&mut self, key: u64, e: &EngineError) -> Failed {
         let rid = self.forget(key).map(|(_, rid)| rid).unwrap_or(Value::Null);
-        Some(vec![engine_error_frame(e, &rid)])
+        Failed::Answer(vec![engine_error_frame(e, &rid)])
     }
 }
