@@ -669,3 +669,33 @@ async fn a_new_instance_bootstraps_from_a_peer_when_the_stream_was_trimmed() {
         assert_eq!(st["pending_gaps"], 0, "{st}");
     }
 }
+
+/// A mesh peer of a hub instance: what it writes reaches the whole tier
+/// (hub A merges it over QUIC and publishes it; hub B, with no mesh, reads
+/// it from the stream), and what B writes reaches the peer through A.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mesh_peers_writes_reach_the_tier_and_back() {
+    let nats = Nats::start(1);
+    let mesh = |peers: &str| {
+        format!(
+            "[mesh]\nenabled = true\nlisten = \"127.0.0.1:0\"\nsecret = \"mesh-secret-0123456789\"\n\
+             mdns = false\npeers = [{peers}]\n"
+        )
+    };
+    let a = Node::hub(&nats, 1, &mesh("")).run();
+    let b = Node::hub(&nats, 1, "").run();
+    wait_connected(&a).await;
+    wait_connected(&b).await;
+    let a_mesh = status(a.http).await["mesh"]["listen"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let m = Node::new(&mesh(&format!("\"{a_mesh}\""))).run();
+    let wm = writes("m", 60, "m");
+    write_all(m.http, &wm).await;
+    converge(&[a.http, b.http, m.http], 60, &ids(&[&wm])).await;
+    assert_eq!(cluster_status(b.http).await["merged"], 60);
+    let wb = writes("b", 40, "b");
+    write_all(b.http, &wb).await;
+    converge(&[a.http, b.http, m.http], 100, &ids(&[&wm, &wb])).await;
+}
