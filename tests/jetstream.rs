@@ -611,20 +611,21 @@ async fn a_filtered_site_leaves_no_gap_across_the_tier() {
 /// without the key gets nothing of the trimmed part (the test would fail
 /// without the bootstrap). Then N and B write: everything converges, and
 /// the stream holds each change once (N did not republish what it pulled).
+/// Last, B is down longer than `max_age` and bootstraps from N on restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_instance_bootstraps_from_a_peer_when_the_stream_was_trimmed() {
     let nats = Nats::start(1);
-    let hub = |bootstrap: &str| {
-        Node::new(&format!(
+    let config = |bootstrap: &str| {
+        format!(
             "[auth]\njwt_secret = \"{SECRET}\"\nanonymous = \"write\"\n\
              [cluster]\nnats = {}\nack_timeout = \"30s\"\n{bootstrap}\n\
              [cluster.stream]\nreplicas = 1\nmax_age = \"5s\"\nduplicate_window = \"1s\"\n",
             nats.toml_urls()
-        ))
-        .run()
+        )
     };
+    let hub = |bootstrap: &str| Node::new(&config(bootstrap)).run();
     let a = hub("");
-    let b = hub("");
+    let mut b = hub("");
     wait_connected(&a).await;
     wait_connected(&b).await;
     let wa = writes("a", 100, "a");
@@ -638,10 +639,10 @@ async fn a_new_instance_bootstraps_from_a_peer_when_the_stream_was_trimmed() {
     .await;
 
     let t = token("bootstrap", outpost::auth::Scope::Admin, None);
-    let n = hub(&format!(
-        "[cluster.bootstrap]\nurl = \"http://{}\"\ntoken = \"{t}\"\n",
-        a.http
-    ));
+    let from = |peer: SocketAddr| {
+        format!("[cluster.bootstrap]\nurl = \"http://{peer}\"\ntoken = \"{t}\"\n")
+    };
+    let n = hub(&from(a.http));
     let c = hub("");
     converge(&[a.http, b.http, n.http], 200, &ids(&[&wa, &wb])).await;
     let st = cluster_status(n.http).await;
@@ -668,6 +669,31 @@ async fn a_new_instance_bootstraps_from_a_peer_when_the_stream_was_trimmed() {
         assert_eq!(st["stream"]["last_seq"], 300, "{st}");
         assert_eq!(st["pending_gaps"], 0, "{st}");
     }
+
+    // B is down longer than max_age while A writes: restarted with its
+    // data and [cluster.bootstrap] naming N (itself bootstrapped), it
+    // pulls what the stream dropped and converges, nothing twice.
+    b.kill9();
+    let wa2 = writes("a2-", 30, "a");
+    write_all(a.http, &wa2).await;
+    wait_until(30, "the stream to drop A's new writes", || async {
+        cluster_status(a.http).await["stream"]["first_seq"] == 331
+    })
+    .await;
+    std::fs::write(&b.cfg, config(&from(n.http))).unwrap();
+    b.start();
+    converge(
+        &[a.http, b.http, n.http],
+        330,
+        &ids(&[&wa, &wb, &wn, &wb2, &wa2]),
+    )
+    .await;
+    let st = cluster_status(b.http).await;
+    assert!(
+        st["bootstrap"].as_str().unwrap().starts_with("done"),
+        "{st}"
+    );
+    assert_eq!(st["position"], 330, "{st}");
 }
 
 /// A mesh peer of a hub instance: what it writes reaches the whole tier
