@@ -16,7 +16,7 @@ use super::SLOT_KV;
 use super::{admit, Dialect, Failed, Follow, Handled, Opening, Read, Refusal, Refused, Since};
 use crate::auth::Grant;
 use crate::dialect::Ctx;
-use crate::engine::{Committed, Engine, EngineError, Filter, PAGE_BYTES};
+use crate::engine::{Committed, Engine, EngineError, ErrorClass, Filter, PAGE_BYTES};
 use crate::model::{Op, Stamp};
 use crate::store::{Cap, LocalWrite, LogEntry, StoredEntity};
 use axum::extract::ws::Utf8Bytes;
@@ -249,17 +249,18 @@ pub fn error_frame(code: u16, reason: &str, message: &str, key: Option<&str>) ->
 
 /// Engine errors in the seed's codes: bad input is 400, and every storage
 /// failure (disk full, store closed, commit error) is the seed's 500.
-pub fn engine_error(e: &EngineError) -> (u16, &'static str) {
-    match e {
-        EngineError::Invalid(_) => (400, "invalid_field"),
-        EngineError::Store(
-            crate::store::StoreError::DiskFull { .. } | crate::store::StoreError::NoSpace,
-        ) => (500, "disk_full"),
-        EngineError::Store(
-            crate::store::StoreError::Closed | crate::store::StoreError::Faulted { .. },
-        ) => (500, "unavailable"),
-        _ => (500, "storage_failed"),
+pub fn wire(class: ErrorClass) -> (u16, &'static str) {
+    match class {
+        ErrorClass::Invalid | ErrorClass::Schema => (400, "invalid_field"),
+        ErrorClass::DiskFull => (500, "disk_full"),
+        ErrorClass::Unavailable => (500, "unavailable"),
+        // Ops carry no precondition; listed for completeness.
+        ErrorClass::Precondition | ErrorClass::Storage => (500, "storage_failed"),
     }
+}
+
+pub fn engine_error(e: &EngineError) -> (u16, &'static str) {
+    wire(e.class())
 }
 
 /// The broadcast for a committed change of a key: the key's value after
@@ -676,6 +677,30 @@ pub async fn history(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One engine error of each kind -> the seed's code and reason.
+    #[test]
+    fn engine_errors_map_through_one_table() {
+        let got: Vec<(u16, &str)> = EngineError::samples()
+            .iter()
+            .map(|e| wire(e.class()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (400, "invalid_field"),
+                (400, "invalid_field"),
+                (500, "storage_failed"),
+                (500, "disk_full"),
+                (500, "disk_full"),
+                (500, "unavailable"),
+                (500, "unavailable"),
+                (500, "unavailable"),
+                (500, "storage_failed"),
+                (500, "storage_failed"),
+            ]
+        );
+    }
     use crate::model::{Change, EntityState, NodeId};
 
     fn stamp(ms: u64, node: u64) -> Stamp {

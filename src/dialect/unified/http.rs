@@ -140,12 +140,7 @@ fn check_entity(entity: &str) -> Result<(), HttpError> {
 
 fn engine_refusal(e: &EngineError) -> HttpError {
     let r = engine_error(e);
-    let status = match r.code {
-        proto::code::SCHEMA_VIOLATION | proto::code::INVALID_FIELD => StatusCode::BAD_REQUEST,
-        proto::code::DISK_FULL => StatusCode::INSUFFICIENT_STORAGE,
-        proto::code::UNAVAILABLE => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    };
+    let (_, status) = super::wire(e.class());
     refuse(status, r.code, r.message)
 }
 

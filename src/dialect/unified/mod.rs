@@ -12,8 +12,8 @@ pub mod proto;
 use super::{admit, Dialect, Failed, Follow, Handled, Opening, Read, Refused, Since};
 use crate::auth::Grant;
 use crate::dialect::Ctx;
-use crate::engine::{Committed, Engine, EngineError, Filter};
-use crate::store::{StoreError, StoredEntity};
+use crate::engine::{Committed, Engine, EngineError, ErrorClass, Filter};
+use crate::store::StoredEntity;
 use axum::extract::ws::{Message, Utf8Bytes};
 use axum::http::{HeaderMap, StatusCode};
 use proto::{code, Endpoint, Refusal, UnifiedMessage};
@@ -101,30 +101,36 @@ pub struct Unified {
     order: crate::engine::WriteOrder,
 }
 
-/// An engine error as an `error` frame with a stable code.
+/// Engine errors in seed 004: the `error` code (sockets) and the HTTP
+/// status (the HTTP API) of each class.
+pub fn wire(class: ErrorClass) -> (&'static str, StatusCode) {
+    match class {
+        ErrorClass::Invalid => (code::INVALID_FIELD, StatusCode::BAD_REQUEST),
+        ErrorClass::Schema => (code::SCHEMA_VIOLATION, StatusCode::BAD_REQUEST),
+        ErrorClass::DiskFull => (code::DISK_FULL, StatusCode::INSUFFICIENT_STORAGE),
+        ErrorClass::Unavailable => (code::UNAVAILABLE, StatusCode::SERVICE_UNAVAILABLE),
+        // Pushes carry no precondition; listed for completeness.
+        ErrorClass::Precondition | ErrorClass::Storage => {
+            (code::STORAGE_FAILED, StatusCode::INTERNAL_SERVER_ERROR)
+        }
+    }
+}
+
+/// An engine error as an `error` frame: its code from [`wire`], its
+/// message in the seed's terms (one entity per message).
 pub(crate) fn engine_error(e: &EngineError) -> Refusal {
-    match e {
+    let (code, _) = wire(e.class());
+    let message = match e {
         EngineError::Schema {
             collection,
             violation,
             ..
-        } => Refusal::new(
-            code::SCHEMA_VIOLATION,
-            format!("entity `{collection}`: {violation}"),
-        ),
+        } => format!("entity `{collection}`: {violation}"),
         // The engine names the field as `changes[i].field`: one change here.
-        EngineError::Invalid(m) => Refusal::new(
-            code::INVALID_FIELD,
-            m.strip_prefix("changes[0].").unwrap_or(m).to_string(),
-        ),
-        EngineError::Store(StoreError::DiskFull { .. } | StoreError::NoSpace) => {
-            Refusal::new(code::DISK_FULL, e.to_string())
-        }
-        EngineError::Store(StoreError::Closed | StoreError::Faulted { .. }) => {
-            Refusal::new(code::UNAVAILABLE, e.to_string())
-        }
-        _ => Refusal::new(code::STORAGE_FAILED, e.to_string()),
-    }
+        EngineError::Invalid(m) => m.strip_prefix("changes[0].").unwrap_or(m).to_string(),
+        e => e.to_string(),
+    };
+    Refusal::new(code, message)
 }
 
 impl Unified {
@@ -482,4 +488,44 @@ pub(crate) fn proto_sync_page(
         out.push(proto::entity_change(entity, &id, &e, newest.as_ref()));
     }
     Ok((latest, out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One engine error of each kind -> its `error` code on the sockets
+    /// and its status on the HTTP API; messages name one entity.
+    #[test]
+    fn engine_errors_map_through_one_table() {
+        let got: Vec<(&str, u16)> = EngineError::samples()
+            .iter()
+            .map(|e| {
+                let (code, status) = wire(e.class());
+                assert_eq!(engine_error(e).code, code);
+                (code, status.as_u16())
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (code::INVALID_FIELD, 400),
+                (code::SCHEMA_VIOLATION, 400),
+                (code::STORAGE_FAILED, 500),
+                (code::DISK_FULL, 507),
+                (code::DISK_FULL, 507),
+                (code::UNAVAILABLE, 503),
+                (code::UNAVAILABLE, 503),
+                (code::UNAVAILABLE, 503),
+                (code::STORAGE_FAILED, 500),
+                (code::STORAGE_FAILED, 500),
+            ]
+        );
+        let samples = EngineError::samples();
+        assert_eq!(engine_error(&samples[0]).message, "id: empty");
+        assert_eq!(
+            engine_error(&samples[1]).message,
+            "entity `c`: field `f` breaks rule `required`: \"f\" is a required property"
+        );
+    }
 }
