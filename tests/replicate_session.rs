@@ -307,6 +307,7 @@ async fn pull_once(from: &Arc<Engine>, into: &Arc<Engine>) -> Result<String, Ses
             let opts = SessionOpts {
                 cursor: format!("peer:{}", g.peer),
                 spaces: None,
+                batch_bytes: outpost::replicate::frame::MAX_FRAME_BYTES,
             };
             session::run(e, g, rx, tx, opts, guard.stats.clone(), stop).await
         })
@@ -317,6 +318,7 @@ async fn pull_once(from: &Arc<Engine>, into: &Arc<Engine>) -> Result<String, Ses
     let opts = SessionOpts {
         cursor: "bootstrap".into(),
         spaces: None,
+        batch_bytes: outpost::replicate::frame::MAX_FRAME_BYTES,
     };
     let pulled = session::pull(into.clone(), g, rx, tx, opts, guard.stats.clone(), stop);
     let r = tokio::time::timeout(Duration::from_secs(10), pulled)
