@@ -183,6 +183,9 @@ impl<D: Dialect> Conn<D> {
     }
 }
 
+/// A feed started: (key, space, collections (None: all), events, since).
+pub type Followed = (u64, String, Option<Vec<String>>, bool, Since);
+
 /// What handling one frame produced, frames parsed as JSON.
 #[derive(Debug, Default)]
 pub struct Effects {
@@ -192,8 +195,8 @@ pub struct Effects {
     pub read: Vec<Value>,
     /// The answer of work answered later (a write's commit).
     pub later: Vec<Value>,
-    /// Feeds started: (key, space, collections (None: all), events, since).
-    pub follow: Vec<(u64, String, Option<Vec<String>>, bool, Since)>,
+    /// Feeds started, in order.
+    pub follow: Vec<Followed>,
     pub unfollow: Vec<u64>,
 }
 
