@@ -725,3 +725,50 @@ async fn a_mesh_peers_writes_reach_the_tier_and_back() {
     write_all(b.http, &wb).await;
     converge(&[a.http, b.http, m.http], 100, &ids(&[&wm, &wb])).await;
 }
+
+/// `[upstream.bootstrap]`: an `[upstream] nats` edge down longer than
+/// `max_age` while a hub instance writes pulls what the stream dropped from
+/// that instance on restart (its own backlog is forwarded as usual), and
+/// converges with every change once in its log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_down_longer_than_max_age_bootstraps_from_a_hub() {
+    let nats = Nats::start(1);
+    let stream = "replicas = 1\nmax_age = \"5s\"\nduplicate_window = \"1s\"\n";
+    let hub = Node::new(&format!(
+        "[auth]\njwt_secret = \"{SECRET}\"\nanonymous = \"write\"\n\
+         [cluster]\nnats = {}\n[cluster.stream]\n{stream}",
+        nats.toml_urls()
+    ))
+    .run();
+    let t = token("edge", outpost::auth::Scope::Admin, None);
+    let mut edge = Node::new(&format!(
+        "[upstream]\nnats = {}\n[upstream.stream]\n{stream}\
+         [upstream.bootstrap]\nurl = \"http://{}\"\ntoken = \"{t}\"\n",
+        nats.toml_urls(),
+        hub.http
+    ))
+    .run();
+    wait_connected(&hub).await;
+    let wh = writes("h", 50, "hub");
+    write_all(hub.http, &wh).await;
+    converge(&[hub.http, edge.http], 50, &ids(&[&wh])).await;
+    assert!(status(edge.http).await["upstream"]["bootstrap"].is_null());
+
+    edge.kill9();
+    let wh2 = writes("h2-", 40, "hub");
+    write_all(hub.http, &wh2).await;
+    wait_until(30, "the stream to drop the hub's new writes", || async {
+        cluster_status(hub.http).await["stream"]["first_seq"] == 91
+    })
+    .await;
+    edge.start();
+    let we = writes("e", 20, "edge");
+    write_all(edge.http, &we).await;
+    converge(&[hub.http, edge.http], 110, &ids(&[&wh, &wh2, &we])).await;
+    let up = status(edge.http).await["upstream"].clone();
+    assert!(
+        up["bootstrap"].as_str().unwrap().starts_with("done"),
+        "{up}"
+    );
+    assert_eq!(up["pending_gaps"], 0, "{up}");
+}

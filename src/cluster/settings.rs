@@ -33,11 +33,12 @@ pub struct ClusterConfig {
     pub bootstrap: BootstrapConfig,
 }
 
-/// `[cluster.bootstrap]`: one running instance of the tier (its own
-/// address, not the load balancer's) and an admin token of it. Used only
-/// when this instance's stream position is below the stream's first
-/// message (a new instance on a trimmed stream, or one down longer than
-/// `max_age`): see docs/scale-out.md, "Bootstrap".
+/// `[cluster.bootstrap]` / `[upstream.bootstrap]`: one running instance of
+/// the tier (its own address, not the load balancer's) and an admin token
+/// of it. Used only when this relay's stream position is below the
+/// stream's first message (a new instance on a trimmed stream, or a member
+/// or `[upstream] nats` edge down longer than `max_age`): see
+/// docs/scale-out.md, "Bootstrap".
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BootstrapConfig {
@@ -128,7 +129,7 @@ pub struct NatsSettings {
     pub role: Role,
     /// Replicate only these spaces, both ways (None: all).
     pub spaces: Option<HashSet<String>>,
-    /// `[cluster.bootstrap]` (a cluster member only).
+    /// `[cluster.bootstrap]` or `[upstream.bootstrap]`.
     pub bootstrap: Option<Bootstrap>,
 }
 

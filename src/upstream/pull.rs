@@ -9,6 +9,7 @@ use crate::config::UpstreamSettings;
 use crate::engine::{now_ms, Engine};
 use crate::model::{NodeId, VersionVector};
 use crate::replicate::{session, Links, SessionOpts};
+use std::collections::HashSet;
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -25,7 +26,8 @@ pub struct Pulled {
     pub peer_vv: VersionVector,
 }
 
-/// One pull from `s`. `on_hello` sees the peer's node id and version
+/// One pull from `s`, of `spaces` (all when None: the changes of other
+/// spaces arrive as covers). `on_hello` sees the peer's node id and version
 /// vector before any of its changes is applied, and may refuse the peer.
 /// Ok once this relay's version vector holds the peer's hello vector; an
 /// error if the session ended any other way (the caller retries).
@@ -33,6 +35,7 @@ pub async fn pull_once(
     s: &UpstreamSettings,
     engine: Arc<Engine>,
     links: &Arc<Links>,
+    spaces: Option<HashSet<String>>,
     on_hello: impl FnOnce(NodeId, &VersionVector) -> Result<(), String>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Pulled, String> {
@@ -56,7 +59,7 @@ pub async fn pull_once(
     tracing::info!(url = %s.url, peer = %pulled.peer, "pulling from the peer");
     let opts = SessionOpts {
         cursor: CURSOR.to_string(),
-        spaces: None,
+        spaces,
     };
     let reason = session::pull(
         engine.clone(),

@@ -1,5 +1,6 @@
-//! Seeding a member from a peer instance when the stream no longer holds
-//! what it lacks (docs/scale-out.md, "Bootstrap"):
+//! Seeding a member (or an `[upstream] nats` edge) from a peer instance
+//! when the stream no longer holds what it lacks (docs/scale-out.md,
+//! "Bootstrap"):
 //!
 //! 1. read the peer's stream position P from its `/v1/status`: the peer
 //!    has merged every stream message up to P (its position stays below a
@@ -11,7 +12,7 @@
 //!    step 1, so that is everything up to P at least. The hello's node id
 //!    must be the status's: a load balancer could hand the two requests
 //!    to different instances, whose positions differ;
-//! 3. save P as this member's position: the consumer goes on from P+1,
+//! 3. save P as this relay's position: the consumer goes on from P+1,
 //!    and whatever the pull brought past P merges as a duplicate.
 //!
 //! The publisher skips what the pull brought (the peer's hello vector, in
@@ -20,7 +21,7 @@
 //! would only append duplicates once the duplicate window is past.
 
 use super::Link;
-use crate::cluster::settings::Bootstrap;
+use crate::cluster::settings::{Bootstrap, Role};
 use crate::model::{NodeId, VersionVector};
 use crate::ops::{Target, TargetArgs};
 use serde_json::Value;
@@ -59,10 +60,14 @@ impl Link {
             b.url, peer.node, peer.position
         ));
         tracing::info!(peer = %b.url, node = %peer.node, position = peer.position, "bootstrapping from a peer instance: the stream no longer holds what this relay lacks");
+        let key = match self.s.role {
+            Role::Cluster { .. } => "cluster.bootstrap.url",
+            Role::Upstream => "upstream.bootstrap.url",
+        };
         let on_hello = |node: NodeId, vv: &VersionVector| {
             if node != peer.node {
                 return Err(format!(
-                    "{} answered as node {} on /v1/status and {node} on /ws/replicate: set cluster.bootstrap.url to one instance's own address, not a load balancer's",
+                    "{} answered as node {} on /v1/status and {node} on /ws/replicate: set {key} to one instance's own address, not a load balancer's",
                     b.url, peer.node
                 ));
             }
@@ -79,6 +84,7 @@ impl Link {
             &b.replicate,
             self.engine.clone(),
             &self.links,
+            self.s.spaces.clone(),
             on_hello,
             shutdown.clone(),
         )
