@@ -1250,6 +1250,10 @@ async fn sim_relays_converge_and_keep_every_acked_write() {
     for &seed in &seeds {
         match run_seed(seed, steps).await {
             Ok(counts) => {
+                // A long run says how far it got.
+                if seeds.len() > 16 {
+                    eprintln!("sim: seed {seed} passed ({:.0?} so far)", started.elapsed());
+                }
                 for (k, v) in counts {
                     *total.entry(k).or_default() += v;
                 }
