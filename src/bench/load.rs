@@ -11,9 +11,10 @@ use super::stats::{per_second, Check, Latency, Tally};
 use super::wire;
 use anyhow::{anyhow, bail, Context, Result};
 use futures_util::{SinkExt, StreamExt};
+use memchr::memmem::Finder;
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
@@ -184,7 +185,9 @@ struct SubOut {
 /// change per `change` frame today, the floor forwards one push per frame;
 /// a frame carrying several changes would be counted change by change).
 pub fn change_numbers(text: &[u8]) -> impl Iterator<Item = u64> + '_ {
-    memchr::memmem::find_iter(text, b"\"bn\":").filter_map(move |i| {
+    // Built once: building a searcher per frame cost more than the search.
+    static BN: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"bn\":"));
+    BN.find_iter(text).filter_map(move |i| {
         let digits = &text[i + 5..];
         let len = digits.iter().take_while(|b| b.is_ascii_digit()).count();
         if len == 0 {
@@ -195,6 +198,9 @@ pub fn change_numbers(text: &[u8]) -> impl Iterator<Item = u64> + '_ {
         })
     })
 }
+
+static ACK: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(br#""type":"ack""#));
+static ERROR: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(br#""type":"error""#));
 
 /// A subscribed client of the load: reads in bulk, takes the receipt time
 /// once per read (the frames of one read arrived together), and counts
@@ -352,8 +358,8 @@ async fn run_writer(
                     wire::Frame::Close => bail!("writer connection closed after {j} acks"),
                     wire::Frame::Binary(_) | wire::Frame::Pong => continue,
                 };
-                let is_ack = memchr::memmem::find(t, br#""type":"ack""#).is_some();
-                if !is_ack && memchr::memmem::find(t, br#""type":"error""#).is_none() {
+                let is_ack = ACK.find(t).is_some();
+                if !is_ack && ERROR.find(t).is_none() {
                     continue;
                 }
                 // Acks and in-order errors answer pushes in order.
@@ -500,8 +506,7 @@ pub async fn run(target: &Target, load: Load) -> Result<LoadResult> {
         ack: Latency::of(&mut acks),
         check: Check::of(&tallies, load.changes, resyncs),
         elapsed_s: (end - shared.t0).as_secs_f64(),
-        client_cpu_us_per_delivery: client_cpu_us
-            .map(|c| c as f64 / deliveries.max(1) as f64),
+        client_cpu_us_per_delivery: client_cpu_us.map(|c| c as f64 / deliveries.max(1) as f64),
     })
 }
 

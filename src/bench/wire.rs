@@ -68,7 +68,7 @@ fn split_url(url: &str) -> Result<(&str, &str)> {
     })
 }
 
-fn accept_key(key: &str) -> String {
+pub fn accept_key(key: &str) -> String {
     let d = ring::digest::digest(
         &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
         format!("{key}{GUID}").as_bytes(),
@@ -179,7 +179,10 @@ fn header(b: &[u8]) -> Option<(bool, u8, bool, usize, usize)> {
             }
             let mut a = [0u8; 8];
             a.copy_from_slice(&b[2..10]);
-            (usize::try_from(u64::from_be_bytes(a)).unwrap_or(usize::MAX), 10)
+            (
+                usize::try_from(u64::from_be_bytes(a)).unwrap_or(usize::MAX),
+                10,
+            )
         }
         n => (n as usize, 2),
     };
@@ -391,7 +394,7 @@ mod tests {
         // The example of RFC 6455, section 1.3.
         assert_eq!(
             accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaOlE99YRuDbsrj4FA="
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
     }
 
