@@ -365,6 +365,17 @@ pub fn now_ms() -> u64 {
 
 impl Engine {
     pub fn open(s: EngineSettings, metrics: Arc<Metrics>) -> Result<Arc<Engine>, EngineError> {
+        Self::open_with(s, metrics, None)
+    }
+
+    /// As [`Engine::open`], with the write-ahead log in `wal_backend`
+    /// instead of `outpost.wal` (a simulation's disk that loses unsynced
+    /// bytes at a crash).
+    pub fn open_with(
+        s: EngineSettings,
+        metrics: Arc<Metrics>,
+        wal_backend: Option<crate::store::wal::WalBackend>,
+    ) -> Result<Arc<Engine>, EngineError> {
         // The hub needs the last seq, which only the store knows; it starts at
         // 0 and the store's first commit report sets it. Until then, catch-up
         // reads up to the store's own last seq (see `subscribe`).
@@ -377,6 +388,7 @@ impl Engine {
                 min_free_bytes: s.min_free_bytes,
                 cache_bytes: s.cache_bytes,
                 max_skew_ms: s.max_skew_ms,
+                wal_backend,
             },
             metrics.clone(),
             hub.clone(),
