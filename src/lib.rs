@@ -9,8 +9,9 @@
 //!   admin API (`app::console`), graceful shutdown.
 //! - [`net`]: the accept loop (plain or TLS): admission limits, timeouts on
 //!   every stage, descriptor limits, write timeouts; connection tracking.
-//! - [`conn`]: the one client connection driver every WebSocket dialect
-//!   runs on: frames, keepalive, timeouts, in-flight limits, feeds.
+//! - [`conn`]: the one client connection driver every client endpoint
+//!   runs on (WebSockets and seed 004's SSE stream): frames, keepalive,
+//!   timeouts, in-flight limits, paged reads, feeds.
 //! - [`dialect`]: one module per client protocol, each a thin adapter
 //!   (parse, call the engine, render). `native` is outpost's own.
 //! - [`auth`]: HS256 JWTs and scopes.

@@ -122,16 +122,7 @@ async fn relaxed_durability_syncs_an_idle_relay_within_a_second() {
     let data = dir.path().join("data");
     let cfg = dir.path().join("relaxed.toml");
     std::fs::write(&cfg, "[storage]\ndurability = \"relaxed\"\n").unwrap();
-    let args = [
-        "serve",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--data",
-        data.to_str().unwrap(),
-    ];
-    let mut relay = Proc::spawn(&args);
+    let mut relay = Proc::serve(&cfg, &data);
     let mut c = Client::native(relay.addr).await;
     for n in 0..50 {
         let ack = c
@@ -141,7 +132,7 @@ async fn relaxed_durability_syncs_an_idle_relay_within_a_second() {
     }
     tokio::time::sleep(Duration::from_millis(2500)).await;
     relay.kill9();
-    let relay = Proc::spawn(&args);
+    let relay = Proc::serve(&cfg, &data);
     let held = stored_ids(relay.addr).await;
     let want: BTreeSet<String> = (0..50).map(|n| format!("relaxed-{n}")).collect();
     assert_eq!(held, want);

@@ -953,7 +953,7 @@ async fn a_schema_check_sees_writes_queued_before_it() {
         .wait()
         .await
         .expect_err("the patch would leave no email");
-    assert_eq!(e.code(), 400, "{e}");
+    assert_eq!(e.class(), outpost::engine::ErrorClass::Schema, "{e}");
     assert!(e.to_string().contains("email"), "{e}");
     let c1 = engine.entity("s", "contacts", "c1").unwrap().unwrap();
     assert!(!c1.state.exists(), "the contact stays deleted");

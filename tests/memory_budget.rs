@@ -32,15 +32,7 @@ async fn a_never_reading_subscriber_stays_under_the_memory_budget() {
     )
     .unwrap();
     let data = dir.path().join("data");
-    let relay = Proc::spawn(&[
-        "serve",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--data",
-        data.to_str().unwrap(),
-    ]);
+    let relay = Proc::serve(&cfg, &data);
     let addr = relay.addr;
 
     let mut w = Client::native(addr).await;

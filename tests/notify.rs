@@ -4,9 +4,8 @@
 mod common;
 
 use common::*;
-use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixDatagram;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Start `outpost serve` on a free loopback port with extra environment.
@@ -16,24 +15,11 @@ fn spawn_with_env(data: &std::path::Path, env: &[(&str, &str)]) -> Proc {
         .arg(data)
         .env_remove("NOTIFY_SOCKET")
         .env_remove("WATCHDOG_USEC")
-        .env_remove("WATCHDOG_PID")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        .env_remove("WATCHDOG_PID");
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().expect("spawn outpost");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .expect("read stdout");
-    let addr = line
-        .trim()
-        .strip_prefix("outpost listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .parse()
-        .expect("address");
-    Proc { child, addr }
+    Proc::spawn_cmd(cmd)
 }
 
 /// Datagrams received within `wait` (stops early once `enough` says so).

@@ -25,15 +25,7 @@ async fn a_stalled_subscriber_is_bounded_and_told_to_resync() {
     )
     .unwrap();
     let data = dir.path().join("data");
-    let relay = Proc::spawn(&[
-        "serve",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--data",
-        data.to_str().unwrap(),
-    ]);
+    let relay = Proc::serve(&cfg, &data);
     let addr = relay.addr;
 
     let mut slow = Client::native(addr).await;

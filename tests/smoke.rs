@@ -9,31 +9,16 @@ mod common;
 
 use common::*;
 use serde_json::json;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 fn spawn(bin: &str, data: &Path) -> Proc {
-    let mut child = Command::new(bin)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+    let mut cmd = Command::new(bin);
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data"])
         .arg(data)
-        .env_remove("NOTIFY_SOCKET")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {bin}: {e}"));
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .expect("read stdout");
-    let addr = line
-        .trim()
-        .strip_prefix("outpost listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .parse()
-        .expect("address");
-    Proc { child, addr }
+        .env_remove("NOTIFY_SOCKET");
+    Proc::spawn_cmd(cmd)
 }
 
 #[tokio::test]

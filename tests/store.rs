@@ -132,7 +132,7 @@ async fn a_failed_precondition_applies_nothing_of_its_job() {
         doc_write("d", json!({"rev": 2}), expect_fields(json!({"rev": null}))),
     ];
     let err = e.push("s", "t", None, again).await.unwrap_err();
-    assert_eq!(err.code(), 409);
+    assert_eq!(err.class(), outpost::engine::ErrorClass::Precondition);
     match err {
         EngineError::Store(StoreError::PreconditionFailed { index, found }) => {
             assert_eq!(index, 1);
@@ -177,7 +177,11 @@ async fn concurrent_compare_and_swap_lets_exactly_one_through() {
     for t in tasks {
         match t.await.unwrap() {
             Ok(_) => won += 1,
-            Err(err) => assert_eq!(err.code(), 409, "{err}"),
+            Err(err) => assert_eq!(
+                err.class(),
+                outpost::engine::ErrorClass::Precondition,
+                "{err}"
+            ),
         }
     }
     assert_eq!(won, 1);

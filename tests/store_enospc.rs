@@ -47,18 +47,6 @@ fn free_bytes(dir: &Path) -> u64 {
     s.f_bavail as u64 * s.f_frsize as u64
 }
 
-fn spawn(cfg: &Path, data: &Path) -> Proc {
-    Proc::spawn(&[
-        "serve",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--data",
-        data.to_str().unwrap(),
-    ])
-}
-
 /// Push one put of `pad` bytes; the ack or error frame.
 async fn put(c: &mut Client, id: &str, pad: usize) -> Value {
     c.send(json!({"type": "push", "rid": id, "space": "s",
@@ -101,7 +89,7 @@ async fn enospc_is_reported_and_writes_resume_once_space_is_freed() {
     // The guard is too low to catch what comes: ENOSPC reaches redb.
     std::fs::write(&cfg, "[storage]\nmin_free_mb = 1\ncache_mb = 2\n").unwrap();
     let data = mnt.join("data");
-    let mut relay = spawn(&cfg, &data);
+    let mut relay = Proc::serve(&cfg, &data);
     let addr = relay.addr;
     let mut w = Client::native(addr).await;
 
@@ -168,7 +156,7 @@ async fn enospc_is_reported_and_writes_resume_once_space_is_freed() {
     // And the file itself holds them: restart on the same data.
     drop(w);
     assert!(relay.terminate().is_some_and(|s| s.success()));
-    let relay = spawn(&cfg, &data);
+    let relay = Proc::serve(&cfg, &data);
     let ids = ids_in(relay.addr).await;
     for id in &acked {
         assert!(ids.contains(id), "after restart: acked {id} is missing");

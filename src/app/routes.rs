@@ -1,6 +1,7 @@
 //! The axum router: dialect endpoints plus health, metrics and status.
 
 use crate::app::AppState;
+use crate::conn::endpoints as ep;
 use crate::dialect::{atome_adapter, atome_sync, kv, unified};
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -12,9 +13,9 @@ use std::sync::Arc;
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/ws", get(crate::conn::endpoints::native))
-        .route("/ws/sync", get(crate::conn::endpoints::sync))
-        .route("/ws/atome-sync", get(crate::conn::endpoints::atome_sync))
+        .route("/ws", get(ep::native))
+        .route("/ws/sync", get(ep::sync))
+        .route("/ws/atome-sync", get(ep::atome_sync))
         .route("/api/atome/create", post(atome_sync::create))
         .route("/api/atome", get(atome_sync::list))
         .route("/api/atome/list", get(atome_sync::list))
@@ -28,13 +29,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/atome/{id}/alter", post(atome_adapter::alter_route))
         .route("/api/atome/{id}/rename", post(atome_adapter::rename))
         .route("/api/server-info", get(atome_adapter::server_info))
-        .route("/v1/sync/{workspace}", get(kv::upgrade))
+        .route("/v1/sync/{workspace}", get(ep::kv))
         .route("/v1/history/{workspace}", get(kv::history))
-        .route("/ws/config", get(crate::conn::endpoints::config_sync))
-        .route("/api/ws", get(unified::unified))
-        .route("/api/sync/ws", get(unified::entity_sync))
-        .route("/api/field-sync/ws", get(unified::field_sync))
-        .route("/api/sync/events", get(unified::http::events))
+        .route("/ws/config", get(ep::config_sync))
+        .route("/api/ws", get(ep::unified))
+        .route("/api/sync/ws", get(ep::entity_sync))
+        .route("/api/field-sync/ws", get(ep::field_sync))
+        .route("/api/sync/events", get(ep::events))
         .route(
             "/api/sync/{entity}",
             get(unified::http::get_sync).post(unified::http::post_sync),

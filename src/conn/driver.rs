@@ -16,9 +16,9 @@
 use super::feed::{Feed, Pages};
 use super::socket::{Gone, Socket};
 use super::ConnCtx;
-use crate::dialect::{Dialect, Follow, Handled, Lag, Pending, Refusal, Since};
+use crate::dialect::{Dialect, Failed, Follow, Handled, Lag, Pending, Read, Refusal, Since};
 use crate::engine::{CatchUp, Delivery, EngineError};
-use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
+use axum::extract::ws::{Message, Utf8Bytes};
 use futures_util::stream::FuturesOrdered;
 use futures_util::StreamExt;
 use std::collections::HashMap;
@@ -56,10 +56,24 @@ impl From<Gone> for End {
     }
 }
 
+/// Why a catch-up stopped short of live.
+enum Stop {
+    /// The client is gone.
+    Gone,
+    /// The store failed.
+    Failed(EngineError),
+}
+
+impl From<EngineError> for Stop {
+    fn from(e: EngineError) -> Stop {
+        Stop::Failed(e)
+    }
+}
+
 /// Serve one connection until it closes or the relay shuts down.
-pub async fn run<D: Dialect>(socket: WebSocket, cc: ConnCtx, dialect: D) {
+pub async fn run<D: Dialect>(socket: Socket, cc: ConnCtx, dialect: D) {
     let mut d = Driver {
-        socket: Socket::new(socket, &cc.state),
+        socket,
         cc,
         dialect,
         feeds: HashMap::new(),
@@ -144,6 +158,10 @@ impl<D: Dialect> Driver<D> {
     async fn apply(&mut self, h: Handled) -> Result<(), End> {
         let now = h.now.into_iter().map(Utf8Bytes::from);
         self.socket.send_all(now, &self.dialect).await?;
+        let mut follow = h.follow;
+        if let Some(read) = h.read {
+            follow.extend(self.read(read).await?);
+        }
         if let Some(later) = h.later {
             self.pending.push_back(later);
         }
@@ -154,10 +172,60 @@ impl<D: Dialect> Driver<D> {
                 }
             }
         }
-        for f in h.follow {
+        for f in follow {
             self.follow(f).await?;
         }
         Ok(())
+    }
+
+    /// Run a paged read, each page on a blocking thread, sending each
+    /// page's frames before the next is read; the follows it asks for.
+    async fn read(&mut self, mut read: Box<dyn Read>) -> Result<Vec<Follow>, End> {
+        loop {
+            let (back, page) = tokio::task::spawn_blocking(move || {
+                let page = read.page();
+                (read, page)
+            })
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "a read task failed; closing the connection");
+                End::Close(1011, "relay storage error")
+            })?;
+            read = back;
+            match page {
+                Ok(Some(frames)) => {
+                    let frames = frames.into_iter().map(Utf8Bytes::from);
+                    self.socket.send_all(frames, &self.dialect).await?;
+                }
+                Ok(None) => return Ok(read.then()),
+                Err(e) => {
+                    let failed = self.dialect.read_failed(&e);
+                    self.failed(failed, &e).await?;
+                    return Ok(Vec::new());
+                }
+            }
+        }
+    }
+
+    /// Answer a failed read or feed the dialect's way.
+    async fn failed(&mut self, f: Failed, e: &EngineError) -> Result<(), End> {
+        let (frames, close) = match f {
+            Failed::Answer(frames) => (frames, None),
+            Failed::Close(frames, reason) => (frames, Some(reason)),
+        };
+        if !frames.is_empty() {
+            let m = &self.cc.state.engine.metrics;
+            m.errors_sent.fetch_add(1, Relaxed);
+        }
+        let frames = frames.into_iter().map(Utf8Bytes::from);
+        self.socket.send_all(frames, &self.dialect).await?;
+        match close {
+            None => Ok(()),
+            Some(reason) => {
+                tracing::warn!(error = %e, "reading the store failed; closing the connection");
+                Err(End::Close(1011, reason))
+            }
+        }
     }
 
     /// Start (or replace) a feed and bring it up to date.
@@ -219,10 +287,10 @@ impl<D: Dialect> Driver<D> {
                 }
                 let frames = std::mem::take(&mut self.out);
                 if self.socket.send_all(frames, &self.dialect).await.is_err() {
-                    return Err(EngineError::ClientGone);
+                    return Err(Stop::Gone);
                 }
             }
-            pages.live().ok_or(EngineError::ClientGone)
+            pages.live().ok_or(Stop::Gone)
         };
         match read.await {
             Ok((id, reached)) => {
@@ -236,23 +304,11 @@ impl<D: Dialect> Driver<D> {
                     .send_all(frames.into_iter().map(Utf8Bytes::from), &self.dialect)
                     .await?)
             }
-            Err(EngineError::ClientGone) => Err(End::Gone),
-            Err(e) => match self.dialect.feed_failed(key, &e) {
-                Some(frames) => {
-                    self.cc
-                        .state
-                        .engine
-                        .metrics
-                        .errors_sent
-                        .fetch_add(1, Relaxed);
-                    let frames = frames.into_iter().map(Utf8Bytes::from);
-                    Ok(self.socket.send_all(frames, &self.dialect).await?)
-                }
-                None => {
-                    tracing::warn!(error = %e, "following a space failed; closing the connection");
-                    Err(End::Close(1011, "relay storage error"))
-                }
-            },
+            Err(Stop::Gone) => Err(End::Gone),
+            Err(Stop::Failed(e)) => {
+                let failed = self.dialect.feed_failed(key, &e);
+                self.failed(failed, &e).await
+            }
         }
     }
 

@@ -2,13 +2,18 @@
 //! handshake (refusals are HTTP statuses before any upgrade), then the
 //! upgrade with the socket limits, then [`super::run`].
 
+use super::socket::{Socket, SseEvent};
 use super::{run, ConnCtx, Ctx};
-use crate::dialect::{atome_sync, config_sync, limit, native, sync, Dialect, Opening, Refused};
+use crate::dialect::unified::{self, proto::Endpoint};
+use crate::dialect::{atome_sync, config_sync, kv, limit, native, sync, Dialect, Opening};
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
+use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use std::collections::HashMap;
+use std::convert::Infallible;
 
 type Params = Query<HashMap<String, String>>;
 
@@ -52,10 +57,77 @@ pub async fn config_sync(
     serve(ctx.clone(), ws, config_sync::accept(&ctx, &h, &q))
 }
 
-fn serve<D: Dialect>(
+/// `GET /v1/sync/{workspace}` (seed 003).
+pub async fn kv(
+    State(ctx): State<Ctx>,
+    Path(workspace): Path<String>,
+    Query(q): Params,
+    h: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    serve(ctx.clone(), ws, kv::accept(&ctx, workspace, &h, &q))
+}
+
+/// `GET /api/ws` (seed 004, every message family).
+pub async fn unified(
+    State(ctx): State<Ctx>,
+    Query(q): Params,
+    h: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let opening = unified::accept(Endpoint::Unified, &ctx, &h, &q);
+    serve(ctx.clone(), ws, opening)
+}
+
+/// `GET /api/sync/ws` (seed 004, entity-level sync only).
+pub async fn entity_sync(
+    State(ctx): State<Ctx>,
+    Query(q): Params,
+    h: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let opening = unified::accept(Endpoint::Entity, &ctx, &h, &q);
+    serve(ctx.clone(), ws, opening)
+}
+
+/// `GET /api/field-sync/ws` (seed 004, field-level sync only).
+pub async fn field_sync(
+    State(ctx): State<Ctx>,
+    Query(q): Params,
+    h: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let opening = unified::accept(Endpoint::Field, &ctx, &h, &q);
+    serve(ctx.clone(), ws, opening)
+}
+
+/// `GET /api/sync/events` (seed 004's SSE fallback). The driver runs
+/// inside the response body, not in a task of its own: when the client
+/// drops the response the driver goes with it, and the connection's task
+/// (owned by `net::serve`) is the only task. Keep-alive comments every 15 s.
+pub async fn events(State(ctx): State<Ctx>, Query(q): Params, h: HeaderMap) -> Response {
+    let opening = match unified::events::accept(&ctx, &h, &q) {
+        Ok(o) => o,
+        Err(refused) => return refused.into_response(),
+    };
+    let (socket, rx) = Socket::sse(unified::events::EVENT);
+    let cc = ConnCtx::new(ctx, opening.endpoint);
+    let dialect = (opening.make)(&cc);
+    let driver = futures_util::stream::once(run(socket, cc, dialect))
+        .filter_map(|()| async { None::<Result<SseEvent, Infallible>> });
+    let events = futures_util::stream::unfold(rx, |mut rx| async move {
+        let e = rx.recv().await?;
+        Some((Ok::<_, Infallible>(e), rx))
+    });
+    Sse::new(futures_util::stream::select(events, driver))
+        .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
+        .into_response()
+}
+
+fn serve<D: Dialect, R: IntoResponse>(
     ctx: Ctx,
     ws: WebSocketUpgrade,
-    opening: Result<Opening<D>, Refused>,
+    opening: Result<Opening<D>, R>,
 ) -> Response {
     let opening = match opening {
         Ok(o) => o,
@@ -64,6 +136,6 @@ fn serve<D: Dialect>(
     limit(ws, &ctx).on_upgrade(move |socket| async move {
         let cc = ConnCtx::new(ctx, opening.endpoint);
         let dialect = (opening.make)(&cc);
-        run(socket, cc, dialect).await
+        run(Socket::ws(socket, &cc.state), cc, dialect).await
     })
 }

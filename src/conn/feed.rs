@@ -94,7 +94,7 @@ impl Pages {
             (sub, page)
         })
         .await
-        .map_err(|e| EngineError::Invalid(format!("catch-up task failed: {e}")))?;
+        .map_err(|e| EngineError::Internal(format!("catch-up task failed: {e}")))?;
         if page.is_err() {
             if let Some(id) = sub.id {
                 self.engine.unsubscribe(&sub.space, id);

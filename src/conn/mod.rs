@@ -8,16 +8,19 @@
 //!
 //! - [`driver`]: the loop.
 //! - [`feed`]: catch-up to live, the lag policy, no echo after a resync.
-//! - [`socket`]: keepalive, batched writes, close frames.
-//! - [`endpoints`]: the handshake-then-upgrade handlers of the endpoints
-//!   that run on the driver.
+//! - [`socket`]: keepalive, batched writes, close frames; a WebSocket or
+//!   an SSE response body.
+//! - [`endpoints`]: the handshake-then-upgrade handlers of every client
+//!   endpoint (and the SSE stream of seed 004).
 //!
 //! The write timeout is the socket's (`net::io`): one mechanism for every
 //! protocol, so a client that stops reading is cut off after
 //! `server.write_timeout`, logged and counted, whatever it speaks.
 //!
-//! Still on their own loops (to move here next): seed 003 `/v1/sync`,
-//! seed 004 `/api/ws` and its two subsets.
+//! Every client endpoint runs here: native `/ws`, seeds 000-004 and seed
+//! 004's `/api/sync/events`. Blocking store reads a dialect asks for
+//! ([`crate::dialect::Read`]: an `init`, a `sync`) run page by page off the
+//! async workers, like catch-up pages.
 
 pub mod driver;
 pub mod endpoints;

@@ -11,6 +11,11 @@
 //! Read errors the client can be told about get their close frame: 1007
 //! for a text message that is not UTF-8, 1009 for one past the hard size
 //! limit (`net::ws::close_for_error`).
+//!
+//! A Server-Sent Events stream is a socket too ([`Socket::sse`]): the
+//! driver's frames become events of the response body, nothing is ever
+//! read, and it ends when the client drops the response or the driver
+//! closes it. Its write timeout is the connection's, as for a WebSocket.
 
 use super::Ctx;
 use crate::dialect::Dialect;
@@ -29,7 +34,77 @@ pub struct Gone;
 /// bounds it too; this keeps shutdown short with a stalled client).
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
-pub struct Socket {
+/// Where the driver's frames go: a WebSocket or an SSE response body.
+/// (One per connection, held in place by its driver: the size difference
+/// of the variants costs nothing worth a box.)
+#[allow(clippy::large_enum_variant)]
+pub enum Socket {
+    Ws(Ws),
+    Sse(Sse),
+}
+
+impl Socket {
+    pub fn ws(ws: WebSocket, ctx: &Ctx) -> Socket {
+        Socket::Ws(Ws::new(ws, ctx))
+    }
+
+    /// An SSE stream whose frames go out as events named `event`; the
+    /// receiver is the response body.
+    pub fn sse(event: &'static str) -> (Socket, tokio::sync::mpsc::Receiver<SseEvent>) {
+        // A few batches: the body drains it as fast as the client reads.
+        let (tx, rx) = tokio::sync::mpsc::channel(4 * super::driver::BATCH);
+        (Socket::Sse(Sse { tx, event }), rx)
+    }
+
+    /// The next message, or None when the connection is over.
+    pub async fn recv(&mut self) -> Option<Message> {
+        match self {
+            Socket::Ws(w) => w.recv().await,
+            // Nothing to read: wait until the client drops the body.
+            Socket::Sse(s) => {
+                s.tx.closed().await;
+                None
+            }
+        }
+    }
+
+    /// Write `frames` with one flush (nothing when there are none).
+    pub async fn send_all<D: Dialect>(
+        &mut self,
+        frames: impl IntoIterator<Item = Utf8Bytes>,
+        dialect: &D,
+    ) -> Result<(), Gone> {
+        match self {
+            Socket::Ws(w) => w.send_all(frames, dialect).await,
+            Socket::Sse(s) => {
+                for f in frames {
+                    let e = SseEvent::default().event(s.event).data(f.as_str());
+                    s.tx.send(e).await.map_err(|_| Gone)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Say why the socket closes (bounded in time); an SSE stream just
+    /// ends (once the driver drops it).
+    pub async fn close(&mut self, code: u16, reason: &'static str) {
+        if let Socket::Ws(w) = self {
+            w.close(code, reason).await
+        }
+    }
+}
+
+pub use axum::response::sse::Event as SseEvent;
+
+/// An SSE response body fed by the driver.
+pub struct Sse {
+    tx: tokio::sync::mpsc::Sender<SseEvent>,
+    event: &'static str,
+}
+
+/// A client WebSocket.
+pub struct Ws {
     ws: WebSocket,
     idle: Duration,
     stats: Arc<NetStats>,
@@ -39,9 +114,9 @@ pub struct Socket {
     pinged: bool,
 }
 
-impl Socket {
-    pub fn new(ws: WebSocket, ctx: &Ctx) -> Socket {
-        Socket {
+impl Ws {
+    pub fn new(ws: WebSocket, ctx: &Ctx) -> Ws {
+        Ws {
             ws,
             idle: ctx.settings.idle_timeout,
             stats: ctx.net.clone(),

@@ -12,7 +12,7 @@
 //! `null` as "field removed"), so it reads back absent.
 
 use crate::engine::Committed;
-use crate::engine::Engine;
+use crate::engine::{Engine, ErrorClass};
 use crate::model::Op;
 use crate::store::{EntityView, LocalWrite};
 use serde_json::{Map, Value};
@@ -20,6 +20,25 @@ use std::collections::BTreeMap;
 
 /// The collection atomes live in (fixed for all dialects).
 pub const COLLECTION: &str = "atome";
+
+/// Error codes of seeds 000 and 001 (shared by `/ws/sync`,
+/// `/ws/atome-sync` and `/api/atome`).
+pub const INVALID: &str = "invalid-payload";
+pub const UNKNOWN: &str = "unknown-type";
+pub const FAILED: &str = "request-failed";
+
+/// Engine errors in the atome dialects: the HTTP status `/api/atome`
+/// answers with, and the error code of every atome endpoint. The seeds
+/// have one code for bad input and one for everything else.
+pub fn wire(class: ErrorClass) -> (u16, &'static str) {
+    match class {
+        ErrorClass::Invalid | ErrorClass::Schema => (400, INVALID),
+        ErrorClass::Precondition => (409, FAILED),
+        ErrorClass::DiskFull => (507, FAILED),
+        ErrorClass::Unavailable => (503, FAILED),
+        ErrorClass::Storage => (500, FAILED),
+    }
+}
 
 /// Why a message cannot be mapped to an atome write. The message names the
 /// offending field; dialects send it with their `invalid-payload` code.
@@ -376,6 +395,31 @@ pub fn envelope(text: &str, invalid: &'static str) -> Result<(Value, Map<String,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One engine error of each kind -> `/api/atome`'s status and the
+    /// code of every atome endpoint.
+    #[test]
+    fn engine_errors_map_through_one_table() {
+        let got: Vec<(u16, &str)> = crate::engine::EngineError::samples()
+            .iter()
+            .map(|e| wire(e.class()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (400, INVALID),
+                (400, INVALID),
+                (409, FAILED),
+                (507, FAILED),
+                (507, FAILED),
+                (503, FAILED),
+                (503, FAILED),
+                (503, FAILED),
+                (500, FAILED),
+                (500, FAILED),
+            ]
+        );
+    }
     use crate::model::{Change, NodeId, Stamp};
     use crate::store::LogEntry;
     use serde_json::json;

@@ -14,8 +14,8 @@ use super::{Dialect, Follow, Handled, Opening, Refusal, Refused, Since};
 use crate::auth::Grant;
 use crate::dialect::Ctx;
 use crate::engine::Committed;
-use crate::engine::{json_bytes, now_ms, Engine, EngineError, Filter, PAGE_BYTES};
-use crate::store::{Cap, Expect, StoreError, StoredEntity};
+use crate::engine::{json_bytes, now_ms, Engine, EngineError, ErrorClass, Filter, PAGE_BYTES};
+use crate::store::{Cap, Expect, StoredEntity};
 use axum::body::Bytes;
 use axum::extract::ws::Utf8Bytes;
 use axum::extract::{Path, Query, State};
@@ -97,9 +97,7 @@ fn admit(
 }
 
 /// Error codes (shared with seed 000, plus `forbidden` and `unauthorized`).
-pub const INVALID: &str = "invalid-payload";
-pub const UNKNOWN: &str = "unknown-type";
-pub const FAILED: &str = "request-failed";
+pub use super::atome::{FAILED, INVALID, UNKNOWN};
 pub const FORBIDDEN: &str = "forbidden";
 pub const UNAUTHORIZED: &str = "unauthorized";
 
@@ -358,7 +356,7 @@ impl Dialect for AtomeProto {
                         Ok(_) => vec![],
                         Err(e) => {
                             engine.metrics.errors_sent.fetch_add(1, Relaxed);
-                            let code = if e.code() == 400 { INVALID } else { FAILED };
+                            let (_, code) = atome::wire(e.class());
                             vec![error_frame(code, &e.to_string(), &rid, now_ms())]
                         }
                     }
@@ -427,8 +425,8 @@ impl RestError {
 
 impl From<EngineError> for RestError {
     fn from(e: EngineError) -> RestError {
-        let status = StatusCode::from_u16(e.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let code = if e.code() == 400 { INVALID } else { FAILED };
+        let (status, code) = atome::wire(e.class());
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         RestError::new(status, code, e.to_string())
     }
 }
@@ -561,9 +559,7 @@ impl Caller {
             .push(&self.space, &self.actor, None, vec![write])
             .await
         {
-            Err(EngineError::Store(StoreError::PreconditionFailed { .. })) => {
-                Err(RestError::not_found(&id))
-            }
+            Err(e) if e.class() == ErrorClass::Precondition => Err(RestError::not_found(&id)),
             Err(e) => Err(e.into()),
             Ok(outs) => one(outs),
         }

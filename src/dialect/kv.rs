@@ -5,30 +5,27 @@
 //! A workspace is an engine space; each key is an entity of collection
 //! `kv` (id = key) with one field `value`, so per-key last-writer-wins is the
 //! engine's per-field merge. The protocol half (parsing, state → `init`,
-//! heads, rendering) is pure functions at the top; the socket actor and the
-//! history handler below only call the engine. `webhook` posts every stored
+//! heads, rendering) is pure functions at the top; [`Kv`] is the protocol
+//! the connection driver (`conn::run`) runs, and the history handler below
+//! pages the log. `webhook` posts every stored
 //! op to `[webhook] url`.
 
 pub mod webhook;
 
-use super::{admit, limit, ConnCtx, SLOT_KV};
+use super::SLOT_KV;
+use super::{admit, Dialect, Failed, Follow, Handled, Opening, Read, Refusal, Refused, Since};
 use crate::auth::Grant;
 use crate::dialect::Ctx;
-use crate::engine::Committed;
-use crate::engine::{CatchUp, Delivery, EngineError, Filter, PAGE_BYTES};
+use crate::engine::{Committed, Engine, EngineError, ErrorClass, Filter, PAGE_BYTES};
 use crate::model::{Op, Stamp};
-use crate::store::{Cap, LocalWrite, LogEntry, Page, StoredEntity};
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use crate::store::{Cap, LocalWrite, LogEntry, StoredEntity};
+use axum::extract::ws::Utf8Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use futures_util::stream::FuturesOrdered;
-use futures_util::StreamExt;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -252,17 +249,18 @@ pub fn error_frame(code: u16, reason: &str, message: &str, key: Option<&str>) ->
 
 /// Engine errors in the seed's codes: bad input is 400, and every storage
 /// failure (disk full, store closed, commit error) is the seed's 500.
-pub fn engine_error(e: &EngineError) -> (u16, &'static str) {
-    match e {
-        EngineError::Invalid(_) => (400, "invalid_field"),
-        EngineError::Store(
-            crate::store::StoreError::DiskFull { .. } | crate::store::StoreError::NoSpace,
-        ) => (500, "disk_full"),
-        EngineError::Store(
-            crate::store::StoreError::Closed | crate::store::StoreError::Faulted { .. },
-        ) => (500, "unavailable"),
-        _ => (500, "storage_failed"),
+pub fn wire(class: ErrorClass) -> (u16, &'static str) {
+    match class {
+        ErrorClass::Invalid | ErrorClass::Schema => (400, "invalid_field"),
+        ErrorClass::DiskFull => (500, "disk_full"),
+        ErrorClass::Unavailable => (500, "unavailable"),
+        // Ops carry no precondition; listed for completeness.
+        ErrorClass::Precondition | ErrorClass::Storage => (500, "storage_failed"),
     }
+}
+
+pub fn engine_error(e: &EngineError) -> (u16, &'static str) {
+    wire(e.class())
 }
 
 /// The broadcast for a committed change of a key: the key's value after
@@ -296,330 +294,281 @@ pub fn history_item(seq: u64, e: &LogEntry) -> Value {
            "timestamp": stamp_us(e.change.stamp), "actor": e.change.actor})
 }
 
-// ---- the sync socket ----------------------------------------------------------
+// ---- the sync socket: the protocol the driver runs ------------------------
 
-pub async fn upgrade(
-    State(state): State<Ctx>,
-    Path(workspace): Path<String>,
-    Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-    ws: WebSocketUpgrade,
-) -> Response {
-    let grant = match admit(&state, &headers, &query) {
-        Ok(g) => g,
-        Err(refusal) => return refusal.into_response(),
-    };
-    if let Err(e) = crate::engine::validate_name("workspace", &workspace) {
-        return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response();
-    }
+/// The handshake of `GET /v1/sync/{workspace}`: a bad or missing token is
+/// 401, a bad workspace name 400, a token without access to it 403.
+pub fn accept(
+    state: &Ctx,
+    workspace: String,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Result<Opening<Kv>, Refused> {
+    let grant = admit(state, headers, query)?;
+    crate::engine::validate_name("workspace", &workspace)
+        .map_err(|e| (StatusCode::BAD_REQUEST, format!("{e}\n")))?;
     if !grant.can_read(&workspace) {
-        return (
+        return Err((
             StatusCode::FORBIDDEN,
-            "forbidden: the token gives no access to this workspace\n",
-        )
-            .into_response();
+            "forbidden: the token gives no access to this workspace\n".into(),
+        ));
     }
-    limit(ws, &state).on_upgrade(move |socket| run(socket, state, grant, workspace))
+    let state = state.clone();
+    Ok(Opening::new("/v1/sync", move |conn| Kv {
+        engine: state.engine.clone(),
+        grant,
+        space: workspace,
+        conn: conn.id,
+        max_frame_bytes: state.settings.max_frame_bytes,
+        order: Default::default(),
+    }))
 }
 
-type Pending = Pin<Box<dyn Future<Output = Option<String>> + Send + Sync>>;
-
-struct Conn {
-    ctx: ConnCtx,
+/// One `/v1/sync` connection: `init` (a paged read), then one feed of the
+/// workspace's keys from the seq the `init` reflects. Ops are pipelined;
+/// a stored op is answered by its broadcast (the writer gets it too), a
+/// refused one by an error frame.
+pub struct Kv {
+    engine: Arc<Engine>,
     grant: Grant,
     space: String,
-    /// The live subscription and the last seq delivered through it.
-    sub: Option<u64>,
-    last_seq: u64,
-    /// Ops awaiting their commit; each yields an error frame or nothing
-    /// (success shows as the op's broadcast, which the writer receives too).
-    pending: FuturesOrdered<Pending>,
-    /// Pushes reach the writer in the order their frames were read.
+    conn: u64,
+    max_frame_bytes: usize,
+    /// Ops reach the writer in the order their frames were read.
     order: crate::engine::WriteOrder,
 }
 
-use crate::dialect::send_text as send;
-
-async fn run(mut socket: WebSocket, state: Ctx, grant: Grant, space: String) {
-    let mut shutdown = state.shutdown.clone();
-    let mut conn = Conn {
-        ctx: ConnCtx::new(state.clone(), "/v1/sync"),
-        grant,
-        space,
-        sub: None,
-        last_seq: 0,
-        pending: FuturesOrdered::new(),
-        order: Default::default(),
-    };
-    if let Err(e) = conn.sync(&mut socket).await {
-        conn.fail(&mut socket, &e).await;
-        return;
-    }
-    let max_inflight = state.settings.max_inflight;
-    let mut keepalive = crate::dialect::keepalive::Keepalive::new(&state);
-    let mut closing = false;
-    loop {
-        tokio::select! {
-            biased;
-            _ = shutdown.changed(), if !closing => {
-                closing = true;
-                break;
-            }
-            Some(frame) = conn.pending.next(), if !conn.pending.is_empty() => {
-                if let Some(f) = frame {
-                    if send(&mut socket, f).await.is_err() { break; }
-                }
-            }
-            _ = conn.ctx.signal.notify.notified() => {
-                if conn.resync(&mut socket).await.is_err() { break; }
-            }
-            Some(d) = conn.ctx.rx.recv() => {
-                if conn.deliver(&mut socket, d).await.is_err() { break; }
-            }
-            msg = keepalive.recv(&mut socket), if conn.pending.len() < max_inflight => {
-                let Some(msg) = msg else { break };
-                match conn.handle(&mut socket, msg).await {
-                    Ok(true) => {}
-                    Ok(false) | Err(_) => break,
-                }
-            }
-        }
-    }
-    if closing {
-        // Answer in-flight ops, then say why the socket closes.
-        while let Some(frame) = conn.pending.next().await {
-            if let Some(f) = frame {
-                if send(&mut socket, f).await.is_err() {
-                    return;
-                }
-            }
-        }
-        crate::dialect::close_going_away(&mut socket).await;
-    }
-}
-
-impl Conn {
-    fn engine(&self) -> &Arc<crate::engine::Engine> {
-        &self.ctx.state.engine
+impl Kv {
+    fn error(&self, code: u16, reason: &str, message: &str, key: Option<&str>) -> String {
+        self.engine.metrics.errors_sent.fetch_add(1, Relaxed);
+        error_frame(code, reason, message, key)
     }
 
-    /// Send `init` from a consistent snapshot, then subscribe from the
-    /// snapshot's seq: the changes committed meanwhile follow as `op`s and
-    /// live ones after them, with no gap. Also used after a lag drop.
-    async fn sync(&mut self, socket: &mut WebSocket) -> Result<(), EngineError> {
-        let engine = self.engine().clone();
-        let seq = self.send_init(socket).await?;
-        let filter = Filter {
-            collections: Some([COLLECTION.to_string()].into_iter().collect()),
-            events: false,
-        };
-        let mut sub = engine.start_subscription(&self.space, seq, filter, self.ctx.link.clone())?;
-        loop {
-            let page = match engine.next_page(&mut sub) {
-                Ok(Some(page)) => page,
-                Ok(None) => break,
-                Err(e) => {
-                    if let Some(id) = sub.id {
-                        engine.unsubscribe(&self.space, id);
-                    }
-                    return Err(e);
-                }
-            };
-            for item in page {
-                let frame = match item {
-                    CatchUp::Change(c) if c.seq > seq => {
-                        render_change(&c, || self.lookup(&c.entry.change.id))
-                    }
-                    CatchUp::Change(_) => continue,
-                    CatchUp::Snapshot { id, entity, .. } => {
-                        let (v, ts) = key_state(&entity);
-                        render_op(&id, &v, ts.unwrap_or(0)).into()
-                    }
-                };
-                send(socket, frame).await?;
-            }
-        }
-        self.sub = sub.id;
-        self.last_seq = sub.reached();
-        Ok(())
-    }
-
-    /// The workspace's state as `init`, in chunks of bounded size (see
-    /// [`chunk_bytes`]); returns the seq the first chunk reflects. Later
-    /// chunks are read later and may be newer: the changes after that seq
-    /// are replayed as `op`s anyway, each rendered from the key's current
-    /// state, so the client ends at the relay's state either way.
-    async fn send_init(&self, socket: &mut WebSocket) -> Result<u64, EngineError> {
-        let engine = self.engine();
-        let cap = Cap::new(
-            usize::MAX,
-            chunk_bytes(self.ctx.state.settings.max_frame_bytes),
-        );
-        let keys = |p: Page<(String, String, StoredEntity)>| -> Vec<(String, StoredEntity)> {
-            p.items.into_iter().map(|(_, id, e)| (id, e)).collect()
-        };
-        let first = engine.entities_page(&self.space, Some(COLLECTION), None, cap)?;
-        let (seq, more) = (first.seq, first.more);
-        let first = keys(first);
-        if !more {
-            send(socket, render_init(data_of(&first), heads(&first))).await?;
-            return Ok(seq);
-        }
-        // Too large for one message: the heads need every key, so hash
-        // the state page by page first, then send it.
-        let mut h = Heads::default();
-        let mut after: Option<String> = None;
-        loop {
-            let page = engine.entities_page(
-                &self.space,
-                Some(COLLECTION),
-                after.as_deref().map(|a| (COLLECTION, a)),
-                cap,
-            )?;
-            let more = page.more;
-            for (_, id, e) in page.items {
-                h.add(&id, &e);
-                after = Some(id);
-            }
-            if !more {
-                break;
-            }
-        }
-        let mut after = first.last().map(|(id, _)| id.clone());
-        send(socket, render_init(data_of(&first), h.finish())).await?;
-        drop(first);
-        while let Some(a) = after.take() {
-            let page =
-                engine.entities_page(&self.space, Some(COLLECTION), Some((COLLECTION, &a)), cap)?;
-            let more = page.more;
-            for (id, e) in keys(page) {
-                let (v, ts) = key_state(&e);
-                if !v.is_null() {
-                    send(socket, render_op(&id, &v, ts.unwrap_or(0))).await?;
-                }
-                if more {
-                    after = Some(id);
-                }
-            }
-        }
-        Ok(seq)
+    fn proto_error(&self, e: &ProtoError) -> String {
+        self.error(e.code(), e.reason(), &e.to_string(), None)
     }
 
     fn lookup(&self, key: &str) -> Option<StoredEntity> {
-        self.engine()
+        self.engine
             .entity(&self.space, COLLECTION, key)
             .ok()
             .flatten()
     }
 
-    /// A failure before the session is usable: report it and close.
-    async fn fail(&self, socket: &mut WebSocket, e: &EngineError) {
+    fn op(&mut self, key: String, value: Value, timestamp_us: Option<u64>) -> Handled {
+        if !self.grant.can_write(&self.space) {
+            let m = "write attempted with read-only scope";
+            return Handled::reply(self.error(403, "forbidden", m, Some(&key)));
+        }
+        let engine = self.engine.clone();
+        let actor = self.grant.sub.clone();
+        let write = op_write(key.clone(), value, timestamp_us);
+        let pushed = self.order.push(
+            engine.clone(),
+            self.space.clone(),
+            actor,
+            Some(self.conn),
+            vec![write],
+            vec![],
+        );
+        // Answered in order once durable; the driver keeps serving.
+        Handled::later(Box::pin(async move {
+            match pushed.await {
+                Ok(_) => Vec::new(),
+                Err(e) => {
+                    engine.metrics.errors_sent.fetch_add(1, Relaxed);
+                    let (code, reason) = engine_error(&e);
+                    vec![error_frame(code, reason, &e.to_string(), Some(&key))]
+                }
+            }
+        }))
+    }
+
+    /// A failure while bringing the session up: report it and close.
+    fn failed(&self, e: &EngineError) -> Failed {
         let (code, reason) = engine_error(e);
-        self.engine().metrics.errors_sent.fetch_add(1, Relaxed);
-        let _ = send(socket, error_frame(code, reason, &e.to_string(), None)).await;
-        let _ = socket
-            .send(Message::Close(Some(CloseFrame {
-                code: 1011,
-                reason: "cannot read the workspace".into(),
-            })))
-            .await;
+        let frame = error_frame(code, reason, &e.to_string(), None);
+        Failed::Close(vec![frame], "cannot read the workspace")
     }
+}
 
-    async fn error(&self, socket: &mut WebSocket, e: &ProtoError) -> Result<(), EngineError> {
-        self.engine().metrics.errors_sent.fetch_add(1, Relaxed);
-        send(
-            socket,
-            error_frame(e.code(), e.reason(), &e.to_string(), None),
-        )
-        .await
-    }
-
-    async fn deliver(&mut self, socket: &mut WebSocket, d: Delivery) -> Result<(), EngineError> {
-        let Delivery::Change { sub, item } = d else {
-            return Ok(()); // events are not part of this protocol
-        };
-        if Some(sub) != self.sub || item.seq <= self.last_seq {
-            return Ok(());
-        }
-        self.last_seq = item.seq;
-        let frame = render_change(&item, || self.lookup(&item.entry.change.id));
-        send(socket, frame).await
-    }
-
-    /// Fan-out dropped our subscription because this client fell behind:
-    /// the seed has no resync message, so start over with a fresh `init`
-    /// (clients replace their state on `init`).
-    async fn resync(&mut self, socket: &mut WebSocket) -> Result<(), EngineError> {
-        let lagged = self.ctx.signal.take_lagged();
-        if self.sub.is_none_or(|id| !lagged.contains(&id)) {
-            return Ok(());
-        }
-        self.engine().metrics.resyncs.fetch_add(1, Relaxed);
-        self.sub = None;
-        match self.sync(socket).await {
-            Err(EngineError::ClientGone) => Err(EngineError::ClientGone),
-            Err(e) => {
-                self.fail(socket, &e).await;
-                Err(e)
-            }
-            Ok(()) => Ok(()),
+impl Dialect for Kv {
+    /// `init` from a consistent snapshot, then the feed from the snapshot's
+    /// seq: changes committed meanwhile follow as `op`s, then live ones,
+    /// with no gap.
+    fn open(&mut self) -> Handled {
+        let cap = Cap::new(usize::MAX, chunk_bytes(self.max_frame_bytes));
+        Handled {
+            read: Some(Box::new(Init {
+                engine: self.engine.clone(),
+                space: self.space.clone(),
+                cap,
+                seq: 0,
+                stage: Stage::First,
+            })),
+            ..Handled::default()
         }
     }
 
-    /// One client frame. Ok(false) ends the session.
-    async fn handle(&mut self, socket: &mut WebSocket, msg: Message) -> Result<bool, EngineError> {
-        let text = match msg {
-            Message::Text(t) => t,
-            Message::Binary(_) => {
-                return self.error(socket, &ProtoError::Binary).await.map(|()| true)
-            }
-            Message::Close(_) => return Ok(false),
-            Message::Ping(_) | Message::Pong(_) => return Ok(true),
-        };
-        let max = self.ctx.state.settings.max_frame_bytes;
-        if text.len() > max {
-            let e = ProtoError::TooLarge(text.len(), max);
-            return self.error(socket, &e).await.map(|()| true);
-        }
-        let (key, value, timestamp_us) = match parse_client(&text) {
+    fn on_text(&mut self, text: &str) -> Handled {
+        match parse_client(text) {
             Ok(ClientMsg::Op {
                 key,
                 value,
                 timestamp_us,
-            }) => (key, value, timestamp_us),
-            Ok(ClientMsg::Heartbeat) => return Ok(true),
-            Err(e) => return self.error(socket, &e).await.map(|()| true),
-        };
-        if !self.grant.can_write(&self.space) {
-            self.engine().metrics.errors_sent.fetch_add(1, Relaxed);
-            let f = error_frame(
-                403,
-                "forbidden",
-                "write attempted with read-only scope",
-                Some(&key),
-            );
-            return send(socket, f).await.map(|()| true);
+            }) => self.op(key, value, timestamp_us),
+            Ok(ClientMsg::Heartbeat) => Handled::default(),
+            Err(e) => Handled::reply(self.proto_error(&e)),
         }
-        let engine = self.engine().clone();
-        let space = self.space.clone();
-        let actor = self.grant.sub.clone();
-        let source = Some(self.ctx.id);
-        let write = op_write(key.clone(), value, timestamp_us);
-        let pushed = self
-            .order
-            .push(engine.clone(), space, actor, source, vec![write], vec![]);
-        // Answered in order once durable; the actor keeps serving meanwhile.
-        self.pending.push_back(Box::pin(async move {
-            match pushed.await {
-                Ok(_) => None,
-                Err(e) => {
-                    engine.metrics.errors_sent.fetch_add(1, Relaxed);
-                    let (code, reason) = engine_error(&e);
-                    Some(error_frame(code, reason, &e.to_string(), Some(&key)))
-                }
+    }
+
+    fn refuse(&mut self, why: Refusal) -> String {
+        match why {
+            Refusal::Binary => self.proto_error(&ProtoError::Binary),
+            Refusal::TooLarge { len, max } => self.proto_error(&ProtoError::TooLarge(len, max)),
+            Refusal::TooManyFeeds { .. } => {
+                self.error(429, "too_many_subscriptions", &why.message(), None)
             }
-        }));
-        Ok(true)
+        }
+    }
+
+    fn change(&mut self, _: u64, c: &Committed, out: &mut Vec<Utf8Bytes>) {
+        out.push(render_change(c, || self.lookup(&c.entry.change.id)));
+    }
+
+    fn snapshot(
+        &mut self,
+        _: u64,
+        _collection: &str,
+        id: &str,
+        entity: &StoredEntity,
+        out: &mut Vec<Utf8Bytes>,
+    ) {
+        let (v, ts) = key_state(entity);
+        out.push(render_op(id, &v, ts.unwrap_or(0)).into());
+    }
+
+    fn feed_failed(&mut self, _: u64, e: &EngineError) -> Failed {
+        self.failed(e)
+    }
+
+    fn read_failed(&mut self, e: &EngineError) -> Failed {
+        self.failed(e)
+    }
+}
+
+/// The `init` read: the workspace's state in chunks of bounded size (see
+/// [`chunk_bytes`]). Later chunks are read later and may be newer than the
+/// seq of the first: the changes after that seq are replayed as `op`s
+/// anyway, each rendered from the key's current state, so the client ends
+/// at the relay's state either way.
+struct Init {
+    engine: Arc<Engine>,
+    space: String,
+    cap: Cap,
+    /// The seq the first chunk reflects: the feed starts after it.
+    seq: u64,
+    stage: Stage,
+}
+
+/// A workspace's keys and their entities, in key order.
+type Keys = Vec<(String, StoredEntity)>;
+
+struct Hashing {
+    heads: Heads,
+    after: Option<String>,
+    first: Keys,
+}
+
+enum Stage {
+    First,
+    /// Too large for one message: the heads need every key, so the state
+    /// is hashed page by page before `init` goes out with `first`.
+    Hash(Box<Hashing>),
+    /// The keys after the first chunk, as `op`s.
+    Rest(String),
+    Done,
+}
+
+impl Init {
+    fn keys(&self, after: Option<&str>) -> Result<(Keys, bool, u64), EngineError> {
+        let p = self.engine.entities_page(
+            &self.space,
+            Some(COLLECTION),
+            after.map(|a| (COLLECTION, a)),
+            self.cap,
+        )?;
+        let (more, seq) = (p.more, p.seq);
+        Ok((
+            p.items.into_iter().map(|(_, id, e)| (id, e)).collect(),
+            more,
+            seq,
+        ))
+    }
+}
+
+impl Read for Init {
+    fn page(&mut self) -> Result<Option<Vec<String>>, EngineError> {
+        match std::mem::replace(&mut self.stage, Stage::Done) {
+            Stage::First => {
+                let (first, more, seq) = self.keys(None)?;
+                self.seq = seq;
+                if !more {
+                    return Ok(Some(vec![render_init(data_of(&first), heads(&first))]));
+                }
+                self.stage = Stage::Hash(Box::new(Hashing {
+                    heads: Heads::default(),
+                    after: None,
+                    first,
+                }));
+                Ok(Some(Vec::new()))
+            }
+            Stage::Hash(mut h) => {
+                let (page, more, _) = self.keys(h.after.as_deref())?;
+                for (id, e) in &page {
+                    h.heads.add(id, e);
+                    h.after = Some(id.clone());
+                }
+                if more {
+                    self.stage = Stage::Hash(h);
+                    return Ok(Some(Vec::new()));
+                }
+                let Hashing { heads, first, .. } = *h;
+                if let Some((id, _)) = first.last() {
+                    self.stage = Stage::Rest(id.clone());
+                }
+                Ok(Some(vec![render_init(data_of(&first), heads.finish())]))
+            }
+            Stage::Rest(after) => {
+                let (page, more, _) = self.keys(Some(&after))?;
+                let mut frames = Vec::new();
+                let mut last = None;
+                for (id, e) in page {
+                    let (v, ts) = key_state(&e);
+                    if !v.is_null() {
+                        frames.push(render_op(&id, &v, ts.unwrap_or(0)));
+                    }
+                    last = Some(id);
+                }
+                if let (true, Some(last)) = (more, last) {
+                    self.stage = Stage::Rest(last);
+                }
+                Ok(Some(frames))
+            }
+            Stage::Done => Ok(None),
+        }
+    }
+
+    fn then(&mut self) -> Vec<Follow> {
+        vec![Follow {
+            key: 0,
+            space: self.space.clone(),
+            filter: Filter {
+                collections: Some([COLLECTION.to_string()].into_iter().collect()),
+                events: false,
+            },
+            since: Since::After(self.seq),
+        }]
     }
 }
 
@@ -728,6 +677,30 @@ pub async fn history(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One engine error of each kind -> the seed's code and reason.
+    #[test]
+    fn engine_errors_map_through_one_table() {
+        let got: Vec<(u16, &str)> = EngineError::samples()
+            .iter()
+            .map(|e| wire(e.class()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (400, "invalid_field"),
+                (400, "invalid_field"),
+                (500, "storage_failed"),
+                (500, "disk_full"),
+                (500, "disk_full"),
+                (500, "unavailable"),
+                (500, "unavailable"),
+                (500, "unavailable"),
+                (500, "storage_failed"),
+                (500, "storage_failed"),
+            ]
+        );
+    }
     use crate::model::{Change, EntityState, NodeId};
 
     fn stamp(ms: u64, node: u64) -> Stamp {

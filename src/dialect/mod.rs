@@ -1,24 +1,26 @@
-//! Client protocols. Each dialect parses its messages, calls the engine and
-//! renders replies; what they share (admission, connection accounting,
-//! socket limits) lives here.
+//! Client protocols. Each dialect is a [`Dialect`] the connection driver
+//! (`conn`) runs: it parses its messages, calls the engine and renders
+//! replies; what they share (admission, connection accounting, socket
+//! limits) lives here.
 
 pub mod atome;
 pub mod atome_adapter;
 pub mod atome_sync;
 pub mod config_sync;
 pub mod gzip;
-pub mod keepalive;
 pub mod kv;
 pub mod native;
 pub mod protocol;
 pub mod sync;
 pub mod unified;
 
-pub use protocol::{Dialect, Follow, Handled, Lag, Opening, Pending, Refusal, Refused, Since};
+pub use protocol::{
+    Dialect, Failed, Follow, Handled, Lag, Opening, Pending, Read, Refusal, Refused, Since,
+};
 
 use crate::auth::Grant;
-use crate::engine::{ConnLink, ConnSignal, EngineError, Outbox};
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use crate::engine::{ConnLink, ConnSignal, Outbox};
+use axum::extract::ws::WebSocketUpgrade;
 use axum::http::{HeaderMap, StatusCode};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -163,50 +165,6 @@ pub fn limit(ws: WebSocketUpgrade, state: &Ctx) -> WebSocketUpgrade {
 
 /// Per-connection socket read buffer (see [`limit`]).
 const READ_BUFFER: usize = 8 * 1024;
-
-/// Send one text frame; a failure means the client is gone.
-pub async fn send_text(
-    socket: &mut WebSocket,
-    text: impl Into<axum::extract::ws::Utf8Bytes>,
-) -> Result<(), EngineError> {
-    socket
-        .send(Message::Text(text.into()))
-        .await
-        .map_err(|_| EngineError::ClientGone)
-}
-
-/// Shutdown: tell the client why the socket closes (1001).
-pub async fn close_going_away(socket: &mut WebSocket) {
-    let _ = socket
-        .send(Message::Close(Some(CloseFrame {
-            code: 1001,
-            reason: "relay shutting down".into(),
-        })))
-        .await;
-}
-
-/// The message a socket read produced, or None when the connection is
-/// over. A read error the client can be told about gets its close frame
-/// first (see `net::ws::close_for_error`); other read errors (reset, protocol
-/// violation) leave nothing to say.
-pub async fn next_message(
-    socket: &mut WebSocket,
-    read: Option<Result<Message, axum::Error>>,
-) -> Option<Message> {
-    let err = match read? {
-        Ok(m) => return Some(m),
-        Err(e) => e,
-    };
-    if let Some((code, reason)) = crate::net::ws::close_for_error(&err) {
-        let _ = socket
-            .send(Message::Close(Some(CloseFrame {
-                code,
-                reason: reason.into(),
-            })))
-            .await;
-    }
-    None
-}
 
 /// One connection's accounting and fan-out link. Dropping it unregisters
 /// every subscription of the connection and updates the gauges.

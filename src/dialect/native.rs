@@ -9,10 +9,12 @@
 //! feed dropped for lagging is answered with `resync` (the client resumes).
 
 use super::SLOT_NATIVE;
-use super::{admit, now_s, Dialect, Follow, Handled, Lag, Opening, Refusal, Refused, Since};
+use super::{
+    admit, now_s, Dialect, Failed, Follow, Handled, Lag, Opening, Refusal, Refused, Since,
+};
 use crate::auth::Grant;
 use crate::dialect::Ctx;
-use crate::engine::{Committed, Engine, EngineError, Event, Filter};
+use crate::engine::{Committed, Engine, EngineError, ErrorClass, Event, Filter};
 use crate::model::{Conflict, Op, Stamp};
 use crate::store::{LocalWrite, Outcome, OutcomeKind, StoredEntity};
 use axum::extract::ws::Utf8Bytes;
@@ -195,14 +197,21 @@ pub fn error_frame(code: u16, reason: &str, message: &str, rid: &Value) -> Strin
     Value::Object(m).to_string()
 }
 
+/// Engine errors on `/ws`: code and reason of each class.
+pub fn wire(class: ErrorClass) -> (u16, &'static str) {
+    match class {
+        ErrorClass::Invalid | ErrorClass::Schema => (400, "invalid_field"),
+        // No native write carries a precondition; listed for completeness.
+        ErrorClass::Precondition => (409, "precondition_failed"),
+        ErrorClass::DiskFull => (507, "disk_full"),
+        ErrorClass::Unavailable => (503, "unavailable"),
+        ErrorClass::Storage => (500, "storage_failed"),
+    }
+}
+
 fn engine_error_frame(e: &EngineError, rid: &Value) -> String {
-    let reason = match e.code() {
-        400 => "invalid_field",
-        507 => "disk_full",
-        503 => "unavailable",
-        _ => "storage_failed",
-    };
-    error_frame(e.code(), reason, &e.to_string(), rid)
+    let (code, reason) = wire(e.class());
+    error_frame(code, reason, &e.to_string(), rid)
 }
 
 // ---- the protocol state machine --------------------------------------------
@@ -564,8 +573,44 @@ impl Dialect for Native {
         Lag::Drop(vec![m.to_string()])
     }
 
-    fn feed_failed(&mut self, key: u64, e: &EngineError) -> Option<Vec<String>> {
+    fn feed_failed(&mut self, key: u64, e: &EngineError) -> Failed {
         let rid = self.forget(key).map(|(_, rid)| rid).unwrap_or(Value::Null);
-        Some(vec![engine_error_frame(e, &rid)])
+        Failed::Answer(vec![engine_error_frame(e, &rid)])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One engine error of each kind -> its code and reason on `/ws`.
+    #[test]
+    fn engine_errors_map_through_one_table() {
+        let got: Vec<(u16, &str)> = EngineError::samples()
+            .iter()
+            .map(|e| wire(e.class()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (400, "invalid_field"),
+                (400, "invalid_field"),
+                (409, "precondition_failed"),
+                (507, "disk_full"),
+                (507, "disk_full"),
+                (503, "unavailable"),
+                (503, "unavailable"),
+                (503, "unavailable"),
+                (500, "storage_failed"),
+                (500, "storage_failed"),
+            ]
+        );
+        let e = EngineError::Store(crate::store::StoreError::NoSpace);
+        let f: Value = serde_json::from_str(&engine_error_frame(&e, &json!(7))).unwrap();
+        assert_eq!(
+            (&f["type"], &f["code"], &f["reason"], &f["rid"]),
+            (&json!("error"), &json!(507), &json!("disk_full"), &json!(7))
+        );
+        assert_eq!(f["message"], e.to_string());
     }
 }

@@ -5,8 +5,9 @@
 //! and applies the one lag policy (see `conn::feed`).
 //!
 //! Engine calls still happen inside a dialect (writes are futures it hands
-//! back in [`Handled::later`]; reads are synchronous calls): making them
-//! effects too is the next step of issue 15.
+//! back in [`Handled::later`]; paged reads are [`Read`]s the driver runs on
+//! blocking threads; single-entity reads are synchronous calls): making
+//! them effects too is the next step of issue 15.
 
 use crate::engine::{Committed, EngineError, Event, Filter};
 use crate::store::StoredEntity;
@@ -36,11 +37,29 @@ pub struct Follow {
     pub since: Since,
 }
 
-/// What handling one client message produced.
+/// A paged read of the store (a state snapshot, a list, a `sync`): the
+/// driver runs each page off the async workers (`spawn_blocking`) and sends
+/// its frames before reading the next, so a large answer is never held
+/// whole and a slow disk never stalls the runtime.
+pub trait Read: Send + 'static {
+    /// The next page's frames (possibly none); None once the read is done.
+    fn page(&mut self) -> Result<Option<Vec<String>>, EngineError>;
+    /// Feeds to start once the read is done (e.g. from the seq its
+    /// snapshot reflects, so nothing is missed or sent twice at the seam).
+    fn then(&mut self) -> Vec<Follow> {
+        Vec::new()
+    }
+}
+
+/// What handling one client message produced. The driver carries it out
+/// in this order: `now`, `read`, `later`, `unfollow`, `follow` (then the
+/// read's own follows).
 #[derive(Default)]
 pub struct Handled {
     /// Frames to send right away.
     pub now: Vec<String>,
+    /// A paged read whose frames follow `now`.
+    pub read: Option<Box<dyn Read>>,
     /// Work whose answer comes later (a write waiting for its commit).
     pub later: Option<Pending>,
     /// Feeds to start (after `now` is sent), in order.
@@ -101,6 +120,14 @@ pub enum Lag {
     Drop(Vec<String>),
 }
 
+/// What to do when a read or a feed failed in the store.
+pub enum Failed {
+    /// Send these frames; the connection goes on without that read or feed.
+    Answer(Vec<String>),
+    /// Send these frames, then close with 1011 and this reason.
+    Close(Vec<String>, &'static str),
+}
+
 /// One client protocol, driven by `conn::run`.
 pub trait Dialect: Send + Sync + 'static {
     /// What to send and follow as soon as the connection is up.
@@ -142,10 +169,13 @@ pub trait Dialect: Send + Sync + 'static {
     fn lagged(&mut self, _feed: u64, _last: u64) -> Lag {
         Lag::Resume
     }
-    /// Reading feed `feed` failed: frames to send, after which the feed is
-    /// gone; None closes the connection with 1011.
-    fn feed_failed(&mut self, _feed: u64, _e: &EngineError) -> Option<Vec<String>> {
-        None
+    /// Reading feed `feed` failed; the feed is gone.
+    fn feed_failed(&mut self, _feed: u64, _e: &EngineError) -> Failed {
+        Failed::Close(Vec::new(), "relay storage error")
+    }
+    /// A [`Read`] failed; what it had sent stays sent.
+    fn read_failed(&mut self, _e: &EngineError) -> Failed {
+        Failed::Close(Vec::new(), "relay storage error")
     }
     /// Whether the client gets its own writes back through its feeds.
     fn echo(&self) -> bool {

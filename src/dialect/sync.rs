@@ -49,9 +49,7 @@ pub fn accept(
 pub const CAPABILITIES: [&str; 4] = ["events", "sync_request", "file-events", "atome-events"];
 
 /// Error codes of the seed.
-pub const INVALID: &str = "invalid-payload";
-pub const UNKNOWN: &str = "unknown-type";
-pub const FAILED: &str = "request-failed";
+pub use super::atome::{FAILED, INVALID, UNKNOWN};
 
 /// Legacy message types that are published under their own name.
 const LEGACY_TOPICS: [&str; 4] = [
@@ -381,7 +379,7 @@ impl SyncProto {
                         Ok(_) => vec![],
                         Err(e) => {
                             engine.metrics.errors_sent.fetch_add(1, Relaxed);
-                            let code = if e.code() == 400 { INVALID } else { FAILED };
+                            let (_, code) = atome::wire(e.class());
                             vec![error_frame(code, &e.to_string(), &rid)]
                         }
                     }

@@ -2,12 +2,14 @@
 //! out. Every dialect is a thin adapter over these calls.
 
 mod admin;
+mod error;
 mod hub;
 mod outbox;
 mod recent;
 mod validate;
 
 pub use admin::SpaceFigures;
+pub use error::{EngineError, ErrorClass};
 pub use hub::{ConnLink, ConnSignal, Filter, Hub};
 pub use outbox::{json_bytes, Budget, Outbox};
 pub use validate::{validate_change, validate_name, validate_write, Limits};
@@ -26,57 +28,6 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::task::JoinHandle;
-
-/// Errors the engine reports to its callers (dialects map them to codes).
-#[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    #[error("{0}")]
-    Invalid(String),
-    /// A write breaks its collection's schema (`[schemas]` in the config).
-    #[error("changes[{index}]: collection `{collection}` schema: {violation}")]
-    Schema {
-        index: usize,
-        collection: String,
-        violation: crate::schema::Violation,
-    },
-    #[error(transparent)]
-    Store(StoreError),
-    #[error("the client went away")]
-    ClientGone,
-    /// Clustered: committed here (durable) but JetStream did not ack it in
-    /// time; it is published once JetStream is back.
-    #[error("stored on this hub, but the cluster stream did not acknowledge it within {0:?}; it will be published when JetStream is reachable")]
-    NotReplicated(Duration),
-}
-
-impl From<StoreError> for EngineError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            // The writer refused a job on the engine's own check (schemas):
-            // give back the engine's error as it was made.
-            StoreError::Rejected(r) => match r.downcast::<EngineError>() {
-                Ok(e) => *e,
-                Err(r) => EngineError::Invalid(r.to_string()),
-            },
-            e => EngineError::Store(e),
-        }
-    }
-}
-
-impl EngineError {
-    /// The HTTP-like status code used in error messages.
-    pub fn code(&self) -> u16 {
-        match self {
-            EngineError::Invalid(_) | EngineError::Schema { .. } => 400,
-            EngineError::Store(StoreError::DiskFull { .. } | StoreError::NoSpace) => 507,
-            EngineError::Store(StoreError::Closed | StoreError::Faulted { .. })
-            | EngineError::NotReplicated(_) => 503,
-            EngineError::Store(StoreError::PreconditionFailed { .. }) => 409,
-            EngineError::Store(_) => 500,
-            EngineError::ClientGone => 499,
-        }
-    }
-}
 
 /// Frames rendered once per committed change and shared by every
 /// subscriber of the same dialect (slot = dialect index).
@@ -965,7 +916,9 @@ impl Engine {
         if short {
             if matches!(sub.phase, Phase::Backlog) {
                 // Register, then read the seam: what was committed meanwhile.
-                let link = sub.link.take().ok_or(EngineError::ClientGone)?;
+                let link = sub.link.take().ok_or_else(|| {
+                    EngineError::Internal("a subscription registered twice".into())
+                })?;
                 let (id, live_from) = self.hub.register(&sub.space, link, sub.filter.clone());
                 sub.id = Some(id);
                 sub.upto = Some(live_from);

@@ -18,7 +18,7 @@
 //!   `server.request_timeout`, else `408`.
 //! - **Writes.** [`io::GuardedIo`] fails a write blocked for
 //!   `server.write_timeout`, on HTTP and on upgraded WebSockets alike.
-//! - **Idle WebSockets** are the dialects' part (`dialect::keepalive`).
+//! - **Idle WebSockets** are the connection driver's part (`conn::socket`).
 //!
 //! Every connection task lives in the loop's `JoinSet`; on shutdown the loop
 //! stops accepting, tells HTTP connections to finish (upgraded WebSockets

@@ -47,6 +47,20 @@ impl Proc {
         Proc::spawn_in(None, args)
     }
 
+    /// `outpost serve --config CONFIG --listen 127.0.0.1:0 --data DATA`: a
+    /// relay on an ephemeral loopback port with its config file and data dir.
+    pub fn serve(config: &Path, data: &Path) -> Proc {
+        Proc::spawn(&[
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            data.to_str().unwrap(),
+        ])
+    }
+
     /// As `spawn`, in working directory `cwd`.
     pub fn spawn_in(cwd: Option<&Path>, args: &[&str]) -> Proc {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_outpost"));

@@ -36,9 +36,9 @@ use super::{Dialect, Follow, Handled, Opening, Refusal, Refused, Since};
 use crate::auth::Grant;
 use crate::dialect::Ctx;
 use crate::engine::Committed;
-use crate::engine::{now_ms, Engine, EngineError, Filter, PAGE_BYTES};
+use crate::engine::{now_ms, Engine, EngineError, ErrorClass, Filter, PAGE_BYTES};
 use crate::model::Op;
-use crate::store::{Cap, Expect, LocalWrite, StoreError, StoredEntity};
+use crate::store::{Cap, Expect, LocalWrite, StoredEntity};
 use axum::extract::ws::Utf8Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use proto::{code, Bad, Device, Doc, Request, Revision, RevisionFields};
@@ -94,18 +94,22 @@ fn authed_user(grant: &Grant) -> Option<String> {
 }
 
 /// Engine errors as the seed's `error` strings.
-fn engine_code(e: &EngineError) -> &'static str {
-    match e.code() {
-        400 => code::INVALID_REQUEST,
-        409 => code::VERSION_CONFLICT,
-        503 => code::UNAVAILABLE,
-        507 => code::DISK_FULL,
-        _ => code::STORAGE_FAILED,
+pub fn wire(class: ErrorClass) -> &'static str {
+    match class {
+        ErrorClass::Invalid | ErrorClass::Schema => code::INVALID_REQUEST,
+        ErrorClass::Precondition => code::VERSION_CONFLICT,
+        ErrorClass::Unavailable => code::UNAVAILABLE,
+        ErrorClass::DiskFull => code::DISK_FULL,
+        ErrorClass::Storage => code::STORAGE_FAILED,
     }
 }
 
+fn engine_code(e: &EngineError) -> &'static str {
+    wire(e.class())
+}
+
 fn is_precondition(e: &EngineError) -> bool {
-    matches!(e, EngineError::Store(StoreError::PreconditionFailed { .. }))
+    e.class() == ErrorClass::Precondition
 }
 
 pub struct ConfigProto {
@@ -597,4 +601,40 @@ fn write(
 /// The version after `v`, if it stays within `proto::MAX_VERSION + 1`.
 fn next_version(v: u64) -> Option<u64> {
     v.checked_add(1).filter(|n| *n <= proto::MAX_VERSION + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One engine error of each kind -> the seed's `error` string.
+    #[test]
+    fn engine_errors_map_through_one_table() {
+        let got: Vec<&str> = EngineError::samples()
+            .iter()
+            .map(|e| wire(e.class()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                code::INVALID_REQUEST,
+                code::INVALID_REQUEST,
+                code::VERSION_CONFLICT,
+                code::DISK_FULL,
+                code::DISK_FULL,
+                code::UNAVAILABLE,
+                code::UNAVAILABLE,
+                code::UNAVAILABLE,
+                code::STORAGE_FAILED,
+                code::STORAGE_FAILED,
+            ]
+        );
+        assert!(
+            EngineError::samples()
+                .iter()
+                .filter(|e| is_precondition(e))
+                .count()
+                == 1
+        );
+    }
 }

@@ -1,28 +1,26 @@
 //! Seed 004's HTTP API, as RHTMX's real server serves it and its clients
 //! use it (`rusty-sync.js`, `rusty-field-sync.js`): catch-up after a reload
 //! (`GET /api/sync/{entity}?since=N`, `GET /api/field-sync/{entity}?since=N`),
-//! pushes while the socket is down (`POST` on the same paths) and the
-//! Server-Sent Events fallback (`GET /api/sync/events`). Same tokens, spaces
-//! and per-type versions as the sockets. Documented in docs/protocol.md.
+//! pushes while the socket is down (`POST` on the same paths); the
+//! Server-Sent Events fallback (`GET /api/sync/events`) is `events`, run by
+//! the connection driver. Same tokens, spaces and per-type versions as the
+//! sockets. Documented in docs/protocol.md.
 
 use super::proto::{self, ChangeAction, FieldUpdate, UnifiedMessage};
 use super::{engine_error, proto_sync_page};
 use crate::auth::Grant;
 use crate::dialect::Ctx;
-use crate::dialect::{admit, gzip, ConnCtx};
-use crate::engine::{CatchUp, Delivery, Engine, EngineError, Filter, Subscription};
+use crate::dialect::{admit, gzip};
+use crate::engine::EngineError;
 use crate::rfc3339::Timestamp;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::convert::Infallible;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
 
 /// Most changes one `GET` returns. A longer backlog is paged: the reply's
 /// `version` is then the last change's, so the client's next sync goes on
@@ -57,13 +55,13 @@ type Reply = Result<Response, HttpError>;
 
 /// Who calls, in which space: admission as on the sockets, then the scope
 /// the method needs.
-struct Caller {
-    grant: Grant,
-    space: String,
-    actor: String,
+pub(super) struct Caller {
+    pub grant: Grant,
+    pub space: String,
+    pub actor: String,
 }
 
-fn caller(
+pub(super) fn caller(
     state: &Ctx,
     headers: &HeaderMap,
     query: &HashMap<String, String>,
@@ -142,12 +140,7 @@ fn check_entity(entity: &str) -> Result<(), HttpError> {
 
 fn engine_refusal(e: &EngineError) -> HttpError {
     let r = engine_error(e);
-    let status = match r.code {
-        proto::code::SCHEMA_VIOLATION | proto::code::INVALID_FIELD => StatusCode::BAD_REQUEST,
-        proto::code::DISK_FULL => StatusCode::INSUFFICIENT_STORAGE,
-        proto::code::UNAVAILABLE => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    };
+    let (_, status) = super::wire(e.class());
     refuse(status, r.code, r.message)
 }
 
@@ -404,171 +397,4 @@ pub async fn post_field_sync(
         }
     }
     Ok(Json(json!({"applied": applied, "conflicts": conflicts})).into_response())
-}
-
-// ---- Server-Sent Events ----------------------------------------------------------
-
-/// The state of one `GET /api/sync/events` stream: a hub subscription to
-/// the whole space through the connection's bounded queue, like a socket.
-struct Feed {
-    ctx: ConnCtx,
-    engine: Arc<Engine>,
-    space: String,
-    sub: Option<u64>,
-    /// Catch-up in progress (after a lag), pulled one page per step.
-    catching: Option<Subscription>,
-    last: u64,
-    ready: VecDeque<Event>,
-    shutdown: tokio::sync::watch::Receiver<bool>,
-}
-
-fn event_of(change: &proto::ChangeLog) -> Event {
-    Event::default()
-        .event("sync")
-        .data(serde_json::to_string(change).unwrap_or_default())
-}
-
-impl Feed {
-    fn all() -> Filter {
-        Filter {
-            collections: None,
-            events: false,
-        }
-    }
-
-    /// Subscribe again from `last` after a lag: the gap is replayed from the
-    /// log (or as current states past the retention horizon).
-    fn restart(&mut self) -> Result<(), EngineError> {
-        if let Some(id) = self.sub.take() {
-            self.engine.unsubscribe(&self.space, id);
-        }
-        self.catching = Some(self.engine.start_subscription(
-            &self.space,
-            self.last,
-            Self::all(),
-            self.ctx.link.clone(),
-        )?);
-        Ok(())
-    }
-
-    /// Pull one page of catch-up into `ready`.
-    fn catch_up_page(&mut self) -> Result<(), EngineError> {
-        let Some(sub) = self.catching.as_mut() else {
-            return Ok(());
-        };
-        match self.engine.next_page(sub)? {
-            Some(page) => {
-                for item in page {
-                    let change = match item {
-                        CatchUp::Change(c) => {
-                            if c.seq <= self.last {
-                                continue;
-                            }
-                            self.last = c.seq;
-                            let ch = &c.entry.change;
-                            let now = self
-                                .engine
-                                .entity(&self.space, &ch.collection, &ch.id)?
-                                .map(|e| e.view());
-                            proto::change_log_over(&c, now.as_ref())
-                        }
-                        CatchUp::Snapshot {
-                            collection,
-                            id,
-                            entity,
-                        } => proto::entity_change(&collection, &id, &entity, None),
-                    };
-                    self.ready.push_back(event_of(&change));
-                }
-            }
-            None => {
-                let sub = self.catching.take();
-                if let Some(s) = sub {
-                    self.last = self.last.max(s.reached());
-                    self.sub = s.id;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// The next event, or None when the stream ends (shutdown, store error).
-    async fn next(&mut self) -> Option<Event> {
-        loop {
-            if let Some(e) = self.ready.pop_front() {
-                return Some(e);
-            }
-            if self.catching.is_some() {
-                if let Err(e) = self.catch_up_page() {
-                    tracing::warn!(error = %e, "sync events: catch-up failed; ending the stream");
-                    return None;
-                }
-                continue;
-            }
-            tokio::select! {
-                _ = self.shutdown.changed() => return None,
-                _ = self.ctx.signal.notify.notified() => {
-                    let lagged = self.ctx.signal.take_lagged();
-                    if self.sub.is_some_and(|id| lagged.contains(&id)) {
-                        self.engine.metrics.resyncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        if self.restart().is_err() {
-                            return None;
-                        }
-                    }
-                }
-                d = self.ctx.rx.recv() => {
-                    let Some(Delivery::Change { sub, item }) = d else { continue };
-                    if Some(sub) != self.sub || item.seq <= self.last {
-                        continue;
-                    }
-                    self.last = item.seq;
-                    self.ready.push_back(event_of(&proto::change_log(&item)));
-                }
-            }
-        }
-    }
-}
-
-impl Drop for Feed {
-    fn drop(&mut self) {
-        if let Some(id) = self.sub.take() {
-            self.engine.unsubscribe(&self.space, id);
-        }
-    }
-}
-
-/// `GET /api/sync/events`: every change of the space committed from now on,
-/// as `event: sync` with a `ChangeLog` (whole entity state) as data, through
-/// a bounded queue (a slow reader is caught up from the log, like a socket).
-/// Ends on relay shutdown; keep-alive comments every 15 s.
-pub async fn events(
-    State(state): State<Ctx>,
-    Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-) -> Reply {
-    let c = caller(&state, &headers, &query, false)?;
-    let engine = state.engine.clone();
-    let ctx = ConnCtx::new(state.clone(), "/api/sync/events");
-    let mut feed = Feed {
-        engine: engine.clone(),
-        space: c.space,
-        sub: None,
-        catching: None,
-        last: engine.hub().last_seq(),
-        ready: VecDeque::new(),
-        shutdown: state.shutdown.clone(),
-        ctx,
-    };
-    feed.restart().map_err(|e| engine_refusal(&e))?;
-    // The subscription starts at the current end of the log: its catch-up
-    // is empty and registers it live.
-    while feed.catching.is_some() {
-        feed.catch_up_page().map_err(|e| engine_refusal(&e))?;
-    }
-    let stream = futures_util::stream::unfold(feed, |mut feed| async move {
-        feed.next().await.map(|e| (Ok::<_, Infallible>(e), feed))
-    });
-    Ok(Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
-        .into_response())
 }

@@ -1,80 +1,44 @@
 //! Seed 004's unified multiplexed protocol on `/api/ws`, and its two legacy
 //! subsets `/api/sync/ws` (entity messages) and `/api/field-sync/ws` (field
 //! messages). Message shapes, mapping and rendering are in `proto`; this
-//! file is the connection actor, shaped like the native one: a select loop
-//! over the socket, the bounded fan-out queue, the lag signal, pending acks
-//! and shutdown. Documented in docs/protocol.md.
+//! file is [`Unified`], the protocol the connection driver (`conn::run`)
+//! runs, and `events` the SSE feed of the HTTP API. Documented in
+//! docs/protocol.md.
 
+pub mod events;
 pub mod http;
 pub mod proto;
 
-use super::{admit, limit, ConnCtx};
+use super::{admit, Dialect, Failed, Follow, Handled, Opening, Read, Refused, Since};
 use crate::auth::Grant;
 use crate::dialect::Ctx;
-use crate::engine::Committed;
-use crate::engine::{CatchUp, Delivery, EngineError, Filter};
-use crate::store::StoreError;
-use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use crate::engine::{Committed, Engine, EngineError, ErrorClass, Filter};
+use crate::store::StoredEntity;
+use axum::extract::ws::{Message, Utf8Bytes};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use futures_util::stream::FuturesOrdered;
-use futures_util::StreamExt;
 use proto::{code, Endpoint, Refusal, UnifiedMessage};
 use std::collections::{HashMap, HashSet};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-/// `GET /api/ws`: every message family.
-pub async fn unified(
-    state: State<Ctx>,
-    query: Query<HashMap<String, String>>,
-    headers: HeaderMap,
-    ws: WebSocketUpgrade,
-) -> Response {
-    upgrade(Endpoint::Unified, state, query, headers, ws)
-}
+/// Catch-up page size for `sync`.
+const PAGE: usize = 256;
 
-/// `GET /api/sync/ws`: entity-level sync only.
-pub async fn entity_sync(
-    state: State<Ctx>,
-    query: Query<HashMap<String, String>>,
-    headers: HeaderMap,
-    ws: WebSocketUpgrade,
-) -> Response {
-    upgrade(Endpoint::Entity, state, query, headers, ws)
-}
-
-/// `GET /api/field-sync/ws`: field-level sync only.
-pub async fn field_sync(
-    state: State<Ctx>,
-    query: Query<HashMap<String, String>>,
-    headers: HeaderMap,
-    ws: WebSocketUpgrade,
-) -> Response {
-    upgrade(Endpoint::Field, state, query, headers, ws)
-}
-
-fn upgrade(
+/// The handshake of the three endpoints: a bad or missing token is 401, a
+/// bad `?space=` 400.
+pub fn accept(
     endpoint: Endpoint,
-    State(state): State<Ctx>,
-    Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-    ws: WebSocketUpgrade,
-) -> Response {
-    let grant = match admit(&state, &headers, &query) {
-        Ok(g) => g,
-        Err(refusal) => return refusal.into_response(),
-    };
+    state: &Ctx,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Result<Opening<Unified>, Refused> {
+    let grant = admit(state, headers, query)?;
     let space = query
         .get("space")
         .cloned()
         .unwrap_or_else(|| "default".into());
-    if let Err(e) = crate::engine::validate_name("space", &space) {
-        return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response();
-    }
+    crate::engine::validate_name("space", &space)
+        .map_err(|e| (StatusCode::BAD_REQUEST, format!("{e}\n")))?;
     // The seed's ChangeLog carries a client_id; a client may name itself.
     let client_id = query
         .get("client_id")
@@ -89,170 +53,87 @@ fn upgrade(
         Some("off") | Some("none") => false,
         _ => endpoint != Endpoint::Unified,
     };
-    limit(ws, &state)
-        .on_upgrade(move |socket| run(socket, state, grant, endpoint, space, client_id, compress))
+    let state = state.clone();
+    Ok(Opening::new(endpoint.path(), move |conn| Unified {
+        engine: state.engine.clone(),
+        forms: state.settings.forms.clone(),
+        max_frame_bytes: state.settings.max_frame_bytes,
+        client_id: client_id.unwrap_or_else(|| format!("c{}", conn.id)),
+        conn: conn.id,
+        grant,
+        endpoint,
+        space,
+        compress,
+        feeds: HashMap::new(),
+        next_key: 0,
+        order: Default::default(),
+    }))
 }
 
-/// Catch-up page size for `sync`.
-const PAGE: usize = 256;
-
-type Pending = Pin<Box<dyn Future<Output = Vec<String>> + Send + Sync>>;
-
-/// One hub subscription of the connection: entity changes or field changes
-/// of some entity types. Each `subscribe` adds a feed for the types not yet
-/// subscribed, starting at the current end of the log, so a type added later
-/// never replays its past.
-struct Feed {
-    kind: Kind,
-    entities: HashSet<String>,
-    /// Highest local seq delivered: catch-up after a lag resumes here, and
-    /// anything at or below it that arrives again is skipped.
-    last_seq: u64,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
+/// What a feed delivers: entity changes or field changes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kind {
     Entity,
     Field,
 }
 
-struct Conn {
-    ctx: ConnCtx,
+/// One connection of the three endpoints. Each `subscribe` adds a feed for
+/// the entity types not yet subscribed, live from now (a type added later
+/// never replays its past); a feed dropped for lagging resumes from the log
+/// where it stopped, so the client misses nothing and needs no resync
+/// message. Pushes are pipelined and answered in request order once
+/// durable; `sync` is a paged read.
+pub struct Unified {
+    engine: Arc<Engine>,
+    forms: Arc<crate::schema::SchemaSet>,
+    max_frame_bytes: usize,
     grant: Grant,
     endpoint: Endpoint,
     space: String,
     client_id: String,
-    /// Hub subscription id -> feed.
-    feeds: HashMap<u64, Feed>,
-    pending: FuturesOrdered<Pending>,
+    conn: u64,
     /// Send frames of `gzip::THRESHOLD` bytes or more gzipped (binary).
     compress: bool,
+    /// Feed key -> what it delivers, of which entity types.
+    feeds: HashMap<u64, (Kind, HashSet<String>)>,
+    next_key: u64,
     /// Pushes reach the writer in the order their frames were read.
     order: crate::engine::WriteOrder,
 }
 
-use crate::dialect::send_text as send;
-
-async fn run(
-    mut socket: WebSocket,
-    state: Ctx,
-    grant: Grant,
-    endpoint: Endpoint,
-    space: String,
-    client_id: Option<String>,
-    compress: bool,
-) {
-    let ctx = ConnCtx::new(state.clone(), endpoint.path());
-    let mut shutdown = state.shutdown.clone();
-    let mut conn = Conn {
-        client_id: client_id.unwrap_or_else(|| format!("c{}", ctx.id)),
-        ctx,
-        grant,
-        endpoint,
-        space,
-        feeds: HashMap::new(),
-        pending: FuturesOrdered::new(),
-        compress,
-        order: Default::default(),
-    };
-    let max_inflight = state.settings.max_inflight;
-    let mut keepalive = crate::dialect::keepalive::Keepalive::new(&state);
-    let mut closing = false;
-    loop {
-        tokio::select! {
-            biased;
-            _ = shutdown.changed(), if !closing => {
-                closing = true;
-                break;
-            }
-            Some(frames) = conn.pending.next(), if !conn.pending.is_empty() => {
-                if send_all(&mut socket, conn.compress, frames).await.is_err() { break; }
-            }
-            _ = conn.ctx.signal.notify.notified() => {
-                if conn.resync(&mut socket).await.is_err() { break; }
-            }
-            Some(d) = conn.ctx.rx.recv() => {
-                if conn.deliver(&mut socket, d).await.is_err() { break; }
-            }
-            msg = keepalive.recv(&mut socket), if conn.pending.len() < max_inflight => {
-                let Some(msg) = msg else { break };
-                match conn.handle(&mut socket, msg).await {
-                    Ok(true) => {}
-                    Ok(false) | Err(_) => break,
-                }
-            }
+/// Engine errors in seed 004: the `error` code (sockets) and the HTTP
+/// status (the HTTP API) of each class.
+pub fn wire(class: ErrorClass) -> (&'static str, StatusCode) {
+    match class {
+        ErrorClass::Invalid => (code::INVALID_FIELD, StatusCode::BAD_REQUEST),
+        ErrorClass::Schema => (code::SCHEMA_VIOLATION, StatusCode::BAD_REQUEST),
+        ErrorClass::DiskFull => (code::DISK_FULL, StatusCode::INSUFFICIENT_STORAGE),
+        ErrorClass::Unavailable => (code::UNAVAILABLE, StatusCode::SERVICE_UNAVAILABLE),
+        // Pushes carry no precondition; listed for completeness.
+        ErrorClass::Precondition | ErrorClass::Storage => {
+            (code::STORAGE_FAILED, StatusCode::INTERNAL_SERVER_ERROR)
         }
     }
-    if closing {
-        // Every push accepted before shutdown still gets its ack.
-        while let Some(frames) = conn.pending.next().await {
-            if send_all(&mut socket, conn.compress, frames).await.is_err() {
-                return;
-            }
-        }
-        crate::dialect::close_going_away(&mut socket).await;
-    }
 }
 
-async fn send_all(
-    socket: &mut WebSocket,
-    compress: bool,
-    frames: Vec<String>,
-) -> Result<(), EngineError> {
-    for f in frames {
-        send_frame(socket, compress, f.into()).await?;
-    }
-    Ok(())
-}
-
-/// One frame to the client: as text, or gzipped in a binary frame when the
-/// client compresses and the frame is at least `gzip::THRESHOLD` bytes.
-async fn send_frame(
-    socket: &mut WebSocket,
-    compress: bool,
-    text: Utf8Bytes,
-) -> Result<(), EngineError> {
-    if compress && text.len() >= crate::dialect::gzip::THRESHOLD {
-        let zipped = crate::dialect::gzip::gzip(text.as_str());
-        return socket
-            .send(Message::Binary(zipped.into()))
-            .await
-            .map_err(|_| EngineError::ClientGone);
-    }
-    send(socket, text).await
-}
-
-/// An engine error as an `error` frame with a stable code.
+/// An engine error as an `error` frame: its code from [`wire`], its
+/// message in the seed's terms (one entity per message).
 pub(crate) fn engine_error(e: &EngineError) -> Refusal {
-    match e {
+    let (code, _) = wire(e.class());
+    let message = match e {
         EngineError::Schema {
             collection,
             violation,
             ..
-        } => Refusal::new(
-            code::SCHEMA_VIOLATION,
-            format!("entity `{collection}`: {violation}"),
-        ),
+        } => format!("entity `{collection}`: {violation}"),
         // The engine names the field as `changes[i].field`: one change here.
-        EngineError::Invalid(m) => Refusal::new(
-            code::INVALID_FIELD,
-            m.strip_prefix("changes[0].").unwrap_or(m).to_string(),
-        ),
-        EngineError::Store(StoreError::DiskFull { .. } | StoreError::NoSpace) => {
-            Refusal::new(code::DISK_FULL, e.to_string())
-        }
-        EngineError::Store(StoreError::Closed | StoreError::Faulted { .. }) => {
-            Refusal::new(code::UNAVAILABLE, e.to_string())
-        }
-        _ => Refusal::new(code::STORAGE_FAILED, e.to_string()),
-    }
+        EngineError::Invalid(m) => m.strip_prefix("changes[0].").unwrap_or(m).to_string(),
+        e => e.to_string(),
+    };
+    Refusal::new(code, message)
 }
 
-impl Conn {
-    fn engine(&self) -> &Arc<crate::engine::Engine> {
-        &self.ctx.state.engine
-    }
-
+impl Unified {
     fn actor(&self) -> String {
         if self.grant.sub == "anonymous" {
             self.client_id.clone()
@@ -261,163 +142,56 @@ impl Conn {
         }
     }
 
-    async fn refuse(&self, socket: &mut WebSocket, r: Refusal) -> Result<(), EngineError> {
-        self.engine().metrics.errors_sent.fetch_add(1, Relaxed);
-        self.out(socket, proto::error(&r)).await
+    fn error(&self, r: Refusal) -> String {
+        self.engine.metrics.errors_sent.fetch_add(1, Relaxed);
+        proto::error(&r)
     }
 
-    async fn out(
-        &self,
-        socket: &mut WebSocket,
-        text: impl Into<Utf8Bytes>,
-    ) -> Result<(), EngineError> {
-        send_frame(socket, self.compress, text.into()).await
+    fn refused(&self, r: Refusal) -> Handled {
+        Handled::reply(self.error(r))
     }
 
-    /// Frames of one committed change for a feed of `kind`. An entity-level
-    /// `change` carries the entity's whole state: known for live changes;
-    /// for one re-read from the log (catch-up) the current state is read.
-    fn frames(&self, kind: Kind, c: &Committed) -> Vec<Utf8Bytes> {
-        match kind {
-            Kind::Entity if c.after.is_some() => vec![proto::render_change(c)],
-            Kind::Entity => {
-                let ch = &c.entry.change;
-                let now = self
-                    .engine()
-                    .entity(&self.space, &ch.collection, &ch.id)
-                    .ok()
-                    .flatten()
-                    .map(|e| e.view());
-                let change = proto::change_log_over(c, now.as_ref());
-                vec![proto::render(&UnifiedMessage::Change { change }).into()]
-            }
-            Kind::Field => proto::render_field_changes(c),
-        }
-    }
-
-    async fn deliver(&mut self, socket: &mut WebSocket, d: Delivery) -> Result<(), EngineError> {
-        let Delivery::Change { sub, item } = d else {
-            return Ok(()); // feeds are registered without ephemeral events
-        };
-        // Items of a feed already dropped (lag) are ignored: its catch-up
-        // re-reads them from the log.
-        let Some(feed) = self.feeds.get_mut(&sub) else {
-            return Ok(());
-        };
-        if item.seq <= feed.last_seq {
-            return Ok(());
-        }
-        feed.last_seq = item.seq;
-        let kind = feed.kind;
-        for f in self.frames(kind, &item) {
-            self.out(socket, f).await?;
-        }
-        Ok(())
-    }
-
-    /// A feed dropped by fan-out for lagging resumes from the log where it
-    /// stopped, so the client misses nothing and needs no resync message.
-    async fn resync(&mut self, socket: &mut WebSocket) -> Result<(), EngineError> {
-        for id in self.ctx.signal.take_lagged() {
-            if let Some(feed) = self.feeds.remove(&id) {
-                self.engine().metrics.resyncs.fetch_add(1, Relaxed);
-                self.start_feed(socket, feed.kind, feed.entities, feed.last_seq)
-                    .await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Returns false when the connection should close.
-    async fn handle(&mut self, socket: &mut WebSocket, msg: Message) -> Result<bool, EngineError> {
-        let max = self.ctx.state.settings.max_frame_bytes;
-        let text = match msg {
-            Message::Text(t) => t,
-            // A gzipped message (what RHTMX's clients send for 1 KiB and
-            // more): decompressed up to the frame limit; a client that
-            // compresses gets large frames compressed too.
-            Message::Binary(b) => match crate::dialect::gzip::gunzip_text(&b, max) {
-                Ok(t) => {
-                    self.compress = true;
-                    t.into()
-                }
-                Err(e) => {
-                    let c = match e {
-                        crate::dialect::gzip::GzipError::TooLarge(_) => code::TOO_LARGE,
-                        _ => code::BINARY,
-                    };
-                    self.refuse(socket, Refusal::new(c, format!("binary frame: {e}")))
-                        .await?;
-                    return Ok(true);
-                }
-            },
-            Message::Close(_) => return Ok(false),
-            Message::Ping(_) | Message::Pong(_) => return Ok(true),
-        };
-        if text.len() > max {
-            let m = format!(
-                "message of {} bytes exceeds the {max}-byte limit",
-                text.len()
-            );
-            self.refuse(socket, Refusal::new(code::TOO_LARGE, m))
-                .await?;
-            return Ok(true);
-        }
-        let msg = match proto::parse(&text, self.endpoint) {
+    fn handle(&mut self, text: &str) -> Handled {
+        let msg = match proto::parse(text, self.endpoint) {
             Ok(m) => m,
-            Err(r) => {
-                self.refuse(socket, r).await?;
-                return Ok(true);
-            }
+            Err(r) => return self.refused(r),
         };
-        let forms = &self.ctx.state.settings.forms;
         let r = match msg {
-            UnifiedMessage::Subscribe { entities } => {
-                self.subscribe(socket, Kind::Entity, entities).await
-            }
-            UnifiedMessage::SubscribeFields { entities } => {
-                self.subscribe(socket, Kind::Field, entities).await
-            }
-            UnifiedMessage::Sync { entity, since } => self.sync(socket, entity, since).await,
+            UnifiedMessage::Subscribe { entities } => self.subscribe(Kind::Entity, entities),
+            UnifiedMessage::SubscribeFields { entities } => self.subscribe(Kind::Field, entities),
+            UnifiedMessage::Sync { entity, since } => self.sync(entity, since),
             UnifiedMessage::Push {
                 entity,
                 entity_id,
                 action,
                 data,
-            } => self.push(socket, entity, entity_id, action, data).await,
+            } => self.push(entity, entity_id, action, data),
             UnifiedMessage::PushFields {
                 entity,
                 entity_id,
                 fields,
-            } => self.push_fields(socket, entity, entity_id, fields).await,
+            } => self.push_fields(entity, entity_id, fields),
             UnifiedMessage::ValidateField {
                 request_id,
                 form,
                 field,
                 value,
-            } => match proto::validate_field(forms, request_id, form, field, value) {
-                Ok(m) => self.out(socket, proto::render(&m)).await,
-                Err(r) => self.refuse(socket, r).await,
-            },
+            } => proto::validate_field(&self.forms, request_id, form, field, value)
+                .map(|m| Handled::reply(proto::render(&m))),
             UnifiedMessage::ValidateForm {
                 request_id,
                 form,
                 fields,
-            } => match proto::validate_form(forms, request_id, form, fields) {
-                Ok(m) => self.out(socket, proto::render(&m)).await,
-                Err(r) => self.refuse(socket, r).await,
-            },
-            UnifiedMessage::Ping => self.out(socket, proto::render(&UnifiedMessage::Pong)).await,
+            } => proto::validate_form(&self.forms, request_id, form, fields)
+                .map(|m| Handled::reply(proto::render(&m))),
+            UnifiedMessage::Ping => Ok(Handled::reply(proto::render(&UnifiedMessage::Pong))),
             // `parse` refuses server-only messages before they get here.
-            _ => {
-                self.refuse(
-                    socket,
-                    Refusal::new(code::SERVER_ONLY, "sent by the server, not to it"),
-                )
-                .await
-            }
+            _ => Err(Refusal::new(
+                code::SERVER_ONLY,
+                "sent by the server, not to it",
+            )),
         };
-        r.map(|()| true)
+        r.unwrap_or_else(|refusal| self.refused(refusal))
     }
 
     fn check_entities(&self, entities: &[String]) -> Result<(), Refusal> {
@@ -434,15 +208,8 @@ impl Conn {
         Ok(())
     }
 
-    async fn subscribe(
-        &mut self,
-        socket: &mut WebSocket,
-        kind: Kind,
-        entities: Vec<String>,
-    ) -> Result<(), EngineError> {
-        if let Err(r) = self.check_entities(&entities) {
-            return self.refuse(socket, r).await;
-        }
+    fn subscribe(&mut self, kind: Kind, entities: Vec<String>) -> Result<Handled, Refusal> {
+        self.check_entities(&entities)?;
         // Subscriptions accumulate; types already subscribed are skipped.
         let new: HashSet<String> = entities
             .into_iter()
@@ -450,113 +217,44 @@ impl Conn {
                 !self
                     .feeds
                     .values()
-                    .any(|f| f.kind == kind && f.entities.contains(e))
+                    .any(|(k, set)| *k == kind && set.contains(e))
             })
             .collect();
         if new.is_empty() {
-            return Ok(());
+            return Ok(Handled::default());
         }
-        let since = self.engine().hub().last_seq();
-        self.start_feed(socket, kind, new, since).await
-    }
-
-    /// Register a feed for `set` and bring it up to date from `since` (the
-    /// log seq it has delivered up to), sending the catch-up; by the end it
-    /// is live with no gap or duplicate at the seam.
-    async fn start_feed(
-        &mut self,
-        socket: &mut WebSocket,
-        kind: Kind,
-        set: HashSet<String>,
-        since: u64,
-    ) -> Result<(), EngineError> {
-        let engine = self.engine().clone();
-        let filter = Filter {
-            collections: Some(set.clone()),
-            events: false,
-        };
-        let mut sub =
-            match engine.start_subscription(&self.space, since, filter, self.ctx.link.clone()) {
-                Ok(s) => s,
-                Err(e) => return self.refuse(socket, engine_error(&e)).await,
-            };
-        let mut last = since;
-        loop {
-            let page = match engine.next_page(&mut sub) {
-                Ok(Some(p)) => p,
-                Ok(None) => break,
-                Err(e) => {
-                    if let Some(id) = sub.id {
-                        engine.unsubscribe(&self.space, id);
-                    }
-                    return self.refuse(socket, engine_error(&e)).await;
-                }
-            };
-            for item in page {
-                match item {
-                    CatchUp::Change(c) => {
-                        if c.seq <= last {
-                            continue;
-                        }
-                        last = c.seq;
-                        for f in self.frames(kind, &c) {
-                            self.out(socket, f).await?;
-                        }
-                    }
-                    CatchUp::Snapshot {
-                        collection,
-                        id,
-                        entity,
-                    } => {
-                        for f in snapshot_frames(kind, &collection, &id, &entity) {
-                            self.out(socket, f).await?;
-                        }
-                    }
-                }
-            }
-        }
-        let id = sub.id.ok_or(EngineError::ClientGone)?;
-        self.feeds.insert(
-            id,
-            Feed {
-                kind,
-                entities: set,
-                last_seq: sub.reached().max(last),
-            },
-        );
-        Ok(())
+        self.next_key += 1;
+        self.feeds.insert(self.next_key, (kind, new.clone()));
+        Ok(Handled {
+            follow: vec![Follow {
+                key: self.next_key,
+                space: self.space.clone(),
+                filter: Filter {
+                    collections: Some(new),
+                    events: false,
+                },
+                since: Since::Now,
+            }],
+            ..Handled::default()
+        })
     }
 
     /// `sync {entity, since}`: one `change` per entity of that type changed
     /// after per-type version `since`, at its newest version and with its
     /// whole current state, in version order; read from the per-type index,
     /// so the cost grows with the entities returned, not with the log.
-    async fn sync(
-        &mut self,
-        socket: &mut WebSocket,
-        entity: String,
-        since: i64,
-    ) -> Result<(), EngineError> {
-        if let Err(r) = self.check_entities(std::slice::from_ref(&entity)) {
-            return self.refuse(socket, r).await;
-        }
-        let engine = self.engine().clone();
-        let mut after = u64::try_from(since).unwrap_or(0);
-        loop {
-            let page = match proto_sync_page(&engine, &self.space, &entity, after, PAGE) {
-                Ok((_, p)) => p,
-                Err(e) => return self.refuse(socket, engine_error(&e)).await,
-            };
-            let short = page.len() < PAGE;
-            for change in page {
-                after = u64::try_from(change.version).unwrap_or(after);
-                self.out(socket, proto::render(&UnifiedMessage::Change { change }))
-                    .await?;
-            }
-            if short {
-                return Ok(());
-            }
-        }
+    fn sync(&mut self, entity: String, since: i64) -> Result<Handled, Refusal> {
+        self.check_entities(std::slice::from_ref(&entity))?;
+        Ok(Handled {
+            read: Some(Box::new(SyncRead {
+                engine: self.engine.clone(),
+                space: self.space.clone(),
+                entity,
+                after: u64::try_from(since).unwrap_or(0),
+                done: false,
+            })),
+            ..Handled::default()
+        })
     }
 
     fn can_write(&self) -> Result<(), Refusal> {
@@ -570,28 +268,22 @@ impl Conn {
         }
     }
 
-    async fn push(
+    fn push(
         &mut self,
-        socket: &mut WebSocket,
         entity: String,
         entity_id: String,
         action: proto::ChangeAction,
         data: Option<serde_json::Value>,
-    ) -> Result<(), EngineError> {
-        let write = match self
-            .can_write()
-            .and_then(|()| proto::push_write(entity_id.clone(), entity.clone(), action, data))
-        {
-            Ok(w) => w,
-            Err(r) => return self.refuse(socket, r).await,
-        };
-        let engine = self.engine().clone();
-        let (space, actor, source) = (self.space.clone(), self.actor(), Some(self.ctx.id));
+    ) -> Result<Handled, Refusal> {
+        self.can_write()?;
+        let write = proto::push_write(entity_id.clone(), entity.clone(), action, data)?;
+        let engine = self.engine.clone();
+        let (space, actor, source) = (self.space.clone(), self.actor(), Some(self.conn));
         let pushed = self
             .order
             .push(engine.clone(), space, actor, source, vec![write], vec![]);
-        // Answered in request order once durable; the actor keeps serving.
-        self.pending.push_back(Box::pin(async move {
+        // Answered in request order once durable; the driver keeps serving.
+        Ok(Handled::later(Box::pin(async move {
             match pushed.await {
                 Ok(outs) => {
                     engine.metrics.acks.fetch_add(1, Relaxed);
@@ -607,31 +299,24 @@ impl Conn {
                     vec![proto::error(&engine_error(&e))]
                 }
             }
-        }));
-        Ok(())
+        })))
     }
 
-    async fn push_fields(
+    fn push_fields(
         &mut self,
-        socket: &mut WebSocket,
         entity: String,
         entity_id: String,
         fields: Vec<proto::FieldUpdate>,
-    ) -> Result<(), EngineError> {
-        let (writes, times) = match self
-            .can_write()
-            .and_then(|()| proto::field_writes(&entity, &entity_id, fields))
-        {
-            Ok(w) => w,
-            Err(r) => return self.refuse(socket, r).await,
-        };
-        let engine = self.engine().clone();
-        let (space, actor, source) = (self.space.clone(), self.actor(), Some(self.ctx.id));
+    ) -> Result<Handled, Refusal> {
+        self.can_write()?;
+        let (writes, times) = proto::field_writes(&entity, &entity_id, fields)?;
+        let engine = self.engine.clone();
+        let (space, actor, source) = (self.space.clone(), self.actor(), Some(self.conn));
         let endpoint = self.endpoint;
         let pushed = self
             .order
             .push(engine.clone(), space, actor, source, writes, vec![]);
-        self.pending.push_back(Box::pin(async move {
+        Ok(Handled::later(Box::pin(async move {
             match pushed.await {
                 Ok(outs) => {
                     engine.metrics.acks.fetch_add(1, Relaxed);
@@ -645,25 +330,144 @@ impl Conn {
                     vec![proto::error(&engine_error(&e))]
                 }
             }
-        }));
-        Ok(())
+        })))
     }
 }
 
-fn snapshot_frames(
-    kind: Kind,
-    collection: &str,
-    id: &str,
-    e: &crate::store::StoredEntity,
-) -> Vec<String> {
-    match kind {
-        Kind::Entity => vec![proto::render(&UnifiedMessage::Change {
-            change: proto::snapshot_change(collection, id, e),
-        })],
-        Kind::Field => proto::snapshot_fields(collection, id, e)
-            .into_iter()
-            .map(|change| proto::render(&UnifiedMessage::FieldChange { change }))
-            .collect(),
+impl Dialect for Unified {
+    fn open(&mut self) -> Handled {
+        Handled::default()
+    }
+
+    fn on_text(&mut self, text: &str) -> Handled {
+        self.handle(text)
+    }
+
+    /// A gzipped message (what RHTMX's clients send for 1 KiB and more):
+    /// decompressed up to the frame limit; a client that compresses gets
+    /// large frames compressed too.
+    fn on_binary(&mut self, data: &[u8]) -> Handled {
+        match crate::dialect::gzip::gunzip_text(data, self.max_frame_bytes) {
+            Ok(t) => {
+                self.compress = true;
+                self.handle(&t)
+            }
+            Err(e) => {
+                let c = match e {
+                    crate::dialect::gzip::GzipError::TooLarge(_) => code::TOO_LARGE,
+                    _ => code::BINARY,
+                };
+                self.refused(Refusal::new(c, format!("binary frame: {e}")))
+            }
+        }
+    }
+
+    fn refuse(&mut self, why: crate::dialect::Refusal) -> String {
+        use crate::dialect::Refusal as R;
+        let c = match why {
+            R::Binary => code::BINARY,
+            R::TooLarge { .. } => code::TOO_LARGE,
+            R::TooManyFeeds { .. } => code::TOO_MANY_SUBSCRIPTIONS,
+        };
+        self.error(Refusal::new(c, why.message()))
+    }
+
+    fn refuse_follow(&mut self, feed: u64, why: crate::dialect::Refusal) -> String {
+        self.feeds.remove(&feed);
+        self.refuse(why)
+    }
+
+    /// An entity-level `change` carries the entity's whole state: known for
+    /// live changes; for one re-read from the log (catch-up) the current
+    /// state is read.
+    fn change(&mut self, feed: u64, c: &Committed, out: &mut Vec<Utf8Bytes>) {
+        match self.feeds.get(&feed).map(|(k, _)| *k) {
+            Some(Kind::Entity) if c.after.is_some() => out.push(proto::render_change(c)),
+            Some(Kind::Entity) => {
+                let ch = &c.entry.change;
+                let now = self
+                    .engine
+                    .entity(&self.space, &ch.collection, &ch.id)
+                    .ok()
+                    .flatten()
+                    .map(|e| e.view());
+                let change = proto::change_log_over(c, now.as_ref());
+                out.push(proto::render(&UnifiedMessage::Change { change }).into());
+            }
+            Some(Kind::Field) => out.extend(proto::render_field_changes(c)),
+            None => {}
+        }
+    }
+
+    fn snapshot(
+        &mut self,
+        feed: u64,
+        collection: &str,
+        id: &str,
+        e: &StoredEntity,
+        out: &mut Vec<Utf8Bytes>,
+    ) {
+        let Some((kind, _)) = self.feeds.get(&feed) else {
+            return;
+        };
+        match kind {
+            Kind::Entity => out.push(
+                proto::render(&UnifiedMessage::Change {
+                    change: proto::snapshot_change(collection, id, e),
+                })
+                .into(),
+            ),
+            Kind::Field => out.extend(
+                proto::snapshot_fields(collection, id, e)
+                    .into_iter()
+                    .map(|change| proto::render(&UnifiedMessage::FieldChange { change }).into()),
+            ),
+        }
+    }
+
+    fn feed_failed(&mut self, feed: u64, e: &EngineError) -> Failed {
+        self.feeds.remove(&feed);
+        Failed::Answer(vec![proto::error(&engine_error(e))])
+    }
+
+    fn read_failed(&mut self, e: &EngineError) -> Failed {
+        Failed::Answer(vec![proto::error(&engine_error(e))])
+    }
+
+    /// One frame to the client: as text, or gzipped in a binary frame when
+    /// the client compresses and the frame is at least `gzip::THRESHOLD`
+    /// bytes.
+    fn outgoing(&self, frame: Utf8Bytes) -> Message {
+        if self.compress && frame.len() >= crate::dialect::gzip::THRESHOLD {
+            let zipped = crate::dialect::gzip::gzip(frame.as_str());
+            return Message::Binary(zipped.into());
+        }
+        Message::Text(frame)
+    }
+}
+
+/// The paged read of `sync`: [`PAGE`] entities per page, in version order.
+struct SyncRead {
+    engine: Arc<Engine>,
+    space: String,
+    entity: String,
+    after: u64,
+    done: bool,
+}
+
+impl Read for SyncRead {
+    fn page(&mut self) -> Result<Option<Vec<String>>, EngineError> {
+        if self.done {
+            return Ok(None);
+        }
+        let (_, page) = proto_sync_page(&self.engine, &self.space, &self.entity, self.after, PAGE)?;
+        self.done = page.len() < PAGE;
+        let mut frames = Vec::with_capacity(page.len());
+        for change in page {
+            self.after = u64::try_from(change.version).unwrap_or(self.after);
+            frames.push(proto::render(&UnifiedMessage::Change { change }));
+        }
+        Ok(Some(frames))
     }
 }
 
@@ -684,4 +488,44 @@ pub(crate) fn proto_sync_page(
         out.push(proto::entity_change(entity, &id, &e, newest.as_ref()));
     }
     Ok((latest, out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One engine error of each kind -> its `error` code on the sockets
+    /// and its status on the HTTP API; messages name one entity.
+    #[test]
+    fn engine_errors_map_through_one_table() {
+        let got: Vec<(&str, u16)> = EngineError::samples()
+            .iter()
+            .map(|e| {
+                let (code, status) = wire(e.class());
+                assert_eq!(engine_error(e).code, code);
+                (code, status.as_u16())
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (code::INVALID_FIELD, 400),
+                (code::SCHEMA_VIOLATION, 400),
+                (code::STORAGE_FAILED, 500),
+                (code::DISK_FULL, 507),
+                (code::DISK_FULL, 507),
+                (code::UNAVAILABLE, 503),
+                (code::UNAVAILABLE, 503),
+                (code::UNAVAILABLE, 503),
+                (code::STORAGE_FAILED, 500),
+                (code::STORAGE_FAILED, 500),
+            ]
+        );
+        let samples = EngineError::samples();
+        assert_eq!(engine_error(&samples[0]).message, "id: empty");
+        assert_eq!(
+            engine_error(&samples[1]).message,
+            "entity `c`: field `f` breaks rule `required`: \"f\" is a required property"
+        );
+    }
 }

@@ -267,6 +267,7 @@ pub mod code {
     pub const STORAGE_FAILED: &str = "storage_failed";
     pub const DISK_FULL: &str = "disk_full";
     pub const UNAVAILABLE: &str = "unavailable";
+    pub const TOO_MANY_SUBSCRIPTIONS: &str = "too_many_subscriptions";
 }
 
 /// Parse one text frame. Unknown tags, server-only messages and messages of
