@@ -227,7 +227,7 @@ async fn run_subscriber(
         let now = Instant::now();
         let mut resync = None;
         loop {
-            let frame = match r.next() {
+            let frame = match r.next_frame() {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
                 Err(_) => break 'read,
@@ -348,7 +348,7 @@ async fn run_writer(
             }
             let now = Instant::now();
             let mut freed = 0;
-            while let Some(frame) = r.next()? {
+            while let Some(frame) = r.next_frame()? {
                 let t = match frame {
                     wire::Frame::Text(t) => t,
                     wire::Frame::Ping(p) => {

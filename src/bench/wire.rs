@@ -222,7 +222,7 @@ impl Reader {
 
     /// The next complete frame already read, without IO (None: call
     /// [`Reader::fill`]). Fragments are reassembled into one message.
-    pub fn next(&mut self) -> Result<Option<Frame<'_>>> {
+    pub fn next_frame(&mut self) -> Result<Option<Frame<'_>>> {
         loop {
             let avail = &self.buf[self.head..self.tail];
             let Some((fin, op, masked, len, at)) = header(avail) else {
@@ -295,7 +295,7 @@ impl Reader {
     pub async fn next_text(&mut self, w: &mut Writer, wait: Duration) -> Result<String> {
         loop {
             let mut pong = None;
-            match self.next()? {
+            match self.next_frame()? {
                 Some(Frame::Text(t)) => return Ok(String::from_utf8_lossy(t).into_owned()),
                 Some(Frame::Close) => bail!("connection closed"),
                 Some(Frame::Ping(p)) => pong = Some(p.to_vec()),
@@ -409,19 +409,19 @@ mod tests {
         b.extend_from_slice(&[b'x'; 200]);
         b.extend_from_slice(&[0x81, 5, b'h']); // incomplete
         let mut r = reader(&b);
-        assert_eq!(r.next().unwrap(), Some(Frame::Text(b"abc")));
-        assert_eq!(r.next().unwrap(), Some(Frame::Ping(b"p")));
-        assert_eq!(r.next().unwrap(), Some(Frame::Text(b"def")));
-        assert_eq!(r.next().unwrap(), Some(Frame::Text(&[b'x'; 200])));
-        assert_eq!(r.next().unwrap(), None);
+        assert_eq!(r.next_frame().unwrap(), Some(Frame::Text(b"abc")));
+        assert_eq!(r.next_frame().unwrap(), Some(Frame::Ping(b"p")));
+        assert_eq!(r.next_frame().unwrap(), Some(Frame::Text(b"def")));
+        assert_eq!(r.next_frame().unwrap(), Some(Frame::Text(&[b'x'; 200])));
+        assert_eq!(r.next_frame().unwrap(), None);
     }
 
     #[test]
     fn refuses_what_a_server_must_not_send() {
         let mut r = reader(&[0x81, 0x81, 1, 2, 3, 4, 0]);
-        assert!(r.next().is_err(), "masked");
+        assert!(r.next_frame().is_err(), "masked");
         let mut r = reader(&[0x80, 1, 0]);
-        assert!(r.next().is_err(), "continuation without a start");
+        assert!(r.next_frame().is_err(), "continuation without a start");
     }
 
     #[test]
