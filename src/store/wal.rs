@@ -230,32 +230,35 @@ fn checksum(lsn: u64, payload: &[u8]) -> u32 {
 
 /// The records from offset 0, up to the first torn or out-of-order one.
 fn scan(file: &dyn redb::StorageBackend) -> Result<Vec<Record>, StoreError> {
-    let len = file.len().map_err(io_err)?.min(CAPACITY) as usize;
-    let mut all = vec![0u8; len];
-    file.read(0, &mut all).map_err(io_err)?;
+    // Record by record, not the whole file at once: an 8 MiB buffer at
+    // every start would raise the allocator's footprint for good.
+    let len = file.len().map_err(io_err)?.min(CAPACITY);
     let mut out: Vec<Record> = Vec::new();
-    let mut at = 0usize;
-    while at + HEAD <= all.len() {
-        let h = &all[at..at + HEAD];
+    let mut at = 0u64;
+    let mut h = [0u8; HEAD];
+    while at + HEAD as u64 <= len {
+        file.read(at, &mut h).map_err(io_err)?;
         let word = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
         if word(0) != MAGIC {
             break;
         }
-        let n = word(4) as usize;
+        let n = u64::from(word(4));
         let crc = word(8);
         let mut l = [0u8; 8];
         l.copy_from_slice(&h[12..20]);
         let lsn = u64::from_le_bytes(l);
-        let Some(payload) = all.get(at + HEAD..at + HEAD + n) else {
+        if at + HEAD as u64 + n > len {
             break;
-        };
-        if checksum(lsn, payload) != crc {
+        }
+        let mut payload = vec![0u8; n as usize];
+        file.read(at + HEAD as u64, &mut payload).map_err(io_err)?;
+        if checksum(lsn, &payload) != crc {
             break;
         }
         if out.last().is_some_and(|p| p.lsn + 1 != lsn) {
             break;
         }
-        let rec: Record = super::tables::decode(payload)?;
+        let rec: Record = super::tables::decode(&payload)?;
         if rec.lsn != lsn {
             return Err(StoreError::Decode(format!(
                 "write-ahead log record at {at} says lsn {} in its header and {} inside",
@@ -263,7 +266,7 @@ fn scan(file: &dyn redb::StorageBackend) -> Result<Vec<Record>, StoreError> {
             )));
         }
         out.push(rec);
-        at += HEAD + n;
+        at += HEAD as u64 + n;
     }
     Ok(out)
 }
