@@ -615,6 +615,11 @@ impl Config {
         if c.upstream.token.is_some() {
             c.upstream.token = Some("<redacted>".into());
         }
+        for b in [&mut c.cluster.bootstrap, &mut c.upstream.bootstrap] {
+            if b.token.is_some() {
+                b.token = Some("<redacted>".into());
+            }
+        }
         // Credentials are named by file only (creds_file, token_file).
         toml::to_string(&c).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
@@ -802,6 +807,8 @@ pub struct UpstreamConfig {
     pub creds_file: Option<PathBuf>,
     /// The stream (with `nats`): `[upstream.stream]`, as `[cluster.stream]`.
     pub stream: crate::cluster::settings::StreamConfig,
+    /// With `nats`: `[upstream.bootstrap]`, as `[cluster.bootstrap]`.
+    pub bootstrap: crate::cluster::settings::BootstrapConfig,
 }
 
 /// The validated upstream.
@@ -823,7 +830,11 @@ impl crate::cluster::settings::ClusterConfig {
     fn validate(&self) -> Result<Option<NatsSettings>, ConfigError> {
         use crate::cluster::settings::{self as cs, Connection, Role};
         if self.nats.is_empty() {
-            if self.creds_file.is_some() || self.token_file.is_some() || self.ca_file.is_some() {
+            if self.creds_file.is_some()
+                || self.token_file.is_some()
+                || self.ca_file.is_some()
+                || self.bootstrap.url.is_some()
+            {
                 return Err(invalid("cluster.nats", "set cluster.nats too"));
             }
             return Ok(None);
@@ -843,16 +854,101 @@ impl crate::cluster::settings::ClusterConfig {
             ca_file: &self.ca_file,
             stream: &self.stream,
         };
-        cs::validate(
+        let mut settings = cs::validate(
             c,
             &cs::CLUSTER_KEYS,
             Role::Cluster { ack_timeout },
             None,
             parse_duration,
         )
-        .map(Some)
-        .map_err(|(key, reason)| invalid(key, reason))
+        .map_err(|(key, reason)| invalid(key, reason))?;
+        settings.bootstrap = validate_bootstrap(&self.bootstrap, &CLUSTER_BOOTSTRAP)?;
+        Ok(Some(settings))
     }
+}
+
+/// The keys of `[cluster.bootstrap]` or `[upstream.bootstrap]`, for refusals.
+struct BootstrapKeys {
+    url: &'static str,
+    token: &'static str,
+    token_file: &'static str,
+    ca_file: &'static str,
+    /// What `upstream.` becomes in a reused `[upstream]` refusal.
+    prefix: &'static str,
+}
+
+const CLUSTER_BOOTSTRAP: BootstrapKeys = BootstrapKeys {
+    url: "cluster.bootstrap.url",
+    token: "cluster.bootstrap.token",
+    token_file: "cluster.bootstrap.token_file",
+    ca_file: "cluster.bootstrap.ca_file",
+    prefix: "cluster.bootstrap.",
+};
+
+const UPSTREAM_BOOTSTRAP: BootstrapKeys = BootstrapKeys {
+    url: "upstream.bootstrap.url",
+    token: "upstream.bootstrap.token",
+    token_file: "upstream.bootstrap.token_file",
+    ca_file: "upstream.bootstrap.ca_file",
+    prefix: "upstream.bootstrap.",
+};
+
+/// `[cluster.bootstrap]` / `[upstream.bootstrap]`: the peer's base URL
+/// gives both its `/v1/status` and its `/ws/replicate`; token and CA as
+/// `[upstream]`.
+fn validate_bootstrap(
+    b: &crate::cluster::settings::BootstrapConfig,
+    k: &BootstrapKeys,
+) -> Result<Option<crate::cluster::settings::Bootstrap>, ConfigError> {
+    let Some(url) = b.url.as_deref().map(str::trim).filter(|u| !u.is_empty()) else {
+        if b.token.is_some() || b.token_file.is_some() || b.ca_file.is_some() {
+            return Err(invalid(k.url, format!("set {} too", k.url)));
+        }
+        return Ok(None);
+    };
+    let url = url.trim_end_matches('/');
+    let ws = match url.split_once("://") {
+        Some(("http", rest)) if !rest.contains('/') => format!("ws://{rest}/ws/replicate"),
+        Some(("https", rest)) if !rest.contains('/') => format!("wss://{rest}/ws/replicate"),
+        _ => {
+            return Err(invalid(
+                k.url,
+                format!("{url:?}: expected http://HOST:PORT or https://HOST:PORT (one instance, not the load balancer)"),
+            ))
+        }
+    };
+    // The same checks as an upstream hub's (token with admin scope, CA for
+    // TLS), named by this section's keys.
+    let as_upstream = UpstreamConfig {
+        url: Some(ws),
+        token: b.token.clone(),
+        token_file: b.token_file.clone(),
+        ca_file: b.ca_file.clone(),
+        ..Default::default()
+    };
+    let replicate = as_upstream
+        .validate()
+        .map_err(|e| match e {
+            ConfigError::Invalid { key, reason } => invalid(
+                match key {
+                    "upstream.token" => k.token,
+                    "upstream.token_file" => k.token_file,
+                    "upstream.ca_file" => k.ca_file,
+                    _ => k.url,
+                },
+                reason
+                    .replace("upstream.", k.prefix)
+                    .replace("a wss:// url", "an https:// url"),
+            ),
+            other => other,
+        })?
+        .ok_or_else(|| invalid(k.url, "required"))?;
+    Ok(Some(crate::cluster::settings::Bootstrap {
+        url: url.to_string(),
+        token: replicate.token.clone(),
+        ca_file: b.ca_file.clone(),
+        replicate,
+    }))
 }
 
 impl UpstreamConfig {
@@ -862,6 +958,12 @@ impl UpstreamConfig {
         if self.nats.is_empty() {
             if self.creds_file.is_some() {
                 return Err(invalid("upstream.nats", "set upstream.nats too"));
+            }
+            if self.bootstrap.url.is_some() {
+                return Err(invalid(
+                    "upstream.bootstrap.url",
+                    "only with upstream.nats (a WebSocket upstream's hub sends a state snapshot itself)",
+                ));
             }
             return Ok(None);
         }
@@ -880,15 +982,16 @@ impl UpstreamConfig {
             ca_file: &self.ca_file,
             stream: &self.stream,
         };
-        cs::validate(
+        let mut settings = cs::validate(
             c,
             &cs::UPSTREAM_KEYS,
             Role::Upstream,
             spaces,
             parse_duration,
         )
-        .map(Some)
-        .map_err(|(key, reason)| invalid(key, reason))
+        .map_err(|(key, reason)| invalid(key, reason))?;
+        settings.bootstrap = validate_bootstrap(&self.bootstrap, &UPSTREAM_BOOTSTRAP)?;
+        Ok(Some(settings))
     }
 
     fn spaces(&self) -> Result<Option<HashSet<String>>, ConfigError> {
@@ -1160,6 +1263,85 @@ mod tests {
         assert!(e.contains("auth.jwt_secret"), "{e}");
         c.auth.jwt_secret = Some("0123456789abcdef0123".into());
         assert_eq!(c.validate().unwrap().anonymous, Anonymous::None);
+    }
+
+    #[cfg(feature = "jetstream")]
+    #[test]
+    fn cluster_bootstrap_is_checked() {
+        let cluster = |extra: &str| {
+            Config::parse(
+                &format!(
+                    "[cluster]\nnats = [\"nats://127.0.0.1:4222\"]\n[cluster.bootstrap]\n{extra}"
+                ),
+                "t",
+            )
+            .unwrap()
+            .validate()
+            .map(|s| s.cluster.unwrap().bootstrap)
+        };
+        assert!(cluster("").unwrap().is_none());
+        let b = cluster("url = \"http://10.0.0.21:7070/\"\ntoken = \"t\"\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(b.url, "http://10.0.0.21:7070");
+        assert_eq!(b.replicate.url, "ws://10.0.0.21:7070/ws/replicate");
+        assert_eq!((b.replicate.port, b.replicate.tls), (7070, false));
+        let b = cluster("url = \"https://hub-a.example\"\ntoken = \"t\"\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(b.replicate.url, "wss://hub-a.example/ws/replicate");
+        for (extra, key) in [
+            (
+                "url = \"ws://a:7070\"\ntoken = \"t\"\n",
+                "cluster.bootstrap.url",
+            ),
+            (
+                "url = \"http://a:7070/x\"\ntoken = \"t\"\n",
+                "cluster.bootstrap.url",
+            ),
+            ("url = \"http://a:7070\"\n", "cluster.bootstrap.token"),
+            ("token = \"t\"\n", "cluster.bootstrap.url"),
+            (
+                "url = \"http://a:7070\"\ntoken = \"t\"\nca_file = \"/nonexistent\"\n",
+                "cluster.bootstrap.ca_file",
+            ),
+        ] {
+            let e = cluster(extra).unwrap_err().to_string();
+            assert!(e.contains(key), "{extra}: {e}");
+        }
+        let e = Config::parse("[cluster.bootstrap]\nurl = \"http://a:1\"\n", "t")
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cluster.nats"), "{e}");
+        // An [upstream] nats edge takes the same keys; a WebSocket upstream
+        // does not (its hub sends a snapshot itself).
+        let upstream = |head: &str| {
+            Config::parse(
+                &format!("[upstream]\n{head}[upstream.bootstrap]\nurl = \"http://a:7070\"\n"),
+                "t",
+            )
+            .unwrap()
+            .validate()
+        };
+        let e = upstream("nats = [\"nats://127.0.0.1:4222\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("upstream.bootstrap.token"), "{e}");
+        let e = upstream("url = \"ws://hub:7070/ws/replicate\"\ntoken = \"t\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("upstream.bootstrap.url"), "{e}");
+        let s = Config::parse(
+            "[upstream]\nnats = [\"nats://127.0.0.1:4222\"]\n[upstream.bootstrap]\nurl = \"http://a:7070\"\ntoken = \"t\"\n",
+            "t",
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        let b = s.upstream_nats.unwrap().bootstrap.unwrap();
+        assert_eq!(b.replicate.url, "ws://a:7070/ws/replicate");
     }
 
     #[test]

@@ -7,37 +7,15 @@
 mod common;
 
 use common::nats::Nats;
+use common::node::*;
 use common::replication::*;
 use common::*;
 use serde_json::Value;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// One relay process with its own data dir and config file.
-struct Node {
-    proc: Option<Proc>,
-    _dir: tempfile::TempDir,
-    cfg: PathBuf,
-    data: PathBuf,
-    http: SocketAddr,
-}
-
 impl Node {
-    fn new(config: &str) -> Node {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = dir.path().join("outpost.toml");
-        std::fs::write(&cfg, config).unwrap();
-        let data = dir.path().join("data");
-        Node {
-            proc: None,
-            cfg,
-            data,
-            http: "127.0.0.1:0".parse().unwrap(),
-            _dir: dir,
-        }
-    }
-
     /// A hub instance of the tier on `nats`'s stream.
     fn hub(nats: &Nats, replicas: usize, extra: &str) -> Node {
         Node::new(&format!(
@@ -47,67 +25,10 @@ impl Node {
             nats.toml_urls()
         ))
     }
-
-    fn args(&self) -> Vec<String> {
-        [
-            "serve",
-            "--config",
-            self.cfg.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--data",
-            self.data.to_str().unwrap(),
-        ]
-        .map(String::from)
-        .to_vec()
-    }
-
-    fn run(mut self) -> Node {
-        self.start();
-        self
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut p) = self.proc.take() {
-            p.kill9();
-        }
-    }
-
-    fn start(&mut self) {
-        let args = self.args();
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let p = Proc::spawn(&args);
-        self.http = p.addr;
-        self.proc = Some(p);
-    }
 }
 
 async fn cluster_status(addr: SocketAddr) -> Value {
     status(addr).await["jetstream"].clone()
-}
-
-async fn metric(addr: SocketAddr, name: &str) -> f64 {
-    let (_, body) = http_get(addr, "/metrics").await;
-    body.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {body}"))
-}
-
-/// Poll `check` every 100 ms until it holds (panics after `secs`).
-async fn wait_until<F, Fut>(secs: u64, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -350,7 +271,7 @@ async fn nats_upstream_edge_with_nats_down_then_up() {
 
 /// A CA and a server certificate for 127.0.0.1 signed by it, as PEM files
 /// in `dir`: (ca, cert, key).
-fn ca_and_server_cert(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
+fn ca_and_server_cert(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     let ca_key = rcgen::KeyPair::generate().unwrap();
@@ -391,7 +312,7 @@ async fn tls_with_a_ca_file_and_a_token_file() {
     );
     nats.start_node(0);
     let url = format!("[\"tls://127.0.0.1:{}\"]", nats.nodes[0].port);
-    let hub = |token: &std::path::Path, timeout: &str| {
+    let hub = |token: &Path, timeout: &str| {
         Node::new(&format!(
             "[cluster]\nnats = {url}\ntoken_file = \"{}\"\nca_file = \"{}\"\nack_timeout = \"{timeout}\"\n\
              [cluster.stream]\nreplicas = 1\n",
@@ -400,19 +321,28 @@ async fn tls_with_a_ca_file_and_a_token_file() {
         ))
         .run()
     };
-    let a = hub(&token, "30s");
-    let b = hub(&token, "30s");
+    good_shares_bad_is_refused(hub, &token, &wrong).await;
+}
+
+/// Two instances started by `hub` with the `good` credentials share the
+/// stream; one with the `bad` ones (and a 1 s `ack_timeout`) never reaches
+/// it: it serves, reports JetStream unreachable with the server's error,
+/// answers its writer 503 after `ack_timeout`, and keeps the write waiting.
+async fn good_shares_bad_is_refused(hub: impl Fn(&Path, &str) -> Node, good: &Path, bad: &Path) {
+    let a = hub(good, "30s");
+    let b = hub(good, "30s");
     wait_connected(&a).await;
     wait_connected(&b).await;
     let wa = writes("a", 50, "a");
     write_all(a.http, &wa).await;
     converge(&[a.http, b.http], 50, &ids(&[&wa])).await;
 
-    let c = hub(&wrong, "1s");
+    let c = hub(bad, "1s");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let st = cluster_status(c.http).await;
     assert_eq!(st["connected"], false, "{st}");
     assert!(st["last_error"].is_string(), "{st}");
+    assert_eq!(st["changes_waiting"], 0, "{st}");
     let mut client = Client::native(c.http).await;
     client
         .send(serde_json::json!({"type": "push", "rid": 1, "space": "s",
@@ -420,7 +350,6 @@ async fn tls_with_a_ca_file_and_a_token_file() {
         .await;
     let (_, err) = client.until("error").await;
     assert_eq!(err["code"], 503, "{err}");
-    assert_eq!(st["changes_waiting"], 0, "{st}");
     assert_eq!(cluster_status(c.http).await["changes_waiting"], 1);
 }
 
@@ -627,7 +556,7 @@ async fn creds_file_against_an_operator_mode_server() {
     std::fs::write(&stranger, bad).unwrap();
     let mut nats = Nats::configure_with(1, &conf);
     nats.start_node(0);
-    let hub = |creds: &std::path::Path, timeout: &str| {
+    let hub = |creds: &Path, timeout: &str| {
         Node::new(&format!(
             "[cluster]\nnats = {}\ncreds_file = \"{}\"\nack_timeout = \"{timeout}\"\n\
              [cluster.stream]\nreplicas = 1\n",
@@ -636,26 +565,7 @@ async fn creds_file_against_an_operator_mode_server() {
         ))
         .run()
     };
-    let a = hub(&creds, "30s");
-    let b = hub(&creds, "30s");
-    wait_connected(&a).await;
-    wait_connected(&b).await;
-    let wa = writes("a", 50, "a");
-    write_all(a.http, &wa).await;
-    converge(&[a.http, b.http], 50, &ids(&[&wa])).await;
-
-    let c = hub(&stranger, "1s");
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let st = cluster_status(c.http).await;
-    assert_eq!(st["connected"], false, "{st}");
-    assert!(st["last_error"].is_string(), "{st}");
-    let mut client = Client::native(c.http).await;
-    client
-        .send(serde_json::json!({"type": "push", "rid": 1, "space": "s",
-            "changes": [{"collection": "notes", "id": "x", "op": "put", "fields": {"v": 1}}]}))
-        .await;
-    let (_, err) = client.until("error").await;
-    assert_eq!(err["code"], 503, "{err}");
+    good_shares_bad_is_refused(hub, &creds, &stranger).await;
 }
 
 /// The hub tier with a site that forwards only some spaces over
@@ -691,4 +601,174 @@ async fn a_filtered_site_leaves_no_gap_across_the_tier() {
             assert_eq!(held(hub.http, "local", &format!("l{round}-"), 20).await, 0);
         }
     }
+}
+
+/// `[cluster.bootstrap]`: a stream whose messages expire after 5 s. Hubs A
+/// and B write and converge; once the stream has dropped every message, a
+/// new instance N with `[cluster.bootstrap]` naming A pulls A's data over
+/// `/ws/replicate`, reads the stream after A's position, and converges
+/// with A and B with every change once in its log. A control instance C
+/// without the key gets nothing of the trimmed part (the test would fail
+/// without the bootstrap). Then N and B write: everything converges, and
+/// the stream holds each change once (N did not republish what it pulled).
+/// Last, B is down longer than `max_age` and bootstraps from N on restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_instance_bootstraps_from_a_peer_when_the_stream_was_trimmed() {
+    let nats = Nats::start(1);
+    let config = |bootstrap: &str| {
+        format!(
+            "[auth]\njwt_secret = \"{SECRET}\"\nanonymous = \"write\"\n\
+             [cluster]\nnats = {}\nack_timeout = \"30s\"\n{bootstrap}\n\
+             [cluster.stream]\nreplicas = 1\nmax_age = \"5s\"\nduplicate_window = \"1s\"\n",
+            nats.toml_urls()
+        )
+    };
+    let hub = |bootstrap: &str| Node::new(&config(bootstrap)).run();
+    let a = hub("");
+    let mut b = hub("");
+    wait_connected(&a).await;
+    wait_connected(&b).await;
+    let wa = writes("a", 100, "a");
+    let wb = writes("b", 100, "b");
+    write_all(a.http, &wa).await;
+    write_all(b.http, &wb).await;
+    converge(&[a.http, b.http], 200, &ids(&[&wa, &wb])).await;
+    wait_until(30, "the stream to drop every message", || async {
+        cluster_status(a.http).await["stream"]["first_seq"] == 201
+    })
+    .await;
+
+    let t = token("bootstrap", outpost::auth::Scope::Admin, None);
+    let from = |peer: SocketAddr| {
+        format!("[cluster.bootstrap]\nurl = \"http://{peer}\"\ntoken = \"{t}\"\n")
+    };
+    let n = hub(&from(a.http));
+    let c = hub("");
+    converge(&[a.http, b.http, n.http], 200, &ids(&[&wa, &wb])).await;
+    let st = cluster_status(n.http).await;
+    assert!(
+        st["bootstrap"].as_str().unwrap().starts_with("done"),
+        "{st}"
+    );
+    assert_eq!(st["position"], 200, "{st}");
+    wait_connected(&c).await;
+    let sc = status(c.http).await;
+    assert_eq!(sc["log"]["entries"], 0, "{sc}");
+    assert!(sc["jetstream"]["bootstrap"].is_null(), "{sc}");
+
+    let wn = writes("n", 50, "n");
+    let wb2 = writes("b2-", 50, "b");
+    write_all(n.http, &wn).await;
+    write_all(b.http, &wb2).await;
+    converge(&[a.http, b.http, n.http], 300, &ids(&[&wa, &wb, &wn, &wb2])).await;
+    assert_eq!(cluster_status(n.http).await["changes_waiting"], 0);
+    // The stream's last seq, refreshed every 2 s: 300 messages, not 500.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for h in [&a, &n] {
+        let st = cluster_status(h.http).await;
+        assert_eq!(st["stream"]["last_seq"], 300, "{st}");
+        assert_eq!(st["pending_gaps"], 0, "{st}");
+    }
+
+    // B is down longer than max_age while A writes: restarted with its
+    // data and [cluster.bootstrap] naming N (itself bootstrapped), it
+    // pulls what the stream dropped and converges, nothing twice.
+    b.kill9();
+    let wa2 = writes("a2-", 30, "a");
+    write_all(a.http, &wa2).await;
+    wait_until(30, "the stream to drop A's new writes", || async {
+        cluster_status(a.http).await["stream"]["first_seq"] == 331
+    })
+    .await;
+    std::fs::write(&b.cfg, config(&from(n.http))).unwrap();
+    b.start();
+    converge(
+        &[a.http, b.http, n.http],
+        330,
+        &ids(&[&wa, &wb, &wn, &wb2, &wa2]),
+    )
+    .await;
+    let st = cluster_status(b.http).await;
+    assert!(
+        st["bootstrap"].as_str().unwrap().starts_with("done"),
+        "{st}"
+    );
+    assert_eq!(st["position"], 330, "{st}");
+}
+
+/// A mesh peer of a hub instance: what it writes reaches the whole tier
+/// (hub A merges it over QUIC and publishes it; hub B, with no mesh, reads
+/// it from the stream), and what B writes reaches the peer through A.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mesh_peers_writes_reach_the_tier_and_back() {
+    let nats = Nats::start(1);
+    let mesh = |peers: &str| {
+        format!(
+            "[mesh]\nenabled = true\nlisten = \"127.0.0.1:0\"\nsecret = \"mesh-secret-0123456789\"\n\
+             mdns = false\npeers = [{peers}]\n"
+        )
+    };
+    let a = Node::hub(&nats, 1, &mesh("")).run();
+    let b = Node::hub(&nats, 1, "").run();
+    wait_connected(&a).await;
+    wait_connected(&b).await;
+    let a_mesh = status(a.http).await["mesh"]["listen"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let m = Node::new(&mesh(&format!("\"{a_mesh}\""))).run();
+    let wm = writes("m", 60, "m");
+    write_all(m.http, &wm).await;
+    converge(&[a.http, b.http, m.http], 60, &ids(&[&wm])).await;
+    assert_eq!(cluster_status(b.http).await["merged"], 60);
+    let wb = writes("b", 40, "b");
+    write_all(b.http, &wb).await;
+    converge(&[a.http, b.http, m.http], 100, &ids(&[&wm, &wb])).await;
+}
+
+/// `[upstream.bootstrap]`: an `[upstream] nats` edge down longer than
+/// `max_age` while a hub instance writes pulls what the stream dropped from
+/// that instance on restart (its own backlog is forwarded as usual), and
+/// converges with every change once in its log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_down_longer_than_max_age_bootstraps_from_a_hub() {
+    let nats = Nats::start(1);
+    let stream = "replicas = 1\nmax_age = \"5s\"\nduplicate_window = \"1s\"\n";
+    let hub = Node::new(&format!(
+        "[auth]\njwt_secret = \"{SECRET}\"\nanonymous = \"write\"\n\
+         [cluster]\nnats = {}\n[cluster.stream]\n{stream}",
+        nats.toml_urls()
+    ))
+    .run();
+    let t = token("edge", outpost::auth::Scope::Admin, None);
+    let mut edge = Node::new(&format!(
+        "[upstream]\nnats = {}\n[upstream.stream]\n{stream}\
+         [upstream.bootstrap]\nurl = \"http://{}\"\ntoken = \"{t}\"\n",
+        nats.toml_urls(),
+        hub.http
+    ))
+    .run();
+    wait_connected(&hub).await;
+    let wh = writes("h", 50, "hub");
+    write_all(hub.http, &wh).await;
+    converge(&[hub.http, edge.http], 50, &ids(&[&wh])).await;
+    assert!(status(edge.http).await["upstream"]["bootstrap"].is_null());
+
+    edge.kill9();
+    let wh2 = writes("h2-", 40, "hub");
+    write_all(hub.http, &wh2).await;
+    wait_until(30, "the stream to drop the hub's new writes", || async {
+        cluster_status(hub.http).await["stream"]["first_seq"] == 91
+    })
+    .await;
+    edge.start();
+    let we = writes("e", 20, "edge");
+    write_all(edge.http, &we).await;
+    converge(&[hub.http, edge.http], 110, &ids(&[&wh, &wh2, &we])).await;
+    let up = status(edge.http).await["upstream"].clone();
+    assert!(
+        up["bootstrap"].as_str().unwrap().starts_with("done"),
+        "{up}"
+    );
+    assert_eq!(up["pending_gaps"], 0, "{up}");
 }

@@ -9,21 +9,29 @@ use common::*;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 const SECRET: &str = "mesh-secret-0123456789";
 
-/// One relay process with its own data dir and config.
+/// A relay process (`common::node::Node`, logged) with its mesh address.
 struct Node {
-    proc: Option<Proc>,
-    _dir: tempfile::TempDir,
-    cfg: PathBuf,
-    data: PathBuf,
-    http: SocketAddr,
+    relay: common::node::Node,
     mesh: SocketAddr,
     /// More `[mesh]` keys (and tables after them), appended to the config.
     extra: String,
+}
+
+impl std::ops::Deref for Node {
+    type Target = common::node::Node;
+    fn deref(&self) -> &Self::Target {
+        &self.relay
+    }
+}
+
+impl std::ops::DerefMut for Node {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.relay
+    }
 }
 
 impl Node {
@@ -32,17 +40,12 @@ impl Node {
     }
 
     fn start_with(peers: &[SocketAddr], secret: &str, extra: &str) -> Node {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = dir.path().join("outpost.toml");
-        let data = dir.path().join("data");
+        let mut relay = common::node::Node::new("");
+        relay.logged = true;
         let mut n = Node {
-            proc: None,
-            cfg,
-            data,
-            http: "127.0.0.1:0".parse().unwrap(),
+            relay,
             mesh: "127.0.0.1:0".parse().unwrap(),
             extra: extra.to_string(),
-            _dir: dir,
         };
         n.write_config(peers, secret);
         n.run();
@@ -63,42 +66,11 @@ impl Node {
         .unwrap();
     }
 
-    /// The relay's log (stderr of every run).
-    fn log(&self) -> PathBuf {
-        self.cfg.with_file_name("outpost.log")
-    }
-
     /// (Re)start the process; the mesh keeps its port across restarts.
     fn run(&mut self) {
-        let log = self.log();
-        let p = Proc::spawn_logged(
-            &[
-                "serve",
-                "--config",
-                self.cfg.to_str().unwrap(),
-                "--listen",
-                "127.0.0.1:0",
-                "--data",
-                self.data.to_str().unwrap(),
-            ],
-            &log,
-        );
-        self.http = p.addr;
-        self.proc = Some(p);
+        self.relay.start();
         let st = blocking_status(self.http);
         self.mesh = st["mesh"]["listen"].as_str().unwrap().parse().unwrap();
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut p) = self.proc.take() {
-            p.kill9();
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut p) = self.proc.take() {
-            p.terminate().expect("clean exit");
-        }
     }
 
     /// Restart with the same port (written into the config).

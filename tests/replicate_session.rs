@@ -290,6 +290,76 @@ async fn a_peer_behind_the_retention_horizon_gets_a_snapshot() {
     stop_tx.send(true).unwrap();
 }
 
+/// One pull-once session from `from` into `into` (the source side runs the
+/// usual session): how the pull ended, bounded in time.
+async fn pull_once(from: &Arc<Engine>, into: &Arc<Engine>) -> Result<String, SessionError> {
+    let (a_tx, b_rx) = mpsc::channel(16);
+    let (b_tx, a_rx) = mpsc::channel(16);
+    let links = Arc::new(Links::default());
+    let (_stop_tx, stop) = watch::channel(false);
+    let source = {
+        let (e, stop) = (from.clone(), stop.clone());
+        let guard = links.open("test", "mem".into(), false, 0);
+        tokio::spawn(async move {
+            let (mut rx, mut tx) = (Rx(a_rx), Tx(a_tx));
+            let g = session::hello(&e, &mut rx, &mut tx).await?;
+            let opts = SessionOpts {
+                cursor: format!("peer:{}", g.peer),
+                spaces: None,
+            };
+            session::run(e, g, rx, tx, opts, guard.stats.clone(), stop).await
+        })
+    };
+    let guard = links.open("test", "mem".into(), true, 0);
+    let (mut rx, mut tx) = (Rx(b_rx), Tx(b_tx));
+    let g = session::hello(into, &mut rx, &mut tx).await.unwrap();
+    let opts = SessionOpts {
+        cursor: "bootstrap".into(),
+        spaces: None,
+    };
+    let pulled = session::pull(into.clone(), g, rx, tx, opts, guard.stats.clone(), stop);
+    let r = tokio::time::timeout(Duration::from_secs(10), pulled)
+        .await
+        .expect("the pull ends by itself");
+    // The source's session ends too, once the puller is gone.
+    let _ = tokio::time::timeout(Duration::from_secs(10), source)
+        .await
+        .expect("the source's session ends");
+    r
+}
+
+/// `session::pull` (a cluster member's bootstrap) ends by itself once the
+/// puller holds what the source held at hello: from the source's log (each
+/// change once), from a state snapshot where the source's log was trimmed,
+/// and at once when there is nothing to pull.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_once_session_ends_when_it_holds_the_peers_vector() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (a, b, c) = (
+        engine(dirs[0].path()),
+        engine(dirs[1].path()),
+        engine(dirs[2].path()),
+    );
+    for n in 0..300 {
+        write(&a, &format!("a{}", n % 120), json!({"n": n})).await;
+    }
+    // From the log: every change once.
+    assert_eq!(pull_once(&a, &b).await.unwrap(), session::PULLED);
+    assert_eq!(b.version_vector().unwrap(), a.version_vector().unwrap());
+    assert_eq!(b.log_len().unwrap(), 300);
+    assert_eq!(state(&b), state(&a));
+    // Nothing left to pull: it ends at once, and adds nothing.
+    assert_eq!(pull_once(&a, &b).await.unwrap(), session::PULLED);
+    assert_eq!(b.log_len().unwrap(), 300);
+    // From a snapshot: the source's log is trimmed.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(a.trim(Duration::ZERO).await.unwrap(), 300);
+    assert_eq!(pull_once(&a, &c).await.unwrap(), session::PULLED);
+    assert_eq!(c.version_vector().unwrap(), a.version_vector().unwrap());
+    assert_eq!(c.log_len().unwrap(), 0, "states, not log entries");
+    assert_eq!(state(&c), state(&a));
+}
+
 /// Bug: with a space filter, the sender skipped the filtered changes and the
 /// receiver took the skipped origin seqs for a gap, so once a relay had
 /// written to a space that is not forwarded, replication stalled for good

@@ -6,47 +6,22 @@
 
 mod common;
 
+use common::nats::free_port;
+use common::node::*;
 use common::replication::*;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use outpost::auth::Scope;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
-/// One relay process with its own data dir and config file.
-struct Node {
-    proc: Option<Proc>,
-    _dir: tempfile::TempDir,
-    cfg: PathBuf,
-    data: PathBuf,
-    http: SocketAddr,
-    /// Listen address to (re)start on ("127.0.0.1:0" for any port).
-    listen: String,
-}
-
 impl Node {
-    fn new(config: &str, listen: &str) -> Node {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = dir.path().join("outpost.toml");
-        std::fs::write(&cfg, config).unwrap();
-        let data = dir.path().join("data");
-        Node {
-            proc: None,
-            cfg,
-            data,
-            http: "127.0.0.1:0".parse().unwrap(),
-            listen: listen.to_string(),
-            _dir: dir,
-        }
-    }
-
     /// A hub on `port`: JWT auth for edges, anonymous write for test clients.
     fn hub(port: u16, extra: &str) -> Node {
-        Node::new(
+        Node::on(
             &format!("[auth]\njwt_secret = \"{SECRET}\"\nanonymous = \"write\"\n{extra}"),
             &format!("127.0.0.1:{port}"),
         )
@@ -55,79 +30,14 @@ impl Node {
     /// An edge forwarding to `url` with an admin token of the hub.
     fn edge(url: &str, extra: &str) -> Node {
         let t = token("edge", Scope::Admin, None);
-        Node::new(
-            &format!("[upstream]\nurl = \"{url}\"\ntoken = \"{t}\"\n{extra}"),
-            "127.0.0.1:0",
-        )
+        Node::new(&format!(
+            "[upstream]\nurl = \"{url}\"\ntoken = \"{t}\"\n{extra}"
+        ))
     }
-
-    fn run(mut self) -> Node {
-        self.start();
-        self
-    }
-
-    fn start(&mut self) {
-        let p = Proc::spawn(&[
-            "serve",
-            "--config",
-            self.cfg.to_str().unwrap(),
-            "--listen",
-            &self.listen,
-            "--data",
-            self.data.to_str().unwrap(),
-        ]);
-        self.http = p.addr;
-        self.proc = Some(p);
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut p) = self.proc.take() {
-            p.kill9();
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut p) = self.proc.take() {
-            p.terminate().expect("clean exit");
-        }
-    }
-}
-
-/// A free loopback port (for a hub that is not started yet).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn ws_url(port: u16) -> String {
     format!("ws://127.0.0.1:{port}/ws/replicate")
-}
-
-async fn metric(addr: SocketAddr, name: &str) -> f64 {
-    let (_, body) = http_get(addr, "/metrics").await;
-    body.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {body}"))
-}
-
-/// Poll `check` every 100 ms until it holds (panics after `secs`).
-async fn wait_until<F, Fut>(secs: u64, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Every change of space "s" on `addr` from the start, via native subscribe.
@@ -456,12 +366,7 @@ impl Node {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
-        let pid = self.proc.as_ref().unwrap().pid();
-        std::process::Command::new("kill")
-            .arg("-15")
-            .arg(pid.to_string())
-            .status()
-            .unwrap();
+        self.proc.as_ref().unwrap().signal(15);
         let code = loop {
             match tokio::time::timeout(WAIT, ws.next()).await.unwrap() {
                 Some(Ok(Message::Close(Some(f)))) => break u16::from(f.code),

@@ -181,7 +181,7 @@ impl Relay {
             None => None,
         };
         let upstream_task = upstream.as_ref().map(|u| u.start(shutdown.clone()));
-        let (nats, nats_tasks) = start_nats(nats_settings, &engine, &shutdown).await?;
+        let (nats, nats_tasks) = start_nats(nats_settings, &engine, &links, &shutdown).await?;
         let console = Arc::new(crate::app::console::Console::default());
         console.start(&engine);
         let auth = Auth::new(settings.jwt_secret.as_deref(), settings.anonymous);
@@ -309,13 +309,15 @@ type NatsLink = (Option<Arc<dyn crate::cluster::Report>>, Vec<JoinHandle<()>>);
 async fn start_nats(
     s: Option<crate::cluster::settings::NatsSettings>,
     engine: &Arc<Engine>,
+    links: &Arc<Links>,
     shutdown: &watch::Receiver<bool>,
 ) -> Result<NatsLink, ServerError> {
     let Some(s) = s else {
         return Ok((None, Vec::new()));
     };
     let (link, tasks) =
-        crate::cluster::link::Link::start(s, engine.clone(), shutdown.clone()).await?;
+        crate::cluster::link::Link::start(s, engine.clone(), links.clone(), shutdown.clone())
+            .await?;
     Ok((Some(link), tasks))
 }
 
@@ -323,6 +325,7 @@ async fn start_nats(
 async fn start_nats(
     _: Option<crate::cluster::settings::NatsSettings>,
     _: &Arc<Engine>,
+    _: &Arc<Links>,
     _: &watch::Receiver<bool>,
 ) -> Result<NatsLink, ServerError> {
     Ok((None, Vec::new()))

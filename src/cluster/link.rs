@@ -15,14 +15,20 @@
 //! again. (After a crash that set is empty, so the few entries merged just
 //! before it are published again: JetStream drops them inside the
 //! duplicate window, and the engine drops any that outlive it.)
+//!
+//! A member whose position the stream no longer holds seeds itself from a
+//! peer first, when `[cluster.bootstrap]` names one (`bootstrap`).
+
+mod bootstrap;
 
 use super::pending::Pending;
 use super::read::{self, Read};
 use super::settings::{NatsAuth, NatsSettings, Role};
 use super::wire;
 use crate::engine::{now_ms, AckGate, Engine};
-use crate::model::{Change, NodeId};
+use crate::model::{Change, NodeId, VersionVector};
 use crate::replicate::backoff::{jitter_seed, Backoff};
+use crate::replicate::Links;
 use crate::store::OutcomeKind;
 use async_nats::jetstream::{self, consumer, stream};
 use futures_util::StreamExt;
@@ -97,6 +103,14 @@ pub struct Link {
     last_error: Mutex<Option<String>>,
     /// Wakes the consumer when the publisher drained `from_stream`.
     drained: Notify,
+    /// The app's live replication links (a bootstrap pull shows there).
+    links: Arc<Links>,
+    /// Per origin, the seqs a bootstrap peer held when this member pulled
+    /// from it: in the stream by that peer's route (it publishes all it
+    /// merges), so the publisher skips them (see `bootstrap`).
+    in_stream_by_peer: Mutex<VersionVector>,
+    /// What the bootstrap is doing (status), None when none ran.
+    bootstrap: Mutex<Option<String>>,
 }
 
 impl Link {
@@ -105,6 +119,7 @@ impl Link {
     pub async fn start(
         s: NatsSettings,
         engine: Arc<Engine>,
+        links: Arc<Links>,
         shutdown: watch::Receiver<bool>,
     ) -> Result<(Arc<Link>, Vec<JoinHandle<()>>), LinkError> {
         let node = engine.node_id();
@@ -144,6 +159,9 @@ impl Link {
             stats: Stats::default(),
             last_error: Mutex::new(None),
             drained: Notify::new(),
+            links,
+            in_stream_by_peer: Mutex::new(VersionVector::new()),
+            bootstrap: Mutex::new(None),
             s,
         });
         link.stats.position.store(position, Relaxed);
@@ -377,18 +395,27 @@ impl Link {
     ) -> (u64, Option<String>) {
         let mut acks = Vec::with_capacity(page.len());
         let mut err = None;
+        // Read after the page: an entry a bootstrap pull wrote was committed
+        // after its peer's vector was set here, so the page holding it sees
+        // that vector.
+        let by_peer = self
+            .in_stream_by_peer
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default();
         for (seq, e) in page {
             let c = e.change;
-            let known = self
+            let merged = self
                 .from_stream
                 .lock()
                 .map(|mut s| s.remove(&(c.origin, c.seq)))
                 .unwrap_or(false);
-            if known {
+            let pulled = by_peer.get(&c.origin).is_some_and(|&p| c.seq <= p);
+            if merged || pulled {
                 last.insert(c.origin, c.seq);
             }
-            if known || !self.wants(&c.space) {
-                acks.push((seq, Err((c.origin, c.seq, known))));
+            if merged || pulled || !self.wants(&c.space) {
+                acks.push((seq, Err((c.origin, c.seq, merged))));
                 continue;
             }
             let before = match last.get(&c.origin) {
@@ -532,11 +559,16 @@ impl Link {
             pos = 0;
         }
         if pos + 1 < state.first_sequence {
-            tracing::warn!(
-                position = pos,
-                first = state.first_sequence,
-                "the stream no longer holds messages after this relay's position (max_age/max_bytes): seed this relay from a peer's snapshot ([mesh]) for what was trimmed"
-            );
+            match &self.s.bootstrap {
+                Some(b) => {
+                    pos = self.bootstrap(b, shutdown).await?;
+                }
+                None => tracing::warn!(
+                    position = pos,
+                    first = state.first_sequence,
+                    "the stream no longer holds messages after this relay's position (max_age/max_bytes): set [cluster.bootstrap] to seed this relay from a peer instance"
+                ),
+            }
         }
         // The whole stream, even with `spaces`: a skipped change has to be
         // seen to be vouched for (`read`), or the origin's next kept change
@@ -767,6 +799,7 @@ impl super::Report for Link {
             "published": st.published.load(Relaxed),
             "merged": st.merged.load(Relaxed),
             "pending_gaps": st.pending.load(Relaxed),
+            "bootstrap": self.bootstrap.lock().ok().and_then(|b| b.clone()),
             "last_contact_ms": (contact != 0).then_some(contact),
             "last_error": self.last_error.lock().ok().and_then(|e| e.clone()),
         })

@@ -28,6 +28,28 @@ pub struct ClusterConfig {
     /// published once JetStream is back.
     pub ack_timeout: Option<String>,
     pub stream: StreamConfig,
+    /// `[cluster.bootstrap]`: the peer instance a member seeds itself from
+    /// when the stream no longer holds what it lacks.
+    pub bootstrap: BootstrapConfig,
+}
+
+/// `[cluster.bootstrap]` / `[upstream.bootstrap]`: one running instance of
+/// the tier (its own address, not the load balancer's) and an admin token
+/// of it. Used only when this relay's stream position is below the
+/// stream's first message (a new instance on a trimmed stream, or a member
+/// or `[upstream] nats` edge down longer than `max_age`): see
+/// docs/scale-out.md, "Bootstrap".
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BootstrapConfig {
+    /// `http://HOST:PORT` or `https://…` of the peer instance.
+    pub url: Option<String>,
+    /// A token of the peer with admin scope (prefer `token_file`).
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
+    /// PEM certificates to trust for an `https://` peer instead of the
+    /// system roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// The stream: `[cluster.stream]` / `[upstream.stream]`.
@@ -107,6 +129,19 @@ pub struct NatsSettings {
     pub role: Role,
     /// Replicate only these spaces, both ways (None: all).
     pub spaces: Option<HashSet<String>>,
+    /// `[cluster.bootstrap]` or `[upstream.bootstrap]`.
+    pub bootstrap: Option<Bootstrap>,
+}
+
+/// A validated `[cluster.bootstrap]`.
+#[derive(Clone, Debug)]
+pub struct Bootstrap {
+    /// The peer's base URL (`http://HOST:PORT`), for `/v1/status`.
+    pub url: String,
+    pub token: String,
+    pub ca_file: Option<PathBuf>,
+    /// The peer's `/ws/replicate`, dialled as a site would.
+    pub replicate: crate::config::UpstreamSettings,
 }
 
 impl NatsSettings {
@@ -256,6 +291,7 @@ pub fn validate(
         stream,
         role,
         spaces,
+        bootstrap: None,
     })
 }
 

@@ -339,6 +339,12 @@ pub struct Kv {
 }
 
 impl Kv {
+    /// The frame limit `init` is chunked for (tests use a small one).
+    #[cfg(test)]
+    pub fn set_max_frame_bytes(&mut self, n: usize) {
+        self.max_frame_bytes = n;
+    }
+
     fn error(&self, code: u16, reason: &str, message: &str, key: Option<&str>) -> String {
         self.engine.metrics.errors_sent.fetch_add(1, Relaxed);
         error_frame(code, reason, message, key)

@@ -12,6 +12,8 @@ pub mod kv;
 pub mod native;
 pub mod protocol;
 pub mod sync;
+#[cfg(test)]
+mod table;
 pub mod unified;
 
 pub use protocol::{

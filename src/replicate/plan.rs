@@ -17,6 +17,16 @@ pub fn lacking(mine: &VersionVector, theirs: &VersionVector, peer: NodeId) -> Ve
         .collect()
 }
 
+/// Whether `mine` holds every change `target` counts, `except` an origin
+/// (the local node: its own changes are its own). A pull-once session ends
+/// when this holds for the peer's hello vector.
+pub fn holds(mine: &VersionVector, target: &VersionVector, except: NodeId) -> bool {
+    target
+        .iter()
+        .filter(|(origin, _)| **origin != except)
+        .all(|(origin, &seq)| mine.get(origin).copied().unwrap_or(0) >= seq)
+}
+
 /// Where the stream to a peer starts.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Start {
@@ -204,6 +214,19 @@ mod tests {
         assert!(f.wants(&c(3, 1, "s")));
         f.spaces = Some(["s".to_string()].into());
         assert!(!f.wants(&c(3, 1, "other")));
+    }
+
+    #[test]
+    fn holds_compares_every_origin_but_one() {
+        let target: VersionVector = [(n(1), 4), (n(2), 7), (n(3), 2)].into();
+        let mut mine: VersionVector = [(n(1), 4), (n(2), 9)].into();
+        assert!(!holds(&mine, &target, n(9)), "origin 3 missing");
+        assert!(holds(&mine, &target, n(3)), "origin 3 is the local node");
+        mine.insert(n(3), 2);
+        assert!(holds(&mine, &target, n(9)));
+        mine.insert(n(1), 3);
+        assert!(!holds(&mine, &target, n(9)), "origin 1 behind");
+        assert!(holds(&mine, &VersionVector::new(), n(9)));
     }
 
     #[test]

@@ -141,9 +141,54 @@ pub struct SessionOpts {
     pub spaces: Option<HashSet<String>>,
 }
 
+/// Why a pull-once session ended well (see [`pull`]).
+pub const PULLED: &str = "pulled everything the peer held at hello";
+
 /// Run both directions until the peer leaves, an error, `shutdown`, or the
 /// link is told to close (`stats.close`). Returns why it ended.
 pub async fn run(
+    engine: Arc<Engine>,
+    greeting: Greeting,
+    rx: impl FrameSource,
+    tx: impl FrameSink,
+    opts: SessionOpts,
+    stats: Arc<LinkStats>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<String, SessionError> {
+    drive(engine, greeting, rx, tx, opts, stats, shutdown, None).await
+}
+
+/// As [`run`], but ends (with [`PULLED`]) as soon as this relay holds
+/// every change the peer's hello counted: the log it lacked, or a state
+/// snapshot ending in `snapshot_done {vv}`, and the covers the peer sends
+/// at the end of its log. A cluster member bootstraps itself with it
+/// (docs/scale-out.md, "Bootstrap"). The other direction runs as usual
+/// meanwhile: what this relay holds and the peer lacks is sent.
+pub async fn pull(
+    engine: Arc<Engine>,
+    greeting: Greeting,
+    rx: impl FrameSource,
+    tx: impl FrameSink,
+    opts: SessionOpts,
+    stats: Arc<LinkStats>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<String, SessionError> {
+    let target = greeting.peer_vv.clone();
+    drive(
+        engine,
+        greeting,
+        rx,
+        tx,
+        opts,
+        stats,
+        shutdown,
+        Some(target),
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn drive(
     engine: Arc<Engine>,
     greeting: Greeting,
     mut rx: impl FrameSource,
@@ -151,6 +196,7 @@ pub async fn run(
     opts: SessionOpts,
     stats: Arc<LinkStats>,
     mut shutdown: watch::Receiver<bool>,
+    until: Option<VersionVector>,
 ) -> Result<String, SessionError> {
     stats.node.store(greeting.peer.0, Relaxed);
     if let Some(s) = &opts.spaces {
@@ -213,14 +259,24 @@ pub async fn run(
         snapshot,
         covered,
     };
-    let inbound = inbound(
-        &engine,
-        &mut rx,
-        ctl_tx,
-        ack_tx,
-        &stats,
-        opts.spaces.as_ref(),
-    );
+    let inbound = async {
+        // Nothing to pull: the peer's changes are all here already.
+        if let Some(t) = &until {
+            if plan::holds(&engine.version_vector()?, t, engine.node_id()) {
+                return Ok(PULLED.to_string());
+            }
+        }
+        inbound(
+            &engine,
+            &mut rx,
+            ctl_tx,
+            ack_tx,
+            &stats,
+            opts.spaces.as_ref(),
+            until.as_ref(),
+        )
+        .await
+    };
     let mut merges = engine.watch_merges();
     merges.borrow_and_update();
     let stats_id = stats.id;
@@ -314,8 +370,17 @@ async fn inbound(
     acks: mpsc::Sender<u64>,
     stats: &LinkStats,
     spaces: Option<&HashSet<String>>,
+    until: Option<&VersionVector>,
 ) -> Result<String, SessionError> {
     let allowed = |space: &str| spaces.is_none_or(|s| s.contains(space));
+    // A pull-once session is done once the local vector holds `until`
+    // (checked after each commit that can raise it).
+    let pulled = || -> Result<bool, SessionError> {
+        Ok(match until {
+            Some(t) => plan::holds(&engine.version_vector()?, t, engine.node_id()),
+            None => false,
+        })
+    };
     loop {
         let Some(f) = recv_frame(rx).await? else {
             return Err(SessionError::PeerClosed("connection closed".into()));
@@ -361,6 +426,9 @@ async fn inbound(
                 ctl.send(Frame::Ack { id })
                     .await
                     .map_err(|_| SessionError::PeerClosed("outbound ended".into()))?;
+                if pulled()? {
+                    return Ok(PULLED.to_string());
+                }
             }
             Frame::Snapshot { id, entities } => {
                 let mut keep = Vec::with_capacity(entities.len());
@@ -392,6 +460,9 @@ async fn inbound(
                 ctl.send(Frame::Ack { id })
                     .await
                     .map_err(|_| SessionError::PeerClosed("outbound ended".into()))?;
+                if pulled()? {
+                    return Ok(PULLED.to_string());
+                }
             }
             Frame::Ack { id } => {
                 acks.send(id)

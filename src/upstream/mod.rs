@@ -14,10 +14,13 @@
 //!
 //! - `ws`: frames over either WebSocket library, keepalive, close codes;
 //! - `hub`: the `/ws/replicate` endpoint;
+//! - `pull`: one session that pulls what another relay holds, then ends
+//!   (a cluster member's bootstrap);
 //! - this file: the edge's dial loop (backoff 1 s→30 s jittered, forever;
 //!   `wake` for an immediate round), status and metrics.
 
 pub mod hub;
+pub mod pull;
 pub mod ws;
 
 use crate::config::UpstreamSettings;
@@ -164,67 +167,11 @@ impl Upstream {
 
     /// One connection: (whether a session was established, how it ended).
     async fn dial_once(&self, shutdown: &watch::Receiver<bool>) -> (bool, Result<String, String>) {
-        let s = &self.settings;
-        let tcp = match connect_tcp(&s.host, s.port).await {
-            Ok(t) => t,
+        let socket = match dial(&self.settings, self.tls.as_ref()).await {
+            Ok(s) => s,
             Err(e) => return (false, Err(e)),
         };
-        match &self.tls {
-            None => self.over(tcp, shutdown).await,
-            Some(tls) => {
-                let name = match rustls::pki_types::ServerName::try_from(s.host.clone()) {
-                    Ok(n) => n,
-                    Err(e) => return (false, Err(format!("{:?}: {e}", s.host))),
-                };
-                match tokio::time::timeout(CONNECT_TIMEOUT, tls.connect(name, tcp)).await {
-                    Ok(Ok(stream)) => self.over(stream, shutdown).await,
-                    Ok(Err(e)) => (false, Err(format!("TLS: {e}"))),
-                    Err(_) => (false, Err("TLS handshake timed out".into())),
-                }
-            }
-        }
-    }
-
-    /// The WebSocket handshake and the session, over a connected stream.
-    async fn over<S>(
-        &self,
-        stream: S,
-        shutdown: &watch::Receiver<bool>,
-    ) -> (bool, Result<String, String>)
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
         let s = &self.settings;
-        let mut req = match s.url.as_str().into_client_request() {
-            Ok(r) => r,
-            Err(e) => return (false, Err(format!("bad url: {e}"))),
-        };
-        match format!("Bearer {}", s.token).parse() {
-            Ok(v) => {
-                req.headers_mut()
-                    .insert(axum::http::header::AUTHORIZATION, v);
-            }
-            Err(_) => return (false, Err("the token is not a valid header value".into())),
-        }
-        let limit = crate::replicate::frame::MAX_FRAME_BYTES + 1024;
-        let cfg = WebSocketConfig::default()
-            .max_message_size(Some(limit))
-            .max_frame_size(Some(limit));
-        let hs = tokio_tungstenite::client_async_with_config(req, stream, Some(cfg));
-        let socket = match tokio::time::timeout(CONNECT_TIMEOUT, hs).await {
-            Ok(Ok((socket, _))) => socket,
-            Ok(Err(tungstenite::Error::Http(resp))) => {
-                return (
-                    false,
-                    Err(format!(
-                        "the hub refused the connection: HTTP {}",
-                        resp.status()
-                    )),
-                )
-            }
-            Ok(Err(e)) => return (false, Err(format!("WebSocket handshake: {e}"))),
-            Err(_) => return (false, Err("WebSocket handshake timed out".into())),
-        };
         self.contact.store(now_ms(), Relaxed);
         let (mut tx, mut rx) = ws::split(socket, Some(self.contact.clone()), shutdown.clone(), ());
         let guard = self.links.open(KIND, s.url.clone(), true, now_ms());
@@ -380,6 +327,59 @@ impl Upstream {
             crate::metrics::series(&mut out, name, kind, help, v);
         }
         out
+    }
+}
+
+/// A connected byte stream, plain or TLS.
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// A WebSocket to a hub's `/ws/replicate`.
+pub(crate) type Socket = tokio_tungstenite::WebSocketStream<Box<dyn Io>>;
+
+/// TCP, TLS (with `tls`), and the WebSocket handshake with the token:
+/// what a hub sees of a site dialling in. Every step is bounded by
+/// `CONNECT_TIMEOUT`.
+pub(crate) async fn dial(
+    s: &UpstreamSettings,
+    tls: Option<&tokio_rustls::TlsConnector>,
+) -> Result<Socket, String> {
+    let tcp = connect_tcp(&s.host, s.port).await?;
+    let io: Box<dyn Io> = match tls {
+        None => Box::new(tcp),
+        Some(tls) => {
+            let name = rustls::pki_types::ServerName::try_from(s.host.clone())
+                .map_err(|e| format!("{:?}: {e}", s.host))?;
+            match tokio::time::timeout(CONNECT_TIMEOUT, tls.connect(name, tcp)).await {
+                Ok(Ok(stream)) => Box::new(stream),
+                Ok(Err(e)) => return Err(format!("TLS: {e}")),
+                Err(_) => return Err("TLS handshake timed out".into()),
+            }
+        }
+    };
+    let mut req = s
+        .url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| format!("bad url: {e}"))?;
+    let auth = format!("Bearer {}", s.token)
+        .parse()
+        .map_err(|_| "the token is not a valid header value".to_string())?;
+    req.headers_mut()
+        .insert(axum::http::header::AUTHORIZATION, auth);
+    let limit = crate::replicate::frame::MAX_FRAME_BYTES + 1024;
+    let cfg = WebSocketConfig::default()
+        .max_message_size(Some(limit))
+        .max_frame_size(Some(limit));
+    let hs = tokio_tungstenite::client_async_with_config(req, io, Some(cfg));
+    match tokio::time::timeout(CONNECT_TIMEOUT, hs).await {
+        Ok(Ok((socket, _))) => Ok(socket),
+        Ok(Err(tungstenite::Error::Http(resp))) => Err(format!(
+            "the hub refused the connection: HTTP {}",
+            resp.status()
+        )),
+        Ok(Err(e)) => Err(format!("WebSocket handshake: {e}")),
+        Err(_) => Err("WebSocket handshake timed out".into()),
     }
 }
 

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod nats;
+pub mod node;
 pub mod replication;
 
 use futures_util::{SinkExt, StreamExt};
@@ -117,6 +118,11 @@ impl Proc {
 
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
+    }
+
+    /// Send `sig` (e.g. 15) by PID; returns at once.
+    pub fn signal(&self, sig: i32) {
+        unsafe_kill(self.pid(), sig);
     }
 
     pub fn kill9(&mut self) {

@@ -1,0 +1,294 @@
+//! The harness of the dialects' table tests: a dialect made by its own
+//! handshake over an engine in a temporary directory, fed frames, its
+//! effects ([`Handled`]) collected as JSON. No socket, no connection
+//! driver, no async runtime: a paged read is run page by page inline, a
+//! write's answer is awaited with a plain thread-parking executor (the
+//! engine's writer is a thread of its own).
+
+mod atome_sync;
+mod config_sync;
+mod kv;
+mod native;
+mod sync;
+mod unified;
+
+use super::{ConnCtx, ConnSettings, Ctx, Dialect, Handled, Opening, Refused, Shared, Since};
+use crate::auth::{Auth, Scope};
+use crate::config::Anonymous;
+use crate::engine::{Engine, EngineSettings, Limits};
+use crate::store::Durability;
+use axum::extract::ws::Utf8Bytes;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake};
+use std::time::{Duration, Instant};
+
+pub const SECRET: &[u8] = b"a table test secret of 32 bytes!";
+
+/// An engine in a temporary directory and the context handlers get.
+pub struct Bench {
+    pub ctx: Ctx,
+    _dir: tempfile::TempDir,
+}
+
+impl Bench {
+    /// Auth with [`SECRET`]; anonymous clients may write.
+    pub fn new() -> Bench {
+        Bench::with(Anonymous::Write, Default::default())
+    }
+
+    /// Anonymous access as given, `forms` the `[forms]` schemas by name.
+    pub fn with(anonymous: Anonymous, forms: BTreeMap<String, Value>) -> Bench {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(
+            EngineSettings {
+                dir: dir.path().join("data"),
+                durability: Durability::Relaxed,
+                retention: None,
+                limits: Limits::default(),
+                max_skew_ms: 60_000,
+                min_free_bytes: 0,
+                cache_bytes: 1 << 20,
+                schemas: Default::default(),
+                max_queued_bytes: usize::MAX,
+            },
+            Default::default(),
+        )
+        .unwrap();
+        let mut paths = BTreeMap::new();
+        for (name, schema) in forms {
+            let p = dir.path().join(format!("{name}.json"));
+            std::fs::write(&p, schema.to_string()).unwrap();
+            paths.insert(name, p);
+        }
+        let forms = crate::schema::SchemaSet::load(&paths, None).unwrap();
+        let (_tx, shutdown) = tokio::sync::watch::channel(false);
+        let ctx = Ctx::new(Shared {
+            engine,
+            auth: Auth::new(Some(SECRET), anonymous),
+            settings: ConnSettings {
+                max_frame_bytes: 1 << 20,
+                max_inflight: 256,
+                max_subscriptions: 256,
+                max_connections: 16,
+                queue_depth: 1024,
+                max_queue_bytes: 16 << 20,
+                idle_timeout: Duration::from_secs(60),
+                forms: Arc::new(forms),
+            },
+            shutdown,
+            conns: Default::default(),
+            net: Default::default(),
+            upstream: None,
+        });
+        Bench { ctx, _dir: dir }
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.ctx.engine
+    }
+
+    /// A token of `scope` for `sub`, for the handshake's `?token=`.
+    pub fn token(&self, sub: &str, scope: Scope) -> String {
+        self.ctx
+            .auth
+            .mint(sub, scope, None, 3600, crate::auth::now_s())
+            .unwrap()
+    }
+
+    /// Query parameters from pairs.
+    pub fn query(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// The dialect an accepted handshake makes, with its connection.
+    pub fn open<D: Dialect>(&self, opening: Result<Opening<D>, Refused>) -> Conn<D> {
+        let opening = opening.map_err(|(s, m)| format!("{s}: {m}")).unwrap();
+        let cc = ConnCtx::new(self.ctx.clone(), opening.endpoint);
+        let dialect = (opening.make)(&cc);
+        Conn { dialect, _cc: cc }
+    }
+
+    /// Write `fields` into `collection/id` of `space` (as another client).
+    pub fn write(&self, space: &str, collection: &str, id: &str, fields: Value) {
+        let Value::Object(fields) = fields else {
+            panic!("fields are an object")
+        };
+        let w = crate::store::LocalWrite {
+            collection: collection.into(),
+            id: id.into(),
+            op: crate::model::Op::Patch,
+            fields: fields.into_iter().collect(),
+            client_us: None,
+            expect: None,
+        };
+        block_on(self.engine().push(space, "other", None, vec![w])).unwrap();
+    }
+}
+
+impl Bench {
+    /// The newest committed change, as catch-up hands it over (no state
+    /// after it).
+    pub fn last_committed(&self) -> crate::engine::Committed {
+        self.last_committed_in(None)
+    }
+
+    /// The newest committed change of `collection` (None: any).
+    pub fn last_committed_in(&self, collection: Option<&str>) -> crate::engine::Committed {
+        let log = self.engine().log_after(0, 1 << 20).unwrap();
+        let (seq, entry) = log
+            .into_iter()
+            .rfind(|(_, e)| collection.is_none_or(|c| e.change.collection == c))
+            .unwrap();
+        crate::engine::Committed::new(crate::store::Committed {
+            seq,
+            entry,
+            after: None,
+            source: None,
+        })
+    }
+}
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        self.ctx.engine.shutdown();
+    }
+}
+
+/// One connection's dialect.
+pub struct Conn<D> {
+    pub dialect: D,
+    /// The connection's accounting, held while the dialect lives.
+    _cc: ConnCtx,
+}
+
+impl<D: Dialect> Conn<D> {
+    pub fn open(&mut self) -> Effects {
+        let h = self.dialect.open();
+        Effects::of(h)
+    }
+
+    pub fn text(&mut self, frame: &str) -> Effects {
+        let h = self.dialect.on_text(frame);
+        Effects::of(h)
+    }
+
+    pub fn json(&mut self, frame: Value) -> Effects {
+        self.text(&frame.to_string())
+    }
+}
+
+/// A feed started: (key, space, collections (None: all), events, since).
+pub type Followed = (u64, String, Option<Vec<String>>, bool, Since);
+
+/// What handling one frame produced, frames parsed as JSON.
+#[derive(Debug, Default)]
+pub struct Effects {
+    /// Sent at once.
+    pub now: Vec<Value>,
+    /// Sent by the paged read, all pages.
+    pub read: Vec<Value>,
+    /// The answer of work answered later (a write's commit).
+    pub later: Vec<Value>,
+    /// Feeds started, in order.
+    pub follow: Vec<Followed>,
+    pub unfollow: Vec<u64>,
+}
+
+pub fn parse(frame: &str) -> Value {
+    serde_json::from_str(frame).unwrap_or_else(|e| panic!("not JSON ({e}): {frame}"))
+}
+
+impl Effects {
+    pub fn of(h: Handled) -> Effects {
+        let mut e = Effects {
+            now: h.now.iter().map(|f| parse(f)).collect(),
+            unfollow: h.unfollow,
+            ..Effects::default()
+        };
+        let mut follow = h.follow;
+        if let Some(mut r) = h.read {
+            while let Some(page) = r.page().unwrap() {
+                e.read.extend(page.iter().map(|f| parse(f)));
+            }
+            follow.extend(r.then());
+        }
+        for f in follow {
+            let mut c: Option<Vec<String>> = f.filter.collections.map(|c| c.into_iter().collect());
+            if let Some(c) = c.as_mut() {
+                c.sort();
+            }
+            e.follow.push((f.key, f.space, c, f.filter.events, f.since));
+        }
+        if let Some(later) = h.later {
+            e.later = block_on(later).iter().map(|f| parse(f)).collect();
+        }
+        e
+    }
+
+    /// Nothing at all.
+    pub fn is_empty(&self) -> bool {
+        self.now.is_empty()
+            && self.read.is_empty()
+            && self.later.is_empty()
+            && self.follow.is_empty()
+            && self.unfollow.is_empty()
+    }
+
+    /// The one frame sent at once.
+    pub fn reply(&self) -> &Value {
+        assert_eq!(self.now.len(), 1, "one frame at once: {self:?}");
+        assert!(self.later.is_empty() && self.read.is_empty(), "{self:?}");
+        &self.now[0]
+    }
+}
+
+/// Whether `actual` holds everything `expected` says: objects by key (more
+/// keys allowed), arrays element by element (same length), other values
+/// equal.
+pub fn fits(expected: &Value, actual: &Value) -> bool {
+    match (expected, actual) {
+        (Value::Object(e), Value::Object(a)) => e
+            .iter()
+            .all(|(k, v)| a.get(k).is_some_and(|av| fits(v, av))),
+        (Value::Array(e), Value::Array(a)) => {
+            e.len() == a.len() && e.iter().zip(a).all(|(e, a)| fits(e, a))
+        }
+        (e, a) => e == a,
+    }
+}
+
+#[track_caller]
+pub fn assert_fits(expected: &Value, actual: &Value, what: &str) {
+    assert!(
+        fits(expected, actual),
+        "{what}:\n expected (at least) {expected}\n got {actual}"
+    );
+}
+
+/// Run a future to completion on this thread (no runtime: the futures of
+/// the dialects wait on channels the engine's writer thread answers).
+pub fn block_on<F: Future>(f: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Arc::new(Unpark(std::thread::current())).into();
+    let mut cx = Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "a future did not finish in 10 s");
+        std::thread::park_timeout(Duration::from_millis(50));
+    }
+}
