@@ -48,11 +48,11 @@ const MAGIC: u32 = 0x4f57_414c; // "OWAL"
 /// measured on Linux 6.x before this.
 const FILL_CHUNK: usize = 4096;
 
-/// Opens the log's storage instead of the file (a simulation's disk that
-/// loses what was not synced when its relay crashes). The IO interface is
-/// redb's own [`redb::StorageBackend`], so one model of a disk serves the
-/// data file and the log alike.
-pub type WalBackend = Arc<dyn Fn() -> io::Result<Box<dyn redb::StorageBackend>> + Send + Sync>;
+/// Where the log lives instead of the file: the store's [`super::Backend`]
+/// (a simulation's disk that loses what was not synced when its relay
+/// crashes). Its IO interface is redb's own [`redb::StorageBackend`], so one
+/// model of a disk serves the data file and the log alike.
+pub type WalBackend = super::Backend;
 
 /// The real file.
 #[derive(Debug)]
@@ -145,7 +145,7 @@ impl Wal {
         path: &Path,
     ) -> Result<(Wal, Vec<Record>), StoreError> {
         let file: Box<dyn redb::StorageBackend> = match backend {
-            Some(open) => open().map_err(io_err)?,
+            Some(open) => (open.0)().map_err(io_err)?,
             None => Box::new(StdWalFile(
                 std::fs::OpenOptions::new()
                     .read(true)
@@ -326,7 +326,9 @@ pub(crate) mod tests {
 
     fn opener(m: &MemFile) -> WalBackend {
         let m = m.clone();
-        Arc::new(move || Ok(Box::new(m.clone()) as Box<dyn redb::StorageBackend>))
+        super::super::Backend(Arc::new(move || {
+            Ok(Box::new(m.clone()) as Box<dyn redb::StorageBackend>)
+        }))
     }
 
     fn rec(lsn: u64) -> Record {
