@@ -32,7 +32,6 @@ use crate::model::{Change, NodeId};
 use serde::{Deserialize, Serialize};
 use std::io;
 use std::path::Path;
-use std::sync::Arc;
 
 /// Size of the log file. A group record that does not fit in what is left
 /// is made durable by a checkpoint instead.
@@ -274,7 +273,7 @@ fn scan(file: &dyn redb::StorageBackend) -> Result<Vec<Record>, StoreError> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
 
     /// A file in memory that loses, at a simulated crash, what was written
     /// after the last sync.
