@@ -113,6 +113,7 @@ fn link_spaces(
                     let opts = SessionOpts {
                         cursor: format!("peer:{}", g.peer),
                         spaces,
+                        batch_bytes: outpost::replicate::frame::MAX_FRAME_BYTES,
                     };
                     let r = session::run(e, g, rx, tx, opts, guard.stats.clone(), stop).await;
                     eprintln!("session ended: {r:?}");
@@ -306,6 +307,7 @@ async fn pull_once(from: &Arc<Engine>, into: &Arc<Engine>) -> Result<String, Ses
             let opts = SessionOpts {
                 cursor: format!("peer:{}", g.peer),
                 spaces: None,
+                batch_bytes: outpost::replicate::frame::MAX_FRAME_BYTES,
             };
             session::run(e, g, rx, tx, opts, guard.stats.clone(), stop).await
         })
@@ -316,6 +318,7 @@ async fn pull_once(from: &Arc<Engine>, into: &Arc<Engine>) -> Result<String, Ses
     let opts = SessionOpts {
         cursor: "bootstrap".into(),
         spaces: None,
+        batch_bytes: outpost::replicate::frame::MAX_FRAME_BYTES,
     };
     let pulled = session::pull(into.clone(), g, rx, tx, opts, guard.stats.clone(), stop);
     let r = tokio::time::timeout(Duration::from_secs(10), pulled)
@@ -469,6 +472,7 @@ async fn a_split_batch_acks_only_what_each_half_carried() {
         let opts = SessionOpts {
             cursor: "peer:fake".into(),
             spaces: None,
+            batch_bytes: outpost::replicate::frame::MAX_FRAME_BYTES,
         };
         session::run(e, g, rx, tx, opts, stats, stop).await
     });
@@ -572,6 +576,7 @@ async fn a_range_merged_from_a_snapshot_is_never_vouched_for() {
         let opts = SessionOpts {
             cursor: "peer:fake".into(),
             spaces: None,
+            batch_bytes: outpost::replicate::frame::MAX_FRAME_BYTES,
         };
         session::run(e, g, rx, tx, opts, guard.stats.clone(), stop).await
     });

@@ -283,12 +283,25 @@ pub struct Subscription {
     phase: Phase,
     /// Set once registered for live delivery.
     pub id: Option<u64>,
+    /// Bounds of each catch-up page.
+    page: Cap,
+    /// `Store::merges` when the catch-up started or last took current
+    /// states: a merge since then brought states the log cannot replay.
+    merges: u64,
 }
 
 impl Subscription {
     /// The seq the catch-up reached (meaningful once `next_page` is None).
     pub fn reached(&self) -> u64 {
         self.cursor
+    }
+
+    /// Catch-up pages of at most `items` (default 256): less memory per
+    /// page, more pages. The simulator uses tiny pages so that retention
+    /// trims race a catch-up between its pages.
+    pub fn page_items(mut self, items: usize) -> Subscription {
+        self.page.items = items.max(1);
+        self
     }
 }
 
@@ -316,11 +329,22 @@ pub fn now_ms() -> u64 {
 
 impl Engine {
     pub fn open(s: EngineSettings, metrics: Arc<Metrics>) -> Result<Arc<Engine>, EngineError> {
+        Engine::open_on(s, metrics, None)
+    }
+
+    /// As `open`, with the store's database in `backend` (see
+    /// `store::Backend`; the simulator's crashing disk) instead of the
+    /// data file.
+    pub fn open_on(
+        s: EngineSettings,
+        metrics: Arc<Metrics>,
+        backend: Option<crate::store::Backend>,
+    ) -> Result<Arc<Engine>, EngineError> {
         // The hub needs the last seq, which only the store knows; it starts at
         // 0 and the store's first commit report sets it. Until then, catch-up
         // reads up to the store's own last seq (see `subscribe`).
         let hub = Arc::new(Hub::new(metrics.clone(), 0, s.max_queued_bytes));
-        let store = Store::open(
+        let store = Store::open_on(
             StoreOptions {
                 dir: s.dir,
                 durability: s.durability,
@@ -331,6 +355,7 @@ impl Engine {
             },
             metrics.clone(),
             hub.clone(),
+            backend,
         )?;
         hub.set_last_seq(store.last_seq());
         Ok(Arc::new(Engine {
@@ -806,12 +831,14 @@ impl Engine {
         } else {
             since
         };
+        let merges = self.store.merges();
         let horizon = self.store.horizon();
         let phase = if since.saturating_add(1) < horizon {
-            // Changes after `since` were trimmed: current state first.
+            // Changes after `since` were trimmed, or a snapshot merged
+            // after it: current state first.
             Phase::Snapshot {
                 after: None,
-                base: horizon - 1,
+                base: self.snapshot_base(),
             }
         } else {
             Phase::Backlog
@@ -824,6 +851,8 @@ impl Engine {
             phase,
             id: None,
             upto: None,
+            page: Cap::new(PAGE, PAGE_BYTES),
+            merges,
         })
     }
 
@@ -835,7 +864,7 @@ impl Engine {
                 &sub.space,
                 None,
                 after.as_ref().map(|(c, i)| (c.as_str(), i.as_str())),
-                Cap::new(PAGE, PAGE_BYTES),
+                sub.page,
             )?;
             let short = !page.more;
             let page = page.items;
@@ -870,20 +899,22 @@ impl Engine {
         // is committed and visible and nothing after it can also arrive live.
         // Unregistered, so a long history does not fill the live queue.
         let upto = *sub.upto.get_or_insert_with(|| self.hub.last_seq());
-        let page =
-            self.store
-                .space_log_page(&sub.space, sub.cursor, upto, Cap::new(PAGE, PAGE_BYTES))?;
+        let page = self
+            .store
+            .space_log_page(&sub.space, sub.cursor, upto, sub.page)?;
         // Retention may have trimmed entries after the cursor since the
         // last page (the horizon is raised before the trim commits, so a
-        // read that missed trimmed entries sees it raised): the log can no
-        // longer replay them, so this page is dropped and the subscription
-        // goes back to the current states, as it would have at the start.
-        let horizon = self.store.horizon();
-        if sub.cursor.saturating_add(1) < horizon {
-            sub.phase = Phase::Snapshot {
-                after: None,
-                base: horizon - 1,
-            };
+        // read that missed trimmed entries sees it raised), or a snapshot
+        // merge brought states the log does not hold (its count moves
+        // before and after its commit): the log can no longer replay them,
+        // so this page is dropped and the subscription goes back to the
+        // current states, as it would have at the start.
+        let merges = self.store.merges();
+        if sub.cursor.saturating_add(1) < self.trim_point() || merges != sub.merges {
+            let base = self.snapshot_base();
+            tracing::debug!(space = %sub.space, cursor = sub.cursor, base, horizon = self.store.horizon(), merged = merges != sub.merges, "catch-up overtaken by retention or a merge: current states first");
+            sub.merges = merges;
+            sub.phase = Phase::Snapshot { after: None, base };
             return Ok(Some(Vec::new()));
         }
         let short = !page.more;
@@ -1032,6 +1063,31 @@ impl Engine {
 
     pub fn horizon(&self) -> u64 {
         self.store.horizon()
+    }
+
+    /// Where a catch-up that fell back to current states goes on from:
+    /// the last seq those states surely hold. That is the last committed
+    /// seq (states read after it hold at least that), never past the
+    /// horizon: the horizon is raised before its group commits, so it may
+    /// count changes of that group not committed yet, which the states
+    /// then lack (they come after, from the log or live). Taking the
+    /// horizon alone made a catch-up say it reached a seq it then got
+    /// live (the simulator, seed 2).
+    fn snapshot_base(&self) -> u64 {
+        let committed = self.hub.last_seq();
+        self.store.horizon().saturating_sub(1).min(committed)
+    }
+
+    /// Below this seq the log can no longer replay a catch-up in flight
+    /// for a trim: the horizon, bounded by the last committed seq + 1. A
+    /// trim removes only entries committed before its group, so the bound
+    /// hides none. A merge raises the horizon past its group's last seq
+    /// (see the writer) and is seen by its count instead; without the
+    /// bound, a catch-up that just took current states would go back to
+    /// them until the next commit.
+    fn trim_point(&self) -> u64 {
+        let committed = self.hub.last_seq();
+        self.store.horizon().min(committed.saturating_add(1))
     }
 
     /// See `Store::merges`.

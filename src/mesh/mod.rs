@@ -278,6 +278,7 @@ async fn session_on(
     let opts = SessionOpts {
         cursor: format!("peer:{peer}"),
         spaces: ctx.settings.spaces_for(peer),
+        batch_bytes: crate::replicate::frame::MAX_FRAME_BYTES,
     };
     let stats = guard.stats.clone();
     let session = session::run(

@@ -139,6 +139,11 @@ pub struct SessionOpts {
     pub cursor: String,
     /// Replicate only these spaces (all when None), both ways.
     pub spaces: Option<HashSet<String>>,
+    /// A batch frame larger than this is split (a page of one change is
+    /// sent whole, up to `frame::MAX_FRAME_BYTES`). Links use
+    /// `MAX_FRAME_BYTES`; the simulator uses a few hundred bytes, so pages
+    /// split and each part is acknowledged on its own.
+    pub batch_bytes: usize,
 }
 
 /// Why a pull-once session ended well (see [`pull`]).
@@ -234,7 +239,9 @@ async fn drive(
         }
     };
     tracing::debug!(node = %engine.node_id(), peer = %greeting.peer, pos, snapshot = snapshot.is_some(), "session planned");
-    stats.acked.store(pos, Relaxed);
+    stats
+        .acked
+        .store(if snapshot.is_some() { 0 } else { pos }, Relaxed);
     stats
         .backlog
         .store(engine.last_seq().saturating_sub(pos), Relaxed);
@@ -252,7 +259,11 @@ async fn drive(
         filter,
         cursor: opts.cursor,
         pos,
-        acked: pos,
+        // Before a snapshot is through, the peer holds nothing of the log
+        // for sure: the cursor (a retention pin) and the backlog gauge must
+        // not claim it does.
+        acked: if snapshot.is_some() { 0 } else { pos },
+        batch_bytes: opts.batch_bytes.min(frame::MAX_FRAME_BYTES),
         inflight: InFlight::default(),
         cursor_saved: Instant::now(),
         merges: greeting.merges,
@@ -517,6 +528,8 @@ struct Outbound {
     pos: u64,
     /// Last local seq the peer has acknowledged (everything up to it).
     acked: u64,
+    /// See `SessionOpts::batch_bytes`.
+    batch_bytes: usize,
     inflight: InFlight,
     cursor_saved: Instant,
     /// A snapshot still being sent (before any log streaming).
@@ -559,7 +572,7 @@ impl Outbound {
                 Some(f) = ctl.recv() => send_frame(tx, &f).await?,
                 Some(id) = acks.recv() => {
                     self.acked = self.inflight.ack(id).map_err(SessionError::Protocol)?;
-                    if self.inflight.is_empty() {
+                    if self.inflight.is_empty() && self.snapshot.is_none() {
                         self.acked = self.pos;
                     }
                     self.progress().await?;
@@ -751,7 +764,9 @@ impl Outbound {
                 })
                 .collect();
             let n = entities.len() as u64;
-            let id = self.inflight.push(self.pos);
+            // Acked up to where it was: only the end of the snapshot
+            // brings the peer up to `pos`.
+            let id = self.inflight.push(self.acked);
             send_frame(tx, &Frame::Snapshot { id, entities }).await?;
             self.stats.changes_sent.fetch_add(n, Relaxed);
             return Ok(());
@@ -790,24 +805,26 @@ impl Outbound {
                 changes,
                 covers,
             };
-            match frame::encode(&f) {
-                Ok(bytes) => {
-                    tracing::trace!(frame = ?TraceFrame(&f), "send");
-                    tx.send(bytes).await?;
-                    self.covered = covered;
-                    self.stats.changes_sent.fetch_add(n, Relaxed);
-                }
-                Err(FrameError::TooLarge(_)) if part.len() > 1 => {
-                    self.inflight.unpush();
-                    let mut front = part;
-                    let back = front.split_off(front.len() / 2);
-                    let front_upto = back[0].seq - 1;
-                    // Front half first: the queue pops from the end.
-                    queue.push((back, upto));
-                    queue.push((front, front_upto));
-                }
-                Err(e) => return Err(e.into()),
+            let encoded = frame::encode(&f);
+            let split = part.len() > 1
+                && match &encoded {
+                    Ok(bytes) => bytes.len() > self.batch_bytes,
+                    Err(e) => matches!(e, FrameError::TooLarge(_)),
+                };
+            if split {
+                self.inflight.unpush();
+                let mut front = part;
+                let back = front.split_off(front.len() / 2);
+                let front_upto = back[0].seq - 1;
+                // Front half first: the queue pops from the end.
+                queue.push((back, upto));
+                queue.push((front, front_upto));
+                continue;
             }
+            tracing::trace!(frame = ?TraceFrame(&f), "send");
+            tx.send(encoded?).await?;
+            self.covered = covered;
+            self.stats.changes_sent.fetch_add(n, Relaxed);
         }
         Ok(())
     }

@@ -10,7 +10,7 @@ mod tables;
 mod writer;
 
 pub use backup::{check, restore, verify_backup, BackupSummary, CheckReport, RestoreError};
-pub use slot::Fault;
+pub use slot::{Backend, Fault};
 pub use tables::SCHEMA_VERSION;
 pub use writer::{
     free_disk_bytes, Admit, CommitSink, Expect, Job, LocalWrite, Outcome, OutcomeKind, ReadEntity,
@@ -274,12 +274,24 @@ impl Store {
         metrics: Arc<Metrics>,
         sink: Arc<dyn CommitSink>,
     ) -> Result<Store, StoreError> {
+        Store::open_on(opts, metrics, sink, None)
+    }
+
+    /// As `open`, with the database in `backend` instead of the data file
+    /// (None: the file). The data dir is still created and used for the
+    /// free-space check.
+    pub fn open_on(
+        opts: StoreOptions,
+        metrics: Arc<Metrics>,
+        sink: Arc<dyn CommitSink>,
+        backend: Option<Backend>,
+    ) -> Result<Store, StoreError> {
         std::fs::create_dir_all(&opts.dir).map_err(|source| StoreError::Dir {
             path: opts.dir.clone(),
             source,
         })?;
         let path = opts.dir.join("outpost.redb");
-        let (slot, db) = Slot::open(&path, opts.cache_bytes)?;
+        let (slot, db) = Slot::open(&path, opts.cache_bytes, backend)?;
         let (node, last_seq, horizon, hlc) = init_tables(&db)?;
         drop(db);
         let last_seq = Arc::new(AtomicU64::new(last_seq));

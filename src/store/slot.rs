@@ -73,19 +73,35 @@ pub struct Slot {
     fault: Mutex<Option<Fault>>,
     path: PathBuf,
     cache_bytes: usize,
+    /// Where the bytes live when not in the file at `path` (see `Backend`).
+    backend: Option<Backend>,
 }
+
+/// Opens the storage a redb database lives in, each time the store opens
+/// it (at start, and again after an I/O error): for storage other than the
+/// data file, such as the simulator's disk that loses what was not synced
+/// when its relay crashes (tests/sim.rs). Production opens the file.
+#[derive(Clone)]
+pub struct Backend(
+    pub Arc<dyn Fn() -> std::io::Result<Box<dyn redb::StorageBackend>> + Send + Sync>,
+);
 
 /// How long a reopen waits for in-flight reads to let go of the old handle.
 const READERS_WAIT: Duration = Duration::from_secs(2);
 
 impl Slot {
-    pub fn open(path: &Path, cache_bytes: usize) -> Result<(Arc<Slot>, Arc<Database>), StoreError> {
-        let db = Arc::new(open_db(path, cache_bytes)?);
+    pub fn open(
+        path: &Path,
+        cache_bytes: usize,
+        backend: Option<Backend>,
+    ) -> Result<(Arc<Slot>, Arc<Database>), StoreError> {
+        let db = Arc::new(open_db(path, cache_bytes, backend.as_ref())?);
         let slot = Arc::new(Slot {
             db: RwLock::new(Some(db.clone())),
             fault: Mutex::new(None),
             path: path.to_path_buf(),
             cache_bytes,
+            backend,
         });
         Ok((slot, db))
     }
@@ -143,7 +159,11 @@ impl Slot {
                 tracing::warn!(error = %e, "closing the faulted data file");
             }
         }
-        let db = Arc::new(open_db(&self.path, self.cache_bytes)?);
+        let db = Arc::new(open_db(
+            &self.path,
+            self.cache_bytes,
+            self.backend.as_ref(),
+        )?);
         *guard = Some(db.clone());
         Ok(db)
     }
@@ -154,10 +174,45 @@ impl Slot {
     }
 }
 
-fn open_db(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
-    Ok(Database::builder()
-        .set_cache_size(cache_bytes)
-        .create(path)?)
+fn open_db(
+    path: &Path,
+    cache_bytes: usize,
+    backend: Option<&Backend>,
+) -> Result<Database, StoreError> {
+    let mut builder = Database::builder();
+    builder.set_cache_size(cache_bytes);
+    Ok(match backend {
+        None => builder.create(path)?,
+        Some(b) => {
+            let storage = (b.0)().map_err(|e| StoreError::Db(redb::Error::Io(e)))?;
+            builder.create_with_backend(Boxed(storage))?
+        }
+    })
+}
+
+/// A boxed backend as redb takes one (its builder wants a sized type).
+#[derive(Debug)]
+struct Boxed(Box<dyn redb::StorageBackend>);
+
+impl redb::StorageBackend for Boxed {
+    fn len(&self) -> std::io::Result<u64> {
+        self.0.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        self.0.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.0.set_len(len)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.0.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.0.write(offset, data)
+    }
+    fn close(&self) -> std::io::Result<()> {
+        self.0.close()
+    }
 }
 
 #[cfg(test)]
@@ -190,7 +245,7 @@ mod tests {
     fn reopen_swaps_the_handle_in_place() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.redb");
-        let (slot, db) = Slot::open(&path, 1 << 20).unwrap();
+        let (slot, db) = Slot::open(&path, 1 << 20, None).unwrap();
         drop(db);
         slot.set_fault(Fault::NoSpace);
         slot.set_fault(Fault::Io("later".into()));

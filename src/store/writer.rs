@@ -718,6 +718,16 @@ impl Writer {
                     .map_err(|e| Failure::Job(index, e))?;
                 answers.push(answer);
             }
+            if !merged.is_empty() {
+                // States merged without log entries: a catch-up from any
+                // seq of this group or before cannot replay them from the
+                // log, so it takes current states (a catch-up goes to
+                // states when `since + 1 < horizon`). A horizon at the
+                // group's last seq + 1 missed a client at exactly that seq:
+                // one live through the merge resumed there (the simulator).
+                self.raise_horizon(&mut t, seq + 2)
+                    .map_err(Failure::Group)?;
+            }
             let meta = (|| -> Result<(), StoreError> {
                 t.meta.insert(META_LAST_SEQ, seq.to_le_bytes().as_slice())?;
                 t.meta.insert(META_HLC, encode(&self.hlc)?.as_slice())?;
@@ -826,13 +836,13 @@ impl Writer {
                 entities, vv, link, ..
             } => {
                 let ents = entities.iter().map(|e| (e, None));
-                let spaces = self.merge_snapshot(t, ents, vv.as_ref(), Some(*link), *seq)?;
+                let spaces = self.merge_snapshot(t, ents, vv.as_ref(), Some(*link))?;
                 merged.extend(spaces.iter().cloned());
                 Answer::Spaces(spaces)
             }
             Job::Import { entities, .. } => {
                 let ents = entities.iter().map(|(e, v)| (e, Some(*v)));
-                let spaces = self.merge_snapshot(t, ents, None, None, *seq)?;
+                let spaces = self.merge_snapshot(t, ents, None, None)?;
                 merged.extend(spaces.iter().cloned());
                 Answer::Spaces(spaces)
             }
@@ -1050,7 +1060,6 @@ impl Writer {
         entities: impl Iterator<Item = (&'a SnapEntity, Option<u64>)>,
         vv: Option<&crate::model::VersionVector>,
         link: Option<u64>,
-        last_seq: u64,
     ) -> Result<Vec<String>, StoreError> {
         // Before the commit, like the horizon: a reader that sees the
         // merged state or version vector sees the count raised. (And once
@@ -1105,11 +1114,6 @@ impl Writer {
             // does): an idle one then sees the merge count moved and plans
             // again, even if the merge's own caller is gone.
             self.vouched = true;
-        }
-        if !changed.is_empty() {
-            // Subscribers resuming from before this point cannot replay
-            // these states from the log: they get the state instead.
-            self.raise_horizon(t, last_seq + 1)?;
         }
         Ok(changed.into_iter().collect())
     }
@@ -1218,7 +1222,7 @@ mod tests {
     }
 
     fn writer(dir: &std::path::Path) -> (Writer, Arc<redb::Database>) {
-        let (slot, db) = Slot::open(&dir.join("w.redb"), 1 << 20).unwrap();
+        let (slot, db) = Slot::open(&dir.join("w.redb"), 1 << 20, None).unwrap();
         let (node, last, horizon, hlc) = super::super::init_tables(&db).unwrap();
         let opts = StoreOptions {
             dir: dir.to_path_buf(),

@@ -88,6 +88,7 @@ async fn serve_edge(state: HubCtx, socket: WebSocket, grant: crate::auth::Grant,
     let opts = SessionOpts {
         cursor: format!("edge:{peer}"),
         spaces: grant.spaces.map(|s| s.into_iter().collect()),
+        batch_bytes: crate::replicate::frame::MAX_FRAME_BYTES,
     };
     match session::run(
         state.engine.clone(),

@@ -193,6 +193,7 @@ impl Upstream {
         let opts = SessionOpts {
             cursor: CURSOR.to_string(),
             spaces: s.spaces.clone(),
+            batch_bytes: crate::replicate::frame::MAX_FRAME_BYTES,
         };
         let result = session::run(
             self.engine.clone(),

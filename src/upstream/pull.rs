@@ -60,6 +60,7 @@ pub async fn pull_once(
     let opts = SessionOpts {
         cursor: CURSOR.to_string(),
         spaces,
+        batch_bytes: crate::replicate::frame::MAX_FRAME_BYTES,
     };
     let reason = session::pull(
         engine.clone(),
