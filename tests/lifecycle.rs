@@ -14,7 +14,6 @@ use common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
-use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::Message;
 
 /// The space (or workspace) every case uses.
@@ -114,12 +113,6 @@ async fn follow(c: &mut Client, e: &Endpoint) {
     while c.try_recv(Duration::from_millis(300)).await.is_some() {}
 }
 
-fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// Read until the server closes; the close code (None: no close frame)
 /// and how many pings came first.
 async fn close_code(ws: &mut Ws, wait: Duration) -> (Option<u16>, usize) {
@@ -191,14 +184,7 @@ async fn a_client_that_stops_reading_is_cut_off_on_every_endpoint_and_the_others
     for (n, e) in endpoints().iter().enumerate() {
         // A stalled client with a small receive buffer, and a healthy one
         // of the same endpoint that reads everything.
-        let sock = TcpSocket::new_v4().unwrap();
-        sock.set_recv_buffer_size(4096).unwrap();
-        let tcp = sock.connect(addr).await.unwrap();
-        let tcp = tokio_tungstenite::MaybeTlsStream::Plain(tcp);
-        let (ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}{}", e.path), tcp)
-            .await
-            .unwrap();
-        let mut stalled = Client { ws };
+        let mut stalled = Client::stalling(addr, e.path).await;
         follow(&mut stalled, e).await;
         let mut healthy = Client::connect(addr, e.path).await;
         follow(&mut healthy, e).await;
@@ -212,7 +198,7 @@ async fn a_client_that_stops_reading_is_cut_off_on_every_endpoint_and_the_others
                 }
             }
         });
-        let before = metric(
+        let before = metric_in(
             &http_get(addr, "/metrics").await.1,
             "outpost_write_timeouts_total ",
         );
@@ -223,7 +209,7 @@ async fn a_client_that_stops_reading_is_cut_off_on_every_endpoint_and_the_others
             write(&mut writer, e.collection, &id, (e.fields)(&blob)).await;
             if i % 10 == 9 {
                 let m = http_get(addr, "/metrics").await.1;
-                if metric(&m, "outpost_write_timeouts_total ") > before {
+                if metric_in(&m, "outpost_write_timeouts_total ") > before {
                     cut = true;
                     break;
                 }
@@ -233,7 +219,7 @@ async fn a_client_that_stops_reading_is_cut_off_on_every_endpoint_and_the_others
         if !cut {
             tokio::time::sleep(Duration::from_millis(1500)).await;
         }
-        let after = metric(
+        let after = metric_in(
             &http_get(addr, "/metrics").await.1,
             "outpost_write_timeouts_total ",
         );
@@ -319,7 +305,7 @@ async fn idle_connections_are_pinged_then_closed_on_every_endpoint() {
     }
     let m = http_get(relay.addr, "/metrics").await.1;
     assert_eq!(
-        metric(&m, "outpost_idle_timeouts_total "),
+        metric_in(&m, "outpost_idle_timeouts_total "),
         eps.len() as u64,
         "{m}"
     );
