@@ -1,5 +1,10 @@
 //! The `outpost` command line: parse, set up logging, load config, run.
 
+// build.rs links the static aarch64 release binary without unwind tables
+// (link/no-eh-frame.ld); that is sound only if nothing unwinds.
+#[cfg(all(outpost_no_eh_frame, not(panic = "abort")))]
+compile_error!("link/no-eh-frame.ld needs panic = \"abort\" (the release profile's)");
+
 use anyhow::{Context, Result};
 use clap::Parser;
 use outpost::app::{terminate_signal, Relay};

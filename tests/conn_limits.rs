@@ -42,13 +42,6 @@ async fn connect_from(ip: Ipv4Addr, to: SocketAddr) -> TcpStream {
     s.connect(to).await.expect("connect")
 }
 
-fn metric(text: &str, line_start: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(line_start))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("no metric {line_start}")) as u64
-}
-
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
@@ -180,18 +173,18 @@ async fn half_open_connections_are_shed_while_a_writer_and_healthz_carry_on() {
     // Counted in /metrics, with the gauges back down.
     let m = http_get(addr, "/metrics").await.1;
     assert_eq!(
-        metric(
+        metric_in(
             &m,
             "outpost_connections_refused_total{reason=\"max_handshakes_per_ip\"} "
         ),
         refused as u64
     );
     assert!(
-        metric(&m, "outpost_header_timeouts_total ") >= held as u64,
+        metric_in(&m, "outpost_header_timeouts_total ") >= held as u64,
         "{m}"
     );
     // This /metrics request left its handshake when it was dispatched.
-    assert_eq!(metric(&m, "outpost_handshakes "), 0, "{m}");
+    assert_eq!(metric_in(&m, "outpost_handshakes "), 0, "{m}");
     // The writer is still connected and served.
     let ack = writer.put("s", "after", json!({"done": true})).await;
     assert_eq!(ack["type"], "ack");
@@ -246,7 +239,7 @@ async fn under_1024_descriptors_the_excess_gets_503_and_the_relay_stays_healthy(
     let relay = Proc::spawn_cmd_logged(cmd, &log);
     let addr = relay.addr;
     let m = http_get(addr, "/metrics").await.1;
-    let limit = metric(&m, "outpost_max_connections ") as usize;
+    let limit = metric_in(&m, "outpost_max_connections ") as usize;
     assert_eq!(limit, 1024 - 128, "clamped beside the reserve");
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(
@@ -302,13 +295,13 @@ async fn under_1024_descriptors_the_excess_gets_503_and_the_relay_stays_healthy(
     // The excess handshakes and the /healthz above (and maybe polls made
     // before the leaving clients' slots were freed).
     assert!(
-        metric(
+        metric_in(
             &m,
             "outpost_connections_refused_total{reason=\"max_connections\"} "
         ) >= (1000 - limit + 1) as u64
     );
     assert_eq!(
-        metric(
+        metric_in(
             &m,
             "outpost_connections_refused_total{reason=\"no_descriptors\"} "
         ),
@@ -344,12 +337,7 @@ async fn a_subscriber_that_stops_reading_is_disconnected_after_the_write_timeout
     let addr = relay.addr;
     // A subscriber with a small receive buffer that stops reading once
     // subscribed.
-    let sock = TcpSocket::new_v4().unwrap();
-    sock.set_recv_buffer_size(4096).unwrap();
-    let tcp = sock.connect(addr).await.unwrap();
-    let (mut stalled, _) = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), tcp)
-        .await
-        .unwrap();
+    let mut stalled = Client::stalling(addr, "/ws").await.ws;
     stalled
         .send(Message::Text(
             json!({"type": "subscribe", "space": "big", "since": 0, "rid": 1})
@@ -381,7 +369,7 @@ async fn a_subscriber_that_stops_reading_is_disconnected_after_the_write_timeout
         assert_eq!(ack["type"], "ack", "{ack}");
         if i % 10 == 9 {
             let m = http_get(addr, "/metrics").await.1;
-            timeouts = metric(&m, "outpost_write_timeouts_total ");
+            timeouts = metric_in(&m, "outpost_write_timeouts_total ");
             if timeouts > 0 || Instant::now() > deadline {
                 break;
             }
@@ -390,7 +378,7 @@ async fn a_subscriber_that_stops_reading_is_disconnected_after_the_write_timeout
     if timeouts == 0 {
         // The last writes may still be waiting out the timeout.
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        timeouts = metric(
+        timeouts = metric_in(
             &http_get(addr, "/metrics").await.1,
             "outpost_write_timeouts_total ",
         );
@@ -402,7 +390,7 @@ async fn a_subscriber_that_stops_reading_is_disconnected_after_the_write_timeout
         "ack"
     );
     let m = http_get(addr, "/metrics").await.1;
-    assert_eq!(metric(&m, "outpost_connections "), 1, "{m}");
+    assert_eq!(metric_in(&m, "outpost_connections "), 1, "{m}");
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(
         text.lines()

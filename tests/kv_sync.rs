@@ -104,13 +104,6 @@ async fn metrics_text(addr: SocketAddr) -> String {
     body
 }
 
-fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("metric {name} missing")) as u64
-}
-
 #[tokio::test]
 async fn connect_init_op_broadcast_to_all_clients() {
     let dir = tempfile::tempdir().unwrap();
@@ -221,7 +214,7 @@ async fn handshake_refusals() {
         400
     );
     let m = metrics_text(relay.addr).await;
-    assert!(metric(&m, "outpost_auth_failures_total") >= 5);
+    assert!(metric_in(&m, "outpost_auth_failures_total ") >= 5);
     relay.shutdown().await.unwrap();
 
     // With anonymous access on, no token is fine but a bad one is still 401.
@@ -612,10 +605,10 @@ async fn webhook_receiver_down_first_gets_every_event_once_up() {
             let m = metrics_text(relay.addr).await;
             // The backlog gauge is refreshed on each delivery attempt, so
             // wait for one made after all 20 ops were stored.
-            if metric(&m, "outpost_webhook_failures_total") >= 2
-                && metric(&m, "outpost_webhook_backlog") >= 20
+            if metric_in(&m, "outpost_webhook_failures_total ") >= 2
+                && metric_in(&m, "outpost_webhook_backlog ") >= 20
             {
-                assert_eq!(metric(&m, "outpost_webhook_delivered_total"), 0);
+                assert_eq!(metric_in(&m, "outpost_webhook_delivered_total "), 0);
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -689,8 +682,8 @@ async fn webhook_receiver_down_first_gets_every_event_once_up() {
         .await
         .is_err());
     let m = metrics_text(relay.addr).await;
-    assert_eq!(metric(&m, "outpost_webhook_delivered_total"), 21);
-    assert_eq!(metric(&m, "outpost_webhook_backlog"), 0);
+    assert_eq!(metric_in(&m, "outpost_webhook_delivered_total "), 21);
+    assert_eq!(metric_in(&m, "outpost_webhook_backlog "), 0);
 
     // The sender stops on shutdown (promptly, with the receiver gone again).
     rtask.abort();
@@ -733,7 +726,8 @@ async fn webhook_backlog_is_bounded() {
     assert!(got.len() <= 4, "{got:?}");
     let m = metrics_text(relay.addr).await;
     assert_eq!(
-        metric(&m, "outpost_webhook_dropped_total") + metric(&m, "outpost_webhook_delivered_total"),
+        metric_in(&m, "outpost_webhook_dropped_total ")
+            + metric_in(&m, "outpost_webhook_delivered_total "),
         10
     );
     drop(c);

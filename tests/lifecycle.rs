@@ -2,7 +2,10 @@
 //! run against each of them: a client that stops reading is cut off after
 //! the write timeout while the others of its space carry on; an idle
 //! connection is pinged, then closed; oversized frames close with 1009;
-//! shutdown gives every connection its close frame in bounded time.
+//! a lagging subscriber is resynced the documented way (native: `resync`;
+//! every other endpoint: the gap replayed, each change once); shutdown
+//! gives every connection its close frame in bounded time. (That a replay
+//! never echoes a client's own writes is `conn::feed`'s unit test.)
 //! (Invalid UTF-8 -> 1007 on every endpoint is in tests/hardening.rs.)
 
 mod common;
@@ -11,7 +14,6 @@ use common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
-use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::Message;
 
 /// The space (or workspace) every case uses.
@@ -111,12 +113,6 @@ async fn follow(c: &mut Client, e: &Endpoint) {
     while c.try_recv(Duration::from_millis(300)).await.is_some() {}
 }
 
-fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// Read until the server closes; the close code (None: no close frame)
 /// and how many pings came first.
 async fn close_code(ws: &mut Ws, wait: Duration) -> (Option<u16>, usize) {
@@ -188,14 +184,7 @@ async fn a_client_that_stops_reading_is_cut_off_on_every_endpoint_and_the_others
     for (n, e) in endpoints().iter().enumerate() {
         // A stalled client with a small receive buffer, and a healthy one
         // of the same endpoint that reads everything.
-        let sock = TcpSocket::new_v4().unwrap();
-        sock.set_recv_buffer_size(4096).unwrap();
-        let tcp = sock.connect(addr).await.unwrap();
-        let tcp = tokio_tungstenite::MaybeTlsStream::Plain(tcp);
-        let (ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}{}", e.path), tcp)
-            .await
-            .unwrap();
-        let mut stalled = Client { ws };
+        let mut stalled = Client::stalling(addr, e.path).await;
         follow(&mut stalled, e).await;
         let mut healthy = Client::connect(addr, e.path).await;
         follow(&mut healthy, e).await;
@@ -209,7 +198,7 @@ async fn a_client_that_stops_reading_is_cut_off_on_every_endpoint_and_the_others
                 }
             }
         });
-        let before = metric(
+        let before = metric_in(
             &http_get(addr, "/metrics").await.1,
             "outpost_write_timeouts_total ",
         );
@@ -220,7 +209,7 @@ async fn a_client_that_stops_reading_is_cut_off_on_every_endpoint_and_the_others
             write(&mut writer, e.collection, &id, (e.fields)(&blob)).await;
             if i % 10 == 9 {
                 let m = http_get(addr, "/metrics").await.1;
-                if metric(&m, "outpost_write_timeouts_total ") > before {
+                if metric_in(&m, "outpost_write_timeouts_total ") > before {
                     cut = true;
                     break;
                 }
@@ -230,7 +219,7 @@ async fn a_client_that_stops_reading_is_cut_off_on_every_endpoint_and_the_others
         if !cut {
             tokio::time::sleep(Duration::from_millis(1500)).await;
         }
-        let after = metric(
+        let after = metric_in(
             &http_get(addr, "/metrics").await.1,
             "outpost_write_timeouts_total ",
         );
@@ -316,7 +305,7 @@ async fn idle_connections_are_pinged_then_closed_on_every_endpoint() {
     }
     let m = http_get(relay.addr, "/metrics").await.1;
     assert_eq!(
-        metric(&m, "outpost_idle_timeouts_total "),
+        metric_in(&m, "outpost_idle_timeouts_total "),
         eps.len() as u64,
         "{m}"
     );
@@ -374,4 +363,117 @@ async fn shutdown_gives_every_connection_its_close_frame_in_bounded_time() {
         "{:?}",
         started.elapsed()
     );
+}
+
+/// Text of a frame, gunzipped when binary (the legacy seed-004 endpoints
+/// gzip large frames).
+fn frame_text(m: &Message) -> Option<String> {
+    match m {
+        Message::Text(t) => Some(t.to_string()),
+        Message::Binary(b) => {
+            use std::io::Read;
+            let mut s = String::new();
+            flate2::read::GzDecoder::new(&b[..])
+                .read_to_string(&mut s)
+                .ok()?;
+            Some(s)
+        }
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_subscriber_is_resynced_the_documented_way_on_every_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    // A queue of 1 MiB overflows as soon as the socket's buffers are full,
+    // long before the write timeout.
+    cfg.server.queue_mb = 1;
+    cfg.server.write_timeout = "60s".into();
+    let relay = start(cfg).await;
+    let addr = relay.addr;
+    let mut writer = Client::native(addr).await;
+    let resyncs = || {
+        let m = &relay.state.engine.metrics;
+        m.resyncs.load(std::sync::atomic::Ordering::Relaxed)
+    };
+    // Changes of 700 KB, enough of them to fill what a client that does
+    // not read can hold back: the relay's send buffer (at most tcp_wmem's
+    // maximum), its receive window (which does not grow while it does not
+    // read) and the 1 MiB queue, with 2 MiB to spare.
+    let sysctl = |name: &str, field: usize| -> usize {
+        std::fs::read_to_string(format!("/proc/sys/net/ipv4/{name}"))
+            .ok()
+            .and_then(|t| t.split_whitespace().nth(field)?.parse().ok())
+            .unwrap_or(4 << 20)
+    };
+    let held = sysctl("tcp_wmem", 2) + sysctl("tcp_rmem", 1) + (3 << 20);
+    let writes = held.div_ceil(700_000).clamp(8, 24);
+    let noise = noise(700_000);
+    for (n, e) in endpoints().iter().enumerate() {
+        let mut c = Client::connect(addr, e.path).await;
+        follow(&mut c, e).await;
+        let before = resyncs();
+        let marker = |i: usize| format!("m{n}x{i}y");
+        for i in 0..writes {
+            let change = json!({"collection": e.collection, "id": marker(i), "op": "patch",
+                                "fields": (e.fields)(&format!("{}{noise}", marker(i)))});
+            writer
+                .send(json!({"type": "push", "rid": n, "space": SPACE, "changes": [change]}))
+                .await;
+            let (_, ack) = writer.until("ack").await;
+            assert_eq!(ack["type"], "ack", "{ack}");
+        }
+        // It reads again: what does it get?
+        let mut seen = vec![0usize; writes];
+        let mut resync = None;
+        let last = format!("\"{}", marker(writes - 1));
+        let read = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(Ok(m)) = c.ws.next().await {
+                let Some(text) = frame_text(&m) else { continue };
+                if text.contains("\"resync\"") {
+                    resync = Some(text);
+                    return;
+                }
+                for (i, s) in seen.iter_mut().enumerate() {
+                    if text.contains(&format!("\"{}", marker(i))) {
+                        *s += 1;
+                    }
+                }
+                if text.contains(&last) {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert!(
+            read.is_ok(),
+            "{}: neither the last change nor a resync came",
+            e.path
+        );
+        assert!(
+            resyncs() > before,
+            "{}: the subscriber never lagged",
+            e.path
+        );
+        if e.path == "/ws" {
+            // Native: the feed ends with `resync`, saying where to resume.
+            let r: Value = serde_json::from_str(resync.as_deref().expect("a resync")).unwrap();
+            assert_eq!(r["space"], SPACE, "{r}");
+            assert_eq!(r["reason"], "queue_full", "{r}");
+            assert!(r["since"].as_u64().is_some(), "{r}");
+        } else {
+            // Every other endpoint: the gap is replayed from the log, so
+            // every change arrives once, later, with no message about it.
+            assert!(resync.is_none(), "{}: {resync:?}", e.path);
+            let wrong: Vec<(usize, usize)> = seen
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| **n != 1)
+                .map(|(i, n)| (i, *n))
+                .collect();
+            assert!(wrong.is_empty(), "{}: (change, times): {wrong:?}", e.path);
+        }
+    }
+    relay.shutdown().await.unwrap();
 }

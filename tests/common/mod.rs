@@ -188,6 +188,15 @@ fn unsafe_kill(pid: i32, sig: i32) {
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// The value of metric `name` (a series name, optionally with its labels
+/// or the space after it) in Prometheus text; 0 when it is absent.
+pub fn metric_in(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .unwrap_or(0)
+}
+
 pub struct Client {
     pub ws: Ws,
 }
@@ -198,6 +207,19 @@ impl Client {
     /// Connect to `path` (e.g. "/ws?token=…") and return the client.
     pub async fn connect(addr: SocketAddr, path: &str) -> Client {
         let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}{path}"))
+            .await
+            .expect("websocket connects");
+        Client { ws }
+    }
+
+    /// Connect with a 4 KiB receive buffer: once this client stops
+    /// reading, the relay's writes to it stall after a few frames.
+    pub async fn stalling(addr: SocketAddr, path: &str) -> Client {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        let tcp = sock.connect(addr).await.expect("connect");
+        let tcp = MaybeTlsStream::Plain(tcp);
+        let (ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}{path}"), tcp)
             .await
             .expect("websocket connects");
         Client { ws }
