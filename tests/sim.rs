@@ -190,14 +190,22 @@ fn settings(dir: &std::path::Path) -> EngineSettings {
     }
 }
 
-/// Open a relay on its disk, as the process that runs it now.
+/// Open a relay on its disk (data file and write-ahead log), as the
+/// process that runs it now.
 fn open(dir: &std::path::Path, disk: &Arc<Disk>) -> Arc<Engine> {
-    let opener = disk.opener();
-    let backend = outpost::store::Backend(Arc::new(move || {
-        Ok(Box::new(opener()) as Box<dyn redb::StorageBackend>)
-    }));
-    Engine::open_on(settings(dir), Arc::new(Metrics::default()), Some(backend))
-        .expect("engine opens")
+    let file = |f: usize| {
+        let opener = disk.opener(f);
+        outpost::store::Backend(Arc::new(move || {
+            Ok(Box::new(opener()) as Box<dyn redb::StorageBackend>)
+        }))
+    };
+    Engine::open_with(
+        settings(dir),
+        Arc::new(Metrics::default()),
+        Some(file(disk::DATA)),
+        Some(file(disk::WAL)),
+    )
+    .expect("engine opens")
 }
 
 /// Write a record that does not decode where the relay keeps entity
@@ -208,7 +216,7 @@ fn plant_rot(disk: &Arc<Disk>) {
     const ENTITY: redb::TableDefinition<(&str, &str, &str), &[u8]> =
         redb::TableDefinition::new("entity");
     let db = redb::Database::builder()
-        .create_with_backend(disk.opener()())
+        .create_with_backend(disk.opener(disk::DATA)())
         .expect("opens");
     let tx = db.begin_write().unwrap();
     tx.open_table(ENTITY)

@@ -1,8 +1,9 @@
-//! The simulator's disk: a redb storage backend in memory that keeps only
-//! what was synced when its relay crashes.
+//! The simulator's disk: redb storage backends in memory (one per file: the
+//! data file and the write-ahead log) that keep only what was synced when
+//! their relay crashes.
 //!
 //! Reads see every write (the page cache). `sync_data` makes everything
-//! written so far durable. A crash ends the process at once: the handles it
+//! written to that file so far durable. A crash strikes all files at once. A crash ends the process at once: the handles it
 //! held fail from then on (EIO, so it can acknowledge nothing more), and of
 //! the writes since the last sync each 4 KiB sector reached the platter or
 //! not, as the seed decides: all lost, or any subset (a torn commit). The
@@ -20,14 +21,23 @@ pub struct Disk {
     state: Mutex<State>,
 }
 
+/// The files of the disk.
+pub const DATA: usize = 0;
+pub const WAL: usize = 1;
+
 #[derive(Debug, Default)]
-struct State {
+struct File {
     /// The image as of the last sync: what any crash keeps.
     durable: Vec<u8>,
     /// What reads see: `durable` plus the writes since.
     current: Vec<u8>,
     /// Writes and length changes since the last sync, in order.
     pending: Vec<Pending>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    files: [File; 2],
     /// Bumped by each crash: handles of an older epoch belong to the
     /// crashed process and fail.
     epoch: u64,
@@ -69,12 +79,13 @@ impl Disk {
     /// Handles for the process that opens the disk now: every call gives
     /// one of this epoch (dead once the disk crashed), so the process can
     /// reopen its store after an I/O error but not after its crash.
-    pub fn opener(self: &Arc<Self>) -> impl Fn() -> Handle + Send + Sync + 'static {
+    pub fn opener(self: &Arc<Self>, file: usize) -> impl Fn() -> Handle + Send + Sync + 'static {
         let epoch = self.lock().epoch;
         let disk = self.clone();
         move || Handle {
             disk: disk.clone(),
             epoch,
+            file,
         }
     }
 
@@ -116,37 +127,39 @@ fn crash(st: &mut State, seed: u64, torn: bool) -> Crash {
     let mut rng = super::Rng(seed);
     st.epoch += 1;
     st.armed = None;
-    let pending = std::mem::take(&mut st.pending);
     let mut out = Crash::default();
-    let mut durable = std::mem::take(&mut st.durable);
-    for p in &pending {
-        match p {
-            Pending::Len(_) => {
-                if torn && rng.chance(50) {
-                    apply(&mut durable, p);
-                }
-            }
-            Pending::Write(off, data) => {
-                // Split at sector boundaries; each sector survives or not.
-                let mut at = *off;
-                let end = off + data.len() as u64;
-                while at < end {
-                    let next = ((at / SECTOR) + 1) * SECTOR;
-                    let upto = next.min(end);
+    for f in st.files.iter_mut() {
+        let pending = std::mem::take(&mut f.pending);
+        let mut durable = std::mem::take(&mut f.durable);
+        for p in &pending {
+            match p {
+                Pending::Len(_) => {
                     if torn && rng.chance(50) {
-                        let slice = &data[(at - off) as usize..(upto - off) as usize];
-                        apply(&mut durable, &Pending::Write(at, slice.to_vec()));
-                        out.sectors_kept += 1;
-                    } else {
-                        out.sectors_lost += 1;
+                        apply(&mut durable, p);
                     }
-                    at = upto;
+                }
+                Pending::Write(off, data) => {
+                    // Split at sector boundaries; each sector survives or not.
+                    let mut at = *off;
+                    let end = off + data.len() as u64;
+                    while at < end {
+                        let next = ((at / SECTOR) + 1) * SECTOR;
+                        let upto = next.min(end);
+                        if torn && rng.chance(50) {
+                            let slice = &data[(at - off) as usize..(upto - off) as usize];
+                            apply(&mut durable, &Pending::Write(at, slice.to_vec()));
+                            out.sectors_kept += 1;
+                        } else {
+                            out.sectors_lost += 1;
+                        }
+                        at = upto;
+                    }
                 }
             }
         }
+        f.current = durable.clone();
+        f.durable = durable;
     }
-    st.current = durable.clone();
-    st.durable = durable;
     st.last = Some(out.clone());
     out
 }
@@ -156,6 +169,7 @@ fn crash(st: &mut State, seed: u64, torn: bool) -> Crash {
 pub struct Handle {
     disk: Arc<Disk>,
     epoch: u64,
+    file: usize,
 }
 
 fn dead() -> io::Error {
@@ -174,27 +188,29 @@ impl Handle {
 
 impl StorageBackend for Handle {
     fn len(&self) -> io::Result<u64> {
-        Ok(self.live()?.current.len() as u64)
+        Ok(self.live()?.files[self.file].current.len() as u64)
     }
 
     fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
         let st = self.live()?;
+        let f = &st.files[self.file];
         let end = offset as usize + out.len();
-        if end > st.current.len() {
+        if end > f.current.len() {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "read past the end",
             ));
         }
-        out.copy_from_slice(&st.current[offset as usize..end]);
+        out.copy_from_slice(&f.current[offset as usize..end]);
         Ok(())
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
         let mut st = self.live()?;
+        let f = &mut st.files[self.file];
         let p = Pending::Len(len);
-        apply(&mut st.current, &p);
-        st.pending.push(p);
+        apply(&mut f.current, &p);
+        f.pending.push(p);
         Ok(())
     }
 
@@ -204,20 +220,20 @@ impl StorageBackend for Handle {
             crash(&mut st, seed, torn);
             return Err(dead());
         }
-        let pending = std::mem::take(&mut st.pending);
-        let mut durable = std::mem::take(&mut st.durable);
+        let f = &mut st.files[self.file];
+        let pending = std::mem::take(&mut f.pending);
         for p in &pending {
-            apply(&mut durable, p);
+            apply(&mut f.durable, p);
         }
-        st.durable = durable;
         Ok(())
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         let mut st = self.live()?;
+        let f = &mut st.files[self.file];
         let p = Pending::Write(offset, data.to_vec());
-        apply(&mut st.current, &p);
-        st.pending.push(p);
+        apply(&mut f.current, &p);
+        f.pending.push(p);
         Ok(())
     }
 }
