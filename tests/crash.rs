@@ -137,3 +137,38 @@ async fn relaxed_durability_syncs_an_idle_relay_within_a_second() {
     let want: BTreeSet<String> = (0..50).map(|n| format!("relaxed-{n}")).collect();
     assert_eq!(held, want);
 }
+
+/// Issue 16: with `immediate` durability a group is durable once its
+/// write-ahead log record is synced; redb is checkpointed only about once
+/// a second. Writes acked and killed well inside that second are in the
+/// log only: the restart applies them again (and says so in its log).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_acked_from_the_log_alone_survive_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let log = dir.path().join("relay.log");
+    let args = [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--data",
+        data.to_str().unwrap(),
+    ];
+    let mut relay = Proc::spawn(&args);
+    let mut c = Client::native(relay.addr).await;
+    for n in 0..40 {
+        let ack = c.put("crash", &format!("wal-{n}"), json!({"n": n})).await;
+        assert_eq!(ack["type"], "ack", "{ack}");
+    }
+    relay.kill9();
+    let relay = Proc::spawn_logged(&args, &log);
+    let held = stored_ids(relay.addr).await;
+    let want: BTreeSet<String> = (0..40).map(|n| format!("wal-{n}")).collect();
+    assert_eq!(held, want);
+    drop(relay);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains("applied the write-ahead log"),
+        "the restart replayed the log: {text}"
+    );
+}

@@ -8,11 +8,13 @@
 //! receipt gives an end-to-end latency and feeds the exactly-once check.
 
 use super::stats::{per_second, Check, Latency, Tally};
+use super::wire;
 use anyhow::{anyhow, bail, Context, Result};
 use futures_util::{SinkExt, StreamExt};
+use memchr::memmem::Finder;
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
@@ -66,6 +68,9 @@ pub struct LoadResult {
     pub ack: Latency,
     pub check: Check,
     pub elapsed_s: f64,
+    /// CPU (user + system) the bench process itself used per delivery:
+    /// the load's clients, on the same cores as the server under test.
+    pub client_cpu_us_per_delivery: Option<f64>,
 }
 
 /// Bytes of the pushed change object (`{"collection":…,"fields":{…}}`).
@@ -131,20 +136,9 @@ pub async fn open_subscriber(t: &Target) -> Result<Ws> {
     Ok(ws)
 }
 
-/// A connected writer, past the greeting.
-async fn open_writer(t: &Target) -> Result<Ws> {
-    let mut ws = connect(&t.write_url).await?;
-    if let Proto::Native { .. } = t.proto {
-        next_text(&mut ws, Duration::from_secs(10)).await?; // welcome
-    }
-    Ok(ws)
-}
-
-/// The change number carried in a frame, if it carries one.
+/// The first change number carried in a frame, if it carries one.
 pub fn change_number(text: &str) -> Option<u64> {
-    let i = text.find("\"bn\":")? + 5;
-    let digits = text[i..].bytes().take_while(u8::is_ascii_digit).count();
-    text[i..i + digits].parse().ok()
+    change_numbers(text.as_bytes()).next()
 }
 
 /// One push of change `n` with `pad` bringing the change object to
@@ -187,8 +181,34 @@ struct SubOut {
     resyncs: u64,
 }
 
+/// Every change number in a frame (each `"bn":N`: the relay sends one
+/// change per `change` frame today, the floor forwards one push per frame;
+/// a frame carrying several changes would be counted change by change).
+pub fn change_numbers(text: &[u8]) -> impl Iterator<Item = u64> + '_ {
+    // Built once: building a searcher per frame cost more than the search.
+    static BN: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"bn\":"));
+    BN.find_iter(text).filter_map(move |i| {
+        let digits = &text[i + 5..];
+        let len = digits.iter().take_while(|b| b.is_ascii_digit()).count();
+        if len == 0 {
+            return None;
+        }
+        digits[..len].iter().try_fold(0u64, |n, d| {
+            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        })
+    })
+}
+
+static ACK: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(br#""type":"ack""#));
+static ERROR: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(br#""type":"error""#));
+
+/// A subscribed client of the load: reads in bulk, takes the receipt time
+/// once per read (the frames of one read arrived together), and counts
+/// every change number it finds for the exactly-once and order check.
+/// Frames without a change number are parsed as JSON (rare: `resync`).
 async fn run_subscriber(
-    mut ws: Ws,
+    mut r: wire::Reader,
+    mut w: wire::Writer,
     proto: Proto,
     shared: Arc<Shared>,
     load: Load,
@@ -199,33 +219,56 @@ async fn run_subscriber(
         last: None,
         resyncs: 0,
     };
-    while out.tally.distinct() < load.changes {
-        let msg = match tokio::time::timeout(load.quiet, ws.next()).await {
-            Err(_) | Ok(None) | Ok(Some(Err(_))) => break,
-            Ok(Some(Ok(m))) => m,
-        };
-        let Message::Text(text) = msg else { continue };
+    'read: while out.tally.distinct() < load.changes {
+        match r.fill(load.quiet).await {
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
         let now = Instant::now();
-        if let Some(n) = change_number(&text) {
-            if let Some(l) = shared.latency_us(n, now) {
-                out.latencies.push(l);
-            }
-            out.tally.see(n);
-            out.last = Some(now);
-        } else if let Proto::Native { space } = &proto {
-            // A lagging subscriber is dropped with `resync`: resume from
-            // where it says, as a client would.
-            if text.contains(r#""type":"resync""#) {
-                out.resyncs += 1;
-                let v: serde_json::Value = serde_json::from_str(&text)?;
-                let since = v["since"].as_u64().unwrap_or(0);
-                let sub = serde_json::json!({"type": "subscribe", "space": space,
-                    "since": since, "events": false});
-                ws.send(Message::Text(sub.to_string().into())).await?;
+        let mut resync = None;
+        loop {
+            let frame = match r.next_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(_) => break 'read,
+            };
+            match frame {
+                wire::Frame::Text(t) => {
+                    let mut any = false;
+                    for n in change_numbers(t) {
+                        any = true;
+                        if let Some(l) = shared.latency_us(n, now) {
+                            out.latencies.push(l);
+                        }
+                        out.tally.see(n);
+                    }
+                    if any {
+                        out.last = Some(now);
+                    } else if let Proto::Native { .. } = proto {
+                        // A lagging subscriber is dropped with `resync`:
+                        // resume from where it says, as a client would.
+                        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(t) {
+                            if v["type"] == "resync" {
+                                resync = Some(v["since"].as_u64().unwrap_or(0));
+                            }
+                        }
+                    }
+                }
+                wire::Frame::Ping(p) => w.pong(p),
+                wire::Frame::Close => break 'read,
+                wire::Frame::Binary(_) | wire::Frame::Pong => {}
             }
         }
+        if let (Some(since), Proto::Native { space }) = (resync, &proto) {
+            out.resyncs += 1;
+            let sub = serde_json::json!({"type": "subscribe", "space": space,
+                "since": since, "events": false});
+            w.text(&sub.to_string());
+        }
+        w.flush().await?;
     }
-    let _ = ws.close(None).await;
+    w.close();
+    let _ = w.flush().await;
     Ok(out)
 }
 
@@ -236,8 +279,11 @@ struct WriterOut {
 }
 
 /// Writer `w` of `writers`: changes `w*per .. min((w+1)*per, total)`.
+/// Sends as many pushes as the window allows with one write, reads the
+/// acks in bulk and frees their window slots per read.
 async fn run_writer(
-    ws: Ws,
+    mut r: wire::Reader,
+    mut w: wire::Writer,
     proto: Proto,
     shared: Arc<Shared>,
     range: std::ops::Range<u64>,
@@ -248,22 +294,43 @@ async fn run_writer(
         Proto::Floor => "floor".into(),
     };
     let pad = pad_for_change_bytes();
-    let (mut sink, mut stream) = ws.split();
     let permits = Arc::new(Semaphore::new(window.max(1)));
     let count = range.end - range.start;
+    // Pings that reach the reading half are answered by the writing one.
+    let (pong_tx, mut pong_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
     let send = {
         let permits = permits.clone();
         let shared = shared.clone();
         let range = range.clone();
         async move {
-            for n in range {
-                permits.acquire().await?.forget();
-                let frame = push_frame(&space, n, &pad);
-                let at = shared.since_t0(Instant::now()).max(1);
-                shared.sent[n as usize].store(at, Ordering::Release);
-                sink.send(Message::Text(frame.into())).await?;
+            let mut n = range.start;
+            while n < range.end {
+                tokio::select! {
+                    p = permits.acquire() => {
+                        p?.forget();
+                        let mut k = 1;
+                        while n + k < range.end {
+                            match permits.try_acquire() {
+                                Ok(p) => p.forget(),
+                                Err(_) => break,
+                            }
+                            k += 1;
+                        }
+                        let at = shared.since_t0(Instant::now()).max(1);
+                        for i in n..n + k {
+                            shared.sent[i as usize].store(at, Ordering::Release);
+                            w.text(&push_frame(&space, i, &pad));
+                        }
+                        w.flush().await?;
+                        n += k;
+                    }
+                    Some(p) = pong_rx.recv() => {
+                        w.pong(&p);
+                        w.flush().await?;
+                    }
+                }
             }
-            anyhow::Ok(sink)
+            anyhow::Ok(w)
         }
     };
     let recv = async {
@@ -274,36 +341,86 @@ async fn run_writer(
         };
         let mut j = 0u64;
         while j < count {
-            let msg = match tokio::time::timeout(Duration::from_secs(30), stream.next()).await {
+            match r.fill(Duration::from_secs(30)).await {
                 Err(_) => bail!("no ack within 30 s ({j} of {count} acked)"),
-                Ok(None) | Ok(Some(Err(_))) => bail!("writer connection lost after {j} acks"),
-                Ok(Some(Ok(m))) => m,
-            };
-            let Message::Text(text) = msg else { continue };
+                Ok(0) => bail!("writer connection lost after {j} acks"),
+                Ok(_) => {}
+            }
             let now = Instant::now();
-            let is_ack = text.contains(r#""type":"ack""#);
-            if !is_ack && !text.contains(r#""type":"error""#) {
-                continue;
-            }
-            // Acks and in-order errors answer pushes in order.
-            if is_ack {
-                if let Some(l) = shared.latency_us(range.start + j, now) {
-                    out.acks.push(l);
+            let mut freed = 0;
+            while let Some(frame) = r.next_frame()? {
+                let t = match frame {
+                    wire::Frame::Text(t) => t,
+                    wire::Frame::Ping(p) => {
+                        let _ = pong_tx.try_send(p.to_vec());
+                        continue;
+                    }
+                    wire::Frame::Close => bail!("writer connection closed after {j} acks"),
+                    wire::Frame::Binary(_) | wire::Frame::Pong => continue,
+                };
+                let is_ack = ACK.find(t).is_some();
+                if !is_ack && ERROR.find(t).is_none() {
+                    continue;
                 }
-            } else {
-                out.errors += 1;
+                // Acks and in-order errors answer pushes in order.
+                if is_ack {
+                    if let Some(l) = shared.latency_us(range.start + j, now) {
+                        out.acks.push(l);
+                    }
+                } else {
+                    out.errors += 1;
+                }
+                j += 1;
+                freed += 1;
             }
-            out.last_ack = Some(now);
-            j += 1;
-            permits.add_permits(1);
+            if freed > 0 {
+                out.last_ack = Some(now);
+                permits.add_permits(freed);
+            }
         }
         Ok(out)
     };
     let (sent, out) = tokio::join!(send, recv);
     let out = out?;
-    let mut sink = sent?;
-    let _ = sink.close().await;
+    let mut w = sent?;
+    w.close();
+    let _ = w.flush().await;
     Ok(out)
+}
+
+/// A subscriber of the load on the lean client, subscribed and live.
+async fn open_load_subscriber(t: &Target) -> Result<(wire::Reader, wire::Writer)> {
+    let (mut r, mut w) = wire::connect(&t.sub_url).await?;
+    let wait = Duration::from_secs(10);
+    match &t.proto {
+        Proto::Native { space } => {
+            r.next_text(&mut w, wait).await?; // welcome
+            let sub = serde_json::json!({"type": "subscribe", "rid": "bench", "space": space,
+                "since": 0, "events": false});
+            w.send_text(&sub.to_string()).await?;
+            loop {
+                let t = r.next_text(&mut w, Duration::from_secs(30)).await?;
+                match frame_type(&t).as_deref() {
+                    Some("synced") => break,
+                    Some("error") => bail!("subscribe refused: {t}"),
+                    _ => {}
+                }
+            }
+        }
+        Proto::Floor => {
+            r.next_text(&mut w, wait).await?; // ready
+        }
+    }
+    Ok((r, w))
+}
+
+/// A writer of the load on the lean client, past the greeting.
+async fn open_load_writer(t: &Target) -> Result<(wire::Reader, wire::Writer)> {
+    let (mut r, mut w) = wire::connect(&t.write_url).await?;
+    if let Proto::Native { .. } = t.proto {
+        r.next_text(&mut w, Duration::from_secs(10)).await?; // welcome
+    }
+    Ok((r, w))
 }
 
 /// Run one load against `target`; bounded by the caller's timeout.
@@ -312,7 +429,7 @@ pub async fn run(target: &Target, load: Load) -> Result<LoadResult> {
     let mut opening = JoinSet::new();
     for _ in 0..load.subscribers {
         let t = target.clone();
-        opening.spawn(async move { open_subscriber(&t).await });
+        opening.spawn(async move { open_load_subscriber(&t).await });
     }
     let mut subs = Vec::with_capacity(load.subscribers);
     while let Some(r) = opening.join_next().await {
@@ -320,16 +437,18 @@ pub async fn run(target: &Target, load: Load) -> Result<LoadResult> {
     }
     let mut writers = Vec::with_capacity(load.writers);
     for _ in 0..load.writers.max(1) {
-        writers.push(open_writer(target).await?);
+        writers.push(open_load_writer(target).await?);
     }
+    let cpu_before = super::procs::cpu_us(std::process::id());
     let shared = Arc::new(Shared {
         t0: Instant::now(),
         sent: (0..load.changes).map(|_| AtomicU64::new(0)).collect(),
     });
     let mut sub_tasks = JoinSet::new();
-    for ws in subs {
+    for (r, w) in subs {
         sub_tasks.spawn(run_subscriber(
-            ws,
+            r,
+            w,
             target.proto.clone(),
             shared.clone(),
             load,
@@ -337,11 +456,12 @@ pub async fn run(target: &Target, load: Load) -> Result<LoadResult> {
     }
     let per = load.changes.div_ceil(load.writers.max(1) as u64).max(1);
     let mut writer_tasks = JoinSet::new();
-    for (w, ws) in writers.into_iter().enumerate() {
+    for (w, (rd, wr)) in writers.into_iter().enumerate() {
         let start = (w as u64 * per).min(load.changes);
         let end = ((w as u64 + 1) * per).min(load.changes);
         writer_tasks.spawn(run_writer(
-            ws,
+            rd,
+            wr,
             target.proto.clone(),
             shared.clone(),
             start..end,
@@ -364,6 +484,11 @@ pub async fn run(target: &Target, load: Load) -> Result<LoadResult> {
         resyncs += s.resyncs;
         last_rx = last_rx.max(s.last.unwrap_or(shared.t0));
     }
+    // The bench process's own CPU over the run: its clients' cost per
+    // delivery, reported so a client-bound run shows as one.
+    let client_cpu_us = cpu_before
+        .zip(super::procs::cpu_us(std::process::id()))
+        .map(|(a, b)| b.saturating_sub(a));
     let deliveries: u64 = tallies.iter().map(|t| t.received).sum();
     let acked = acks.len() as u64;
     let end = last_rx.max(last_ack);
@@ -381,6 +506,7 @@ pub async fn run(target: &Target, load: Load) -> Result<LoadResult> {
         ack: Latency::of(&mut acks),
         check: Check::of(&tallies, load.changes, resyncs),
         elapsed_s: (end - shared.t0).as_secs_f64(),
+        client_cpu_us_per_delivery: client_cpu_us.map(|c| c as f64 / deliveries.max(1) as f64),
     })
 }
 
@@ -459,5 +585,7 @@ mod tests {
         let change = serde_json::to_string(&v["changes"][0]).unwrap();
         assert!((240..=270).contains(&change.len()), "{}", change.len());
         assert_eq!(change_number(r#"{"type":"synced"}"#), None);
+        let two = br#"[{"fields":{"bn":7}},{"fields":{"bn":18446744073709551615}},{"bn":x}]"#;
+        assert_eq!(change_numbers(two).collect::<Vec<_>>(), vec![7, u64::MAX]);
     }
 }

@@ -5,6 +5,8 @@
 //!   exactly-once check, used alike for the relay and the floor.
 //! - [`scenarios`]: fan-out (one writer, many writers), idle connections,
 //!   replication between two meshed relays.
+//! - [`wire`]: the load's lean WebSocket client (bulk reads, frames
+//!   walked in place), so the clients are not the bottleneck.
 //! - [`floor`]: the minimal broadcast server (the hidden `bench-floor`).
 //! - [`relay`], [`procs`]: child processes, temp dirs, /proc, status.
 //! - [`disk`]: fsync latency and the machine description.
@@ -18,6 +20,7 @@ pub mod relay;
 pub mod report;
 pub mod scenarios;
 pub mod stats;
+pub mod wire;
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};

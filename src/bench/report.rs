@@ -204,6 +204,12 @@ pub fn table(doc: &Value) -> String {
                 u["idle_written_bytes"],
             );
         }
+        let _ = writeln!(
+            out,
+            "  bench clients' CPU per delivery: relay run {} µs, floor run {} µs (same cores as the servers)",
+            f3(&v["relay"]["client_cpu_us_per_delivery"]),
+            f3(&v["floor"]["client_cpu_us_per_delivery"]),
+        );
         let rss = &v["relay_rss_kib"];
         let _ = writeln!(
             out,

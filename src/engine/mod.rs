@@ -340,6 +340,17 @@ impl Engine {
         metrics: Arc<Metrics>,
         backend: Option<crate::store::Backend>,
     ) -> Result<Arc<Engine>, EngineError> {
+        Engine::open_with(s, metrics, backend, None)
+    }
+
+    /// As `open_on`, with the write-ahead log in `wal` instead of
+    /// `outpost.wal` (a simulated disk that loses unsynced bytes).
+    pub fn open_with(
+        s: EngineSettings,
+        metrics: Arc<Metrics>,
+        backend: Option<crate::store::Backend>,
+        wal: Option<crate::store::Backend>,
+    ) -> Result<Arc<Engine>, EngineError> {
         // The hub needs the last seq, which only the store knows; it starts at
         // 0 and the store's first commit report sets it. Until then, catch-up
         // reads up to the store's own last seq (see `subscribe`).
@@ -352,6 +363,7 @@ impl Engine {
                 min_free_bytes: s.min_free_bytes,
                 cache_bytes: s.cache_bytes,
                 max_skew_ms: s.max_skew_ms,
+                wal_backend: wal,
             },
             metrics.clone(),
             hub.clone(),

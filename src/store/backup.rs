@@ -260,6 +260,12 @@ pub fn restore(
     if target.exists() {
         std::fs::rename(&target, dir.join("outpost.redb.before-restore"))?;
     }
+    // The old file's write-ahead log goes with it: replayed onto the
+    // restored file it would apply groups that file never had.
+    let wal = dir.join(super::WAL_FILE);
+    if wal.exists() {
+        std::fs::rename(&wal, dir.join("outpost.wal.before-restore"))?;
+    }
     std::fs::rename(&tmp, &target)?;
     std::fs::File::open(dir)?.sync_all()?;
     Ok((summary, report))

@@ -59,6 +59,9 @@ pub const META_HORIZON: &str = "log_horizon";
 /// version vector without log entries (a `VersionVector`, MessagePack):
 /// a peer lacking changes at or below it needs a snapshot, never covers.
 pub const META_MERGED_VV: &str = "merged_vv";
+/// The lsn of the last group committed (u64 LE): the write-ahead log's
+/// records past the durable value are replayed at open (`wal.rs`).
+pub const META_WAL_LSN: &str = "wal_lsn";
 
 pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
     rmp_serde::to_vec(v).map_err(|e| StoreError::Encode(e.to_string()))

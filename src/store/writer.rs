@@ -8,6 +8,7 @@
 
 use super::slot::{fault_of, Fault, Slot};
 use super::tables::*;
+use super::wal::{Effect, Record, Wal};
 use super::{Committed, Durability, LogEntry, StoreError, StoreOptions, StoredEntity};
 use crate::metrics::Metrics;
 use crate::model::{Change, Conflict, Hlc, NodeId, Op, Stamp};
@@ -23,6 +24,15 @@ use tokio::sync::{mpsc, oneshot};
 const MAX_GROUP: usize = 512;
 /// With relaxed durability, force an fsync at least this often.
 pub const RELAXED_FLUSH: Duration = Duration::from_secs(1);
+/// With the write-ahead log, checkpoint redb at least this often under
+/// load: each checkpoint rewrites every B-tree page dirtied since the last
+/// one, so a hot entity's page is written once per interval, not once per
+/// group (disk wear). Recovery replays at most this much log (and at most
+/// `wal::CHECKPOINT_BYTES`).
+pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
+/// With the write-ahead log, checkpoint once no group has committed for
+/// this long: an idle relay's data file is current and it writes nothing.
+pub const IDLE_CHECKPOINT: Duration = Duration::from_millis(500);
 /// After an I/O error, how often the writer tries to reopen the file.
 const REOPEN_EVERY: Duration = Duration::from_secs(1);
 /// After ENOSPC, free space needed before a reopen is tried (redb's repair
@@ -376,6 +386,8 @@ pub struct Writer {
     last_seq: Arc<AtomicU64>,
     horizon: Arc<AtomicU64>,
     last_fsync: Instant,
+    /// When the last group committed (the idle checkpoint waits for quiet).
+    last_commit: Instant,
     dirty: bool,
     /// This group raised the version vector over vouched-for changes, or
     /// merged a snapshot: the commit report wakes the sessions.
@@ -386,6 +398,15 @@ pub struct Writer {
     /// The links of the snapshots this attempt merged: `merges` moves
     /// again for each once it is over (each merge counts exactly 2).
     merging: Vec<Option<u64>>,
+    /// The write-ahead log (see `wal.rs`): appended to with immediate
+    /// durability, replayed at open and after a reopen in any mode.
+    wal: Option<Wal>,
+    /// The lsn of the last committed group (redb's `META_WAL_LSN`).
+    lsn: u64,
+    /// Whether this attempt's group goes to the log: its effects are
+    /// collected in `effects` as they are made.
+    logging: bool,
+    effects: Vec<Effect>,
 }
 
 struct Tables<'t> {
@@ -452,11 +473,161 @@ impl Writer {
             last_seq,
             horizon,
             last_fsync: Instant::now(),
+            last_commit: Instant::now(),
             dirty: false,
             vouched: false,
             merges: Arc::new(MergeCounts::default()),
             merging: Vec::new(),
+            wal: None,
+            lsn: 0,
+            logging: false,
+            effects: Vec::new(),
         }
+    }
+
+    /// Take the write-ahead log: apply its records past the data file's
+    /// last durable group (an unclean stop), checkpoint, and log from
+    /// here on. Before the writer thread starts.
+    pub fn start_wal(&mut self, wal: Wal, records: Vec<Record>) -> Result<(), StoreError> {
+        self.wal = Some(wal);
+        self.replay(records)
+    }
+
+    /// Apply `records` past redb's lsn, in one durable transaction, and
+    /// start the log over.
+    fn replay(&mut self, records: Vec<Record>) -> Result<(), StoreError> {
+        // Replaying is not logging (a failed attempt may have left it on).
+        self.logging = false;
+        let db = self.slot.get()?;
+        let mut tx = db.begin_write()?;
+        let _ = tx.set_durability(redb::Durability::Immediate);
+        let mut seq = self.last_seq.load(Ordering::Acquire);
+        let (mut groups, mut changes) = (0u64, 0u64);
+        {
+            let mut t = Tables::open(&tx)?;
+            let durable = t
+                .meta
+                .get(META_WAL_LSN)?
+                .map(|v| super::u64_from(v.value()))
+                .unwrap_or(0);
+            self.lsn = durable;
+            let mut scratch = Vec::new();
+            for rec in records.into_iter().filter(|r| r.lsn > durable) {
+                if rec.node != self.node {
+                    return Err(StoreError::Decode(format!(
+                        "the write-ahead log is node {}'s, the data file node {}'s: move outpost.wal away",
+                        rec.node, self.node
+                    )));
+                }
+                if rec.lsn != self.lsn + 1 {
+                    return Err(StoreError::Decode(format!(
+                        "the write-ahead log resumes at group {} but the data file holds up to group {}: records are missing",
+                        rec.lsn, self.lsn
+                    )));
+                }
+                for e in rec.effects {
+                    match e {
+                        Effect::Apply {
+                            seq: want,
+                            at_ms,
+                            change,
+                        } => {
+                            let out = self.apply(
+                                &mut t,
+                                change,
+                                true,
+                                None,
+                                at_ms,
+                                &mut seq,
+                                &mut scratch,
+                            )?;
+                            if out.kind != OutcomeKind::Applied || out.seq != want {
+                                return Err(StoreError::Decode(format!(
+                                    "write-ahead log group {}: seq {want} applies as {:?} at seq {}",
+                                    rec.lsn, out.kind, out.seq
+                                )));
+                            }
+                            changes += 1;
+                        }
+                        e => self.redo(&mut t, &e)?,
+                    }
+                }
+                scratch.clear();
+                if seq != rec.last_seq {
+                    return Err(StoreError::Decode(format!(
+                        "write-ahead log group {} ends at seq {seq}, recorded {}",
+                        rec.lsn, rec.last_seq
+                    )));
+                }
+                // The clock in memory may be ahead (a reopen after an I/O
+                // error keeps it): it never goes back.
+                let logged: Hlc = decode(&rec.hlc)?;
+                if (logged.last_ms, logged.last_counter) > (self.hlc.last_ms, self.hlc.last_counter)
+                {
+                    self.hlc = logged;
+                }
+                t.meta.insert(META_LAST_SEQ, seq.to_le_bytes().as_slice())?;
+                t.meta.insert(META_HLC, encode(&self.hlc)?.as_slice())?;
+                t.meta
+                    .insert(META_WAL_LSN, rec.lsn.to_le_bytes().as_slice())?;
+                self.lsn = rec.lsn;
+                groups += 1;
+            }
+        }
+        tx.commit()?;
+        self.last_seq.store(seq, Ordering::Release);
+        self.dirty = false;
+        self.last_fsync = Instant::now();
+        if let Some(w) = self.wal.as_mut() {
+            w.reset();
+        }
+        if groups > 0 {
+            tracing::warn!(
+                groups,
+                changes,
+                last_seq = seq,
+                "applied the write-ahead log's acknowledged groups that the data file lacked (an unclean stop)"
+            );
+        }
+        Ok(())
+    }
+
+    /// Make a logged effect other than an applied change again.
+    fn redo(&mut self, t: &mut Tables<'_>, e: &Effect) -> Result<(), StoreError> {
+        match e {
+            Effect::Apply { .. } => {}
+            Effect::WriteId { space, wid, seq } => {
+                t.write_ids.insert((space.as_str(), wid.as_str()), *seq)?;
+                t.write_id_seqs
+                    .insert(*seq, (space.as_str(), wid.as_str()))?;
+            }
+            Effect::RaiseVv { origin, to } => {
+                let held = t.vv.get(origin.0)?.map(|v| v.value()).unwrap_or(0);
+                if *to > held {
+                    t.vv.insert(origin.0, *to)?;
+                }
+            }
+            Effect::Cursor { name, seq } => {
+                t.cursors.insert(name.as_str(), *seq)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether groups are made durable by the write-ahead log.
+    fn logs(&self) -> bool {
+        self.wal.is_some() && self.opts.durability == Durability::Immediate
+    }
+
+    /// Whether redb should be made durable now rather than the next group
+    /// logged: a second since the last checkpoint, or the log is full enough.
+    fn checkpoint_due(&self) -> bool {
+        self.dirty
+            && (self.last_fsync.elapsed() >= CHECKPOINT_EVERY
+                || self
+                    .wal
+                    .as_ref()
+                    .is_some_and(|w| w.used() >= super::wal::CHECKPOINT_BYTES))
     }
 
     /// Share the merge counter with the store's readers.
@@ -519,7 +690,13 @@ impl Writer {
                     let _ = reply.send(Ok(()));
                 }
             }
-            if flush && self.dirty && self.last_fsync.elapsed() >= RELAXED_FLUSH {
+            let due = if self.logs() {
+                self.last_commit.elapsed() >= IDLE_CHECKPOINT
+                    || self.last_fsync.elapsed() >= CHECKPOINT_EVERY
+            } else {
+                self.last_fsync.elapsed() >= RELAXED_FLUSH
+            };
+            if flush && self.dirty && due {
                 if let Err(e) = self.flush() {
                     tracing::error!(error = %e, "relaxed flush failed");
                     self.metrics.commit_failures.fetch_add(1, Ordering::Relaxed);
@@ -543,6 +720,9 @@ impl Writer {
         tx.commit()?;
         self.dirty = false;
         self.last_fsync = Instant::now();
+        if let Some(w) = self.wal.as_mut() {
+            w.reset();
+        }
         Ok(())
     }
 
@@ -567,9 +747,20 @@ impl Writer {
             return false;
         }
         let reopened = self.slot.reopen().and_then(|db| super::init_tables(&db));
+        // redb is back at its last durable commit: the groups logged since
+        // are applied again from the write-ahead log.
+        let had = self.last_seq.load(Ordering::Acquire);
+        let reopened = reopened.and_then(|(node, last, horizon, _)| {
+            self.last_seq.store(last, Ordering::Release);
+            let records = match self.wal.as_mut() {
+                Some(w) => w.records()?,
+                None => Vec::new(),
+            };
+            self.replay(records)?;
+            Ok((node, self.last_seq.load(Ordering::Acquire), horizon))
+        });
         match reopened {
-            Ok((_, last, horizon, _)) => {
-                let had = self.last_seq.swap(last, Ordering::AcqRel);
+            Ok((_, last, horizon)) => {
                 if last != had {
                     tracing::error!(
                         held = had,
@@ -702,13 +893,21 @@ impl Writer {
         let mut merged = std::collections::BTreeSet::new();
         let db = self.slot.get().map_err(Failure::Group)?;
         let mut tx = db.begin_write().map_err(|e| Failure::Group(e.into()))?;
-        let immediate = self.opts.durability == Durability::Immediate
-            || self.last_fsync.elapsed() >= RELAXED_FLUSH;
-        let _ = tx.set_durability(if immediate {
-            redb::Durability::Immediate
-        } else {
-            redb::Durability::None
-        });
+        // With the write-ahead log, a group of writes and cursors is made
+        // durable by its log record; anything else (trims, snapshot merges,
+        // imports), and a group that finds a checkpoint due, by a durable
+        // redb commit that also checkpoints the log.
+        let logged = self.logs()
+            && !self.checkpoint_due()
+            && jobs.iter().all(|j| {
+                matches!(
+                    j,
+                    Job::Local { .. } | Job::Remote { .. } | Job::SetCursor { .. }
+                )
+            });
+        self.logging = logged;
+        self.effects.clear();
+        let lsn = self.lsn + 1;
         {
             let mut t = Tables::open(&tx).map_err(Failure::Group)?;
             let at_ms = now_ms();
@@ -731,14 +930,60 @@ impl Writer {
             let meta = (|| -> Result<(), StoreError> {
                 t.meta.insert(META_LAST_SEQ, seq.to_le_bytes().as_slice())?;
                 t.meta.insert(META_HLC, encode(&self.hlc)?.as_slice())?;
+                t.meta.insert(META_WAL_LSN, lsn.to_le_bytes().as_slice())?;
                 Ok(())
             })();
             meta.map_err(Failure::Group)?;
         }
-        tx.commit().map_err(|e| Failure::Group(e.into()))?;
+        // The log record first, synced: redb's commit makes the group
+        // visible to readers, and what they see must already be durable.
+        let mut appended = None;
+        let immediate = if logged {
+            let rec = Record {
+                lsn,
+                node: self.node,
+                last_seq: seq,
+                hlc: encode(&self.hlc).map_err(Failure::Group)?,
+                effects: std::mem::take(&mut self.effects),
+            };
+            let Some(wal) = self.wal.as_mut() else {
+                return Err(Failure::Group(StoreError::Closed));
+            };
+            let at = wal.used();
+            if wal.append(&rec).map_err(Failure::Group)? {
+                appended = Some(at);
+                false
+            } else {
+                // Too big for what is left of the log: checkpoint.
+                true
+            }
+        } else {
+            self.opts.durability == Durability::Immediate
+                || self.last_fsync.elapsed() >= RELAXED_FLUSH
+        };
+        let _ = tx.set_durability(if immediate {
+            redb::Durability::Immediate
+        } else {
+            redb::Durability::None
+        });
+        if let Err(e) = tx.commit() {
+            if let (Some(at), Some(wal)) = (appended, self.wal.as_mut()) {
+                // Not applied: take the record back, so a replay does not
+                // apply what the caller is told failed.
+                if let Err(e) = wal.unappend(at) {
+                    tracing::error!(error = %e, "taking back the log record of a failed commit");
+                }
+            }
+            return Err(Failure::Group(e.into()));
+        }
+        self.lsn = lsn;
+        self.last_commit = Instant::now();
         if immediate {
             self.last_fsync = Instant::now();
             self.dirty = false;
+            if let Some(w) = self.wal.as_mut() {
+                w.reset();
+            }
         } else {
             self.dirty = true;
         }
@@ -811,6 +1056,13 @@ impl Writer {
                     if let Some(wid) = wid {
                         t.write_ids.insert((space.as_str(), wid), out.seq)?;
                         t.write_id_seqs.insert(out.seq, (space.as_str(), wid))?;
+                        if self.logging {
+                            self.effects.push(Effect::WriteId {
+                                space: space.clone(),
+                                wid: wid.to_string(),
+                                seq: out.seq,
+                            });
+                        }
                     }
                     outs.push(out);
                 }
@@ -824,6 +1076,12 @@ impl Writer {
             } => Answer::Outcomes(self.remote(t, changes, covers, *source, at_ms, seq, committed)?),
             Job::SetCursor { name, seq: s, .. } => {
                 t.cursors.insert(name.as_str(), *s)?;
+                if self.logging {
+                    self.effects.push(Effect::Cursor {
+                        name: name.clone(),
+                        seq: *s,
+                    });
+                }
                 Answer::Unit
             }
             Job::Trim {
@@ -895,6 +1153,9 @@ impl Writer {
             let held = t.vv.get(origin.0)?.map(|v| v.value()).unwrap_or(0);
             if to > held {
                 t.vv.insert(origin.0, to)?;
+                if self.logging {
+                    self.effects.push(Effect::RaiseVv { origin, to });
+                }
                 // No log entry records this: wake the sessions (through the
                 // commit report) so they vouch for it to their peers in turn.
                 self.vouched = true;
@@ -1045,6 +1306,13 @@ impl Writer {
             type_version: ent.type_version,
         };
         t.log.insert(*seq, encode(&entry)?.as_slice())?;
+        if self.logging {
+            self.effects.push(Effect::Apply {
+                seq: *seq,
+                at_ms,
+                change: entry.change.clone(),
+            });
+        }
         committed.push(Arc::new(Committed {
             seq: *seq,
             entry,
@@ -1231,6 +1499,7 @@ mod tests {
             min_free_bytes: 0,
             cache_bytes: 1 << 20,
             max_skew_ms: 60_000,
+            wal_backend: None,
         };
         let w = Writer::new(
             slot,
