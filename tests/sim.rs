@@ -1,6 +1,7 @@
 //! A seeded simulation of many relays in one process: the real engine, the
-//! real store (redb on a simulated disk that loses what was not synced when
-//! its relay crashes, `sim/disk.rs`) and the real replication sessions
+//! real store (redb and its write-ahead log, each on a simulated disk that
+//! loses what was not synced when its relay crashes, `sim/disk.rs`) and
+//! the real replication sessions
 //! (`replicate::session`), linked by in-memory wires (`sim/wire.rs`). One
 //! seed drives everything the simulation decides: the number of relays (3
 //! to 7), the topology, the space filters, the batch size limit of each
@@ -119,6 +120,9 @@ impl FrameSource for Rx {
 struct Relay {
     dir: tempfile::TempDir,
     disk: Arc<Disk>,
+    /// Where its write-ahead log lives (`store/wal.rs`): a disk of its own
+    /// that crashes with the data disk.
+    wal: Arc<Disk>,
     engine: Option<Arc<Engine>>,
     /// Bumped by each restart or crash (clients reconnect).
     generation: u64,
@@ -190,14 +194,21 @@ fn settings(dir: &std::path::Path) -> EngineSettings {
     }
 }
 
-/// Open a relay on its disk, as the process that runs it now.
-fn open(dir: &std::path::Path, disk: &Arc<Disk>) -> Arc<Engine> {
-    let opener = disk.opener();
-    let backend = outpost::store::Backend(Arc::new(move || {
-        Ok(Box::new(opener()) as Box<dyn redb::StorageBackend>)
-    }));
-    Engine::open_on(settings(dir), Arc::new(Metrics::default()), Some(backend))
-        .expect("engine opens")
+/// Open a relay on its disks, as the process that runs it now.
+fn open(dir: &std::path::Path, disk: &Arc<Disk>, wal: &Arc<Disk>) -> Arc<Engine> {
+    let backend = |d: &Arc<Disk>| {
+        let opener = d.opener();
+        outpost::store::Backend(Arc::new(move || {
+            Ok(Box::new(opener()) as Box<dyn redb::StorageBackend>)
+        }))
+    };
+    Engine::open_with(
+        settings(dir),
+        Arc::new(Metrics::default()),
+        Some(backend(disk)),
+        Some(backend(wal)),
+    )
+    .expect("engine opens")
 }
 
 /// Write a record that does not decode where the relay keeps entity
@@ -245,17 +256,19 @@ impl Sim {
         for _ in 0..n {
             let dir = tempfile::tempdir().unwrap();
             let disk = Arc::new(Disk::default());
+            let wal = Arc::new(Disk::default());
             // Made once, then the corrupt record written while it is down.
-            let engine = open(dir.path(), &disk);
+            let engine = open(dir.path(), &disk, &wal);
             let node = engine.node_id();
             engine.shutdown();
             drop(engine);
             plant_rot(&disk);
             relays.push(Relay {
                 node,
-                engine: Some(open(dir.path(), &disk)),
+                engine: Some(open(dir.path(), &disk, &wal)),
                 dir,
                 disk,
+                wal,
                 generation: 0,
                 spaces: None,
             });
@@ -823,26 +836,37 @@ impl Sim {
             let torn = self.rng.chance(50);
             let seed = self.rng.draw();
             let disk = self.relays[i].disk.clone();
-            // Mostly during a commit (the next sync), else wherever it is.
+            let wal = self.relays[i].wal.clone();
+            // One process, two disks (the data file and the write-ahead
+            // log): both lose what was not synced. Mostly during a commit
+            // (the next sync of either: the log's with each group, the
+            // data file's at a checkpoint), else wherever it is.
             let what = if inflight.is_empty() {
-                disk.crash(seed, torn)
+                let mut c = disk.crash(seed, torn);
+                let w = wal.crash(seed ^ 1, torn);
+                c.sectors_lost += w.sectors_lost;
+                c.sectors_kept += w.sectors_kept;
+                c
             } else {
                 disk.crash_at_next_sync(seed, torn);
+                wal.crash_at_next_sync(seed ^ 1, torn);
                 let mut struck = None;
                 for _ in 0..20 {
-                    struck = disk.crashed();
+                    struck = disk.crashed().or_else(|| wal.crashed());
                     if struck.is_some() {
                         break;
                     }
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
-                match struck {
-                    Some(c) => c,
-                    None => disk
-                        .crash_if_armed()
-                        .or_else(|| disk.crashed())
-                        .unwrap_or_default(),
+                // The other disk goes down with it at once.
+                let mut c = struck.unwrap_or_default();
+                for d in [&disk, &wal] {
+                    if let Some(o) = d.crash_if_armed().or_else(|| d.crashed()) {
+                        c.sectors_lost += o.sectors_lost;
+                        c.sectors_kept += o.sectors_kept;
+                    }
                 }
+                c
             };
             self.note(format!(
                 "relay {i} crashes ({} unsynced sectors lost, {} kept)",
@@ -875,7 +899,7 @@ impl Sim {
         }
         let r = &mut self.relays[i];
         r.generation += 1;
-        r.engine = Some(open(r.dir.path(), &r.disk));
+        r.engine = Some(open(r.dir.path(), &r.disk, &r.wal));
     }
 
     fn engines(&self) -> Vec<Arc<Engine>> {
