@@ -4,7 +4,8 @@
 //! connection is pinged, then closed; oversized frames close with 1009;
 //! a lagging subscriber is resynced the documented way (native: `resync`;
 //! every other endpoint: the gap replayed, each change once); shutdown
-//! gives every connection its close frame in bounded time. (That a replay
+//! gives every connection its close frame (and ends the SSE stream) in
+//! bounded time. (That a replay
 //! never echoes a client's own writes is `conn::feed`'s unit test.)
 //! (Invalid UTF-8 -> 1007 on every endpoint is in tests/hardening.rs.)
 
@@ -345,15 +346,33 @@ async fn shutdown_gives_every_connection_its_close_frame_in_bounded_time() {
         follow(&mut c, e).await;
         clients.push(c);
     }
+    // Seed 004's SSE stream runs on the same driver: it must end too.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sse = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
+    let req = format!(
+        "GET /api/sync/events?space={SPACE} HTTP/1.1\r\nHost: r\r\nAccept: text/event-stream\r\n\r\n"
+    );
+    sse.write_all(req.as_bytes()).await.unwrap();
+    let mut head = [0u8; 12];
+    sse.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    let sse_ends = async move {
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), sse.read_to_end(&mut rest))
+            .await
+            .is_ok()
+    };
     let waits = clients
         .into_iter()
         .map(|mut c| async move { close_code(&mut c.ws, Duration::from_secs(10)).await.0 });
     let started = Instant::now();
-    let (codes, stopped) = tokio::join!(
+    let (codes, ended, stopped) = tokio::join!(
         futures_util::future::join_all(waits),
+        sse_ends,
         tokio::time::timeout(Duration::from_secs(10), relay.shutdown())
     );
     stopped.expect("shutdown in bounded time").unwrap();
+    assert!(ended, "the SSE stream did not end");
     for (code, e) in codes.iter().zip(&eps) {
         assert_eq!(*code, Some(1001), "{}", e.path);
     }

@@ -1,6 +1,7 @@
 //! A seeded simulation of many relays in one process: the real engine, the
-//! real store (redb on a simulated disk that loses what was not synced when
-//! its relay crashes, `sim/disk.rs`) and the real replication sessions
+//! real store (redb and its write-ahead log on a simulated disk that loses
+//! what was not synced when its relay crashes, `sim/disk.rs`) and the real
+//! replication sessions
 //! (`replicate::session`), linked by in-memory wires (`sim/wire.rs`). One
 //! seed drives everything the simulation decides: the number of relays (3
 //! to 7), the topology, the space filters, the batch size limit of each

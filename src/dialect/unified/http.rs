@@ -11,7 +11,7 @@ use super::{engine_error, proto_sync_page};
 use crate::auth::Grant;
 use crate::dialect::Ctx;
 use crate::dialect::{admit, gzip};
-use crate::engine::EngineError;
+use crate::engine::{EngineError, ErrorClass};
 use crate::rfc3339::Timestamp;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -189,6 +189,53 @@ fn json_body<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// The common start of both `GET`s: a reader, the cursor, a valid entity
+/// type.
+fn sync_request(
+    state: &Ctx,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+    entity: &str,
+) -> Result<(Caller, u64), HttpError> {
+    let c = caller(state, headers, query, false)?;
+    let since = since(query)?;
+    check_entity(entity)?;
+    Ok((c, since))
+}
+
+/// The version a `GET` reply carries: the type's latest, or, when the page
+/// is full (more may follow), the last returned change's, so the client's
+/// next sync goes on from there.
+fn page_version(latest: u64, full: bool, last: Option<u64>) -> u64 {
+    match (full, last) {
+        (true, Some(v)) => v,
+        _ => latest,
+    }
+}
+
+/// The common start of both `POST`s: a writer, a valid entity type, a
+/// body of at most [`MAX_PUSH`] changes.
+fn push_request<T: serde::de::DeserializeOwned>(
+    state: &Ctx,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+    entity: &str,
+    body: &Bytes,
+    changes: impl Fn(&T) -> usize,
+) -> Result<(Caller, T), HttpError> {
+    let c = caller(state, headers, query, true)?;
+    check_entity(entity)?;
+    let req: T = json_body(state, headers, body)?;
+    if changes(&req) > MAX_PUSH {
+        return Err(refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            proto::code::TOO_LARGE,
+            format!("at most {MAX_PUSH} changes per request"),
+        ));
+    }
+    Ok((c, req))
+}
+
 /// `GET /api/sync/{entity}?since=N` → `{entity, version, changes}`.
 pub async fn get_sync(
     State(state): State<Ctx>,
@@ -196,16 +243,11 @@ pub async fn get_sync(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Reply {
-    let c = caller(&state, &headers, &query, false)?;
-    let since = since(&query)?;
-    check_entity(&entity)?;
+    let (c, since) = sync_request(&state, &headers, &query, &entity)?;
     let (latest, changes) = proto_sync_page(&state.engine, &c.space, &entity, since, MAX_CHANGES)
         .map_err(|e| engine_refusal(&e))?;
-    let version = if changes.len() >= MAX_CHANGES {
-        changes.last().map_or(latest as i64, |ch| ch.version)
-    } else {
-        latest as i64
-    };
+    let last = changes.last().map(|ch| ch.version.max(0) as u64);
+    let version = page_version(latest, changes.len() >= MAX_CHANGES, last);
     Ok(Json(json!({"entity": entity, "version": version, "changes": changes})).into_response())
 }
 
@@ -237,16 +279,9 @@ pub async fn post_sync(
     headers: HeaderMap,
     body: Bytes,
 ) -> Reply {
-    let c = caller(&state, &headers, &query, true)?;
-    check_entity(&entity)?;
-    let req: PushBody = json_body(&state, &headers, &body)?;
-    if req.changes.len() > MAX_PUSH {
-        return Err(refuse(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            proto::code::TOO_LARGE,
-            format!("at most {MAX_PUSH} changes per request"),
-        ));
-    }
+    let (c, req) = push_request(&state, &headers, &query, &entity, &body, |r: &PushBody| {
+        r.changes.len()
+    })?;
     let (mut applied, mut conflicts) = (Vec::new(), Vec::new());
     for ch in req.changes {
         let _ = ch.client_version;
@@ -259,8 +294,11 @@ pub async fn post_sync(
         };
         match state.engine.push(&c.space, &c.actor, None, vec![w]).await {
             Ok(_) => applied.push(ch.id),
-            Err(e @ EngineError::Store(_)) => return Err(engine_refusal(&e)),
-            Err(e) => conflicts.push(format!("{}: {}", ch.id, engine_error(&e).message)),
+            // The change itself is refused: the others go on.
+            Err(e) if matches!(e.class(), ErrorClass::Invalid | ErrorClass::Schema) => {
+                conflicts.push(format!("{}: {}", ch.id, engine_error(&e).message))
+            }
+            Err(e) => return Err(engine_refusal(&e)),
         }
     }
     let _ = &c.grant;
@@ -282,18 +320,13 @@ pub async fn get_field_sync(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Reply {
-    let c = caller(&state, &headers, &query, false)?;
-    let since = since(&query)?;
-    check_entity(&entity)?;
+    let (c, since) = sync_request(&state, &headers, &query, &entity)?;
     let (latest, ents) = state
         .engine
         .type_changes(&c.space, &entity, since, MAX_CHANGES)
         .map_err(|e| engine_refusal(&e))?;
-    let version = if ents.len() >= MAX_CHANGES {
-        ents.last().map_or(latest, |(_, e)| e.type_version)
-    } else {
-        latest
-    };
+    let last = ents.last().map(|(_, e)| e.type_version);
+    let version = page_version(latest, ents.len() >= MAX_CHANGES, last);
     let changes: Vec<proto::FieldChange> = ents
         .iter()
         .flat_map(|(id, e)| proto::entity_fields(&entity, id, e))
@@ -325,16 +358,14 @@ pub async fn post_field_sync(
     headers: HeaderMap,
     body: Bytes,
 ) -> Reply {
-    let c = caller(&state, &headers, &query, true)?;
-    check_entity(&entity)?;
-    let req: FieldPushBody = json_body(&state, &headers, &body)?;
-    if req.changes.len() > MAX_PUSH {
-        return Err(refuse(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            proto::code::TOO_LARGE,
-            format!("at most {MAX_PUSH} changes per request"),
-        ));
-    }
+    let (c, req) = push_request(
+        &state,
+        &headers,
+        &query,
+        &entity,
+        &body,
+        |r: &FieldPushBody| r.changes.len(),
+    )?;
     let mut by_id: BTreeMap<String, Vec<FieldUpdate>> = BTreeMap::new();
     for ch in req.changes {
         by_id.entry(ch.entity_id).or_default().push(ch.update);
