@@ -3,7 +3,7 @@
 //! One actor per connection: a `select!` (biased, in this order) over
 //! 1. shutdown: stop reading, answer what is in flight, close with 1001;
 //! 2. the in-band authentication deadline of the dialect (1008);
-//! 3. answers of in-flight requests, in request order;
+//! 3. answers of in-flight requests and engine calls, in request order;
 //! 4. the lag signal of fan-out (the one lag policy, see `feed`);
 //! 5. the bounded fan-out queue: up to [`BATCH`] frames per flush;
 //! 6. the socket, while fewer than `server.max_inflight` requests are in
@@ -12,17 +12,26 @@
 //!
 //! A client that stops reading is cut off by the socket's write timeout
 //! (`net::io`), which every write here goes through.
+//!
+//! The driver makes the engine calls its dialect asks for ([`Call`],
+//! [`Publish`], [`Read`]) and feeds their results back; every store read
+//! (a `Get`, a paged read, a catch-up page, the entity states a change is
+//! rendered with) runs on tokio's blocking pool, never on a worker.
 
 use super::feed::{Feed, Pages};
 use super::socket::{Gone, Socket};
 use super::ConnCtx;
-use crate::dialect::{Dialect, Failed, Follow, Handled, Lag, Pending, Read, Refusal, Since};
-use crate::engine::{CatchUp, Delivery, EngineError};
+use crate::dialect::{Call, Dialect, Failed, Follow, Handled, Lag, Read, Refusal, Reply, Since};
+use crate::engine::{off_worker, CatchUp, Committed, Delivery, EngineError, Event, WriteOrder};
+use crate::store::StoredEntity;
 use axum::extract::ws::{Message, Utf8Bytes};
 use futures_util::stream::FuturesOrdered;
 use futures_util::StreamExt;
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 
 /// Queued deliveries written per flush: bounds the time the actor spends
 /// away from its other duties and its write buffer; frames written
@@ -38,8 +47,29 @@ struct Driver<D> {
     dialect: D,
     /// Feed key -> feed.
     feeds: HashMap<u64, Feed>,
-    pending: FuturesOrdered<Pending>,
+    /// In-flight requests and engine calls, answered in request order.
+    pending: FuturesOrdered<Answering>,
+    /// The connection's pushes reach the writer in the order their frames
+    /// were read (see `engine::WriteOrder`).
+    order: WriteOrder,
     out: Vec<Utf8Bytes>,
+}
+
+/// What an in-flight request or call comes back with.
+enum Answer {
+    /// Frames to send (a dialect's own future).
+    Frames(Vec<String>),
+    /// The result of a [`Call`], for the dialect.
+    Reply(u64, Reply),
+}
+
+type Answering = Pin<Box<dyn Future<Output = Answer> + Send>>;
+
+/// A delivery or a replayed change, accepted for rendering.
+enum Item {
+    Change(u64, Arc<Committed>),
+    Event(u64, Arc<Event>),
+    Snapshot(u64, String, String, StoredEntity),
 }
 
 /// Why the loop ended.
@@ -78,6 +108,7 @@ pub async fn run<D: Dialect>(socket: Socket, cc: ConnCtx, dialect: D) {
         dialect,
         feeds: HashMap::new(),
         pending: FuturesOrdered::new(),
+        order: WriteOrder::default(),
         out: Vec::new(),
     };
     let end = d.serve().await;
@@ -108,8 +139,8 @@ impl<D: Dialect> Driver<D> {
                 _ = sleep_until_opt(deadline), if deadline.is_some() => {
                     Err(End::Close(1008, "authentication required"))
                 }
-                Some(frames) = self.pending.next(), if !self.pending.is_empty() => {
-                    self.socket.send_all(frames.into_iter().map(Utf8Bytes::from), &self.dialect).await.map_err(End::from)
+                Some(answer) = self.pending.next(), if !self.pending.is_empty() => {
+                    self.answer(answer).await
                 }
                 _ = self.cc.signal.notify.notified() => self.lagged().await,
                 Some(first) = self.cc.rx.recv() => self.deliver(first).await,
@@ -127,17 +158,60 @@ impl<D: Dialect> Driver<D> {
     /// Shutdown: answer in-flight requests (bounded), then 1001.
     async fn drain(&mut self) -> End {
         let answered = tokio::time::timeout(DRAIN, async {
-            while let Some(frames) = self.pending.next().await {
-                let frames = frames.into_iter().map(Utf8Bytes::from);
-                self.socket.send_all(frames, &self.dialect).await?;
+            while let Some(answer) = self.pending.next().await {
+                self.answer(answer).await?;
             }
-            Ok::<(), Gone>(())
+            Ok::<(), End>(())
         })
         .await;
         match answered {
-            Ok(Err(Gone)) => End::Gone,
+            Ok(Err(end)) => end,
             _ => End::Close(1001, "relay shutting down"),
         }
+    }
+
+    /// An in-flight request or call is answered: send its frames, or hand
+    /// the call's result to the dialect and carry out what it says.
+    async fn answer(&mut self, a: Answer) -> Result<(), End> {
+        match a {
+            Answer::Frames(frames) => {
+                let frames = frames.into_iter().map(Utf8Bytes::from);
+                Ok(self.socket.send_all(frames, &self.dialect).await?)
+            }
+            Answer::Reply(token, reply) => {
+                let handled = self.dialect.reply(token, reply);
+                Box::pin(self.apply(handled)).await
+            }
+        }
+    }
+
+    /// Start an engine call; its answer joins the in-flight queue.
+    fn call(&mut self, token: u64, call: Call) {
+        let engine = self.cc.state.engine.clone();
+        let answering: Answering = match call {
+            Call::Write {
+                space,
+                actor,
+                writes,
+                write_ids,
+            } => {
+                let source = Some(self.cc.id);
+                let pushed = self
+                    .order
+                    .push(engine, space, actor, source, writes, write_ids);
+                Box::pin(async move { Answer::Reply(token, Reply::Written(pushed.await)) })
+            }
+            Call::Get { space, keys } => Box::pin(async move {
+                let got = off_worker(move || {
+                    keys.iter()
+                        .map(|(c, id)| engine.entity(&space, c, id))
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .await;
+                Answer::Reply(token, Reply::Got(got))
+            }),
+        };
+        self.pending.push_back(answering);
     }
 
     async fn on_message(&mut self, msg: Message) -> Result<(), End> {
@@ -158,12 +232,20 @@ impl<D: Dialect> Driver<D> {
     async fn apply(&mut self, h: Handled) -> Result<(), End> {
         let now = h.now.into_iter().map(Utf8Bytes::from);
         self.socket.send_all(now, &self.dialect).await?;
+        if let Some(p) = h.publish {
+            let engine = &self.cc.state.engine;
+            engine.publish(&p.space, &p.topic, p.payload, &p.actor, Some(self.cc.id));
+        }
         let mut follow = h.follow;
         if let Some(read) = h.read {
             follow.extend(self.read(read).await?);
         }
+        if let Some((token, call)) = h.call {
+            self.call(token, call);
+        }
         if let Some(later) = h.later {
-            self.pending.push_back(later);
+            self.pending
+                .push_back(Box::pin(async move { Answer::Frames(later.await) }));
         }
         for key in h.unfollow {
             if let Some(f) = self.feeds.remove(&key) {
@@ -182,8 +264,9 @@ impl<D: Dialect> Driver<D> {
     /// page's frames before the next is read; the follows it asks for.
     async fn read(&mut self, mut read: Box<dyn Read>) -> Result<Vec<Follow>, End> {
         loop {
+            let engine = self.cc.state.engine.clone();
             let (back, page) = tokio::task::spawn_blocking(move || {
-                let page = read.page();
+                let page = read.page(&engine);
                 (read, page)
             })
             .await
@@ -268,25 +351,22 @@ impl<D: Dialect> Driver<D> {
         let read = async {
             let mut pages = Pages::start(&engine, &mut feed, self.cc.link.clone())?;
             while let Some(page) = pages.next().await? {
-                self.out.clear();
+                let mut items = Vec::with_capacity(page.len());
                 for item in page {
                     match item {
                         CatchUp::Change(c) => {
                             if feed.accept_catch_up(&c, |seq| signal.is_own(seq)) {
-                                self.dialect.change(key, &c, &mut self.out);
+                                items.push(Item::Change(key, c));
                             }
                         }
                         CatchUp::Snapshot {
                             collection,
                             id,
                             entity,
-                        } => self
-                            .dialect
-                            .snapshot(key, &collection, &id, &entity, &mut self.out),
+                        } => items.push(Item::Snapshot(key, collection, id, entity)),
                     }
                 }
-                let frames = std::mem::take(&mut self.out);
-                if self.socket.send_all(frames, &self.dialect).await.is_err() {
+                if self.render(items).await.is_err() {
                     return Err(Stop::Gone);
                 }
             }
@@ -342,8 +422,8 @@ impl<D: Dialect> Driver<D> {
 
     /// `first` and whatever else is queued (up to [`BATCH`]), one flush.
     async fn deliver(&mut self, first: Delivery) -> Result<(), End> {
-        self.out.clear();
         let conn = self.cc.id;
+        let mut items = Vec::new();
         let mut next = Some(first);
         let mut taken = 0;
         while let Some(d) = next.take() {
@@ -354,7 +434,7 @@ impl<D: Dialect> Driver<D> {
                         self.feeds.iter_mut().find(|(_, f)| f.sub == Some(sub))
                     {
                         if feed.accept_live(sub, &item, conn) {
-                            self.dialect.change(*key, &item, &mut self.out);
+                            items.push(Item::Change(*key, item));
                         }
                     }
                 }
@@ -364,9 +444,7 @@ impl<D: Dialect> Driver<D> {
                         .iter()
                         .find_map(|(k, f)| (f.sub == Some(sub)).then_some(*k))
                     {
-                        if let Some(f) = self.dialect.event(key, &event) {
-                            self.out.push(f);
-                        }
+                        items.push(Item::Event(key, event));
                     }
                 }
             }
@@ -374,8 +452,67 @@ impl<D: Dialect> Driver<D> {
                 next = self.cc.rx.try_recv();
             }
         }
+        Ok(self.render(items).await?)
+    }
+
+    /// Render accepted items through the dialect and send them in one
+    /// flush. The entity states some changes are rendered with are read
+    /// first, together, on a blocking thread.
+    async fn render(&mut self, items: Vec<Item>) -> Result<(), Gone> {
+        let wanted: Vec<(String, String, String)> = items
+            .iter()
+            .filter_map(|i| match i {
+                Item::Change(key, c) if self.dialect.needs_state(*key, c) => {
+                    let ch = &c.entry.change;
+                    Some((ch.space.clone(), ch.collection.clone(), ch.id.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        let mut states = if wanted.is_empty() {
+            Vec::new()
+        } else {
+            let engine = self.cc.state.engine.clone();
+            off_worker(move || {
+                wanted
+                    .iter()
+                    .map(|(s, c, id)| {
+                        engine.entity(s, c, id).unwrap_or_else(|e| {
+                            // Rendered without it (as a missing entity);
+                            // the client converges with the next change.
+                            tracing::warn!(error = %e, %id, "reading an entity to render a change failed");
+                            None
+                        })
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await
+        }
+        .into_iter();
+        self.out.clear();
+        for item in items {
+            match item {
+                Item::Change(key, c) => {
+                    let state = if self.dialect.needs_state(key, &c) {
+                        states.next().flatten()
+                    } else {
+                        None
+                    };
+                    self.dialect.change(key, &c, state.as_ref(), &mut self.out);
+                }
+                Item::Event(key, e) => {
+                    if let Some(f) = self.dialect.event(key, &e) {
+                        self.out.push(f);
+                    }
+                }
+                Item::Snapshot(key, collection, id, entity) => {
+                    self.dialect
+                        .snapshot(key, &collection, &id, &entity, &mut self.out)
+                }
+            }
+        }
         let frames = std::mem::take(&mut self.out);
-        Ok(self.socket.send_all(frames, &self.dialect).await?)
+        self.socket.send_all(frames, &self.dialect).await
     }
 }
 

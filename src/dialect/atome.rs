@@ -1,8 +1,8 @@
 //! The atome mapping shared by `/ws/sync` (seed 000), `/ws/atome-sync` and
 //! `/api/atome` (seed 001): atome JSON <-> entity fields, and what kind of
-//! atome event a committed change is. Pure functions, except
-//! `describe_committed`, which reads the entity when a catch-up item carries
-//! no `after` state.
+//! atome event a committed change is. Pure functions: a catch-up item
+//! carries no `after` state, so `describe_committed` takes the entity's
+//! current state, which the connection driver reads off the async workers.
 //!
 //! An atome is a JSON object with a string `id`. It is stored as the entity
 //! `atome/<id>` of the space; every other property is one field holding its
@@ -12,9 +12,9 @@
 //! `null` as "field removed"), so it reads back absent.
 
 use crate::engine::Committed;
-use crate::engine::{Engine, ErrorClass};
+use crate::engine::ErrorClass;
 use crate::model::Op;
-use crate::store::{EntityView, LocalWrite};
+use crate::store::{EntityView, LocalWrite, StoredEntity};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
@@ -301,20 +301,19 @@ pub fn describe(c: &Committed, after: Option<&EntityView>) -> AtomeChange {
 }
 
 /// Describe a committed atome change; catch-up items carry no `after`, so
-/// the entity's current state stands in for it.
-pub fn describe_committed(engine: &Engine, c: &Committed) -> AtomeChange {
+/// the entity's current state (`state`, read by the driver: see
+/// [`needs_state`]) stands in for it.
+pub fn describe_committed(c: &Committed, state: Option<&StoredEntity>) -> AtomeChange {
     if let Some(after) = &c.after {
         return describe(c, Some(after));
     }
-    let ch = &c.entry.change;
-    let now = match engine.entity(&ch.space, &ch.collection, &ch.id) {
-        Ok(e) => e.map(|e| e.view()),
-        Err(e) => {
-            tracing::warn!(error = %e, id = %ch.id, "reading an atome for catch-up failed");
-            None
-        }
-    };
-    describe(c, now.as_ref())
+    describe(c, state.map(|e| e.view()).as_ref())
+}
+
+/// Whether describing `c` needs the entity's current state: a replayed
+/// change of an atome (it carries no `after`).
+pub fn needs_state(c: &Committed) -> bool {
+    c.after.is_none() && c.entry.change.collection == COLLECTION
 }
 
 /// ISO 8601 UTC with milliseconds ("2024-01-01T00:00:00.000Z"), the

@@ -34,7 +34,7 @@ async fn alter(c: &Caller, id: &str, alteration: Map<String, Value>) -> Result<V
         alteration: Value::Object(alteration),
     })
     .await?;
-    Ok(c.current(id)?.unwrap_or(Value::Null))
+    Ok(c.current(id).await?.unwrap_or(Value::Null))
 }
 
 fn object(v: Value, what: &str) -> Result<Map<String, Value>, RestError> {
@@ -114,7 +114,7 @@ pub async fn alter_route(
 ) -> RestResult {
     let c = caller(state, &headers, &query, Need::Write)?;
     let list = alterations(object(c.body(&body)?, "body")?)?;
-    let before = c.current(&id)?;
+    let before = c.current(&id).await?;
     let alteration: Map<String, Value> = list
         .iter()
         .map(|(k, v, _)| (k.clone(), v.clone()))
@@ -155,7 +155,8 @@ pub async fn rename(
         .ok_or_else(|| RestError::invalid("new_name or newName: a non-empty string"))?
         .to_string();
     let old = c
-        .current(&id)?
+        .current(&id)
+        .await?
         .and_then(|a| a.get("name").cloned())
         .unwrap_or(Value::Null);
     let atome = alter(

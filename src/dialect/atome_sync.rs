@@ -14,7 +14,9 @@ use super::{Dialect, Follow, Handled, Opening, Refusal, Refused, Since};
 use crate::auth::Grant;
 use crate::dialect::Ctx;
 use crate::engine::Committed;
-use crate::engine::{json_bytes, now_ms, Engine, EngineError, ErrorClass, Filter, PAGE_BYTES};
+use crate::engine::{
+    json_bytes, now_ms, off_worker, Engine, EngineError, ErrorClass, Filter, PAGE_BYTES,
+};
 use crate::store::{Cap, Expect, StoredEntity};
 use axum::body::Bytes;
 use axum::extract::ws::Utf8Bytes;
@@ -369,12 +371,22 @@ impl Dialect for AtomeProto {
         self.error(INVALID, &why.message(), &Value::Null)
     }
 
-    fn change(&mut self, _: u64, c: &Committed, out: &mut Vec<Utf8Bytes>) {
+    fn needs_state(&self, _: u64, c: &Committed) -> bool {
+        atome::needs_state(c)
+    }
+
+    fn change(
+        &mut self,
+        _: u64,
+        c: &Committed,
+        state: Option<&StoredEntity>,
+        out: &mut Vec<Utf8Bytes>,
+    ) {
         if c.entry.change.collection != atome::COLLECTION || !self.grant.can_read(&self.space) {
             return;
         }
         out.push(c.rendered.get_or(SLOT_ATOME, || {
-            change_frame(&atome::describe_committed(&self.engine, c))
+            change_frame(&atome::describe_committed(c, state))
         }))
     }
 
@@ -510,7 +522,6 @@ impl Caller {
     fn engine(&self) -> &Engine {
         &self.state.engine
     }
-
     pub(super) fn body(&self, body: &Bytes) -> Result<Value, RestError> {
         let max = self.state.settings.max_frame_bytes;
         if body.len() > max {
@@ -523,10 +534,22 @@ impl Caller {
         serde_json::from_slice(body).map_err(|e| RestError::invalid(format!("not JSON: {e}")))
     }
 
-    pub(super) fn current(&self, id: &str) -> Result<Option<Value>, RestError> {
-        let e = self.engine().entity(&self.space, atome::COLLECTION, id)?;
+    /// The atome `id` as stored now (None: none), read off the async
+    /// workers.
+    pub(super) async fn current(&self, id: &str) -> Result<Option<Value>, RestError> {
+        let (engine, space, id) = (
+            self.state.engine.clone(),
+            self.space.clone(),
+            id.to_string(),
+        );
+        let e = off_worker(move || {
+            engine
+                .entity(&space, atome::COLLECTION, &id)
+                .map(|e| (e, id))
+        });
+        let (e, id) = e.await?;
         Ok(e.filter(|e| e.state.exists())
-            .map(|e| atome::join_atome(id, &e.state.visible())))
+            .map(|e| atome::join_atome(&id, &e.state.visible())))
     }
 
     pub(super) async fn write(&self, w: AtomeWrite) -> Result<crate::store::Outcome, RestError> {
@@ -610,7 +633,7 @@ pub async fn create(
     } else {
         StatusCode::OK
     };
-    let atome = c.current(&id)?;
+    let atome = c.current(&id).await?;
     Ok(ok(
         status,
         json!({"success": true, "atome": atome, "data": atome}),
@@ -625,7 +648,7 @@ pub async fn get_one(
     headers: HeaderMap,
 ) -> RestResult {
     let c = caller(state, &headers, &query, Need::Read)?;
-    match c.current(&id)? {
+    match c.current(&id).await? {
         Some(a) => Ok(ok(
             StatusCode::OK,
             json!({"success": true, "atome": a, "data": a}),
@@ -663,17 +686,34 @@ pub async fn list(
             }
         },
     };
-    let kind = query.get("kind");
+    let kind = query.get("kind").cloned();
+    let after = query.get("after").filter(|a| !a.is_empty()).cloned();
+    let (engine, space) = (c.state.engine.clone(), c.space.clone());
+    let (atomes, next) = off_worker(move || list_page(&engine, &space, kind, after, limit)).await?;
+    let count = atomes.len();
+    let mut body = json!({"success": true, "atomes": atomes, "data": atomes, "count": count});
+    if let Some(n) = next {
+        body["next"] = n.into();
+    }
+    Ok(ok(StatusCode::OK, body))
+}
+
+/// One `GET /api/atome` page (run on a blocking thread): the atomes and,
+/// when the page stopped short, the id to continue after.
+fn list_page(
+    engine: &Engine,
+    space: &str,
+    kind: Option<String>,
+    after: Option<String>,
+    limit: usize,
+) -> Result<(Vec<Value>, Option<String>), EngineError> {
     let mut atomes = Vec::new();
     let mut bytes = 0usize;
     let mut next: Option<String> = None;
-    let mut after: Option<(String, String)> = query
-        .get("after")
-        .filter(|a| !a.is_empty())
-        .map(|a| (atome::COLLECTION.to_string(), a.clone()));
+    let mut after: Option<(String, String)> = after.map(|a| (atome::COLLECTION.to_string(), a));
     'pages: loop {
-        let page = c.engine().entities_page(
-            &c.space,
+        let page = engine.entities_page(
+            space,
             Some(atome::COLLECTION),
             after.as_ref().map(|(a, b)| (a.as_str(), b.as_str())),
             Cap::new(256, PAGE_BYTES),
@@ -685,7 +725,9 @@ pub async fn list(
                 continue;
             }
             let fields = e.state.visible();
-            if kind.is_some_and(|k| fields.get("kind").and_then(Value::as_str) != Some(k.as_str()))
+            if kind
+                .as_ref()
+                .is_some_and(|k| fields.get("kind").and_then(Value::as_str) != Some(k.as_str()))
             {
                 continue;
             }
@@ -703,12 +745,7 @@ pub async fn list(
             break;
         }
     }
-    let count = atomes.len();
-    let mut body = json!({"success": true, "atomes": atomes, "data": atomes, "count": count});
-    if let Some(n) = next {
-        body["next"] = n.into();
-    }
-    Ok(ok(StatusCode::OK, body))
+    Ok((atomes, next))
 }
 
 /// `PATCH /api/atome/{id}`: merge the body (the alteration) into the atome;
@@ -729,7 +766,7 @@ pub async fn patch(
         alteration,
     })
     .await?;
-    let atome = c.current(&id)?;
+    let atome = c.current(&id).await?;
     Ok(ok(
         StatusCode::OK,
         json!({"success": true, "atome": atome, "data": atome}),

@@ -16,7 +16,7 @@ use super::SLOT_KV;
 use super::{admit, Dialect, Failed, Follow, Handled, Opening, Read, Refusal, Refused, Since};
 use crate::auth::Grant;
 use crate::dialect::Ctx;
-use crate::engine::{Committed, Engine, EngineError, ErrorClass, Filter, PAGE_BYTES};
+use crate::engine::{off_worker, Committed, Engine, EngineError, ErrorClass, Filter, PAGE_BYTES};
 use crate::model::{Op, Stamp};
 use crate::store::{Cap, LocalWrite, LogEntry, StoredEntity};
 use axum::extract::ws::Utf8Bytes;
@@ -271,9 +271,8 @@ pub fn engine_error(e: &EngineError) -> (u16, &'static str) {
 pub fn render_change(c: &Committed, lookup: impl FnOnce() -> Option<StoredEntity>) -> Utf8Bytes {
     c.rendered.get_or(SLOT_KV, || {
         let ch = &c.entry.change;
-        if let (Some(after), Some(v), Op::Patch | Op::Put) = (&c.after, ch.fields.get(FIELD), ch.op)
-        {
-            if after.exists && after.fields.get(FIELD).unwrap_or(&Value::Null) == v {
+        if renders_alone(c) {
+            if let Some(v) = ch.fields.get(FIELD) {
                 return render_op(&ch.id, v, stamp_us(ch.stamp));
             }
         }
@@ -282,6 +281,20 @@ pub fn render_change(c: &Committed, lookup: impl FnOnce() -> Option<StoredEntity
             .unwrap_or((Value::Null, None));
         render_op(&ch.id, &value, ts.unwrap_or_else(|| stamp_us(ch.stamp)))
     })
+}
+
+/// Whether a change's `op` frame follows from the change alone: a put or
+/// patch of the value that won the merge (its `after` holds that value).
+/// Otherwise (a delete, a write that lost, a replayed change without
+/// `after`) the frame is the key's current state.
+fn renders_alone(c: &Committed) -> bool {
+    let ch = &c.entry.change;
+    match (&c.after, ch.fields.get(FIELD), ch.op) {
+        (Some(after), Some(v), Op::Patch | Op::Put) => {
+            after.exists && after.fields.get(FIELD).unwrap_or(&Value::Null) == v
+        }
+        _ => false,
+    }
 }
 
 /// One history item: the op as written (not the merged result).
@@ -354,13 +367,6 @@ impl Kv {
         self.error(e.code(), e.reason(), &e.to_string(), None)
     }
 
-    fn lookup(&self, key: &str) -> Option<StoredEntity> {
-        self.engine
-            .entity(&self.space, COLLECTION, key)
-            .ok()
-            .flatten()
-    }
-
     fn op(&mut self, key: String, value: Value, timestamp_us: Option<u64>) -> Handled {
         if !self.grant.can_write(&self.space) {
             let m = "write attempted with read-only scope";
@@ -406,7 +412,6 @@ impl Dialect for Kv {
         let cap = Cap::new(usize::MAX, chunk_bytes(self.max_frame_bytes));
         Handled {
             read: Some(Box::new(Init {
-                engine: self.engine.clone(),
                 space: self.space.clone(),
                 cap,
                 seq: 0,
@@ -438,8 +443,18 @@ impl Dialect for Kv {
         }
     }
 
-    fn change(&mut self, _: u64, c: &Committed, out: &mut Vec<Utf8Bytes>) {
-        out.push(render_change(c, || self.lookup(&c.entry.change.id)));
+    fn needs_state(&self, _: u64, c: &Committed) -> bool {
+        !c.rendered.has(SLOT_KV) && !renders_alone(c)
+    }
+
+    fn change(
+        &mut self,
+        _: u64,
+        c: &Committed,
+        state: Option<&StoredEntity>,
+        out: &mut Vec<Utf8Bytes>,
+    ) {
+        out.push(render_change(c, || state.cloned()));
     }
 
     fn snapshot(
@@ -469,7 +484,6 @@ impl Dialect for Kv {
 /// anyway, each rendered from the key's current state, so the client ends
 /// at the relay's state either way.
 struct Init {
-    engine: Arc<Engine>,
     space: String,
     cap: Cap,
     /// The seq the first chunk reflects: the feed starts after it.
@@ -497,8 +511,8 @@ enum Stage {
 }
 
 impl Init {
-    fn keys(&self, after: Option<&str>) -> Result<(Keys, bool, u64), EngineError> {
-        let p = self.engine.entities_page(
+    fn keys(&self, engine: &Engine, after: Option<&str>) -> Result<(Keys, bool, u64), EngineError> {
+        let p = engine.entities_page(
             &self.space,
             Some(COLLECTION),
             after.map(|a| (COLLECTION, a)),
@@ -514,10 +528,10 @@ impl Init {
 }
 
 impl Read for Init {
-    fn page(&mut self) -> Result<Option<Vec<String>>, EngineError> {
+    fn page(&mut self, engine: &Engine) -> Result<Option<Vec<String>>, EngineError> {
         match std::mem::replace(&mut self.stage, Stage::Done) {
             Stage::First => {
-                let (first, more, seq) = self.keys(None)?;
+                let (first, more, seq) = self.keys(engine, None)?;
                 self.seq = seq;
                 if !more {
                     return Ok(Some(vec![render_init(data_of(&first), heads(&first))]));
@@ -530,7 +544,7 @@ impl Read for Init {
                 Ok(Some(Vec::new()))
             }
             Stage::Hash(mut h) => {
-                let (page, more, _) = self.keys(h.after.as_deref())?;
+                let (page, more, _) = self.keys(engine, h.after.as_deref())?;
                 for (id, e) in &page {
                     h.heads.add(id, e);
                     h.after = Some(id.clone());
@@ -546,7 +560,7 @@ impl Read for Init {
                 Ok(Some(vec![render_init(data_of(&first), heads.finish())]))
             }
             Stage::Rest(after) => {
-                let (page, more, _) = self.keys(Some(&after))?;
+                let (page, more, _) = self.keys(engine, Some(&after))?;
                 let mut frames = Vec::new();
                 let mut last = None;
                 for (id, e) in page {
@@ -642,21 +656,37 @@ pub async fn history(
         Ok(p) => p,
         Err(m) => return http_error(StatusCode::BAD_REQUEST, "invalid_field", &m),
     };
-    let engine = &state.engine;
+    let engine = state.engine.clone();
     let trimmed = since.saturating_add(1) < engine.horizon();
+    let space = workspace.clone();
+    let read = off_worker(move || history_page(&engine, &space, since, limit)).await;
+    let (ops, next, more) = match read {
+        Ok(p) => p,
+        Err(e) => {
+            let (_, reason) = engine_error(&e);
+            return http_error(StatusCode::INTERNAL_SERVER_ERROR, reason, &e.to_string());
+        }
+    };
+    Json(json!({"workspace": workspace, "ops": ops, "next": next,
+                "more": more, "trimmed": trimmed}))
+    .into_response()
+}
+
+/// One `/v1/history` page (run on a blocking thread): the ops after
+/// `since`, whether more follow, and the seq to continue after.
+fn history_page(
+    engine: &Engine,
+    workspace: &str,
+    since: u64,
+    limit: usize,
+) -> Result<(Vec<Value>, u64, bool), EngineError> {
     // Read up to one op past the limit, to know whether more follow. The
     // page also ends once it holds HISTORY_BYTES of ops (at least one):
     // `more` and `next` then say where to continue.
     let (mut ops, mut after, mut next, mut more) = (Vec::new(), since, since, false);
     let mut bytes = 0usize;
     'scan: loop {
-        let page = match engine.space_log_page(&workspace, after, Cap::new(256, PAGE_BYTES)) {
-            Ok(p) => p,
-            Err(e) => {
-                let (_, reason) = engine_error(&e);
-                return http_error(StatusCode::INTERNAL_SERVER_ERROR, reason, &e.to_string());
-            }
-        };
+        let page = engine.space_log_page(workspace, after, Cap::new(256, PAGE_BYTES))?;
         let short = !page.more;
         for (seq, entry) in page.items {
             after = seq;
@@ -675,9 +705,7 @@ pub async fn history(
             break;
         }
     }
-    Json(json!({"workspace": workspace, "ops": ops, "next": next,
-                "more": more, "trimmed": trimmed}))
-    .into_response()
+    Ok((ops, next, more))
 }
 
 #[cfg(test)]

@@ -17,7 +17,8 @@ mod table;
 pub mod unified;
 
 pub use protocol::{
-    Dialect, Failed, Follow, Handled, Lag, Opening, Pending, Read, Refusal, Refused, Since,
+    Call, Dialect, Failed, Follow, Handled, Lag, Opening, Pending, Publish, Read, Refusal, Refused,
+    Reply, Since,
 };
 
 use crate::auth::Grant;

@@ -1,20 +1,24 @@
 //! The native protocol on `/ws`: JSON text frames, documented message by
 //! message in docs/protocol.md.
 //!
-//! [`Native`] is the protocol; the connection driver (`conn::run`) runs it.
-//! Pushes are pipelined: each becomes a future answered (in request order)
-//! after its durable commit, so a client may keep many unacknowledged
-//! pushes in flight up to `server.max_inflight`, past which the relay stops
-//! reading. A subscription is a feed: catch-up, `synced`, then live; a
-//! feed dropped for lagging is answered with `resync` (the client resumes).
+//! [`Native`] is the protocol, a state machine with no engine handle; the
+//! connection driver (`conn::run`) runs it and makes its engine calls.
+//! Pushes are pipelined: each is a [`Call::Write`] answered (in request
+//! order) after its durable commit, so a client may keep many
+//! unacknowledged pushes in flight up to `server.max_inflight`, past which
+//! the relay stops reading. A `get` is a [`Call::Get`], read off the async
+//! workers. A subscription is a feed: catch-up, `synced`, then live; a feed
+//! dropped for lagging is answered with `resync` (the client resumes).
 
 use super::SLOT_NATIVE;
 use super::{
-    admit, now_s, Dialect, Failed, Follow, Handled, Lag, Opening, Refusal, Refused, Since,
+    admit, now_s, Call, Dialect, Failed, Follow, Handled, Lag, Opening, Publish, Refusal, Refused,
+    Reply, Since,
 };
 use crate::auth::Grant;
 use crate::dialect::Ctx;
-use crate::engine::{Committed, Engine, EngineError, ErrorClass, Event, Filter};
+use crate::engine::{Committed, EngineError, ErrorClass, Event, Filter};
+use crate::metrics::Metrics;
 use crate::model::{Conflict, Op, Stamp};
 use crate::store::{LocalWrite, Outcome, OutcomeKind, StoredEntity};
 use axum::extract::ws::Utf8Bytes;
@@ -89,7 +93,7 @@ fn patch() -> Op {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Publish {
+struct PublishMsg {
     space: String,
     topic: String,
     #[serde(default)]
@@ -217,24 +221,38 @@ fn engine_error_frame(e: &EngineError, rid: &Value) -> String {
 // ---- the protocol state machine --------------------------------------------
 
 /// One `/ws` connection's protocol state. The driver (`conn::run`) owns the
-/// socket, the feeds and the in-flight pushes; this turns frames into
-/// frames, follows and pushes. Pushes are pipelined: each becomes a future
-/// answered (in request order) after its durable commit, up to
-/// `server.max_inflight` in flight.
+/// socket, the feeds and the in-flight calls; this turns frames and call
+/// results into frames, follows and calls.
 pub struct Native {
-    engine: Arc<Engine>,
+    metrics: Arc<Metrics>,
     auth: crate::auth::Auth,
     grant: Grant,
     client_id: String,
-    conn: u64,
+    /// This relay's node id, for `welcome`.
+    node: String,
     max_frame_bytes: usize,
     /// Space -> feed key of its subscription.
     by_space: HashMap<String, u64>,
     /// Feed key -> (space, rid of the subscribe being caught up).
     feeds: HashMap<u64, (String, Value)>,
     next_key: u64,
-    /// Pushes reach the writer in the order their frames were read.
-    order: crate::engine::WriteOrder,
+    /// Calls in flight, by token: what their result answers.
+    calls: HashMap<u64, Asked>,
+    next_token: u64,
+}
+
+/// A request waiting for its call's result.
+enum Asked {
+    Push {
+        rid: Value,
+        space: String,
+    },
+    Get {
+        rid: Value,
+        space: String,
+        collection: String,
+        id: String,
+    },
 }
 
 /// The handshake of `GET /ws`: a bad or missing token is 401.
@@ -245,23 +263,53 @@ pub fn accept(
 ) -> Result<Opening<Native>, Refused> {
     let grant = admit(state, headers, query)?;
     let state = state.clone();
-    Ok(Opening::new("/ws", move |conn| Native {
-        engine: state.engine.clone(),
-        auth: state.auth.clone(),
-        grant,
-        client_id: format!("c{}", conn.id),
-        conn: conn.id,
-        max_frame_bytes: state.settings.max_frame_bytes,
-        by_space: HashMap::new(),
-        feeds: HashMap::new(),
-        next_key: 0,
-        order: Default::default(),
+    Ok(Opening::new("/ws", move |conn| {
+        Native::new(
+            grant,
+            state.auth.clone(),
+            state.engine.metrics.clone(),
+            state.engine.node_id().to_string(),
+            conn.id,
+            state.settings.max_frame_bytes,
+        )
     }))
 }
 
 impl Native {
+    /// A connection's protocol state: `grant` from the handshake, `conn`
+    /// the connection id (the default client id is `c{conn}`).
+    pub fn new(
+        grant: Grant,
+        auth: crate::auth::Auth,
+        metrics: Arc<Metrics>,
+        node: String,
+        conn: u64,
+        max_frame_bytes: usize,
+    ) -> Native {
+        Native {
+            metrics,
+            auth,
+            grant,
+            client_id: format!("c{conn}"),
+            node,
+            max_frame_bytes,
+            by_space: HashMap::new(),
+            feeds: HashMap::new(),
+            next_key: 0,
+            calls: HashMap::new(),
+            next_token: 0,
+        }
+    }
+
+    /// Make `call`, answering `asked` when its result comes back.
+    fn call(&mut self, call: Call, asked: Asked) -> Handled {
+        self.next_token += 1;
+        self.calls.insert(self.next_token, asked);
+        Handled::call(self.next_token, call)
+    }
+
     fn error(&self, code: u16, reason: &str, msg: &str, rid: &Value) -> Handled {
-        self.engine.metrics.errors_sent.fetch_add(1, Relaxed);
+        self.metrics.errors_sent.fetch_add(1, Relaxed);
         Handled::reply(error_frame(code, reason, msg, rid))
     }
 
@@ -335,7 +383,7 @@ impl Native {
             match self.auth.verify(&token, now_s()) {
                 Ok(g) => self.grant = g,
                 Err(e) => {
-                    self.engine.metrics.auth_failures.fetch_add(1, Relaxed);
+                    self.metrics.auth_failures.fetch_add(1, Relaxed);
                     return Err(self.error(401, "unauthorized", &e.to_string(), rid));
                 }
             }
@@ -408,50 +456,44 @@ impl Native {
                 expect: None,
             })
             .collect();
-        let engine = self.engine.clone();
-        let rid = rid.clone();
-        let space = p.space.clone();
-        let pushed = self.order.push(
-            engine.clone(),
-            p.space,
-            self.actor(),
-            Some(self.conn),
+        let asked = Asked::Push {
+            rid: rid.clone(),
+            space: p.space.clone(),
+        };
+        let call = Call::Write {
+            space: p.space,
+            actor: self.actor(),
             writes,
             write_ids,
-        );
+        };
         // Answered in request order once durable; the driver keeps serving.
-        Ok(Handled::later(Box::pin(async move {
-            vec![match pushed.await {
-                Ok(outs) => {
-                    engine.metrics.acks.fetch_add(1, Relaxed);
-                    json!({"type": "ack", "rid": rid, "space": space,
-                           "results": outs.iter().map(outcome_json).collect::<Vec<_>>()})
-                    .to_string()
-                }
-                Err(e) => {
-                    engine.metrics.errors_sent.fetch_add(1, Relaxed);
-                    engine_error_frame(&e, &rid)
-                }
-            }]
-        })))
+        Ok(self.call(call, asked))
     }
 
     fn publish(&mut self, body: Value, rid: &Value) -> Result<Handled, Handled> {
-        let p: Publish = self.parse(body, rid)?;
+        let p: PublishMsg = self.parse(body, rid)?;
         if !self.grant.can_write(&p.space) {
             return Err(self.error(403, "forbidden", "no write access to this space", rid));
         }
         if p.topic.is_empty() || p.topic.len() > 256 {
             return Err(self.error(422, "invalid_field", "topic: 1 to 256 bytes", rid));
         }
-        let actor = self.actor();
-        self.engine
-            .publish(&p.space, &p.topic, p.payload, &actor, Some(self.conn));
-        if rid.is_null() {
-            return Ok(Handled::default());
-        }
-        let m = json!({"type": "published", "rid": rid, "space": p.space, "topic": p.topic});
-        Ok(Handled::reply(m.to_string()))
+        let now = if rid.is_null() {
+            Vec::new()
+        } else {
+            let m = json!({"type": "published", "rid": rid, "space": p.space, "topic": p.topic});
+            vec![m.to_string()]
+        };
+        Ok(Handled {
+            now,
+            publish: Some(Publish {
+                space: p.space,
+                topic: p.topic,
+                payload: p.payload,
+                actor: self.actor(),
+            }),
+            ..Handled::default()
+        })
     }
 
     fn get(&mut self, body: Value, rid: &Value) -> Result<Handled, Handled> {
@@ -459,24 +501,31 @@ impl Native {
         if !self.grant.can_read(&g.space) {
             return Err(self.error(403, "forbidden", "no read access to this space", rid));
         }
-        match self.engine.entity(&g.space, &g.collection, &g.id) {
-            Ok(e) => {
-                let (fields, exists, version, seq) = match e {
-                    Some(e) => (
-                        Value::Object(e.state.visible()),
-                        e.state.exists(),
-                        e.version,
-                        e.seq,
-                    ),
-                    None => (Value::Null, false, 0, 0),
-                };
-                let m = json!({"type": "entity", "rid": rid, "space": g.space, "collection": g.collection,
-                               "id": g.id, "fields": fields, "deleted": !exists, "version": version, "seq": seq});
-                Ok(Handled::reply(m.to_string()))
+        let call = Call::Get {
+            space: g.space.clone(),
+            keys: vec![(g.collection.clone(), g.id.clone())],
+        };
+        let asked = Asked::Get {
+            rid: rid.clone(),
+            space: g.space,
+            collection: g.collection,
+            id: g.id,
+        };
+        Ok(self.call(call, asked))
+    }
+
+    /// The `ack` of a push once committed, or its error.
+    fn acked(&self, rid: Value, space: String, r: Result<Vec<Outcome>, EngineError>) -> String {
+        match r {
+            Ok(outs) => {
+                self.metrics.acks.fetch_add(1, Relaxed);
+                json!({"type": "ack", "rid": rid, "space": space,
+                       "results": outs.iter().map(outcome_json).collect::<Vec<_>>()})
+                .to_string()
             }
             Err(e) => {
-                self.engine.metrics.errors_sent.fetch_add(1, Relaxed);
-                Ok(Handled::reply(engine_error_frame(&e, rid)))
+                self.metrics.errors_sent.fetch_add(1, Relaxed);
+                engine_error_frame(&e, &rid)
             }
         }
     }
@@ -499,7 +548,7 @@ impl Dialect for Native {
     fn open(&mut self) -> Handled {
         let welcome = json!({
             "type": "welcome",
-            "node": self.engine.node_id().to_string(),
+            "node": self.node,
             "version": crate::VERSION,
             "protocol": 1,
             "capabilities": ["push", "subscribe", "since", "collections", "events", "conflicts", "get", "wid"],
@@ -514,7 +563,7 @@ impl Dialect for Native {
     }
 
     fn refuse(&mut self, why: Refusal) -> String {
-        self.engine.metrics.errors_sent.fetch_add(1, Relaxed);
+        self.metrics.errors_sent.fetch_add(1, Relaxed);
         let (code, reason) = match why {
             Refusal::Binary => (400, "binary_unsupported"),
             Refusal::TooLarge { .. } => (413, "too_large"),
@@ -529,11 +578,54 @@ impl Dialect for Native {
 
     fn refuse_follow(&mut self, key: u64, why: Refusal) -> String {
         let rid = self.forget(key).map(|(_, rid)| rid).unwrap_or(Value::Null);
-        self.engine.metrics.errors_sent.fetch_add(1, Relaxed);
+        self.metrics.errors_sent.fetch_add(1, Relaxed);
         error_frame(429, "too_many_subscriptions", &why.message(), &rid)
     }
 
-    fn change(&mut self, _: u64, c: &Committed, out: &mut Vec<Utf8Bytes>) {
+    fn reply(&mut self, token: u64, reply: Reply) -> Handled {
+        let frame = match (self.calls.remove(&token), reply) {
+            (Some(Asked::Push { rid, space }), Reply::Written(r)) => self.acked(rid, space, r),
+            (
+                Some(Asked::Get {
+                    rid,
+                    space,
+                    collection,
+                    id,
+                }),
+                Reply::Got(r),
+            ) => match r.map(|mut got| got.pop().flatten()) {
+                Ok(e) => {
+                    let (fields, exists, version, seq) = match e {
+                        Some(e) => (
+                            Value::Object(e.state.visible()),
+                            e.state.exists(),
+                            e.version,
+                            e.seq,
+                        ),
+                        None => (Value::Null, false, 0, 0),
+                    };
+                    json!({"type": "entity", "rid": rid, "space": space, "collection": collection,
+                               "id": id, "fields": fields, "deleted": !exists, "version": version, "seq": seq})
+                        .to_string()
+                }
+                Err(e) => {
+                    self.metrics.errors_sent.fetch_add(1, Relaxed);
+                    engine_error_frame(&e, &rid)
+                }
+            },
+            // A result nobody asked for (or of another kind): nothing to say.
+            _ => return Handled::default(),
+        };
+        Handled::reply(frame)
+    }
+
+    fn change(
+        &mut self,
+        _: u64,
+        c: &Committed,
+        _: Option<&StoredEntity>,
+        out: &mut Vec<Utf8Bytes>,
+    ) {
         out.push(render_change(c));
     }
 

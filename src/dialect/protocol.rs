@@ -1,22 +1,64 @@
 //! What a client protocol is to the connection driver ([`crate::conn`]):
-//! frames in, frames and requests out. A dialect never touches the socket,
-//! the clock's timers or the fan-out queue; the driver reads and writes
-//! frames, keeps the connection alive, runs every catch-up-to-live feed
-//! and applies the one lag policy (see `conn::feed`).
+//! frames and replies in, frames and requests out. A dialect never touches
+//! the socket, the clock's timers, the fan-out queue or the engine: the
+//! driver reads and writes frames, keeps the connection alive, runs every
+//! catch-up-to-live feed and applies the one lag policy (see `conn::feed`),
+//! and makes the engine calls a dialect asks for ([`Call`], [`Publish`],
+//! [`Read`]), feeding their results back ([`Dialect::reply`]).
 //!
-//! Engine calls still happen inside a dialect (writes are futures it hands
-//! back in [`Handled::later`]; paged reads are [`Read`]s the driver runs on
-//! blocking threads; single-entity reads are synchronous calls): making
-//! them effects too is the next step of issue 15.
+//! Dialects not converted yet still hand the driver futures that call the
+//! engine ([`Handled::later`]); see docs/architecture.md, "How pure the
+//! dialects are".
 
-use crate::engine::{Committed, EngineError, Event, Filter};
-use crate::store::StoredEntity;
+use crate::engine::{Committed, Engine, EngineError, Event, Filter};
+use crate::store::{LocalWrite, Outcome, StoredEntity};
 use axum::extract::ws::Utf8Bytes;
 use std::future::Future;
 use std::pin::Pin;
 
 /// Work answered later (a write waiting for its commit): its frames, if any.
 pub type Pending = Pin<Box<dyn Future<Output = Vec<String>> + Send>>;
+
+/// An engine call the driver makes for a dialect. Its result comes back
+/// through [`Dialect::reply`] with the call's token, in the order the
+/// calls were made (and after the answers of earlier requests); calls in
+/// flight count against `server.max_inflight`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Call {
+    /// Writes as this connection (its id is their source, so fan-out can
+    /// skip echoing them): queued in the connection's write order at once,
+    /// answered after the commit ([`Reply::Written`]).
+    Write {
+        space: String,
+        actor: String,
+        writes: Vec<LocalWrite>,
+        /// Client write ids, one per write (None: no id).
+        write_ids: Vec<Option<String>>,
+    },
+    /// The current state of entities (collection, id) of a space, read on
+    /// a blocking thread ([`Reply::Got`], in the same order).
+    Get {
+        space: String,
+        keys: Vec<(String, String)>,
+    },
+}
+
+/// The result of a [`Call`].
+#[derive(Debug)]
+pub enum Reply {
+    Written(Result<Vec<Outcome>, EngineError>),
+    Got(Result<Vec<Option<StoredEntity>>, EngineError>),
+}
+
+/// An ephemeral event to fan out, published as this connection (which
+/// then does not get it back).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Publish {
+    pub space: String,
+    pub topic: String,
+    pub payload: serde_json::Value,
+    pub actor: String,
+}
 
 /// Where a new feed starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,7 +85,9 @@ pub struct Follow {
 /// whole and a slow disk never stalls the runtime.
 pub trait Read: Send + 'static {
     /// The next page's frames (possibly none); None once the read is done.
-    fn page(&mut self) -> Result<Option<Vec<String>>, EngineError>;
+    /// The driver lends the engine for the page (on a blocking thread):
+    /// the read holds no engine handle of its own.
+    fn page(&mut self, engine: &Engine) -> Result<Option<Vec<String>>, EngineError>;
     /// Feeds to start once the read is done (e.g. from the seq its
     /// snapshot reflects, so nothing is missed or sent twice at the seam).
     fn then(&mut self) -> Vec<Follow> {
@@ -52,15 +96,21 @@ pub trait Read: Send + 'static {
 }
 
 /// What handling one client message produced. The driver carries it out
-/// in this order: `now`, `read`, `later`, `unfollow`, `follow` (then the
-/// read's own follows).
+/// in this order: `now`, `publish`, `read`, `call` (or `later`),
+/// `unfollow`, `follow` (then the read's own follows).
 #[derive(Default)]
 pub struct Handled {
     /// Frames to send right away.
     pub now: Vec<String>,
+    /// An event to fan out.
+    pub publish: Option<Publish>,
     /// A paged read whose frames follow `now`.
     pub read: Option<Box<dyn Read>>,
-    /// Work whose answer comes later (a write waiting for its commit).
+    /// An engine call and its token; the result comes back through
+    /// [`Dialect::reply`].
+    pub call: Option<(u64, Call)>,
+    /// Work whose answer comes later, for dialects that still call the
+    /// engine themselves (a write waiting for its commit).
     pub later: Option<Pending>,
     /// Feeds to start (after `now` is sent), in order.
     pub follow: Vec<Follow>,
@@ -72,6 +122,13 @@ impl Handled {
     pub fn reply(frame: String) -> Handled {
         Handled {
             now: vec![frame],
+            ..Handled::default()
+        }
+    }
+
+    pub fn call(token: u64, call: Call) -> Handled {
+        Handled {
+            call: Some((token, call)),
             ..Handled::default()
         }
     }
@@ -144,8 +201,26 @@ pub trait Dialect: Send + Sync + 'static {
     fn refuse_follow(&mut self, _feed: u64, why: Refusal) -> String {
         self.refuse(why)
     }
-    /// Frames for a committed change of feed `feed` (live or replayed).
-    fn change(&mut self, feed: u64, c: &Committed, out: &mut Vec<Utf8Bytes>);
+    /// The result of the [`Call`] made with `token`.
+    fn reply(&mut self, _token: u64, _reply: Reply) -> Handled {
+        Handled::default()
+    }
+    /// Whether rendering `c` (a change of feed `feed`) needs the entity's
+    /// current state; the driver then reads it on a blocking thread and
+    /// passes it to [`Dialect::change`].
+    fn needs_state(&self, _feed: u64, _c: &Committed) -> bool {
+        false
+    }
+    /// Frames for a committed change of feed `feed` (live or replayed);
+    /// `state` is the entity's current state when [`Dialect::needs_state`]
+    /// asked for it (None: no such entity, or not asked).
+    fn change(
+        &mut self,
+        feed: u64,
+        c: &Committed,
+        state: Option<&StoredEntity>,
+        out: &mut Vec<Utf8Bytes>,
+    );
     /// Frames for an entity's current state, replayed when the log was
     /// trimmed past the point a feed resumes from.
     fn snapshot(

@@ -424,14 +424,23 @@ impl Dialect for SyncProto {
         self.error(INVALID, &why.message(), &Value::Null)
     }
 
-    fn change(&mut self, _: u64, c: &Committed, out: &mut Vec<Utf8Bytes>) {
+    fn needs_state(&self, _: u64, c: &Committed) -> bool {
+        atome::needs_state(c)
+    }
+
+    fn change(
+        &mut self,
+        _: u64,
+        c: &Committed,
+        state: Option<&StoredEntity>,
+        out: &mut Vec<Utf8Bytes>,
+    ) {
         let ch = &c.entry.change;
         if ch.collection != atome::COLLECTION {
             return;
         }
         out.push(c.rendered.get_or(SLOT_SYNC, || {
-            let d = atome::describe_committed(&self.engine, c);
-            change_frame(&d)
+            change_frame(&atome::describe_committed(c, state))
         }))
     }
 

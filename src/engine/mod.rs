@@ -2,6 +2,7 @@
 //! out. Every dialect is a thin adapter over these calls.
 
 mod admin;
+mod blocking;
 mod error;
 mod hub;
 mod outbox;
@@ -9,6 +10,7 @@ mod recent;
 mod validate;
 
 pub use admin::SpaceFigures;
+pub use blocking::off_worker;
 pub use error::{EngineError, ErrorClass};
 pub use hub::{ConnLink, ConnSignal, Filter, Hub};
 pub use outbox::{json_bytes, Budget, Outbox};
@@ -37,6 +39,11 @@ pub struct RenderCache([OnceLock<Utf8Bytes>; 8]);
 impl RenderCache {
     pub fn get_or(&self, slot: usize, render: impl FnOnce() -> String) -> Utf8Bytes {
         self.0[slot % 8].get_or_init(|| render().into()).clone()
+    }
+
+    /// Whether `slot` is rendered already.
+    pub fn has(&self, slot: usize) -> bool {
+        self.0[slot % 8].get().is_some()
     }
 }
 

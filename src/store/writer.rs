@@ -58,7 +58,7 @@ pub struct SnapEntity {
 }
 
 /// A write from a local client: the writer assigns stamp, origin and seq.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct LocalWrite {
     pub collection: String,
     pub id: String,

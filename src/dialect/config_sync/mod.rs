@@ -36,7 +36,7 @@ use super::{Dialect, Follow, Handled, Opening, Refusal, Refused, Since};
 use crate::auth::Grant;
 use crate::dialect::Ctx;
 use crate::engine::Committed;
-use crate::engine::{now_ms, Engine, EngineError, ErrorClass, Filter, PAGE_BYTES};
+use crate::engine::{now_ms, off_worker, Engine, EngineError, ErrorClass, Filter, PAGE_BYTES};
 use crate::model::Op;
 use crate::store::{Cap, Expect, LocalWrite, StoredEntity};
 use axum::extract::ws::Utf8Bytes;
@@ -178,7 +178,9 @@ impl Dialect for ConfigProto {
         job.actor = authed_user(&self.grant).unwrap_or_else(|| req.device_id().to_string());
         let record = self.grant.can_write(&self.job.space);
         match req {
-            Request::CheckStatus(q) => Handled::later(Box::pin(async move { job.check_status(q) })),
+            Request::CheckStatus(q) => {
+                Handled::later(Box::pin(async move { job.check_status(q).await }))
+            }
             Request::Download(q) => {
                 Handled::later(Box::pin(async move { job.download(q, record).await }))
             }
@@ -193,7 +195,13 @@ impl Dialect for ConfigProto {
     }
 
     /// A committed revision of this user by another device: `sync-event`.
-    fn change(&mut self, _: u64, c: &Committed, out: &mut Vec<Utf8Bytes>) {
+    fn change(
+        &mut self,
+        _: u64,
+        c: &Committed,
+        _: Option<&StoredEntity>,
+        out: &mut Vec<Utf8Bytes>,
+    ) {
         let ch = &c.entry.change;
         if ch.collection != HISTORY || ch.op == Op::Delete {
             return;
@@ -227,62 +235,52 @@ struct Job {
 }
 
 impl Job {
-    fn doc(&self, user: &str) -> Result<Doc, EngineError> {
-        let e = self.engine.entity(&self.space, DOCS, user)?;
+    /// A store read of the connection's space, off the async workers.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Engine, &str) -> Result<T, EngineError> + Send + 'static,
+    ) -> Result<T, EngineError> {
+        let (engine, space) = (self.engine.clone(), self.space.clone());
+        off_worker(move || f(&engine, &space)).await
+    }
+
+    async fn doc(&self, user: &str) -> Result<Doc, EngineError> {
+        let user = user.to_string();
+        let e = self
+            .read(move |e, space| e.entity(space, DOCS, &user))
+            .await?;
         Ok(e.filter(|e| e.state.exists())
             .map(|e| Doc::from_fields(&e.state.visible()))
             .unwrap_or_default())
     }
 
-    fn device(&self, user: &str, device: &str) -> Result<Option<Device>, EngineError> {
+    async fn device(&self, user: &str, device: &str) -> Result<Option<Device>, EngineError> {
         let key = proto::device_key(user, device);
-        let e = self.engine.entity(&self.space, DEVICES, &key)?;
+        let e = self
+            .read(move |e, space| e.entity(space, DEVICES, &key))
+            .await?;
         Ok(e.filter(|e| e.state.exists())
             .map(|e| Device::from_fields(&e.state.visible())))
     }
 
     /// The user's revisions with version in `(after, upto]` (the newest
     /// `MAX_SCAN` versions of that range), in version order.
-    fn revisions(&self, user: &str, after: u64, upto: u64) -> Result<Vec<Revision>, EngineError> {
-        let after = after.max(upto.saturating_sub(MAX_SCAN));
-        let prefix = format!("{user}:");
-        let mut cursor = proto::history_from(user, after + 1);
-        let mut out = Vec::new();
-        loop {
-            let page = self.engine.entities_page(
-                &self.space,
-                Some(HISTORY),
-                Some((HISTORY, cursor.as_str())),
-                Cap::new(256, PAGE_BYTES),
-            )?;
-            let short = !page.more;
-            let page = page.items;
-            for (_, id, e) in &page {
-                if !id.starts_with(&prefix) {
-                    return Ok(out);
-                }
-                let Some(r) = Revision::from_fields(&e.state.visible()) else {
-                    continue;
-                };
-                if r.version > upto {
-                    return Ok(out);
-                }
-                if r.user_id == user && r.version > after {
-                    out.push(r);
-                }
-            }
-            match page.last() {
-                Some((_, id, _)) if !short => cursor = id.clone(),
-                _ => return Ok(out),
-            }
-        }
+    async fn revisions(
+        &self,
+        user: &str,
+        after: u64,
+        upto: u64,
+    ) -> Result<Vec<Revision>, EngineError> {
+        let user = user.to_string();
+        self.read(move |engine, space| revisions(engine, space, &user, after, upto))
+            .await
     }
 
     /// The `conflict-notification` for a device at `local_version` whose
     /// changes (`local`) meet the revisions after `base` up to the stored
     /// one. Revisions of the device itself count as its own side; when its
     /// revision at the stored version lost, that one's paths are local too.
-    fn conflict(
+    async fn conflict(
         &self,
         user: &str,
         device: &str,
@@ -292,7 +290,7 @@ impl Job {
         local_version: u64,
     ) -> Result<String, EngineError> {
         let mut remote = Vec::new();
-        for r in self.revisions(user, base, doc.version)? {
+        for r in self.revisions(user, base, doc.version).await? {
             if r.device_id == device {
                 local.extend(r.changed_paths);
             } else {
@@ -310,10 +308,10 @@ impl Job {
         ))
     }
 
-    fn check_status(&self, q: proto::Query) -> Vec<String> {
-        let run = || -> Result<Vec<String>, EngineError> {
-            let doc = self.doc(&q.user_id)?;
-            let dev = self.device(&q.user_id, &q.device_id)?;
+    async fn check_status(&self, q: proto::Query) -> Vec<String> {
+        let run = async {
+            let doc = self.doc(&q.user_id).await?;
+            let dev = self.device(&q.user_id, &q.device_id).await?;
             let lost = dev.is_some_and(|d| d.lost_to(&doc));
             let local = q.local_version.unwrap_or(0);
             let has_changes = q.has_local_changes.unwrap_or(false);
@@ -321,18 +319,22 @@ impl Job {
             let mut frames = vec![proto::check_status_response(&doc, needs, dir, now_ms())];
             if lost {
                 let base = doc.version - 1;
-                frames.push(self.conflict(&q.user_id, &q.device_id, vec![], base, &doc, local)?);
+                let note = self.conflict(&q.user_id, &q.device_id, vec![], base, &doc, local);
+                frames.push(note.await?);
             }
-            Ok(frames)
+            Ok::<_, EngineError>(frames)
         };
-        run().unwrap_or_else(|e| self.failed("check-status-request", &e))
+        run.await
+            .unwrap_or_else(|e| self.failed("check-status-request", &e))
     }
 
     async fn download(&self, q: proto::Query, record: bool) -> Vec<String> {
         let run = async {
-            let doc = self.doc(&q.user_id)?;
+            let doc = self.doc(&q.user_id).await?;
             if record && doc.version > 0 {
-                let name = self.device_name(&q.user_id, &q.device_id, q.device_name)?;
+                let name = self
+                    .device_name(&q.user_id, &q.device_id, q.device_name)
+                    .await?;
                 let fields = proto::device_fields(
                     &q.user_id,
                     &q.device_id,
@@ -367,7 +369,7 @@ impl Job {
     }
 
     /// The request's device name, else the recorded one, else the id.
-    fn device_name(
+    async fn device_name(
         &self,
         user: &str,
         device: &str,
@@ -376,7 +378,7 @@ impl Job {
         if let Some(n) = given.filter(|n| !n.is_empty()) {
             return Ok(n);
         }
-        let recorded = self.device(user, device)?.and_then(|d| d.device_name);
+        let recorded = self.device(user, device).await?.and_then(|d| d.device_name);
         Ok(recorded.unwrap_or_else(|| device.to_string()))
     }
 
@@ -436,8 +438,8 @@ impl Job {
         let metadata = u.metadata.clone().unwrap_or_default();
         for _ in 0..ATTEMPTS {
             let round = async {
-                let doc = self.doc(&u.user_id)?;
-                let dev = self.device(&u.user_id, &u.device_id)?;
+                let doc = self.doc(&u.user_id).await?;
+                let dev = self.device(&u.user_id, &u.device_id).await?;
                 let prev = u.previous_version.unwrap_or(0);
                 let lost = dev.as_ref().is_some_and(|d| d.lost_to(&doc));
                 if prev != doc.version || lost {
@@ -449,8 +451,9 @@ impl Job {
                         prev.min(doc.version)
                     };
                     let local = u.version.unwrap_or(prev);
-                    let note =
-                        self.conflict(&u.user_id, &u.device_id, paths.clone(), base, &doc, local)?;
+                    let note = self
+                        .conflict(&u.user_id, &u.device_id, paths.clone(), base, &doc, local)
+                        .await?;
                     self.engine.metrics.errors_sent.fetch_add(1, Relaxed);
                     let refused =
                         proto::upload_response(false, None, Some(code::VERSION_CONFLICT), now_ms());
@@ -462,7 +465,9 @@ impl Job {
                     return Ok(Some(fail(code::INVALID_REQUEST)));
                 };
                 let version = u.version.unwrap_or(0).max(next);
-                let name = self.device_name(&u.user_id, &u.device_id, u.device_name.clone())?;
+                let name = self
+                    .device_name(&u.user_id, &u.device_id, u.device_name.clone())
+                    .await?;
                 let rev = RevisionFields {
                     user: &u.user_id,
                     device: &u.device_id,
@@ -511,8 +516,8 @@ impl Job {
         let fail = |code: &str| vec![proto::resolve_response(false, None, Some(code), now_ms())];
         for _ in 0..ATTEMPTS {
             let round = async {
-                let doc = self.doc(&r.user_id)?;
-                let dev = self.device(&r.user_id, &r.device_id)?;
+                let doc = self.doc(&r.user_id).await?;
+                let dev = self.device(&r.user_id, &r.device_id).await?;
                 let paths = match &r.delta {
                     Some(d) => d.paths(),
                     None => {
@@ -526,7 +531,8 @@ impl Job {
                             (false, None) => 0,
                         };
                         let mut all: Vec<String> = self
-                            .revisions(&r.user_id, base, doc.version)?
+                            .revisions(&r.user_id, base, doc.version)
+                            .await?
                             .into_iter()
                             .flat_map(|rev| rev.changed_paths)
                             .collect();
@@ -539,7 +545,9 @@ impl Job {
                     return Ok(Some(fail(code::INVALID_REQUEST)));
                 };
                 let version = r.resolved_version.unwrap_or(0).max(next);
-                let name = self.device_name(&r.user_id, &r.device_id, r.device_name.clone())?;
+                let name = self
+                    .device_name(&r.user_id, &r.device_id, r.device_name.clone())
+                    .await?;
                 let delta = r.delta.as_ref().map_or(Value::Null, |d| d.to_value());
                 let rev = RevisionFields {
                     user: &r.user_id,
@@ -579,6 +587,49 @@ impl Job {
         }
         self.engine.metrics.errors_sent.fetch_add(1, Relaxed);
         fail(code::VERSION_CONFLICT)
+    }
+}
+
+/// The user's revisions with version in `(after, upto]` (the newest
+/// `MAX_SCAN` versions of that range), in version order, read page by page.
+fn revisions(
+    engine: &Engine,
+    space: &str,
+    user: &str,
+    after: u64,
+    upto: u64,
+) -> Result<Vec<Revision>, EngineError> {
+    let after = after.max(upto.saturating_sub(MAX_SCAN));
+    let prefix = format!("{user}:");
+    let mut cursor = proto::history_from(user, after + 1);
+    let mut out = Vec::new();
+    loop {
+        let page = engine.entities_page(
+            space,
+            Some(HISTORY),
+            Some((HISTORY, cursor.as_str())),
+            Cap::new(256, PAGE_BYTES),
+        )?;
+        let short = !page.more;
+        let page = page.items;
+        for (_, id, e) in &page {
+            if !id.starts_with(&prefix) {
+                return Ok(out);
+            }
+            let Some(r) = Revision::from_fields(&e.state.visible()) else {
+                continue;
+            };
+            if r.version > upto {
+                return Ok(out);
+            }
+            if r.user_id == user && r.version > after {
+                out.push(r);
+            }
+        }
+        match page.last() {
+            Some((_, id, _)) if !short => cursor = id.clone(),
+            _ => return Ok(out),
+        }
     }
 }
 

@@ -63,9 +63,8 @@ fn requests_in_responses_out() {
     );
     // Device B hears A's revision as a sync-event.
     let mut out = Vec::new();
-    other
-        .dialect
-        .change(0, &b.last_committed_in(Some("config_history")), &mut out);
+    let history = b.last_committed_in(Some("config_history"));
+    b.render(&mut other.dialect, 0, &history, &mut out);
     assert_fits(
         &json!({"type": "sync-event", "userId": "alice", "deviceId": "A", "version": 1,
                 "changeType": "create", "changedPaths": ["theme"]}),

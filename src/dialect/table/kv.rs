@@ -43,8 +43,12 @@ fn init_then_the_feed_from_its_seq() {
     );
     // Replayed and live changes render the key's value.
     let mut out = Vec::new();
-    c.dialect
-        .change(0, &b.last_committed_in(Some("kv")), &mut out);
+    b.render(
+        &mut c.dialect,
+        0,
+        &b.last_committed_in(Some("kv")),
+        &mut out,
+    );
     assert_fits(
         &json!({"type": "op", "payload": {"key": "gone", "value": null}}),
         &parse(&out[0]),

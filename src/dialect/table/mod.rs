@@ -1,18 +1,27 @@
-//! The harness of the dialects' table tests: a dialect made by its own
-//! handshake over an engine in a temporary directory, fed frames, its
+//! The harness of the dialects' table tests: a dialect fed frames, its
 //! effects ([`Handled`]) collected as JSON. No socket, no connection
-//! driver, no async runtime: a paged read is run page by page inline, a
-//! write's answer is awaited with a plain thread-parking executor (the
-//! engine's writer is a thread of its own).
+//! driver, no async runtime.
+//!
+//! A pure dialect (native) is made directly, with no engine at all: its
+//! engine calls are effects ([`Call`], [`Publish`]) the test reads, and the
+//! test feeds their results back ([`Conn::reply`]) with values it builds
+//! ([`fake`]). The others are still made by their own handshake over an
+//! engine in a temporary directory ([`Bench`]): a paged read is run page by
+//! page inline, a write's answer is awaited with a plain thread-parking
+//! executor (the engine's writer is a thread of its own).
 
 mod atome_sync;
 mod config_sync;
+pub mod fake;
 mod kv;
 mod native;
 mod sync;
 mod unified;
 
-use super::{ConnCtx, ConnSettings, Ctx, Dialect, Handled, Opening, Refused, Shared, Since};
+use super::{
+    Call, ConnCtx, ConnSettings, Ctx, Dialect, Handled, Opening, Publish, Refused, Reply, Shared,
+    Since,
+};
 use crate::auth::{Auth, Scope};
 use crate::config::Anonymous;
 use crate::engine::{Engine, EngineSettings, Limits};
@@ -111,7 +120,11 @@ impl Bench {
         let opening = opening.map_err(|(s, m)| format!("{s}: {m}")).unwrap();
         let cc = ConnCtx::new(self.ctx.clone(), opening.endpoint);
         let dialect = (opening.make)(&cc);
-        Conn { dialect, _cc: cc }
+        Conn {
+            dialect,
+            engine: Some(self.ctx.engine.clone()),
+            _cc: Some(cc),
+        }
     }
 
     /// Write `fields` into `collection/id` of `space` (as another client).
@@ -154,6 +167,28 @@ impl Bench {
     }
 }
 
+impl Bench {
+    /// Render `c` (a change of feed `feed`) as the driver does: with the
+    /// entity's current state when the dialect asks for it.
+    pub fn render<D: Dialect>(
+        &self,
+        d: &mut D,
+        feed: u64,
+        c: &crate::engine::Committed,
+        out: &mut Vec<Utf8Bytes>,
+    ) {
+        let ch = &c.entry.change;
+        let state = if d.needs_state(feed, c) {
+            self.engine()
+                .entity(&ch.space, &ch.collection, &ch.id)
+                .unwrap()
+        } else {
+            None
+        };
+        d.change(feed, c, state.as_ref(), out)
+    }
+}
+
 impl Drop for Bench {
     fn drop(&mut self) {
         self.ctx.engine.shutdown();
@@ -163,19 +198,41 @@ impl Drop for Bench {
 /// One connection's dialect.
 pub struct Conn<D> {
     pub dialect: D,
+    /// The engine paged reads run against (None: a pure dialect's test,
+    /// which has none).
+    engine: Option<Arc<Engine>>,
     /// The connection's accounting, held while the dialect lives.
-    _cc: ConnCtx,
+    _cc: Option<ConnCtx>,
 }
 
 impl<D: Dialect> Conn<D> {
+    /// A dialect with no engine behind it.
+    pub fn pure(dialect: D) -> Conn<D> {
+        Conn {
+            dialect,
+            engine: None,
+            _cc: None,
+        }
+    }
+
+    fn effects(&self, h: Handled) -> Effects {
+        Effects::of(h, self.engine.as_deref())
+    }
+
     pub fn open(&mut self) -> Effects {
         let h = self.dialect.open();
-        Effects::of(h)
+        self.effects(h)
     }
 
     pub fn text(&mut self, frame: &str) -> Effects {
         let h = self.dialect.on_text(frame);
-        Effects::of(h)
+        self.effects(h)
+    }
+
+    /// Feed the result of the call made with `token`.
+    pub fn reply(&mut self, token: u64, reply: Reply) -> Effects {
+        let h = self.dialect.reply(token, reply);
+        self.effects(h)
     }
 
     pub fn json(&mut self, frame: Value) -> Effects {
@@ -198,6 +255,10 @@ pub struct Effects {
     /// Feeds started, in order.
     pub follow: Vec<Followed>,
     pub unfollow: Vec<u64>,
+    /// The engine call made, with its token.
+    pub call: Option<(u64, Call)>,
+    /// The event published.
+    pub publish: Option<Publish>,
 }
 
 pub fn parse(frame: &str) -> Value {
@@ -205,15 +266,18 @@ pub fn parse(frame: &str) -> Value {
 }
 
 impl Effects {
-    pub fn of(h: Handled) -> Effects {
+    pub fn of(h: Handled, engine: Option<&Engine>) -> Effects {
         let mut e = Effects {
             now: h.now.iter().map(|f| parse(f)).collect(),
             unfollow: h.unfollow,
+            call: h.call,
+            publish: h.publish,
             ..Effects::default()
         };
         let mut follow = h.follow;
         if let Some(mut r) = h.read {
-            while let Some(page) = r.page().unwrap() {
+            let engine = engine.expect("a paged read needs an engine");
+            while let Some(page) = r.page(engine).unwrap() {
                 e.read.extend(page.iter().map(|f| parse(f)));
             }
             follow.extend(r.then());
@@ -233,7 +297,9 @@ impl Effects {
 
     /// Nothing at all.
     pub fn is_empty(&self) -> bool {
-        self.now.is_empty()
+        self.call.is_none()
+            && self.publish.is_none()
+            && self.now.is_empty()
             && self.read.is_empty()
             && self.later.is_empty()
             && self.follow.is_empty()
@@ -244,7 +310,15 @@ impl Effects {
     pub fn reply(&self) -> &Value {
         assert_eq!(self.now.len(), 1, "one frame at once: {self:?}");
         assert!(self.later.is_empty() && self.read.is_empty(), "{self:?}");
+        assert!(self.call.is_none(), "{self:?}");
         &self.now[0]
+    }
+
+    /// The one engine call made: its token and the call.
+    pub fn called(&self) -> (u64, &Call) {
+        assert!(self.now.is_empty() && self.later.is_empty(), "{self:?}");
+        let (token, call) = self.call.as_ref().expect("an engine call");
+        (*token, call)
     }
 }
 

@@ -1,29 +1,38 @@
 //! Native `/ws`: every client message, each error, and the driver's calls.
+//! Pure: no engine, no store; engine calls are read as effects and their
+//! results fed back by the test.
 
+use super::fake;
 use super::*;
 use crate::dialect::native;
 use crate::dialect::{Failed, Lag, Refusal};
-use axum::http::HeaderMap;
+use crate::engine::EngineError;
+use crate::metrics::Metrics;
+use crate::model::Op;
+use crate::store::{LocalWrite, StoreError};
 use serde_json::json;
 
-fn conn(b: &Bench, query: &[(&str, &str)]) -> Conn<native::Native> {
-    b.open(native::accept(
-        &b.ctx,
-        &HeaderMap::new(),
-        &Bench::query(query),
+fn conn(grant: crate::auth::Grant) -> Conn<native::Native> {
+    let metrics = Arc::new(Metrics::default());
+    Conn::pure(native::Native::new(
+        grant,
+        fake::auth(),
+        metrics,
+        "node-7".into(),
+        1,
+        1 << 20,
     ))
 }
 
 #[test]
 fn client_messages_in_effects_out() {
-    let b = Bench::new();
-    let mut c = conn(&b, &[]);
+    let mut c = conn(fake::anonymous());
     assert_fits(
-        &json!({"type": "welcome", "protocol": 1, "auth": ["read", "write"]}),
+        &json!({"type": "welcome", "node": "node-7", "protocol": 1, "auth": ["read", "write"]}),
         c.open().reply(),
         "welcome",
     );
-    let write = b.token("ann", Scope::Write);
+    let write = fake::token("ann", Scope::Write);
     // (frame, what is sent at once)
     let table: Vec<(Value, Value)> = vec![
         (
@@ -47,17 +56,8 @@ fn client_messages_in_effects_out() {
             json!({"type": "unsubscribed", "rid": 5, "space": "s"}),
         ),
         (
-            json!({"type": "publish", "rid": 6, "space": "s", "topic": "t", "payload": 1}),
-            json!({"type": "published", "rid": 6, "space": "s", "topic": "t"}),
-        ),
-        (
             json!({"type": "publish", "rid": 7, "space": "s", "topic": ""}),
             json!({"type": "error", "rid": 7, "code": 422, "reason": "invalid_field"}),
-        ),
-        (
-            json!({"type": "get", "rid": 8, "space": "s", "collection": "c", "id": "none"}),
-            json!({"type": "entity", "rid": 8, "space": "s", "fields": null, "deleted": true,
-                   "version": 0, "seq": 0}),
         ),
         (
             json!({"type": "ping", "rid": 9, "ts": 5}),
@@ -85,28 +85,60 @@ fn client_messages_in_effects_out() {
         ),
     ];
     for (frame, reply) in table {
-        assert_fits(&reply, c.json(frame.clone()).reply(), &frame.to_string());
+        let e = c.json(frame.clone());
+        assert!(e.publish.is_none(), "{frame}: nothing published");
+        assert_fits(&reply, e.reply(), &frame.to_string());
     }
     assert_fits(
         &json!({"type": "error", "code": 400, "reason": "invalid_json"}),
         c.text("{").reply(),
         "not JSON",
     );
-    // A publish without rid is not answered.
-    assert!(c
-        .json(json!({"type": "publish", "space": "s", "topic": "t"}))
-        .is_empty());
+    // A publish is an effect; answered when it has a rid, silent without.
+    let e = c.json(json!({"type": "publish", "rid": 6, "space": "s", "topic": "t", "payload": 1}));
+    assert_fits(
+        &json!({"type": "published", "rid": 6, "space": "s", "topic": "t"}),
+        e.reply(),
+        "published",
+    );
+    let published = Publish {
+        space: "s".into(),
+        topic: "t".into(),
+        payload: json!(1),
+        actor: "ann".into(),
+    };
+    assert_eq!(e.publish, Some(published));
+    let e = c.json(json!({"type": "publish", "space": "s", "topic": "t"}));
+    assert!(e.now.is_empty() && e.call.is_none());
+    assert_eq!(e.publish.map(|p| p.payload), Some(Value::Null));
+    // A get is a read the driver makes; its result is the answer.
+    let e = c.json(json!({"type": "get", "rid": 8, "space": "s", "collection": "c", "id": "none"}));
+    let (token, call) = e.called();
+    assert_eq!(
+        call,
+        &Call::Get {
+            space: "s".into(),
+            keys: vec![("c".into(), "none".into())]
+        }
+    );
+    assert_fits(
+        &json!({"type": "entity", "rid": 8, "space": "s", "collection": "c", "id": "none",
+                "fields": null, "deleted": true, "version": 0, "seq": 0}),
+        c.reply(token, Reply::Got(Ok(vec![None]))).reply(),
+        "get of nothing",
+    );
+    // A result fed twice (or never asked for) answers nothing.
+    assert!(c.reply(token, Reply::Got(Ok(vec![None]))).is_empty());
 }
 
 #[test]
 fn subscribe_follows_and_the_driver_calls_answer() {
-    let b = Bench::new();
-    let mut c = conn(&b, &[]);
+    let mut c = conn(fake::anonymous());
     let e = c.json(
         json!({"type": "subscribe", "rid": "r", "space": "s", "since": 7,
                           "collections": ["b", "a"], "events": false}),
     );
-    assert!(e.now.is_empty() && e.later.is_empty());
+    assert!(e.now.is_empty() && e.later.is_empty() && e.call.is_none());
     assert_eq!(
         e.follow,
         [(
@@ -152,7 +184,7 @@ fn subscribe_follows_and_the_driver_calls_answer() {
     let key = e.follow[0].0;
     let Failed::Answer(f) = c
         .dialect
-        .feed_failed(key, &crate::engine::EngineError::Internal("x".into()))
+        .feed_failed(key, &EngineError::Internal("x".into()))
     else {
         panic!("a failed feed is answered")
     };
@@ -177,60 +209,104 @@ fn subscribe_follows_and_the_driver_calls_answer() {
 }
 
 #[test]
-fn pushes_are_answered_after_the_commit_and_changes_rendered() {
-    let b = Bench::new();
-    let mut c = conn(&b, &[]);
+fn pushes_are_writes_answered_by_their_results_and_changes_rendered() {
+    let mut c = conn(fake::anonymous());
+    c.json(json!({"type": "hello", "client_id": "me"}));
     let e = c.json(json!({"type": "push", "rid": 1, "space": "s",
+                          "changes": [{"collection": "c", "id": "a", "fields": {"v": 1},
+                                       "wid": "w1", "ts": 5}]}));
+    let (t1, call) = e.called();
+    let write = LocalWrite {
+        collection: "c".into(),
+        id: "a".into(),
+        op: Op::Patch,
+        fields: [("v".to_string(), json!(1))].into(),
+        client_us: Some(5_000),
+        expect: None,
+    };
+    assert_eq!(
+        call,
+        &Call::Write {
+            space: "s".into(),
+            actor: "me".into(),
+            writes: vec![write],
+            write_ids: vec![Some("w1".into())],
+        },
+        "an anonymous client writes as its client id"
+    );
+    // Pipelined: a second push before the first is answered.
+    let e = c.json(json!({"type": "push", "rid": 2, "space": "s",
                           "changes": [{"collection": "c", "id": "a", "fields": {"v": 1}, "wid": "w1"}]}));
-    assert!(e.now.is_empty());
+    let (t2, _) = e.called();
+    let e = c.json(json!({"type": "push", "rid": 3, "space": "s",
+                          "changes": [{"collection": "c", "id": "", "fields": {"v": 1}}]}));
+    let (t3, _) = e.called();
+    assert!(t1 != t2 && t2 != t3);
     assert_fits(
-        &json!([{"type": "ack", "rid": 1, "space": "s",
-                 "results": [{"seq": 1, "version": 1, "duplicate": false, "conflicts": []}]}]),
-        &Value::Array(e.later),
+        &json!({"type": "ack", "rid": 1, "space": "s",
+                "results": [{"seq": 1, "version": 1, "duplicate": false, "conflicts": []}]}),
+        c.reply(t1, Reply::Written(Ok(vec![fake::applied(1, 1)])))
+            .reply(),
         "ack",
     );
     // The same write id again: a duplicate, not applied twice.
-    let e = c.json(json!({"type": "push", "rid": 2, "space": "s",
-                          "changes": [{"collection": "c", "id": "a", "fields": {"v": 1}, "wid": "w1"}]}));
     assert_fits(
-        &json!([{"type": "ack", "rid": 2, "results": [{"duplicate": true}]}]),
-        &Value::Array(e.later),
+        &json!({"type": "ack", "rid": 2, "results": [{"duplicate": true}]}),
+        c.reply(t2, Reply::Written(Ok(vec![fake::duplicate(1, 1)])))
+            .reply(),
         "duplicate",
     );
     // The engine refuses a bad name after parsing: an error in its place.
-    let e = c.json(json!({"type": "push", "rid": 3, "space": "s",
-                          "changes": [{"collection": "c", "id": "", "fields": {"v": 1}}]}));
+    let refused = EngineError::Invalid("changes[0].id: empty".into());
     assert_fits(
-        &json!([{"type": "error", "rid": 3, "code": 400, "reason": "invalid_field"}]),
-        &Value::Array(e.later),
+        &json!({"type": "error", "rid": 3, "code": 400, "reason": "invalid_field",
+                "message": "changes[0].id: empty"}),
+        c.reply(t3, Reply::Written(Err(refused))).reply(),
         "invalid write",
     );
-    let got = c.json(json!({"type": "get", "rid": 4, "space": "s", "collection": "c", "id": "a"}));
+    // A get answered with the stored entity, and one whose read failed.
+    let set = fake::change("s", "c", "a", Op::Patch, json!({"v": 1}), 1);
+    let stored = fake::entity(std::slice::from_ref(&set));
+    let e = c.json(json!({"type": "get", "rid": 4, "space": "s", "collection": "c", "id": "a"}));
+    let (t4, _) = e.called();
     assert_fits(
-        &json!({"type": "entity", "rid": 4, "fields": {"v": 1}, "deleted": false, "version": 1}),
-        got.reply(),
+        &json!({"type": "entity", "rid": 4, "fields": {"v": 1}, "deleted": false, "version": 1,
+                "seq": 1}),
+        c.reply(t4, Reply::Got(Ok(vec![Some(stored.clone())])))
+            .reply(),
         "get",
     );
+    let e = c.json(json!({"type": "get", "rid": 5, "space": "s", "collection": "c", "id": "a"}));
+    let (t5, _) = e.called();
+    let failed = EngineError::Store(StoreError::NoSpace);
+    assert_fits(
+        &json!({"type": "error", "rid": 5, "code": 507, "reason": "disk_full"}),
+        c.reply(t5, Reply::Got(Err(failed))).reply(),
+        "failed get",
+    );
+    // A committed change as a `change` frame; native needs no state for it.
+    let committed = fake::committed(set, 1, Some(&stored));
+    assert!(!c.dialect.needs_state(1, &committed));
     let mut out = Vec::new();
-    c.dialect.change(1, &b.last_committed(), &mut out);
+    c.dialect.change(1, &committed, None, &mut out);
     assert_fits(
         &json!({"type": "change", "space": "s", "seq": 1, "collection": "c", "id": "a",
-                "op": "patch", "fields": {"v": 1}, "version": 1}),
+                "op": "patch", "fields": {"v": 1}, "version": 1, "origin_seq": 1}),
         &parse(&out[0]),
         "change",
     );
-    // Read-only: pushes and publishes are refused at once, nothing stored.
-    let read = b.token("rita", Scope::Read);
-    let mut r = conn(&b, &[("token", &read)]);
+    // Read-only: pushes and publishes are refused at once, nothing called.
+    let mut r = conn(fake::grant("rita", Scope::Read));
     for frame in [
         json!({"type": "push", "rid": 5, "space": "s", "changes": [{"collection": "c", "id": "b"}]}),
         json!({"type": "publish", "rid": 5, "space": "s", "topic": "t"}),
     ] {
+        let e = r.json(frame);
+        assert!(e.call.is_none() && e.publish.is_none());
         assert_fits(
             &json!({"type": "error", "rid": 5, "code": 403, "reason": "forbidden"}),
-            r.json(frame).reply(),
+            e.reply(),
             "read-only",
         );
     }
-    assert_eq!(b.engine().last_seq(), 1);
 }

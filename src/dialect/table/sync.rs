@@ -94,7 +94,7 @@ fn client_messages_in_effects_out() {
     }
     assert_eq!(b.engine().last_seq(), 3, "three atome writes stored");
     let mut out = Vec::new();
-    c.dialect.change(0, &b.last_committed(), &mut out);
+    b.render(&mut c.dialect, 0, &b.last_committed(), &mut out);
     assert_fits(
         &json!({"type": "event", "eventType": "atome:deleted"}),
         &parse(&out[0]),

@@ -64,7 +64,7 @@ fn client_messages_in_effects_out() {
     // per field.
     let committed = b.last_committed();
     let mut out = Vec::new();
-    c.dialect.change(1, &committed, &mut out);
+    b.render(&mut c.dialect, 1, &committed, &mut out);
     assert_fits(
         &json!({"type": "change", "change": {"entity": "users", "entity_id": "u1",
                 "action": "create", "data": {"name": "ann"}, "version": 1, "client_id": "tab"}}),
@@ -72,7 +72,7 @@ fn client_messages_in_effects_out() {
         "change",
     );
     out.clear();
-    c.dialect.change(3, &committed, &mut out);
+    b.render(&mut c.dialect, 3, &committed, &mut out);
     assert_fits(
         &json!({"type": "field_change", "change": {"entity": "users", "entity_id": "u1",
                 "field": "name", "value": "ann", "action": "update"}}),
@@ -229,10 +229,10 @@ fn subset_endpoints_gzip_and_scopes() {
     let mut u = conn(&b, Endpoint::Unified, &[]);
     assert!(matches!(u.dialect.outgoing(big.clone()), Message::Text(_)));
     let ping = crate::dialect::gzip::gzip(r#"{"type":"ping"}"#);
-    let e = Effects::of(u.dialect.on_binary(&ping));
+    let e = Effects::of(u.dialect.on_binary(&ping), Some(b.engine()));
     assert_fits(&json!({"type": "pong"}), e.reply(), "gzip in");
     assert!(matches!(u.dialect.outgoing(big), Message::Binary(_)));
-    let e = Effects::of(u.dialect.on_binary(b"not gzip"));
+    let e = Effects::of(u.dialect.on_binary(b"not gzip"), Some(b.engine()));
     assert_fits(
         &json!({"type": "error", "code": "binary_unsupported"}),
         e.reply(),
@@ -259,13 +259,13 @@ fn the_sse_stream_follows_the_space_from_its_handshake() {
         .unwrap();
     let cc = ConnCtx::new(b.ctx.clone(), opening.endpoint);
     let mut d = (opening.make)(&cc);
-    let open = Effects::of(d.open());
+    let open = Effects::of(d.open(), Some(b.engine()));
     assert_eq!(
         open.follow,
         [(0, "s".to_string(), None, false, Since::After(1))]
     );
     let mut out = Vec::new();
-    d.change(0, &b.last_committed(), &mut out);
+    b.render(&mut d, 0, &b.last_committed(), &mut out);
     assert_fits(
         &json!({"entity": "users", "entity_id": "u1", "data": {"name": "ann"}}),
         &parse(&out[0]),

@@ -8,12 +8,11 @@
 use super::http::{caller, HttpError};
 use super::proto;
 use crate::dialect::{Ctx, Dialect, Follow, Handled, Opening, Refusal, Since};
-use crate::engine::{Committed, Engine, Filter};
+use crate::engine::{Committed, Filter};
 use crate::store::StoredEntity;
 use axum::extract::ws::Utf8Bytes;
 use axum::http::HeaderMap;
 use std::collections::HashMap;
-use std::sync::Arc;
 
 /// The SSE event name of every frame.
 pub const EVENT: &str = "sync";
@@ -26,12 +25,10 @@ pub fn accept(
     query: &HashMap<String, String>,
 ) -> Result<Opening<Events>, HttpError> {
     let c = caller(state, headers, query, false)?;
-    let engine = state.engine.clone();
     // Every change committed from the handshake on: the feed starts here
     // even if the body is first polled a moment later.
-    let since = engine.hub().last_seq();
+    let since = state.engine.hub().last_seq();
     Ok(Opening::new("/api/sync/events", move |_| Events {
-        engine,
         space: c.space,
         since,
     }))
@@ -39,7 +36,6 @@ pub fn accept(
 
 /// One SSE stream.
 pub struct Events {
-    engine: Arc<Engine>,
     space: String,
     since: u64,
 }
@@ -70,19 +66,23 @@ impl Dialect for Events {
     }
 
     /// A live change carries the entity's state after it; one re-read from
-    /// the log (catch-up) gets the current state.
-    fn change(&mut self, _: u64, c: &Committed, out: &mut Vec<Utf8Bytes>) {
+    /// the log (catch-up) is rendered over the current state, which the
+    /// driver reads.
+    fn needs_state(&self, _: u64, c: &Committed) -> bool {
+        c.after.is_none()
+    }
+
+    fn change(
+        &mut self,
+        _: u64,
+        c: &Committed,
+        state: Option<&StoredEntity>,
+        out: &mut Vec<Utf8Bytes>,
+    ) {
         let change = if c.after.is_some() {
             proto::change_log(c)
         } else {
-            let ch = &c.entry.change;
-            let now = self
-                .engine
-                .entity(&self.space, &ch.collection, &ch.id)
-                .ok()
-                .flatten()
-                .map(|e| e.view());
-            proto::change_log_over(c, now.as_ref())
+            proto::change_log_over(c, state.map(|e| e.view()).as_ref())
         };
         out.push(serde_json::to_string(&change).unwrap_or_default().into());
     }

@@ -11,7 +11,7 @@ use super::{engine_error, proto_sync_page};
 use crate::auth::Grant;
 use crate::dialect::Ctx;
 use crate::dialect::{admit, gzip};
-use crate::engine::{EngineError, ErrorClass};
+use crate::engine::{off_worker, EngineError, ErrorClass};
 use crate::rfc3339::Timestamp;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -244,8 +244,11 @@ pub async fn get_sync(
     headers: HeaderMap,
 ) -> Reply {
     let (c, since) = sync_request(&state, &headers, &query, &entity)?;
-    let (latest, changes) = proto_sync_page(&state.engine, &c.space, &entity, since, MAX_CHANGES)
-        .map_err(|e| engine_refusal(&e))?;
+    let (engine, space, ent) = (state.engine.clone(), c.space.clone(), entity.clone());
+    let (latest, changes) =
+        off_worker(move || proto_sync_page(&engine, &space, &ent, since, MAX_CHANGES))
+            .await
+            .map_err(|e| engine_refusal(&e))?;
     let last = changes.last().map(|ch| ch.version.max(0) as u64);
     let version = page_version(latest, changes.len() >= MAX_CHANGES, last);
     Ok(Json(json!({"entity": entity, "version": version, "changes": changes})).into_response())
@@ -302,9 +305,9 @@ pub async fn post_sync(
         }
     }
     let _ = &c.grant;
-    let (version, _) = state
-        .engine
-        .type_changes(&c.space, &entity, u64::MAX, 0)
+    let (engine, space, ent) = (state.engine.clone(), c.space.clone(), entity.clone());
+    let (version, _) = off_worker(move || engine.type_changes(&space, &ent, u64::MAX, 0))
+        .await
         .map_err(|e| engine_refusal(&e))?;
     Ok(
         Json(json!({"version": version, "applied": applied, "conflicts": conflicts}))
@@ -321,9 +324,9 @@ pub async fn get_field_sync(
     headers: HeaderMap,
 ) -> Reply {
     let (c, since) = sync_request(&state, &headers, &query, &entity)?;
-    let (latest, ents) = state
-        .engine
-        .type_changes(&c.space, &entity, since, MAX_CHANGES)
+    let (engine, space, ent) = (state.engine.clone(), c.space.clone(), entity.clone());
+    let (latest, ents) = off_worker(move || engine.type_changes(&space, &ent, since, MAX_CHANGES))
+        .await
         .map_err(|e| engine_refusal(&e))?;
     let last = ents.last().map(|(_, e)| e.type_version);
     let version = page_version(latest, ents.len() >= MAX_CHANGES, last);

@@ -247,7 +247,6 @@ impl Unified {
         self.check_entities(std::slice::from_ref(&entity))?;
         Ok(Handled {
             read: Some(Box::new(SyncRead {
-                engine: self.engine.clone(),
                 space: self.space.clone(),
                 entity,
                 after: u64::try_from(since).unwrap_or(0),
@@ -380,17 +379,23 @@ impl Dialect for Unified {
     /// An entity-level `change` carries the entity's whole state: known for
     /// live changes; for one re-read from the log (catch-up) the current
     /// state is read.
-    fn change(&mut self, feed: u64, c: &Committed, out: &mut Vec<Utf8Bytes>) {
+    /// A replayed change of an entity feed is rendered over the entity's
+    /// current state (it carries no `after`).
+    fn needs_state(&self, feed: u64, c: &Committed) -> bool {
+        c.after.is_none() && matches!(self.feeds.get(&feed), Some((Kind::Entity, _)))
+    }
+
+    fn change(
+        &mut self,
+        feed: u64,
+        c: &Committed,
+        state: Option<&StoredEntity>,
+        out: &mut Vec<Utf8Bytes>,
+    ) {
         match self.feeds.get(&feed).map(|(k, _)| *k) {
             Some(Kind::Entity) if c.after.is_some() => out.push(proto::render_change(c)),
             Some(Kind::Entity) => {
-                let ch = &c.entry.change;
-                let now = self
-                    .engine
-                    .entity(&self.space, &ch.collection, &ch.id)
-                    .ok()
-                    .flatten()
-                    .map(|e| e.view());
+                let now = state.map(|e| e.view());
                 let change = proto::change_log_over(c, now.as_ref());
                 out.push(proto::render(&UnifiedMessage::Change { change }).into());
             }
@@ -448,7 +453,6 @@ impl Dialect for Unified {
 
 /// The paged read of `sync`: [`PAGE`] entities per page, in version order.
 struct SyncRead {
-    engine: Arc<Engine>,
     space: String,
     entity: String,
     after: u64,
@@ -456,11 +460,11 @@ struct SyncRead {
 }
 
 impl Read for SyncRead {
-    fn page(&mut self) -> Result<Option<Vec<String>>, EngineError> {
+    fn page(&mut self, engine: &Engine) -> Result<Option<Vec<String>>, EngineError> {
         if self.done {
             return Ok(None);
         }
-        let (_, page) = proto_sync_page(&self.engine, &self.space, &self.entity, self.after, PAGE)?;
+        let (_, page) = proto_sync_page(engine, &self.space, &self.entity, self.after, PAGE)?;
         self.done = page.len() < PAGE;
         let mut frames = Vec::with_capacity(page.len());
         for change in page {
