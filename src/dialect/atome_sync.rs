@@ -10,7 +10,7 @@
 
 use super::atome::{self, bad, AtomeChange, AtomeEvent, AtomeWrite, Bad};
 use super::SLOT_ATOME;
-use super::{Dialect, Follow, Handled, Opening, Refusal, Refused, Since};
+use super::{Call, Dialect, Follow, Handled, Opening, Refusal, Refused, Reply, Since};
 use crate::auth::Grant;
 use crate::dialect::Ctx;
 use crate::engine::Committed;
@@ -45,15 +45,16 @@ pub fn accept(
     let state = state.clone();
     Ok(Opening::new("/ws/atome-sync", move |conn| {
         let deadline = (grant.scope.is_none()).then(|| tokio::time::Instant::now() + AUTH_TIMEOUT);
+        let _ = conn;
         AtomeProto {
-            order: Default::default(),
-            engine: state.engine.clone(),
+            metrics: state.engine.metrics.clone(),
             auth: state.auth.clone(),
             space,
             grant,
-            conn: conn.id,
             client_id,
             deadline,
+            writes: HashMap::new(),
+            next_token: 0,
         }
     }))
 }
@@ -230,17 +231,19 @@ pub fn snapshot_frame(id: &str, e: &StoredEntity, now: u64) -> String {
 
 // ---- the socket connection ---------------------------------------------------
 
+/// One `/ws/atome-sync` connection. No engine handle: each write is a
+/// [`Call::Write`] the driver makes (in the order the frames were read).
 pub struct AtomeProto {
-    /// Pushes reach the writer in the order their frames were read.
-    order: crate::engine::WriteOrder,
-    engine: Arc<Engine>,
+    metrics: Arc<crate::metrics::Metrics>,
     auth: crate::auth::Auth,
     space: String,
     grant: Grant,
-    conn: u64,
     client_id: String,
     /// Set while in-band authentication is awaited.
     deadline: Option<tokio::time::Instant>,
+    /// Writes in flight, by call token: the rid a refusal answers.
+    writes: HashMap<u64, Value>,
+    next_token: u64,
 }
 
 /// Who writes: the token's subject, or the client's id when anonymous (as on
@@ -254,7 +257,7 @@ fn actor(grant: &Grant, client_id: Option<&str>) -> String {
 
 impl AtomeProto {
     fn error(&self, code: &str, message: &str, rid: &Value) -> String {
-        self.engine.metrics.errors_sent.fetch_add(1, Relaxed);
+        self.metrics.errors_sent.fetch_add(1, Relaxed);
         error_frame(code, message, rid, now_ms())
     }
 
@@ -266,7 +269,7 @@ impl AtomeProto {
         let grant = match self.auth.verify(token, super::now_s()) {
             Ok(g) => g,
             Err(e) => {
-                self.engine.metrics.auth_failures.fetch_add(1, Relaxed);
+                self.metrics.auth_failures.fetch_add(1, Relaxed);
                 return self.error(UNAUTHORIZED, &format!("unauthorized: {e}"), rid);
             }
         };
@@ -341,29 +344,29 @@ impl Dialect for AtomeProto {
                     Ok(w) => w,
                     Err(e) => return Handled::reply(self.error(INVALID, &e.to_string(), &rid)),
                 };
-                let (engine, space, conn) = (self.engine.clone(), self.space.clone(), self.conn);
-                let actor = actor(&self.grant, Some(&self.client_id));
                 // Stored, then fanned out to the other clients; only a
                 // failure is answered (the seed has no acknowledgement).
-                let pushed = self.order.push(
-                    engine.clone(),
-                    space,
-                    actor,
-                    Some(conn),
-                    vec![write],
-                    vec![],
-                );
-                Handled::later(Box::pin(async move {
-                    match pushed.await {
-                        Ok(_) => vec![],
-                        Err(e) => {
-                            engine.metrics.errors_sent.fetch_add(1, Relaxed);
-                            let (_, code) = atome::wire(e.class());
-                            vec![error_frame(code, &e.to_string(), &rid, now_ms())]
-                        }
-                    }
-                }))
+                self.next_token += 1;
+                self.writes.insert(self.next_token, rid);
+                let call = Call::Write {
+                    space: self.space.clone(),
+                    actor: actor(&self.grant, Some(&self.client_id)),
+                    writes: vec![write],
+                    write_ids: Vec::new(),
+                };
+                Handled::call(self.next_token, call)
             }
+        }
+    }
+
+    fn reply(&mut self, token: u64, reply: Reply) -> Handled {
+        let rid = self.writes.remove(&token).unwrap_or(Value::Null);
+        match reply {
+            Reply::Written(Err(e)) => {
+                let (_, code) = atome::wire(e.class());
+                Handled::reply(self.error(code, &e.to_string(), &rid))
+            }
+            _ => Handled::default(),
         }
     }
 

@@ -13,10 +13,13 @@
 pub mod webhook;
 
 use super::SLOT_KV;
-use super::{admit, Dialect, Failed, Follow, Handled, Opening, Read, Refusal, Refused, Since};
+use super::{
+    admit, Call, Dialect, Failed, Follow, Handled, Opening, Read, Refusal, Refused, Reply, Since,
+};
 use crate::auth::Grant;
 use crate::dialect::Ctx;
 use crate::engine::{off_worker, Committed, Engine, EngineError, ErrorClass, Filter, PAGE_BYTES};
+use crate::metrics::Metrics;
 use crate::model::{Op, Stamp};
 use crate::store::{Cap, LocalWrite, LogEntry, StoredEntity};
 use axum::extract::ws::Utf8Bytes;
@@ -326,32 +329,41 @@ pub fn accept(
             "forbidden: the token gives no access to this workspace\n".into(),
         ));
     }
-    let state = state.clone();
-    Ok(Opening::new("/v1/sync", move |conn| Kv {
-        engine: state.engine.clone(),
-        grant,
-        space: workspace,
-        conn: conn.id,
-        max_frame_bytes: state.settings.max_frame_bytes,
-        order: Default::default(),
+    let (metrics, max_frame_bytes) = (state.engine.metrics.clone(), state.settings.max_frame_bytes);
+    Ok(Opening::new("/v1/sync", move |_| {
+        Kv::new(grant, workspace, metrics, max_frame_bytes)
     }))
 }
 
 /// One `/v1/sync` connection: `init` (a paged read), then one feed of the
 /// workspace's keys from the seq the `init` reflects. Ops are pipelined;
 /// a stored op is answered by its broadcast (the writer gets it too), a
-/// refused one by an error frame.
+/// refused one by an error frame. No engine handle: each op is a
+/// [`Call::Write`] the driver makes (in the order the frames were read).
 pub struct Kv {
-    engine: Arc<Engine>,
+    metrics: Arc<Metrics>,
     grant: Grant,
     space: String,
-    conn: u64,
     max_frame_bytes: usize,
-    /// Ops reach the writer in the order their frames were read.
-    order: crate::engine::WriteOrder,
+    /// Ops in flight, by call token: their keys, for a refusal.
+    ops: HashMap<u64, String>,
+    next_token: u64,
 }
 
 impl Kv {
+    /// One connection to `space` with the handshake's `grant`; `init` is
+    /// chunked for frames of `max_frame_bytes`.
+    pub fn new(grant: Grant, space: String, metrics: Arc<Metrics>, max_frame_bytes: usize) -> Kv {
+        Kv {
+            metrics,
+            grant,
+            space,
+            max_frame_bytes,
+            ops: HashMap::new(),
+            next_token: 0,
+        }
+    }
+
     /// The frame limit `init` is chunked for (tests use a small one).
     #[cfg(test)]
     pub fn set_max_frame_bytes(&mut self, n: usize) {
@@ -359,7 +371,7 @@ impl Kv {
     }
 
     fn error(&self, code: u16, reason: &str, message: &str, key: Option<&str>) -> String {
-        self.engine.metrics.errors_sent.fetch_add(1, Relaxed);
+        self.metrics.errors_sent.fetch_add(1, Relaxed);
         error_frame(code, reason, message, key)
     }
 
@@ -372,28 +384,19 @@ impl Kv {
             let m = "write attempted with read-only scope";
             return Handled::reply(self.error(403, "forbidden", m, Some(&key)));
         }
-        let engine = self.engine.clone();
-        let actor = self.grant.sub.clone();
         let write = op_write(key.clone(), value, timestamp_us);
-        let pushed = self.order.push(
-            engine.clone(),
-            self.space.clone(),
-            actor,
-            Some(self.conn),
-            vec![write],
-            vec![],
-        );
+        self.next_token += 1;
+        self.ops.insert(self.next_token, key);
         // Answered in order once durable; the driver keeps serving.
-        Handled::later(Box::pin(async move {
-            match pushed.await {
-                Ok(_) => Vec::new(),
-                Err(e) => {
-                    engine.metrics.errors_sent.fetch_add(1, Relaxed);
-                    let (code, reason) = engine_error(&e);
-                    vec![error_frame(code, reason, &e.to_string(), Some(&key))]
-                }
-            }
-        }))
+        Handled::call(
+            self.next_token,
+            Call::Write {
+                space: self.space.clone(),
+                actor: self.grant.sub.clone(),
+                writes: vec![write],
+                write_ids: Vec::new(),
+            },
+        )
     }
 
     /// A failure while bringing the session up: report it and close.
@@ -440,6 +443,19 @@ impl Dialect for Kv {
             Refusal::TooManyFeeds { .. } => {
                 self.error(429, "too_many_subscriptions", &why.message(), None)
             }
+        }
+    }
+
+    /// A stored op is answered by its broadcast; a refused one by an error
+    /// naming its key.
+    fn reply(&mut self, token: u64, reply: Reply) -> Handled {
+        let key = self.ops.remove(&token);
+        match reply {
+            Reply::Written(Err(e)) => {
+                let (code, reason) = engine_error(&e);
+                Handled::reply(self.error(code, reason, &e.to_string(), key.as_deref()))
+            }
+            _ => Handled::default(),
         }
     }
 

@@ -32,7 +32,7 @@ pub enum Call {
         space: String,
         actor: String,
         writes: Vec<LocalWrite>,
-        /// Client write ids, one per write (None: no id).
+        /// Client write ids, one per write (empty: none).
         write_ids: Vec<Option<String>>,
     },
     /// The current state of entities (collection, id) of a space, read on

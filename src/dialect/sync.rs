@@ -13,11 +13,11 @@
 
 use super::atome::{self, bad, AtomeChange, AtomeEvent, AtomeWrite, Bad};
 use super::SLOT_SYNC;
-use super::{Dialect, Follow, Handled, Opening, Refusal, Refused, Since};
+use super::{Call, Dialect, Follow, Handled, Opening, Publish, Refusal, Refused, Reply, Since};
 use crate::auth::Grant;
 use crate::dialect::Ctx;
 use crate::engine::Committed;
-use crate::engine::{now_ms, Engine, Event, Filter};
+use crate::engine::{now_ms, Event, Filter};
 use crate::store::StoredEntity;
 use axum::extract::ws::Utf8Bytes;
 use axum::http::HeaderMap;
@@ -34,14 +34,14 @@ pub fn accept(
 ) -> Result<Opening<SyncProto>, Refused> {
     let (grant, space) = super::admit_space(state, headers, query)?;
     let state = state.clone();
-    Ok(Opening::new("/ws/sync", move |conn| SyncProto {
-        order: Default::default(),
-        engine: state.engine.clone(),
+    Ok(Opening::new("/ws/sync", move |_| SyncProto {
+        metrics: state.engine.metrics.clone(),
         upstream: state.upstream.clone(),
         space,
         grant,
-        conn: conn.id,
         client_id: format!("client_{}", atome::random_id()),
+        writes: HashMap::new(),
+        next_token: 0,
     }))
 }
 
@@ -270,21 +270,23 @@ pub fn event_frame(topic: &str, payload: &Value, now: u64) -> String {
 
 // ---- the connection -----------------------------------------------------------
 
+/// One `/ws/sync` connection. No engine handle: each write is a
+/// [`Call::Write`] and each event a [`Publish`] the driver makes.
 pub struct SyncProto {
-    /// Pushes reach the writer in the order their frames were read.
-    order: crate::engine::WriteOrder,
-    engine: Arc<Engine>,
+    metrics: Arc<crate::metrics::Metrics>,
     /// The upstream hub, if any: `sync_request` starts a round with it.
     upstream: Option<super::Wake>,
     space: String,
     grant: Grant,
-    conn: u64,
     client_id: String,
+    /// Writes in flight, by call token: the rid a refusal answers.
+    writes: HashMap<u64, Value>,
+    next_token: u64,
 }
 
 impl SyncProto {
     fn error(&self, code: &str, message: &str, rid: &Value) -> String {
-        self.engine.metrics.errors_sent.fetch_add(1, Relaxed);
+        self.metrics.errors_sent.fetch_add(1, Relaxed);
         error_frame(code, message, rid)
     }
 
@@ -341,10 +343,15 @@ impl SyncProto {
                         &rid,
                     ));
                 }
-                let actor = self.actor();
-                self.engine
-                    .publish(&self.space, &topic, payload, &actor, Some(self.conn));
-                Handled::default()
+                Handled {
+                    publish: Some(Publish {
+                        space: self.space.clone(),
+                        topic,
+                        payload,
+                        actor: self.actor(),
+                    }),
+                    ..Handled::default()
+                }
             }
             Request::Atome(w) => {
                 if !self.grant.can_write(&self.space) {
@@ -358,32 +365,17 @@ impl SyncProto {
                     Ok(w) => w,
                     Err(e) => return Handled::reply(self.error(INVALID, &e.to_string(), &rid)),
                 };
-                let (engine, space, actor, conn) = (
-                    self.engine.clone(),
-                    self.space.clone(),
-                    self.actor(),
-                    self.conn,
-                );
                 // Stored, then fanned out to the other clients; only a
                 // failure is answered (the seed has no acknowledgement).
-                let pushed = self.order.push(
-                    engine.clone(),
-                    space,
-                    actor,
-                    Some(conn),
-                    vec![write],
-                    vec![],
-                );
-                Handled::later(Box::pin(async move {
-                    match pushed.await {
-                        Ok(_) => vec![],
-                        Err(e) => {
-                            engine.metrics.errors_sent.fetch_add(1, Relaxed);
-                            let (_, code) = atome::wire(e.class());
-                            vec![error_frame(code, &e.to_string(), &rid)]
-                        }
-                    }
-                }))
+                self.next_token += 1;
+                self.writes.insert(self.next_token, rid);
+                let call = Call::Write {
+                    space: self.space.clone(),
+                    actor: self.actor(),
+                    writes: vec![write],
+                    write_ids: Vec::new(),
+                };
+                Handled::call(self.next_token, call)
             }
         }
     }
@@ -411,6 +403,17 @@ impl Dialect for SyncProto {
     /// A client never gets its own writes back.
     fn echo(&self) -> bool {
         false
+    }
+
+    fn reply(&mut self, token: u64, reply: Reply) -> Handled {
+        let rid = self.writes.remove(&token).unwrap_or(Value::Null);
+        match reply {
+            Reply::Written(Err(e)) => {
+                let (_, code) = atome::wire(e.class());
+                Handled::reply(self.error(code, &e.to_string(), &rid))
+            }
+            _ => Handled::default(),
+        }
     }
 
     fn on_text(&mut self, text: &str) -> Handled {

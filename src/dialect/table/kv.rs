@@ -1,10 +1,18 @@
 //! Seed 003 `/v1/sync/{workspace}`: `init` (a paged read), every client
 //! message, each error, the driver's calls.
 
+use super::fake;
 use super::*;
 use crate::dialect::{kv, Failed, Refusal};
+use crate::model::Op;
 use axum::http::HeaderMap;
 use serde_json::json;
+
+/// A connection to workspace `w`, with no engine behind it.
+fn pure(grant: crate::auth::Grant) -> Conn<kv::Kv> {
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    Conn::pure(kv::Kv::new(grant, "w".into(), metrics, 1 << 20))
+}
 
 fn conn(b: &Bench, query: &[(&str, &str)]) -> Conn<kv::Kv> {
     b.open(kv::accept(
@@ -99,8 +107,7 @@ fn a_large_workspace_is_init_then_ops() {
 
 #[test]
 fn client_messages_in_effects_out() {
-    let b = Bench::new();
-    let mut c = conn(&b, &[]);
+    let mut c = pure(fake::anonymous());
     let table: Vec<(&str, Value)> = vec![
         (
             "nope",
@@ -127,15 +134,41 @@ fn client_messages_in_effects_out() {
         "heartbeats are ignored"
     );
     assert!(c.text(r#"{"type":"pong"}"#).is_empty());
-    // A stored op is answered by its broadcast only (nothing here).
+    // An op is a write the driver makes; stored, it is answered by its
+    // broadcast only (nothing here).
     let e = c.text(r#"{"type":"op","payload":{"key":"k","value":1,"timestamp":1700000000123456}}"#);
-    assert!(e.now.is_empty() && e.later.is_empty(), "{e:?}");
-    assert_eq!(b.engine().last_seq(), 1);
+    let (t1, call) = e.called();
+    let Call::Write {
+        space,
+        actor,
+        writes,
+        write_ids,
+    } = call
+    else {
+        panic!("an op is a write: {call:?}")
+    };
+    assert_eq!((space.as_str(), actor.as_str()), ("w", "anonymous"));
+    assert!(write_ids.is_empty());
+    assert_eq!(
+        (
+            writes.len(),
+            writes[0].id.as_str(),
+            writes[0].collection.as_str()
+        ),
+        (1, "k", "kv")
+    );
+    assert_eq!(writes[0].fields["value"], json!(1));
+    assert_eq!(writes[0].client_us, Some(1_700_000_000_123_456));
+    assert!(c
+        .reply(t1, Reply::Written(Ok(vec![fake::applied(1, 1)])))
+        .is_empty());
     // The engine refuses a bad key after parsing: an error naming it.
     let e = c.text(r#"{"type":"op","payload":{"key":"","value":1}}"#);
+    let (t2, _) = e.called();
+    let refused = crate::engine::EngineError::Invalid("id: empty".into());
     assert_fits(
-        &json!([{"type": "error", "code": 400, "reason": "invalid_field", "key": ""}]),
-        &Value::Array(e.later),
+        &json!({"type": "error", "code": 400, "reason": "invalid_field", "key": ""}),
+        c.reply(t2, Reply::Written(Err(refused))).reply(),
         "bad key",
     );
     let f = c.dialect.refuse(Refusal::Binary);
@@ -150,14 +183,41 @@ fn client_messages_in_effects_out() {
         &parse(&f),
         "too large",
     );
-    // Read-only: refused at once, nothing stored.
-    let read = b.token("rita", Scope::Read);
-    let mut r = conn(&b, &[("token", &read)]);
+    // Read-only: refused at once, nothing written.
+    let mut r = pure(fake::grant("rita", Scope::Read));
+    let e = r.text(r#"{"type":"op","payload":{"key":"k","value":2}}"#);
+    assert!(e.call.is_none());
     assert_fits(
         &json!({"type": "error", "code": 403, "reason": "forbidden", "key": "k"}),
-        r.text(r#"{"type":"op","payload":{"key":"k","value":2}}"#)
-            .reply(),
+        e.reply(),
         "read-only",
     );
-    assert_eq!(b.engine().last_seq(), 1);
+}
+
+/// Live changes: one that won renders from itself; one that lost (or a
+/// delete) renders the key's current state, which the driver reads.
+#[test]
+fn changes_render_from_themselves_or_the_current_state() {
+    let mut c = pure(fake::anonymous());
+    let won = fake::change("w", "kv", "k", Op::Patch, json!({"value": 2}), 2);
+    let stored = fake::entity(std::slice::from_ref(&won));
+    let live = fake::committed(won, 1, Some(&stored));
+    assert!(!c.dialect.needs_state(0, &live));
+    let mut out = Vec::new();
+    c.dialect.change(0, &live, None, &mut out);
+    assert_fits(
+        &json!({"type": "op", "payload": {"key": "k", "value": 2}}),
+        &parse(&out[0]),
+        "a winner",
+    );
+    let lost = fake::change("w", "kv", "k", Op::Patch, json!({"value": 1}), 1);
+    let late = fake::committed(lost, 2, Some(&stored));
+    assert!(c.dialect.needs_state(0, &late));
+    out.clear();
+    c.dialect.change(0, &late, Some(&stored), &mut out);
+    assert_fits(
+        &json!({"type": "op", "payload": {"key": "k", "value": 2}}),
+        &parse(&out[0]),
+        "the current value, not the loser's",
+    );
 }

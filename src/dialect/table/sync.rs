@@ -77,12 +77,27 @@ fn client_messages_in_effects_out() {
     );
     // Answered by nothing: a pong, a published event, a stored atome.
     assert!(c.json(json!({"type": "pong"})).is_empty());
-    for frame in [
-        json!({"type": "event", "eventType": "presence", "payload": {"x": 1}}),
-        json!({"type": "file-event", "payload": {"path": "/a"}}),
-        json!({"type": "sync:user-created", "payload": {"id": "u"}}),
+    for (frame, topic) in [
+        (
+            json!({"type": "event", "eventType": "presence", "payload": {"x": 1}}),
+            "presence",
+        ),
+        (
+            json!({"type": "file-event", "payload": {"path": "/a"}}),
+            "sync:file-event",
+        ),
+        (
+            json!({"type": "sync:user-created", "payload": {"id": "u"}}),
+            "sync:user-created",
+        ),
     ] {
-        assert!(c.json(frame.clone()).is_empty(), "{frame}");
+        let e = c.json(frame.clone());
+        assert!(e.now.is_empty() && e.later.is_empty(), "{frame}: {e:?}");
+        let published = e.publish.expect("an event is published");
+        assert_eq!(
+            (published.space.as_str(), published.topic.as_str()),
+            ("s", topic)
+        );
     }
     for frame in [
         json!({"type": "atome-sync", "payload": {"operation": "create", "atome": {"id": "a1", "kind": "note"}}}),

@@ -9,11 +9,12 @@ pub mod events;
 pub mod http;
 pub mod proto;
 
-use super::{admit, Dialect, Failed, Follow, Handled, Opening, Read, Refused, Since};
+use super::{admit, Call, Dialect, Failed, Follow, Handled, Opening, Read, Refused, Reply, Since};
 use crate::auth::Grant;
 use crate::dialect::Ctx;
 use crate::engine::{Committed, Engine, EngineError, ErrorClass, Filter};
-use crate::store::StoredEntity;
+use crate::metrics::Metrics;
+use crate::store::{Outcome, StoredEntity};
 use axum::extract::ws::{Message, Utf8Bytes};
 use axum::http::{HeaderMap, StatusCode};
 use proto::{code, Endpoint, Refusal, UnifiedMessage};
@@ -55,18 +56,18 @@ pub fn accept(
     };
     let state = state.clone();
     Ok(Opening::new(endpoint.path(), move |conn| Unified {
-        engine: state.engine.clone(),
+        metrics: state.engine.metrics.clone(),
         forms: state.settings.forms.clone(),
         max_frame_bytes: state.settings.max_frame_bytes,
         client_id: client_id.unwrap_or_else(|| format!("c{}", conn.id)),
-        conn: conn.id,
         grant,
         endpoint,
         space,
         compress,
         feeds: HashMap::new(),
         next_key: 0,
-        order: Default::default(),
+        pushes: HashMap::new(),
+        next_token: 0,
     }))
 }
 
@@ -84,21 +85,34 @@ enum Kind {
 /// message. Pushes are pipelined and answered in request order once
 /// durable; `sync` is a paged read.
 pub struct Unified {
-    engine: Arc<Engine>,
+    metrics: Arc<Metrics>,
     forms: Arc<crate::schema::SchemaSet>,
     max_frame_bytes: usize,
     grant: Grant,
     endpoint: Endpoint,
     space: String,
     client_id: String,
-    conn: u64,
     /// Send frames of `gzip::THRESHOLD` bytes or more gzipped (binary).
     compress: bool,
     /// Feed key -> what it delivers, of which entity types.
     feeds: HashMap<u64, (Kind, HashSet<String>)>,
     next_key: u64,
-    /// Pushes reach the writer in the order their frames were read.
-    order: crate::engine::WriteOrder,
+    /// Pushes in flight (each a [`Call::Write`]), by call token.
+    pushes: HashMap<u64, Pushed>,
+    next_token: u64,
+}
+
+/// What a push's result answers.
+enum Pushed {
+    Entity {
+        entity: String,
+        entity_id: String,
+    },
+    Fields {
+        entity: String,
+        entity_id: String,
+        times: std::collections::BTreeMap<String, crate::rfc3339::Timestamp>,
+    },
 }
 
 /// Engine errors in seed 004: the `error` code (sockets) and the HTTP
@@ -143,7 +157,7 @@ impl Unified {
     }
 
     fn error(&self, r: Refusal) -> String {
-        self.engine.metrics.errors_sent.fetch_add(1, Relaxed);
+        self.metrics.errors_sent.fetch_add(1, Relaxed);
         proto::error(&r)
     }
 
@@ -276,29 +290,8 @@ impl Unified {
     ) -> Result<Handled, Refusal> {
         self.can_write()?;
         let write = proto::push_write(entity_id.clone(), entity.clone(), action, data)?;
-        let engine = self.engine.clone();
-        let (space, actor, source) = (self.space.clone(), self.actor(), Some(self.conn));
-        let pushed = self
-            .order
-            .push(engine.clone(), space, actor, source, vec![write], vec![]);
         // Answered in request order once durable; the driver keeps serving.
-        Ok(Handled::later(Box::pin(async move {
-            match pushed.await {
-                Ok(outs) => {
-                    engine.metrics.acks.fetch_add(1, Relaxed);
-                    let version = outs.first().map(|o| o.type_version).unwrap_or(0);
-                    vec![proto::render(&UnifiedMessage::PushAck {
-                        entity,
-                        entity_id,
-                        version: i64::try_from(version).unwrap_or(i64::MAX),
-                    })]
-                }
-                Err(e) => {
-                    engine.metrics.errors_sent.fetch_add(1, Relaxed);
-                    vec![proto::error(&engine_error(&e))]
-                }
-            }
-        })))
+        Ok(self.write(vec![write], Pushed::Entity { entity, entity_id }))
     }
 
     fn push_fields(
@@ -309,27 +302,52 @@ impl Unified {
     ) -> Result<Handled, Refusal> {
         self.can_write()?;
         let (writes, times) = proto::field_writes(&entity, &entity_id, fields)?;
-        let engine = self.engine.clone();
-        let (space, actor, source) = (self.space.clone(), self.actor(), Some(self.conn));
-        let endpoint = self.endpoint;
-        let pushed = self
-            .order
-            .push(engine.clone(), space, actor, source, writes, vec![]);
-        Ok(Handled::later(Box::pin(async move {
-            match pushed.await {
-                Ok(outs) => {
-                    engine.metrics.acks.fetch_add(1, Relaxed);
-                    proto::field_push_reply(&entity, &entity_id, &times, &outs)
-                        .iter()
-                        .map(|m| proto::render_for(endpoint, m))
-                        .collect()
-                }
-                Err(e) => {
-                    engine.metrics.errors_sent.fetch_add(1, Relaxed);
-                    vec![proto::error(&engine_error(&e))]
-                }
+        let pushed = Pushed::Fields {
+            entity,
+            entity_id,
+            times,
+        };
+        Ok(self.write(writes, pushed))
+    }
+
+    /// Writes as this client; `pushed` says what their result answers.
+    fn write(&mut self, writes: Vec<crate::store::LocalWrite>, pushed: Pushed) -> Handled {
+        self.next_token += 1;
+        self.pushes.insert(self.next_token, pushed);
+        let call = Call::Write {
+            space: self.space.clone(),
+            actor: self.actor(),
+            writes,
+            write_ids: Vec::new(),
+        };
+        Handled::call(self.next_token, call)
+    }
+
+    /// The answer of a push once its result is in.
+    fn pushed(&self, pushed: Pushed, r: Result<Vec<Outcome>, EngineError>) -> Vec<String> {
+        let outs = match r {
+            Ok(outs) => outs,
+            Err(e) => return vec![self.error(engine_error(&e))],
+        };
+        self.metrics.acks.fetch_add(1, Relaxed);
+        match pushed {
+            Pushed::Entity { entity, entity_id } => {
+                let version = outs.first().map(|o| o.type_version).unwrap_or(0);
+                vec![proto::render(&UnifiedMessage::PushAck {
+                    entity,
+                    entity_id,
+                    version: i64::try_from(version).unwrap_or(i64::MAX),
+                })]
             }
-        })))
+            Pushed::Fields {
+                entity,
+                entity_id,
+                times,
+            } => proto::field_push_reply(&entity, &entity_id, &times, &outs)
+                .iter()
+                .map(|m| proto::render_for(self.endpoint, m))
+                .collect(),
+        }
     }
 }
 
@@ -340,6 +358,16 @@ impl Dialect for Unified {
 
     fn on_text(&mut self, text: &str) -> Handled {
         self.handle(text)
+    }
+
+    fn reply(&mut self, token: u64, reply: Reply) -> Handled {
+        match (self.pushes.remove(&token), reply) {
+            (Some(pushed), Reply::Written(r)) => Handled {
+                now: self.pushed(pushed, r),
+                ..Handled::default()
+            },
+            _ => Handled::default(),
+        }
     }
 
     /// A gzipped message (what RHTMX's clients send for 1 KiB and more):
