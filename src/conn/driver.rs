@@ -69,7 +69,7 @@ type Answering = Pin<Box<dyn Future<Output = Answer> + Send>>;
 enum Item {
     Change(u64, Arc<Committed>),
     Event(u64, Arc<Event>),
-    Snapshot(u64, String, String, StoredEntity),
+    Snapshot(u64, Box<(String, String, StoredEntity)>),
 }
 
 /// Why the loop ended.
@@ -240,7 +240,8 @@ impl<D: Dialect> Driver<D> {
         if let Some(read) = h.read {
             follow.extend(self.read(read).await?);
         }
-        if let Some((token, call)) = h.call {
+        if let Some(c) = h.call {
+            let (token, call) = *c;
             self.call(token, call);
         }
         if let Some(later) = h.later {
@@ -363,7 +364,7 @@ impl<D: Dialect> Driver<D> {
                             collection,
                             id,
                             entity,
-                        } => items.push(Item::Snapshot(key, collection, id, entity)),
+                        } => items.push(Item::Snapshot(key, Box::new((collection, id, entity)))),
                     }
                 }
                 if self.render(items).await.is_err() {
@@ -505,9 +506,10 @@ impl<D: Dialect> Driver<D> {
                         self.out.push(f);
                     }
                 }
-                Item::Snapshot(key, collection, id, entity) => {
+                Item::Snapshot(key, s) => {
+                    let (collection, id, entity) = &*s;
                     self.dialect
-                        .snapshot(key, &collection, &id, &entity, &mut self.out)
+                        .snapshot(key, collection, id, entity, &mut self.out)
                 }
             }
         }

@@ -486,12 +486,12 @@ impl Native {
         };
         Ok(Handled {
             now,
-            publish: Some(Publish {
+            publish: Some(Box::new(Publish {
                 space: p.space,
                 topic: p.topic,
                 payload: p.payload,
                 actor: self.actor(),
-            }),
+            })),
             ..Handled::default()
         })
     }

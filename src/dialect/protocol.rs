@@ -103,12 +103,13 @@ pub struct Handled {
     /// Frames to send right away.
     pub now: Vec<String>,
     /// An event to fan out.
-    pub publish: Option<Publish>,
+    pub publish: Option<Box<Publish>>,
     /// A paged read whose frames follow `now`.
     pub read: Option<Box<dyn Read>>,
     /// An engine call and its token; the result comes back through
-    /// [`Dialect::reply`].
-    pub call: Option<(u64, Call)>,
+    /// [`Dialect::reply`]. (Boxed, as `publish`: a `Handled` is often an
+    /// error's value, kept small.)
+    pub call: Option<Box<(u64, Call)>>,
     /// Work whose answer comes later, for dialects that still call the
     /// engine themselves (a write waiting for its commit).
     pub later: Option<Pending>,
@@ -128,7 +129,7 @@ impl Handled {
 
     pub fn call(token: u64, call: Call) -> Handled {
         Handled {
-            call: Some((token, call)),
+            call: Some(Box::new((token, call))),
             ..Handled::default()
         }
     }

@@ -344,12 +344,12 @@ impl SyncProto {
                     ));
                 }
                 Handled {
-                    publish: Some(Publish {
+                    publish: Some(Box::new(Publish {
                         space: self.space.clone(),
                         topic,
                         payload,
                         actor: self.actor(),
-                    }),
+                    })),
                     ..Handled::default()
                 }
             }

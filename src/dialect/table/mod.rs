@@ -220,10 +220,10 @@ impl<D: Dialect> Conn<D> {
     /// result fed back at once, as the driver would: what the dialect then
     /// answers is `later`. A pure dialect's call is left for the test.
     fn effects(&mut self, mut h: Handled) -> Effects {
-        let made = match (&self.engine, h.call.take()) {
+        let made = match (&self.engine, h.call.take().map(|c| *c)) {
             (Some(engine), Some((token, call))) => Some((token, make(engine, call))),
             (None, call) => {
-                h.call = call;
+                h.call = call.map(Box::new);
                 None
             }
             (Some(_), None) => None,
@@ -309,8 +309,8 @@ impl Effects {
         let mut e = Effects {
             now: h.now.iter().map(|f| parse(f)).collect(),
             unfollow: h.unfollow,
-            call: h.call,
-            publish: h.publish,
+            call: h.call.map(|c| *c),
+            publish: h.publish.map(|p| *p),
             ..Effects::default()
         };
         let mut follow = h.follow;
