@@ -201,15 +201,9 @@ impl<D: Dialect> Driver<D> {
                     .push(engine, space, actor, source, writes, write_ids);
                 Box::pin(async move { Answer::Reply(token, Reply::Written(pushed.await)) })
             }
-            Call::Get { space, keys } => Box::pin(async move {
-                let got = off_worker(move || {
-                    keys.iter()
-                        .map(|(c, id)| engine.entity(&space, c, id))
-                        .collect::<Result<Vec<_>, _>>()
-                })
-                .await;
-                Answer::Reply(token, Reply::Got(got))
-            }),
+            Call::Get { space, keys } => {
+                Box::pin(async move { Answer::Reply(token, Call::get(engine, space, keys).await) })
+            }
         };
         self.pending.push_back(answering);
     }

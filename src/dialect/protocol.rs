@@ -43,6 +43,43 @@ pub enum Call {
     },
 }
 
+impl Call {
+    /// Make the call against `engine` as connection `source`, now: what a
+    /// caller without a connection driver does (the table tests, the
+    /// simulator). The driver queues writes through the connection's
+    /// `WriteOrder` instead, and reads the same way ([`Call::get`]).
+    pub async fn make(self, engine: &std::sync::Arc<Engine>, source: Option<u64>) -> Reply {
+        match self {
+            Call::Write {
+                space,
+                actor,
+                writes,
+                write_ids,
+            } => Reply::Written(
+                engine
+                    .push_idempotent(&space, &actor, source, writes, write_ids)
+                    .await,
+            ),
+            Call::Get { space, keys } => Call::get(engine.clone(), space, keys).await,
+        }
+    }
+
+    /// A `Get`'s read, on the blocking pool (`engine::off_worker`).
+    pub async fn get(
+        engine: std::sync::Arc<Engine>,
+        space: String,
+        keys: Vec<(String, String)>,
+    ) -> Reply {
+        let got = crate::engine::off_worker(move || {
+            keys.iter()
+                .map(|(c, id)| engine.entity(&space, c, id))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await;
+        Reply::Got(got)
+    }
+}
+
 /// The result of a [`Call`].
 #[derive(Debug)]
 pub enum Reply {

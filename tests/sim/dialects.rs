@@ -16,7 +16,7 @@ use outpost::auth::Auth;
 use outpost::config::Anonymous;
 use outpost::dialect::{
     atome_sync, config_sync, kv, native, sync, unified, ConnCtx, ConnSettings, Ctx, Dialect,
-    Opening, Refused, Shared,
+    Handled, Opening, Refused, Shared,
 };
 use outpost::engine::Engine;
 use outpost::model::Op;
@@ -111,7 +111,24 @@ impl<D: Dialect> Conn<D> {
     /// write) once committed.
     async fn send(&mut self, frame: Value) -> Result<Vec<Value>, String> {
         let h = self.dialect.on_text(&frame.to_string());
+        let out = self.answer(h, &frame).await?;
+        out.iter()
+            .map(|f| serde_json::from_str(f).map_err(|e| format!("{frame}: answered {f} ({e})")))
+            .collect()
+    }
+}
+
+impl<D: Dialect> Conn<D> {
+    /// Carry out what the dialect asked for as the driver would: publish
+    /// an event, await a later answer, make an engine call and feed its
+    /// result back (whose own answer follows).
+    async fn answer(&mut self, h: Handled, frame: &Value) -> Result<Vec<String>, String> {
+        let engine = self._cc.state.engine.clone();
+        let conn = self._cc.id;
         let mut out: Vec<String> = h.now;
+        if let Some(p) = h.publish {
+            engine.publish(&p.space, &p.topic, p.payload, &p.actor, Some(conn));
+        }
         if let Some(later) = h.later {
             out.extend(
                 tokio::time::timeout(Duration::from_secs(20), later)
@@ -119,9 +136,16 @@ impl<D: Dialect> Conn<D> {
                     .map_err(|_| format!("{frame}: no answer in 20 s"))?,
             );
         }
-        out.iter()
-            .map(|f| serde_json::from_str(f).map_err(|e| format!("{frame}: answered {f} ({e})")))
-            .collect()
+        if let Some(c) = h.call {
+            let (token, call) = *c;
+            let reply =
+                tokio::time::timeout(Duration::from_secs(20), call.make(&engine, Some(conn)))
+                    .await
+                    .map_err(|_| format!("{frame}: no answer in 20 s"))?;
+            let then = self.dialect.reply(token, reply);
+            out.extend(Box::pin(self.answer(then, frame)).await?);
+        }
+        Ok(out)
     }
 }
 

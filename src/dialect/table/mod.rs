@@ -212,7 +212,7 @@ impl<D: Dialect> Conn<D> {
     /// answers is `later`. A pure dialect's call is left for the test.
     fn effects(&mut self, mut h: Handled) -> Effects {
         let made = match (&self.engine, h.call.take().map(|c| *c)) {
-            (Some(engine), Some((token, call))) => Some((token, make(engine, call))),
+            (Some(engine), Some((token, call))) => Some((token, block_on(call.make(engine, None)))),
             (None, call) => {
                 h.call = call.map(Box::new);
                 None
@@ -247,26 +247,6 @@ impl<D: Dialect> Conn<D> {
 
     pub fn json(&mut self, frame: Value) -> Effects {
         self.text(&frame.to_string())
-    }
-}
-
-/// Make `call` against `engine` as the driver does (the connection id is
-/// no write's source here).
-fn make(engine: &Engine, call: Call) -> Reply {
-    match call {
-        Call::Write {
-            space,
-            actor,
-            writes,
-            write_ids,
-        } => Reply::Written(block_on(
-            engine.push_idempotent(&space, &actor, None, writes, write_ids),
-        )),
-        Call::Get { space, keys } => Reply::Got(
-            keys.iter()
-                .map(|(c, id)| engine.entity(&space, c, id))
-                .collect(),
-        ),
     }
 }
 
