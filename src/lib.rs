@@ -7,6 +7,8 @@
 //! - [`app`]: the relay: starts and owns every part, its routes (health,
 //!   metrics, status, the dialect endpoints), the live status page and
 //!   admin API (`app::console`), graceful shutdown.
+//! - [`tasks`]: the relay's task set and its one stop signal (the app
+//!   spawns every long-lived task there).
 //! - [`net`]: the accept loop (plain or TLS): admission limits, timeouts on
 //!   every stage, descriptor limits, write timeouts; connection tracking.
 //! - [`conn`]: the one client connection driver every client endpoint
@@ -51,6 +53,7 @@ pub mod replicate;
 pub mod rfc3339;
 pub mod schema;
 pub mod store;
+pub mod tasks;
 pub mod upstream;
 
 /// The relay's version, reported in welcome messages and status.

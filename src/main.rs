@@ -252,7 +252,10 @@ async fn serve(settings: Settings) -> Result<()> {
     let relay = Relay::start(settings).await?;
     announce(relay.addr, &relay);
     // Listeners bound and store open: systemd may now consider us started.
-    outpost::notify::service_ready(&relay.state.engine, &format!("listening on {}", relay.addr));
+    let ready = format!("listening on {}", relay.addr);
+    if let Some(watchdog) = outpost::notify::service_ready(&relay.state.engine, &ready) {
+        relay.tasks().spawn_until_stop("watchdog", watchdog);
+    }
     terminate_signal().await;
     outpost::notify::stopping();
     tracing::info!("shutdown requested; draining connections");

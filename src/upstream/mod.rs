@@ -35,7 +35,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{watch, Notify};
-use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
@@ -102,9 +101,13 @@ impl Upstream {
         }))
     }
 
-    /// Dial and keep a session up until shutdown.
-    pub fn start(self: &Arc<Self>, shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
-        tokio::spawn(self.clone().dial_loop(shutdown))
+    /// The dial loop: dial and keep a session up until shutdown (the
+    /// session says goodbye). The app runs it as one of its tasks.
+    pub fn run(
+        self: &Arc<Self>,
+        shutdown: watch::Receiver<bool>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.clone().dial_loop(shutdown)
     }
 
     /// An immediate round: if the relay is waiting to redial, dial now. (A
@@ -173,44 +176,49 @@ impl Upstream {
         };
         let s = &self.settings;
         self.contact.store(now_ms(), Relaxed);
-        let (mut tx, mut rx) = ws::split(socket, Some(self.contact.clone()), shutdown.clone(), ());
-        let guard = self.links.open(KIND, s.url.clone(), true, now_ms());
-        let _ = guard.stats.found.set("config");
-        let greeting = match session::hello(&self.engine, &mut rx, &mut tx).await {
-            Ok(g) => g,
-            Err(e) => return (false, Err(e.to_string())),
+        let (tx, rx, writer) = ws::split(socket, Some(self.contact.clone()), shutdown.clone(), ());
+        // The writer runs next to the session, in this task.
+        let run = async {
+            let (mut tx, mut rx) = (tx, rx);
+            let guard = self.links.open(KIND, s.url.clone(), true, now_ms());
+            let _ = guard.stats.found.set("config");
+            let greeting = match session::hello(&self.engine, &mut rx, &mut tx).await {
+                Ok(g) => g,
+                Err(e) => return (false, Err(e.to_string())),
+            };
+            let hub = greeting.peer;
+            self.hub_node.store(hub.0, Relaxed);
+            self.sessions.fetch_add(1, Relaxed);
+            self.connected.store(true, Relaxed);
+            self.set_error(None);
+            tracing::info!(url = %s.url, %hub, "upstream session up");
+            let stats = guard.stats.clone();
+            if let Ok(mut l) = self.live.lock() {
+                *l = Some(stats.clone());
+            }
+            let opts = SessionOpts {
+                cursor: CURSOR.to_string(),
+                spaces: s.spaces.clone(),
+                batch_bytes: crate::replicate::frame::MAX_FRAME_BYTES,
+            };
+            let result = session::run(
+                self.engine.clone(),
+                greeting,
+                rx,
+                tx,
+                opts,
+                stats.clone(),
+                shutdown.clone(),
+            )
+            .await;
+            if let Ok(mut l) = self.live.lock() {
+                *l = None;
+            }
+            self.connected.store(false, Relaxed);
+            self.save_position(stats.acked.load(Relaxed)).await;
+            (true, result.map_err(|e: SessionError| e.to_string()))
         };
-        let hub = greeting.peer;
-        self.hub_node.store(hub.0, Relaxed);
-        self.sessions.fetch_add(1, Relaxed);
-        self.connected.store(true, Relaxed);
-        self.set_error(None);
-        tracing::info!(url = %s.url, %hub, "upstream session up");
-        let stats = guard.stats.clone();
-        if let Ok(mut l) = self.live.lock() {
-            *l = Some(stats.clone());
-        }
-        let opts = SessionOpts {
-            cursor: CURSOR.to_string(),
-            spaces: s.spaces.clone(),
-            batch_bytes: crate::replicate::frame::MAX_FRAME_BYTES,
-        };
-        let result = session::run(
-            self.engine.clone(),
-            greeting,
-            rx,
-            tx,
-            opts,
-            stats.clone(),
-            shutdown.clone(),
-        )
-        .await;
-        if let Ok(mut l) = self.live.lock() {
-            *l = None;
-        }
-        self.connected.store(false, Relaxed);
-        self.save_position(stats.acked.load(Relaxed)).await;
-        (true, result.map_err(|e: SessionError| e.to_string()))
+        tokio::join!(run, writer).0
     }
 
     /// Keep what the session reached: the session saves the cursor at most
