@@ -28,6 +28,7 @@
 //! The loop itself is a task of the app's [`crate::tasks::Tasks`].
 
 pub mod admission;
+pub mod client;
 pub mod io;
 pub mod nofile;
 pub mod stats;

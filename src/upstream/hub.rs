@@ -4,13 +4,12 @@
 //! runs over binary messages. Every edge is one session; what one edge
 //! sends enters the hub's log and so flows on to every other edge.
 
-use super::ws;
 use crate::auth::Auth;
 use crate::engine::{now_ms, Engine};
 use crate::model::NodeId;
 use crate::net::{ConnToken, ConnTracker, Upgrade};
 use crate::replicate::frame::MAX_FRAME_BYTES;
-use crate::replicate::session;
+use crate::replicate::{session, ws};
 use crate::replicate::{Links, SessionOpts};
 use axum::extract::ws::WebSocket;
 use axum::extract::{Query, State};

@@ -4,11 +4,12 @@
 //! seeds itself this way when the stream was trimmed (`cluster::link`,
 //! docs/scale-out.md "Bootstrap").
 
-use super::{connector, dial, ws};
+use super::dial::dial;
+use super::ws;
+use super::{session, Links, SessionOpts};
 use crate::config::UpstreamSettings;
 use crate::engine::{now_ms, Engine};
 use crate::model::{NodeId, VersionVector};
-use crate::replicate::{session, Links, SessionOpts};
 use std::collections::HashSet;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -40,7 +41,7 @@ pub async fn pull_once(
     shutdown: watch::Receiver<bool>,
 ) -> Result<Pulled, String> {
     let tls = if s.tls {
-        Some(connector(s.ca.as_deref()).map_err(|e| e.to_string())?)
+        Some(crate::net::client::connector(s.ca.as_deref()).map_err(|e| e.to_string())?)
     } else {
         None
     };

@@ -9,8 +9,8 @@
 //! The writer is a future the session's owner runs next to the session
 //! (`tokio::join!`), in the same task: no task of its own.
 
+use super::{FrameSink, FrameSource, SessionError};
 use crate::engine::now_ms;
-use crate::replicate::{FrameSink, FrameSource, SessionError};
 use futures_util::future::BoxFuture;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
