@@ -2,12 +2,12 @@
 //! transport: the protocol logic without sockets (the mesh and upstream
 //! tests drive the same sessions over QUIC and WebSocket).
 
-use outpost::engine::{Engine, EngineSettings, Limits};
+use outpost::engine::{Engine, EngineSettings};
 use outpost::metrics::Metrics;
 use outpost::model::Op;
 use outpost::replicate::session::{self, SessionError};
 use outpost::replicate::{FrameSink, FrameSource, Links, SessionOpts};
-use outpost::store::{Durability, LocalWrite};
+use outpost::store::LocalWrite;
 use serde_json::json;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -34,21 +34,7 @@ impl FrameSource for Rx {
 }
 
 fn engine(dir: &std::path::Path) -> Arc<Engine> {
-    Engine::open(
-        EngineSettings {
-            dir: dir.to_path_buf(),
-            durability: Durability::Immediate,
-            retention: None,
-            limits: Limits::default(),
-            max_skew_ms: 60_000,
-            min_free_bytes: 0,
-            cache_bytes: 1 << 20,
-            schemas: Default::default(),
-            max_queued_bytes: 64 << 20,
-        },
-        Arc::new(Metrics::default()),
-    )
-    .unwrap()
+    Engine::open(EngineSettings::for_tests(dir), Arc::new(Metrics::default())).unwrap()
 }
 
 async fn write(e: &Engine, id: &str, fields: serde_json::Value) {

@@ -53,12 +53,12 @@ mod wire;
 
 use client::Client;
 use disk::Disk;
-use outpost::engine::{Engine, EngineError, EngineSettings, Limits, WriteOrder};
+use outpost::engine::{Engine, EngineError, EngineSettings, WriteOrder};
 use outpost::metrics::Metrics;
 use outpost::model::{NodeId, Op, VersionVector};
 use outpost::replicate::session::{self, SessionError};
 use outpost::replicate::{FrameSink, FrameSource, LinkStats, Links, SessionOpts};
-use outpost::store::{Durability, Expect, LocalWrite, StoreError};
+use outpost::store::{Expect, LocalWrite, StoreError};
 use serde_json::json;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
@@ -179,15 +179,8 @@ fn settings(dir: &std::path::Path) -> EngineSettings {
     )
     .expect("schema compiles");
     EngineSettings {
-        dir: dir.to_path_buf(),
-        durability: Durability::Immediate,
-        retention: None,
-        limits: Limits::default(),
-        max_skew_ms: 60_000,
-        min_free_bytes: 0,
-        cache_bytes: 1 << 20,
         schemas: Arc::new(schemas),
-        max_queued_bytes: 64 << 20,
+        ..EngineSettings::for_tests(dir)
     }
 }
 

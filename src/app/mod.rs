@@ -122,6 +122,7 @@ impl Relay {
                 cache_bytes: settings.cache_bytes,
                 schemas: settings.schemas.clone(),
                 max_queued_bytes: settings.max_queued_bytes,
+                clock: crate::engine::Clock::system(),
             },
             metrics,
         )?;

@@ -8,6 +8,7 @@ mod outbox;
 mod recent;
 mod validate;
 
+pub use crate::store::Clock;
 pub use admin::SpaceFigures;
 pub use error::{EngineError, ErrorClass};
 pub use hub::{ConnLink, ConnSignal, Filter, Hub};
@@ -26,7 +27,7 @@ use serde_json::Value;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// Frames rendered once per committed change and shared by every
 /// subscriber of the same dialect (slot = dialect index).
@@ -121,6 +122,32 @@ pub struct EngineSettings {
     /// Relay-wide bound on the bytes of queued outbound frames
     /// (`server.max_memory_mb`).
     pub max_queued_bytes: usize,
+    /// The wall clock local stamps and retention read (`Clock::system()`
+    /// in a relay; the simulator gives each relay a skewed one). A
+    /// setting rather than a global so that relays in one process can
+    /// disagree about the time, as relays on different machines do.
+    pub clock: Clock,
+}
+
+impl EngineSettings {
+    /// Settings for a test's engine in `dir`: immediate durability, no
+    /// retention, default limits, a minute of client clock skew, a 1 MiB
+    /// cache, no schemas, 64 MiB of queued frames, the system clock. A
+    /// test that needs otherwise says so with struct update syntax.
+    pub fn for_tests(dir: &std::path::Path) -> EngineSettings {
+        EngineSettings {
+            dir: dir.to_path_buf(),
+            durability: Durability::Immediate,
+            retention: None,
+            limits: Limits::default(),
+            max_skew_ms: 60_000,
+            min_free_bytes: 0,
+            cache_bytes: 1 << 20,
+            schemas: Default::default(),
+            max_queued_bytes: 64 << 20,
+            clock: Clock::system(),
+        }
+    }
 }
 
 pub struct Engine {
@@ -131,6 +158,7 @@ pub struct Engine {
     started: Instant,
     next_conn: AtomicU64,
     retention: Option<Duration>,
+    clock: Clock,
     /// Cursors that retention must not trim past (e.g. the upstream's).
     pins: Mutex<Vec<String>>,
     schemas: Arc<SchemaSet>,
@@ -318,11 +346,12 @@ enum Phase {
 const PAGE: usize = 256;
 pub const PAGE_BYTES: usize = 4 << 20;
 
+/// The system clock in ms since 1970, for what only reports the time
+/// (status pages, frame timestamps, link statistics). What decides state
+/// (stamps, retention) reads the engine's [`Clock`] instead
+/// ([`Engine::clock`]).
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    crate::store::system_ms()
 }
 
 impl Engine {
@@ -361,6 +390,7 @@ impl Engine {
                 min_free_bytes: s.min_free_bytes,
                 cache_bytes: s.cache_bytes,
                 max_skew_ms: s.max_skew_ms,
+                clock: s.clock.clone(),
                 wal_backend: wal,
             },
             metrics.clone(),
@@ -376,6 +406,7 @@ impl Engine {
             started: Instant::now(),
             next_conn: AtomicU64::new(1),
             retention: s.retention,
+            clock: s.clock,
             pins: Mutex::new(Vec::new()),
             schemas: s.schemas,
             events: tokio::sync::broadcast::Sender::new(1024),
@@ -404,10 +435,15 @@ impl Engine {
         })
     }
 
+    /// The wall clock this relay stamps with (see [`EngineSettings::clock`]).
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
     /// One retention pass: trim log entries older than `keep`, never past a
     /// pinned cursor. Returns how many went.
     pub async fn trim(&self, keep: Duration) -> Result<u64, EngineError> {
-        let older_than_ms = now_ms().saturating_sub(keep.as_millis() as u64);
+        let older_than_ms = self.clock.now_ms().saturating_sub(keep.as_millis() as u64);
         let pins = self.pins.lock().map(|p| p.clone()).unwrap_or_default();
         let mut keep_from = u64::MAX;
         for p in pins {
