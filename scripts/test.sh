@@ -42,3 +42,7 @@ node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(
 # nats-server processes on loopback. Bounded (a few minutes); set
 # OUTPOST_JETSTREAM_LONG=1 for the longer soak mode of the cluster test.
 cargo test --locked --features jetstream --test jetstream -- --test-threads=2
+
+# The status page's JetStream card, in Chromium against that cloud build
+# (the test above left it at target/debug/outpost) and a real nats-server.
+(cd tests/ui && npm run test:jetstream)

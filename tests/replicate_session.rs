@@ -2,12 +2,12 @@
 //! transport: the protocol logic without sockets (the mesh and upstream
 //! tests drive the same sessions over QUIC and WebSocket).
 
-use outpost::engine::{Engine, EngineSettings, Limits};
+use outpost::engine::{Engine, EngineSettings};
 use outpost::metrics::Metrics;
 use outpost::model::Op;
 use outpost::replicate::session::{self, SessionError};
 use outpost::replicate::{FrameSink, FrameSource, Links, SessionOpts};
-use outpost::store::{Durability, LocalWrite};
+use outpost::store::LocalWrite;
 use serde_json::json;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -34,21 +34,7 @@ impl FrameSource for Rx {
 }
 
 fn engine(dir: &std::path::Path) -> Arc<Engine> {
-    Engine::open(
-        EngineSettings {
-            dir: dir.to_path_buf(),
-            durability: Durability::Immediate,
-            retention: None,
-            limits: Limits::default(),
-            max_skew_ms: 60_000,
-            min_free_bytes: 0,
-            cache_bytes: 1 << 20,
-            schemas: Default::default(),
-            max_queued_bytes: 64 << 20,
-        },
-        Arc::new(Metrics::default()),
-    )
-    .unwrap()
+    Engine::open(EngineSettings::for_tests(dir), Arc::new(Metrics::default())).unwrap()
 }
 
 async fn write(e: &Engine, id: &str, fields: serde_json::Value) {
@@ -634,4 +620,96 @@ async fn a_merge_whose_caller_is_cancelled_still_replans_the_other_links() {
         .expect("the merge's commit wakes the sessions")
         .unwrap();
     assert_eq!(a.version_vector().unwrap().get(&NodeId(7)), Some(&3));
+}
+
+/// Bug (found by tests/sim.rs with relay clock skew, whose new trim
+/// pattern made a snapshot cross a faulty wire): a `snapshot_done` that
+/// overtook the snapshot page before it raised the receiver's version
+/// vector over states it never got (and a batch's covers could vouch for
+/// changes of a batch still behind it). Data frames carry consecutive
+/// ids; one out of order ends the session before it is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_out_of_order_ends_the_session_before_it_is_applied() {
+    use outpost::model::{NodeId, VersionVector};
+    use outpost::replicate::frame::{decode, encode, Frame, PROTO_VERSION};
+    let dir = tempfile::tempdir().unwrap();
+    let a = engine(dir.path());
+    let peer = NodeId(42);
+    let vv: VersionVector = [(peer, 5)].into();
+    // The peer's frames after its hello: (frames, whether A ends up
+    // counting the peer's five changes).
+    let cases = [
+        // Page 1 is late: the end of the snapshot comes first.
+        (
+            vec![Frame::SnapshotDone {
+                id: 2,
+                vv: vv.clone(),
+            }],
+            false,
+        ),
+        // In order: the end of the (empty) snapshot raises the vector.
+        (
+            vec![Frame::SnapshotDone {
+                id: 1,
+                vv: vv.clone(),
+            }],
+            true,
+        ),
+    ];
+    for (frames, raised) in cases {
+        let (a_tx, mut peer_rx) = mpsc::channel(64);
+        let (peer_tx, a_rx) = mpsc::channel(16);
+        let (_stop_tx, stop) = watch::channel(false);
+        let links = Arc::new(Links::default());
+        let guard = links.open("test", "mem".into(), true, 0);
+        let e = a.clone();
+        let session = tokio::spawn(async move {
+            let (mut rx, mut tx) = (Rx(a_rx), Tx(a_tx));
+            let g = session::hello(&e, &mut rx, &mut tx).await?;
+            let opts = SessionOpts {
+                cursor: "peer:fake".into(),
+                spaces: None,
+                batch_bytes: outpost::replicate::frame::MAX_FRAME_BYTES,
+            };
+            session::run(e, g, rx, tx, opts, guard.stats.clone(), stop).await
+        });
+        let hello = Frame::Hello {
+            proto: PROTO_VERSION,
+            node: peer,
+            vv: vv.clone(),
+            software: "test".into(),
+        };
+        peer_tx.send(encode(&hello).unwrap()).await.unwrap();
+        assert!(matches!(
+            decode(&peer_rx.recv().await.unwrap()).unwrap(),
+            Frame::Hello { .. }
+        ));
+        for f in frames {
+            peer_tx.send(encode(&f).unwrap()).await.unwrap();
+        }
+        if raised {
+            // Acked once merged.
+            loop {
+                let f = decode(&peer_rx.recv().await.unwrap()).unwrap();
+                if matches!(f, Frame::Ack { id: 1 }) {
+                    break;
+                }
+            }
+            session.abort();
+        } else {
+            let r = tokio::time::timeout(Duration::from_secs(10), session)
+                .await
+                .expect("the session ends")
+                .unwrap();
+            assert!(
+                matches!(&r, Err(SessionError::Protocol(m)) if m.contains("frame 2 arrived where frame 1 was due")),
+                "{r:?}"
+            );
+        }
+        assert_eq!(
+            a.version_vector().unwrap().get(&peer).copied().unwrap_or(0),
+            if raised { 5 } else { 0 },
+            "frames {raised}"
+        );
+    }
 }

@@ -5,7 +5,10 @@
 //! (`replicate::session`), linked by in-memory wires (`sim/wire.rs`). One
 //! seed drives everything the simulation decides: the number of relays (3
 //! to 7), the topology, the space filters, the batch size limit of each
-//! link, every write (kind, space, entity, fields, client clock skew),
+//! link, every write (kind, space, entity, fields, client clock skew; half
+//! of them sent as a frame of one of the six client protocols,
+//! `sim/dialects.rs`), each relay's clock (skewed by minutes, set back at
+//! restarts),
 //! commit groups mixing good and bad jobs, pipelined writes of one
 //! connection, client subscriptions (`sim/client.rs`) and their catch-up
 //! pages, partitions and heals, relay restarts and crashes, retention
@@ -21,6 +24,8 @@
 //!   bad one refused with its own error, and a trim in the group is not
 //!   refused for a neighbour's fault (nor does a refused one move the trim
 //!   point);
+//! - at every dialect write: the protocol's answer, and the changes logged
+//!   for it are the writes the frame stands for, in the relay's state;
 //! - at every pipelined burst: commit order is send order, and the last
 //!   value sent is the one that stays;
 //! - whenever a client subscription goes live, and at the end: its state is
@@ -30,7 +35,8 @@
 //!   superseded by a newer one) on its relay and on every relay that
 //!   carries its space, across restarts and crashes; no log holds one
 //!   change twice; no space passes a filter; a durable per-peer cursor
-//!   never passes what the peer holds.
+//!   never passes what the peer holds; a relay's clock-stamped writes
+//!   have growing stamps, though its clock went back at restarts.
 //!
 //! CI runs a fixed set of seeds (`SIM_SEEDS` unset: seeds 0..16, 120 steps
 //! each). A failing seed prints itself; replay it alone with
@@ -46,6 +52,8 @@
 
 #[path = "sim/client.rs"]
 mod client;
+#[path = "sim/dialects.rs"]
+mod dialects;
 #[path = "sim/disk.rs"]
 mod disk;
 #[path = "sim/wire.rs"]
@@ -53,12 +61,12 @@ mod wire;
 
 use client::Client;
 use disk::Disk;
-use outpost::engine::{Engine, EngineError, EngineSettings, Limits, WriteOrder};
+use outpost::engine::{Clock, Engine, EngineError, EngineSettings, WriteOrder};
 use outpost::metrics::Metrics;
 use outpost::model::{NodeId, Op, VersionVector};
 use outpost::replicate::session::{self, SessionError};
 use outpost::replicate::{FrameSink, FrameSource, LinkStats, Links, SessionOpts};
-use outpost::store::{Durability, Expect, LocalWrite, StoreError};
+use outpost::store::{Expect, LocalWrite, StoreError};
 use serde_json::json;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
@@ -69,6 +77,9 @@ use tokio::task::JoinHandle;
 use wire::{wire, Faults};
 
 const SPACES: [&str; 3] = ["home", "work", "attic"];
+/// Relays' clocks are off by up to this much either way (5 minutes, five
+/// times the tolerated client skew, `max_skew_ms`).
+const MAX_SKEW: u64 = 300_000;
 /// A space no write ever lands in: each relay's data file holds a corrupt
 /// record there (written while it was down), so a write to it fails in
 /// the writer (a bad job) and is seen by nothing else.
@@ -126,6 +137,9 @@ struct Relay {
     /// Spaces this relay replicates (None: all), on every link.
     spaces: Option<HashSet<String>>,
     node: NodeId,
+    /// How far this relay's clock is off (ms, either way): its engine
+    /// stamps and trims by the system clock plus this.
+    skew: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl Relay {
@@ -161,13 +175,16 @@ struct Side {
 struct Acked {
     relay: usize,
     space: String,
+    collection: String,
     id: String,
     op: Op,
     fields: Vec<String>,
     key: outpost::model::WriteKey,
+    /// Stamped by the relay's clock (no client edit time).
+    clocked: bool,
 }
 
-fn settings(dir: &std::path::Path) -> EngineSettings {
+fn settings(dir: &std::path::Path, skew: &Arc<std::sync::atomic::AtomicI64>) -> EngineSettings {
     // One collection with a schema, so a commit group can hold a job the
     // schema refuses.
     let schemas = outpost::schema::SchemaSet::from_values(
@@ -178,22 +195,23 @@ fn settings(dir: &std::path::Path) -> EngineSettings {
         .into(),
     )
     .expect("schema compiles");
+    let skew = skew.clone();
     EngineSettings {
-        dir: dir.to_path_buf(),
-        durability: Durability::Immediate,
-        retention: None,
-        limits: Limits::default(),
-        max_skew_ms: 60_000,
-        min_free_bytes: 0,
-        cache_bytes: 1 << 20,
         schemas: Arc::new(schemas),
-        max_queued_bytes: 64 << 20,
+        clock: Clock::new(move || {
+            (outpost::engine::now_ms() as i64 + skew.load(Relaxed)).max(0) as u64
+        }),
+        ..EngineSettings::for_tests(dir)
     }
 }
 
 /// Open a relay on its disk (data file and write-ahead log), as the
 /// process that runs it now.
-fn open(dir: &std::path::Path, disk: &Arc<Disk>) -> Arc<Engine> {
+fn open(
+    dir: &std::path::Path,
+    disk: &Arc<Disk>,
+    skew: &Arc<std::sync::atomic::AtomicI64>,
+) -> Arc<Engine> {
     let file = |f: usize| {
         let opener = disk.opener(f);
         outpost::store::Backend(Arc::new(move || {
@@ -201,7 +219,7 @@ fn open(dir: &std::path::Path, disk: &Arc<Disk>) -> Arc<Engine> {
         }))
     };
     Engine::open_with(
-        settings(dir),
+        settings(dir, skew),
         Arc::new(Metrics::default()),
         Some(file(disk::DATA)),
         Some(file(disk::WAL)),
@@ -229,6 +247,12 @@ fn plant_rot(disk: &Arc<Disk>) {
 
 struct Sim {
     rng: Rng,
+    /// Draws the relays' clocks: a stream of its own, so the script the
+    /// main generator draws is the same with or without clock skew.
+    clocks: Rng,
+    /// Draws which writes go through a dialect's frames, and which: a
+    /// stream of its own too.
+    fronts: Rng,
     relays: Vec<Relay>,
     links: Vec<Link>,
     acked: Vec<Acked>,
@@ -249,22 +273,28 @@ fn debug() -> bool {
 impl Sim {
     fn new(seed: u64) -> Sim {
         let mut rng = Rng(seed);
+        let mut clocks = Rng(seed ^ 0xc10c_c10c_c10c_c10c);
         let n = 3 + rng.below(5) as usize;
         let mut relays = Vec::new();
         for _ in 0..n {
             let dir = tempfile::tempdir().unwrap();
             let disk = Arc::new(Disk::default());
+            // Each relay's clock is off by up to MAX_SKEW either way.
+            let skew = Arc::new(std::sync::atomic::AtomicI64::new(
+                clocks.below(2 * MAX_SKEW + 1) as i64 - MAX_SKEW as i64,
+            ));
             // Made once, then the corrupt record written while it is down.
-            let engine = open(dir.path(), &disk);
+            let engine = open(dir.path(), &disk, &skew);
             let node = engine.node_id();
             engine.shutdown();
             drop(engine);
             plant_rot(&disk);
             relays.push(Relay {
                 node,
-                engine: Some(open(dir.path(), &disk)),
+                engine: Some(open(dir.path(), &disk, &skew)),
                 dir,
                 disk,
+                skew,
                 generation: 0,
                 spaces: None,
             });
@@ -327,6 +357,8 @@ impl Sim {
         faults.on.store(true, Relaxed);
         Sim {
             rng,
+            clocks,
+            fronts: Rng(seed ^ 0xd1a1_ec75_d1a1_ec75),
             relays,
             links,
             acked: vec![],
@@ -431,7 +463,7 @@ impl Sim {
     async fn step(&mut self) -> Result<(), String> {
         let n = self.relays.len();
         match self.rng.below(100) {
-            0..=49 => self.write().await,
+            0..=49 => self.write().await?,
             50..=57 => {
                 let k = self.rng.below(self.links.len() as u64) as usize;
                 self.links[k].up = !self.links[k].up;
@@ -459,6 +491,7 @@ impl Sim {
                     tokio::time::sleep(Duration::from_millis(2)).await;
                     let t = e.trim(Duration::ZERO).await.unwrap();
                     self.note(format!("relay {i} trims {t}"));
+                    *self.counts.entry("log entries trimmed").or_default() += t;
                 }
             }
             76..=81 => self.group().await?,
@@ -574,6 +607,7 @@ impl Sim {
         self.acked.push(Acked {
             relay,
             space: space.to_string(),
+            collection: w.collection.clone(),
             id: w.id.clone(),
             op: w.op,
             fields: w.fields.keys().cloned().collect(),
@@ -581,19 +615,154 @@ impl Sim {
                 stamp: o.stamp,
                 seq: o.origin_seq,
             },
+            clocked: w.client_us.is_none(),
         });
     }
 
-    async fn write(&mut self) {
+    /// A client's write: half of them straight to the engine (what every
+    /// dialect calls), half as a frame of one of the client protocols.
+    async fn write(&mut self) -> Result<(), String> {
         let Some((i, e)) = self.running() else {
-            return;
+            return Ok(());
         };
         let (space, w) = self.gen_write();
+        if self.fronts.chance(50) {
+            let kind = dialects::ALL[self.fronts.below(dialects::ALL.len() as u64) as usize];
+            let n = self.fronts.below(3);
+            return self.dialect_write(i, &e, kind, &space, &w, n).await;
+        }
         let out = e
             .push(&space, "sim", None, vec![w.clone()])
             .await
             .expect("write");
         self.record(i, &space, &w, &out[0]);
+        Ok(())
+    }
+
+    /// `w` as a frame of dialect `kind` to relay `i`: the answer is the
+    /// seed's (checked in `dialects::write`), and the changes the relay
+    /// logged for it are the writes the frame stands for (native: at the
+    /// seqs its ack gave). Each is an acked write from then on, checked
+    /// like the others (present or superseded on every relay that carries
+    /// the space), and at once on the relay.
+    async fn dialect_write(
+        &mut self,
+        i: usize,
+        e: &Arc<Engine>,
+        kind: dialects::Kind,
+        space: &str,
+        w: &LocalWrite,
+        n: u64,
+    ) -> Result<(), String> {
+        self.note(format!(
+            "relay {i}: a {} client writes {:?} {space}/{}",
+            kind.name(),
+            w.op,
+            w.id
+        ));
+        let before = e.last_seq();
+        let ctx = dialects::ctx(e);
+        let wrote = dialects::write(&ctx, kind, space, w, n)
+            .await
+            .map_err(|err| format!("relay {i}: a {} write: {err}", kind.name()))?;
+        drop(ctx);
+        // Only the sim's steps write locally, one at a time: the relay's
+        // own changes after `before` are this frame's.
+        let node = e.node_id();
+        let logged: Vec<(u64, outpost::store::LogEntry)> = e
+            .log_after(before, 100_000)
+            .map_err(|err| err.to_string())?
+            .into_iter()
+            .filter(|(_, l)| l.change.origin == node)
+            .collect();
+        let (expect, clocked, seqs) = match wrote {
+            dialects::Wrote::Refused(why) => {
+                if !logged.is_empty() {
+                    return Err(format!(
+                        "relay {i}: a refused {} write stored {} changes: {why}",
+                        kind.name(),
+                        logged.len()
+                    ));
+                }
+                self.count("seed 002 uploads refused for a peer's revision");
+                return Ok(());
+            }
+            dialects::Wrote::Stored {
+                expect,
+                clocked,
+                seqs,
+            } => (expect, clocked, seqs),
+        };
+        let got: Vec<_> = logged
+            .iter()
+            .map(|(_, l)| {
+                let c = &l.change;
+                (c.collection.clone(), c.id.clone(), c.op, c.fields.clone())
+            })
+            .collect();
+        match expect {
+            Some(expect) => {
+                let want: Vec<_> = expect
+                    .iter()
+                    .map(|x| (x.collection.clone(), x.id.clone(), x.op, x.fields.clone()))
+                    .collect();
+                if got != want {
+                    return Err(format!(
+                        "relay {i}: a {} write of {want:?} was stored as {got:?}",
+                        kind.name()
+                    ));
+                }
+            }
+            None => {
+                let docs = got
+                    .iter()
+                    .filter(|g| g.0 == dialects::CONFIG_COLLECTIONS[0])
+                    .count();
+                if docs != 1
+                    || got
+                        .iter()
+                        .any(|g| !dialects::CONFIG_COLLECTIONS.contains(&g.0.as_str()))
+                {
+                    return Err(format!(
+                        "relay {i}: a seed 002 upload was stored as {got:?}"
+                    ));
+                }
+            }
+        }
+        let at: Vec<u64> = logged.iter().map(|(seq, _)| *seq).collect();
+        if !seqs.is_empty() && seqs != at {
+            return Err(format!(
+                "relay {i}: a {} write was acked at seqs {seqs:?} but logged at {at:?}",
+                kind.name()
+            ));
+        }
+        for (_, l) in logged {
+            let c = l.change;
+            let a = Acked {
+                relay: i,
+                space: space.to_string(),
+                collection: c.collection,
+                id: c.id,
+                op: c.op,
+                fields: c.fields.keys().cloned().collect(),
+                key: outpost::model::WriteKey {
+                    stamp: c.stamp,
+                    seq: c.seq,
+                },
+                clocked,
+            };
+            if !holds(e, &a) {
+                return Err(format!(
+                    "relay {i}: a {} write of {}/{} was acked, but the relay's state lacks it",
+                    kind.name(),
+                    a.collection,
+                    a.id
+                ));
+            }
+            self.acked.push(a);
+        }
+        self.count(kind.name());
+        Ok(())
     }
 
     /// One commit group holding good jobs, bad ones (a failed precondition,
@@ -882,9 +1051,27 @@ impl Sim {
             }
             assert_eq!(Arc::strong_count(&e), 1, "a task still holds relay {i}");
         }
+        // The clock as the process finds it at start: often as it was;
+        // sometimes set back (a board without a real-time clock, a bad
+        // NTP source) by up to MAX_SKEW, or corrected to another skew.
         let r = &mut self.relays[i];
+        match self.clocks.below(10) {
+            0..=2 => {
+                let back = 1 + self.clocks.below(MAX_SKEW) as i64;
+                r.skew.fetch_sub(back, Relaxed);
+                self.counts
+                    .entry("clocks set back at a restart")
+                    .and_modify(|n| *n += 1)
+                    .or_insert(1);
+            }
+            3 => r.skew.store(
+                self.clocks.below(2 * MAX_SKEW + 1) as i64 - MAX_SKEW as i64,
+                Relaxed,
+            ),
+            _ => {}
+        }
         r.generation += 1;
-        r.engine = Some(open(r.dir.path(), &r.disk));
+        r.engine = Some(open(r.dir.path(), &r.disk, &r.skew));
     }
 
     fn engines(&self) -> Vec<Arc<Engine>> {
@@ -1076,6 +1263,28 @@ impl Sim {
                 }
             }
         }
+        // A relay's own stamps grow with its writes, though its clock was
+        // set back at restarts (the persisted clock, `model::Hlc`).
+        for i in 0..es.len() {
+            let mut own: Vec<&Acked> = self
+                .acked
+                .iter()
+                .filter(|w| w.relay == i && w.clocked)
+                .collect();
+            own.sort_by_key(|w| w.key.seq);
+            if let Some(p) = own
+                .windows(2)
+                .position(|p| p[1].key.stamp <= p[0].key.stamp)
+            {
+                return Err(format!(
+                    "relay {i}: write {} stamped {:?}, not after write {} ({:?})",
+                    own[p + 1].key.seq,
+                    own[p + 1].key.stamp,
+                    own[p].key.seq,
+                    own[p].key.stamp
+                ));
+            }
+        }
         // Every acknowledged write is there, or superseded by a newer one.
         for w in &self.acked {
             let holders: Vec<usize> = if self.relays[w.relay].carries(&w.space) {
@@ -1163,7 +1372,7 @@ async fn wait_queued(e: &Engine, before: u64) -> Result<(), String> {
 
 /// The relay's state holds the acked write `w` or something newer.
 fn holds(e: &Engine, w: &Acked) -> bool {
-    let Some(ent) = e.entity(&w.space, "c", &w.id).unwrap() else {
+    let Some(ent) = e.entity(&w.space, &w.collection, &w.id).unwrap() else {
         return false;
     };
     let s = &ent.state;
@@ -1277,7 +1486,10 @@ async fn sim_relays_converge_and_keep_every_acked_write() {
         started.elapsed()
     );
     if seeds.len() >= 16 {
-        for what in ["groups", "bursts", "client checks", "crashes"] {
+        let dialects = dialects::ALL.map(dialects::Kind::name);
+        let checks = ["groups", "bursts", "client checks", "crashes"];
+        let clocks = ["clocks set back at a restart", "log entries trimmed"];
+        for what in checks.iter().chain(&dialects).chain(&clocks) {
             assert!(
                 total.get(what).copied().unwrap_or(0) > 0,
                 "the seeds exercised no {what}"

@@ -84,26 +84,16 @@ async fn subscriptions_opened_during_writes_see_every_change_once() {
 #[tokio::test]
 async fn commits_between_registration_and_seam_arrive_once() {
     use outpost::engine::{
-        CatchUp, ConnLink, ConnSignal, Delivery, Engine, EngineSettings, Filter, Limits,
+        CatchUp, ConnLink, ConnSignal, Delivery, Engine, EngineSettings, Filter,
     };
     use outpost::metrics::Metrics;
     use outpost::model::Op;
-    use outpost::store::{Durability, LocalWrite};
+    use outpost::store::LocalWrite;
     use std::sync::Arc;
 
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::open(
-        EngineSettings {
-            dir: dir.path().to_path_buf(),
-            durability: Durability::Immediate,
-            retention: None,
-            limits: Limits::default(),
-            max_skew_ms: 60_000,
-            min_free_bytes: 0,
-            cache_bytes: 1 << 20,
-            schemas: Default::default(),
-            max_queued_bytes: 64 << 20,
-        },
+        EngineSettings::for_tests(dir.path()),
         Arc::new(Metrics::default()),
     )
     .unwrap();

@@ -115,26 +115,17 @@ impl Pages {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{ConnSignal, EngineSettings, Limits, Outbox};
+    use crate::engine::{ConnSignal, EngineSettings, Outbox};
     use crate::store::{Durability, LocalWrite};
     use std::collections::BTreeMap;
 
     fn engine(dir: &std::path::Path) -> Arc<Engine> {
-        Engine::open(
-            EngineSettings {
-                dir: dir.to_path_buf(),
-                durability: Durability::Relaxed,
-                retention: None,
-                limits: Limits::default(),
-                max_skew_ms: 60_000,
-                min_free_bytes: 0,
-                cache_bytes: 1 << 20,
-                schemas: Default::default(),
-                max_queued_bytes: usize::MAX,
-            },
-            Default::default(),
-        )
-        .unwrap()
+        let s = EngineSettings {
+            durability: Durability::Relaxed,
+            max_queued_bytes: usize::MAX,
+            ..EngineSettings::for_tests(dir)
+        };
+        Engine::open(s, Default::default()).unwrap()
     }
 
     fn write(id: &str) -> LocalWrite {

@@ -8,6 +8,7 @@ mod outbox;
 mod recent;
 mod validate;
 
+pub use crate::store::Clock;
 pub use admin::SpaceFigures;
 pub use error::{EngineError, ErrorClass};
 pub use hub::{ConnLink, ConnSignal, Filter, Hub};
@@ -26,8 +27,7 @@ use serde_json::Value;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::task::JoinHandle;
+use std::time::{Duration, Instant};
 
 /// Frames rendered once per committed change and shared by every
 /// subscriber of the same dialect (slot = dialect index).
@@ -122,6 +122,32 @@ pub struct EngineSettings {
     /// Relay-wide bound on the bytes of queued outbound frames
     /// (`server.max_memory_mb`).
     pub max_queued_bytes: usize,
+    /// The wall clock local stamps and retention read (`Clock::system()`
+    /// in a relay; the simulator gives each relay a skewed one). A
+    /// setting rather than a global so that relays in one process can
+    /// disagree about the time, as relays on different machines do.
+    pub clock: Clock,
+}
+
+impl EngineSettings {
+    /// Settings for a test's engine in `dir`: immediate durability, no
+    /// retention, default limits, a minute of client clock skew, a 1 MiB
+    /// cache, no schemas, 64 MiB of queued frames, the system clock. A
+    /// test that needs otherwise says so with struct update syntax.
+    pub fn for_tests(dir: &std::path::Path) -> EngineSettings {
+        EngineSettings {
+            dir: dir.to_path_buf(),
+            durability: Durability::Immediate,
+            retention: None,
+            limits: Limits::default(),
+            max_skew_ms: 60_000,
+            min_free_bytes: 0,
+            cache_bytes: 1 << 20,
+            schemas: Default::default(),
+            max_queued_bytes: 64 << 20,
+            clock: Clock::system(),
+        }
+    }
 }
 
 pub struct Engine {
@@ -132,9 +158,9 @@ pub struct Engine {
     started: Instant,
     next_conn: AtomicU64,
     retention: Option<Duration>,
+    clock: Clock,
     /// Cursors that retention must not trim past (e.g. the upstream's).
     pins: Mutex<Vec<String>>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
     schemas: Arc<SchemaSet>,
     /// Every event published here, local or from a peer, for the peer links
     /// (best effort: a lagging receiver skips events).
@@ -320,11 +346,12 @@ enum Phase {
 const PAGE: usize = 256;
 pub const PAGE_BYTES: usize = 4 << 20;
 
+/// The system clock in ms since 1970, for what only reports the time
+/// (status pages, frame timestamps, link statistics). What decides state
+/// (stamps, retention) reads the engine's [`Clock`] instead
+/// ([`Engine::clock`]).
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    crate::store::system_ms()
 }
 
 impl Engine {
@@ -363,6 +390,7 @@ impl Engine {
                 min_free_bytes: s.min_free_bytes,
                 cache_bytes: s.cache_bytes,
                 max_skew_ms: s.max_skew_ms,
+                clock: s.clock.clone(),
                 wal_backend: wal,
             },
             metrics.clone(),
@@ -378,8 +406,8 @@ impl Engine {
             started: Instant::now(),
             next_conn: AtomicU64::new(1),
             retention: s.retention,
+            clock: s.clock,
             pins: Mutex::new(Vec::new()),
-            tasks: Mutex::new(Vec::new()),
             schemas: s.schemas,
             events: tokio::sync::broadcast::Sender::new(1024),
             next_eid: AtomicU64::new(1),
@@ -389,12 +417,13 @@ impl Engine {
         }))
     }
 
-    /// Start background maintenance (log retention). The handle is kept and
-    /// aborted by `shutdown`.
-    pub fn start_maintenance(self: &Arc<Self>) {
-        let Some(keep) = self.retention else { return };
+    /// Background maintenance (log retention, a pass a minute), when
+    /// retention is on: a loop for the app to run among its tasks (it
+    /// ends when the engine is gone, or is dropped at shutdown).
+    pub fn maintenance(self: &Arc<Self>) -> Option<impl std::future::Future<Output = ()> + Send> {
+        let keep = self.retention?;
         let weak = Arc::downgrade(self);
-        let task = tokio::spawn(async move {
+        Some(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
             loop {
                 tick.tick().await;
@@ -403,22 +432,18 @@ impl Engine {
                     tracing::warn!(error = %e, "log retention pass failed");
                 }
             }
-        });
-        self.own(task);
+        })
     }
 
-    /// Keep a spawned task's handle so shutdown can stop it.
-    pub fn own(&self, task: JoinHandle<()>) {
-        if let Ok(mut t) = self.tasks.lock() {
-            t.retain(|h| !h.is_finished());
-            t.push(task);
-        }
+    /// The wall clock this relay stamps with (see [`EngineSettings::clock`]).
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// One retention pass: trim log entries older than `keep`, never past a
     /// pinned cursor. Returns how many went.
     pub async fn trim(&self, keep: Duration) -> Result<u64, EngineError> {
-        let older_than_ms = now_ms().saturating_sub(keep.as_millis() as u64);
+        let older_than_ms = self.clock.now_ms().saturating_sub(keep.as_millis() as u64);
         let pins = self.pins.lock().map(|p| p.clone()).unwrap_or_default();
         let mut keep_from = u64::MAX;
         for p in pins {
@@ -451,13 +476,8 @@ impl Engine {
         }
     }
 
-    /// Stop background tasks, then let the writer drain and flush.
+    /// Let the writer drain and flush (the app has ended its tasks first).
     pub fn shutdown(&self) {
-        if let Ok(mut t) = self.tasks.lock() {
-            for h in t.drain(..) {
-                h.abort();
-            }
-        }
         self.store.close();
     }
 

@@ -108,9 +108,12 @@ impl InFlight {
         self.next_id
     }
 
-    /// Take back the batch just pushed (it was not sent).
+    /// Take back the batch just pushed (it was not sent), and its id:
+    /// the ids a session sends are consecutive (the receiver checks).
     pub fn unpush(&mut self) {
-        self.batches.pop_back();
+        if self.batches.pop_back().is_some() {
+            self.next_id -= 1;
+        }
     }
 
     /// An ack: acks come in order, so it must be for the oldest batch.
@@ -131,6 +134,17 @@ impl InFlight {
 mod tests {
     use super::*;
     use crate::model::{Op, Stamp};
+
+    #[test]
+    fn ids_stay_consecutive_when_a_batch_is_taken_back() {
+        let mut f = InFlight::default();
+        assert_eq!(f.push(10), 1);
+        assert_eq!(f.push(20), 2);
+        f.unpush();
+        assert_eq!(f.push(15), 2, "the id of a batch never sent is used again");
+        assert_eq!(f.ack(1), Ok(10));
+        assert_eq!(f.ack(2), Ok(15));
+    }
 
     fn n(x: u64) -> NodeId {
         NodeId(x)

@@ -384,6 +384,23 @@ async fn inbound(
     until: Option<&VersionVector>,
 ) -> Result<String, SessionError> {
     let allowed = |space: &str| spaces.is_none_or(|s| s.contains(space));
+    // Data frames (batches, snapshot pages, snapshot ends) carry the ids
+    // 1, 2, 3, ... in the order they were sent. QUIC streams and TCP
+    // deliver them so; a frame lost, repeated or reordered by a faulty
+    // transport ends the session before it is applied: a `snapshot_done`
+    // or a batch's covers overtaking the frame before them would vouch
+    // for states and changes this side never got (the simulator's swapped
+    // frames found it).
+    let mut next_id = 1u64;
+    let mut in_order = |id: u64| -> Result<(), SessionError> {
+        if id != next_id {
+            return Err(SessionError::Protocol(format!(
+                "frame {id} arrived where frame {next_id} was due (lost, repeated or reordered)"
+            )));
+        }
+        next_id += 1;
+        Ok(())
+    };
     // A pull-once session is done once the local vector holds `until`
     // (checked after each commit that can raise it).
     let pulled = || -> Result<bool, SessionError> {
@@ -403,6 +420,7 @@ async fn inbound(
                 changes,
                 covers,
             } => {
+                in_order(id)?;
                 if changes.len() > BATCH * 4 {
                     return Err(SessionError::Protocol(format!(
                         "batch of {} changes",
@@ -442,6 +460,7 @@ async fn inbound(
                 }
             }
             Frame::Snapshot { id, entities } => {
+                in_order(id)?;
                 let mut keep = Vec::with_capacity(entities.len());
                 for e in entities {
                     for (what, name) in [
@@ -464,6 +483,7 @@ async fn inbound(
                     .map_err(|_| SessionError::PeerClosed("outbound ended".into()))?;
             }
             Frame::SnapshotDone { id, vv } => {
+                in_order(id)?;
                 engine
                     .merge_snapshot(Vec::new(), Some(vv), stats.id)
                     .await?;

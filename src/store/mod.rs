@@ -5,12 +5,14 @@
 //! into one transaction, so one fsync acknowledges many writes.
 
 mod backup;
+mod clock;
 mod slot;
 mod tables;
 pub mod wal;
 mod writer;
 
 pub use backup::{check, restore, verify_backup, BackupSummary, CheckReport, RestoreError};
+pub use clock::{system_ms, Clock};
 pub use slot::{Backend, Fault};
 pub use tables::SCHEMA_VERSION;
 pub use writer::{
@@ -107,6 +109,8 @@ pub struct StoreOptions {
     pub cache_bytes: usize,
     /// Largest tolerated clock skew of client-supplied edit times.
     pub max_skew_ms: u64,
+    /// The clock local stamps and log entry times come from.
+    pub clock: Clock,
     /// Where the write-ahead log lives instead of `outpost.wal` (None: the
     /// file; a simulation passes a disk that can lose unsynced bytes).
     pub wal_backend: Option<wal::WalBackend>,

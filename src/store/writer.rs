@@ -17,7 +17,7 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 /// Most jobs folded into one transaction.
@@ -441,13 +441,6 @@ impl<'t> Tables<'t> {
             type_index: tx.open_table(TYPE_INDEX)?,
         })
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl Writer {
@@ -910,7 +903,7 @@ impl Writer {
         let lsn = self.lsn + 1;
         {
             let mut t = Tables::open(&tx).map_err(Failure::Group)?;
-            let at_ms = now_ms();
+            let at_ms = self.opts.clock.now_ms();
             for (index, job) in jobs.iter().enumerate() {
                 let answer = self
                     .job(&mut t, job, at_ms, &mut seq, &mut committed, &mut merged)
@@ -1499,6 +1492,7 @@ mod tests {
             min_free_bytes: 0,
             cache_bytes: 1 << 20,
             max_skew_ms: 60_000,
+            clock: Default::default(),
             wal_backend: None,
         };
         let w = Writer::new(

@@ -15,7 +15,7 @@ mod unified;
 use super::{ConnCtx, ConnSettings, Ctx, Dialect, Handled, Opening, Refused, Shared, Since};
 use crate::auth::{Auth, Scope};
 use crate::config::Anonymous;
-use crate::engine::{Engine, EngineSettings, Limits};
+use crate::engine::{Engine, EngineSettings};
 use crate::store::Durability;
 use axum::extract::ws::Utf8Bytes;
 use serde_json::Value;
@@ -42,21 +42,12 @@ impl Bench {
     /// Anonymous access as given, `forms` the `[forms]` schemas by name.
     pub fn with(anonymous: Anonymous, forms: BTreeMap<String, Value>) -> Bench {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::open(
-            EngineSettings {
-                dir: dir.path().join("data"),
-                durability: Durability::Relaxed,
-                retention: None,
-                limits: Limits::default(),
-                max_skew_ms: 60_000,
-                min_free_bytes: 0,
-                cache_bytes: 1 << 20,
-                schemas: Default::default(),
-                max_queued_bytes: usize::MAX,
-            },
-            Default::default(),
-        )
-        .unwrap();
+        let s = EngineSettings {
+            durability: Durability::Relaxed,
+            max_queued_bytes: usize::MAX,
+            ..EngineSettings::for_tests(&dir.path().join("data"))
+        };
+        let engine = Engine::open(s, Default::default()).unwrap();
         let mut paths = BTreeMap::new();
         for (name, schema) in forms {
             let p = dir.path().join(format!("{name}.json"));

@@ -167,7 +167,7 @@ function render(s) {
   spaces(s.spaces, now);
   peers(s, now);
   upstream(s.upstream, now);
-  jetstream(s.jetstream);
+  jetstream(s.jetstream, now);
   log(s.recent_log, now);
 }
 
@@ -264,10 +264,28 @@ function upstream(u, now) {
   ]);
 }
 
-// The hub tier's JetStream position and lag, once the relay reports them.
-function jetstream(j) {
+// The JetStream link ([cluster] nats or [upstream] nats): the stream, this
+// relay's position in it and its lag, what it published and merged. The
+// card is hidden when the relay has no such link (the default build).
+function jetstream(j, now) {
   $("jetstream-card").hidden = !j;
-  if (j) kv($("jetstream"), Object.entries(j).map(([k, v]) => [k, typeof v === "object" ? JSON.stringify(v) : String(v)]));
+  if (!j) return;
+  const s = j.stream;
+  kv($("jetstream"), [
+    ["Role", j.role === "cluster" ? "hub tier member" : "edge (upstream)", "js-role"],
+    ["State", h("span", { id: "js-state" }, j.connected ? pill("ok", "connected") : pill("bad", "not connected"))],
+    ["Servers", h("code", { id: "js-servers" }, j.servers.join(", "))],
+    ["Stream", h("span", { id: "js-stream" }, h("code", {}, s.name), ` · ${s.replicas} replica${s.replicas === 1 ? "" : "s"} · seq ${num(s.first_seq)}–${num(s.last_seq)}`)],
+    ["Position", num(j.position), "js-position"],
+    ["Lag", `${num(j.lag)} messages`, "js-lag"],
+    ["Published", `${num(j.published)} changes`, "js-published"],
+    ["Waiting to publish", `${num(j.changes_waiting)} changes`, "js-waiting"],
+    ["Merged from the stream", `${num(j.merged)} changes`, "js-merged"],
+    ["Gaps pending", num(j.pending_gaps), "js-gaps"],
+    ["Bootstrap", j.bootstrap || "–", "js-bootstrap"],
+    ["Last contact", ago(j.last_contact_ms, now)],
+    ["Last error", j.last_error ? h("span", { class: "error", id: "js-error" }, j.last_error) : "–"],
+  ]);
 }
 
 function log(lines, now) {
