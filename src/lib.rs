@@ -7,8 +7,12 @@
 //! - [`app`]: the relay: starts and owns every part, its routes (health,
 //!   metrics, status, the dialect endpoints), the live status page and
 //!   admin API (`app::console`), graceful shutdown.
+//! - [`tasks`]: the relay's task set and its one stop signal (the app
+//!   spawns every long-lived task there).
 //! - [`net`]: the accept loop (plain or TLS): admission limits, timeouts on
-//!   every stage, descriptor limits, write timeouts; connection tracking.
+//!   every stage, descriptor limits, write timeouts; WebSocket upgrades run
+//!   in their connection's task; the outgoing TLS config and admin-API
+//!   client.
 //! - [`conn`]: the one client connection driver every client endpoint
 //!   runs on (WebSockets and seed 004's SSE stream): frames, keepalive,
 //!   timeouts, in-flight limits, paged reads, feeds.
@@ -17,7 +21,8 @@
 //! - [`auth`]: HS256 JWTs and scopes.
 //! - [`mesh`]: QUIC between peer relays: membership, dialling, mDNS.
 //! - [`replicate`]: the relay-to-relay protocol (frames, planning from
-//!   version vectors, sessions over any transport), used by the mesh.
+//!   version vectors, sessions over any transport, the WebSocket transport,
+//!   dialler and pull-once session), used by mesh, upstream and cluster.
 //! - [`upstream`]: store-and-forward from an edge to its hub over WebSocket
 //!   (the `replicate` protocol), and the hub's `/ws/replicate` endpoint.
 //! - [`engine`]: apply, subscribe (catch-up then live), fan-out, events.
@@ -51,6 +56,7 @@ pub mod replicate;
 pub mod rfc3339;
 pub mod schema;
 pub mod store;
+pub mod tasks;
 pub mod upstream;
 
 /// The relay's version, reported in welcome messages and status.

@@ -11,7 +11,7 @@ use outpost::app::{terminate_signal, Relay};
 use outpost::auth::Auth;
 use outpost::cli::{Cli, Command, ServeArgs};
 use outpost::config::{parse_duration, Config, LogFormat, Settings};
-use outpost::ops::{OpsError, Target};
+use outpost::ops::OpsError;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -134,7 +134,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Status { target, json } => ops(async {
-            let t = Target::new(&target)?;
+            let t = outpost::ops::target(&target)?;
             print!("{}", outpost::ops::status(&t, json).await?);
             Ok(())
         }),
@@ -143,7 +143,7 @@ fn main() -> Result<()> {
             space,
             output,
         } => ops(async {
-            let t = Target::new(&target)?;
+            let t = outpost::ops::target(&target)?;
             let n = match output {
                 Some(p) => {
                     let mut f = std::io::BufWriter::new(std::fs::File::create(&p)?);
@@ -160,7 +160,7 @@ fn main() -> Result<()> {
             Ok(())
         }),
         Command::Import { target, file } => ops(async {
-            let t = Target::new(&target)?;
+            let t = outpost::ops::target(&target)?;
             let r = match file.filter(|f| f.as_os_str() != "-") {
                 Some(p) => {
                     let f = tokio::fs::File::open(&p).await.map_err(|e| {
@@ -177,7 +177,7 @@ fn main() -> Result<()> {
             Ok(())
         }),
         Command::Backup { target, file } => ops(async {
-            let t = Target::new(&target)?;
+            let t = outpost::ops::target(&target)?;
             let s = outpost::ops::backup(&t, &file).await?;
             eprintln!(
                 "backup of node {} at seq {} ({} rows) written to {}",
@@ -252,7 +252,10 @@ async fn serve(settings: Settings) -> Result<()> {
     let relay = Relay::start(settings).await?;
     announce(relay.addr, &relay);
     // Listeners bound and store open: systemd may now consider us started.
-    outpost::notify::service_ready(&relay.state.engine, &format!("listening on {}", relay.addr));
+    let ready = format!("listening on {}", relay.addr);
+    if let Some(watchdog) = outpost::notify::service_ready(&relay.state.engine, &ready) {
+        relay.tasks().spawn_until_stop("watchdog", watchdog);
+    }
     terminate_signal().await;
     outpost::notify::stopping();
     tracing::info!("shutdown requested; draining connections");

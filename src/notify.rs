@@ -132,15 +132,19 @@ where
 }
 
 /// Tell systemd the relay is ready (call once the listeners are bound and
-/// the store is open) and start the watchdog pings if a watchdog is set.
-/// The ping task is owned by the engine, so it ends with it.
-pub fn service_ready(engine: &Arc<Engine>, status: &str) {
+/// the store is open). Returns the watchdog's ping loop when a watchdog is
+/// set, for the app to run among its tasks; it is dropped at the stop
+/// signal (systemd stops watching once the stop has begun).
+pub fn service_ready(
+    engine: &Arc<Engine>,
+    status: &str,
+) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
     let notifier = match Notifier::from_env() {
         Ok(Some(n)) => n,
-        Ok(None) => return,
+        Ok(None) => return None,
         Err(e) => {
             tracing::warn!(error = %e, "NOTIFY_SOCKET is unusable; not notifying systemd");
-            return;
+            return None;
         }
     };
     if let Err(e) = notifier.send(&format!("READY=1\nSTATUS={status}")) {
@@ -151,17 +155,16 @@ pub fn service_ready(engine: &Arc<Engine>, status: &str) {
         std::env::var("WATCHDOG_PID").ok().as_deref(),
         std::process::id(),
     );
-    if let Some(t) = timeout {
-        // Half the timeout, as sd_watchdog_enabled(3) advises: one late or
-        // failed check does not yet get the service killed.
-        let period = t / 2;
-        tracing::info!(timeout = ?t, "systemd watchdog enabled");
-        let e = engine.clone();
-        engine.own(tokio::spawn(watchdog_loop(notifier, period, move || {
-            let e = e.clone();
-            async move { e.health_check().await }
-        })));
-    }
+    let t = timeout?;
+    // Half the timeout, as sd_watchdog_enabled(3) advises: one late or
+    // failed check does not yet get the service killed.
+    let period = t / 2;
+    tracing::info!(timeout = ?t, "systemd watchdog enabled");
+    let e = engine.clone();
+    Some(watchdog_loop(notifier, period, move || {
+        let e = e.clone();
+        async move { e.health_check().await }
+    }))
 }
 
 /// Tell systemd a graceful stop has begun (no-op outside systemd).

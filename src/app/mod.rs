@@ -5,10 +5,18 @@
 //! `upstream::hub::HubCtx`), never [`AppState`]; only the app's own
 //! routes and the console see the whole relay.
 //!
-//! Shutdown order (SIGTERM/SIGINT): stop accepting; tell every connection
-//! (they finish in-flight commits and close with 1001); wait for them up to
-//! `server.shutdown_grace`; then stop the engine, which drains and flushes
-//! the writer.
+//! Every task of the relay runs in one [`Tasks`] set under its one stop
+//! signal: the accept loop (whose `JoinSet` holds each connection, TLS
+//! handshake and upgraded WebSocket), the webhook sender, retention, the
+//! status sampler, mesh, upstream and cluster link tasks, the watchdog.
+//!
+//! Shutdown (SIGTERM/SIGINT), one order, bounded in total: flip the signal
+//! (the accept loop stops accepting; every connection finishes its
+//! in-flight commits and closes with 1001; sessions say goodbye; loops with
+//! nothing to finish are dropped); wait for every task up to
+//! `server.shutdown_grace`, then abort what is left; close the mesh's QUIC
+//! endpoint (at most 1 s more); then the engine drains and flushes the
+//! writer.
 
 pub mod console;
 pub mod routes;
@@ -20,11 +28,11 @@ use crate::mesh::Mesh;
 use crate::metrics::Metrics;
 use crate::net::ConnTracker;
 use crate::replicate::Links;
+use crate::tasks::Tasks;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -94,11 +102,9 @@ impl axum::extract::FromRef<Arc<AppState>> for crate::upstream::hub::HubCtx {
 pub struct Relay {
     pub addr: SocketAddr,
     pub state: Arc<AppState>,
-    stop: watch::Sender<bool>,
-    serve: JoinHandle<std::io::Result<()>>,
+    /// Every task of the relay, and the stop signal.
+    tasks: Tasks,
     mesh: Option<Mesh>,
-    upstream: Option<JoinHandle<()>>,
-    nats: Vec<JoinHandle<()>>,
 }
 
 impl Relay {
@@ -120,10 +126,12 @@ impl Relay {
             },
             metrics,
         )?;
-        let (stop, shutdown) = watch::channel(false);
+        let tasks = Tasks::new();
+        let shutdown = tasks.signal();
         // Before maintenance: the webhook pins its log cursor against retention.
         if let Some(w) = &settings.webhook {
-            crate::dialect::kv::webhook::start(&engine, w.clone(), shutdown.clone());
+            let webhook = crate::dialect::kv::webhook::start(&engine, w.clone(), shutdown.clone());
+            tasks.spawn("webhook", webhook);
         }
         // Likewise the upstream: the log past its cursor is its queue.
         if settings.upstream.is_some() {
@@ -134,7 +142,9 @@ impl Relay {
         if let Some(n) = &nats_settings {
             engine.pin_cursor(n.publish_cursor());
         }
-        engine.start_maintenance();
+        if let Some(retention) = engine.maintenance() {
+            tasks.spawn_until_stop("retention", retention);
+        }
         // Every connection is a descriptor: fit the connection limit under
         // RLIMIT_NOFILE (raised to its hard limit first).
         let nofile = crate::net::nofile::raise();
@@ -169,7 +179,7 @@ impl Relay {
                 &settings.dir,
                 engine.clone(),
                 links.clone(),
-                shutdown.clone(),
+                &tasks,
             )?),
             None => None,
         };
@@ -181,10 +191,12 @@ impl Relay {
             )?),
             None => None,
         };
-        let upstream_task = upstream.as_ref().map(|u| u.start(shutdown.clone()));
-        let (nats, nats_tasks) = start_nats(nats_settings, &engine, &links, &shutdown).await?;
+        if let Some(u) = &upstream {
+            tasks.spawn("upstream", u.run(shutdown.clone()));
+        }
+        let nats = start_nats(nats_settings, &engine, &links, &tasks).await?;
         let console = Arc::new(crate::app::console::Console::default());
-        console.start(&engine);
+        tasks.spawn_until_stop("status sampler", console.sampler(&engine));
         let auth = Auth::new(settings.jwt_secret.as_deref(), settings.anonymous);
         let conns = ConnTracker::default();
         let hub = crate::upstream::hub::HubCtx {
@@ -224,7 +236,7 @@ impl Relay {
         });
         let app = routes::router(state.clone());
         let st = &state.settings;
-        let serve = crate::net::spawn(
+        let serve = crate::net::serve(
             listener,
             app,
             crate::net::ListenerConfig {
@@ -242,57 +254,42 @@ impl Relay {
             state.net.clone(),
             state.shutdown.clone(),
         );
+        tasks.spawn("accept loop", async move {
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "the accept loop failed");
+            }
+        });
         Ok(Relay {
             addr,
             state,
-            stop,
-            serve,
+            tasks,
             mesh,
-            upstream: upstream_task,
-            nats: nats_tasks,
         })
     }
 
-    /// Graceful stop: see the module doc for the order.
+    /// The relay's task set: what else runs as part of the relay (the
+    /// systemd watchdog) is spawned here, under the same stop signal.
+    pub fn tasks(&self) -> &Tasks {
+        &self.tasks
+    }
+
+    /// Graceful stop: see the module doc for the order. Returns once every
+    /// task of the relay has ended and the writer has flushed.
     pub async fn shutdown(self) -> Result<(), ServerError> {
-        let _ = self.stop.send(true);
         // One grace period in all, not one per step.
-        let deadline = tokio::time::Instant::now() + self.state.settings.shutdown_grace;
-        if tokio::time::timeout_at(deadline, self.state.conns.idle())
-            .await
-            .is_err()
-        {
+        let grace = self.state.settings.shutdown_grace;
+        let deadline = tokio::time::Instant::now() + grace;
+        let aborted = self.tasks.join(deadline).await;
+        if !aborted.is_empty() {
             tracing::warn!(
-                left = self.state.conns.live(),
-                "connections still open after the shutdown grace period"
+                ?aborted,
+                connections = self.state.conns.live(),
+                "shutdown grace period over: the tasks left were aborted"
             );
-        }
-        let mut serve = self.serve;
-        match tokio::time::timeout_at(deadline, &mut serve).await {
-            Ok(Ok(r)) => r?,
-            Ok(Err(e)) => tracing::error!(error = %e, "http server task failed"),
-            Err(_) => {
-                tracing::warn!("http server did not stop within the grace period");
-                serve.abort();
-            }
-        }
-        if let Some(mut task) = self.upstream {
-            // The session says goodbye and closes with 1001 on the signal.
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if tokio::time::timeout(left.max(Duration::from_secs(1)), &mut task)
-                .await
-                .is_err()
-            {
-                task.abort();
-            }
-        }
-        // The JetStream link's tasks hold no state beyond their cursors.
-        for t in self.nats {
-            t.abort();
         }
         if let Some(mesh) = self.mesh {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            mesh.shutdown(left.max(Duration::from_secs(1))).await;
+            mesh.close(left.max(Duration::from_secs(1))).await;
         }
         let engine = self.state.engine.clone();
         tokio::task::spawn_blocking(move || engine.shutdown())
@@ -302,7 +299,7 @@ impl Relay {
     }
 }
 
-type NatsLink = (Option<Arc<dyn crate::cluster::Report>>, Vec<JoinHandle<()>>);
+type NatsLink = Option<Arc<dyn crate::cluster::Report>>;
 
 /// Start the JetStream link, if configured (config validation refuses the
 /// keys in a build without the `jetstream` feature).
@@ -311,15 +308,13 @@ async fn start_nats(
     s: Option<crate::cluster::settings::NatsSettings>,
     engine: &Arc<Engine>,
     links: &Arc<Links>,
-    shutdown: &watch::Receiver<bool>,
+    tasks: &Tasks,
 ) -> Result<NatsLink, ServerError> {
     let Some(s) = s else {
-        return Ok((None, Vec::new()));
+        return Ok(None);
     };
-    let (link, tasks) =
-        crate::cluster::link::Link::start(s, engine.clone(), links.clone(), shutdown.clone())
-            .await?;
-    Ok((Some(link), tasks))
+    let link = crate::cluster::link::Link::start(s, engine.clone(), links.clone(), tasks).await?;
+    Ok(Some(link))
 }
 
 #[cfg(not(feature = "jetstream"))]
@@ -327,9 +322,9 @@ async fn start_nats(
     _: Option<crate::cluster::settings::NatsSettings>,
     _: &Arc<Engine>,
     _: &Arc<Links>,
-    _: &watch::Receiver<bool>,
+    _: &Tasks,
 ) -> Result<NatsLink, ServerError> {
-    Ok((None, Vec::new()))
+    Ok(None)
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -38,7 +38,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
-use tokio::task::JoinHandle;
 
 /// Changes published or merged per round.
 const PAGE: usize = 256;
@@ -120,8 +119,9 @@ impl Link {
         s: NatsSettings,
         engine: Arc<Engine>,
         links: Arc<Links>,
-        shutdown: watch::Receiver<bool>,
-    ) -> Result<(Arc<Link>, Vec<JoinHandle<()>>), LinkError> {
+        tasks: &crate::tasks::Tasks,
+    ) -> Result<Arc<Link>, LinkError> {
+        let shutdown = tasks.signal();
         let node = engine.node_id();
         let mut opts = async_nats::ConnectOptions::new()
             .name(format!("outpost {node}"))
@@ -186,12 +186,14 @@ impl Link {
                 timeout: ack_timeout,
             });
         }
-        let tasks = vec![
-            tokio::spawn(link.clone().ready_loop(shutdown.clone())),
-            tokio::spawn(link.clone().publish_loop(shutdown.clone())),
-            tokio::spawn(link.clone().consume_loop(shutdown)),
-        ];
-        Ok((link, tasks))
+        // They hold no state beyond their cursors: dropped at the signal.
+        tasks.spawn_until_stop("cluster ready", link.clone().ready_loop(shutdown.clone()));
+        tasks.spawn_until_stop(
+            "cluster publisher",
+            link.clone().publish_loop(shutdown.clone()),
+        );
+        tasks.spawn_until_stop("cluster consumer", link.clone().consume_loop(shutdown));
+        Ok(link)
     }
 
     fn set_error(&self, e: Option<String>) {

@@ -6,7 +6,7 @@ use super::socket::{Socket, SseEvent};
 use super::{run, ConnCtx, Ctx};
 use crate::dialect::unified::{self, proto::Endpoint};
 use crate::dialect::{atome_sync, config_sync, kv, limit, native, sync, Dialect, Opening};
-use axum::extract::ws::WebSocketUpgrade;
+use crate::net::Upgrade;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{KeepAlive, Sse};
@@ -22,18 +22,13 @@ pub async fn native(
     State(ctx): State<Ctx>,
     Query(q): Params,
     h: HeaderMap,
-    ws: WebSocketUpgrade,
+    ws: Upgrade,
 ) -> Response {
     serve(ctx.clone(), ws, native::accept(&ctx, &h, &q))
 }
 
 /// `GET /ws/sync` (seed 000).
-pub async fn sync(
-    State(ctx): State<Ctx>,
-    Query(q): Params,
-    h: HeaderMap,
-    ws: WebSocketUpgrade,
-) -> Response {
+pub async fn sync(State(ctx): State<Ctx>, Query(q): Params, h: HeaderMap, ws: Upgrade) -> Response {
     serve(ctx.clone(), ws, sync::accept(&ctx, &h, &q))
 }
 
@@ -42,7 +37,7 @@ pub async fn atome_sync(
     State(ctx): State<Ctx>,
     Query(q): Params,
     h: HeaderMap,
-    ws: WebSocketUpgrade,
+    ws: Upgrade,
 ) -> Response {
     serve(ctx.clone(), ws, atome_sync::accept(&ctx, &h, &q))
 }
@@ -52,7 +47,7 @@ pub async fn config_sync(
     State(ctx): State<Ctx>,
     Query(q): Params,
     h: HeaderMap,
-    ws: WebSocketUpgrade,
+    ws: Upgrade,
 ) -> Response {
     serve(ctx.clone(), ws, config_sync::accept(&ctx, &h, &q))
 }
@@ -63,7 +58,7 @@ pub async fn kv(
     Path(workspace): Path<String>,
     Query(q): Params,
     h: HeaderMap,
-    ws: WebSocketUpgrade,
+    ws: Upgrade,
 ) -> Response {
     serve(ctx.clone(), ws, kv::accept(&ctx, workspace, &h, &q))
 }
@@ -73,7 +68,7 @@ pub async fn unified(
     State(ctx): State<Ctx>,
     Query(q): Params,
     h: HeaderMap,
-    ws: WebSocketUpgrade,
+    ws: Upgrade,
 ) -> Response {
     let opening = unified::accept(Endpoint::Unified, &ctx, &h, &q);
     serve(ctx.clone(), ws, opening)
@@ -84,7 +79,7 @@ pub async fn entity_sync(
     State(ctx): State<Ctx>,
     Query(q): Params,
     h: HeaderMap,
-    ws: WebSocketUpgrade,
+    ws: Upgrade,
 ) -> Response {
     let opening = unified::accept(Endpoint::Entity, &ctx, &h, &q);
     serve(ctx.clone(), ws, opening)
@@ -95,7 +90,7 @@ pub async fn field_sync(
     State(ctx): State<Ctx>,
     Query(q): Params,
     h: HeaderMap,
-    ws: WebSocketUpgrade,
+    ws: Upgrade,
 ) -> Response {
     let opening = unified::accept(Endpoint::Field, &ctx, &h, &q);
     serve(ctx.clone(), ws, opening)
@@ -104,7 +99,7 @@ pub async fn field_sync(
 /// `GET /api/sync/events` (seed 004's SSE fallback). The driver runs
 /// inside the response body, not in a task of its own: when the client
 /// drops the response the driver goes with it, and the connection's task
-/// (owned by `net::serve`) is the only task. Keep-alive comments every 15 s.
+/// (owned by the accept loop, `net::serve`) is the only task. Keep-alive comments every 15 s.
 pub async fn events(State(ctx): State<Ctx>, Query(q): Params, h: HeaderMap) -> Response {
     let opening = match unified::events::accept(&ctx, &h, &q) {
         Ok(o) => o,
@@ -126,16 +121,19 @@ pub async fn events(State(ctx): State<Ctx>, Query(q): Params, h: HeaderMap) -> R
 
 fn serve<D: Dialect, R: IntoResponse>(
     ctx: Ctx,
-    ws: WebSocketUpgrade,
+    ws: Upgrade,
     opening: Result<Opening<D>, R>,
 ) -> Response {
     let opening = match opening {
         Ok(o) => o,
         Err(refused) => return refused.into_response(),
     };
-    limit(ws, &ctx).on_upgrade(move |socket| async move {
-        let cc = ConnCtx::new(ctx, opening.endpoint);
-        let dialect = (opening.make)(&cc);
-        run(Socket::ws(socket, &cc.state), cc, dialect).await
-    })
+    // The actor runs in the connection's task (owned by the accept loop).
+    let limits = ctx.clone();
+    ws.limits(|ws| limit(ws, &limits))
+        .on_upgrade(move |socket| async move {
+            let cc = ConnCtx::new(ctx, opening.endpoint);
+            let dialect = (opening.make)(&cc);
+            run(Socket::ws(socket, &cc.state), cc, dialect).await
+        })
 }

@@ -12,7 +12,7 @@ pub use crate::store::Clock;
 pub use admin::SpaceFigures;
 pub use error::{EngineError, ErrorClass};
 pub use hub::{ConnLink, ConnSignal, Filter, Hub};
-pub use outbox::{json_bytes, Budget, Outbox};
+pub use outbox::{json_bytes, Batch, Budget, Outbox};
 pub use validate::{validate_change, validate_name, validate_write, Limits};
 
 use crate::metrics::Metrics;
@@ -28,7 +28,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
-use tokio::task::JoinHandle;
 
 /// Frames rendered once per committed change and shared by every
 /// subscriber of the same dialect (slot = dialect index).
@@ -162,7 +161,6 @@ pub struct Engine {
     clock: Clock,
     /// Cursors that retention must not trim past (e.g. the upstream's).
     pins: Mutex<Vec<String>>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
     schemas: Arc<SchemaSet>,
     /// Every event published here, local or from a peer, for the peer links
     /// (best effort: a lagging receiver skips events).
@@ -410,7 +408,6 @@ impl Engine {
             retention: s.retention,
             clock: s.clock,
             pins: Mutex::new(Vec::new()),
-            tasks: Mutex::new(Vec::new()),
             schemas: s.schemas,
             events: tokio::sync::broadcast::Sender::new(1024),
             next_eid: AtomicU64::new(1),
@@ -420,12 +417,13 @@ impl Engine {
         }))
     }
 
-    /// Start background maintenance (log retention). The handle is kept and
-    /// aborted by `shutdown`.
-    pub fn start_maintenance(self: &Arc<Self>) {
-        let Some(keep) = self.retention else { return };
+    /// Background maintenance (log retention, a pass a minute), when
+    /// retention is on: a loop for the app to run among its tasks (it
+    /// ends when the engine is gone, or is dropped at shutdown).
+    pub fn maintenance(self: &Arc<Self>) -> Option<impl std::future::Future<Output = ()> + Send> {
+        let keep = self.retention?;
         let weak = Arc::downgrade(self);
-        let task = tokio::spawn(async move {
+        Some(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
             loop {
                 tick.tick().await;
@@ -434,21 +432,12 @@ impl Engine {
                     tracing::warn!(error = %e, "log retention pass failed");
                 }
             }
-        });
-        self.own(task);
+        })
     }
 
     /// The wall clock this relay stamps with (see [`EngineSettings::clock`]).
     pub fn clock(&self) -> &Clock {
         &self.clock
-    }
-
-    /// Keep a spawned task's handle so shutdown can stop it.
-    pub fn own(&self, task: JoinHandle<()>) {
-        if let Ok(mut t) = self.tasks.lock() {
-            t.retain(|h| !h.is_finished());
-            t.push(task);
-        }
     }
 
     /// One retention pass: trim log entries older than `keep`, never past a
@@ -487,13 +476,8 @@ impl Engine {
         }
     }
 
-    /// Stop background tasks, then let the writer drain and flush.
+    /// Let the writer drain and flush (the app has ended its tasks first).
     pub fn shutdown(&self) {
-        if let Ok(mut t) = self.tasks.lock() {
-            for h in t.drain(..) {
-                h.abort();
-            }
-        }
         self.store.close();
     }
 

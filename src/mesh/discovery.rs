@@ -4,11 +4,11 @@
 
 use super::{dial_loop, Ctx, MeshError};
 use crate::model::NodeId;
+use crate::tasks::AbortOnDrop;
 use mdns_sd::{ServiceDaemon, ServiceEvent, ServiceInfo};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use tokio::task::JoinHandle;
 
 pub const SERVICE: &str = "_outpost._udp.local.";
 
@@ -51,7 +51,8 @@ pub async fn run(d: Discovery, ctx: Arc<Ctx>) {
             return;
         }
     };
-    let mut dialers: HashMap<NodeId, JoinHandle<()>> = HashMap::new();
+    // Dropping a handle (peer gone, or this loop ended) ends its dialer.
+    let mut dialers: HashMap<NodeId, AbortOnDrop<()>> = HashMap::new();
     let mut stop = ctx.shutdown.clone();
     loop {
         let ev = tokio::select! {
@@ -82,7 +83,7 @@ pub async fn run(d: Discovery, ctx: Arc<Ctx>) {
                 tracing::info!(%node, %target, "mDNS: found a relay of this mesh");
                 dialers.insert(
                     node,
-                    tokio::spawn(dial_loop(ctx.clone(), target, Some(node))),
+                    AbortOnDrop::spawn(dial_loop(ctx.clone(), target, Some(node))),
                 );
             }
             ServiceEvent::ServiceRemoved(_, fullname) => {
@@ -90,17 +91,18 @@ pub async fn run(d: Discovery, ctx: Arc<Ctx>) {
                     .split('.')
                     .next()
                     .and_then(|n| n.parse::<NodeId>().ok());
-                if let Some(h) = node.and_then(|n| dialers.remove(&n)) {
+                if node.and_then(|n| dialers.remove(&n)).is_some() {
                     ctx.engine.metrics.mesh_lost.fetch_add(1, Relaxed);
                     tracing::info!(?node, "mDNS: relay went away");
-                    h.abort();
                 }
             }
             _ => {}
         }
     }
+    // The dialers follow the shutdown signal too (their sessions say
+    // goodbye): wait for them.
     for (_, h) in dialers {
-        h.abort();
+        let _ = h.await;
     }
     if let Ok(rx) = d.daemon.shutdown() {
         let _ = rx.recv_async().await;

@@ -21,6 +21,7 @@ use crate::replicate::backoff::{jitter_seed, Backoff};
 use crate::replicate::frame::{Frame, PROTO_VERSION};
 use crate::replicate::session::{self, recv_frame, send_frame};
 use crate::replicate::{Links, SessionError, SessionOpts};
+use crate::tasks::Tasks;
 use auth::{Membership, Role};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -28,7 +29,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinSet;
 use wire::{QuicSink, QuicSource};
 
 #[derive(Debug, thiserror::Error)]
@@ -54,11 +55,12 @@ struct Ctx {
     shutdown: watch::Receiver<bool>,
 }
 
-/// The running mesh. Dropping it stops nothing: call `shutdown`.
+/// The running mesh: its tasks (accept loop, dialers, discovery) run in
+/// the app's [`Tasks`] and end on its signal; `close` then closes the
+/// QUIC endpoint.
 pub struct Mesh {
     pub local_addr: SocketAddr,
     endpoint: quinn::Endpoint,
-    tasks: Vec<JoinHandle<()>>,
 }
 
 impl Mesh {
@@ -67,8 +69,9 @@ impl Mesh {
         dir: &Path,
         engine: Arc<Engine>,
         links: Arc<Links>,
-        shutdown: watch::Receiver<bool>,
+        tasks: &Tasks,
     ) -> Result<Mesh, MeshError> {
+        let shutdown = tasks.signal();
         let (cert, key) = tls::load_or_create_identity(dir)?;
         let mut endpoint = quinn::Endpoint::server(tls::server_config(cert, key)?, settings.listen)
             .map_err(|e| MeshError::Bind(settings.listen, e))?;
@@ -86,33 +89,30 @@ impl Mesh {
             endpoint: endpoint.clone(),
             shutdown,
         });
-        let mut tasks = vec![tokio::spawn(accept_loop(ctx.clone()))];
+        let d = match settings.mdns {
+            true => Some(discovery::start(engine.node_id(), local_addr.port(), tag)?),
+            false => None,
+        };
+        tasks.spawn("mesh accept loop", accept_loop(ctx.clone()));
         for p in &settings.peers {
-            tasks.push(tokio::spawn(dial_loop(ctx.clone(), p.clone(), None)));
+            tasks.spawn("mesh dialer", dial_loop(ctx.clone(), p.clone(), None));
         }
-        if settings.mdns {
-            let d = discovery::start(engine.node_id(), local_addr.port(), tag)?;
-            tasks.push(tokio::spawn(discovery::run(d, ctx.clone())));
+        if let Some(d) = d {
+            tasks.spawn("mesh discovery", discovery::run(d, ctx.clone()));
         }
         tracing::info!(%local_addr, peers = settings.peers.len(), mdns = settings.mdns, "mesh listening");
         Ok(Mesh {
             local_addr,
             endpoint,
-            tasks,
         })
     }
 
-    /// Sessions end on the shutdown signal (saying goodbye); then the
-    /// endpoint closes and the tasks are reaped.
-    pub async fn shutdown(self, grace: Duration) {
-        let deadline = tokio::time::Instant::now() + grace;
-        for mut t in self.tasks {
-            if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
-                t.abort();
-            }
-        }
+    /// Close the endpoint once the mesh's tasks have ended (sessions end
+    /// on the shutdown signal, saying goodbye), and wait up to `grace` for
+    /// the connections to drain.
+    pub async fn close(self, grace: Duration) {
         self.endpoint.close(0u32.into(), b"relay shutting down");
-        let _ = tokio::time::timeout_at(deadline, self.endpoint.wait_idle()).await;
+        let _ = tokio::time::timeout(grace, self.endpoint.wait_idle()).await;
     }
 }
 

@@ -20,18 +20,24 @@
 //!   `server.write_timeout`, on HTTP and on upgraded WebSockets alike.
 //! - **Idle WebSockets** are the connection driver's part (`conn::socket`).
 //!
-//! Every connection task lives in the loop's `JoinSet`; on shutdown the loop
-//! stops accepting, tells HTTP connections to finish (upgraded WebSockets
-//! follow the shutdown signal themselves) and returns once they have.
+//! Every connection task lives in the loop's `JoinSet`, and an upgraded
+//! WebSocket runs on in its connection's task ([`upgrade`]), so dropping
+//! the loop ends them all. On shutdown the loop stops accepting, tells
+//! HTTP connections to finish (upgraded WebSockets follow the shutdown
+//! signal themselves, close frame and all) and returns once they have.
+//! The loop itself is a task of the app's [`crate::tasks::Tasks`].
 
 pub mod admission;
+pub mod client;
 pub mod io;
 pub mod nofile;
 pub mod stats;
 pub mod tracker;
+pub mod upgrade;
 pub mod ws;
 
 pub use tracker::{ConnToken, ConnTracker};
+pub use upgrade::{Adopt, Upgrade};
 
 use admission::{Admission, ConnSlot, HandshakeSlot, Limits};
 use futures_util::FutureExt;
@@ -48,7 +54,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinSet;
 
 /// Refused connections answered at once, each lingering up to
 /// [`LINGER`] so the client reads the 503 instead of a reset; beyond this
@@ -79,14 +85,16 @@ struct Shared {
     lane: Arc<Semaphore>,
 }
 
-/// Serve `app` on `listener` until `shutdown` turns true.
-pub fn spawn(
+/// The accept loop serving `app` on `listener` until `shutdown` turns
+/// true, and until every connection it accepted has ended; the caller
+/// spawns it where it owns its tasks.
+pub fn serve(
     listener: TcpListener,
     app: axum::Router,
     cfg: ListenerConfig,
     stats: Arc<NetStats>,
     shutdown: watch::Receiver<bool>,
-) -> JoinHandle<std::io::Result<()>> {
+) -> impl std::future::Future<Output = std::io::Result<()>> + Send + 'static {
     let shared = Arc::new(Shared {
         app,
         header_timeout: cfg.header_timeout,
@@ -104,7 +112,7 @@ pub fn spawn(
         lane: Arc::new(Semaphore::new(REFUSAL_LANE)),
     });
     let admission = Admission::new(cfg.limits, stats);
-    tokio::spawn(accept_loop(listener, shared, admission))
+    accept_loop(listener, shared, admission)
 }
 
 async fn accept_loop(
@@ -279,7 +287,18 @@ async fn serve_conn(
     let Some(acceptor) = shared.tls.clone() else {
         return serve_http(shared, io, peer, hs).await;
     };
-    match tokio::time::timeout(shared.header_timeout, acceptor.accept(io)).await {
+    // Bounded in time by the header timeout, and cut short by shutdown: a
+    // connection still in its handshake has nothing to say goodbye to.
+    let mut shutdown = shared.shutdown.clone();
+    let handshake = tokio::time::timeout(shared.header_timeout, acceptor.accept(io));
+    let done = tokio::select! {
+        r = handshake => r,
+        _ = stopped(&mut shutdown) => {
+            tracing::debug!(%peer, "TLS handshake cut short by shutdown");
+            return;
+        }
+    };
+    match done {
         Ok(Ok(tls)) => serve_http(shared, tls, peer, hs).await,
         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
         Err(_) => {
@@ -295,13 +314,16 @@ where
 {
     let router = TowerToHyperService::new(shared.app.clone());
     let handshake = Mutex::new(Some(hs));
+    let adopt = Adopt::default();
+    let slot = adopt.clone();
     let timeout = shared.request_timeout;
     let stats = shared.stats.clone();
-    let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         // The first request is in: the connection is past its handshake.
         if let Ok(mut h) = handshake.lock() {
             h.take();
         }
+        req.extensions_mut().insert(slot.clone());
         let call = router.call(req);
         let stats = stats.clone();
         async move {
@@ -345,6 +367,11 @@ where
         } else {
             tracing::debug!(%peer, error = %e, "connection ended with an error");
         }
+    }
+    // An upgraded WebSocket goes on here, in this task: its actor follows
+    // the shutdown signal itself.
+    if let Some(actor) = adopt.take() {
+        actor.await;
     }
 }
 

@@ -5,7 +5,7 @@
 mod client;
 mod table;
 
-pub use client::{Target, TargetArgs};
+pub use client::{target, Target, TargetArgs};
 pub use table::render_status;
 
 use crate::store::{BackupSummary, CheckReport};
@@ -30,6 +30,18 @@ pub enum OpsError {
     Restore(#[from] crate::store::RestoreError),
     #[error("the relay's answer is not what was expected: {0}")]
     Protocol(String),
+}
+
+impl From<crate::net::client::ClientError> for OpsError {
+    fn from(e: crate::net::client::ClientError) -> OpsError {
+        use crate::net::client::ClientError as C;
+        match e {
+            C::Unreachable { url, reason } => OpsError::Unreachable { url, reason },
+            C::Refused { url, status, body } => OpsError::Refused { url, status, body },
+            C::Io(e) => OpsError::Io(e),
+            e @ (C::Url(_) | C::Tls(_) | C::Request(_)) => OpsError::Usage(e.to_string()),
+        }
+    }
 }
 
 /// `outpost status`: the table, or the document itself with `json`.

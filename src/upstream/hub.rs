@@ -4,15 +4,14 @@
 //! runs over binary messages. Every edge is one session; what one edge
 //! sends enters the hub's log and so flows on to every other edge.
 
-use super::ws;
 use crate::auth::Auth;
 use crate::engine::{now_ms, Engine};
 use crate::model::NodeId;
-use crate::net::{ConnToken, ConnTracker};
+use crate::net::{ConnToken, ConnTracker, Upgrade};
 use crate::replicate::frame::MAX_FRAME_BYTES;
-use crate::replicate::session;
+use crate::replicate::{session, ws};
 use crate::replicate::{Links, SessionOpts};
-use axum::extract::ws::{WebSocket, WebSocketUpgrade};
+use axum::extract::ws::WebSocket;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -41,7 +40,7 @@ pub async fn upgrade(
     State(state): State<HubCtx>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    ws: Upgrade,
 ) -> Response {
     let token = crate::auth::token_from(&headers, &query);
     let grant = match state.auth.admit(token.as_deref(), crate::auth::now_s()) {
@@ -65,45 +64,50 @@ pub async fn upgrade(
     // Graceful shutdown waits for the session's goodbye and close.
     let token = state.conns.enter();
     let limit = MAX_FRAME_BYTES + 1024;
-    ws.max_message_size(limit)
-        .max_frame_size(limit)
+    // The session runs in the connection's task (owned by the accept loop).
+    ws.limits(|ws| ws.max_message_size(limit).max_frame_size(limit))
         .on_upgrade(move |socket| serve_edge(state, socket, grant, token))
 }
 
 async fn serve_edge(state: HubCtx, socket: WebSocket, grant: crate::auth::Grant, token: ConnToken) {
-    let (mut tx, mut rx) = ws::split(socket, None, state.shutdown.clone(), token);
-    let guard = state.links.open(KIND, grant.sub.clone(), false, now_ms());
-    let greeting = match session::hello(&state.engine, &mut rx, &mut tx).await {
-        Ok(g) => g,
-        Err(e) => {
-            tracing::warn!(sub = %grant.sub, error = %e, "edge refused at hello");
-            return;
+    let (tx, rx, writer) = ws::split(socket, None, state.shutdown.clone(), token);
+    // The writer runs next to the session, in this task.
+    let run = async {
+        let (mut tx, mut rx) = (tx, rx);
+        let guard = state.links.open(KIND, grant.sub.clone(), false, now_ms());
+        let greeting = match session::hello(&state.engine, &mut rx, &mut tx).await {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::warn!(sub = %grant.sub, error = %e, "edge refused at hello");
+                return;
+            }
+        };
+        let peer = greeting.peer;
+        guard.stats.node.store(peer.0, Relaxed);
+        replace_older_sessions(&state, peer, guard.stats.id);
+        tracing::info!(%peer, sub = %grant.sub, "edge session up");
+        // A token limited to some spaces replicates only those.
+        let opts = SessionOpts {
+            cursor: format!("edge:{peer}"),
+            spaces: grant.spaces.map(|s| s.into_iter().collect()),
+            batch_bytes: crate::replicate::frame::MAX_FRAME_BYTES,
+        };
+        match session::run(
+            state.engine.clone(),
+            greeting,
+            rx,
+            tx,
+            opts,
+            guard.stats.clone(),
+            state.shutdown.clone(),
+        )
+        .await
+        {
+            Ok(reason) => tracing::info!(%peer, %reason, "edge session ended"),
+            Err(e) => tracing::warn!(%peer, error = %e, "edge session failed"),
         }
     };
-    let peer = greeting.peer;
-    guard.stats.node.store(peer.0, Relaxed);
-    replace_older_sessions(&state, peer, guard.stats.id);
-    tracing::info!(%peer, sub = %grant.sub, "edge session up");
-    // A token limited to some spaces replicates only those.
-    let opts = SessionOpts {
-        cursor: format!("edge:{peer}"),
-        spaces: grant.spaces.map(|s| s.into_iter().collect()),
-        batch_bytes: crate::replicate::frame::MAX_FRAME_BYTES,
-    };
-    match session::run(
-        state.engine.clone(),
-        greeting,
-        rx,
-        tx,
-        opts,
-        guard.stats.clone(),
-        state.shutdown.clone(),
-    )
-    .await
-    {
-        Ok(reason) => tracing::info!(%peer, %reason, "edge session ended"),
-        Err(e) => tracing::warn!(%peer, error = %e, "edge session failed"),
-    }
+    tokio::join!(run, writer);
 }
 
 /// An edge that reconnects replaces its previous session: the old one is

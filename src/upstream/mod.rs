@@ -12,40 +12,29 @@
 //! hellos, so a change is never lost and never applied twice, however often
 //! the link flaps.
 //!
-//! - `ws`: frames over either WebSocket library, keepalive, close codes;
 //! - `hub`: the `/ws/replicate` endpoint;
-//! - `pull`: one session that pulls what another relay holds, then ends
-//!   (a cluster member's bootstrap);
 //! - this file: the edge's dial loop (backoff 1 s→30 s jittered, forever;
 //!   `wake` for an immediate round), status and metrics.
 
 pub mod hub;
-pub mod pull;
-pub mod ws;
 
 use crate::config::UpstreamSettings;
 use crate::engine::{now_ms, Engine, PAGE_BYTES};
 use crate::replicate::backoff::{jitter_seed, Backoff};
-use crate::replicate::session;
+use crate::replicate::dial::dial;
+use crate::replicate::{session, ws};
 use crate::replicate::{LinkStats, Links, SessionError, SessionOpts};
 use crate::store::Cap;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{watch, Notify};
-use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 /// The durable cursor (and retention pin) of the upstream.
 pub const CURSOR: &str = "upstream";
 /// The link kind in status and metrics.
 pub const KIND: &str = "upstream";
-/// Bound on connecting: TCP, TLS and the WebSocket handshake each.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     #[error("upstream TLS: {0}")]
@@ -80,7 +69,10 @@ impl Upstream {
         links: Arc<Links>,
     ) -> Result<Arc<Upstream>, UpstreamError> {
         let tls = if settings.tls {
-            Some(connector(settings.ca.as_deref())?)
+            Some(
+                crate::net::client::connector(settings.ca.as_deref())
+                    .map_err(|e| UpstreamError::Tls(e.to_string()))?,
+            )
         } else {
             None
         };
@@ -102,9 +94,13 @@ impl Upstream {
         }))
     }
 
-    /// Dial and keep a session up until shutdown.
-    pub fn start(self: &Arc<Self>, shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
-        tokio::spawn(self.clone().dial_loop(shutdown))
+    /// The dial loop: dial and keep a session up until shutdown (the
+    /// session says goodbye). The app runs it as one of its tasks.
+    pub fn run(
+        self: &Arc<Self>,
+        shutdown: watch::Receiver<bool>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.clone().dial_loop(shutdown)
     }
 
     /// An immediate round: if the relay is waiting to redial, dial now. (A
@@ -173,44 +169,49 @@ impl Upstream {
         };
         let s = &self.settings;
         self.contact.store(now_ms(), Relaxed);
-        let (mut tx, mut rx) = ws::split(socket, Some(self.contact.clone()), shutdown.clone(), ());
-        let guard = self.links.open(KIND, s.url.clone(), true, now_ms());
-        let _ = guard.stats.found.set("config");
-        let greeting = match session::hello(&self.engine, &mut rx, &mut tx).await {
-            Ok(g) => g,
-            Err(e) => return (false, Err(e.to_string())),
+        let (tx, rx, writer) = ws::split(socket, Some(self.contact.clone()), shutdown.clone(), ());
+        // The writer runs next to the session, in this task.
+        let run = async {
+            let (mut tx, mut rx) = (tx, rx);
+            let guard = self.links.open(KIND, s.url.clone(), true, now_ms());
+            let _ = guard.stats.found.set("config");
+            let greeting = match session::hello(&self.engine, &mut rx, &mut tx).await {
+                Ok(g) => g,
+                Err(e) => return (false, Err(e.to_string())),
+            };
+            let hub = greeting.peer;
+            self.hub_node.store(hub.0, Relaxed);
+            self.sessions.fetch_add(1, Relaxed);
+            self.connected.store(true, Relaxed);
+            self.set_error(None);
+            tracing::info!(url = %s.url, %hub, "upstream session up");
+            let stats = guard.stats.clone();
+            if let Ok(mut l) = self.live.lock() {
+                *l = Some(stats.clone());
+            }
+            let opts = SessionOpts {
+                cursor: CURSOR.to_string(),
+                spaces: s.spaces.clone(),
+                batch_bytes: crate::replicate::frame::MAX_FRAME_BYTES,
+            };
+            let result = session::run(
+                self.engine.clone(),
+                greeting,
+                rx,
+                tx,
+                opts,
+                stats.clone(),
+                shutdown.clone(),
+            )
+            .await;
+            if let Ok(mut l) = self.live.lock() {
+                *l = None;
+            }
+            self.connected.store(false, Relaxed);
+            self.save_position(stats.acked.load(Relaxed)).await;
+            (true, result.map_err(|e: SessionError| e.to_string()))
         };
-        let hub = greeting.peer;
-        self.hub_node.store(hub.0, Relaxed);
-        self.sessions.fetch_add(1, Relaxed);
-        self.connected.store(true, Relaxed);
-        self.set_error(None);
-        tracing::info!(url = %s.url, %hub, "upstream session up");
-        let stats = guard.stats.clone();
-        if let Ok(mut l) = self.live.lock() {
-            *l = Some(stats.clone());
-        }
-        let opts = SessionOpts {
-            cursor: CURSOR.to_string(),
-            spaces: s.spaces.clone(),
-            batch_bytes: crate::replicate::frame::MAX_FRAME_BYTES,
-        };
-        let result = session::run(
-            self.engine.clone(),
-            greeting,
-            rx,
-            tx,
-            opts,
-            stats.clone(),
-            shutdown.clone(),
-        )
-        .await;
-        if let Ok(mut l) = self.live.lock() {
-            *l = None;
-        }
-        self.connected.store(false, Relaxed);
-        self.save_position(stats.acked.load(Relaxed)).await;
-        (true, result.map_err(|e: SessionError| e.to_string()))
+        tokio::join!(run, writer).0
     }
 
     /// Keep what the session reached: the session saves the cursor at most
@@ -329,110 +330,4 @@ impl Upstream {
         }
         out
     }
-}
-
-/// A connected byte stream, plain or TLS.
-pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-
-/// A WebSocket to a hub's `/ws/replicate`.
-pub(crate) type Socket = tokio_tungstenite::WebSocketStream<Box<dyn Io>>;
-
-/// TCP, TLS (with `tls`), and the WebSocket handshake with the token:
-/// what a hub sees of a site dialling in. Every step is bounded by
-/// `CONNECT_TIMEOUT`.
-pub(crate) async fn dial(
-    s: &UpstreamSettings,
-    tls: Option<&tokio_rustls::TlsConnector>,
-) -> Result<Socket, String> {
-    let tcp = connect_tcp(&s.host, s.port).await?;
-    let io: Box<dyn Io> = match tls {
-        None => Box::new(tcp),
-        Some(tls) => {
-            let name = rustls::pki_types::ServerName::try_from(s.host.clone())
-                .map_err(|e| format!("{:?}: {e}", s.host))?;
-            match tokio::time::timeout(CONNECT_TIMEOUT, tls.connect(name, tcp)).await {
-                Ok(Ok(stream)) => Box::new(stream),
-                Ok(Err(e)) => return Err(format!("TLS: {e}")),
-                Err(_) => return Err("TLS handshake timed out".into()),
-            }
-        }
-    };
-    let mut req = s
-        .url
-        .as_str()
-        .into_client_request()
-        .map_err(|e| format!("bad url: {e}"))?;
-    let auth = format!("Bearer {}", s.token)
-        .parse()
-        .map_err(|_| "the token is not a valid header value".to_string())?;
-    req.headers_mut()
-        .insert(axum::http::header::AUTHORIZATION, auth);
-    let limit = crate::replicate::frame::MAX_FRAME_BYTES + 1024;
-    let cfg = WebSocketConfig::default()
-        .max_message_size(Some(limit))
-        .max_frame_size(Some(limit));
-    let hs = tokio_tungstenite::client_async_with_config(req, io, Some(cfg));
-    match tokio::time::timeout(CONNECT_TIMEOUT, hs).await {
-        Ok(Ok((socket, _))) => Ok(socket),
-        Ok(Err(tungstenite::Error::Http(resp))) => Err(format!(
-            "the hub refused the connection: HTTP {}",
-            resp.status()
-        )),
-        Ok(Err(e)) => Err(format!("WebSocket handshake: {e}")),
-        Err(_) => Err("WebSocket handshake timed out".into()),
-    }
-}
-
-/// TCP to the first address of `host` that answers.
-async fn connect_tcp(host: &str, port: u16) -> Result<tokio::net::TcpStream, String> {
-    let addrs = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::lookup_host((host, port)))
-        .await
-        .map_err(|_| format!("resolving {host} timed out"))?
-        .map_err(|e| format!("resolving {host}: {e}"))?;
-    let mut last = format!("{host} resolves to no address");
-    for addr in addrs {
-        match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => {
-                let _ = s.set_nodelay(true);
-                return Ok(s);
-            }
-            Ok(Err(e)) => last = format!("connecting to {addr}: {e}"),
-            Err(_) => last = format!("connecting to {addr} timed out"),
-        }
-    }
-    Err(last)
-}
-
-/// A TLS client on ring, trusting `ca` (the PEM certificates of
-/// `upstream.ca_file`) or else the system's roots.
-pub(crate) fn connector(
-    ca: Option<&[rustls::pki_types::CertificateDer<'static>]>,
-) -> Result<tokio_rustls::TlsConnector, UpstreamError> {
-    let mut roots = rustls::RootCertStore::empty();
-    match ca {
-        Some(certs) => {
-            for c in certs {
-                roots
-                    .add(c.clone())
-                    .map_err(|e| UpstreamError::Tls(format!("upstream.ca_file: {e}")))?;
-            }
-        }
-        None => {
-            let found = rustls_native_certs::load_native_certs();
-            let (added, _) = roots.add_parsable_certificates(found.certs);
-            if added == 0 {
-                return Err(UpstreamError::Tls(
-                    "no system root certificates found; set upstream.ca_file".into(),
-                ));
-            }
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| UpstreamError::Tls(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(cfg)))
 }

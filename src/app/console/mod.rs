@@ -36,11 +36,15 @@ const SPACE_SCAN_EVERY: Duration = Duration::from_secs(5);
 
 impl Console {
     /// Sample the counters for the rate chart, every `rates::INTERVAL`,
-    /// until the engine is gone (the task is owned by the engine).
-    pub fn start(self: &Arc<Self>, engine: &Arc<crate::engine::Engine>) {
+    /// until the engine is gone: a loop for the app's tasks (dropped at
+    /// shutdown).
+    pub fn sampler(
+        self: &Arc<Self>,
+        engine: &Arc<crate::engine::Engine>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let weak = Arc::downgrade(engine);
         let me = self.clone();
-        let task = tokio::spawn(async move {
+        async move {
             let mut tick = tokio::time::interval(rates::INTERVAL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -48,8 +52,7 @@ impl Console {
                 let Some(engine) = weak.upgrade() else { return };
                 me.sample(&engine);
             }
-        });
-        engine.own(task);
+        }
     }
 
     fn sample(&self, engine: &crate::engine::Engine) {

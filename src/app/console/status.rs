@@ -7,6 +7,7 @@ use crate::app::AppState;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -118,33 +119,25 @@ pub async fn stream(
     if let Err(refused) = require_admin(&state, &headers, &query, Need::Read) {
         return refused.into_response();
     }
-    let (tx, rx) = tokio::sync::mpsc::channel::<String>(2);
-    let mut shutdown = state.shutdown.clone();
-    let st = state.clone();
-    // The task ends when the client is gone (send fails) or at shutdown;
-    // its handle is dropped: it owns nothing but the channel.
-    tokio::spawn(async move {
-        let config = json!({"toml": st.settings.effective_toml}).to_string();
-        if tx.send(sse("config", &config)).await.is_err() {
-            return;
-        }
-        let mut tick = tokio::time::interval(STREAM_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
+    // The body is the loop: it runs in the connection's task while the
+    // client reads, and ends with the client or at shutdown.
+    let config = json!({"toml": state.settings.effective_toml}).to_string();
+    let mut tick = tokio::time::interval(STREAM_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let status = futures_util::stream::unfold(
+        (state.clone(), tick, state.shutdown.clone()),
+        |(st, mut tick, mut shutdown)| async move {
             tokio::select! {
                 _ = tick.tick() => {}
-                _ = shutdown.wait_for(|s| *s) => return,
+                _ = shutdown.wait_for(|s| *s) => return None,
             }
-            let doc = status_json(&st).to_string();
-            if tx.send(sse("status", &doc)).await.is_err() {
-                return;
-            }
-        }
-    });
-    let body = futures_util::stream::unfold(rx, |mut rx| async move {
-        let chunk = rx.recv().await?;
-        Some((Ok::<_, std::convert::Infallible>(chunk), rx))
-    });
+            let doc = sse("status", &status_json(&st).to_string());
+            Some((doc, (st, tick, shutdown)))
+        },
+    );
+    let body = futures_util::stream::once(async move { sse("config", &config) })
+        .chain(status)
+        .map(Ok::<_, std::convert::Infallible>);
     (
         [
             (header::CONTENT_TYPE, "text/event-stream"),

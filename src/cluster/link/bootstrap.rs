@@ -23,7 +23,7 @@
 use super::Link;
 use crate::cluster::settings::{Bootstrap, Role};
 use crate::model::{NodeId, VersionVector};
-use crate::ops::{Target, TargetArgs};
+use crate::net::client::Target;
 use serde_json::Value;
 use std::sync::atomic::Ordering::Relaxed;
 use tokio::sync::watch;
@@ -80,7 +80,7 @@ impl Link {
             }
             Ok(())
         };
-        let pulled = crate::upstream::pull::pull_once(
+        let pulled = crate::replicate::pull::pull_once(
             &b.replicate,
             self.engine.clone(),
             &self.links,
@@ -136,13 +136,9 @@ impl Link {
     /// The peer's node id and stream position, from its `/v1/status`; it
     /// must be a member of the same stream.
     async fn peer_position(&self, b: &Bootstrap) -> Result<PeerPosition, String> {
-        let target = Target::new(&TargetArgs {
-            url: Some(b.url.clone()),
-            token: Some(b.token.clone()),
-            config: None,
-            ca_file: b.ca_file.clone(),
-        })
-        .map_err(|e| e.to_string())?;
+        // The same trust anchors as the pull (both from `ca_file`).
+        let target = Target::new(&b.url, Some(b.token.clone()), b.replicate.ca.as_deref())
+            .map_err(|e| e.to_string())?;
         let body = target
             .get_bytes("/v1/status")
             .await

@@ -19,6 +19,7 @@ use super::{hex, history_item, COLLECTION};
 use crate::config::WebhookSettings;
 use crate::engine::{Engine, PAGE_BYTES};
 use crate::store::{Cap, LogEntry};
+use crate::tasks::AbortOnDrop;
 use axum::body::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
@@ -61,13 +62,17 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
     format!("sha256={}", hex(ring::hmac::sign(&key, body).as_ref()))
 }
 
-/// Start the sender: pin the cursor (before retention can run, so call this
-/// before `Engine::start_maintenance`), spawn the task, and give its handle
-/// to the engine. It stops when `shutdown` flips, saving its cursor.
-pub fn start(engine: &Arc<Engine>, cfg: WebhookSettings, shutdown: watch::Receiver<bool>) {
+/// The sender: pins the cursor now (before retention can run, so call this
+/// before the engine's maintenance starts) and returns the loop for the app
+/// to run among its tasks. It stops when `shutdown` flips, saving its
+/// cursor.
+pub fn start(
+    engine: &Arc<Engine>,
+    cfg: WebhookSettings,
+    shutdown: watch::Receiver<bool>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
     engine.pin_cursor(CURSOR);
-    let task = tokio::spawn(run(Arc::downgrade(engine), cfg, shutdown));
-    engine.own(task);
+    run(Arc::downgrade(engine), cfg, shutdown)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,7 +92,14 @@ pub enum DeliveryError {
 /// One receiver, one kept-alive HTTP/1 connection.
 struct Poster {
     cfg: WebhookSettings,
-    conn: Option<http1::SendRequest<Full<Bytes>>>,
+    conn: Option<Conn>,
+}
+
+/// A kept-alive connection: the request half and the task driving it,
+/// which ends when the connection is dropped.
+struct Conn {
+    tx: http1::SendRequest<Full<Bytes>>,
+    _driver: AbortOnDrop<()>,
 }
 
 impl Poster {
@@ -108,36 +120,36 @@ impl Poster {
         // A kept-alive connection that the receiver closed meanwhile fails
         // before any answer: that is not the receiver failing, so try once
         // more on a fresh connection.
-        if let Some(tx) = self.conn.take() {
-            if let Ok(status) = self.send(tx, body).await {
+        if let Some(c) = self.conn.take() {
+            if let Ok(status) = self.send(c, body).await {
                 return Ok(status);
             }
         }
-        let tx = self.connect().await?;
-        self.send(tx, body).await
+        let c = self.connect().await?;
+        self.send(c, body).await
     }
 
-    async fn connect(&self) -> Result<http1::SendRequest<Full<Bytes>>, DeliveryError> {
+    async fn connect(&self) -> Result<Conn, DeliveryError> {
         let a = &self.cfg.authority;
         let stream = tokio::net::TcpStream::connect(a)
             .await
             .map_err(|e| DeliveryError::Connect(a.clone(), e))?;
         let _ = stream.set_nodelay(true);
         let (tx, conn) = http1::handshake(TokioIo::new(stream)).await?;
-        // Drives the connection; ends when `tx` is dropped or the peer closes.
-        tokio::spawn(async move {
+        // Drives the connection; ends when `tx` is dropped or the peer
+        // closes, and at the latest when the `Conn` is dropped.
+        let driver = AbortOnDrop::spawn(async move {
             let _ = conn.await;
         });
-        Ok(tx)
+        Ok(Conn {
+            tx,
+            _driver: driver,
+        })
     }
 
-    async fn send(
-        &mut self,
-        mut tx: http1::SendRequest<Full<Bytes>>,
-        body: &Bytes,
-    ) -> Result<u16, DeliveryError> {
+    async fn send(&mut self, mut c: Conn, body: &Bytes) -> Result<u16, DeliveryError> {
         use hyper::header;
-        tx.ready().await?;
+        c.tx.ready().await?;
         let mut req = hyper::Request::post(self.cfg.path.as_str())
             .header(header::HOST, self.cfg.authority.as_str())
             .header(header::CONTENT_TYPE, "application/json")
@@ -149,11 +161,13 @@ impl Poster {
         if let Some(secret) = &self.cfg.secret {
             req = req.header(SIGNATURE_HEADER, signature(secret, body));
         }
-        let resp = tx.send_request(req.body(Full::new(body.clone()))?).await?;
+        let resp =
+            c.tx.send_request(req.body(Full::new(body.clone()))?)
+                .await?;
         let status = resp.status().as_u16();
         // Read the answer out so the connection can carry the next event.
         if resp.into_body().collect().await.is_ok() {
-            self.conn = Some(tx);
+            self.conn = Some(c);
         }
         Ok(status)
     }

@@ -4,11 +4,12 @@
 //! seeds itself this way when the stream was trimmed (`cluster::link`,
 //! docs/scale-out.md "Bootstrap").
 
-use super::{connector, dial, ws};
+use super::dial::dial;
+use super::ws;
+use super::{session, Links, SessionOpts};
 use crate::config::UpstreamSettings;
 use crate::engine::{now_ms, Engine};
 use crate::model::{NodeId, VersionVector};
-use crate::replicate::{session, Links, SessionOpts};
 use std::collections::HashSet;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -40,39 +41,45 @@ pub async fn pull_once(
     shutdown: watch::Receiver<bool>,
 ) -> Result<Pulled, String> {
     let tls = if s.tls {
-        Some(connector(s.ca.as_deref()).map_err(|e| e.to_string())?)
+        Some(crate::net::client::connector(s.ca.as_deref()).map_err(|e| e.to_string())?)
     } else {
         None
     };
     let socket = dial(s, tls.as_ref()).await?;
-    let (mut tx, mut rx) = ws::split(socket, None, shutdown.clone(), ());
-    let guard = links.open(KIND, s.url.clone(), true, now_ms());
-    let _ = guard.stats.found.set("config");
-    let greeting = session::hello(&engine, &mut rx, &mut tx)
+    let (tx, rx, writer) = ws::split(socket, None, shutdown.clone(), ());
+    // The writer runs next to the session, in this task.
+    let run = async {
+        let (mut tx, mut rx) = (tx, rx);
+        let guard = links.open(KIND, s.url.clone(), true, now_ms());
+        let _ = guard.stats.found.set("config");
+        let greeting = session::hello(&engine, &mut rx, &mut tx)
+            .await
+            .map_err(|e| e.to_string())?;
+        let pulled = Pulled {
+            peer: greeting.peer,
+            peer_vv: greeting.peer_vv.clone(),
+        };
+        on_hello(pulled.peer, &pulled.peer_vv)?;
+        tracing::info!(url = %s.url, peer = %pulled.peer, "pulling from the peer");
+        let opts = SessionOpts {
+            cursor: CURSOR.to_string(),
+            spaces,
+            batch_bytes: crate::replicate::frame::MAX_FRAME_BYTES,
+        };
+        let reason = session::pull(
+            engine.clone(),
+            greeting,
+            rx,
+            tx,
+            opts,
+            guard.stats.clone(),
+            shutdown,
+        )
         .await
         .map_err(|e| e.to_string())?;
-    let pulled = Pulled {
-        peer: greeting.peer,
-        peer_vv: greeting.peer_vv.clone(),
+        Ok::<_, String>((pulled, reason))
     };
-    on_hello(pulled.peer, &pulled.peer_vv)?;
-    tracing::info!(url = %s.url, peer = %pulled.peer, "pulling from the peer");
-    let opts = SessionOpts {
-        cursor: CURSOR.to_string(),
-        spaces,
-        batch_bytes: crate::replicate::frame::MAX_FRAME_BYTES,
-    };
-    let reason = session::pull(
-        engine.clone(),
-        greeting,
-        rx,
-        tx,
-        opts,
-        guard.stats.clone(),
-        shutdown,
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    let (pulled, reason) = tokio::join!(run, writer).0?;
     // Judged on the store, not on the reason: any other end is a retry.
     let vv = engine.version_vector().map_err(|e| e.to_string())?;
     if !crate::replicate::plan::holds(&vv, &pulled.peer_vv, engine.node_id()) {

@@ -2,27 +2,29 @@
 //! same code serves both ends (the hub's axum socket, the edge's
 //! tokio-tungstenite client), through the small `WsMsg` trait.
 //!
-//! A writer task owns the sending half: it sends frames in order, pings
-//! every `PING_EVERY` so a silent peer is noticed (the reader gives up after
+//! A writer owns the sending half: it sends frames in order, pings every
+//! `PING_EVERY` so a silent peer is noticed (the reader gives up after
 //! `IDLE` without any message), and closes the socket when the session
 //! drops its sink: 1001 when the relay is shutting down, 1000 otherwise.
+//! The writer is a future the session's owner runs next to the session
+//! (`tokio::join!`), in the same task: no task of its own.
 
+use super::{FrameSink, FrameSource, SessionError};
 use crate::engine::now_ms;
-use crate::replicate::{FrameSink, FrameSource, SessionError};
+use futures_util::future::BoxFuture;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// Pings keep NAT mappings alive and prove the peer is there.
 pub const PING_EVERY: Duration = Duration::from_secs(15);
 /// Nothing at all heard for this long: the link is dead.
 pub const IDLE: Duration = Duration::from_secs(45);
 /// After the session let go of its sink, how long the writer may take to
-/// flush and close before it is aborted (a peer that stopped reading).
+/// flush and close before it gives up (a peer that stopped reading).
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// What a received message means to the replication session.
@@ -98,10 +100,11 @@ pub fn close_reason(reason: &str) -> String {
     reason[..end].to_string()
 }
 
-/// The sending half: frames go to the writer task.
+/// The sending half: frames go to the writer.
 pub struct WsSink {
     tx: mpsc::Sender<Vec<u8>>,
-    writer: Option<JoinHandle<()>>,
+    /// Dropped with the sink: starts the writer's close grace.
+    _alive: oneshot::Sender<()>,
 }
 
 impl FrameSink for WsSink {
@@ -113,20 +116,10 @@ impl FrameSink for WsSink {
     }
 }
 
-impl Drop for WsSink {
-    fn drop(&mut self) {
-        // The channel closes as this drops, so the writer flushes and says
-        // goodbye; one stuck on a peer that reads nothing is aborted.
-        if let Some(h) = self.writer.take() {
-            tokio::spawn(async move {
-                let mut h = h;
-                if tokio::time::timeout(CLOSE_GRACE, &mut h).await.is_err() {
-                    h.abort();
-                }
-            });
-        }
-    }
-}
+/// The writer: run it next to the session; it ends once the session has
+/// dropped its [`WsSink`] and the close is sent, or [`CLOSE_GRACE`] after
+/// the drop, or when the socket fails.
+pub type Writer = BoxFuture<'static, ()>;
 
 /// The receiving half. `contact`, when given, is set to the time of every
 /// message heard (for "last contact" in status).
@@ -175,15 +168,15 @@ where
     }
 }
 
-/// Split a socket into a frame sink and source. `shutdown` picks the close
-/// code; `keep` lives as long as the writer (e.g. a connection token that
-/// graceful shutdown waits for).
+/// Split a socket into a frame sink and source, and the writer to run next
+/// to them. `shutdown` picks the close code; `keep` lives as long as the
+/// writer (e.g. a connection token that graceful shutdown waits for).
 pub fn split<S, M, E>(
     ws: S,
     contact: Option<Arc<AtomicU64>>,
     shutdown: watch::Receiver<bool>,
     keep: impl Send + 'static,
-) -> (WsSink, WsSource<S>)
+) -> (WsSink, WsSource<S>, Writer)
 where
     S: Stream<Item = Result<M, E>> + Sink<M> + Send + Unpin + 'static,
     M: WsMsg,
@@ -192,20 +185,26 @@ where
     let (tx, rx) = mpsc::channel(4);
     let close = Arc::new(AtomicU16::new(0));
     let code = close.clone();
-    let writer = tokio::spawn(async move {
-        write_loop(sink, rx, shutdown, code).await;
+    let (alive, gone) = oneshot::channel::<()>();
+    let writer = Box::pin(async move {
+        let grace = async {
+            let _ = gone.await;
+            tokio::time::sleep(CLOSE_GRACE).await;
+        };
+        tokio::select! {
+            _ = write_loop(sink, rx, shutdown, code) => {}
+            _ = grace => {}
+        }
         drop(keep);
     });
     (
-        WsSink {
-            tx,
-            writer: Some(writer),
-        },
+        WsSink { tx, _alive: alive },
         WsSource {
             stream,
             contact,
             close,
         },
+        writer,
     )
 }
 
