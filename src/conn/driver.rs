@@ -17,10 +17,10 @@ use super::feed::{Feed, Pages};
 use super::socket::{Gone, Socket};
 use super::ConnCtx;
 use crate::dialect::{Dialect, Failed, Follow, Handled, Lag, Pending, Read, Refusal, Since};
-use crate::engine::{CatchUp, Delivery, EngineError};
+use crate::engine::{Batch, CatchUp, Delivery, EngineError};
 use axum::extract::ws::{Message, Utf8Bytes};
 use futures_util::stream::FuturesOrdered;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -109,10 +109,11 @@ impl<D: Dialect> Driver<D> {
                     Err(End::Close(1008, "authentication required"))
                 }
                 Some(frames) = self.pending.next(), if !self.pending.is_empty() => {
-                    self.socket.send_all(frames.into_iter().map(Utf8Bytes::from), &self.dialect).await.map_err(End::from)
+                    let frames = self.answered(frames);
+                    self.socket.send_all(frames, &self.dialect).await.map_err(End::from)
                 }
                 _ = self.cc.signal.notify.notified() => self.lagged().await,
-                Some(first) = self.cc.rx.recv() => self.deliver(first).await,
+                Some(first) = self.cc.rx.take(BATCH) => self.deliver(first).await,
                 msg = self.socket.recv(), if reading => match msg {
                     Some(m) => self.on_message(m).await,
                     None => Err(End::Gone),
@@ -122,6 +123,21 @@ impl<D: Dialect> Driver<D> {
                 return end;
             }
         }
+    }
+
+    /// `first` and the answers right behind it that are ready too, in
+    /// request order: a commit group's acks go out with one write.
+    /// (Polling with a no-op waker is safe here: the loop polls `pending`
+    /// again with its own waker before it waits.)
+    fn answered(&mut self, first: Vec<String>) -> Vec<Utf8Bytes> {
+        let mut frames: Vec<Utf8Bytes> = first.into_iter().map(Utf8Bytes::from).collect();
+        while frames.len() < BATCH {
+            match self.pending.next().now_or_never() {
+                Some(Some(more)) => frames.extend(more.into_iter().map(Utf8Bytes::from)),
+                _ => break,
+            }
+        }
+        frames
     }
 
     /// Shutdown: answer in-flight requests (bounded), then 1001.
@@ -340,42 +356,76 @@ impl<D: Dialect> Driver<D> {
         Ok(())
     }
 
-    /// `first` and whatever else is queued (up to [`BATCH`]), one flush.
-    async fn deliver(&mut self, first: Delivery) -> Result<(), End> {
+    /// `first` and whatever else is queued (up to [`BATCH`] deliveries),
+    /// one flush. A commit group comes as one batch: its feed is looked up
+    /// once, and each change's frame is the one rendered for every
+    /// subscriber of the dialect (shared bytes, no copy until the socket).
+    async fn deliver(&mut self, first: Batch) -> Result<(), End> {
         self.out.clear();
         let conn = self.cc.id;
         let mut next = Some(first);
         let mut taken = 0;
-        while let Some(d) = next.take() {
-            taken += 1;
-            match d {
-                Delivery::Change { sub, item } => {
+        // The batches stay alive (with their relay-wide charge) until their
+        // frames are written.
+        let mut held = Vec::new();
+        while let Some(b) = next.take() {
+            match &b {
+                Batch::Changes {
+                    sub,
+                    changes,
+                    from,
+                    to,
+                    ..
+                } => {
+                    taken += to - from;
                     if let Some((key, feed)) =
-                        self.feeds.iter_mut().find(|(_, f)| f.sub == Some(sub))
+                        self.feeds.iter_mut().find(|(_, f)| f.sub == Some(*sub))
                     {
-                        if feed.accept_live(sub, &item, conn) {
-                            self.dialect.change(*key, &item, &mut self.out);
+                        for item in &changes[*from..*to] {
+                            if feed.accept_live(*sub, item, conn) {
+                                self.dialect.change(*key, item, &mut self.out);
+                            }
                         }
                     }
                 }
-                Delivery::Event { sub, event } => {
-                    if let Some(key) = self
-                        .feeds
-                        .iter()
-                        .find_map(|(k, f)| (f.sub == Some(sub)).then_some(*k))
-                    {
-                        if let Some(f) = self.dialect.event(key, &event) {
-                            self.out.push(f);
-                        }
-                    }
+                Batch::One(d) => {
+                    taken += 1;
+                    self.deliver_one(d, conn);
                 }
             }
+            held.push(b);
             if taken < BATCH {
-                next = self.cc.rx.try_recv();
+                next = self.cc.rx.try_take(BATCH - taken);
             }
         }
         let frames = std::mem::take(&mut self.out);
-        Ok(self.socket.send_all(frames, &self.dialect).await?)
+        self.socket.send_all(frames, &self.dialect).await?;
+        drop(held);
+        Ok(())
+    }
+
+    fn deliver_one(&mut self, d: &Delivery, conn: u64) {
+        match d {
+            Delivery::Change { sub, item } => {
+                if let Some((key, feed)) = self.feeds.iter_mut().find(|(_, f)| f.sub == Some(*sub))
+                {
+                    if feed.accept_live(*sub, item, conn) {
+                        self.dialect.change(*key, item, &mut self.out);
+                    }
+                }
+            }
+            Delivery::Event { sub, event } => {
+                if let Some(key) = self
+                    .feeds
+                    .iter()
+                    .find_map(|(k, f)| (f.sub == Some(*sub)).then_some(*k))
+                {
+                    if let Some(f) = self.dialect.event(key, event) {
+                        self.out.push(f);
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -12,7 +12,7 @@ pub use crate::store::Clock;
 pub use admin::SpaceFigures;
 pub use error::{EngineError, ErrorClass};
 pub use hub::{ConnLink, ConnSignal, Filter, Hub};
-pub use outbox::{json_bytes, Budget, Outbox};
+pub use outbox::{json_bytes, Batch, Budget, Outbox};
 pub use validate::{validate_change, validate_name, validate_write, Limits};
 
 use crate::metrics::Metrics;
