@@ -174,6 +174,9 @@ async fn bad_input_gets_errors_and_the_connection_keeps_working() {
     let cases: Vec<(Message, u16, &str)> = vec![
         (Message::Text("{not json".into()), 400, "invalid_json"),
         (Message::Text("[1,2]".into()), 400, "invalid_message"),
+        // A push's fields in an array fit its struct, but a message is an object.
+        (Message::Text(r#"["push",1,"s",[]]"#.into()), 400, "invalid_message"),
+        (Message::Text(r#"{"type":"push","space":"s","changes":[],"x":1}"#.into()), 422, "invalid_field"),
         (Message::Text(r#"{"rid":1}"#.into()), 400, "invalid_message"),
         (Message::Text(r#"{"type":"teleport","rid":7}"#.into()), 400, "unknown_type"),
         (Message::Text(r#"{"type":"push","rid":8,"changes":[]}"#.into()), 422, "invalid_field"),

@@ -22,11 +22,13 @@ use super::feed::{Feed, Pages};
 use super::socket::{Gone, Socket};
 use super::ConnCtx;
 use crate::dialect::{Call, Dialect, Failed, Follow, Handled, Lag, Read, Refusal, Reply, Since};
-use crate::engine::{off_worker, CatchUp, Committed, Delivery, EngineError, Event, WriteOrder};
+use crate::engine::{
+    off_worker, Batch, CatchUp, Committed, Delivery, EngineError, Event, WriteOrder,
+};
 use crate::store::StoredEntity;
 use axum::extract::ws::{Message, Utf8Bytes};
 use futures_util::stream::FuturesOrdered;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -140,10 +142,10 @@ impl<D: Dialect> Driver<D> {
                     Err(End::Close(1008, "authentication required"))
                 }
                 Some(answer) = self.pending.next(), if !self.pending.is_empty() => {
-                    self.answer(answer).await
+                    self.answered(answer).await
                 }
                 _ = self.cc.signal.notify.notified() => self.lagged().await,
-                Some(first) = self.cc.rx.recv() => self.deliver(first).await,
+                Some(first) = self.cc.rx.take(BATCH) => self.deliver(first).await,
                 msg = self.socket.recv(), if reading => match msg {
                     Some(m) => self.on_message(m).await,
                     None => Err(End::Gone),
@@ -155,11 +157,46 @@ impl<D: Dialect> Driver<D> {
         }
     }
 
+    /// `first` and the answers right behind it that are ready too, in
+    /// request order: a commit group's acks go out with one write. A call's
+    /// result goes to the dialect (`Dialect::reply`); an answer that asks
+    /// for more than frames is carried out in its turn. (Polling with a
+    /// no-op waker is safe here: the loop polls `pending` again with its
+    /// own waker before it waits.)
+    async fn answered(&mut self, first: Answer) -> Result<(), End> {
+        let mut frames: Vec<Utf8Bytes> = Vec::new();
+        let mut next = Some(first);
+        while let Some(a) = next.take() {
+            match a {
+                Answer::Frames(f) => frames.extend(f.into_iter().map(Utf8Bytes::from)),
+                Answer::Reply(token, reply) => {
+                    let mut h = self.dialect.reply(token, reply);
+                    frames.extend(std::mem::take(&mut h.now).into_iter().map(Utf8Bytes::from));
+                    let more = h.publish.is_some()
+                        || h.read.is_some()
+                        || h.call.is_some()
+                        || h.later.is_some()
+                        || !h.follow.is_empty()
+                        || !h.unfollow.is_empty();
+                    if more {
+                        let sent = std::mem::take(&mut frames);
+                        self.socket.send_all(sent, &self.dialect).await?;
+                        Box::pin(self.apply(h)).await?;
+                    }
+                }
+            }
+            if frames.len() < BATCH {
+                next = self.pending.next().now_or_never().flatten();
+            }
+        }
+        Ok(self.socket.send_all(frames, &self.dialect).await?)
+    }
+
     /// Shutdown: answer in-flight requests (bounded), then 1001.
     async fn drain(&mut self) -> End {
         let answered = tokio::time::timeout(DRAIN, async {
             while let Some(answer) = self.pending.next().await {
-                self.answer(answer).await?;
+                self.answered(answer).await?;
             }
             Ok::<(), End>(())
         })
@@ -167,21 +204,6 @@ impl<D: Dialect> Driver<D> {
         match answered {
             Ok(Err(end)) => end,
             _ => End::Close(1001, "relay shutting down"),
-        }
-    }
-
-    /// An in-flight request or call is answered: send its frames, or hand
-    /// the call's result to the dialect and carry out what it says.
-    async fn answer(&mut self, a: Answer) -> Result<(), End> {
-        match a {
-            Answer::Frames(frames) => {
-                let frames = frames.into_iter().map(Utf8Bytes::from);
-                Ok(self.socket.send_all(frames, &self.dialect).await?)
-            }
-            Answer::Reply(token, reply) => {
-                let handled = self.dialect.reply(token, reply);
-                Box::pin(self.apply(handled)).await
-            }
         }
     }
 
@@ -415,39 +437,51 @@ impl<D: Dialect> Driver<D> {
         Ok(())
     }
 
-    /// `first` and whatever else is queued (up to [`BATCH`]), one flush.
-    async fn deliver(&mut self, first: Delivery) -> Result<(), End> {
+    /// `first` and whatever else is queued (up to [`BATCH`] deliveries),
+    /// one flush. A commit group comes as one batch: its feed is looked up
+    /// once, and each change's frame is the one rendered for every
+    /// subscriber of the dialect (shared bytes, no copy until the socket).
+    async fn deliver(&mut self, first: Batch) -> Result<(), End> {
         let conn = self.cc.id;
         let mut items = Vec::new();
         let mut next = Some(first);
         let mut taken = 0;
-        while let Some(d) = next.take() {
-            taken += 1;
-            match d {
-                Delivery::Change { sub, item } => {
+        // The batches stay alive (with their relay-wide charge) until their
+        // frames are written.
+        let mut held = Vec::new();
+        while let Some(b) = next.take() {
+            match &b {
+                Batch::Changes {
+                    sub,
+                    changes,
+                    from,
+                    to,
+                    ..
+                } => {
+                    taken += to - from;
                     if let Some((key, feed)) =
-                        self.feeds.iter_mut().find(|(_, f)| f.sub == Some(sub))
+                        self.feeds.iter_mut().find(|(_, f)| f.sub == Some(*sub))
                     {
-                        if feed.accept_live(sub, &item, conn) {
-                            items.push(Item::Change(*key, item));
+                        for item in &changes[*from..*to] {
+                            if feed.accept_live(*sub, item, conn) {
+                                items.push(Item::Change(*key, item.clone()));
+                            }
                         }
                     }
                 }
-                Delivery::Event { sub, event } => {
-                    if let Some(key) = self
-                        .feeds
-                        .iter()
-                        .find_map(|(k, f)| (f.sub == Some(sub)).then_some(*k))
-                    {
-                        items.push(Item::Event(key, event));
-                    }
+                Batch::One(d) => {
+                    taken += 1;
+                    self.deliver_one(d, conn, &mut items);
                 }
             }
+            held.push(b);
             if taken < BATCH {
-                next = self.cc.rx.try_recv();
+                next = self.cc.rx.try_take(BATCH - taken);
             }
         }
-        Ok(self.render(items).await?)
+        self.render(items).await?;
+        drop(held);
+        Ok(())
     }
 
     /// Render accepted items through the dialect and send them in one
@@ -509,6 +543,28 @@ impl<D: Dialect> Driver<D> {
         }
         let frames = std::mem::take(&mut self.out);
         self.socket.send_all(frames, &self.dialect).await
+    }
+
+    fn deliver_one(&mut self, d: &Delivery, conn: u64, items: &mut Vec<Item>) {
+        match d {
+            Delivery::Change { sub, item } => {
+                if let Some((key, feed)) = self.feeds.iter_mut().find(|(_, f)| f.sub == Some(*sub))
+                {
+                    if feed.accept_live(*sub, item, conn) {
+                        items.push(Item::Change(*key, item.clone()));
+                    }
+                }
+            }
+            Delivery::Event { sub, event } => {
+                if let Some(key) = self
+                    .feeds
+                    .iter()
+                    .find_map(|(k, f)| (f.sub == Some(*sub)).then_some(*k))
+                {
+                    items.push(Item::Event(key, event.clone()));
+                }
+            }
+        }
     }
 }
 

@@ -112,16 +112,26 @@ pub struct Ws {
     heard: Instant,
     /// Whether a ping went out since then.
     pinged: bool,
+    /// The keepalive deadline's timer, kept across reads: the driver
+    /// re-polls `recv` after every delivery, and a timer made afresh each
+    /// time was registered and removed each time.
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// The deadline `timer` is set for.
+    armed: Instant,
 }
 
 impl Ws {
     pub fn new(ws: WebSocket, ctx: &Ctx) -> Ws {
+        let now = Instant::now();
+        let idle = ctx.settings.idle_timeout;
         Ws {
             ws,
-            idle: ctx.settings.idle_timeout,
+            idle,
             stats: ctx.net.clone(),
-            heard: Instant::now(),
+            heard: now,
             pinged: false,
+            timer: Box::pin(tokio::time::sleep_until(now + idle / 2)),
+            armed: now + idle / 2,
         }
     }
 
@@ -135,6 +145,10 @@ impl Ws {
             } else {
                 self.heard + self.idle / 2
             };
+            if wake != self.armed {
+                self.timer.as_mut().reset(wake);
+                self.armed = wake;
+            }
             tokio::select! {
                 read = self.ws.recv() => {
                     self.heard = Instant::now();
@@ -149,7 +163,7 @@ impl Ws {
                         }
                     };
                 }
-                _ = tokio::time::sleep_until(wake) => {}
+                _ = self.timer.as_mut() => {}
             }
             if !self.pinged {
                 self.pinged = true;

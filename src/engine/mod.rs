@@ -14,7 +14,7 @@ pub use admin::SpaceFigures;
 pub use blocking::off_worker;
 pub use error::{EngineError, ErrorClass};
 pub use hub::{ConnLink, ConnSignal, Filter, Hub};
-pub use outbox::{json_bytes, Budget, Outbox};
+pub use outbox::{json_bytes, Batch, Budget, Outbox};
 pub use validate::{validate_change, validate_name, validate_write, Limits};
 
 use crate::metrics::Metrics;

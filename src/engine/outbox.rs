@@ -86,6 +86,21 @@ pub enum Pushed {
     Closed,
 }
 
+/// What a connection takes from its queue at once (see [`Outbox::take`]).
+pub enum Batch {
+    /// An event, or a change queued alone.
+    One(Delivery),
+    /// Changes `from..to` of one commit group for subscription `sub`.
+    Changes {
+        sub: u64,
+        changes: Arc<[Arc<Committed>]>,
+        from: usize,
+        to: usize,
+        /// The group's relay-wide charge, held until the batch is dropped.
+        _charge: Option<Arc<Charge>>,
+    },
+}
+
 /// What one queue entry holds.
 enum Item {
     One(Delivery),
@@ -231,6 +246,66 @@ impl Outbox {
     /// The next item if one is queued.
     pub fn try_recv(&self) -> Option<Delivery> {
         Self::pop(&mut self.lock())
+    }
+
+    /// The front entry, waiting for one: a commit group comes whole (up to
+    /// `max` of its changes; the rest stays at the front), so a connection
+    /// takes one lock per group, not per change. None once closed and
+    /// drained.
+    pub async fn take(&self, max: usize) -> Option<Batch> {
+        loop {
+            {
+                let mut st = self.lock();
+                if let Some(b) = Self::take_front(&mut st, max) {
+                    return Some(b);
+                }
+                if st.closed {
+                    return None;
+                }
+            }
+            self.ready.notified().await;
+        }
+    }
+
+    /// The front entry if there is one (see [`Outbox::take`]).
+    pub fn try_take(&self, max: usize) -> Option<Batch> {
+        Self::take_front(&mut self.lock(), max)
+    }
+
+    fn take_front(st: &mut State, max: usize) -> Option<Batch> {
+        let front = st.entries.front_mut()?;
+        if let Item::Changes { sub, changes, next } = &mut front.item {
+            let left = changes.len() - *next;
+            if left > max.max(1) {
+                // Part of the group: it stays queued (bytes and charge
+                // included) until its last part is taken.
+                let from = *next;
+                *next += max.max(1);
+                st.queued -= *next - from;
+                return Some(Batch::Changes {
+                    sub: *sub,
+                    changes: changes.clone(),
+                    from,
+                    to: *next,
+                    _charge: None,
+                });
+            }
+        }
+        let e = st.entries.pop_front()?;
+        st.bytes -= e.bytes;
+        st.queued -= e.item.count();
+        Some(match e.item {
+            Item::One(d) => Batch::One(d),
+            // The relay-wide charge goes with the batch: released once the
+            // connection has written (or dropped) its frames.
+            Item::Changes { sub, changes, next } => Batch::Changes {
+                sub,
+                to: changes.len(),
+                changes,
+                from: next,
+                _charge: e._charge,
+            },
+        })
     }
 
     fn pop(st: &mut State) -> Option<Delivery> {
@@ -495,6 +570,42 @@ mod tests {
         assert_eq!(o.purge(1), 4, "the bytes of the rest of sub 1's group");
         assert_eq!(o.len(), 1);
         assert_eq!(seq_of(o.try_recv().unwrap()), (2, 15));
+    }
+
+    fn taken(b: Batch) -> (u64, Vec<u64>) {
+        match b {
+            Batch::Changes {
+                sub,
+                changes,
+                from,
+                to,
+                ..
+            } => (sub, changes[from..to].iter().map(|c| c.seq).collect()),
+            Batch::One(d) => {
+                let (sub, seq) = seq_of(d);
+                (sub, vec![seq])
+            }
+        }
+    }
+
+    #[test]
+    fn a_group_is_taken_whole_or_in_parts_and_charged_until_written() {
+        let budget = Budget::new(10_000);
+        let o = Outbox::new(16, 10_000);
+        let charge = Charge::new(&budget, 500);
+        o.push_changes(1, group(1, 1..=5), 500, Some(charge));
+        o.push_changes(2, group(2, 6..=6), 7, None);
+        assert_eq!(taken(o.try_take(3).unwrap()), (1, vec![1, 2, 3]));
+        assert_eq!((o.len(), o.bytes()), (3, 507), "the rest stays queued");
+        let rest = o.try_take(64).unwrap();
+        assert_eq!((o.len(), o.bytes()), (1, 7));
+        assert_eq!(budget.used(), 500, "charged while its frames are written");
+        assert_eq!(taken(rest), (1, vec![4, 5]));
+        assert_eq!(budget.used(), 0);
+        assert_eq!(taken(o.try_take(64).unwrap()), (2, vec![6]));
+        assert!(o.try_take(64).is_none());
+        assert!(o.is_empty());
+        assert_eq!(o.len(), 0);
     }
 
     #[tokio::test]
