@@ -2,7 +2,7 @@
 
 use crate::app::AppState;
 use crate::conn::endpoints as ep;
-use crate::dialect::{atome_adapter, atome_sync, kv, unified};
+use crate::dialect::{atome_rest, kv, unified};
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -16,19 +16,19 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ws", get(ep::native))
         .route("/ws/sync", get(ep::sync))
         .route("/ws/atome-sync", get(ep::atome_sync))
-        .route("/api/atome/create", post(atome_sync::create))
-        .route("/api/atome", get(atome_sync::list))
-        .route("/api/atome/list", get(atome_sync::list))
+        .route("/api/atome/create", post(atome_rest::create))
+        .route("/api/atome", get(atome_rest::list))
+        .route("/api/atome/list", get(atome_rest::list))
         .route(
             "/api/atome/{id}",
-            get(atome_sync::get_one)
-                .patch(atome_sync::patch)
-                .put(atome_adapter::update)
-                .delete(atome_sync::delete),
+            get(atome_rest::get_one)
+                .patch(atome_rest::patch)
+                .put(atome_rest::update)
+                .delete(atome_rest::delete),
         )
-        .route("/api/atome/{id}/alter", post(atome_adapter::alter_route))
-        .route("/api/atome/{id}/rename", post(atome_adapter::rename))
-        .route("/api/server-info", get(atome_adapter::server_info))
+        .route("/api/atome/{id}/alter", post(atome_rest::alter_route))
+        .route("/api/atome/{id}/rename", post(atome_rest::rename))
+        .route("/api/server-info", get(atome_rest::server_info))
         .route("/v1/sync/{workspace}", get(ep::kv))
         .route("/v1/history/{workspace}", get(kv::history))
         .route("/ws/config", get(ep::config_sync))

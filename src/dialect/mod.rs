@@ -4,7 +4,7 @@
 //! limits) lives here.
 
 pub mod atome;
-pub mod atome_adapter;
+pub mod atome_rest;
 pub mod atome_sync;
 pub mod config_sync;
 pub mod gzip;
