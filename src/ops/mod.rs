@@ -14,14 +14,10 @@ use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpsError {
-    #[error("cannot reach the relay at {url}: {reason}")]
-    Unreachable { url: String, reason: String },
-    #[error("the relay at {url} answered {status}: {body}")]
-    Refused {
-        url: String,
-        status: u16,
-        body: String,
-    },
+    /// Reaching the relay's admin API failed (unreachable, refused, a
+    /// bad URL or TLS setting): `net::client` words it.
+    #[error(transparent)]
+    Client(#[from] crate::net::client::ClientError),
     #[error("{0}")]
     Usage(String),
     #[error("{0}")]
@@ -30,18 +26,6 @@ pub enum OpsError {
     Restore(#[from] crate::store::RestoreError),
     #[error("the relay's answer is not what was expected: {0}")]
     Protocol(String),
-}
-
-impl From<crate::net::client::ClientError> for OpsError {
-    fn from(e: crate::net::client::ClientError) -> OpsError {
-        use crate::net::client::ClientError as C;
-        match e {
-            C::Unreachable { url, reason } => OpsError::Unreachable { url, reason },
-            C::Refused { url, status, body } => OpsError::Refused { url, status, body },
-            C::Io(e) => OpsError::Io(e),
-            e @ (C::Url(_) | C::Tls(_) | C::Request(_)) => OpsError::Usage(e.to_string()),
-        }
-    }
 }
 
 /// `outpost status`: the table, or the document itself with `json`.
