@@ -258,13 +258,9 @@ async fn a_request_whose_body_never_comes_gets_408() {
 /// request, are both closed after `server.header_timeout`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_handshakes_and_headers_are_bounded_by_the_header_timeout() {
-    use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
-    let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert, made.cert.pem()).unwrap();
-    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    let (cert, key, connector) = tls_certificate(dir.path());
     let mut cfg = config(dir.path());
     cfg.server.tls_cert = Some(cert);
     cfg.server.tls_key = Some(key);
@@ -272,17 +268,6 @@ async fn tls_handshakes_and_headers_are_bounded_by_the_header_timeout() {
     let relay = start(cfg).await;
     let addr = relay.addr;
 
-    let connector = {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(made.cert.der().clone()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let c = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        tokio_rustls::TlsConnector::from(Arc::new(c))
-    };
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
     let started = Instant::now();
     // Silent: TCP only, no ClientHello.

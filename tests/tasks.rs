@@ -12,7 +12,7 @@ use outpost::app::Relay;
 use outpost::auth::Scope;
 use serde_json::{json, Value};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,24 +23,6 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 const MESH_SECRET: &str = "mesh-secret-0123456789";
-
-/// A self-signed certificate for 127.0.0.1, written to `dir`; returns the
-/// cert and key paths and a connector that trusts it.
-fn certificate(dir: &Path) -> (PathBuf, PathBuf, tokio_rustls::TlsConnector) {
-    let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert, made.cert.pem()).unwrap();
-    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(made.cert.der().clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let c = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    (cert, key, tokio_rustls::TlsConnector::from(Arc::new(c)))
-}
 
 async fn tls(
     c: &tokio_rustls::TlsConnector,
@@ -199,7 +181,7 @@ struct Ran {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_ends_every_task_with_live_connections_of_every_kind() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key, connector) = certificate(dir.path());
+    let (cert, key, connector) = tls_certificate(dir.path());
     let admin = token("ops", Scope::Admin, None);
 
     // The hub this relay forwards to, and its webhook's receiver.
@@ -414,7 +396,7 @@ async fn settled(metric: &impl Fn(&str) -> u64, timeouts: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_silent_tls_handshakes_stays_within_its_bounds() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key, connector) = certificate(dir.path());
+    let (cert, key, connector) = tls_certificate(dir.path());
     const TIMEOUT: Duration = Duration::from_secs(2);
     let mut cfg = config(dir.path());
     cfg.server.tls_cert = Some(cert);

@@ -376,3 +376,31 @@ pub fn token(sub: &str, scope: outpost::auth::Scope, spaces: Option<Vec<String>>
         .mint(sub, scope, spaces, 3600, now)
         .expect("mint")
 }
+
+/// A self-signed certificate for 127.0.0.1, written to `dir`; returns the
+/// cert and key paths and a connector that trusts it.
+pub fn tls_certificate(
+    dir: &Path,
+) -> (
+    std::path::PathBuf,
+    std::path::PathBuf,
+    tokio_rustls::TlsConnector,
+) {
+    let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(made.cert.der().clone()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let c = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    (
+        cert,
+        key,
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(c)),
+    )
+}
