@@ -10,7 +10,7 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import { createServer, connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Relay, stopAll, tempDir, until } from "./relays.mjs";
+import { Relay, stopAll, stopChild, tempDir, until } from "./relays.mjs";
 import { launch, openPage } from "./browser.mjs";
 
 const NATS = process.env.NATS_SERVER || "nats-server";
@@ -43,14 +43,7 @@ async function startNats() {
   failed.catch(() => {});
   return {
     url: `nats://127.0.0.1:${port}`,
-    async stop() {
-      if (child.exitCode !== null) return;
-      const gone = new Promise((ok) => child.once("exit", ok));
-      process.kill(child.pid, "SIGTERM");
-      const t = setTimeout(() => child.exitCode === null && process.kill(child.pid, "SIGKILL"), 10000);
-      await gone;
-      clearTimeout(t);
-    },
+    stop: () => stopChild(child),
   };
 }
 

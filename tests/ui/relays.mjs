@@ -67,13 +67,18 @@ export class Relay {
 
   // SIGTERM (the relay says goodbye to its peers), then wait for the exit.
   async stop() {
-    if (this.child.exitCode !== null) return;
-    const gone = new Promise((ok) => this.child.once("exit", ok));
-    process.kill(this.child.pid, "SIGTERM");
-    const t = setTimeout(() => this.child.exitCode === null && process.kill(this.child.pid, "SIGKILL"), 10000);
-    await gone;
-    clearTimeout(t);
+    await stopChild(this.child);
   }
+}
+
+// SIGTERM a child we started, SIGKILL it after 10 s, wait for its exit.
+export async function stopChild(child) {
+  if (child.exitCode !== null) return;
+  const gone = new Promise((ok) => child.once("exit", ok));
+  process.kill(child.pid, "SIGTERM");
+  const t = setTimeout(() => child.exitCode === null && process.kill(child.pid, "SIGKILL"), 10000);
+  await gone;
+  clearTimeout(t);
 }
 
 export async function stopAll() {
