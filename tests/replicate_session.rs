@@ -117,6 +117,61 @@ fn link_spaces(
 }
 
 /// Every entity of space "s" with its merged state, serialized.
+/// A fake peer of `a` on the in-memory transport: `a` runs a session with
+/// it, its hello (as `node`, holding `vv`) is sent and `a`'s hello read.
+struct FakePeer {
+    tx: mpsc::Sender<Vec<u8>>,
+    rx: mpsc::Receiver<Vec<u8>>,
+    session: tokio::task::JoinHandle<Result<String, SessionError>>,
+    stats: Arc<outpost::replicate::LinkStats>,
+    _link: outpost::replicate::LinkGuard,
+    _stop: watch::Sender<bool>,
+}
+
+async fn fake_peer(
+    a: &Arc<Engine>,
+    node: outpost::model::NodeId,
+    vv: outpost::model::VersionVector,
+) -> FakePeer {
+    use outpost::replicate::frame::{decode, encode, Frame, PROTO_VERSION};
+    let (a_tx, mut rx) = mpsc::channel(64);
+    let (tx, a_rx) = mpsc::channel(16);
+    let (stop_tx, stop) = watch::channel(false);
+    let links = Arc::new(Links::default());
+    let link = links.open("test", "mem".into(), true, 0);
+    let stats = link.stats.clone();
+    let (e, s) = (a.clone(), stats.clone());
+    let session = tokio::spawn(async move {
+        let (mut rx, mut tx) = (Rx(a_rx), Tx(a_tx));
+        let g = session::hello(&e, &mut rx, &mut tx).await?;
+        let opts = SessionOpts {
+            cursor: "peer:fake".into(),
+            spaces: None,
+            batch_bytes: outpost::replicate::frame::MAX_FRAME_BYTES,
+        };
+        session::run(e, g, rx, tx, opts, s, stop).await
+    });
+    let hello = Frame::Hello {
+        proto: PROTO_VERSION,
+        node,
+        vv,
+        software: "test".into(),
+    };
+    tx.send(encode(&hello).unwrap()).await.unwrap();
+    assert!(matches!(
+        decode(&rx.recv().await.unwrap()).unwrap(),
+        Frame::Hello { .. }
+    ));
+    FakePeer {
+        tx,
+        rx,
+        session,
+        stats,
+        _link: link,
+        _stop: stop_tx,
+    }
+}
+
 fn state(e: &Engine) -> Vec<(String, Vec<u8>)> {
     state_of(e, "s")
 }
@@ -428,7 +483,7 @@ async fn converge_spaces(engines: &[&Arc<Engine>], spaces: &[&str]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_split_batch_acks_only_what_each_half_carried() {
     use outpost::model::{NodeId, VersionVector};
-    use outpost::replicate::frame::{decode, encode, Frame, PROTO_VERSION};
+    use outpost::replicate::frame::{decode, encode, Frame};
     let dir = tempfile::tempdir().unwrap();
     let a = engine(dir.path());
     // 256 changes of ~40 KB: one page, over the 8 MiB frame limit.
@@ -445,38 +500,11 @@ async fn a_split_batch_acks_only_what_each_half_carried() {
         .collect();
     a.push("s", "t", None, writes).await.unwrap();
     assert_eq!(a.last_seq(), 256);
-    let (a_tx, mut peer_rx) = mpsc::channel(16);
-    let (peer_tx, a_rx) = mpsc::channel(16);
-    let (_stop_tx, stop) = watch::channel(false);
-    let links = Arc::new(Links::default());
-    let guard = links.open("test", "mem".into(), true, 0);
-    let stats = guard.stats.clone();
-    let e = a.clone();
-    let session = tokio::spawn(async move {
-        let (mut rx, mut tx) = (Rx(a_rx), Tx(a_tx));
-        let g = session::hello(&e, &mut rx, &mut tx).await?;
-        let opts = SessionOpts {
-            cursor: "peer:fake".into(),
-            spaces: None,
-            batch_bytes: outpost::replicate::frame::MAX_FRAME_BYTES,
-        };
-        session::run(e, g, rx, tx, opts, stats, stop).await
-    });
     // The fake peer: hello with nothing held, then ack the first batch only.
-    let hello = Frame::Hello {
-        proto: PROTO_VERSION,
-        node: NodeId(42),
-        vv: VersionVector::new(),
-        software: "test".into(),
-    };
-    peer_tx.send(encode(&hello).unwrap()).await.unwrap();
-    assert!(matches!(
-        decode(&peer_rx.recv().await.unwrap()).unwrap(),
-        Frame::Hello { .. }
-    ));
+    let mut peer = fake_peer(&a, NodeId(42), VersionVector::new()).await;
     let mut carried = Vec::new();
     for _ in 0..2 {
-        let f = decode(&peer_rx.recv().await.unwrap()).unwrap();
+        let f = decode(&peer.rx.recv().await.unwrap()).unwrap();
         let Frame::Batch { id, changes, .. } = f else {
             panic!("expected a batch, got {f:?}")
         };
@@ -486,21 +514,21 @@ async fn a_split_batch_acks_only_what_each_half_carried() {
     let first = carried[0].1 as u64;
     assert!(first < 256);
     let ack = Frame::Ack { id: carried[0].0 };
-    peer_tx.send(encode(&ack).unwrap()).await.unwrap();
+    peer.tx.send(encode(&ack).unwrap()).await.unwrap();
     for _ in 0..100 {
-        if guard.stats.acked.load(Relaxed) != 0 {
+        if peer.stats.acked.load(Relaxed) != 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
-        guard.stats.acked.load(Relaxed),
+        peer.stats.acked.load(Relaxed),
         first,
         "the first half's ack covers only the first half"
     );
-    assert_eq!(guard.stats.backlog.load(Relaxed), 256 - first);
-    session.abort();
+    assert_eq!(peer.stats.backlog.load(Relaxed), 256 - first);
+    peer.session.abort();
 }
 
 /// Bug (found by tests/sim.rs): a relay whose log holds an origin's changes
@@ -511,7 +539,7 @@ async fn a_split_batch_acks_only_what_each_half_carried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_range_merged_from_a_snapshot_is_never_vouched_for() {
     use outpost::model::{NodeId, VersionVector};
-    use outpost::replicate::frame::{decode, encode, Frame, PROTO_VERSION};
+    use outpost::replicate::frame::{decode, Frame};
     use outpost::store::SnapEntity;
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (a, b) = (engine(da.path()), engine(db.path()));
@@ -550,40 +578,14 @@ async fn a_range_merged_from_a_snapshot_is_never_vouched_for() {
     assert_eq!(a.version_vector().unwrap()[&b.node_id()], 6);
 
     // A fake peer that holds nothing.
-    let (a_tx, mut peer_rx) = mpsc::channel(16);
-    let (peer_tx, a_rx) = mpsc::channel(16);
-    let (_stop_tx, stop) = watch::channel(false);
-    let links = Arc::new(Links::default());
-    let guard = links.open("test", "mem".into(), true, 0);
-    let e = a.clone();
-    let session = tokio::spawn(async move {
-        let (mut rx, mut tx) = (Rx(a_rx), Tx(a_tx));
-        let g = session::hello(&e, &mut rx, &mut tx).await?;
-        let opts = SessionOpts {
-            cursor: "peer:fake".into(),
-            spaces: None,
-            batch_bytes: outpost::replicate::frame::MAX_FRAME_BYTES,
-        };
-        session::run(e, g, rx, tx, opts, guard.stats.clone(), stop).await
-    });
-    let hello = Frame::Hello {
-        proto: PROTO_VERSION,
-        node: NodeId(42),
-        vv: VersionVector::new(),
-        software: "test".into(),
-    };
-    peer_tx.send(encode(&hello).unwrap()).await.unwrap();
-    assert!(matches!(
-        decode(&peer_rx.recv().await.unwrap()).unwrap(),
-        Frame::Hello { .. }
-    ));
+    let mut peer = fake_peer(&a, NodeId(42), VersionVector::new()).await;
     // The states come first (a batch would vouch for seqs 2..=5).
-    let f = decode(&peer_rx.recv().await.unwrap()).unwrap();
+    let f = decode(&peer.rx.recv().await.unwrap()).unwrap();
     let Frame::Snapshot { entities, .. } = f else {
         panic!("expected a snapshot, got {f:?}")
     };
     assert_eq!(entities.len(), 6);
-    session.abort();
+    peer.session.abort();
 }
 
 /// Bug (found by tests/sim.rs): a session that ended while its inbound was
@@ -631,7 +633,7 @@ async fn a_merge_whose_caller_is_cancelled_still_replans_the_other_links() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frame_out_of_order_ends_the_session_before_it_is_applied() {
     use outpost::model::{NodeId, VersionVector};
-    use outpost::replicate::frame::{decode, encode, Frame, PROTO_VERSION};
+    use outpost::replicate::frame::{decode, encode, Frame};
     let dir = tempfile::tempdir().unwrap();
     let a = engine(dir.path());
     let peer = NodeId(42);
@@ -657,47 +659,21 @@ async fn a_frame_out_of_order_ends_the_session_before_it_is_applied() {
         ),
     ];
     for (frames, raised) in cases {
-        let (a_tx, mut peer_rx) = mpsc::channel(64);
-        let (peer_tx, a_rx) = mpsc::channel(16);
-        let (_stop_tx, stop) = watch::channel(false);
-        let links = Arc::new(Links::default());
-        let guard = links.open("test", "mem".into(), true, 0);
-        let e = a.clone();
-        let session = tokio::spawn(async move {
-            let (mut rx, mut tx) = (Rx(a_rx), Tx(a_tx));
-            let g = session::hello(&e, &mut rx, &mut tx).await?;
-            let opts = SessionOpts {
-                cursor: "peer:fake".into(),
-                spaces: None,
-                batch_bytes: outpost::replicate::frame::MAX_FRAME_BYTES,
-            };
-            session::run(e, g, rx, tx, opts, guard.stats.clone(), stop).await
-        });
-        let hello = Frame::Hello {
-            proto: PROTO_VERSION,
-            node: peer,
-            vv: vv.clone(),
-            software: "test".into(),
-        };
-        peer_tx.send(encode(&hello).unwrap()).await.unwrap();
-        assert!(matches!(
-            decode(&peer_rx.recv().await.unwrap()).unwrap(),
-            Frame::Hello { .. }
-        ));
+        let mut fake = fake_peer(&a, peer, vv.clone()).await;
         for f in frames {
-            peer_tx.send(encode(&f).unwrap()).await.unwrap();
+            fake.tx.send(encode(&f).unwrap()).await.unwrap();
         }
         if raised {
             // Acked once merged.
             loop {
-                let f = decode(&peer_rx.recv().await.unwrap()).unwrap();
+                let f = decode(&fake.rx.recv().await.unwrap()).unwrap();
                 if matches!(f, Frame::Ack { id: 1 }) {
                     break;
                 }
             }
-            session.abort();
+            fake.session.abort();
         } else {
-            let r = tokio::time::timeout(Duration::from_secs(10), session)
+            let r = tokio::time::timeout(Duration::from_secs(10), fake.session)
                 .await
                 .expect("the session ends")
                 .unwrap();
