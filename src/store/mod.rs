@@ -6,6 +6,7 @@
 
 mod backup;
 mod clock;
+mod group_tables;
 mod slot;
 mod tables;
 pub mod wal;

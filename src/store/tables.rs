@@ -67,6 +67,18 @@ pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
     rmp_serde::to_vec(v).map_err(|e| StoreError::Encode(e.to_string()))
 }
 
+/// Encode `v` at the end of `buf` (a buffer kept across calls: no
+/// allocation once it is large enough). Same bytes as [`encode`].
+pub fn encode_onto<T: Serialize + ?Sized>(buf: &mut Vec<u8>, v: &T) -> Result<(), StoreError> {
+    rmp_serde::encode::write(buf, v).map_err(|e| StoreError::Encode(e.to_string()))
+}
+
+/// Encode `v` into `buf`, replacing what it held.
+pub fn encode_into<T: Serialize + ?Sized>(buf: &mut Vec<u8>, v: &T) -> Result<(), StoreError> {
+    buf.clear();
+    encode_onto(buf, v)
+}
+
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
     rmp_serde::from_slice(bytes).map_err(|e| StoreError::Decode(e.to_string()))
 }

@@ -46,6 +46,8 @@ const MAGIC: u32 = 0x4f57_414c; // "OWAL"
 /// (and writes back) a whole folio: 38–49 KB per 256-byte change was
 /// measured on Linux 6.x before this.
 const FILL_CHUNK: usize = 4096;
+/// The append buffer is kept across groups up to this capacity.
+const KEEP_BUF: usize = 256 << 10;
 
 /// Where the log lives instead of the file: the store's [`super::Backend`]
 /// (a simulation's disk that loses what was not synced when its relay
@@ -87,13 +89,18 @@ fn drop_cache(path: &Path) {
 }
 
 /// One effect of a group on the tables, in the order it was made.
+///
+/// `C` is how the applied change is held: owned when read back, borrowed
+/// from the group's committed changes when written (the writer clones
+/// nothing to log a group); `&Change` serializes as `Change` does, so the
+/// bytes are the same either way.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum Effect {
+pub enum Effect<C = Change> {
     /// A change applied at local seq `seq` (local or from a peer).
     Apply {
         seq: u64,
         at_ms: u64,
-        change: Change,
+        change: C,
     },
     /// A client write id recorded for the change at `seq`.
     WriteId {
@@ -113,16 +120,32 @@ pub enum Effect {
     },
 }
 
+impl<C> Effect<C> {
+    /// The same effect with its change (if any) held another way.
+    pub fn map_change<D>(self, f: impl FnOnce(C) -> Option<D>) -> Option<Effect<D>> {
+        Some(match self {
+            Effect::Apply { seq, at_ms, change } => Effect::Apply {
+                seq,
+                at_ms,
+                change: f(change)?,
+            },
+            Effect::WriteId { space, wid, seq } => Effect::WriteId { space, wid, seq },
+            Effect::RaiseVv { origin, to } => Effect::RaiseVv { origin, to },
+            Effect::Cursor { name, seq } => Effect::Cursor { name, seq },
+        })
+    }
+}
+
 /// What one group did: enough to do it again on the state before it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Record {
+pub struct Record<C = Change> {
     pub lsn: u64,
     /// The relay whose data file this log belongs to.
     pub node: NodeId,
     /// The group's last seq and clock, as its commit stored them.
     pub last_seq: u64,
     pub hlc: Vec<u8>,
-    pub effects: Vec<Effect>,
+    pub effects: Vec<Effect<C>>,
 }
 
 fn io_err(e: io::Error) -> StoreError {
@@ -133,6 +156,9 @@ fn io_err(e: io::Error) -> StoreError {
 pub struct Wal {
     file: Box<dyn redb::StorageBackend>,
     pos: u64,
+    /// The record being appended, header first (kept: one allocation for
+    /// the life of the log, not one per group).
+    buf: Vec<u8>,
 }
 
 impl Wal {
@@ -167,7 +193,11 @@ impl Wal {
             }
             file.sync_data().map_err(io_err)?;
         }
-        let mut wal = Wal { file, pos: 0 };
+        let mut wal = Wal {
+            file,
+            pos: 0,
+            buf: Vec::new(),
+        };
         let records = wal.records()?;
         if backend.is_none() {
             drop_cache(path);
@@ -187,19 +217,28 @@ impl Wal {
 
     /// Append `rec` and sync. `Ok(false)`: it does not fit in what is
     /// left (the caller checkpoints instead); nothing was written.
-    pub fn append(&mut self, rec: &Record) -> Result<bool, StoreError> {
-        let payload = super::tables::encode(rec)?;
-        let total = (HEAD + payload.len()) as u64;
+    pub fn append<C: Serialize>(&mut self, rec: &Record<C>) -> Result<bool, StoreError> {
+        // The payload is encoded after room for the header, which is
+        // filled in once its length and checksum are known.
+        if self.buf.capacity() > KEEP_BUF {
+            // A rare huge group: do not hold its size for good.
+            self.buf = Vec::new();
+        }
+        let buf = &mut self.buf;
+        buf.clear();
+        buf.resize(HEAD, 0);
+        super::tables::encode_onto(buf, rec)?;
+        let len = buf.len() - HEAD;
+        let total = buf.len() as u64;
         if self.pos + total > CAPACITY {
             return Ok(false);
         }
-        let mut buf = Vec::with_capacity(HEAD + payload.len());
-        buf.extend_from_slice(&MAGIC.to_le_bytes());
-        buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        buf.extend_from_slice(&checksum(rec.lsn, &payload).to_le_bytes());
-        buf.extend_from_slice(&rec.lsn.to_le_bytes());
-        buf.extend_from_slice(&payload);
-        self.file.write(self.pos, &buf).map_err(io_err)?;
+        let crc = checksum(rec.lsn, &buf[HEAD..]);
+        buf[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+        buf[4..8].copy_from_slice(&(len as u32).to_le_bytes());
+        buf[8..12].copy_from_slice(&crc.to_le_bytes());
+        buf[12..20].copy_from_slice(&rec.lsn.to_le_bytes());
+        self.file.write(self.pos, buf).map_err(io_err)?;
         self.file.sync_data().map_err(io_err)?;
         self.pos += total;
         Ok(true)
@@ -341,6 +380,56 @@ pub(crate) mod tests {
                 seq: lsn,
             }],
         }
+    }
+
+    /// The writer logs a group with its changes borrowed: the bytes must
+    /// be those of the owned record that a replay decodes.
+    #[test]
+    fn a_record_with_borrowed_changes_encodes_as_the_owned_one() {
+        let change = Change {
+            space: "s".into(),
+            collection: "c".into(),
+            id: "i".into(),
+            op: crate::model::Op::Patch,
+            fields: [("v".to_string(), serde_json::json!({"n": [1, "two"]}))].into(),
+            stamp: crate::model::Stamp {
+                ms: 5,
+                counter: 1,
+                node: NodeId(7),
+            },
+            origin: NodeId(7),
+            seq: 3,
+            actor: "a".into(),
+        };
+        let mut owned = rec(4);
+        owned.effects.insert(
+            0,
+            Effect::Apply {
+                seq: 9,
+                at_ms: 11,
+                change: change.clone(),
+            },
+        );
+        let borrowed = Record {
+            lsn: owned.lsn,
+            node: owned.node,
+            last_seq: owned.last_seq,
+            hlc: owned.hlc.clone(),
+            effects: owned
+                .effects
+                .iter()
+                .cloned()
+                .map(|e| e.map_change(|_| Some(&change)).unwrap())
+                .collect(),
+        };
+        let a = crate::store::tables::encode(&owned).unwrap();
+        let b = crate::store::tables::encode(&borrowed).unwrap();
+        assert_eq!(a, b);
+        let m = MemFile::default();
+        let (mut w, _) = Wal::open(Some(&opener(&m)), Path::new("unused")).unwrap();
+        assert!(w.append(&borrowed).unwrap());
+        let (_, back) = Wal::open(Some(&opener(&m)), Path::new("unused")).unwrap();
+        assert_eq!(back, vec![owned]);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! the sink in seq order, and only then answers each job. So an ack always
 //! follows a durable commit, and fan-out order equals commit order.
 
+use super::group_tables::Tables;
 use super::slot::{fault_of, Fault, Slot};
 use super::tables::*;
 use super::wal::{Effect, Record, Wal};
@@ -404,43 +405,13 @@ pub struct Writer {
     /// The lsn of the last committed group (redb's `META_WAL_LSN`).
     lsn: u64,
     /// Whether this attempt's group goes to the log: its effects are
-    /// collected in `effects` as they are made.
+    /// collected in `effects` as they are made, each applied change as its
+    /// index in the group's committed changes (logged from there, not
+    /// cloned).
     logging: bool,
-    effects: Vec<Effect>,
-}
-
-struct Tables<'t> {
-    meta: redb::Table<'t, &'static str, &'static [u8]>,
-    log: redb::Table<'t, u64, &'static [u8]>,
-    ident: redb::Table<'t, (u64, u64), u64>,
-    vv: redb::Table<'t, u64, u64>,
-    entity: redb::Table<'t, (&'static str, &'static str, &'static str), &'static [u8]>,
-    space_log: redb::Table<'t, (&'static str, u64), ()>,
-    spaces: redb::Table<'t, &'static str, u64>,
-    cursors: redb::Table<'t, &'static str, u64>,
-    write_ids: redb::Table<'t, (&'static str, &'static str), u64>,
-    write_id_seqs: redb::Table<'t, u64, (&'static str, &'static str)>,
-    type_versions: redb::Table<'t, (&'static str, &'static str), u64>,
-    type_index: redb::Table<'t, (&'static str, &'static str, u64), &'static str>,
-}
-
-impl<'t> Tables<'t> {
-    fn open(tx: &'t redb::WriteTransaction) -> Result<Self, StoreError> {
-        Ok(Tables {
-            meta: tx.open_table(META)?,
-            log: tx.open_table(LOG)?,
-            ident: tx.open_table(IDENT)?,
-            vv: tx.open_table(VV)?,
-            entity: tx.open_table(ENTITY)?,
-            space_log: tx.open_table(SPACE_LOG)?,
-            spaces: tx.open_table(SPACES)?,
-            cursors: tx.open_table(CURSORS)?,
-            write_ids: tx.open_table(WRITE_IDS)?,
-            write_id_seqs: tx.open_table(WRITE_ID_SEQS)?,
-            type_versions: tx.open_table(TYPE_VERSIONS)?,
-            type_index: tx.open_table(TYPE_INDEX)?,
-        })
-    }
+    effects: Vec<Effect<usize>>,
+    /// Scratch for encoding stored values (kept: no allocation per value).
+    buf: Vec<u8>,
 }
 
 impl Writer {
@@ -475,6 +446,7 @@ impl Writer {
             lsn: 0,
             logging: false,
             effects: Vec::new(),
+            buf: Vec::new(),
         }
     }
 
@@ -566,6 +538,7 @@ impl Writer {
                 self.lsn = rec.lsn;
                 groups += 1;
             }
+            t.finish()?;
         }
         tx.commit()?;
         self.last_seq.store(seq, Ordering::Release);
@@ -595,9 +568,9 @@ impl Writer {
                     .insert(*seq, (space.as_str(), wid.as_str()))?;
             }
             Effect::RaiseVv { origin, to } => {
-                let held = t.vv.get(origin.0)?.map(|v| v.value()).unwrap_or(0);
+                let held = t.held(origin.0)?;
                 if *to > held {
-                    t.vv.insert(origin.0, *to)?;
+                    t.raise_vv(origin.0, *to)?;
                 }
             }
             Effect::Cursor { name, seq } => {
@@ -921,6 +894,7 @@ impl Writer {
                     .map_err(Failure::Group)?;
             }
             let meta = (|| -> Result<(), StoreError> {
+                t.finish()?;
                 t.meta.insert(META_LAST_SEQ, seq.to_le_bytes().as_slice())?;
                 t.meta.insert(META_HLC, encode(&self.hlc)?.as_slice())?;
                 t.meta.insert(META_WAL_LSN, lsn.to_le_bytes().as_slice())?;
@@ -932,12 +906,22 @@ impl Writer {
         // visible to readers, and what they see must already be durable.
         let mut appended = None;
         let immediate = if logged {
+            let effects = self
+                .effects
+                .drain(..)
+                .map(|e| e.map_change(|i| committed.get(i).map(|c| &c.entry.change)))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| {
+                    Failure::Group(StoreError::Encode(
+                        "internal: a logged change is not in its group".into(),
+                    ))
+                })?;
             let rec = Record {
                 lsn,
                 node: self.node,
                 last_seq: seq,
                 hlc: encode(&self.hlc).map_err(Failure::Group)?,
-                effects: std::mem::take(&mut self.effects),
+                effects,
             };
             let Some(wal) = self.wal.as_mut() else {
                 return Err(Failure::Group(StoreError::Closed));
@@ -1029,7 +1013,7 @@ impl Writer {
                             continue;
                         }
                     }
-                    let origin_seq = t.vv.get(self.node.0)?.map(|v| v.value()).unwrap_or(0) + 1;
+                    let origin_seq = t.held(self.node.0)? + 1;
                     let stamp = match w.client_us {
                         Some(us) => self.hlc.at_client_time(us, at_ms, self.opts.max_skew_ms),
                         None => self.hlc.now(at_ms),
@@ -1122,7 +1106,7 @@ impl Writer {
             if origin == self.node || from > to {
                 continue;
             }
-            let held = t.vv.get(origin.0)?.map(|v| v.value()).unwrap_or(0);
+            let held = t.held(origin.0)?;
             if from > held + 1 {
                 gapped.push(origin);
             } else {
@@ -1143,9 +1127,9 @@ impl Writer {
             outs.push(Outcome::gap_at(*o, 0));
         }
         for (origin, to) in usable {
-            let held = t.vv.get(origin.0)?.map(|v| v.value()).unwrap_or(0);
+            let held = t.held(origin.0)?;
             if to > held {
-                t.vv.insert(origin.0, to)?;
+                t.raise_vv(origin.0, to)?;
                 if self.logging {
                     self.effects.push(Effect::RaiseVv { origin, to });
                 }
@@ -1242,7 +1226,7 @@ impl Writer {
         seq: &mut u64,
         committed: &mut Vec<Arc<Committed>>,
     ) -> Result<Outcome, StoreError> {
-        let held = t.vv.get(change.origin.0)?.map(|v| v.value()).unwrap_or(0);
+        let held = t.held(change.origin.0)?;
         let mut out = Outcome {
             kind: OutcomeKind::Applied,
             seq: 0,
@@ -1254,7 +1238,12 @@ impl Writer {
             created: false,
             type_version: 0,
         };
-        if change.seq <= held || t.ident.get((change.origin.0, change.seq))?.is_some() {
+        // This relay numbers its own changes here, each raising its version
+        // vector entry, so one of its own above `held` cannot be in the
+        // identity index: no lookup for those (every local write).
+        if change.seq <= held
+            || (change.origin != self.node && t.ident.get((change.origin.0, change.seq))?.is_some())
+        {
             out.kind = OutcomeKind::Duplicate;
             return Ok(out);
         }
@@ -1276,21 +1265,17 @@ impl Writer {
         *seq += 1;
         ent.version += 1;
         ent.seq = *seq;
-        ent.type_version = next_type_version(t, key, ent.type_version)?;
+        ent.type_version = t.next_type_version(key, ent.type_version)?;
         out.seq = *seq;
         out.version = ent.version;
         out.type_version = ent.type_version;
         out.created = !existed && ent.state.exists();
-        t.entity.insert(key, encode(&ent)?.as_slice())?;
-        let count = t
-            .spaces
-            .get(change.space.as_str())?
-            .map(|v| v.value())
-            .unwrap_or(0);
-        t.spaces.insert(change.space.as_str(), count + 1)?;
+        encode_into(&mut self.buf, &ent)?;
+        t.entity.insert(key, self.buf.as_slice())?;
+        t.count_change(change.space.as_str())?;
         t.space_log.insert((change.space.as_str(), *seq), ())?;
         t.ident.insert((change.origin.0, change.seq), *seq)?;
-        t.vv.insert(change.origin.0, change.seq)?;
+        t.raise_vv(change.origin.0, change.seq)?;
         let entry = LogEntry {
             created: !existed && ent.state.exists(),
             change,
@@ -1298,12 +1283,13 @@ impl Writer {
             version: ent.version,
             type_version: ent.type_version,
         };
-        t.log.insert(*seq, encode(&entry)?.as_slice())?;
+        encode_into(&mut self.buf, &entry)?;
+        t.log.insert(*seq, self.buf.as_slice())?;
         if self.logging {
             self.effects.push(Effect::Apply {
                 seq: *seq,
                 at_ms,
-                change: entry.change.clone(),
+                change: committed.len(),
             });
         }
         committed.push(Arc::new(Committed {
@@ -1339,19 +1325,17 @@ impl Writer {
             let bumped = version.map_or(ent.version + 1, |v| v.max(ent.version + 1));
             if ent.state != before || version.is_some_and(|v| v > ent.version) {
                 ent.version = bumped;
-                ent.type_version = next_type_version(t, key, ent.type_version)?;
+                ent.type_version = t.next_type_version(key, ent.type_version)?;
                 t.entity.insert(key, encode(&ent)?.as_slice())?;
-                if t.spaces.get(e.space.as_str())?.is_none() {
-                    t.spaces.insert(e.space.as_str(), 0)?;
-                }
+                t.ensure_space(e.space.as_str())?;
                 changed.insert(e.space.clone());
             }
         }
         let mut merged_vv: Option<crate::model::VersionVector> = None;
         for (&origin, &seq) in vv.into_iter().flatten() {
-            let held = t.vv.get(origin.0)?.map(|v| v.value()).unwrap_or(0);
+            let held = t.held(origin.0)?;
             if seq > held {
-                t.vv.insert(origin.0, seq)?;
+                t.raise_vv(origin.0, seq)?;
                 // The log will never hold `held+1..=seq` of this origin:
                 // remember it, so no session vouches for them to a peer
                 // that lacks them (`plan::start` sends it a snapshot).
@@ -1446,31 +1430,6 @@ pub fn free_disk_bytes(dir: &std::path::Path) -> Option<u64> {
     Some((s.f_bavail as u64).saturating_mul(s.f_frsize as u64))
 }
 
-/// Give entity `key` (space, collection, id), whose last per-type version
-/// was `old` (0: none), the collection's next per-type version, and move its
-/// index entry there. Runs inside the writer transaction, so versions are
-/// assigned in commit order, whichever path (local write, peer or upstream
-/// change, snapshot merge) changed the entity.
-fn next_type_version(
-    t: &mut Tables<'_>,
-    key: (&str, &str, &str),
-    old: u64,
-) -> Result<u64, StoreError> {
-    let (space, coll, id) = key;
-    let tv = t
-        .type_versions
-        .get((space, coll))?
-        .map(|v| v.value())
-        .unwrap_or(0)
-        + 1;
-    t.type_versions.insert((space, coll), tv)?;
-    if old > 0 {
-        t.type_index.remove((space, coll, old))?;
-    }
-    t.type_index.insert((space, coll, tv), id)?;
-    Ok(tv)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1527,6 +1486,100 @@ mod tests {
             reply,
         };
         (job, rx)
+    }
+
+    fn local_in(
+        space: &str,
+        collection: &str,
+        id: &str,
+    ) -> (Job, oneshot::Receiver<Result<Vec<Outcome>, StoreError>>) {
+        let (job, rx) = local(id);
+        let Job::Local {
+            mut writes, reply, ..
+        } = job
+        else {
+            unreachable!("local() makes a local job")
+        };
+        writes[0].collection = collection.into();
+        let job = Job::Local {
+            space: space.into(),
+            actor: "t".into(),
+            source: None,
+            write_ids: vec![],
+            admit: None,
+            writes,
+            reply,
+        };
+        (job, rx)
+    }
+
+    /// The counters a group keeps in memory (version vector, space counts,
+    /// per-type versions) reach the tables as if each change had written
+    /// them, across spaces, collections and groups.
+    #[test]
+    fn a_groups_counters_are_written_once_and_right() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, db) = writer(dir.path());
+        let node = w.node.0;
+        let plan = [
+            ("s1", "a", "x"),
+            ("s1", "b", "y"),
+            ("s2", "a", "x"),
+            ("s1", "a", "x"),
+            ("s1", "a", "z"),
+        ];
+        let mut rxs = Vec::new();
+        let jobs: Vec<Job> = plan
+            .iter()
+            .map(|(s, c, i)| {
+                let (j, rx) = local_in(s, c, i);
+                rxs.push(rx);
+                j
+            })
+            .collect();
+        w.group(jobs);
+        let (j, rx) = local_in("s1", "a", "y");
+        rxs.push(rx);
+        w.group(vec![j]);
+        let tv: Vec<(u64, u64, u64)> = rxs
+            .iter_mut()
+            .map(|rx| {
+                let o = rx.try_recv().unwrap().unwrap().remove(0);
+                (o.seq, o.origin_seq, o.type_version)
+            })
+            .collect();
+        assert_eq!(
+            tv,
+            vec![
+                (1, 1, 1),
+                (2, 2, 1),
+                (3, 3, 1),
+                (4, 4, 2),
+                (5, 5, 3),
+                (6, 6, 4)
+            ]
+        );
+        let tx = db.begin_read().unwrap();
+        let vv = tx.open_table(VV).unwrap();
+        assert_eq!(vv.get(node).unwrap().unwrap().value(), 6);
+        let spaces = tx.open_table(SPACES).unwrap();
+        assert_eq!(spaces.get("s1").unwrap().unwrap().value(), 5);
+        assert_eq!(spaces.get("s2").unwrap().unwrap().value(), 1);
+        let types = tx.open_table(TYPE_VERSIONS).unwrap();
+        assert_eq!(types.get(("s1", "a")).unwrap().unwrap().value(), 4);
+        assert_eq!(types.get(("s1", "b")).unwrap().unwrap().value(), 1);
+        assert_eq!(types.get(("s2", "a")).unwrap().unwrap().value(), 1);
+        // Each entity under its newest per-type version only.
+        let index = tx.open_table(TYPE_INDEX).unwrap();
+        let s1a: Vec<(u64, String)> = index
+            .range(("s1", "a", 0)..=("s1", "a", u64::MAX))
+            .unwrap()
+            .map(|r| {
+                let (k, v) = r.unwrap();
+                (k.value().2, v.value().to_string())
+            })
+            .collect();
+        assert_eq!(s1a, vec![(2, "x".into()), (3, "z".into()), (4, "y".into())]);
     }
 
     /// A stored entity that does not decode: any write to it fails.
