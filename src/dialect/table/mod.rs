@@ -79,7 +79,6 @@ impl Bench {
                 forms: Arc::new(forms),
             },
             shutdown,
-            conns: Default::default(),
             net: Default::default(),
             upstream: None,
         });
