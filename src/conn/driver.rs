@@ -244,8 +244,18 @@ impl<D: Dialect> Driver<D> {
         self.apply(handled).await
     }
 
-    /// Carry out what the dialect asked for, in order.
+    /// Carry out what the dialect asked for, in order. A feed live from
+    /// now is registered with fan-out before `now` is sent, so whatever is
+    /// committed or published after the client reads those frames (a
+    /// welcome, typically) reaches it; its deliveries wait in the queue
+    /// until `now` is written, and its `live` frames keep their place.
     async fn apply(&mut self, h: Handled) -> Result<(), End> {
+        let mut live_now = Vec::new();
+        for f in &h.follow {
+            if f.since == Since::Now && !h.unfollow.contains(&f.key) && self.start_now(f) {
+                live_now.push(f.key);
+            }
+        }
         let now = h.now.into_iter().map(Utf8Bytes::from);
         self.socket.send_all(now, &self.dialect).await?;
         if let Some(p) = h.publish {
@@ -272,9 +282,45 @@ impl<D: Dialect> Driver<D> {
             }
         }
         for f in follow {
-            self.follow(f).await?;
+            if live_now.contains(&f.key) {
+                let frames = self.dialect.live(f.key, feed_last(&self.feeds, f.key));
+                let frames = frames.into_iter().map(Utf8Bytes::from);
+                self.socket.send_all(frames, &self.dialect).await?;
+            } else {
+                self.follow(f).await?;
+            }
         }
         Ok(())
+    }
+
+    /// Register a feed live from now at once, with nothing to replay;
+    /// false when it must take the ordinary way (over the subscription
+    /// limit, refused in its turn; a bad space name, answered then).
+    fn start_now(&mut self, f: &Follow) -> bool {
+        let engine = &self.cc.state.engine;
+        let max = self.cc.state.settings.max_subscriptions;
+        if !self.feeds.contains_key(&f.key) && self.feeds.len() >= max {
+            return false;
+        }
+        let link = self.cc.link.clone();
+        let Ok((id, last)) = engine.subscribe_live(&f.space, f.filter.clone(), link) else {
+            return false;
+        };
+        if let Some(old) = self.feeds.remove(&f.key) {
+            if let Some(old_id) = old.sub {
+                engine.unsubscribe(&old.space, old_id);
+            }
+        }
+        self.cc.signal.forget_own(last);
+        let feed = Feed {
+            space: f.space.clone(),
+            filter: f.filter.clone(),
+            sub: Some(id),
+            last,
+            echo: self.dialect.echo(),
+        };
+        self.feeds.insert(f.key, feed);
+        true
     }
 
     /// Run a paged read, each page on a blocking thread, sending each

@@ -250,16 +250,9 @@ pub fn error_frame(code: u16, reason: &str, message: &str, key: Option<&str>) ->
     Value::Object(m).to_string()
 }
 
-/// Engine errors in the seed's codes: bad input is 400, and every storage
-/// failure (disk full, store closed, commit error) is the seed's 500.
+/// Engine errors in the seed's codes (its column of `dialect::errors`).
 pub fn wire(class: ErrorClass) -> (u16, &'static str) {
-    match class {
-        ErrorClass::Invalid | ErrorClass::Schema => (400, "invalid_field"),
-        ErrorClass::DiskFull => (500, "disk_full"),
-        ErrorClass::Unavailable => (500, "unavailable"),
-        // Ops carry no precondition; listed for completeness.
-        ErrorClass::Precondition | ErrorClass::Storage => (500, "storage_failed"),
-    }
+    super::errors::wire(class).kv
 }
 
 pub fn engine_error(e: &EngineError) -> (u16, &'static str) {

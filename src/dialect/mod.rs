@@ -7,6 +7,7 @@ pub mod atome;
 pub mod atome_rest;
 pub mod atome_sync;
 pub mod config_sync;
+pub mod errors;
 pub mod gzip;
 pub mod kv;
 pub mod native;

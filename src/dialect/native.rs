@@ -283,16 +283,10 @@ pub fn error_frame(code: u16, reason: &str, message: &str, rid: &Value) -> Strin
     Value::Object(m).to_string()
 }
 
-/// Engine errors on `/ws`: code and reason of each class.
+/// Engine errors on `/ws`: code and reason (its column of
+/// `dialect::errors`).
 pub fn wire(class: ErrorClass) -> (u16, &'static str) {
-    match class {
-        ErrorClass::Invalid | ErrorClass::Schema => (400, "invalid_field"),
-        // No native write carries a precondition; listed for completeness.
-        ErrorClass::Precondition => (409, "precondition_failed"),
-        ErrorClass::DiskFull => (507, "disk_full"),
-        ErrorClass::Unavailable => (503, "unavailable"),
-        ErrorClass::Storage => (500, "storage_failed"),
-    }
+    super::errors::wire(class).native
 }
 
 fn engine_error_frame(e: &EngineError, rid: &Value) -> String {

@@ -41,7 +41,8 @@ use crate::model::Op;
 use crate::store::{Cap, Expect, LocalWrite, StoredEntity};
 use axum::extract::ws::Utf8Bytes;
 use axum::http::{HeaderMap, StatusCode};
-use proto::{code, Bad, Device, Doc, Request, Revision, RevisionFields};
+pub(super) use proto::code;
+use proto::{Bad, Device, Doc, Request, Revision, RevisionFields};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -93,15 +94,10 @@ fn authed_user(grant: &Grant) -> Option<String> {
     (grant.sub != "anonymous").then(|| grant.sub.clone())
 }
 
-/// Engine errors as the seed's `error` strings.
+/// Engine errors as the seed's `error` strings (its column of
+/// `dialect::errors`).
 pub fn wire(class: ErrorClass) -> &'static str {
-    match class {
-        ErrorClass::Invalid | ErrorClass::Schema => code::INVALID_REQUEST,
-        ErrorClass::Precondition => code::VERSION_CONFLICT,
-        ErrorClass::Unavailable => code::UNAVAILABLE,
-        ErrorClass::DiskFull => code::DISK_FULL,
-        ErrorClass::Storage => code::STORAGE_FAILED,
-    }
+    super::errors::wire(class).config
 }
 
 fn engine_code(e: &EngineError) -> &'static str {

@@ -116,18 +116,9 @@ enum Pushed {
 }
 
 /// Engine errors in seed 004: the `error` code (sockets) and the HTTP
-/// status (the HTTP API) of each class.
+/// status (the HTTP API) of each class (its column of `dialect::errors`).
 pub fn wire(class: ErrorClass) -> (&'static str, StatusCode) {
-    match class {
-        ErrorClass::Invalid => (code::INVALID_FIELD, StatusCode::BAD_REQUEST),
-        ErrorClass::Schema => (code::SCHEMA_VIOLATION, StatusCode::BAD_REQUEST),
-        ErrorClass::DiskFull => (code::DISK_FULL, StatusCode::INSUFFICIENT_STORAGE),
-        ErrorClass::Unavailable => (code::UNAVAILABLE, StatusCode::SERVICE_UNAVAILABLE),
-        // Pushes carry no precondition; listed for completeness.
-        ErrorClass::Precondition | ErrorClass::Storage => {
-            (code::STORAGE_FAILED, StatusCode::INTERNAL_SERVER_ERROR)
-        }
-    }
+    super::errors::wire(class).unified
 }
 
 /// An engine error as an `error` frame: its code from [`wire`], its
