@@ -122,7 +122,8 @@ pub async fn run<D: Dialect>(socket: Socket, cc: ConnCtx, dialect: D) {
 
 impl<D: Dialect> Driver<D> {
     async fn serve(&mut self) -> End {
-        let opened = self.dialect.open();
+        let opened_at = tokio::time::Instant::now();
+        let opened = self.dialect.open(self.now_ms());
         if let Err(e) = self.apply(opened).await {
             return e;
         }
@@ -134,7 +135,7 @@ impl<D: Dialect> Driver<D> {
             } else {
                 self.pending.len() < max_inflight
             };
-            let deadline = self.dialect.deadline();
+            let deadline = self.dialect.auth_timeout().map(|d| opened_at + d);
             let step: Result<(), End> = tokio::select! {
                 biased;
                 _ = shutdown.changed() => return self.drain().await,
@@ -170,7 +171,8 @@ impl<D: Dialect> Driver<D> {
             match a {
                 Answer::Frames(f) => frames.extend(f.into_iter().map(Utf8Bytes::from)),
                 Answer::Reply(token, reply) => {
-                    let mut h = self.dialect.reply(token, reply);
+                    let now_ms = self.now_ms();
+                    let mut h = self.dialect.reply(token, reply, now_ms);
                     frames.extend(std::mem::take(&mut h.now).into_iter().map(Utf8Bytes::from));
                     let more = h.publish.is_some()
                         || h.read.is_some()
@@ -207,6 +209,12 @@ impl<D: Dialect> Driver<D> {
         }
     }
 
+    /// The time a dialect is given with each input: the relay's clock
+    /// (the engine's, which stamps the writes too).
+    fn now_ms(&self) -> u64 {
+        self.cc.state.engine.clock().now_ms()
+    }
+
     /// Start an engine call; its answer joins the in-flight queue.
     fn call(&mut self, token: u64, call: Call) {
         let engine = self.cc.state.engine.clone();
@@ -232,12 +240,14 @@ impl<D: Dialect> Driver<D> {
 
     async fn on_message(&mut self, msg: Message) -> Result<(), End> {
         let max = self.cc.state.settings.max_frame_bytes;
+        let now_ms = self.now_ms();
         let handled = match msg {
-            Message::Text(t) if t.len() > max => {
-                Handled::reply(self.dialect.refuse(Refusal::TooLarge { len: t.len(), max }))
-            }
-            Message::Text(t) => self.dialect.on_text(&t),
-            Message::Binary(b) => self.dialect.on_binary(&b),
+            Message::Text(t) if t.len() > max => Handled::reply(
+                self.dialect
+                    .refuse(Refusal::TooLarge { len: t.len(), max }, now_ms),
+            ),
+            Message::Text(t) => self.dialect.on_text(&t, now_ms),
+            Message::Binary(b) => self.dialect.on_binary(&b, now_ms),
             Message::Close(_) => return Err(End::Gone),
             Message::Ping(_) | Message::Pong(_) => return Ok(()),
         };
@@ -382,9 +392,10 @@ impl<D: Dialect> Driver<D> {
                 self.cc.state.engine.unsubscribe(&old.space, id);
             }
         } else if self.feeds.len() >= max {
+            let now_ms = self.now_ms();
             let frame = self
                 .dialect
-                .refuse_follow(f.key, Refusal::TooManyFeeds { max });
+                .refuse_follow(f.key, Refusal::TooManyFeeds { max }, now_ms);
             self.cc
                 .state
                 .engine
@@ -565,6 +576,7 @@ impl<D: Dialect> Driver<D> {
         }
         .into_iter();
         self.out.clear();
+        let now_ms = self.now_ms();
         for item in items {
             match item {
                 Item::Change(key, c) => {
@@ -576,14 +588,14 @@ impl<D: Dialect> Driver<D> {
                     self.dialect.change(key, &c, state.as_ref(), &mut self.out);
                 }
                 Item::Event(key, e) => {
-                    if let Some(f) = self.dialect.event(key, &e) {
+                    if let Some(f) = self.dialect.event(key, &e, now_ms) {
                         self.out.push(f);
                     }
                 }
                 Item::Snapshot(key, s) => {
                     let (collection, id, entity) = &*s;
                     self.dialect
-                        .snapshot(key, collection, id, entity, &mut self.out)
+                        .snapshot(key, collection, id, entity, now_ms, &mut self.out)
                 }
             }
         }

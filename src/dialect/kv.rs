@@ -404,7 +404,7 @@ impl Dialect for Kv {
     /// `init` from a consistent snapshot, then the feed from the snapshot's
     /// seq: changes committed meanwhile follow as `op`s, then live ones,
     /// with no gap.
-    fn open(&mut self) -> Handled {
+    fn open(&mut self, _: u64) -> Handled {
         let cap = Cap::new(usize::MAX, chunk_bytes(self.max_frame_bytes));
         Handled {
             read: Some(Box::new(Init {
@@ -417,7 +417,7 @@ impl Dialect for Kv {
         }
     }
 
-    fn on_text(&mut self, text: &str) -> Handled {
+    fn on_text(&mut self, text: &str, _: u64) -> Handled {
         match parse_client(text) {
             Ok(ClientMsg::Op {
                 key,
@@ -429,7 +429,7 @@ impl Dialect for Kv {
         }
     }
 
-    fn refuse(&mut self, why: Refusal) -> String {
+    fn refuse(&mut self, why: Refusal, _: u64) -> String {
         match why {
             Refusal::Binary => self.proto_error(&ProtoError::Binary),
             Refusal::TooLarge { len, max } => self.proto_error(&ProtoError::TooLarge(len, max)),
@@ -441,7 +441,7 @@ impl Dialect for Kv {
 
     /// A stored op is answered by its broadcast; a refused one by an error
     /// naming its key.
-    fn reply(&mut self, token: u64, reply: Reply) -> Handled {
+    fn reply(&mut self, token: u64, reply: Reply, _: u64) -> Handled {
         let key = self.ops.remove(&token);
         match reply {
             Reply::Written(Err(e)) => {
@@ -472,6 +472,7 @@ impl Dialect for Kv {
         _collection: &str,
         id: &str,
         entity: &StoredEntity,
+        _: u64,
         out: &mut Vec<Utf8Bytes>,
     ) {
         let (v, ts) = key_state(entity);

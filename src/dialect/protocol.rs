@@ -224,23 +224,29 @@ pub enum Failed {
 }
 
 /// One client protocol, driven by `conn::run`.
+///
+/// Time is an input, as the frames are: every method that may put a
+/// timestamp in a frame (or check a token's expiry) is given `now_ms`,
+/// the relay's wall clock in ms since 1970 as the driver read it
+/// (`Engine::clock`). A dialect reads no clock of its own, so a table test
+/// passes a fixed time and checks the timestamps exactly.
 pub trait Dialect: Send + Sync + 'static {
     /// What to send and follow as soon as the connection is up.
-    fn open(&mut self) -> Handled;
+    fn open(&mut self, now_ms: u64) -> Handled;
     /// One client text frame (within `server.max_frame_bytes`).
-    fn on_text(&mut self, text: &str) -> Handled;
+    fn on_text(&mut self, text: &str, now_ms: u64) -> Handled;
     /// One client binary frame; refused unless the protocol has them.
-    fn on_binary(&mut self, _data: &[u8]) -> Handled {
-        Handled::reply(self.refuse(Refusal::Binary))
+    fn on_binary(&mut self, _data: &[u8], now_ms: u64) -> Handled {
+        Handled::reply(self.refuse(Refusal::Binary, now_ms))
     }
     /// The error frame for a refused frame.
-    fn refuse(&mut self, why: Refusal) -> String;
+    fn refuse(&mut self, why: Refusal, now_ms: u64) -> String;
     /// The error frame for a refused follow (feed `feed` does not start).
-    fn refuse_follow(&mut self, _feed: u64, why: Refusal) -> String {
-        self.refuse(why)
+    fn refuse_follow(&mut self, _feed: u64, why: Refusal, now_ms: u64) -> String {
+        self.refuse(why, now_ms)
     }
     /// The result of the [`Call`] made with `token`.
-    fn reply(&mut self, _token: u64, _reply: Reply) -> Handled {
+    fn reply(&mut self, _token: u64, _reply: Reply, _now_ms: u64) -> Handled {
         Handled::default()
     }
     /// Whether rendering `c` (a change of feed `feed`) needs the entity's
@@ -267,11 +273,12 @@ pub trait Dialect: Send + Sync + 'static {
         collection: &str,
         id: &str,
         e: &StoredEntity,
+        now_ms: u64,
         out: &mut Vec<Utf8Bytes>,
     );
     /// An ephemeral event of feed `feed`'s space (feeds whose filter asks
     /// for events).
-    fn event(&mut self, _feed: u64, _e: &Event) -> Option<Utf8Bytes> {
+    fn event(&mut self, _feed: u64, _e: &Event, _now_ms: u64) -> Option<Utf8Bytes> {
         None
     }
     /// Feed `feed` caught up and is live from `seq` on.
@@ -299,9 +306,11 @@ pub trait Dialect: Send + Sync + 'static {
     fn ordered(&self) -> bool {
         false
     }
-    /// When the connection must have authenticated in-band (None: no
-    /// deadline); past it the socket is closed with 1008.
-    fn deadline(&self) -> Option<tokio::time::Instant> {
+    /// How long after the connection opened it must have authenticated
+    /// in band (None: no deadline, or done); past it the driver closes the
+    /// socket with 1008. (A duration, not an instant: the driver keeps the
+    /// timer, the dialect reads no clock.)
+    fn auth_timeout(&self) -> Option<std::time::Duration> {
         None
     }
     /// A frame as it goes out: text, or (a protocol that compresses) a

@@ -171,13 +171,13 @@ fn client_messages_in_effects_out() {
         c.reply(t2, Reply::Written(Err(refused))).reply(),
         "bad key",
     );
-    let f = c.dialect.refuse(Refusal::Binary);
+    let f = c.dialect.refuse(Refusal::Binary, NOW);
     assert_fits(
         &json!({"code": 400, "reason": "binary_unsupported"}),
         &parse(&f),
         "binary",
     );
-    let f = c.dialect.refuse(Refusal::TooLarge { len: 9, max: 8 });
+    let f = c.dialect.refuse(Refusal::TooLarge { len: 9, max: 8 }, NOW);
     assert_fits(
         &json!({"code": 413, "reason": "too_large"}),
         &parse(&f),

@@ -36,6 +36,12 @@ use std::time::{Duration, Instant};
 
 pub const SECRET: &[u8] = b"a table test secret of 32 bytes!";
 
+/// The time every input of a table test is given (2026-01-01T00:00:00Z),
+/// so the timestamps in frames are checked exactly.
+pub const NOW: u64 = 1_767_225_600_000;
+/// [`NOW`] as the seeds' ISO timestamps render it.
+pub const NOW_ISO: &str = "2026-01-01T00:00:00.000Z";
+
 /// An engine in a temporary directory and the context handlers get.
 pub struct Bench {
     pub ctx: Ctx,
@@ -220,7 +226,7 @@ impl<D: Dialect> Conn<D> {
         };
         let mut e = Effects::of(h, self.engine.as_deref());
         if let Some((token, reply)) = made {
-            let h = self.dialect.reply(token, reply);
+            let h = self.dialect.reply(token, reply, NOW);
             let answered = self.effects(h);
             e.later.extend(answered.now);
             e.later.extend(answered.later);
@@ -229,18 +235,18 @@ impl<D: Dialect> Conn<D> {
     }
 
     pub fn open(&mut self) -> Effects {
-        let h = self.dialect.open();
+        let h = self.dialect.open(NOW);
         self.effects(h)
     }
 
     pub fn text(&mut self, frame: &str) -> Effects {
-        let h = self.dialect.on_text(frame);
+        let h = self.dialect.on_text(frame, NOW);
         self.effects(h)
     }
 
     /// Feed the result of the call made with `token`.
     pub fn reply(&mut self, token: u64, reply: Reply) -> Effects {
-        let h = self.dialect.reply(token, reply);
+        let h = self.dialect.reply(token, reply, NOW);
         self.effects(h)
     }
 

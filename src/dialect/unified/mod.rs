@@ -343,15 +343,15 @@ impl Unified {
 }
 
 impl Dialect for Unified {
-    fn open(&mut self) -> Handled {
+    fn open(&mut self, _: u64) -> Handled {
         Handled::default()
     }
 
-    fn on_text(&mut self, text: &str) -> Handled {
+    fn on_text(&mut self, text: &str, _: u64) -> Handled {
         self.handle(text)
     }
 
-    fn reply(&mut self, token: u64, reply: Reply) -> Handled {
+    fn reply(&mut self, token: u64, reply: Reply, _: u64) -> Handled {
         match (self.pushes.remove(&token), reply) {
             (Some(pushed), Reply::Written(r)) => Handled {
                 now: self.pushed(pushed, r),
@@ -364,7 +364,7 @@ impl Dialect for Unified {
     /// A gzipped message (what RHTMX's clients send for 1 KiB and more):
     /// decompressed up to the frame limit; a client that compresses gets
     /// large frames compressed too.
-    fn on_binary(&mut self, data: &[u8]) -> Handled {
+    fn on_binary(&mut self, data: &[u8], _: u64) -> Handled {
         match crate::dialect::gzip::gunzip_text(data, self.max_frame_bytes) {
             Ok(t) => {
                 self.compress = true;
@@ -380,7 +380,7 @@ impl Dialect for Unified {
         }
     }
 
-    fn refuse(&mut self, why: crate::dialect::Refusal) -> String {
+    fn refuse(&mut self, why: crate::dialect::Refusal, _: u64) -> String {
         use crate::dialect::Refusal as R;
         let c = match why {
             R::Binary => code::BINARY,
@@ -390,9 +390,9 @@ impl Dialect for Unified {
         self.error(Refusal::new(c, why.message()))
     }
 
-    fn refuse_follow(&mut self, feed: u64, why: crate::dialect::Refusal) -> String {
+    fn refuse_follow(&mut self, feed: u64, why: crate::dialect::Refusal, now_ms: u64) -> String {
         self.feeds.remove(&feed);
-        self.refuse(why)
+        self.refuse(why, now_ms)
     }
 
     /// An entity-level `change` carries the entity's whole state: known for
@@ -429,6 +429,7 @@ impl Dialect for Unified {
         collection: &str,
         id: &str,
         e: &StoredEntity,
+        _: u64,
         out: &mut Vec<Utf8Bytes>,
     ) {
         let Some((kind, _)) = self.feeds.get(&feed) else {
