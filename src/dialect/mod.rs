@@ -59,8 +59,6 @@ pub struct Shared {
     pub settings: ConnSettings,
     /// Flips to true when shutdown starts.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
-    /// Shutdown waits for every connection actor to finish.
-    pub conns: crate::net::ConnTracker,
     /// Counters of the connection layer (idle timeouts).
     pub net: Arc<crate::net::stats::NetStats>,
     /// Starts a round with the upstream hub now, when there is one
@@ -181,7 +179,6 @@ pub struct ConnCtx {
     pub signal: Arc<ConnSignal>,
     /// The endpoint path, for the per-endpoint connection gauge.
     endpoint: &'static str,
-    _track: crate::net::ConnToken,
 }
 
 impl ConnCtx {
@@ -194,7 +191,6 @@ impl ConnCtx {
         m.connections.fetch_add(1, Relaxed);
         m.connections_total.fetch_add(1, Relaxed);
         m.endpoint_conn(endpoint, true);
-        let track = state.conns.enter();
         ConnCtx {
             link: ConnLink {
                 conn: id,
@@ -206,7 +202,6 @@ impl ConnCtx {
             rx,
             signal,
             endpoint,
-            _track: track,
         }
     }
 }

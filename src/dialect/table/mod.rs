@@ -86,7 +86,6 @@ impl Bench {
                 forms: Arc::new(forms),
             },
             shutdown,
-            conns: Default::default(),
             net: Default::default(),
             upstream: None,
         });
