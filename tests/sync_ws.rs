@@ -387,3 +387,25 @@ async fn a_lagging_client_recovers_every_change_in_order() {
     assert!(resyncs >= 1.0, "the lag path was exercised:\n{metrics}");
     relay.shutdown().await.unwrap();
 }
+
+/// The welcome is sent once the client's feed is live: whatever is
+/// published or written right after the client reads it reaches it. (The
+/// feed used to be registered only after the welcome went out, and an
+/// event in between was lost.) Many rounds, each published the instant
+/// the welcome arrives, from inside the relay so no round trip hides the
+/// window.
+#[tokio::test]
+async fn anything_published_after_the_welcome_reaches_the_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start(config(dir.path())).await;
+    let engine = relay.state.engine.clone();
+    for round in 0..40 {
+        let (mut c, _) = sync_client(relay.addr, "").await;
+        let payload = json!({ "round": round });
+        engine.publish("default", "sync:file-event", payload.clone(), "t", None);
+        let e = c.recv().await;
+        assert_eq!(e["type"], "event", "round {round}: {e}");
+        assert_eq!(e["payload"], payload, "round {round}");
+    }
+    relay.shutdown().await.unwrap();
+}

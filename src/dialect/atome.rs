@@ -28,16 +28,10 @@ pub const UNKNOWN: &str = "unknown-type";
 pub const FAILED: &str = "request-failed";
 
 /// Engine errors in the atome dialects: the HTTP status `/api/atome`
-/// answers with, and the error code of every atome endpoint. The seeds
-/// have one code for bad input and one for everything else.
+/// answers with, and the error code of every atome endpoint (their column
+/// of `dialect::errors`).
 pub fn wire(class: ErrorClass) -> (u16, &'static str) {
-    match class {
-        ErrorClass::Invalid | ErrorClass::Schema => (400, INVALID),
-        ErrorClass::Precondition => (409, FAILED),
-        ErrorClass::DiskFull => (507, FAILED),
-        ErrorClass::Unavailable => (503, FAILED),
-        ErrorClass::Storage => (500, FAILED),
-    }
+    super::errors::wire(class).atome
 }
 
 /// Why a message cannot be mapped to an atome write. The message names the

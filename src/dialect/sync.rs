@@ -17,7 +17,7 @@ use super::{Call, Dialect, Follow, Handled, Opening, Publish, Refusal, Refused, 
 use crate::auth::Grant;
 use crate::dialect::Ctx;
 use crate::engine::Committed;
-use crate::engine::{now_ms, Event, Filter};
+use crate::engine::{Event, Filter};
 use crate::store::StoredEntity;
 use axum::extract::ws::Utf8Bytes;
 use axum::http::HeaderMap;
@@ -33,15 +33,9 @@ pub fn accept(
     query: &HashMap<String, String>,
 ) -> Result<Opening<SyncProto>, Refused> {
     let (grant, space) = super::admit_space(state, headers, query)?;
-    let state = state.clone();
-    Ok(Opening::new("/ws/sync", move |_| SyncProto {
-        metrics: state.engine.metrics.clone(),
-        upstream: state.upstream.clone(),
-        space,
-        grant,
-        client_id: format!("client_{}", atome::random_id()),
-        writes: HashMap::new(),
-        next_token: 0,
+    let (metrics, upstream) = (state.engine.metrics.clone(), state.upstream.clone());
+    Ok(Opening::new("/ws/sync", move |_| {
+        SyncProto::new(grant, space, metrics, upstream)
     }))
 }
 
@@ -285,6 +279,26 @@ pub struct SyncProto {
 }
 
 impl SyncProto {
+    /// One connection to `space` with the handshake's `grant`, named by
+    /// the relay until it registers; `sync_request` wakes `upstream` (None:
+    /// this relay has no upstream).
+    pub fn new(
+        grant: Grant,
+        space: String,
+        metrics: Arc<crate::metrics::Metrics>,
+        upstream: Option<super::Wake>,
+    ) -> SyncProto {
+        SyncProto {
+            metrics,
+            upstream,
+            space,
+            grant,
+            client_id: format!("client_{}", atome::random_id()),
+            writes: HashMap::new(),
+            next_token: 0,
+        }
+    }
+
     fn error(&self, code: &str, message: &str, rid: &Value) -> String {
         self.metrics.errors_sent.fetch_add(1, Relaxed);
         error_frame(code, message, rid)
@@ -300,17 +314,17 @@ impl SyncProto {
         }
     }
 
-    fn serve(&mut self, req: Request, rid: Value) -> Handled {
+    fn serve(&mut self, req: Request, rid: Value, now_ms: u64) -> Handled {
         match req {
             Request::Register { client_id } => {
                 if let Some(id) = client_id {
                     self.client_id = id;
                 }
-                Handled::reply(welcome_frame(&self.client_id, &rid, now_ms()))
+                Handled::reply(welcome_frame(&self.client_id, &rid, now_ms))
             }
             Request::Ping { timestamp } => {
                 let ts = if timestamp.is_null() {
-                    now_ms().into()
+                    now_ms.into()
                 } else {
                     timestamp
                 };
@@ -331,7 +345,7 @@ impl SyncProto {
                     None => "local",
                 };
                 Handled::reply(with_rid(
-                    object(json!({"type": "sync_started", "mode": mode, "timestamp": now_ms()})),
+                    object(json!({"type": "sync_started", "mode": mode, "timestamp": now_ms})),
                     &rid,
                 ))
             }
@@ -384,9 +398,9 @@ impl SyncProto {
 impl Dialect for SyncProto {
     /// The welcome, then the space: atome entities and ephemeral events
     /// (seed 000 has no mapping for other collections).
-    fn open(&mut self) -> Handled {
+    fn open(&mut self, now_ms: u64) -> Handled {
         Handled {
-            now: vec![welcome_frame(&self.client_id, &Value::Null, now_ms())],
+            now: vec![welcome_frame(&self.client_id, &Value::Null, now_ms)],
             follow: vec![Follow {
                 key: 0,
                 space: self.space.clone(),
@@ -405,7 +419,7 @@ impl Dialect for SyncProto {
         false
     }
 
-    fn reply(&mut self, token: u64, reply: Reply) -> Handled {
+    fn reply(&mut self, token: u64, reply: Reply, _: u64) -> Handled {
         let rid = self.writes.remove(&token).unwrap_or(Value::Null);
         match reply {
             Reply::Written(Err(e)) => {
@@ -416,14 +430,14 @@ impl Dialect for SyncProto {
         }
     }
 
-    fn on_text(&mut self, text: &str) -> Handled {
+    fn on_text(&mut self, text: &str, now_ms: u64) -> Handled {
         match parse(text) {
-            (rid, Ok(req)) => self.serve(req, rid),
+            (rid, Ok(req)) => self.serve(req, rid, now_ms),
             (rid, Err(b)) => Handled::reply(self.error(b.code, &b.message, &rid)),
         }
     }
 
-    fn refuse(&mut self, why: Refusal) -> String {
+    fn refuse(&mut self, why: Refusal, _: u64) -> String {
         self.error(INVALID, &why.message(), &Value::Null)
     }
 
@@ -453,17 +467,19 @@ impl Dialect for SyncProto {
         collection: &str,
         id: &str,
         e: &StoredEntity,
+        now_ms: u64,
         out: &mut Vec<Utf8Bytes>,
     ) {
         if collection == atome::COLLECTION {
-            out.push(snapshot_frame(id, e, now_ms()).into());
+            out.push(snapshot_frame(id, e, now_ms).into());
         }
     }
 
-    fn event(&mut self, _: u64, e: &Event) -> Option<Utf8Bytes> {
+    /// Rendered once for every subscriber (the first one's time).
+    fn event(&mut self, _: u64, e: &Event, now_ms: u64) -> Option<Utf8Bytes> {
         Some(
             e.rendered
-                .get_or(SLOT_SYNC, || event_frame(&e.topic, &e.payload, now_ms())),
+                .get_or(SLOT_SYNC, || event_frame(&e.topic, &e.payload, now_ms)),
         )
     }
 }

@@ -989,6 +989,19 @@ impl Engine {
         Ok(Some(out))
     }
 
+    /// A subscription live from now, with nothing to replay: registered
+    /// with fan-out at once. Its id and the last seq before it (live
+    /// deliveries start right after).
+    pub fn subscribe_live(
+        &self,
+        space: &str,
+        filter: Filter,
+        link: ConnLink,
+    ) -> Result<(u64, u64), EngineError> {
+        validate::validate_name("space", space)?;
+        Ok(self.hub.register(space, link, filter))
+    }
+
     pub fn unsubscribe(&self, space: &str, id: u64) {
         self.hub.unregister(space, id);
     }

@@ -28,9 +28,8 @@ pub fn accept(
     // Every change committed from the handshake on: the feed starts here
     // even if the body is first polled a moment later.
     let since = state.engine.hub().last_seq();
-    Ok(Opening::new("/api/sync/events", move |_| Events {
-        space: c.space,
-        since,
+    Ok(Opening::new("/api/sync/events", move |_| {
+        Events::new(c.space, since)
     }))
 }
 
@@ -40,8 +39,15 @@ pub struct Events {
     since: u64,
 }
 
+impl Events {
+    /// The stream of `space`'s changes committed after `since`.
+    pub fn new(space: String, since: u64) -> Events {
+        Events { space, since }
+    }
+}
+
 impl Dialect for Events {
-    fn open(&mut self) -> Handled {
+    fn open(&mut self, _: u64) -> Handled {
         Handled {
             follow: vec![Follow {
                 key: 0,
@@ -57,11 +63,11 @@ impl Dialect for Events {
     }
 
     /// An SSE client sends nothing; never called.
-    fn on_text(&mut self, _: &str) -> Handled {
+    fn on_text(&mut self, _: &str, _: u64) -> Handled {
         Handled::default()
     }
 
-    fn refuse(&mut self, why: Refusal) -> String {
+    fn refuse(&mut self, why: Refusal, _: u64) -> String {
         serde_json::json!({"error": why.message(), "code": "refused"}).to_string()
     }
 
@@ -93,6 +99,7 @@ impl Dialect for Events {
         collection: &str,
         id: &str,
         e: &StoredEntity,
+        _: u64,
         out: &mut Vec<Utf8Bytes>,
     ) {
         let change = proto::entity_change(collection, id, e, None);

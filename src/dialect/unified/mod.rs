@@ -9,10 +9,13 @@ pub mod events;
 pub mod http;
 pub mod proto;
 
-use super::{admit, Call, Dialect, Failed, Follow, Handled, Opening, Read, Refused, Reply, Since};
+use super::{
+    admit, Call, Dialect, Failed, Follow, Handled, Opening, Query, Read, Refused, Reply, Rows,
+    Since,
+};
 use crate::auth::Grant;
 use crate::dialect::Ctx;
-use crate::engine::{Committed, Engine, EngineError, ErrorClass, Filter};
+use crate::engine::{Committed, EngineError, ErrorClass, Filter};
 use crate::metrics::Metrics;
 use crate::store::{Outcome, StoredEntity};
 use axum::extract::ws::{Message, Utf8Bytes};
@@ -34,41 +37,57 @@ pub fn accept(
     query: &HashMap<String, String>,
 ) -> Result<Opening<Unified>, Refused> {
     let grant = admit(state, headers, query)?;
-    let space = query
-        .get("space")
-        .cloned()
-        .unwrap_or_else(|| "default".into());
-    crate::engine::validate_name("space", &space)
-        .map_err(|e| (StatusCode::BAD_REQUEST, format!("{e}\n")))?;
-    // The seed's ChangeLog carries a client_id; a client may name itself.
-    let client_id = query
-        .get("client_id")
-        .filter(|c| crate::engine::validate_name("client_id", c).is_ok())
-        .cloned();
-    // Whether large frames go out gzipped: RHTMX's clients on the two
-    // backward-compatible endpoints always decompress binary frames, so
-    // there the relay compresses as the real server does; on `/api/ws`
-    // only for a client that asks (or that compresses itself).
-    let compress = match query.get("compression").map(String::as_str) {
-        Some("gzip") => true,
-        Some("off") | Some("none") => false,
-        _ => endpoint != Endpoint::Unified,
-    };
-    let state = state.clone();
-    Ok(Opening::new(endpoint.path(), move |conn| Unified {
-        metrics: state.engine.metrics.clone(),
-        forms: state.settings.forms.clone(),
-        max_frame_bytes: state.settings.max_frame_bytes,
-        client_id: client_id.unwrap_or_else(|| format!("c{}", conn.id)),
-        grant,
-        endpoint,
-        space,
-        compress,
-        feeds: HashMap::new(),
-        next_key: 0,
-        pushes: HashMap::new(),
-        next_token: 0,
+    let client = Client::of(endpoint, grant, query)?;
+    let (forms, max_frame_bytes) = (state.settings.forms.clone(), state.settings.max_frame_bytes);
+    let metrics = state.engine.metrics.clone();
+    Ok(Opening::new(endpoint.path(), move |conn| {
+        Unified::new(client, conn.id, forms, max_frame_bytes, metrics)
     }))
+}
+
+/// What a connection's handshake settled.
+pub struct Client {
+    pub endpoint: Endpoint,
+    pub grant: Grant,
+    pub space: String,
+    /// The name the client gave itself (None: the relay names it after the
+    /// connection): a ChangeLog of its writes carries it, and it is their
+    /// actor when the client is anonymous.
+    pub client_id: Option<String>,
+    /// Whether large frames go out gzipped from the start.
+    pub compress: bool,
+}
+
+impl Client {
+    /// The handshake's query: `?space=` (default `default`; a bad name is
+    /// 400), `?client_id=` (ignored unless a valid name), `?compression=`.
+    pub fn of(
+        endpoint: Endpoint,
+        grant: Grant,
+        query: &HashMap<String, String>,
+    ) -> Result<Client, Refused> {
+        let space = crate::dialect::space_of(query)?;
+        let client_id = query
+            .get("client_id")
+            .filter(|c| crate::engine::validate_name("client_id", c).is_ok())
+            .cloned();
+        // Whether large frames go out gzipped: RHTMX's clients on the two
+        // backward-compatible endpoints always decompress binary frames, so
+        // there the relay compresses as the real server does; on `/api/ws`
+        // only for a client that asks (or that compresses itself).
+        let compress = match query.get("compression").map(String::as_str) {
+            Some("gzip") => true,
+            Some("off") | Some("none") => false,
+            _ => endpoint != Endpoint::Unified,
+        };
+        Ok(Client {
+            endpoint,
+            grant,
+            space,
+            client_id,
+            compress,
+        })
+    }
 }
 
 /// What a feed delivers: entity changes or field changes.
@@ -116,18 +135,9 @@ enum Pushed {
 }
 
 /// Engine errors in seed 004: the `error` code (sockets) and the HTTP
-/// status (the HTTP API) of each class.
+/// status (the HTTP API) of each class (its column of `dialect::errors`).
 pub fn wire(class: ErrorClass) -> (&'static str, StatusCode) {
-    match class {
-        ErrorClass::Invalid => (code::INVALID_FIELD, StatusCode::BAD_REQUEST),
-        ErrorClass::Schema => (code::SCHEMA_VIOLATION, StatusCode::BAD_REQUEST),
-        ErrorClass::DiskFull => (code::DISK_FULL, StatusCode::INSUFFICIENT_STORAGE),
-        ErrorClass::Unavailable => (code::UNAVAILABLE, StatusCode::SERVICE_UNAVAILABLE),
-        // Pushes carry no precondition; listed for completeness.
-        ErrorClass::Precondition | ErrorClass::Storage => {
-            (code::STORAGE_FAILED, StatusCode::INTERNAL_SERVER_ERROR)
-        }
-    }
+    super::errors::wire(class).unified
 }
 
 /// An engine error as an `error` frame: its code from [`wire`], its
@@ -148,6 +158,31 @@ pub(crate) fn engine_error(e: &EngineError) -> Refusal {
 }
 
 impl Unified {
+    /// Connection `conn` of `client`, validating forms against `forms`,
+    /// taking gzipped frames up to `max_frame_bytes` unpacked.
+    pub fn new(
+        client: Client,
+        conn: u64,
+        forms: Arc<crate::schema::SchemaSet>,
+        max_frame_bytes: usize,
+        metrics: Arc<Metrics>,
+    ) -> Unified {
+        Unified {
+            metrics,
+            forms,
+            max_frame_bytes,
+            client_id: client.client_id.unwrap_or_else(|| format!("c{conn}")),
+            grant: client.grant,
+            endpoint: client.endpoint,
+            space: client.space,
+            compress: client.compress,
+            feeds: HashMap::new(),
+            next_key: 0,
+            pushes: HashMap::new(),
+            next_token: 0,
+        }
+    }
+
     fn actor(&self) -> String {
         if self.grant.sub == "anonymous" {
             self.client_id.clone()
@@ -352,15 +387,15 @@ impl Unified {
 }
 
 impl Dialect for Unified {
-    fn open(&mut self) -> Handled {
+    fn open(&mut self, _: u64) -> Handled {
         Handled::default()
     }
 
-    fn on_text(&mut self, text: &str) -> Handled {
+    fn on_text(&mut self, text: &str, _: u64) -> Handled {
         self.handle(text)
     }
 
-    fn reply(&mut self, token: u64, reply: Reply) -> Handled {
+    fn reply(&mut self, token: u64, reply: Reply, _: u64) -> Handled {
         match (self.pushes.remove(&token), reply) {
             (Some(pushed), Reply::Written(r)) => Handled {
                 now: self.pushed(pushed, r),
@@ -373,7 +408,7 @@ impl Dialect for Unified {
     /// A gzipped message (what RHTMX's clients send for 1 KiB and more):
     /// decompressed up to the frame limit; a client that compresses gets
     /// large frames compressed too.
-    fn on_binary(&mut self, data: &[u8]) -> Handled {
+    fn on_binary(&mut self, data: &[u8], _: u64) -> Handled {
         match crate::dialect::gzip::gunzip_text(data, self.max_frame_bytes) {
             Ok(t) => {
                 self.compress = true;
@@ -389,7 +424,7 @@ impl Dialect for Unified {
         }
     }
 
-    fn refuse(&mut self, why: crate::dialect::Refusal) -> String {
+    fn refuse(&mut self, why: crate::dialect::Refusal, _: u64) -> String {
         use crate::dialect::Refusal as R;
         let c = match why {
             R::Binary => code::BINARY,
@@ -399,9 +434,9 @@ impl Dialect for Unified {
         self.error(Refusal::new(c, why.message()))
     }
 
-    fn refuse_follow(&mut self, feed: u64, why: crate::dialect::Refusal) -> String {
+    fn refuse_follow(&mut self, feed: u64, why: crate::dialect::Refusal, now_ms: u64) -> String {
         self.feeds.remove(&feed);
-        self.refuse(why)
+        self.refuse(why, now_ms)
     }
 
     /// An entity-level `change` carries the entity's whole state: known for
@@ -438,6 +473,7 @@ impl Dialect for Unified {
         collection: &str,
         id: &str,
         e: &StoredEntity,
+        _: u64,
         out: &mut Vec<Utf8Bytes>,
     ) {
         let Some((kind, _)) = self.feeds.get(&feed) else {
@@ -488,24 +524,48 @@ struct SyncRead {
 }
 
 impl Read for SyncRead {
-    fn page(&mut self, engine: &Engine) -> Result<Option<Vec<String>>, EngineError> {
-        if self.done {
-            return Ok(None);
-        }
-        let (_, page) = proto_sync_page(engine, &self.space, &self.entity, self.after, PAGE)?;
+    fn query(&mut self) -> Option<Query> {
+        (!self.done).then(|| sync_query(&self.space, &self.entity, self.after, PAGE))
+    }
+
+    fn rows(&mut self, rows: Rows) -> Vec<String> {
+        let (_, page) = sync_changes(&self.entity, rows);
         self.done = page.len() < PAGE;
         let mut frames = Vec::with_capacity(page.len());
         for change in page {
             self.after = u64::try_from(change.version).unwrap_or(self.after);
             frames.push(proto::render(&UnifiedMessage::Change { change }));
         }
-        Ok(Some(frames))
+        frames
     }
 }
 
-/// One page of `sync` (and the HTTP sync API): the entities of `entity`
-/// changed after per-type version `after`, as `ChangeLog`s, with the type's
-/// latest version.
+/// The read of one page of `sync` (and of the HTTP sync API): up to
+/// `limit` entities of `entity` changed after per-type version `after`.
+pub(crate) fn sync_query(space: &str, entity: &str, after: u64, limit: usize) -> Query {
+    Query::TypeChanges {
+        space: space.into(),
+        collection: entity.into(),
+        after,
+        limit,
+    }
+}
+
+/// A [`sync_query`]'s rows as `ChangeLog`s, with the type's latest
+/// version (other rows: none).
+pub(crate) fn sync_changes(entity: &str, rows: Rows) -> (u64, Vec<proto::ChangeLog>) {
+    let Rows::TypeChanges { latest, items } = rows else {
+        return (0, Vec::new());
+    };
+    let changes = items
+        .iter()
+        .map(|(id, e, newest)| proto::entity_change(entity, id, e, newest.as_ref()))
+        .collect();
+    (latest, changes)
+}
+
+/// One page of `sync` read now (blocking: callers run it off the async
+/// workers).
 pub(crate) fn proto_sync_page(
     engine: &crate::engine::Engine,
     space: &str,
@@ -513,13 +573,8 @@ pub(crate) fn proto_sync_page(
     after: u64,
     limit: usize,
 ) -> Result<(u64, Vec<proto::ChangeLog>), EngineError> {
-    let (latest, ents) = engine.type_changes(space, entity, after, limit)?;
-    let mut out = Vec::with_capacity(ents.len());
-    for (id, e) in ents {
-        let newest = engine.log_entry(e.seq)?;
-        out.push(proto::entity_change(entity, &id, &e, newest.as_ref()));
-    }
-    Ok((latest, out))
+    let rows = sync_query(space, entity, after, limit).run(engine)?;
+    Ok(sync_changes(entity, rows))
 }
 
 #[cfg(test)]
