@@ -69,12 +69,7 @@ fn admit(
             "connection limit reached\n".into(),
         ));
     }
-    let space = query
-        .get("space")
-        .cloned()
-        .unwrap_or_else(|| "default".into());
-    crate::engine::validate_name("space", &space)
-        .map_err(|e| (StatusCode::BAD_REQUEST, format!("{e}\n")))?;
+    let space = super::space_of(query)?;
     let pending = Grant {
         sub: "anonymous".into(),
         scope: None,

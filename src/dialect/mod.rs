@@ -125,6 +125,18 @@ pub fn admit(
     })
 }
 
+/// The space a handshake names in `?space=` (default `default`); a bad
+/// name is 400.
+pub fn space_of(query: &HashMap<String, String>) -> Result<String, Refused> {
+    let space = query
+        .get("space")
+        .cloned()
+        .unwrap_or_else(|| "default".into());
+    crate::engine::validate_name("space", &space)
+        .map_err(|e| (StatusCode::BAD_REQUEST, format!("{e}\n")))?;
+    Ok(space)
+}
+
 /// Handshake checks of a one-space dialect: admission (401/503), then the
 /// space from `?space=` (default `default`): a bad name is 400, a token
 /// without read access to it 403. Refusals happen before any upgrade.
@@ -135,12 +147,7 @@ pub fn admit_space(
 ) -> Result<(crate::auth::Grant, String), (axum::http::StatusCode, String)> {
     use axum::http::StatusCode;
     let grant = admit(state, headers, query)?;
-    let space = query
-        .get("space")
-        .cloned()
-        .unwrap_or_else(|| "default".into());
-    crate::engine::validate_name("space", &space)
-        .map_err(|e| (StatusCode::BAD_REQUEST, format!("{e}\n")))?;
+    let space = space_of(query)?;
     if !grant.can_read(&space) {
         return Err((
             StatusCode::FORBIDDEN,

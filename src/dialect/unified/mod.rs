@@ -66,12 +66,7 @@ impl Client {
         grant: Grant,
         query: &HashMap<String, String>,
     ) -> Result<Client, Refused> {
-        let space = query
-            .get("space")
-            .cloned()
-            .unwrap_or_else(|| "default".into());
-        crate::engine::validate_name("space", &space)
-            .map_err(|e| (StatusCode::BAD_REQUEST, format!("{e}\n")))?;
+        let space = crate::dialect::space_of(query)?;
         let client_id = query
             .get("client_id")
             .filter(|c| crate::engine::validate_name("client_id", c).is_ok())
