@@ -37,7 +37,7 @@ pub mod upgrade;
 pub mod ws;
 
 pub use tracker::{ConnToken, ConnTracker};
-pub use upgrade::{Adopt, Upgrade};
+pub use upgrade::{Adopt, Upgrade, WsStream};
 
 use admission::{Admission, ConnSlot, HandshakeSlot, Limits};
 use futures_util::FutureExt;
