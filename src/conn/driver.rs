@@ -13,10 +13,11 @@
 //! A client that stops reading is cut off by the socket's write timeout
 //! (`net::io`), which every write here goes through.
 //!
-//! The driver makes the engine calls its dialect asks for ([`Call`],
-//! [`Publish`], [`Read`]) and feeds their results back; every store read
-//! (a `Get`, a paged read, a catch-up page, the entity states a change is
-//! rendered with) runs on tokio's blocking pool, never on a worker.
+//! The driver makes the engine calls and store reads its dialect asks for
+//! ([`Call`], [`Publish`], a [`Read`]'s queries) and feeds their results
+//! back; every store read (a `Get`, a paged read's query, a catch-up page,
+//! the entity states a change is rendered with) runs on tokio's blocking
+//! pool, never on a worker.
 
 use super::feed::{Feed, Pages};
 use super::socket::{Gone, Socket};
@@ -122,7 +123,8 @@ pub async fn run<D: Dialect>(socket: Socket, cc: ConnCtx, dialect: D) {
 
 impl<D: Dialect> Driver<D> {
     async fn serve(&mut self) -> End {
-        let opened = self.dialect.open();
+        let opened_at = tokio::time::Instant::now();
+        let opened = self.dialect.open(self.now_ms());
         if let Err(e) = self.apply(opened).await {
             return e;
         }
@@ -134,7 +136,7 @@ impl<D: Dialect> Driver<D> {
             } else {
                 self.pending.len() < max_inflight
             };
-            let deadline = self.dialect.deadline();
+            let deadline = self.dialect.auth_timeout().map(|d| opened_at + d);
             let step: Result<(), End> = tokio::select! {
                 biased;
                 _ = shutdown.changed() => return self.drain().await,
@@ -170,7 +172,8 @@ impl<D: Dialect> Driver<D> {
             match a {
                 Answer::Frames(f) => frames.extend(f.into_iter().map(Utf8Bytes::from)),
                 Answer::Reply(token, reply) => {
-                    let mut h = self.dialect.reply(token, reply);
+                    let now_ms = self.now_ms();
+                    let mut h = self.dialect.reply(token, reply, now_ms);
                     frames.extend(std::mem::take(&mut h.now).into_iter().map(Utf8Bytes::from));
                     let more = h.publish.is_some()
                         || h.read.is_some()
@@ -207,6 +210,12 @@ impl<D: Dialect> Driver<D> {
         }
     }
 
+    /// The time a dialect is given with each input: the relay's clock
+    /// (the engine's, which stamps the writes too).
+    fn now_ms(&self) -> u64 {
+        self.cc.state.engine.clock().now_ms()
+    }
+
     /// Start an engine call; its answer joins the in-flight queue.
     fn call(&mut self, token: u64, call: Call) {
         let engine = self.cc.state.engine.clone();
@@ -232,12 +241,14 @@ impl<D: Dialect> Driver<D> {
 
     async fn on_message(&mut self, msg: Message) -> Result<(), End> {
         let max = self.cc.state.settings.max_frame_bytes;
+        let now_ms = self.now_ms();
         let handled = match msg {
-            Message::Text(t) if t.len() > max => {
-                Handled::reply(self.dialect.refuse(Refusal::TooLarge { len: t.len(), max }))
-            }
-            Message::Text(t) => self.dialect.on_text(&t),
-            Message::Binary(b) => self.dialect.on_binary(&b),
+            Message::Text(t) if t.len() > max => Handled::reply(
+                self.dialect
+                    .refuse(Refusal::TooLarge { len: t.len(), max }, now_ms),
+            ),
+            Message::Text(t) => self.dialect.on_text(&t, now_ms),
+            Message::Binary(b) => self.dialect.on_binary(&b, now_ms),
             Message::Close(_) => return Err(End::Gone),
             Message::Ping(_) | Message::Pong(_) => return Ok(()),
         };
@@ -323,27 +334,17 @@ impl<D: Dialect> Driver<D> {
         true
     }
 
-    /// Run a paged read, each page on a blocking thread, sending each
-    /// page's frames before the next is read; the follows it asks for.
+    /// Run a paged read: each of its queries on a blocking thread, each
+    /// page's frames sent before the next query is made; the follows it
+    /// asks for once done.
     async fn read(&mut self, mut read: Box<dyn Read>) -> Result<Vec<Follow>, End> {
-        loop {
+        while let Some(query) = read.query() {
             let engine = self.cc.state.engine.clone();
-            let (back, page) = tokio::task::spawn_blocking(move || {
-                let page = read.page(&engine);
-                (read, page)
-            })
-            .await
-            .map_err(|e| {
-                tracing::warn!(error = %e, "a read task failed; closing the connection");
-                End::Close(1011, "relay storage error")
-            })?;
-            read = back;
-            match page {
-                Ok(Some(frames)) => {
-                    let frames = frames.into_iter().map(Utf8Bytes::from);
+            match off_worker(move || query.run(&engine)).await {
+                Ok(rows) => {
+                    let frames = read.rows(rows).into_iter().map(Utf8Bytes::from);
                     self.socket.send_all(frames, &self.dialect).await?;
                 }
-                Ok(None) => return Ok(read.then()),
                 Err(e) => {
                     let failed = self.dialect.read_failed(&e);
                     self.failed(failed, &e).await?;
@@ -351,6 +352,7 @@ impl<D: Dialect> Driver<D> {
                 }
             }
         }
+        Ok(read.then())
     }
 
     /// Answer a failed read or feed the dialect's way.
@@ -382,9 +384,10 @@ impl<D: Dialect> Driver<D> {
                 self.cc.state.engine.unsubscribe(&old.space, id);
             }
         } else if self.feeds.len() >= max {
+            let now_ms = self.now_ms();
             let frame = self
                 .dialect
-                .refuse_follow(f.key, Refusal::TooManyFeeds { max });
+                .refuse_follow(f.key, Refusal::TooManyFeeds { max }, now_ms);
             self.cc
                 .state
                 .engine
@@ -565,6 +568,7 @@ impl<D: Dialect> Driver<D> {
         }
         .into_iter();
         self.out.clear();
+        let now_ms = self.now_ms();
         for item in items {
             match item {
                 Item::Change(key, c) => {
@@ -576,14 +580,14 @@ impl<D: Dialect> Driver<D> {
                     self.dialect.change(key, &c, state.as_ref(), &mut self.out);
                 }
                 Item::Event(key, e) => {
-                    if let Some(f) = self.dialect.event(key, &e) {
+                    if let Some(f) = self.dialect.event(key, &e, now_ms) {
                         self.out.push(f);
                     }
                 }
                 Item::Snapshot(key, s) => {
                     let (collection, id, entity) = &*s;
                     self.dialect
-                        .snapshot(key, collection, id, entity, &mut self.out)
+                        .snapshot(key, collection, id, entity, now_ms, &mut self.out)
                 }
             }
         }

@@ -13,7 +13,7 @@
 use super::atome::{self, AtomeWrite};
 use super::atome_sync::{actor, FORBIDDEN};
 use crate::dialect::Ctx;
-use crate::engine::{json_bytes, now_ms, off_worker, Engine, EngineError, ErrorClass, PAGE_BYTES};
+use crate::engine::{json_bytes, off_worker, Engine, EngineError, ErrorClass, PAGE_BYTES};
 use crate::store::{Cap, Expect};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -138,6 +138,12 @@ fn caller(
 }
 
 impl Caller {
+    /// The time answers carry: the relay's clock (`Engine::clock`, which
+    /// stamps the writes too), not the system's read here.
+    fn now_ms(&self) -> u64 {
+        self.state.engine.clock().now_ms()
+    }
+
     fn engine(&self) -> &Engine {
         &self.state.engine
     }
@@ -422,7 +428,7 @@ pub async fn delete(
     let c = caller(state, &headers, &query, Need::Write)?;
     c.write_existing(AtomeWrite::Delete { id: id.clone() })
         .await?;
-    let data = json!({"id": id, "deleted_at": atome::iso_ms(now_ms())});
+    let data = json!({"id": id, "deleted_at": atome::iso_ms(c.now_ms())});
     Ok(ok(
         StatusCode::OK,
         json!({"success": true, "atomeId": id, "data": data}),
@@ -458,7 +464,7 @@ pub async fn update(
         None => body,
     };
     let atome = alter(&c, &id, Value::Object(props.clone())).await?;
-    let data = json!({"id": id, "properties": props, "updated_at": atome::iso_ms(now_ms())});
+    let data = json!({"id": id, "properties": props, "updated_at": atome::iso_ms(c.now_ms())});
     Ok(with_data(data, atome))
 }
 
@@ -514,7 +520,7 @@ pub async fn alter_route(
         .map(|(k, v, _)| (k.clone(), v.clone()))
         .collect();
     let atome = alter(&c, &id, Value::Object(alteration)).await?;
-    let at = atome::iso_ms(now_ms());
+    let at = atome::iso_ms(c.now_ms());
     let applied: Vec<Value> = list
         .iter()
         .map(|(k, v, op)| {

@@ -15,7 +15,7 @@ use super::{Call, Dialect, Follow, Handled, Opening, Refusal, Refused, Reply, Si
 use crate::auth::Grant;
 use crate::dialect::Ctx;
 use crate::engine::Committed;
-use crate::engine::{now_ms, Filter};
+use crate::engine::Filter;
 use crate::store::StoredEntity;
 use axum::extract::ws::Utf8Bytes;
 use axum::http::{HeaderMap, StatusCode};
@@ -38,19 +38,15 @@ pub fn accept(
         .cloned()
         .unwrap_or_else(|| format!("client_{}", atome::random_id()));
     let state = state.clone();
-    Ok(Opening::new("/ws/atome-sync", move |conn| {
-        let deadline = (grant.scope.is_none()).then(|| tokio::time::Instant::now() + AUTH_TIMEOUT);
-        let _ = conn;
-        AtomeProto {
-            metrics: state.engine.metrics.clone(),
-            auth: state.auth.clone(),
-            space,
-            grant,
-            client_id,
-            deadline,
-            writes: HashMap::new(),
-            next_token: 0,
-        }
+    Ok(Opening::new("/ws/atome-sync", move |_| AtomeProto {
+        metrics: state.engine.metrics.clone(),
+        auth: state.auth.clone(),
+        space,
+        auth_due: grant.scope.is_none(),
+        grant,
+        client_id,
+        writes: HashMap::new(),
+        next_token: 0,
     }))
 }
 
@@ -234,8 +230,9 @@ pub struct AtomeProto {
     space: String,
     grant: Grant,
     client_id: String,
-    /// Set while in-band authentication is awaited.
-    deadline: Option<tokio::time::Instant>,
+    /// Set while in-band authentication is awaited (within
+    /// [`AUTH_TIMEOUT`] of the connection's start).
+    auth_due: bool,
     /// Writes in flight, by call token: the rid a refusal answers.
     writes: HashMap<u64, Value>,
     next_token: u64,
@@ -251,21 +248,21 @@ pub(super) fn actor(grant: &Grant, client_id: Option<&str>) -> String {
 }
 
 impl AtomeProto {
-    fn error(&self, code: &str, message: &str, rid: &Value) -> String {
+    fn error(&self, code: &str, message: &str, rid: &Value, now_ms: u64) -> String {
         self.metrics.errors_sent.fetch_add(1, Relaxed);
-        error_frame(code, message, rid, now_ms())
+        error_frame(code, message, rid, now_ms)
     }
 
     /// `{"type":"auth","token"}`: a token that verifies and may read this
     /// space becomes the connection's grant (its scopes apply from now on)
     /// and is answered `auth:success` with the `clientId`, as the real
     /// server does. A refused token leaves the grant as it was.
-    fn authenticate(&mut self, token: &str, rid: &Value) -> String {
-        let grant = match self.auth.verify(token, super::now_s()) {
+    fn authenticate(&mut self, token: &str, rid: &Value, now_ms: u64) -> String {
+        let grant = match self.auth.verify(token, now_ms / 1000) {
             Ok(g) => g,
             Err(e) => {
                 self.metrics.auth_failures.fetch_add(1, Relaxed);
-                return self.error(UNAUTHORIZED, &format!("unauthorized: {e}"), rid);
+                return self.error(UNAUTHORIZED, &format!("unauthorized: {e}"), rid, now_ms);
             }
         };
         if !grant.can_read(&self.space) {
@@ -273,19 +270,20 @@ impl AtomeProto {
                 FORBIDDEN,
                 &format!("no read access to space {:?}", self.space),
                 rid,
+                now_ms,
             );
         }
         self.grant = grant;
-        self.deadline = None;
+        self.auth_due = false;
         json!({"type": "auth:success", "clientId": self.client_id}).to_string()
     }
 }
 
 impl Dialect for AtomeProto {
     /// The welcome, then the space's atomes (no ephemeral events).
-    fn open(&mut self) -> Handled {
+    fn open(&mut self, now_ms: u64) -> Handled {
         Handled {
-            now: vec![welcome_frame(&self.client_id, now_ms())],
+            now: vec![welcome_frame(&self.client_id, now_ms)],
             follow: vec![Follow {
                 key: 0,
                 space: self.space.clone(),
@@ -304,28 +302,29 @@ impl Dialect for AtomeProto {
         false
     }
 
-    fn deadline(&self) -> Option<tokio::time::Instant> {
-        self.deadline
+    fn auth_timeout(&self) -> Option<std::time::Duration> {
+        self.auth_due.then_some(AUTH_TIMEOUT)
     }
 
-    fn on_text(&mut self, text: &str) -> Handled {
+    fn on_text(&mut self, text: &str, now_ms: u64) -> Handled {
         let (rid, req) = parse(text);
         match req {
-            Err(b) => Handled::reply(self.error(b.code, &b.message, &rid)),
+            Err(b) => Handled::reply(self.error(b.code, &b.message, &rid, now_ms)),
             Ok(Request::Ping { timestamp }) => {
                 let ts = if timestamp.is_null() {
-                    now_ms().into()
+                    now_ms.into()
                 } else {
                     timestamp
                 };
                 Handled::reply(json!({"type": "pong", "timestamp": ts}).to_string())
             }
             Ok(Request::Pong) => Handled::default(),
-            Ok(Request::Auth { token }) => Handled::reply(self.authenticate(&token, &rid)),
+            Ok(Request::Auth { token }) => Handled::reply(self.authenticate(&token, &rid, now_ms)),
             Ok(Request::Write(_)) if self.grant.scope.is_none() => Handled::reply(self.error(
                 UNAUTHORIZED,
                 "authenticate first: send {\"type\":\"auth\",\"token\":…}",
                 &rid,
+                now_ms,
             )),
             Ok(Request::Write(w)) => {
                 if !self.grant.can_write(&self.space) {
@@ -333,11 +332,14 @@ impl Dialect for AtomeProto {
                         FORBIDDEN,
                         "no write access to this space",
                         &rid,
+                        now_ms,
                     ));
                 }
                 let write = match w.to_local() {
                     Ok(w) => w,
-                    Err(e) => return Handled::reply(self.error(INVALID, &e.to_string(), &rid)),
+                    Err(e) => {
+                        return Handled::reply(self.error(INVALID, &e.to_string(), &rid, now_ms))
+                    }
                 };
                 // Stored, then fanned out to the other clients; only a
                 // failure is answered (the seed has no acknowledgement).
@@ -354,19 +356,19 @@ impl Dialect for AtomeProto {
         }
     }
 
-    fn reply(&mut self, token: u64, reply: Reply) -> Handled {
+    fn reply(&mut self, token: u64, reply: Reply, now_ms: u64) -> Handled {
         let rid = self.writes.remove(&token).unwrap_or(Value::Null);
         match reply {
             Reply::Written(Err(e)) => {
                 let (_, code) = atome::wire(e.class());
-                Handled::reply(self.error(code, &e.to_string(), &rid))
+                Handled::reply(self.error(code, &e.to_string(), &rid, now_ms))
             }
             _ => Handled::default(),
         }
     }
 
-    fn refuse(&mut self, why: Refusal) -> String {
-        self.error(INVALID, &why.message(), &Value::Null)
+    fn refuse(&mut self, why: Refusal, now_ms: u64) -> String {
+        self.error(INVALID, &why.message(), &Value::Null, now_ms)
     }
 
     fn needs_state(&self, _: u64, c: &Committed) -> bool {
@@ -394,10 +396,11 @@ impl Dialect for AtomeProto {
         collection: &str,
         id: &str,
         e: &StoredEntity,
+        now_ms: u64,
         out: &mut Vec<Utf8Bytes>,
     ) {
         if collection == atome::COLLECTION && self.grant.can_read(&self.space) {
-            out.push(snapshot_frame(id, e, now_ms()).into());
+            out.push(snapshot_frame(id, e, now_ms).into());
         }
     }
 }

@@ -18,8 +18,8 @@ mod table;
 pub mod unified;
 
 pub use protocol::{
-    Call, Dialect, Failed, Follow, Handled, Lag, Opening, Pending, Publish, Read, Refusal, Refused,
-    Reply, Since,
+    Call, Dialect, Failed, Follow, Handled, Lag, Opening, Pending, Publish, Query, Read, Refusal,
+    Refused, Reply, Rows, Since,
 };
 
 use crate::auth::Grant;

@@ -12,8 +12,8 @@
 
 use super::SLOT_NATIVE;
 use super::{
-    admit, now_s, Call, Dialect, Failed, Follow, Handled, Lag, Opening, Publish, Refusal, Refused,
-    Reply, Since,
+    admit, Call, Dialect, Failed, Follow, Handled, Lag, Opening, Publish, Refusal, Refused, Reply,
+    Since,
 };
 use crate::auth::Grant;
 use crate::dialect::Ctx;
@@ -408,7 +408,7 @@ impl Native {
         }
     }
 
-    fn handle(&mut self, text: &str) -> Handled {
+    fn handle(&mut self, text: &str, now_ms: u64) -> Handled {
         // A struct also deserializes from an array: only an object may take
         // the typed path (the general one refuses anything else).
         let object = text.trim_start().starts_with('{');
@@ -443,7 +443,7 @@ impl Native {
         };
         let body = Value::Object(obj);
         let r = match kind.as_str() {
-            "hello" => self.hello(body, &rid),
+            "hello" => self.hello(body, &rid, now_ms),
             "subscribe" => self.subscribe(body, &rid),
             "unsubscribe" => self.unsubscribe(body, &rid),
             "push" => self.push(body, &rid),
@@ -458,7 +458,7 @@ impl Native {
                 if let Some(ts) = body.get("ts") {
                     m.insert("ts".into(), ts.clone());
                 }
-                m.insert("server_ms".into(), crate::engine::now_ms().into());
+                m.insert("server_ms".into(), now_ms.into());
                 Ok(Handled::reply(Value::Object(m).to_string()))
             }
             other => {
@@ -469,10 +469,10 @@ impl Native {
         r.unwrap_or_else(|refused| refused)
     }
 
-    fn hello(&mut self, body: Value, rid: &Value) -> Result<Handled, Handled> {
+    fn hello(&mut self, body: Value, rid: &Value, now_ms: u64) -> Result<Handled, Handled> {
         let h: Hello = self.parse(body, rid)?;
         if let Some(token) = h.token {
-            match self.auth.verify(&token, now_s()) {
+            match self.auth.verify(&token, now_ms / 1000) {
                 Ok(g) => self.grant = g,
                 Err(e) => {
                     self.metrics.auth_failures.fetch_add(1, Relaxed);
@@ -639,7 +639,7 @@ impl Native {
 }
 
 impl Dialect for Native {
-    fn open(&mut self) -> Handled {
+    fn open(&mut self, _: u64) -> Handled {
         let welcome = json!({
             "type": "welcome",
             "node": self.node,
@@ -652,11 +652,11 @@ impl Dialect for Native {
         Handled::reply(welcome.to_string())
     }
 
-    fn on_text(&mut self, text: &str) -> Handled {
-        self.handle(text)
+    fn on_text(&mut self, text: &str, now_ms: u64) -> Handled {
+        self.handle(text, now_ms)
     }
 
-    fn refuse(&mut self, why: Refusal) -> String {
+    fn refuse(&mut self, why: Refusal, _: u64) -> String {
         self.metrics.errors_sent.fetch_add(1, Relaxed);
         let (code, reason) = match why {
             Refusal::Binary => (400, "binary_unsupported"),
@@ -670,13 +670,13 @@ impl Dialect for Native {
         error_frame(code, reason, &message, &Value::Null)
     }
 
-    fn refuse_follow(&mut self, key: u64, why: Refusal) -> String {
+    fn refuse_follow(&mut self, key: u64, why: Refusal, _: u64) -> String {
         let rid = self.forget(key).map(|(_, rid)| rid).unwrap_or(Value::Null);
         self.metrics.errors_sent.fetch_add(1, Relaxed);
         error_frame(429, "too_many_subscriptions", &why.message(), &rid)
     }
 
-    fn reply(&mut self, token: u64, reply: Reply) -> Handled {
+    fn reply(&mut self, token: u64, reply: Reply, _: u64) -> Handled {
         let frame = match (self.calls.remove(&token), reply) {
             (Some(Asked::Push { rid, space }), Reply::Written(r)) => self.acked(rid, space, r),
             (
@@ -729,6 +729,7 @@ impl Dialect for Native {
         collection: &str,
         id: &str,
         entity: &StoredEntity,
+        _: u64,
         out: &mut Vec<Utf8Bytes>,
     ) {
         let f = json!({
@@ -738,7 +739,7 @@ impl Dialect for Native {
         out.push(f.to_string().into());
     }
 
-    fn event(&mut self, _: u64, e: &Event) -> Option<Utf8Bytes> {
+    fn event(&mut self, _: u64, e: &Event, _: u64) -> Option<Utf8Bytes> {
         Some(render_event(e))
     }
 

@@ -3,15 +3,16 @@
 //! the socket, the clock's timers, the fan-out queue or the engine: the
 //! driver reads and writes frames, keeps the connection alive, runs every
 //! catch-up-to-live feed and applies the one lag policy (see `conn::feed`),
-//! and makes the engine calls a dialect asks for ([`Call`], [`Publish`],
-//! [`Read`]), feeding their results back ([`Dialect::reply`]).
+//! and makes the engine calls and store reads a dialect asks for ([`Call`],
+//! [`Publish`], the [`Query`]s of a [`Read`]), feeding their results back
+//! ([`Dialect::reply`], [`Read::rows`]).
 //!
 //! Dialects not converted yet still hand the driver futures that call the
 //! engine ([`Handled::later`]); see docs/architecture.md, "How pure the
 //! dialects are".
 
 use crate::engine::{Committed, Engine, EngineError, Event, Filter};
-use crate::store::{LocalWrite, Outcome, StoredEntity};
+use crate::store::{Cap, LocalWrite, LogEntry, Outcome, StoredEntity};
 use axum::extract::ws::Utf8Bytes;
 use std::future::Future;
 use std::pin::Pin;
@@ -116,19 +117,104 @@ pub struct Follow {
     pub since: Since,
 }
 
-/// A paged read of the store (a state snapshot, a list, a `sync`): the
-/// driver runs each page off the async workers (`spawn_blocking`) and sends
-/// its frames before reading the next, so a large answer is never held
-/// whole and a slow disk never stalls the runtime.
+/// A paged read of the store (a state snapshot, a `sync`), as a machine
+/// with no engine: it asks for one store read at a time ([`Query`]), the
+/// driver runs it off the async workers (`engine::off_worker`) and hands
+/// back its [`Rows`], the read renders them into frames, which the driver
+/// sends before it asks for the next query. So a large answer is never
+/// held whole, a slow disk never stalls the runtime, and a table test
+/// feeds rows it built by hand.
 pub trait Read: Send + 'static {
-    /// The next page's frames (possibly none); None once the read is done.
-    /// The driver lends the engine for the page (on a blocking thread):
-    /// the read holds no engine handle of its own.
-    fn page(&mut self, engine: &Engine) -> Result<Option<Vec<String>>, EngineError>;
+    /// The next store read; None once the read is done.
+    fn query(&mut self) -> Option<Query>;
+    /// The rows of the query just made: the frames to send (possibly
+    /// none). Rows of another kind than the query asked for end the read.
+    fn rows(&mut self, rows: Rows) -> Vec<String>;
     /// Feeds to start once the read is done (e.g. from the seq its
     /// snapshot reflects, so nothing is missed or sent twice at the seam).
     fn then(&mut self) -> Vec<Follow> {
         Vec::new()
+    }
+}
+
+/// One store read a [`Read`] asks for: the reads the dialects' paged
+/// reads are made of.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Query {
+    /// Entities of `space` (of `collection`, or all), in (collection, id)
+    /// order after `after`, up to `cap`, with the last seq the read saw
+    /// ([`Rows::Entities`]).
+    Entities {
+        space: String,
+        collection: Option<String>,
+        after: Option<(String, String)>,
+        cap: Cap,
+    },
+    /// Entities of `collection` changed after per-type version `after`,
+    /// in version order, at most `limit`, each with its newest log entry
+    /// (None once retention trimmed it), and the collection's latest
+    /// per-type version ([`Rows::TypeChanges`]).
+    TypeChanges {
+        space: String,
+        collection: String,
+        after: u64,
+        limit: usize,
+    },
+}
+
+/// What a [`Query`] read.
+#[derive(Debug, Clone)]
+pub enum Rows {
+    Entities {
+        /// (collection, id, entity).
+        items: Vec<(String, String, StoredEntity)>,
+        /// The cap stopped the read: more may follow the last item.
+        more: bool,
+        /// The last committed seq the read saw (its states hold at least
+        /// every change up to it).
+        seq: u64,
+    },
+    TypeChanges {
+        latest: u64,
+        /// (id, entity, its newest log entry).
+        items: Vec<(String, StoredEntity, Option<LogEntry>)>,
+    },
+}
+
+impl Query {
+    /// Read it from `engine`: blocking, so the driver (and every other
+    /// caller on a runtime) runs it through `engine::off_worker`.
+    pub fn run(&self, engine: &Engine) -> Result<Rows, EngineError> {
+        match self {
+            Query::Entities {
+                space,
+                collection,
+                after,
+                cap,
+            } => {
+                let after = after.as_ref().map(|(c, id)| (c.as_str(), id.as_str()));
+                let p = engine.entities_page(space, collection.as_deref(), after, *cap)?;
+                Ok(Rows::Entities {
+                    items: p.items,
+                    more: p.more,
+                    seq: p.seq,
+                })
+            }
+            Query::TypeChanges {
+                space,
+                collection,
+                after,
+                limit,
+            } => {
+                let (latest, ents) = engine.type_changes(space, collection, *after, *limit)?;
+                let mut items = Vec::with_capacity(ents.len());
+                for (id, e) in ents {
+                    let newest = engine.log_entry(e.seq)?;
+                    items.push((id, e, newest));
+                }
+                Ok(Rows::TypeChanges { latest, items })
+            }
+        }
     }
 }
 
@@ -224,23 +310,29 @@ pub enum Failed {
 }
 
 /// One client protocol, driven by `conn::run`.
+///
+/// Time is an input, as the frames are: every method that may put a
+/// timestamp in a frame (or check a token's expiry) is given `now_ms`,
+/// the relay's wall clock in ms since 1970 as the driver read it
+/// (`Engine::clock`). A dialect reads no clock of its own, so a table test
+/// passes a fixed time and checks the timestamps exactly.
 pub trait Dialect: Send + Sync + 'static {
     /// What to send and follow as soon as the connection is up.
-    fn open(&mut self) -> Handled;
+    fn open(&mut self, now_ms: u64) -> Handled;
     /// One client text frame (within `server.max_frame_bytes`).
-    fn on_text(&mut self, text: &str) -> Handled;
+    fn on_text(&mut self, text: &str, now_ms: u64) -> Handled;
     /// One client binary frame; refused unless the protocol has them.
-    fn on_binary(&mut self, _data: &[u8]) -> Handled {
-        Handled::reply(self.refuse(Refusal::Binary))
+    fn on_binary(&mut self, _data: &[u8], now_ms: u64) -> Handled {
+        Handled::reply(self.refuse(Refusal::Binary, now_ms))
     }
     /// The error frame for a refused frame.
-    fn refuse(&mut self, why: Refusal) -> String;
+    fn refuse(&mut self, why: Refusal, now_ms: u64) -> String;
     /// The error frame for a refused follow (feed `feed` does not start).
-    fn refuse_follow(&mut self, _feed: u64, why: Refusal) -> String {
-        self.refuse(why)
+    fn refuse_follow(&mut self, _feed: u64, why: Refusal, now_ms: u64) -> String {
+        self.refuse(why, now_ms)
     }
     /// The result of the [`Call`] made with `token`.
-    fn reply(&mut self, _token: u64, _reply: Reply) -> Handled {
+    fn reply(&mut self, _token: u64, _reply: Reply, _now_ms: u64) -> Handled {
         Handled::default()
     }
     /// Whether rendering `c` (a change of feed `feed`) needs the entity's
@@ -267,11 +359,12 @@ pub trait Dialect: Send + Sync + 'static {
         collection: &str,
         id: &str,
         e: &StoredEntity,
+        now_ms: u64,
         out: &mut Vec<Utf8Bytes>,
     );
     /// An ephemeral event of feed `feed`'s space (feeds whose filter asks
     /// for events).
-    fn event(&mut self, _feed: u64, _e: &Event) -> Option<Utf8Bytes> {
+    fn event(&mut self, _feed: u64, _e: &Event, _now_ms: u64) -> Option<Utf8Bytes> {
         None
     }
     /// Feed `feed` caught up and is live from `seq` on.
@@ -299,9 +392,11 @@ pub trait Dialect: Send + Sync + 'static {
     fn ordered(&self) -> bool {
         false
     }
-    /// When the connection must have authenticated in-band (None: no
-    /// deadline); past it the socket is closed with 1008.
-    fn deadline(&self) -> Option<tokio::time::Instant> {
+    /// How long after the connection opened it must have authenticated
+    /// in band (None: no deadline, or done); past it the driver closes the
+    /// socket with 1008. (A duration, not an instant: the driver keeps the
+    /// timer, the dialect reads no clock.)
+    fn auth_timeout(&self) -> Option<std::time::Duration> {
         None
     }
     /// A frame as it goes out: text, or (a protocol that compresses) a

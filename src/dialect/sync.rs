@@ -17,7 +17,7 @@ use super::{Call, Dialect, Follow, Handled, Opening, Publish, Refusal, Refused, 
 use crate::auth::Grant;
 use crate::dialect::Ctx;
 use crate::engine::Committed;
-use crate::engine::{now_ms, Event, Filter};
+use crate::engine::{Event, Filter};
 use crate::store::StoredEntity;
 use axum::extract::ws::Utf8Bytes;
 use axum::http::HeaderMap;
@@ -300,17 +300,17 @@ impl SyncProto {
         }
     }
 
-    fn serve(&mut self, req: Request, rid: Value) -> Handled {
+    fn serve(&mut self, req: Request, rid: Value, now_ms: u64) -> Handled {
         match req {
             Request::Register { client_id } => {
                 if let Some(id) = client_id {
                     self.client_id = id;
                 }
-                Handled::reply(welcome_frame(&self.client_id, &rid, now_ms()))
+                Handled::reply(welcome_frame(&self.client_id, &rid, now_ms))
             }
             Request::Ping { timestamp } => {
                 let ts = if timestamp.is_null() {
-                    now_ms().into()
+                    now_ms.into()
                 } else {
                     timestamp
                 };
@@ -331,7 +331,7 @@ impl SyncProto {
                     None => "local",
                 };
                 Handled::reply(with_rid(
-                    object(json!({"type": "sync_started", "mode": mode, "timestamp": now_ms()})),
+                    object(json!({"type": "sync_started", "mode": mode, "timestamp": now_ms})),
                     &rid,
                 ))
             }
@@ -384,9 +384,9 @@ impl SyncProto {
 impl Dialect for SyncProto {
     /// The welcome, then the space: atome entities and ephemeral events
     /// (seed 000 has no mapping for other collections).
-    fn open(&mut self) -> Handled {
+    fn open(&mut self, now_ms: u64) -> Handled {
         Handled {
-            now: vec![welcome_frame(&self.client_id, &Value::Null, now_ms())],
+            now: vec![welcome_frame(&self.client_id, &Value::Null, now_ms)],
             follow: vec![Follow {
                 key: 0,
                 space: self.space.clone(),
@@ -405,7 +405,7 @@ impl Dialect for SyncProto {
         false
     }
 
-    fn reply(&mut self, token: u64, reply: Reply) -> Handled {
+    fn reply(&mut self, token: u64, reply: Reply, _: u64) -> Handled {
         let rid = self.writes.remove(&token).unwrap_or(Value::Null);
         match reply {
             Reply::Written(Err(e)) => {
@@ -416,14 +416,14 @@ impl Dialect for SyncProto {
         }
     }
 
-    fn on_text(&mut self, text: &str) -> Handled {
+    fn on_text(&mut self, text: &str, now_ms: u64) -> Handled {
         match parse(text) {
-            (rid, Ok(req)) => self.serve(req, rid),
+            (rid, Ok(req)) => self.serve(req, rid, now_ms),
             (rid, Err(b)) => Handled::reply(self.error(b.code, &b.message, &rid)),
         }
     }
 
-    fn refuse(&mut self, why: Refusal) -> String {
+    fn refuse(&mut self, why: Refusal, _: u64) -> String {
         self.error(INVALID, &why.message(), &Value::Null)
     }
 
@@ -453,17 +453,19 @@ impl Dialect for SyncProto {
         collection: &str,
         id: &str,
         e: &StoredEntity,
+        now_ms: u64,
         out: &mut Vec<Utf8Bytes>,
     ) {
         if collection == atome::COLLECTION {
-            out.push(snapshot_frame(id, e, now_ms()).into());
+            out.push(snapshot_frame(id, e, now_ms).into());
         }
     }
 
-    fn event(&mut self, _: u64, e: &Event) -> Option<Utf8Bytes> {
+    /// Rendered once for every subscriber (the first one's time).
+    fn event(&mut self, _: u64, e: &Event, now_ms: u64) -> Option<Utf8Bytes> {
         Some(
             e.rendered
-                .get_or(SLOT_SYNC, || event_frame(&e.topic, &e.payload, now_ms())),
+                .get_or(SLOT_SYNC, || event_frame(&e.topic, &e.payload, now_ms)),
         )
     }
 }

@@ -102,7 +102,7 @@ fn connect<D: Dialect>(ctx: &Ctx, opening: Result<Opening<D>, Refused>) -> Resul
     let mut dialect = (opening.make)(&cc);
     // What the connection sends and follows at open is the driver's
     // business (a feed, seed 003's `init` read): not needed to write.
-    drop(dialect.open());
+    drop(dialect.open(ctx.engine.clock().now_ms()));
     Ok(Conn { dialect, _cc: cc })
 }
 
@@ -110,7 +110,8 @@ impl<D: Dialect> Conn<D> {
     /// A client frame and everything it is answered: at once, then (a
     /// write) once committed.
     async fn send(&mut self, frame: Value) -> Result<Vec<Value>, String> {
-        let h = self.dialect.on_text(&frame.to_string());
+        let now_ms = self._cc.state.engine.clock().now_ms();
+        let h = self.dialect.on_text(&frame.to_string(), now_ms);
         let out = self.answer(h, &frame).await?;
         out.iter()
             .map(|f| serde_json::from_str(f).map_err(|e| format!("{frame}: answered {f} ({e})")))
@@ -142,7 +143,7 @@ impl<D: Dialect> Conn<D> {
                 tokio::time::timeout(Duration::from_secs(20), call.make(&engine, Some(conn)))
                     .await
                     .map_err(|_| format!("{frame}: no answer in 20 s"))?;
-            let then = self.dialect.reply(token, reply);
+            let then = self.dialect.reply(token, reply, engine.clock().now_ms());
             out.extend(Box::pin(self.answer(then, frame)).await?);
         }
         Ok(out)

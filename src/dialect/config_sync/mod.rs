@@ -36,7 +36,7 @@ use super::{Dialect, Follow, Handled, Opening, Refusal, Refused, Since};
 use crate::auth::Grant;
 use crate::dialect::Ctx;
 use crate::engine::Committed;
-use crate::engine::{now_ms, off_worker, Engine, EngineError, ErrorClass, Filter, PAGE_BYTES};
+use crate::engine::{off_worker, Engine, EngineError, ErrorClass, Filter, PAGE_BYTES};
 use crate::model::Op;
 use crate::store::{Cap, Expect, LocalWrite, StoredEntity};
 use axum::extract::ws::Utf8Bytes;
@@ -82,6 +82,7 @@ pub fn accept(
             space,
             conn: conn.id,
             actor: String::new(),
+            now_ms: 0,
         },
         grant,
         user,
@@ -118,16 +119,16 @@ pub struct ConfigProto {
 }
 
 impl ConfigProto {
-    fn refuse_request(&self, kind: Option<&str>, bad: &Bad) -> Handled {
+    fn refuse_request(&self, kind: Option<&str>, bad: &Bad, now_ms: u64) -> Handled {
         self.job.engine.metrics.errors_sent.fetch_add(1, Relaxed);
-        Handled::reply(proto::refusal(kind, bad, now_ms()))
+        Handled::reply(proto::refusal(kind, bad, now_ms))
     }
 }
 
 impl Dialect for ConfigProto {
     /// No greeting (the client speaks first); revisions only: each becomes
     /// a sync-event for the user's other devices.
-    fn open(&mut self) -> Handled {
+    fn open(&mut self, _: u64) -> Handled {
         Handled {
             follow: vec![Follow {
                 key: 0,
@@ -153,24 +154,25 @@ impl Dialect for ConfigProto {
         false
     }
 
-    fn on_text(&mut self, text: &str) -> Handled {
+    fn on_text(&mut self, text: &str, now_ms: u64) -> Handled {
         let (kind, req) = proto::parse(text);
         let kind = kind.as_deref();
         let req = match req {
             Ok(r) => r,
-            Err(bad) => return self.refuse_request(kind, &bad),
+            Err(bad) => return self.refuse_request(kind, &bad, now_ms),
         };
         if authed_user(&self.grant).is_some_and(|sub| sub != req.user_id()) {
             let bad = Bad::new(code::USER_MISMATCH, "userId must be the token's subject");
-            return self.refuse_request(kind, &bad);
+            return self.refuse_request(kind, &bad, now_ms);
         }
         if req.writes() && !self.grant.can_write(&self.job.space) {
             let bad = Bad::new(code::FORBIDDEN, "no write access to this space");
-            return self.refuse_request(kind, &bad);
+            return self.refuse_request(kind, &bad, now_ms);
         }
         self.user = Some(req.user_id().to_string());
         self.device = Some(req.device_id().to_string());
         let mut job = self.job.clone();
+        job.now_ms = now_ms;
         job.actor = authed_user(&self.grant).unwrap_or_else(|| req.device_id().to_string());
         let record = self.grant.can_write(&self.job.space);
         match req {
@@ -185,9 +187,9 @@ impl Dialect for ConfigProto {
         }
     }
 
-    fn refuse(&mut self, why: Refusal) -> String {
+    fn refuse(&mut self, why: Refusal, now_ms: u64) -> String {
         self.job.engine.metrics.errors_sent.fetch_add(1, Relaxed);
-        proto::error_frame(code::INVALID_REQUEST, &why.message(), None, now_ms())
+        proto::error_frame(code::INVALID_REQUEST, &why.message(), None, now_ms)
     }
 
     /// A committed revision of this user by another device: `sync-event`.
@@ -217,7 +219,16 @@ impl Dialect for ConfigProto {
 
     /// Lag recovery past the log's horizon replays entity states: old
     /// revisions are not news, and `check-status` tells where things are.
-    fn snapshot(&mut self, _: u64, _: &str, _: &str, _: &StoredEntity, _: &mut Vec<Utf8Bytes>) {}
+    fn snapshot(
+        &mut self,
+        _: u64,
+        _: &str,
+        _: &str,
+        _: &StoredEntity,
+        _: u64,
+        _: &mut Vec<Utf8Bytes>,
+    ) {
+    }
 }
 
 /// What a request needs to run after `on_text` returned: engine calls only.
@@ -228,6 +239,8 @@ struct Job {
     node: String,
     conn: u64,
     actor: String,
+    /// When the request was read: the time its frames carry.
+    now_ms: u64,
 }
 
 impl Job {
@@ -300,7 +313,7 @@ impl Job {
             doc.version,
             &paths,
             manual,
-            now_ms(),
+            self.now_ms,
         ))
     }
 
@@ -312,7 +325,7 @@ impl Job {
             let local = q.local_version.unwrap_or(0);
             let has_changes = q.has_local_changes.unwrap_or(false);
             let (needs, dir) = proto::direction(doc.version, local, has_changes, lost);
-            let mut frames = vec![proto::check_status_response(&doc, needs, dir, now_ms())];
+            let mut frames = vec![proto::check_status_response(&doc, needs, dir, self.now_ms)];
             if lost {
                 let base = doc.version - 1;
                 let note = self.conflict(&q.user_id, &q.device_id, vec![], base, &doc, local);
@@ -338,7 +351,7 @@ impl Job {
                     doc.version,
                     doc.config_hash.as_deref(),
                     "download",
-                    now_ms(),
+                    self.now_ms,
                 );
                 let w = write(
                     DEVICES,
@@ -348,7 +361,7 @@ impl Job {
                 );
                 self.push(vec![w]).await?;
             }
-            Ok::<_, EngineError>(vec![proto::download_response(&doc, now_ms())])
+            Ok::<_, EngineError>(vec![proto::download_response(&doc, self.now_ms)])
         };
         run.await
             .unwrap_or_else(|e| self.failed("download-config-request", &e))
@@ -360,7 +373,7 @@ impl Job {
             engine_code(e),
             &e.to_string(),
             Some(kind),
-            now_ms(),
+            self.now_ms,
         )]
     }
 
@@ -428,7 +441,7 @@ impl Job {
     }
 
     async fn upload(&self, u: proto::Upload) -> Vec<String> {
-        let fail = |code: &str| vec![proto::upload_response(false, None, Some(code), now_ms())];
+        let fail = |code: &str| vec![proto::upload_response(false, None, Some(code), self.now_ms)];
         let delta = u.delta.clone().unwrap_or_default();
         let paths = delta.paths();
         let metadata = u.metadata.clone().unwrap_or_default();
@@ -451,8 +464,12 @@ impl Job {
                         .conflict(&u.user_id, &u.device_id, paths.clone(), base, &doc, local)
                         .await?;
                     self.engine.metrics.errors_sent.fetch_add(1, Relaxed);
-                    let refused =
-                        proto::upload_response(false, None, Some(code::VERSION_CONFLICT), now_ms());
+                    let refused = proto::upload_response(
+                        false,
+                        None,
+                        Some(code::VERSION_CONFLICT),
+                        self.now_ms,
+                    );
                     return Ok(Some(vec![refused, note]));
                 }
                 // A stored version at the limit (written before versions
@@ -475,7 +492,7 @@ impl Job {
                     delta: delta.to_value(),
                     config_hash: Some(&u.config_hash),
                     strategy: None,
-                    now: now_ms(),
+                    now: self.now_ms,
                     encryption: u.encryption.as_ref(),
                 };
                 let writes = self.revision_writes(&rev, &doc, &u.encrypted_config, &metadata);
@@ -484,7 +501,7 @@ impl Job {
                         true,
                         Some(version),
                         None,
-                        now_ms(),
+                        self.now_ms,
                     )])),
                     // Another write got in between the read and ours: the
                     // next round reads it and answers the conflict.
@@ -509,7 +526,14 @@ impl Job {
     /// client decided. The compare-and-swap only keeps it from overwriting
     /// a revision it never read; such a race is retried with a fresh read.
     async fn resolve(&self, r: proto::Resolve) -> Vec<String> {
-        let fail = |code: &str| vec![proto::resolve_response(false, None, Some(code), now_ms())];
+        let fail = |code: &str| {
+            vec![proto::resolve_response(
+                false,
+                None,
+                Some(code),
+                self.now_ms,
+            )]
+        };
         for _ in 0..ATTEMPTS {
             let round = async {
                 let doc = self.doc(&r.user_id).await?;
@@ -556,7 +580,7 @@ impl Job {
                     delta,
                     config_hash: r.config_hash.as_deref(),
                     strategy: Some(&r.strategy),
-                    now: now_ms(),
+                    now: self.now_ms,
                     encryption: r.encryption.as_ref(),
                 };
                 let metadata = r.metadata.clone().unwrap_or_else(|| doc.metadata.clone());
@@ -566,7 +590,7 @@ impl Job {
                         true,
                         Some(version),
                         None,
-                        now_ms(),
+                        self.now_ms,
                     )])),
                     Err(e) if is_precondition(&e) => Ok(None),
                     Err(e) => Err(e),

@@ -22,7 +22,8 @@ fn client_messages_in_effects_out() {
     let mut c = conn(&b, &[("clientId", "me")]);
     let open = c.open();
     assert_fits(
-        &json!({"type": "welcome", "clientId": "me"}),
+        &json!({"type": "welcome", "clientId": "me", "timestamp": NOW_ISO,
+                "serverTime": NOW_ISO}),
         &open.now[0],
         "welcome",
     );
@@ -37,7 +38,7 @@ fn client_messages_in_effects_out() {
         )]
     );
     assert!(
-        c.dialect.deadline().is_none(),
+        c.dialect.auth_timeout().is_none(),
         "admitted: no in-band auth due"
     );
     let table: Vec<(Value, Value)> = vec![
@@ -46,8 +47,13 @@ fn client_messages_in_effects_out() {
             json!({"type": "pong", "timestamp": 7}),
         ),
         (
+            json!({"type": "ping", "requestId": 1}),
+            json!({"type": "pong", "timestamp": NOW}),
+        ),
+        (
             json!({"type": "auth", "requestId": 2, "token": "nope"}),
-            json!({"type": "error", "code": "unauthorized", "requestId": 2}),
+            json!({"type": "error", "code": "unauthorized", "requestId": 2,
+                   "timestamp": NOW_ISO}),
         ),
         (
             json!({"type": "atome:created", "requestId": 3}),
@@ -91,7 +97,7 @@ fn client_messages_in_effects_out() {
         &parse(&out[0]),
         "a change",
     );
-    let f = c.dialect.refuse(Refusal::Binary);
+    let f = c.dialect.refuse(Refusal::Binary, NOW);
     assert_fits(
         &json!({"type": "error", "code": "invalid-payload"}),
         &parse(&f),
@@ -103,7 +109,11 @@ fn client_messages_in_effects_out() {
 fn in_band_auth_then_writes() {
     let b = Bench::with(Anonymous::None, Default::default());
     let mut c = conn(&b, &[]);
-    assert!(c.dialect.deadline().is_some(), "auth is due in band");
+    assert_eq!(
+        c.dialect.auth_timeout(),
+        Some(crate::dialect::atome_sync::AUTH_TIMEOUT),
+        "auth is due in band"
+    );
     let w = json!({"type": "atome:created", "requestId": 1, "atome": {"id": "a"}});
     assert_fits(
         &json!({"type": "error", "code": "unauthorized", "requestId": 1}),
@@ -116,7 +126,7 @@ fn in_band_auth_then_writes() {
         c.json(json!({"type": "auth", "token": read})).reply(),
         "auth",
     );
-    assert!(c.dialect.deadline().is_none());
+    assert!(c.dialect.auth_timeout().is_none());
     assert_fits(
         &json!({"type": "error", "code": "forbidden", "requestId": 1}),
         c.json(w.clone()).reply(),

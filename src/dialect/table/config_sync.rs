@@ -20,11 +20,14 @@ fn upload(device: &str, version: u64, prev: u64, hash: &str) -> Value {
            "delta": {"added": {}, "modified": {"theme": 1}, "deleted": []}})
 }
 
-/// The one answer of a request (every request is answered later, in order).
+/// The one answer of a request (every request is answered later, in
+/// order), stamped with the time the dialect was given.
 fn answer(e: Effects) -> Value {
     assert!(e.now.is_empty(), "{e:?}");
     assert_eq!(e.later.len(), 1, "{e:?}");
-    e.later.into_iter().next().unwrap()
+    let v = e.later.into_iter().next().unwrap();
+    assert_eq!(v["timestamp"], NOW, "{v}");
+    v
 }
 
 #[test]
@@ -130,7 +133,8 @@ fn refusals() {
             json!({"type": "upload-config-response", "success": false, "error": "invalid-request"}),
         ),
     ];
-    for (frame, reply) in table {
+    for (frame, mut reply) in table {
+        reply["timestamp"] = NOW.into();
         assert_fits(&reply, a.json(frame.clone()).reply(), &frame.to_string());
     }
     assert_fits(
@@ -148,7 +152,7 @@ fn refusals() {
             .reply(),
         "another user",
     );
-    let f = a.dialect.refuse(Refusal::Binary);
+    let f = a.dialect.refuse(Refusal::Binary, NOW);
     assert_fits(
         &json!({"type": "error", "error": "invalid-request"}),
         &parse(&f),

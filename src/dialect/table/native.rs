@@ -61,7 +61,7 @@ fn client_messages_in_effects_out() {
         ),
         (
             json!({"type": "ping", "rid": 9, "ts": 5}),
-            json!({"type": "pong", "rid": 9, "ts": 5}),
+            json!({"type": "pong", "rid": 9, "ts": 5, "server_ms": NOW}),
         ),
         (
             json!({"type": "nope", "rid": 10}),
@@ -174,7 +174,7 @@ fn subscribe_follows_and_the_driver_calls_answer() {
     let key = e.follow[0].0;
     let f = c
         .dialect
-        .refuse_follow(key, Refusal::TooManyFeeds { max: 1 });
+        .refuse_follow(key, Refusal::TooManyFeeds { max: 1 }, NOW);
     assert_fits(
         &json!({"type": "error", "rid": "r2", "code": 429, "reason": "too_many_subscriptions"}),
         &parse(&f),
@@ -194,13 +194,13 @@ fn subscribe_follows_and_the_driver_calls_answer() {
         "failed feed",
     );
     // Frames refused before the protocol sees them.
-    let f = c.dialect.refuse(Refusal::Binary);
+    let f = c.dialect.refuse(Refusal::Binary, NOW);
     assert_fits(
         &json!({"code": 400, "reason": "binary_unsupported"}),
         &parse(&f),
         "binary",
     );
-    let f = c.dialect.refuse(Refusal::TooLarge { len: 9, max: 8 });
+    let f = c.dialect.refuse(Refusal::TooLarge { len: 9, max: 8 }, NOW);
     assert_fits(
         &json!({"code": 413, "reason": "too_large"}),
         &parse(&f),

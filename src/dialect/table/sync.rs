@@ -17,7 +17,7 @@ fn client_messages_in_effects_out() {
     let mut c = conn(&b, &[]);
     let open = c.open();
     assert_fits(
-        &json!({"type": "welcome", "server": "outpost",
+        &json!({"type": "welcome", "server": "outpost", "timestamp": NOW_ISO,
                 "capabilities": ["events", "sync_request", "file-events", "atome-events"]}),
         &open.now[0],
         "welcome",
@@ -36,7 +36,7 @@ fn client_messages_in_effects_out() {
     let table: Vec<(Value, Value)> = vec![
         (
             json!({"type": "register", "requestId": 1, "clientId": "me"}),
-            json!({"type": "welcome", "requestId": 1, "clientId": "me"}),
+            json!({"type": "welcome", "requestId": 1, "clientId": "me", "timestamp": NOW_ISO}),
         ),
         (
             json!({"type": "register", "requestId": 2, "clientId": 5}),
@@ -47,8 +47,12 @@ fn client_messages_in_effects_out() {
             json!({"type": "pong", "requestId": 3, "timestamp": 7}),
         ),
         (
+            json!({"type": "ping", "requestId": 3}),
+            json!({"type": "pong", "requestId": 3, "timestamp": NOW}),
+        ),
+        (
             json!({"type": "sync_request", "requestId": 4}),
-            json!({"type": "sync_started", "requestId": 4, "mode": "local"}),
+            json!({"type": "sync_started", "requestId": 4, "mode": "local", "timestamp": NOW}),
         ),
         (
             json!({"type": "event", "requestId": 5}),
@@ -115,7 +119,7 @@ fn client_messages_in_effects_out() {
         &parse(&out[0]),
         "a change as an event",
     );
-    let f = c.dialect.refuse(Refusal::TooLarge { len: 9, max: 8 });
+    let f = c.dialect.refuse(Refusal::TooLarge { len: 9, max: 8 }, NOW);
     assert_fits(
         &json!({"type": "error", "code": "invalid-payload"}),
         &parse(&f),

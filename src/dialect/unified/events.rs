@@ -41,7 +41,7 @@ pub struct Events {
 }
 
 impl Dialect for Events {
-    fn open(&mut self) -> Handled {
+    fn open(&mut self, _: u64) -> Handled {
         Handled {
             follow: vec![Follow {
                 key: 0,
@@ -57,11 +57,11 @@ impl Dialect for Events {
     }
 
     /// An SSE client sends nothing; never called.
-    fn on_text(&mut self, _: &str) -> Handled {
+    fn on_text(&mut self, _: &str, _: u64) -> Handled {
         Handled::default()
     }
 
-    fn refuse(&mut self, why: Refusal) -> String {
+    fn refuse(&mut self, why: Refusal, _: u64) -> String {
         serde_json::json!({"error": why.message(), "code": "refused"}).to_string()
     }
 
@@ -93,6 +93,7 @@ impl Dialect for Events {
         collection: &str,
         id: &str,
         e: &StoredEntity,
+        _: u64,
         out: &mut Vec<Utf8Bytes>,
     ) {
         let change = proto::entity_change(collection, id, e, None);
