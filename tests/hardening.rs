@@ -322,7 +322,8 @@ async fn websocket_handshakes_are_checked_and_answered_per_rfc_6455() {
     let key = ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==");
     let up = [("Connection", "Upgrade"), ("Upgrade", "websocket")];
     let v13 = ("Sec-WebSocket-Version", "13");
-    let cases: [(&str, Vec<(&str, &str)>, u16, &str); 5] = [
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, u16, &'a str);
+    let cases: [Case; 5] = [
         // Refused by the router: the endpoints are GET routes.
         ("POST", vec![up[0], up[1], v13, key], 405, ""),
         ("GET", vec![up[1], v13, key], 400, "Connection"),
