@@ -266,7 +266,8 @@ pub struct Effects {
     pub now: Vec<Value>,
     /// Sent by the paged read, all pages.
     pub read: Vec<Value>,
-    /// The answer of work answered later (a write's commit).
+    /// Over a [`Bench`]: what the dialect answered once the engine call
+    /// it asked for was made and its result fed back (a write's commit).
     pub later: Vec<Value>,
     /// Feeds started, in order.
     pub follow: Vec<Followed>,
@@ -304,9 +305,6 @@ impl Effects {
                 c.sort();
             }
             e.follow.push((f.key, f.space, c, f.filter.events, f.since));
-        }
-        if let Some(later) = h.later {
-            e.later = block_on(later).iter().map(|f| parse(f)).collect();
         }
         e
     }
