@@ -13,10 +13,11 @@
 //! A client that stops reading is cut off by the socket's write timeout
 //! (`net::io`), which every write here goes through.
 //!
-//! The driver makes the engine calls its dialect asks for ([`Call`],
-//! [`Publish`], [`Read`]) and feeds their results back; every store read
-//! (a `Get`, a paged read, a catch-up page, the entity states a change is
-//! rendered with) runs on tokio's blocking pool, never on a worker.
+//! The driver makes the engine calls and store reads its dialect asks for
+//! ([`Call`], [`Publish`], a [`Read`]'s queries) and feeds their results
+//! back; every store read (a `Get`, a paged read's query, a catch-up page,
+//! the entity states a change is rendered with) runs on tokio's blocking
+//! pool, never on a worker.
 
 use super::feed::{Feed, Pages};
 use super::socket::{Gone, Socket};
@@ -321,27 +322,17 @@ impl<D: Dialect> Driver<D> {
         true
     }
 
-    /// Run a paged read, each page on a blocking thread, sending each
-    /// page's frames before the next is read; the follows it asks for.
+    /// Run a paged read: each of its queries on a blocking thread, each
+    /// page's frames sent before the next query is made; the follows it
+    /// asks for once done.
     async fn read(&mut self, mut read: Box<dyn Read>) -> Result<Vec<Follow>, End> {
-        loop {
+        while let Some(query) = read.query() {
             let engine = self.cc.state.engine.clone();
-            let (back, page) = tokio::task::spawn_blocking(move || {
-                let page = read.page(&engine);
-                (read, page)
-            })
-            .await
-            .map_err(|e| {
-                tracing::warn!(error = %e, "a read task failed; closing the connection");
-                End::Close(1011, "relay storage error")
-            })?;
-            read = back;
-            match page {
-                Ok(Some(frames)) => {
-                    let frames = frames.into_iter().map(Utf8Bytes::from);
+            match off_worker(move || query.run(&engine)).await {
+                Ok(rows) => {
+                    let frames = read.rows(rows).into_iter().map(Utf8Bytes::from);
                     self.socket.send_all(frames, &self.dialect).await?;
                 }
-                Ok(None) => return Ok(read.then()),
                 Err(e) => {
                     let failed = self.dialect.read_failed(&e);
                     self.failed(failed, &e).await?;
@@ -349,6 +340,7 @@ impl<D: Dialect> Driver<D> {
                 }
             }
         }
+        Ok(read.then())
     }
 
     /// Answer a failed read or feed the dialect's way.

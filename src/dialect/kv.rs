@@ -14,7 +14,8 @@ pub mod webhook;
 
 use super::SLOT_KV;
 use super::{
-    admit, Call, Dialect, Failed, Follow, Handled, Opening, Read, Refusal, Refused, Reply, Since,
+    admit, Call, Dialect, Failed, Follow, Handled, Opening, Query, Read, Refusal, Refused, Reply,
+    Rows, Since,
 };
 use crate::auth::Grant;
 use crate::dialect::Ctx;
@@ -23,7 +24,7 @@ use crate::metrics::Metrics;
 use crate::model::{Op, Stamp};
 use crate::store::{Cap, LocalWrite, LogEntry, StoredEntity};
 use axum::extract::ws::Utf8Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -521,56 +522,62 @@ enum Stage {
 }
 
 impl Init {
-    fn keys(&self, engine: &Engine, after: Option<&str>) -> Result<(Keys, bool, u64), EngineError> {
-        let p = engine.entities_page(
-            &self.space,
-            Some(COLLECTION),
-            after.map(|a| (COLLECTION, a)),
-            self.cap,
-        )?;
-        let (more, seq) = (p.more, p.seq);
-        Ok((
-            p.items.into_iter().map(|(_, id, e)| (id, e)).collect(),
-            more,
-            seq,
-        ))
+    /// A page of the workspace's keys after `after`.
+    fn keys(&self, after: Option<&str>) -> Query {
+        Query::Entities {
+            space: self.space.clone(),
+            collection: Some(COLLECTION.into()),
+            after: after.map(|a| (COLLECTION.into(), a.into())),
+            cap: self.cap,
+        }
     }
 }
 
 impl Read for Init {
-    fn page(&mut self, engine: &Engine) -> Result<Option<Vec<String>>, EngineError> {
-        match std::mem::replace(&mut self.stage, Stage::Done) {
+    fn query(&mut self) -> Option<Query> {
+        match &self.stage {
+            Stage::First => Some(self.keys(None)),
+            Stage::Hash(h) => Some(self.keys(h.after.as_deref())),
+            Stage::Rest(after) => Some(self.keys(Some(after))),
+            Stage::Done => None,
+        }
+    }
+
+    fn rows(&mut self, rows: Rows) -> Vec<String> {
+        let stage = std::mem::replace(&mut self.stage, Stage::Done);
+        let Rows::Entities { items, more, seq } = rows else {
+            return Vec::new();
+        };
+        let page: Keys = items.into_iter().map(|(_, id, e)| (id, e)).collect();
+        match stage {
             Stage::First => {
-                let (first, more, seq) = self.keys(engine, None)?;
                 self.seq = seq;
                 if !more {
-                    return Ok(Some(vec![render_init(data_of(&first), heads(&first))]));
+                    return vec![render_init(data_of(&page), heads(&page))];
                 }
                 self.stage = Stage::Hash(Box::new(Hashing {
                     heads: Heads::default(),
                     after: None,
-                    first,
+                    first: page,
                 }));
-                Ok(Some(Vec::new()))
+                Vec::new()
             }
             Stage::Hash(mut h) => {
-                let (page, more, _) = self.keys(engine, h.after.as_deref())?;
                 for (id, e) in &page {
                     h.heads.add(id, e);
                     h.after = Some(id.clone());
                 }
                 if more {
                     self.stage = Stage::Hash(h);
-                    return Ok(Some(Vec::new()));
+                    return Vec::new();
                 }
                 let Hashing { heads, first, .. } = *h;
                 if let Some((id, _)) = first.last() {
                     self.stage = Stage::Rest(id.clone());
                 }
-                Ok(Some(vec![render_init(data_of(&first), heads.finish())]))
+                vec![render_init(data_of(&first), heads.finish())]
             }
-            Stage::Rest(after) => {
-                let (page, more, _) = self.keys(engine, Some(&after))?;
+            Stage::Rest(_) => {
                 let mut frames = Vec::new();
                 let mut last = None;
                 for (id, e) in page {
@@ -583,9 +590,9 @@ impl Read for Init {
                 if let (true, Some(last)) = (more, last) {
                     self.stage = Stage::Rest(last);
                 }
-                Ok(Some(frames))
+                frames
             }
-            Stage::Done => Ok(None),
+            Stage::Done => Vec::new(),
         }
     }
 
@@ -645,7 +652,7 @@ pub fn history_params(q: &HashMap<String, String>) -> Result<(u64, usize), Strin
 pub async fn history(
     State(state): State<Ctx>,
     Path(workspace): Path<String>,
-    Query(query): Query<HashMap<String, String>>,
+    axum::extract::Query(query): axum::extract::Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
     let grant = match admit(&state, &headers, &query) {

@@ -18,8 +18,8 @@ mod table;
 pub mod unified;
 
 pub use protocol::{
-    Call, Dialect, Failed, Follow, Handled, Lag, Opening, Publish, Read, Refusal, Refused, Reply,
-    Scan, Scanned, Since,
+    Call, Dialect, Failed, Follow, Handled, Lag, Opening, Publish, Query, Read, Refusal, Refused,
+    Reply, Rows, Scan, Scanned, Since,
 };
 
 use crate::auth::Grant;

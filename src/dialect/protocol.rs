@@ -3,13 +3,13 @@
 //! the socket, the clock's timers, the fan-out queue or the engine: the
 //! driver reads and writes frames, keeps the connection alive, runs every
 //! catch-up-to-live feed and applies the one lag policy (see `conn::feed`),
-//! and makes the engine calls a dialect asks for ([`Call`], [`Publish`],
-//! [`Read`]), feeding their results back ([`Dialect::reply`]). No dialect
-//! holds an engine handle or a future; see docs/architecture.md, "How pure
-//! the dialects are".
+//! and makes the engine calls and store reads a dialect asks for ([`Call`],
+//! [`Publish`], the [`Query`]s of a [`Read`]), feeding their results back
+//! ([`Dialect::reply`], [`Read::rows`]). No dialect holds an engine handle
+//! or a future; see docs/architecture.md, "How pure the dialects are".
 
 use crate::engine::{Committed, Engine, EngineError, Event, Filter};
-use crate::store::{LocalWrite, Outcome, StoredEntity};
+use crate::store::{Cap, LocalWrite, LogEntry, Outcome, StoredEntity};
 use axum::extract::ws::Utf8Bytes;
 
 /// An engine call the driver makes for a dialect. Its result comes back
@@ -101,7 +101,7 @@ impl Call {
             fields,
         } = scan;
         let scanned = crate::engine::off_worker(move || {
-            let cap = crate::store::Cap::new(256, crate::engine::PAGE_BYTES);
+            let cap = Cap::new(256, crate::engine::PAGE_BYTES);
             let mut out = Vec::new();
             let mut cursor = after;
             loop {
@@ -175,19 +175,104 @@ pub struct Follow {
     pub since: Since,
 }
 
-/// A paged read of the store (a state snapshot, a list, a `sync`): the
-/// driver runs each page off the async workers (`spawn_blocking`) and sends
-/// its frames before reading the next, so a large answer is never held
-/// whole and a slow disk never stalls the runtime.
+/// A paged read of the store (a state snapshot, a `sync`), as a machine
+/// with no engine: it asks for one store read at a time ([`Query`]), the
+/// driver runs it off the async workers (`engine::off_worker`) and hands
+/// back its [`Rows`], the read renders them into frames, which the driver
+/// sends before it asks for the next query. So a large answer is never
+/// held whole, a slow disk never stalls the runtime, and a table test
+/// feeds rows it built by hand.
 pub trait Read: Send + 'static {
-    /// The next page's frames (possibly none); None once the read is done.
-    /// The driver lends the engine for the page (on a blocking thread):
-    /// the read holds no engine handle of its own.
-    fn page(&mut self, engine: &Engine) -> Result<Option<Vec<String>>, EngineError>;
+    /// The next store read; None once the read is done.
+    fn query(&mut self) -> Option<Query>;
+    /// The rows of the query just made: the frames to send (possibly
+    /// none). Rows of another kind than the query asked for end the read.
+    fn rows(&mut self, rows: Rows) -> Vec<String>;
     /// Feeds to start once the read is done (e.g. from the seq its
     /// snapshot reflects, so nothing is missed or sent twice at the seam).
     fn then(&mut self) -> Vec<Follow> {
         Vec::new()
+    }
+}
+
+/// One store read a [`Read`] asks for: the reads the dialects' paged
+/// reads are made of.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Query {
+    /// Entities of `space` (of `collection`, or all), in (collection, id)
+    /// order after `after`, up to `cap`, with the last seq the read saw
+    /// ([`Rows::Entities`]).
+    Entities {
+        space: String,
+        collection: Option<String>,
+        after: Option<(String, String)>,
+        cap: Cap,
+    },
+    /// Entities of `collection` changed after per-type version `after`,
+    /// in version order, at most `limit`, each with its newest log entry
+    /// (None once retention trimmed it), and the collection's latest
+    /// per-type version ([`Rows::TypeChanges`]).
+    TypeChanges {
+        space: String,
+        collection: String,
+        after: u64,
+        limit: usize,
+    },
+}
+
+/// What a [`Query`] read.
+#[derive(Debug, Clone)]
+pub enum Rows {
+    Entities {
+        /// (collection, id, entity).
+        items: Vec<(String, String, StoredEntity)>,
+        /// The cap stopped the read: more may follow the last item.
+        more: bool,
+        /// The last committed seq the read saw (its states hold at least
+        /// every change up to it).
+        seq: u64,
+    },
+    TypeChanges {
+        latest: u64,
+        /// (id, entity, its newest log entry).
+        items: Vec<(String, StoredEntity, Option<LogEntry>)>,
+    },
+}
+
+impl Query {
+    /// Read it from `engine`: blocking, so the driver (and every other
+    /// caller on a runtime) runs it through `engine::off_worker`.
+    pub fn run(&self, engine: &Engine) -> Result<Rows, EngineError> {
+        match self {
+            Query::Entities {
+                space,
+                collection,
+                after,
+                cap,
+            } => {
+                let after = after.as_ref().map(|(c, id)| (c.as_str(), id.as_str()));
+                let p = engine.entities_page(space, collection.as_deref(), after, *cap)?;
+                Ok(Rows::Entities {
+                    items: p.items,
+                    more: p.more,
+                    seq: p.seq,
+                })
+            }
+            Query::TypeChanges {
+                space,
+                collection,
+                after,
+                limit,
+            } => {
+                let (latest, ents) = engine.type_changes(space, collection, *after, *limit)?;
+                let mut items = Vec::with_capacity(ents.len());
+                for (id, e) in ents {
+                    let newest = engine.log_entry(e.seq)?;
+                    items.push((id, e, newest));
+                }
+                Ok(Rows::TypeChanges { latest, items })
+            }
+        }
     }
 }
 

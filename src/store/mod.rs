@@ -119,7 +119,7 @@ pub struct StoreOptions {
 /// Bounds of one paged read: at most `items`, and no item is added once
 /// the page holds `bytes` of stored (encoded) data; a page always takes
 /// its first item, however large.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Cap {
     pub items: usize,
     pub bytes: usize,

@@ -1,11 +1,11 @@
 //! Seed 003 `/v1/sync/{workspace}`: `init` (a paged read), every client
-//! message, each error, the driver's calls.
+//! message, each error, the driver's calls and reads. No engine: calls and
+//! queries are effects, their results built by hand ([`fake`]).
 
 use super::fake;
 use super::*;
 use crate::dialect::{kv, Failed, Refusal};
 use crate::model::Op;
-use axum::http::HeaderMap;
 use serde_json::json;
 
 /// A connection to workspace `w`, with no engine behind it.
@@ -14,33 +14,49 @@ fn pure(grant: crate::auth::Grant) -> Conn<kv::Kv> {
     Conn::pure(kv::Kv::new(grant, "w".into(), metrics, 1 << 20))
 }
 
-fn conn(b: &Bench, query: &[(&str, &str)]) -> Conn<kv::Kv> {
-    b.open(kv::accept(
-        &b.ctx,
-        "w".into(),
-        &HeaderMap::new(),
-        &Bench::query(query),
-    ))
+/// The key `k` of workspace `w` after one write of `value`.
+fn key(k: &str, value: Value, seq: u64) -> (String, String, crate::store::StoredEntity) {
+    let c = fake::change("w", "kv", k, Op::Patch, json!({ "value": value }), seq);
+    ("kv".into(), k.into(), fake::entity(&[c]))
+}
+
+/// The `init` read's query for the keys after `after`, frames of 1 MiB
+/// (chunks of 512 KiB).
+fn keys_after(after: Option<&str>, chunk: usize) -> Query {
+    Query::Entities {
+        space: "w".into(),
+        collection: Some("kv".into()),
+        after: after.map(|a| ("kv".into(), a.into())),
+        cap: crate::store::Cap::new(usize::MAX, chunk),
+    }
 }
 
 #[test]
 fn init_then_the_feed_from_its_seq() {
-    let b = Bench::new();
-    b.write("w", "kv", "a", json!({"value": 1}));
-    b.write("w", "kv", "gone", json!({"value": null}));
-    b.write("w", "other", "x", json!({"value": 2}));
-    let mut c = conn(&b, &[]);
+    let mut c = pure(fake::anonymous());
     let open = c.open();
-    assert!(open.now.is_empty());
-    assert_eq!(open.read.len(), 1, "{open:?}");
+    assert!(open.now.is_empty() && open.follow.is_empty());
+    assert_eq!(open.query, Some(keys_after(None, 512 * 1024)));
+    // The workspace's keys (one deleted); the read saw seq 3 (a write of
+    // another collection came last).
+    let keys = vec![key("a", json!(1), 1), key("gone", Value::Null, 2)];
+    let e = c.rows(Rows::Entities {
+        items: keys.clone(),
+        more: false,
+        seq: 3,
+    });
+    assert_eq!(e.read.len(), 1, "{e:?}");
     assert_fits(
         &json!({"type": "init", "data": {"a": 1}}),
-        &open.read[0],
+        &e.read[0],
         "init",
     );
-    assert_eq!(open.read[0]["heads"].as_array().unwrap().len(), 1);
+    let keyed: Vec<_> = keys.into_iter().map(|(_, k, e)| (k, e)).collect();
+    assert_eq!(e.read[0]["heads"], json!(kv::heads(&keyed)));
+    assert_eq!(e.read[0]["heads"].as_array().unwrap().len(), 1);
+    assert!(e.query.is_none(), "one page: the read is done");
     assert_eq!(
-        open.follow,
+        e.follow,
         [(
             0,
             "w".to_string(),
@@ -49,17 +65,14 @@ fn init_then_the_feed_from_its_seq() {
             Since::After(3)
         )]
     );
-    // Replayed and live changes render the key's value.
-    let mut out = Vec::new();
-    b.render(
-        &mut c.dialect,
-        0,
-        &b.last_committed_in(Some("kv")),
-        &mut out,
-    );
+    // A replayed change renders the key's current value (the driver reads
+    // it).
+    let gone = fake::change("w", "kv", "gone", Op::Patch, json!({"value": null}), 2);
+    let state = fake::entity(std::slice::from_ref(&gone));
+    let out = c.render(0, &fake::committed(gone, 1, None), Some(&state));
     assert_fits(
         &json!({"type": "op", "payload": {"key": "gone", "value": null}}),
-        &parse(&out[0]),
+        &out[0],
         "op",
     );
     // A failed read or feed: an error, then close (1011).
@@ -77,32 +90,54 @@ fn init_then_the_feed_from_its_seq() {
     }
 }
 
+/// A workspace too large for one frame: the heads are hashed over every
+/// key first, then `init` carries the first chunk and `op`s the rest.
 #[test]
 fn a_large_workspace_is_init_then_ops() {
-    let b = Bench::new();
     let big = "x".repeat(20_000);
-    for k in ["a", "b", "c"] {
-        b.write("w", "kv", k, json!({ "value": big }));
-    }
-    // Frames of 32 KiB: 16 KiB of state per chunk, one key each.
-    let q = Bench::query(&[]);
-    let mut opening = kv::accept(&b.ctx, "w".into(), &HeaderMap::new(), &q).unwrap();
-    let make = std::mem::replace(&mut opening.make, Box::new(|_| unreachable!()));
-    opening.make = Box::new(move |cc| {
-        let mut d = make(cc);
-        d.set_max_frame_bytes(32 * 1024);
-        d
-    });
-    let mut c = b.open(Ok(opening));
-    let open = c.open();
-    let kinds: Vec<&str> = open
-        .read
+    let keys: Vec<_> = ["a", "b", "c"]
         .iter()
-        .map(|f| f["type"].as_str().unwrap())
+        .zip(1..)
+        .map(|(k, seq)| key(k, json!(big), seq))
         .collect();
-    assert_eq!(kinds, ["init", "op", "op"], "{open:?}");
-    assert_eq!(open.read[0]["data"].as_object().unwrap().len(), 1);
-    assert_eq!(open.read[2]["payload"]["key"], "c");
+    let mut c = pure(fake::anonymous());
+    // Frames of 32 KiB: 16 KiB of state per chunk, one key each (as the
+    // store pages them: a page takes its first item, however large).
+    c.dialect.set_max_frame_bytes(32 * 1024);
+    let mut e = c.open();
+    let (mut frames, mut afters) = (Vec::new(), Vec::new());
+    while let Some(Query::Entities { after, cap, .. }) = e.query.take() {
+        assert_eq!(cap, crate::store::Cap::new(usize::MAX, 16 * 1024));
+        let at = after.as_ref().map(|(_, id)| id.clone());
+        let rest: Vec<_> = keys
+            .iter()
+            .filter(|(_, id, _)| at.as_ref().is_none_or(|a| id > a))
+            .collect();
+        afters.push(at);
+        e = c.rows(Rows::Entities {
+            items: rest.iter().take(1).map(|k| (*k).clone()).collect(),
+            more: rest.len() > 1,
+            seq: 3,
+        });
+        frames.extend(std::mem::take(&mut e.read));
+    }
+    let a = |k: &str| Some(k.to_string());
+    assert_eq!(
+        afters,
+        [None, None, a("a"), a("b"), a("a"), a("b")],
+        "the first chunk, the keys hashed, the rest"
+    );
+    let kinds: Vec<&str> = frames.iter().map(|f| f["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["init", "op", "op"], "{frames:?}");
+    assert_eq!(frames[0]["data"].as_object().unwrap().len(), 1);
+    let keyed: Vec<_> = keys.into_iter().map(|(_, k, e)| (k, e)).collect();
+    assert_eq!(
+        frames[0]["heads"],
+        json!(kv::heads(&keyed)),
+        "hashed page by page as at once"
+    );
+    assert_eq!(frames[2]["payload"]["key"], "c");
+    assert_eq!(e.follow[0].4, Since::After(3));
 }
 
 #[test]

@@ -19,8 +19,8 @@ mod sync;
 mod unified;
 
 use super::{
-    Call, ConnCtx, ConnSettings, Ctx, Dialect, Handled, Opening, Publish, Refused, Reply, Shared,
-    Since,
+    Call, ConnCtx, ConnSettings, Ctx, Dialect, Handled, Opening, Publish, Query, Read, Refused,
+    Reply, Rows, Shared, Since,
 };
 use crate::auth::{Auth, Scope};
 use crate::config::Anonymous;
@@ -120,6 +120,7 @@ impl Bench {
         Conn {
             dialect,
             engine: Some(self.ctx.engine.clone()),
+            reading: None,
             _cc: Some(cc),
         }
     }
@@ -195,9 +196,12 @@ impl Drop for Bench {
 /// One connection's dialect.
 pub struct Conn<D> {
     pub dialect: D,
-    /// The engine paged reads run against (None: a pure dialect's test,
-    /// which has none).
+    /// The engine paged reads and calls run against (None: a pure
+    /// dialect's test, which has none).
     engine: Option<Arc<Engine>>,
+    /// A pure dialect's paged read waiting for the rows of its query
+    /// ([`Conn::rows`]).
+    reading: Option<Box<dyn Read>>,
     /// The connection's accounting, held while the dialect lives.
     _cc: Option<ConnCtx>,
 }
@@ -208,6 +212,7 @@ impl<D: Dialect> Conn<D> {
         Conn {
             dialect,
             engine: None,
+            reading: None,
             _cc: None,
         }
     }
@@ -215,7 +220,10 @@ impl<D: Dialect> Conn<D> {
     /// The effects of `h`. Over a [`Bench`], an engine call is made
     /// against its engine (a write awaited with [`block_on`]) and the
     /// result fed back at once, as the driver would: what the dialect then
-    /// answers is `later`. A pure dialect's call is left for the test.
+    /// answers is `later`; a paged read is run query by query, all its
+    /// pages in `read`. A pure dialect's call is left for the test, and
+    /// so is its read: `query` is what it asks first, and the test feeds
+    /// rows ([`Conn::rows`]).
     fn effects(&mut self, mut h: Handled) -> Effects {
         let made = match (&self.engine, h.call.take().map(|c| *c)) {
             (Some(engine), Some((token, call))) => Some((token, block_on(call.make(engine, None)))),
@@ -225,7 +233,23 @@ impl<D: Dialect> Conn<D> {
             }
             (Some(_), None) => None,
         };
-        let mut e = Effects::of(h, self.engine.as_deref());
+        let read = h.read.take();
+        let mut e = Effects::of(h);
+        if let Some(mut r) = read {
+            match &self.engine {
+                Some(engine) => {
+                    while let Some(q) = r.query() {
+                        let rows = q.run(engine).unwrap();
+                        e.read.extend(r.rows(rows).iter().map(|f| parse(f)));
+                    }
+                    e.followed(r.then());
+                }
+                None => {
+                    self.reading = Some(r);
+                    self.next_query(&mut e);
+                }
+            }
+        }
         if let Some((token, reply)) = made {
             let h = self.dialect.reply(token, reply, NOW);
             let answered = self.effects(h);
@@ -233,6 +257,20 @@ impl<D: Dialect> Conn<D> {
             e.later.extend(answered.later);
         }
         e
+    }
+
+    /// The pending read's next query into `e`; its follows once done.
+    fn next_query(&mut self, e: &mut Effects) {
+        let Some(mut r) = self.reading.take() else {
+            return;
+        };
+        match r.query() {
+            Some(q) => {
+                e.query = Some(q);
+                self.reading = Some(r);
+            }
+            None => e.followed(r.then()),
+        }
     }
 
     pub fn open(&mut self) -> Effects {
@@ -245,14 +283,50 @@ impl<D: Dialect> Conn<D> {
         self.effects(h)
     }
 
+    pub fn binary(&mut self, data: &[u8]) -> Effects {
+        let h = self.dialect.on_binary(data, NOW);
+        self.effects(h)
+    }
+
     /// Feed the result of the call made with `token`.
     pub fn reply(&mut self, token: u64, reply: Reply) -> Effects {
         let h = self.dialect.reply(token, reply, NOW);
         self.effects(h)
     }
 
+    /// Feed the rows of the pending read's query: its frames in `read`,
+    /// its next query in `query` (or, once done, its follows).
+    pub fn rows(&mut self, rows: Rows) -> Effects {
+        let r = self.reading.as_mut().expect("a read waiting for rows");
+        let mut e = Effects {
+            read: r.rows(rows).iter().map(|f| parse(f)).collect(),
+            ..Effects::default()
+        };
+        self.next_query(&mut e);
+        e
+    }
+
     pub fn json(&mut self, frame: Value) -> Effects {
         self.text(&frame.to_string())
+    }
+
+    /// The frames of `c` (a change of feed `feed`) rendered as the driver
+    /// does: with `state` (the entity's current state, which the driver
+    /// would read) when the dialect asks for it.
+    pub fn render(
+        &mut self,
+        feed: u64,
+        c: &crate::engine::Committed,
+        state: Option<&crate::store::StoredEntity>,
+    ) -> Vec<Value> {
+        let state = if self.dialect.needs_state(feed, c) {
+            state
+        } else {
+            None
+        };
+        let mut out = Vec::new();
+        self.dialect.change(feed, c, state, &mut out);
+        out.iter().map(|f| parse(f)).collect()
     }
 }
 
@@ -264,8 +338,11 @@ pub type Followed = (u64, String, Option<Vec<String>>, bool, Since);
 pub struct Effects {
     /// Sent at once.
     pub now: Vec<Value>,
-    /// Sent by the paged read, all pages.
+    /// Sent by the paged read: all its pages over a [`Bench`]; a pure
+    /// dialect's, the page of the rows just fed.
     pub read: Vec<Value>,
+    /// What a pure dialect's paged read asks to read next.
+    pub query: Option<Query>,
     /// Over a [`Bench`]: what the dialect answered once the engine call
     /// it asked for was made and its result fed back (a write's commit).
     pub later: Vec<Value>,
@@ -283,7 +360,8 @@ pub fn parse(frame: &str) -> Value {
 }
 
 impl Effects {
-    pub fn of(h: Handled, engine: Option<&Engine>) -> Effects {
+    /// The effects of `h` but its read (which [`Conn`] runs).
+    pub fn of(h: Handled) -> Effects {
         let mut e = Effects {
             now: h.now.iter().map(|f| parse(f)).collect(),
             unfollow: h.unfollow,
@@ -291,27 +369,25 @@ impl Effects {
             publish: h.publish.map(|p| *p),
             ..Effects::default()
         };
-        let mut follow = h.follow;
-        if let Some(mut r) = h.read {
-            let engine = engine.expect("a paged read needs an engine");
-            while let Some(page) = r.page(engine).unwrap() {
-                e.read.extend(page.iter().map(|f| parse(f)));
-            }
-            follow.extend(r.then());
-        }
+        e.followed(h.follow);
+        e
+    }
+
+    fn followed(&mut self, follow: Vec<crate::dialect::Follow>) {
         for f in follow {
             let mut c: Option<Vec<String>> = f.filter.collections.map(|c| c.into_iter().collect());
             if let Some(c) = c.as_mut() {
                 c.sort();
             }
-            e.follow.push((f.key, f.space, c, f.filter.events, f.since));
+            self.follow
+                .push((f.key, f.space, c, f.filter.events, f.since));
         }
-        e
     }
 
     /// Nothing at all.
     pub fn is_empty(&self) -> bool {
         self.call.is_none()
+            && self.query.is_none()
             && self.publish.is_none()
             && self.now.is_empty()
             && self.read.is_empty()

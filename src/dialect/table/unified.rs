@@ -231,10 +231,10 @@ fn subset_endpoints_gzip_and_scopes() {
     let mut u = conn(&b, Endpoint::Unified, &[]);
     assert!(matches!(u.dialect.outgoing(big.clone()), Message::Text(_)));
     let ping = crate::dialect::gzip::gzip(r#"{"type":"ping"}"#);
-    let e = Effects::of(u.dialect.on_binary(&ping, NOW), Some(b.engine()));
+    let e = u.binary(&ping);
     assert_fits(&json!({"type": "pong"}), e.reply(), "gzip in");
     assert!(matches!(u.dialect.outgoing(big), Message::Binary(_)));
-    let e = Effects::of(u.dialect.on_binary(b"not gzip", NOW), Some(b.engine()));
+    let e = u.binary(b"not gzip");
     assert_fits(
         &json!({"type": "error", "code": "binary_unsupported"}),
         e.reply(),
@@ -261,7 +261,7 @@ fn the_sse_stream_follows_the_space_from_its_handshake() {
         .unwrap();
     let cc = ConnCtx::new(b.ctx.clone(), opening.endpoint);
     let mut d = (opening.make)(&cc);
-    let open = Effects::of(d.open(NOW), Some(b.engine()));
+    let open = Effects::of(d.open(NOW));
     assert_eq!(
         open.follow,
         [(0, "s".to_string(), None, false, Since::After(1))]

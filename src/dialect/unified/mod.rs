@@ -9,10 +9,13 @@ pub mod events;
 pub mod http;
 pub mod proto;
 
-use super::{admit, Call, Dialect, Failed, Follow, Handled, Opening, Read, Refused, Reply, Since};
+use super::{
+    admit, Call, Dialect, Failed, Follow, Handled, Opening, Query, Read, Refused, Reply, Rows,
+    Since,
+};
 use crate::auth::Grant;
 use crate::dialect::Ctx;
-use crate::engine::{Committed, Engine, EngineError, ErrorClass, Filter};
+use crate::engine::{Committed, EngineError, ErrorClass, Filter};
 use crate::metrics::Metrics;
 use crate::store::{Outcome, StoredEntity};
 use axum::extract::ws::{Message, Utf8Bytes};
@@ -480,24 +483,48 @@ struct SyncRead {
 }
 
 impl Read for SyncRead {
-    fn page(&mut self, engine: &Engine) -> Result<Option<Vec<String>>, EngineError> {
-        if self.done {
-            return Ok(None);
-        }
-        let (_, page) = proto_sync_page(engine, &self.space, &self.entity, self.after, PAGE)?;
+    fn query(&mut self) -> Option<Query> {
+        (!self.done).then(|| sync_query(&self.space, &self.entity, self.after, PAGE))
+    }
+
+    fn rows(&mut self, rows: Rows) -> Vec<String> {
+        let (_, page) = sync_changes(&self.entity, rows);
         self.done = page.len() < PAGE;
         let mut frames = Vec::with_capacity(page.len());
         for change in page {
             self.after = u64::try_from(change.version).unwrap_or(self.after);
             frames.push(proto::render(&UnifiedMessage::Change { change }));
         }
-        Ok(Some(frames))
+        frames
     }
 }
 
-/// One page of `sync` (and the HTTP sync API): the entities of `entity`
-/// changed after per-type version `after`, as `ChangeLog`s, with the type's
-/// latest version.
+/// The read of one page of `sync` (and of the HTTP sync API): up to
+/// `limit` entities of `entity` changed after per-type version `after`.
+pub(crate) fn sync_query(space: &str, entity: &str, after: u64, limit: usize) -> Query {
+    Query::TypeChanges {
+        space: space.into(),
+        collection: entity.into(),
+        after,
+        limit,
+    }
+}
+
+/// A [`sync_query`]'s rows as `ChangeLog`s, with the type's latest
+/// version (other rows: none).
+pub(crate) fn sync_changes(entity: &str, rows: Rows) -> (u64, Vec<proto::ChangeLog>) {
+    let Rows::TypeChanges { latest, items } = rows else {
+        return (0, Vec::new());
+    };
+    let changes = items
+        .iter()
+        .map(|(id, e, newest)| proto::entity_change(entity, id, e, newest.as_ref()))
+        .collect();
+    (latest, changes)
+}
+
+/// One page of `sync` read now (blocking: callers run it off the async
+/// workers).
 pub(crate) fn proto_sync_page(
     engine: &crate::engine::Engine,
     space: &str,
@@ -505,13 +532,8 @@ pub(crate) fn proto_sync_page(
     after: u64,
     limit: usize,
 ) -> Result<(u64, Vec<proto::ChangeLog>), EngineError> {
-    let (latest, ents) = engine.type_changes(space, entity, after, limit)?;
-    let mut out = Vec::with_capacity(ents.len());
-    for (id, e) in ents {
-        let newest = engine.log_entry(e.seq)?;
-        out.push(proto::entity_change(entity, &id, &e, newest.as_ref()));
-    }
-    Ok((latest, out))
+    let rows = sync_query(space, entity, after, limit).run(engine)?;
+    Ok(sync_changes(entity, rows))
 }
 
 #[cfg(test)]
