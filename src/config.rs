@@ -673,6 +673,13 @@ pub struct MeshConfig {
     /// Per peer (keyed by its node id, 16 hex digits): replicate only these
     /// spaces with it, instead of `spaces`.
     pub peer_spaces: BTreeMap<String, Vec<String>>,
+    /// Incoming QUIC connections not yet through their handshake, proof
+    /// and hello, at most; in all and from one address.
+    pub max_handshakes: usize,
+    pub max_handshakes_per_ip: usize,
+    /// An incoming connection's QUIC handshake, proof and hello must be
+    /// done within this.
+    pub handshake_timeout: String,
 }
 
 impl Default for MeshConfig {
@@ -686,6 +693,9 @@ impl Default for MeshConfig {
             mdns: true,
             spaces: None,
             peer_spaces: Default::default(),
+            max_handshakes: 64,
+            max_handshakes_per_ip: 8,
+            handshake_timeout: "10s".into(),
         }
     }
 }
@@ -701,6 +711,12 @@ pub struct MeshSettings {
     pub spaces: Option<HashSet<String>>,
     /// Spaces replicated with the peer of this node id.
     pub peer_spaces: std::collections::HashMap<crate::model::NodeId, HashSet<String>>,
+    /// Incoming connections in their handshake (QUIC, membership proof,
+    /// hello) at most, in all and per address (IPv6: per /64).
+    pub max_handshakes: usize,
+    pub max_handshakes_per_ip: usize,
+    /// The time an incoming connection has for all of its handshake.
+    pub handshake_timeout: Duration,
 }
 
 impl MeshSettings {
@@ -741,6 +757,19 @@ impl MeshConfig {
             .listen
             .parse()
             .map_err(|e| invalid("mesh.listen", format!("{:?}: {e}", self.listen)))?;
+        in_range("mesh.max_handshakes", self.max_handshakes, 1, 1_000_000)?;
+        in_range(
+            "mesh.max_handshakes_per_ip",
+            self.max_handshakes_per_ip,
+            1,
+            1_000_000,
+        )?;
+        let handshake_timeout = duration_in(
+            "mesh.handshake_timeout",
+            &self.handshake_timeout,
+            Duration::from_millis(100),
+            Duration::from_secs(3600),
+        )?;
         for p in &self.peers {
             let ok = p
                 .rsplit_once(':')
@@ -781,6 +810,9 @@ impl MeshConfig {
             mdns: self.mdns,
             spaces,
             peer_spaces,
+            max_handshakes: self.max_handshakes,
+            max_handshakes_per_ip: self.max_handshakes_per_ip,
+            handshake_timeout,
         }))
     }
 }

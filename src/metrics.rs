@@ -52,6 +52,13 @@ pub struct Metrics {
     pub mesh_refused: AtomicU64,
     pub mesh_discovered: AtomicU64,
     pub mesh_lost: AtomicU64,
+    /// Mesh: incoming connections in their handshake now (gauge), those
+    /// closed for `mesh.handshake_timeout`, and those refused at
+    /// `mesh.max_handshakes` / `mesh.max_handshakes_per_ip`.
+    pub mesh_handshakes: AtomicU64,
+    pub mesh_handshake_timeouts: AtomicU64,
+    pub mesh_refused_max_handshakes: AtomicU64,
+    pub mesh_refused_per_ip: AtomicU64,
     /// Open client connections per endpoint path (the status page).
     endpoints: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
 }
@@ -189,7 +196,7 @@ impl Metrics {
             self.commit_sum_us.load(Relaxed) as f64 / 1e6
         );
         let _ = writeln!(s, "{name}_count {count}");
-        let webhook: [(&str, &str, &str, &AtomicU64); 8] = [
+        let webhook: [(&str, &str, &str, &AtomicU64); 10] = [
             (
                 "outpost_mesh_sessions_total",
                 "counter",
@@ -213,6 +220,18 @@ impl Metrics {
                 "counter",
                 "relays of this mesh whose mDNS advert went away",
                 &self.mesh_lost,
+            ),
+            (
+                "outpost_mesh_handshakes",
+                "gauge",
+                "incoming mesh connections in their handshake (QUIC, proof, hello)",
+                &self.mesh_handshakes,
+            ),
+            (
+                "outpost_mesh_handshake_timeouts_total",
+                "counter",
+                "incoming mesh connections closed for mesh.handshake_timeout",
+                &self.mesh_handshake_timeouts,
             ),
             (
                 "outpost_webhook_delivered_total",
@@ -242,6 +261,14 @@ impl Metrics {
         for (name, kind, help, v) in webhook {
             series(&mut s, name, kind, help, v.load(Relaxed));
         }
+        let name = "outpost_mesh_handshakes_refused_total";
+        let _ = writeln!(
+            s,
+            "# HELP {name} incoming mesh connections refused at a handshake bound, by reason\n# TYPE {name} counter\n\
+             {name}{{reason=\"max_handshakes\"}} {}\n{name}{{reason=\"max_handshakes_per_ip\"}} {}",
+            self.mesh_refused_max_handshakes.load(Relaxed),
+            self.mesh_refused_per_ip.load(Relaxed),
+        );
         for (name, help, v) in extra {
             series(&mut s, name, "gauge", help, v);
         }

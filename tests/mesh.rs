@@ -1,9 +1,10 @@
 //! The peer mesh with real relay processes on loopback (static peers):
 //! chains and triangles converge, SIGKILL and partitions heal, strangers
-//! are refused.
+//! are refused, a flood of stalled handshakes stays within its bounds.
 
 mod common;
 
+use common::node::wait_until;
 use common::replication::*;
 use common::*;
 use serde_json::{json, Value};
@@ -382,18 +383,8 @@ async fn mesh_spaces_filter_per_peer_and_for_all() {
 /// Connect with QUIC using `alpn`, optionally send `garbage` on a stream;
 /// true if the relay refused the handshake or closed the connection.
 async fn quic_probe(target: SocketAddr, alpn: &[u8], garbage: Option<&[u8]>) -> bool {
-    use std::sync::Arc;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![alpn.to_vec()];
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+    ep.set_default_client_config(quic_client(alpn));
     let conn = tokio::time::timeout(
         Duration::from_secs(10),
         ep.connect(target, "outpost").unwrap(),
@@ -408,6 +399,168 @@ async fn quic_probe(target: SocketAddr, alpn: &[u8], garbage: Option<&[u8]>) -> 
     tokio::time::timeout(Duration::from_secs(15), conn.closed())
         .await
         .is_ok()
+}
+
+/// A QUIC client offering `alpn` that takes any server certificate.
+fn quic_client(alpn: &[u8]) -> quinn::ClientConfig {
+    use std::sync::Arc;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    quinn::ClientConfig::new(Arc::new(quic))
+}
+
+/// `n` incoming QUIC connections to `target` that never finish their
+/// handshake: a UDP proxy passes each client's first datagram (its
+/// Initial, a real one) to the relay from address `from`, and nothing
+/// else either way, so the relay answers into the void and waits.
+struct Stalled {
+    _clients: Vec<(quinn::Endpoint, quinn::Connecting)>,
+    proxy: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Stalled {
+    fn drop(&mut self) {
+        self.proxy.abort();
+    }
+}
+
+async fn stalled(target: SocketAddr, from: &str, n: usize) -> Stalled {
+    let front = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let back = tokio::net::UdpSocket::bind(format!("{from}:0"))
+        .await
+        .unwrap();
+    let front_addr = front.local_addr().unwrap();
+    let proxy = tokio::spawn(async move {
+        let mut seen = std::collections::HashSet::new();
+        let mut buf = vec![0u8; 65536];
+        while let Ok((len, client)) = front.recv_from(&mut buf).await {
+            // One client endpoint per connection: its first datagram is
+            // its Initial; retransmissions and the rest are dropped.
+            if seen.insert(client) {
+                let _ = back.send_to(&buf[..len], target).await;
+            }
+        }
+    });
+    let cfg = quic_client(b"outpost-mesh/1");
+    let clients = (0..n)
+        .map(|_| {
+            let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+            ep.set_default_client_config(cfg.clone());
+            let connecting = ep.connect(front_addr, "outpost").unwrap();
+            (ep, connecting)
+        })
+        .collect();
+    Stalled {
+        _clients: clients,
+        proxy,
+    }
+}
+
+/// Mesh handshake figures of a relay: (in flight, refused per address,
+/// refused relay-wide, timed out, sessions established).
+async fn handshakes(addr: SocketAddr) -> [u64; 5] {
+    let (_, m) = http_get(addr, "/metrics").await;
+    let refused = "outpost_mesh_handshakes_refused_total";
+    [
+        metric_in(&m, "outpost_mesh_handshakes "),
+        metric_in(
+            &m,
+            &format!("{refused}{{reason=\"max_handshakes_per_ip\"}}"),
+        ),
+        metric_in(&m, &format!("{refused}{{reason=\"max_handshakes\"}}")),
+        metric_in(&m, "outpost_mesh_handshake_timeouts_total "),
+        metric_in(&m, "outpost_mesh_sessions_total "),
+    ]
+}
+
+/// Incoming QUIC connections that stall in their handshake stay within
+/// `mesh.max_handshakes` and `mesh.max_handshakes_per_ip`, are refused
+/// beyond them, are dropped after `mesh.handshake_timeout`, and a real
+/// peer connects and syncs while some are held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_stalled_quic_handshakes_stays_within_its_bounds() {
+    use std::time::Instant;
+    const TIMEOUT: Duration = Duration::from_secs(5);
+    let a = Node::start_with(
+        &[],
+        SECRET,
+        "max_handshakes = 8\nmax_handshakes_per_ip = 3\nhandshake_timeout = \"5s\"\n",
+    );
+    let data = writes("flood", 10, "a");
+    write_all(a.http, &data).await;
+    let http = a.http;
+    let wait_for = |want: [u64; 5], what: &'static str| async move {
+        wait_until(3, what, || async { handshakes(http).await == want }).await
+    };
+
+    // Phase 1: ten from each of three addresses. Three of each of the first
+    // two are held (per address), then two of the third (relay-wide).
+    let t0 = Instant::now();
+    let f2 = stalled(a.mesh, "127.0.0.2", 10).await;
+    wait_for([3, 7, 0, 0, 0], "3 held from .2").await;
+    let f3 = stalled(a.mesh, "127.0.0.3", 10).await;
+    wait_for([6, 14, 0, 0, 0], "3 more held from .3").await;
+    let f4 = stalled(a.mesh, "127.0.0.4", 10).await;
+    wait_for([8, 14, 8, 0, 0], "2 more from .4, the rest refused").await;
+    // Each is dropped after the timeout, not before; never more than 8.
+    let mut first_drop = None;
+    loop {
+        let [held, _, _, _, _] = handshakes(a.http).await;
+        assert!(held <= 8, "{held} handshakes held");
+        if held < 8 && first_drop.is_none() {
+            first_drop = Some(t0.elapsed());
+        }
+        if held == 0 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < TIMEOUT + Duration::from_secs(5),
+            "stalled handshakes still held after {:?}",
+            t0.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let first_drop = first_drop.unwrap();
+    assert!(
+        first_drop >= TIMEOUT - Duration::from_millis(300),
+        "a handshake was dropped after {first_drop:?}, before the timeout"
+    );
+    assert_eq!(handshakes(a.http).await, [0, 14, 8, 8, 0]);
+    drop((f2, f3, f4));
+
+    // Phase 2: a real peer dials while stalled handshakes are held.
+    let mesh = a.mesh;
+    let b = tokio::task::spawn_blocking(move || Node::start(&[mesh], SECRET));
+    let f2 = stalled(a.mesh, "127.0.0.2", 10).await;
+    let t1 = Instant::now();
+    wait_until(3, "7 refused from .2 again", || async {
+        handshakes(http).await[1] == 21
+    })
+    .await;
+    let b = b.await.unwrap();
+    wait_until(10, "B's mesh session", || async {
+        handshakes(a.http).await[4] == 1
+    })
+    .await;
+    assert_eq!(
+        handshakes(a.http).await,
+        [3, 21, 8, 8, 1],
+        "B got its session while the stalled ones were still held ({:?} after them)",
+        t1.elapsed()
+    );
+    converge(&[a.http, b.http], 10, &ids(&[&data])).await;
+    wait_until(10, "the second flood dropped", || async {
+        handshakes(a.http).await == [0, 21, 8, 11, 1]
+    })
+    .await;
+    drop(f2);
 }
 
 #[derive(Debug)]

@@ -26,7 +26,6 @@ use crate::config::Settings;
 use crate::engine::{Engine, EngineError, EngineSettings, Limits};
 use crate::mesh::Mesh;
 use crate::metrics::Metrics;
-use crate::net::ConnTracker;
 use crate::replicate::Links;
 use crate::tasks::Tasks;
 use std::net::SocketAddr;
@@ -67,7 +66,6 @@ pub struct AppState {
     pub settings: Settings,
     /// Flips to true when shutdown starts.
     pub shutdown: watch::Receiver<bool>,
-    pub conns: ConnTracker,
     /// Live replication links (mesh peers, upstream).
     pub links: Arc<Links>,
     /// The mesh's bound UDP address, when the mesh is on.
@@ -198,13 +196,11 @@ impl Relay {
         let console = Arc::new(crate::app::console::Console::default());
         tasks.spawn_until_stop("status sampler", console.sampler(&engine));
         let auth = Auth::new(settings.jwt_secret.as_deref(), settings.anonymous);
-        let conns = ConnTracker::default();
         let hub = crate::upstream::hub::HubCtx {
             engine: engine.clone(),
             auth: auth.clone(),
             links: links.clone(),
             shutdown: shutdown.clone(),
-            conns: conns.clone(),
         };
         let net = Arc::new(crate::net::stats::NetStats::default());
         let ctx = crate::dialect::Ctx::new(crate::dialect::Shared {
@@ -212,7 +208,6 @@ impl Relay {
             auth: auth.clone(),
             settings: crate::dialect::ConnSettings::of(&settings),
             shutdown: shutdown.clone(),
-            conns: conns.clone(),
             net: net.clone(),
             upstream: upstream.clone().map(|u| {
                 let wake: crate::dialect::Wake = Arc::new(move || u.wake());
@@ -225,7 +220,6 @@ impl Relay {
             auth,
             settings,
             shutdown,
-            conns,
             hub,
             links,
             mesh_addr: mesh.as_ref().map(|m| m.local_addr),
@@ -283,7 +277,12 @@ impl Relay {
         if !aborted.is_empty() {
             tracing::warn!(
                 ?aborted,
-                connections = self.state.conns.live(),
+                // Counted where connections are admitted (`net::admission`).
+                connections = self
+                    .state
+                    .net
+                    .open
+                    .load(std::sync::atomic::Ordering::Relaxed),
                 "shutdown grace period over: the tasks left were aborted"
             );
         }

@@ -37,16 +37,9 @@ pub fn accept(
         .filter(|c| !c.is_empty() && c.len() <= 256)
         .cloned()
         .unwrap_or_else(|| format!("client_{}", atome::random_id()));
-    let state = state.clone();
-    Ok(Opening::new("/ws/atome-sync", move |_| AtomeProto {
-        metrics: state.engine.metrics.clone(),
-        auth: state.auth.clone(),
-        space,
-        auth_due: grant.scope.is_none(),
-        grant,
-        client_id,
-        writes: HashMap::new(),
-        next_token: 0,
+    let (auth, metrics) = (state.auth.clone(), state.engine.metrics.clone());
+    Ok(Opening::new("/ws/atome-sync", move |_| {
+        AtomeProto::new(grant, space, client_id, auth, metrics)
     }))
 }
 
@@ -76,12 +69,7 @@ fn admit(
             "connection limit reached\n".into(),
         ));
     }
-    let space = query
-        .get("space")
-        .cloned()
-        .unwrap_or_else(|| "default".into());
-    crate::engine::validate_name("space", &space)
-        .map_err(|e| (StatusCode::BAD_REQUEST, format!("{e}\n")))?;
+    let space = super::space_of(query)?;
     let pending = Grant {
         sub: "anonymous".into(),
         scope: None,
@@ -236,6 +224,30 @@ pub struct AtomeProto {
     /// Writes in flight, by call token: the rid a refusal answers.
     writes: HashMap<u64, Value>,
     next_token: u64,
+}
+
+impl AtomeProto {
+    /// One connection to `space` named `client_id`, with the handshake's
+    /// `grant`: one without a scope awaits in-band authentication, checked
+    /// with `auth`.
+    pub fn new(
+        grant: Grant,
+        space: String,
+        client_id: String,
+        auth: crate::auth::Auth,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> AtomeProto {
+        AtomeProto {
+            metrics,
+            auth,
+            space,
+            auth_due: grant.scope.is_none(),
+            grant,
+            client_id,
+            writes: HashMap::new(),
+            next_token: 0,
+        }
+    }
 }
 
 /// Who writes: the token's subject, or the client's id when anonymous (as on

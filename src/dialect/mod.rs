@@ -59,8 +59,6 @@ pub struct Shared {
     pub settings: ConnSettings,
     /// Flips to true when shutdown starts.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
-    /// Shutdown waits for every connection actor to finish.
-    pub conns: crate::net::ConnTracker,
     /// Counters of the connection layer (idle timeouts).
     pub net: Arc<crate::net::stats::NetStats>,
     /// Starts a round with the upstream hub now, when there is one
@@ -127,6 +125,18 @@ pub fn admit(
     })
 }
 
+/// The space a handshake names in `?space=` (default `default`); a bad
+/// name is 400.
+pub fn space_of(query: &HashMap<String, String>) -> Result<String, Refused> {
+    let space = query
+        .get("space")
+        .cloned()
+        .unwrap_or_else(|| "default".into());
+    crate::engine::validate_name("space", &space)
+        .map_err(|e| (StatusCode::BAD_REQUEST, format!("{e}\n")))?;
+    Ok(space)
+}
+
 /// Handshake checks of a one-space dialect: admission (401/503), then the
 /// space from `?space=` (default `default`): a bad name is 400, a token
 /// without read access to it 403. Refusals happen before any upgrade.
@@ -137,12 +147,7 @@ pub fn admit_space(
 ) -> Result<(crate::auth::Grant, String), (axum::http::StatusCode, String)> {
     use axum::http::StatusCode;
     let grant = admit(state, headers, query)?;
-    let space = query
-        .get("space")
-        .cloned()
-        .unwrap_or_else(|| "default".into());
-    crate::engine::validate_name("space", &space)
-        .map_err(|e| (StatusCode::BAD_REQUEST, format!("{e}\n")))?;
+    let space = space_of(query)?;
     if !grant.can_read(&space) {
         return Err((
             StatusCode::FORBIDDEN,
@@ -181,7 +186,6 @@ pub struct ConnCtx {
     pub signal: Arc<ConnSignal>,
     /// The endpoint path, for the per-endpoint connection gauge.
     endpoint: &'static str,
-    _track: crate::net::ConnToken,
 }
 
 impl ConnCtx {
@@ -194,7 +198,6 @@ impl ConnCtx {
         m.connections.fetch_add(1, Relaxed);
         m.connections_total.fetch_add(1, Relaxed);
         m.endpoint_conn(endpoint, true);
-        let track = state.conns.enter();
         ConnCtx {
             link: ConnLink {
                 conn: id,
@@ -206,7 +209,6 @@ impl ConnCtx {
             rx,
             signal,
             endpoint,
-            _track: track,
         }
     }
 }

@@ -33,15 +33,9 @@ pub fn accept(
     query: &HashMap<String, String>,
 ) -> Result<Opening<SyncProto>, Refused> {
     let (grant, space) = super::admit_space(state, headers, query)?;
-    let state = state.clone();
-    Ok(Opening::new("/ws/sync", move |_| SyncProto {
-        metrics: state.engine.metrics.clone(),
-        upstream: state.upstream.clone(),
-        space,
-        grant,
-        client_id: format!("client_{}", atome::random_id()),
-        writes: HashMap::new(),
-        next_token: 0,
+    let (metrics, upstream) = (state.engine.metrics.clone(), state.upstream.clone());
+    Ok(Opening::new("/ws/sync", move |_| {
+        SyncProto::new(grant, space, metrics, upstream)
     }))
 }
 
@@ -285,6 +279,26 @@ pub struct SyncProto {
 }
 
 impl SyncProto {
+    /// One connection to `space` with the handshake's `grant`, named by
+    /// the relay until it registers; `sync_request` wakes `upstream` (None:
+    /// this relay has no upstream).
+    pub fn new(
+        grant: Grant,
+        space: String,
+        metrics: Arc<crate::metrics::Metrics>,
+        upstream: Option<super::Wake>,
+    ) -> SyncProto {
+        SyncProto {
+            metrics,
+            upstream,
+            space,
+            grant,
+            client_id: format!("client_{}", atome::random_id()),
+            writes: HashMap::new(),
+            next_token: 0,
+        }
+    }
+
     fn error(&self, code: &str, message: &str, rid: &Value) -> String {
         self.metrics.errors_sent.fetch_add(1, Relaxed);
         error_frame(code, message, rid)

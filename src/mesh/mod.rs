@@ -8,6 +8,13 @@
 //! - `discovery`: mDNS advert and browse;
 //! - this file: the endpoint, accepting, dialling with backoff, and one
 //!   session per connection (one connection per pair of relays).
+//!
+//! Incoming connections are bounded like the TLS listener's handshakes
+//! (`crate::net::admission`): one that has not finished its QUIC
+//! handshake, membership proof and hello holds a place of
+//! `mesh.max_handshakes` (and of `mesh.max_handshakes_per_ip` for its
+//! address) for at most `mesh.handshake_timeout`; beyond the bound a new
+//! one is refused at once (`Incoming::refuse`), before any cryptography.
 
 mod auth;
 mod discovery;
@@ -16,11 +23,14 @@ mod wire;
 
 use crate::config::MeshSettings;
 use crate::engine::{now_ms, Engine};
+use crate::metrics::Metrics;
 use crate::model::NodeId;
+use crate::net::admission::{Bound, Full, Held};
+use crate::net::stats::LogLimiter;
 use crate::replicate::backoff::{jitter_seed, Backoff};
 use crate::replicate::frame::{Frame, PROTO_VERSION};
-use crate::replicate::session::{self, recv_frame, send_frame};
-use crate::replicate::{Links, SessionError, SessionOpts};
+use crate::replicate::session::{self, recv_frame, send_frame, Greeting};
+use crate::replicate::{LinkGuard, Links, SessionError, SessionOpts};
 use crate::tasks::Tasks;
 use auth::{Membership, Role};
 use std::net::SocketAddr;
@@ -53,6 +63,10 @@ struct Ctx {
     settings: MeshSettings,
     endpoint: quinn::Endpoint,
     shutdown: watch::Receiver<bool>,
+    /// Incoming connections in their handshake (see the module doc).
+    handshakes: Arc<Bound>,
+    /// Refusals at that bound: one line a second at most.
+    refusal_log: LogLimiter,
 }
 
 /// The running mesh: its tasks (accept loop, dialers, discovery) run in
@@ -88,6 +102,8 @@ impl Mesh {
             settings: settings.clone(),
             endpoint: endpoint.clone(),
             shutdown,
+            handshakes: Bound::new(settings.max_handshakes, settings.max_handshakes_per_ip),
+            refusal_log: LogLimiter::new(Duration::from_secs(1)),
         });
         let d = match settings.mdns {
             true => Some(discovery::start(engine.node_id(), local_addr.port(), tag)?),
@@ -125,20 +141,12 @@ async fn accept_loop(ctx: Arc<Ctx>) {
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
             incoming = ctx.endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                let ctx = ctx.clone();
-                conns.spawn(async move {
-                    let addr = incoming.remote_address();
-                    match incoming.await {
-                        Ok(conn) => {
-                            let _ = serve_conn(&ctx, conn, Role::Acceptor, "inbound").await;
-                        }
-                        Err(e) => {
-                            // Wrong ALPN, not TLS, not QUIC: refused in the handshake.
-                            ctx.engine.metrics.mesh_refused.fetch_add(1, Relaxed);
-                            tracing::warn!(%addr, error = %e, "mesh handshake refused");
-                        }
+                match admit(&ctx, incoming.remote_address()) {
+                    Some(slot) => {
+                        conns.spawn(accept_one(ctx.clone(), incoming, slot));
                     }
-                });
+                    None => incoming.refuse(),
+                }
             }
         }
     }
@@ -148,6 +156,88 @@ async fn accept_loop(ctx: Arc<Ctx>) {
         while conns.join_next().await.is_some() {}
     })
     .await;
+}
+
+/// A place among the incoming handshakes: given back (and the gauge
+/// lowered) when dropped, after the hello or when the connection ends.
+struct Handshaking {
+    _held: Held,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        self.metrics.mesh_handshakes.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Both of an incoming connection's handshake bounds: its place, and the
+/// time by which the hello must be done.
+struct Admitted {
+    slot: Handshaking,
+    deadline: tokio::time::Instant,
+}
+
+/// A place for a new incoming connection from `addr`, or None when the
+/// bound is full (counted and logged; the caller refuses it).
+fn admit(ctx: &Ctx, addr: SocketAddr) -> Option<Handshaking> {
+    let m = &ctx.engine.metrics;
+    match ctx.handshakes.take(addr.ip()) {
+        Ok(held) => {
+            m.mesh_handshakes.fetch_add(1, Relaxed);
+            Some(Handshaking {
+                _held: held,
+                metrics: m.clone(),
+            })
+        }
+        Err(full) => {
+            let key = match full {
+                Full::Total => {
+                    m.mesh_refused_max_handshakes.fetch_add(1, Relaxed);
+                    "mesh.max_handshakes"
+                }
+                Full::PerIp => {
+                    m.mesh_refused_per_ip.fetch_add(1, Relaxed);
+                    "mesh.max_handshakes_per_ip"
+                }
+            };
+            if let Some(skipped) = ctx.refusal_log.allow(Instant::now()) {
+                tracing::warn!(%addr, limit = key, similar_since_last = skipped, "mesh connection refused: too many handshakes in flight");
+            }
+            None
+        }
+    }
+}
+
+/// One incoming connection: the QUIC handshake (bounded by the deadline,
+/// cut short by shutdown), then the session.
+async fn accept_one(ctx: Arc<Ctx>, incoming: quinn::Incoming, slot: Handshaking) {
+    let addr = incoming.remote_address();
+    let deadline = tokio::time::Instant::now() + ctx.settings.handshake_timeout;
+    let mut stop = ctx.shutdown.clone();
+    // Dropping the handshake's future closes the connection.
+    let done = tokio::select! {
+        r = tokio::time::timeout_at(deadline, incoming) => r,
+        _ = stop.wait_for(|s| *s) => return,
+    };
+    match done {
+        Ok(Ok(conn)) => {
+            let admitted = Admitted { slot, deadline };
+            let _ = serve_conn(&ctx, conn, Role::Acceptor, "inbound", Some(admitted)).await;
+        }
+        Ok(Err(e)) => {
+            // Wrong ALPN, not TLS, not QUIC: refused in the handshake.
+            ctx.engine.metrics.mesh_refused.fetch_add(1, Relaxed);
+            tracing::warn!(%addr, error = %e, "mesh handshake refused");
+        }
+        Err(_) => {
+            ctx.engine
+                .metrics
+                .mesh_handshake_timeouts
+                .fetch_add(1, Relaxed);
+            tracing::debug!(%addr, "mesh QUIC handshake timed out (mesh.handshake_timeout)");
+        }
+    }
 }
 
 /// Dial `target` ("host:port") and keep a session up, redialling with
@@ -203,18 +293,21 @@ async fn dial_once(
         .map_err(|e| e.to_string())?
         .await
         .map_err(|e| e.to_string())?;
-    serve_conn(ctx, conn, Role::Dialer, found).await
+    serve_conn(ctx, conn, Role::Dialer, found, None).await
 }
 
-/// Prove membership, say hello, resolve duplicates, replicate.
+/// Prove membership, say hello, resolve duplicates, replicate. An
+/// incoming connection comes `admitted`: its place is held until the
+/// hello, which must come by its deadline.
 async fn serve_conn(
     ctx: &Ctx,
     conn: quinn::Connection,
     role: Role,
     found: &'static str,
+    admitted: Option<Admitted>,
 ) -> Result<(NodeId, String), String> {
     let addr = conn.remote_address();
-    let result = session_on(ctx, &conn, role, found).await;
+    let result = session_on(ctx, &conn, role, found, admitted).await;
     match &result {
         Ok((_, reason)) => {
             // We said goodbye; let the peer read it and close first.
@@ -229,12 +322,22 @@ async fn serve_conn(
     result.map_err(|e| e.to_string())
 }
 
-async fn session_on(
+/// What the handshake leaves: the stream both ways, the link's entry in
+/// `links` and the peer's hello.
+struct Established {
+    tx: QuicSink,
+    rx: QuicSource,
+    guard: LinkGuard,
+    greeting: Greeting,
+}
+
+/// Open (or accept) the stream, prove membership both ways, say hello.
+async fn establish(
     ctx: &Ctx,
     conn: &quinn::Connection,
     role: Role,
     found: &'static str,
-) -> Result<(NodeId, String), SessionError> {
+) -> Result<Established, SessionError> {
     let transport = |e: &dyn std::fmt::Display| SessionError::Transport(e.to_string());
     let (send, recv) = match role {
         Role::Dialer => conn.open_bi().await.map_err(|e| transport(&e))?,
@@ -257,8 +360,51 @@ async fn session_on(
     );
     let _ = guard.stats.found.set(found);
     let greeting = session::hello(&ctx.engine, &mut rx, &mut tx).await?;
+    guard.stats.node.store(greeting.peer.0, Relaxed);
+    Ok(Established {
+        tx,
+        rx,
+        guard,
+        greeting,
+    })
+}
+
+async fn session_on(
+    ctx: &Ctx,
+    conn: &quinn::Connection,
+    role: Role,
+    found: &'static str,
+    admitted: Option<Admitted>,
+) -> Result<(NodeId, String), SessionError> {
+    let setup = establish(ctx, conn, role, found);
+    let est = match admitted {
+        None => setup.await?,
+        Some(Admitted { slot, deadline }) => {
+            let r = tokio::time::timeout_at(deadline, setup).await;
+            // Through the hello (or failed): no longer handshaking.
+            drop(slot);
+            match r {
+                Ok(r) => r?,
+                Err(_) => {
+                    ctx.engine
+                        .metrics
+                        .mesh_handshake_timeouts
+                        .fetch_add(1, Relaxed);
+                    return Err(SessionError::Protocol(format!(
+                        "membership proof and hello not done within {:?} (mesh.handshake_timeout)",
+                        ctx.settings.handshake_timeout
+                    )));
+                }
+            }
+        }
+    };
+    let Established {
+        mut tx,
+        rx,
+        guard,
+        greeting,
+    } = est;
     let peer = greeting.peer;
-    guard.stats.node.store(peer.0, Relaxed);
     if !keep_against_duplicates(ctx, &guard.stats) {
         let reason = "duplicate connection to the same peer";
         let _ = send_frame(

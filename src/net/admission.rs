@@ -4,6 +4,9 @@
 //! dispatched, and per-address counts of both. Permits, not counters
 //! compared and then bumped, so concurrent accepts cannot overshoot.
 //!
+//! [`Bound`] is one such limit, in all and per address; the mesh bounds its
+//! QUIC handshakes with one too.
+//!
 //! IPv6 addresses count per /64: one host commonly holds a whole /64, so
 //! counting single addresses would not bound it.
 
@@ -36,32 +39,100 @@ fn ip_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-#[derive(Default)]
-struct PerIp {
-    connections: usize,
-    handshakes: usize,
+/// A bound on things held at once, in all and per address (the mesh's
+/// QUIC handshakes, and each half of [`Admission`]): a semaphore permit and
+/// a per-address count, taken together or not at all.
+pub struct Bound {
+    permits: Arc<Semaphore>,
+    per_ip: usize,
+    held: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// Which part of a [`Bound`] refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Full {
+    /// Every permit is held.
+    Total,
+    /// This address holds its share.
+    PerIp,
+}
+
+/// One place in a [`Bound`], given back when dropped.
+pub struct Held {
+    _permit: OwnedSemaphorePermit,
+    owner: Arc<Bound>,
+    key: IpAddr,
+}
+
+impl Bound {
+    pub fn new(total: usize, per_ip: usize) -> Arc<Bound> {
+        Arc::new(Bound {
+            permits: Arc::new(Semaphore::new(total)),
+            per_ip,
+            held: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A place for `ip`, or which part is full.
+    pub fn take(self: &Arc<Self>, ip: IpAddr) -> Result<Held, Full> {
+        let permit = self
+            .permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Full::Total)?;
+        let key = ip_key(ip);
+        let mut table = self.table();
+        let n = table.entry(key).or_default();
+        if *n >= self.per_ip {
+            return Err(Full::PerIp);
+        }
+        *n += 1;
+        Ok(Held {
+            _permit: permit,
+            owner: self.clone(),
+            key,
+        })
+    }
+
+    /// Addresses holding a place (bounded by the total).
+    #[cfg(test)]
+    fn addresses(&self) -> usize {
+        self.table().len()
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut table = self.owner.table();
+        if let Some(n) = table.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                table.remove(&self.key);
+            }
+        }
+    }
 }
 
 pub struct Admission {
-    limits: Limits,
-    connections: Arc<Semaphore>,
-    handshakes: Arc<Semaphore>,
-    per_ip: Mutex<HashMap<IpAddr, PerIp>>,
+    connections: Arc<Bound>,
+    handshakes: Arc<Bound>,
     stats: Arc<NetStats>,
 }
 
 /// Held for as long as the connection's socket is open.
 pub struct ConnSlot {
-    _permit: OwnedSemaphorePermit,
-    owner: Arc<Admission>,
-    key: IpAddr,
+    _held: Held,
+    stats: Arc<NetStats>,
 }
 
 /// Held until the connection's first request is dispatched (or it closes).
 pub struct HandshakeSlot {
-    _permit: OwnedSemaphorePermit,
-    owner: Arc<Admission>,
-    key: IpAddr,
+    _held: Held,
+    stats: Arc<NetStats>,
 }
 
 impl Admission {
@@ -70,91 +141,46 @@ impl Admission {
             .max_connections
             .store(limits.connections as u64, Relaxed);
         Arc::new(Admission {
-            limits,
-            connections: Arc::new(Semaphore::new(limits.connections)),
-            handshakes: Arc::new(Semaphore::new(limits.handshakes)),
-            per_ip: Mutex::new(HashMap::new()),
+            connections: Bound::new(limits.connections, limits.connections_per_ip),
+            handshakes: Bound::new(limits.handshakes, limits.handshakes_per_ip),
             stats,
         })
     }
 
-    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, PerIp>> {
-        self.per_ip.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Admit a connection from `ip`, or say which limit refuses it.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<(ConnSlot, HandshakeSlot), Refusal> {
-        let conn = self
-            .connections
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Refusal::MaxConnections)?;
-        let hs = self
-            .handshakes
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Refusal::MaxHandshakes)?;
-        let key = ip_key(ip);
-        {
-            let mut table = self.table();
-            let e = table.entry(key).or_default();
-            if e.connections >= self.limits.connections_per_ip {
-                return Err(Refusal::PerIpConnections);
-            }
-            if e.handshakes >= self.limits.handshakes_per_ip {
-                return Err(Refusal::PerIpHandshakes);
-            }
-            e.connections += 1;
-            e.handshakes += 1;
-        }
+        let conn = self.connections.take(ip).map_err(|f| match f {
+            Full::Total => Refusal::MaxConnections,
+            Full::PerIp => Refusal::PerIpConnections,
+        })?;
+        let hs = self.handshakes.take(ip).map_err(|f| match f {
+            Full::Total => Refusal::MaxHandshakes,
+            Full::PerIp => Refusal::PerIpHandshakes,
+        })?;
         self.stats.open.fetch_add(1, Relaxed);
         self.stats.handshaking.fetch_add(1, Relaxed);
         Ok((
             ConnSlot {
-                _permit: conn,
-                owner: self.clone(),
-                key,
+                _held: conn,
+                stats: self.stats.clone(),
             },
             HandshakeSlot {
-                _permit: hs,
-                owner: self.clone(),
-                key,
+                _held: hs,
+                stats: self.stats.clone(),
             },
         ))
-    }
-
-    fn release(&self, key: IpAddr, connection: bool) {
-        let mut table = self.table();
-        if let Some(e) = table.get_mut(&key) {
-            if connection {
-                e.connections = e.connections.saturating_sub(1);
-            } else {
-                e.handshakes = e.handshakes.saturating_sub(1);
-            }
-            if e.connections == 0 && e.handshakes == 0 {
-                table.remove(&key);
-            }
-        }
-    }
-
-    /// Addresses with a live connection (bounded by `max_connections`).
-    #[cfg(test)]
-    fn addresses(&self) -> usize {
-        self.table().len()
     }
 }
 
 impl Drop for ConnSlot {
     fn drop(&mut self) {
-        self.owner.stats.open.fetch_sub(1, Relaxed);
-        self.owner.release(self.key, true);
+        self.stats.open.fetch_sub(1, Relaxed);
     }
 }
 
 impl Drop for HandshakeSlot {
     fn drop(&mut self) {
-        self.owner.stats.handshaking.fetch_sub(1, Relaxed);
-        self.owner.release(self.key, false);
+        self.stats.handshaking.fetch_sub(1, Relaxed);
     }
 }
 
@@ -203,7 +229,11 @@ mod tests {
         // Two handshakes in flight (h3, _h4): the global handshake limit.
         assert_eq!(a.admit(ip("10.0.0.5")).err(), Some(Refusal::MaxHandshakes));
         drop((c3, h3));
-        assert_eq!(a.addresses(), 1, "entries go when their last slot does");
+        assert_eq!(
+            (a.connections.addresses(), a.handshakes.addresses()),
+            (1, 1),
+            "entries go when their last slot does"
+        );
         assert_eq!(a.stats.open.load(Relaxed), 1);
         assert_eq!(a.stats.handshaking.load(Relaxed), 1);
     }

@@ -32,11 +32,9 @@ pub mod client;
 pub mod io;
 pub mod nofile;
 pub mod stats;
-pub mod tracker;
 pub mod upgrade;
 pub mod ws;
 
-pub use tracker::{ConnToken, ConnTracker};
 pub use upgrade::{Adopt, Upgrade};
 
 use admission::{Admission, ConnSlot, HandshakeSlot, Limits};

@@ -46,7 +46,7 @@ pub async fn pull_once(
         None
     };
     let socket = dial(s, tls.as_ref()).await?;
-    let (tx, rx, writer) = ws::split(socket, None, shutdown.clone(), ());
+    let (tx, rx, writer) = ws::split(socket, None, shutdown.clone());
     // The writer runs next to the session, in this task.
     let run = async {
         let (mut tx, mut rx) = (tx, rx);

@@ -169,13 +169,11 @@ where
 }
 
 /// Split a socket into a frame sink and source, and the writer to run next
-/// to them. `shutdown` picks the close code; `keep` lives as long as the
-/// writer (e.g. a connection token that graceful shutdown waits for).
+/// to them. `shutdown` picks the close code.
 pub fn split<S, M, E>(
     ws: S,
     contact: Option<Arc<AtomicU64>>,
     shutdown: watch::Receiver<bool>,
-    keep: impl Send + 'static,
 ) -> (WsSink, WsSource<S>, Writer)
 where
     S: Stream<Item = Result<M, E>> + Sink<M> + Send + Unpin + 'static,
@@ -195,7 +193,6 @@ where
             _ = write_loop(sink, rx, shutdown, code) => {}
             _ = grace => {}
         }
-        drop(keep);
     });
     (
         WsSink { tx, _alive: alive },

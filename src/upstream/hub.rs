@@ -7,7 +7,7 @@
 use crate::auth::Auth;
 use crate::engine::{now_ms, Engine};
 use crate::model::NodeId;
-use crate::net::{ConnToken, ConnTracker, Upgrade};
+use crate::net::Upgrade;
 use crate::replicate::frame::MAX_FRAME_BYTES;
 use crate::replicate::{session, ws};
 use crate::replicate::{Links, SessionOpts};
@@ -32,8 +32,6 @@ pub struct HubCtx {
     pub links: Arc<Links>,
     /// Flips to true when shutdown starts.
     pub shutdown: watch::Receiver<bool>,
-    /// Shutdown waits for every session's goodbye.
-    pub conns: ConnTracker,
 }
 
 pub async fn upgrade(
@@ -61,16 +59,15 @@ pub async fn upgrade(
     if *state.shutdown.borrow() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
-    // Graceful shutdown waits for the session's goodbye and close.
-    let token = state.conns.enter();
     let limit = MAX_FRAME_BYTES + 1024;
-    // The session runs in the connection's task (owned by the accept loop).
+    // The session runs in the connection's task, owned by the accept
+    // loop: shutdown waits for it (goodbye and close) by waiting for that.
     ws.limits(|ws| ws.max_message_size(limit).max_frame_size(limit))
-        .on_upgrade(move |socket| serve_edge(state, socket, grant, token))
+        .on_upgrade(move |socket| serve_edge(state, socket, grant))
 }
 
-async fn serve_edge(state: HubCtx, socket: WebSocket, grant: crate::auth::Grant, token: ConnToken) {
-    let (tx, rx, writer) = ws::split(socket, None, state.shutdown.clone(), token);
+async fn serve_edge(state: HubCtx, socket: WebSocket, grant: crate::auth::Grant) {
+    let (tx, rx, writer) = ws::split(socket, None, state.shutdown.clone());
     // The writer runs next to the session, in this task.
     let run = async {
         let (mut tx, mut rx) = (tx, rx);

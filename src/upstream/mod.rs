@@ -169,7 +169,7 @@ impl Upstream {
         };
         let s = &self.settings;
         self.contact.store(now_ms(), Relaxed);
-        let (tx, rx, writer) = ws::split(socket, Some(self.contact.clone()), shutdown.clone(), ());
+        let (tx, rx, writer) = ws::split(socket, Some(self.contact.clone()), shutdown.clone());
         // The writer runs next to the session, in this task.
         let run = async {
             let (mut tx, mut rx) = (tx, rx);

@@ -84,7 +84,6 @@ pub fn ctx(engine: &Arc<Engine>) -> Ctx {
             forms: Default::default(),
         },
         shutdown,
-        conns: Default::default(),
         net: Default::default(),
         upstream: None,
     })

@@ -1,25 +1,23 @@
 //! Seed 001 `/ws/atome-sync`: every client message, each error, in-band
-//! auth, the driver's calls.
+//! auth, the driver's calls. No engine: calls are effects, results built
+//! by hand ([`fake`]).
 
+use super::fake;
 use super::*;
 use crate::dialect::{atome_sync, Refusal};
-use axum::http::HeaderMap;
+use crate::model::Op;
 use serde_json::json;
 
-fn conn(b: &Bench, query: &[(&str, &str)]) -> Conn<atome_sync::AtomeProto> {
-    let mut q = vec![("space", "s")];
-    q.extend_from_slice(query);
-    b.open(atome_sync::accept(
-        &b.ctx,
-        &HeaderMap::new(),
-        &Bench::query(&q),
-    ))
+/// A connection to space `s` named `me`.
+fn conn(grant: crate::auth::Grant) -> Conn<atome_sync::AtomeProto> {
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let d = atome_sync::AtomeProto::new(grant, "s".into(), "me".into(), fake::auth(), metrics);
+    Conn::pure(d)
 }
 
 #[test]
 fn client_messages_in_effects_out() {
-    let b = Bench::new();
-    let mut c = conn(&b, &[("clientId", "me")]);
+    let mut c = conn(fake::anonymous());
     let open = c.open();
     assert_fits(
         &json!({"type": "welcome", "clientId": "me", "timestamp": NOW_ISO,
@@ -81,20 +79,40 @@ fn client_messages_in_effects_out() {
         "not JSON",
     );
     assert!(c.json(json!({"type": "pong"})).is_empty());
-    for frame in [
-        json!({"type": "atome:created", "atome": {"id": "a1", "kind": "note"}}),
-        json!({"type": "atome:altered", "atomeId": "a1", "alteration": {"kind": "memo"}}),
-        json!({"type": "atome:deleted", "atomeId": "a1"}),
-    ] {
-        let e = c.json(frame.clone());
-        assert!(e.now.is_empty() && e.later.is_empty(), "{frame}: {e:?}");
-    }
-    assert_eq!(b.engine().last_seq(), 3, "three atome writes stored");
-    let mut out = Vec::new();
-    b.render(&mut c.dialect, 0, &b.last_committed(), &mut out);
+    let mut changes = atome_writes(
+        &mut c,
+        "me",
+        vec![
+            (
+                json!({"type": "atome:created", "atome": {"id": "a1", "kind": "note"}}),
+                Op::Put,
+            ),
+            (
+                json!({"type": "atome:altered", "atomeId": "a1", "alteration": {"kind": "memo"}}),
+                Op::Patch,
+            ),
+            (
+                json!({"type": "atome:deleted", "atomeId": "a1"}),
+                Op::Delete,
+            ),
+        ],
+    );
+    // A write the engine refuses: an error answering its request.
+    let e = c.json(json!({"type": "atome:deleted", "requestId": 9, "atomeId": "a1"}));
+    let (token, _) = e.called();
+    let full =
+        crate::engine::EngineError::Store(crate::store::StoreError::DiskFull { free_bytes: 0 });
+    assert_fits(
+        &json!({"type": "error", "code": "request-failed", "requestId": 9}),
+        c.reply(token, Reply::Written(Err(full))).reply(),
+        "refused write",
+    );
+    // A replayed change renders over the current state the driver reads.
+    let state = fake::entity(&changes);
+    let deleted = fake::committed(changes.pop().unwrap(), 3, None);
     assert_fits(
         &json!({"type": "atome:deleted", "atomeId": "a1"}),
-        &parse(&out[0]),
+        &c.render(0, &deleted, Some(&state))[0],
         "a change",
     );
     let f = c.dialect.refuse(Refusal::Binary, NOW);
@@ -107,8 +125,8 @@ fn client_messages_in_effects_out() {
 
 #[test]
 fn in_band_auth_then_writes() {
-    let b = Bench::with(Anonymous::None, Default::default());
-    let mut c = conn(&b, &[]);
+    // Admitted without a token where anonymous access is off: no scope.
+    let mut c = conn(crate::auth::Grant::anonymous(Anonymous::None));
     assert_eq!(
         c.dialect.auth_timeout(),
         Some(crate::dialect::atome_sync::AUTH_TIMEOUT),
@@ -120,7 +138,7 @@ fn in_band_auth_then_writes() {
         c.json(w.clone()).reply(),
         "a write before auth",
     );
-    let read = b.token("rita", Scope::Read);
+    let read = fake::token("rita", Scope::Read);
     assert_fits(
         &json!({"type": "auth:success"}),
         c.json(json!({"type": "auth", "token": read})).reply(),
@@ -132,9 +150,12 @@ fn in_band_auth_then_writes() {
         c.json(w.clone()).reply(),
         "a read-only write",
     );
-    let write = b.token("wes", Scope::Write);
+    let write = fake::token("wes", Scope::Write);
     c.json(json!({"type": "auth", "token": write}));
     let e = c.json(w);
-    assert!(e.now.is_empty() && e.later.is_empty(), "{e:?}");
-    assert_eq!(b.engine().last_seq(), 1);
+    let (_, call) = e.called();
+    assert!(
+        matches!(call, Call::Write { actor, .. } if actor == "wes"),
+        "written as the token's subject: {call:?}"
+    );
 }

@@ -81,18 +81,23 @@ pub fn entity(changes: &[Change]) -> StoredEntity {
     }
 }
 
+/// The log entry of `c` stored as the entity's `version`.
+pub fn entry(c: Change, version: u64) -> LogEntry {
+    LogEntry {
+        at_ms: c.stamp.ms,
+        version,
+        created: version == 1,
+        type_version: version,
+        change: c,
+    }
+}
+
 /// `c` committed at local seq `c.seq` as version `version`; `after` the
 /// entity after it (live fan-out has it, a replay from the log does not).
 pub fn committed(c: Change, version: u64, after: Option<&StoredEntity>) -> Committed {
     Committed::new(crate::store::Committed {
         seq: c.seq,
-        entry: LogEntry {
-            at_ms: c.stamp.ms,
-            version,
-            created: version == 1,
-            type_version: version,
-            change: c,
-        },
+        entry: entry(c, version),
         after: after.map(|e| EntityView {
             exists: e.state.exists(),
             fields: e.state.visible(),
@@ -124,6 +129,24 @@ pub fn applied(seq: u64, version: u64) -> Outcome {
 pub fn duplicate(seq: u64, version: u64) -> Outcome {
     Outcome {
         kind: OutcomeKind::Duplicate,
+        ..applied(seq, version)
+    }
+}
+
+/// The outcome of a write applied at `seq` whose value for `field`
+/// (`attempted`) lost to the stored `current`.
+pub fn lost(seq: u64, version: u64, field: &str, attempted: Value, current: Value) -> Outcome {
+    Outcome {
+        conflicts: vec![crate::model::Conflict {
+            field: field.into(),
+            attempted,
+            current,
+            current_stamp: Stamp {
+                ms: 1_000,
+                counter: 0,
+                node: NODE,
+            },
+        }],
         ..applied(seq, version)
     }
 }

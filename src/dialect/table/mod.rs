@@ -2,12 +2,13 @@
 //! effects ([`Handled`]) collected as JSON. No socket, no connection
 //! driver, no async runtime.
 //!
-//! A pure dialect (native) is made directly, with no engine at all: its
-//! engine calls are effects ([`Call`], [`Publish`]) the test reads, and the
-//! test feeds their results back ([`Conn::reply`]) with values it builds
-//! ([`fake`]). The others are still made by their own handshake over an
-//! engine in a temporary directory ([`Bench`]): a paged read is run page by
-//! page inline, a write's answer is awaited with a plain thread-parking
+//! Every dialect but seed 002 is made directly, with no engine at all
+//! ([`Conn::pure`]): its engine calls ([`Call`], [`Publish`]) and its paged
+//! reads' store queries ([`Query`]) are effects the test reads, and the
+//! test feeds their results back ([`Conn::reply`], [`Conn::rows`]) with
+//! values it builds ([`fake`]). Seed 002 is still made by its handshake
+//! over an engine in a temporary directory ([`Bench`]): its calls are made
+//! against it, a write's answer awaited with a plain thread-parking
 //! executor (the engine's writer is a thread of its own).
 
 mod atome_sync;
@@ -19,8 +20,8 @@ mod sync;
 mod unified;
 
 use super::{
-    Call, ConnCtx, ConnSettings, Ctx, Dialect, Handled, Opening, Publish, Query, Read, Refused,
-    Reply, Rows, Shared, Since,
+    Call, ConnCtx, ConnSettings, Ctx, Dialect, Handled, Publish, Query, Read, Reply, Rows, Shared,
+    Since,
 };
 use crate::auth::{Auth, Scope};
 use crate::config::Anonymous;
@@ -85,7 +86,6 @@ impl Bench {
                 forms: Arc::new(forms),
             },
             shutdown,
-            conns: Default::default(),
             net: Default::default(),
             upstream: None,
         });
@@ -94,96 +94,6 @@ impl Bench {
 
     pub fn engine(&self) -> &Arc<Engine> {
         &self.ctx.engine
-    }
-
-    /// A token of `scope` for `sub`, for the handshake's `?token=`.
-    pub fn token(&self, sub: &str, scope: Scope) -> String {
-        self.ctx
-            .auth
-            .mint(sub, scope, None, 3600, crate::auth::now_s())
-            .unwrap()
-    }
-
-    /// Query parameters from pairs.
-    pub fn query(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    /// The dialect an accepted handshake makes, with its connection.
-    pub fn open<D: Dialect>(&self, opening: Result<Opening<D>, Refused>) -> Conn<D> {
-        let opening = opening.map_err(|(s, m)| format!("{s}: {m}")).unwrap();
-        let cc = ConnCtx::new(self.ctx.clone(), opening.endpoint);
-        let dialect = (opening.make)(&cc);
-        Conn {
-            dialect,
-            engine: Some(self.ctx.engine.clone()),
-            reading: None,
-            _cc: Some(cc),
-        }
-    }
-
-    /// Write `fields` into `collection/id` of `space` (as another client).
-    pub fn write(&self, space: &str, collection: &str, id: &str, fields: Value) {
-        let Value::Object(fields) = fields else {
-            panic!("fields are an object")
-        };
-        let w = crate::store::LocalWrite {
-            collection: collection.into(),
-            id: id.into(),
-            op: crate::model::Op::Patch,
-            fields: fields.into_iter().collect(),
-            client_us: None,
-            expect: None,
-        };
-        block_on(self.engine().push(space, "other", None, vec![w])).unwrap();
-    }
-}
-
-impl Bench {
-    /// The newest committed change, as catch-up hands it over (no state
-    /// after it).
-    pub fn last_committed(&self) -> crate::engine::Committed {
-        self.last_committed_in(None)
-    }
-
-    /// The newest committed change of `collection` (None: any).
-    pub fn last_committed_in(&self, collection: Option<&str>) -> crate::engine::Committed {
-        let log = self.engine().log_after(0, 1 << 20).unwrap();
-        let (seq, entry) = log
-            .into_iter()
-            .rfind(|(_, e)| collection.is_none_or(|c| e.change.collection == c))
-            .unwrap();
-        crate::engine::Committed::new(crate::store::Committed {
-            seq,
-            entry,
-            after: None,
-            source: None,
-        })
-    }
-}
-
-impl Bench {
-    /// Render `c` (a change of feed `feed`) as the driver does: with the
-    /// entity's current state when the dialect asks for it.
-    pub fn render<D: Dialect>(
-        &self,
-        d: &mut D,
-        feed: u64,
-        c: &crate::engine::Committed,
-        out: &mut Vec<Utf8Bytes>,
-    ) {
-        let ch = &c.entry.change;
-        let state = if d.needs_state(feed, c) {
-            self.engine()
-                .entity(&ch.space, &ch.collection, &ch.id)
-                .unwrap()
-        } else {
-            None
-        };
-        d.change(feed, c, state.as_ref(), out)
     }
 }
 
@@ -410,6 +320,44 @@ impl Effects {
         let (token, call) = self.call.as_ref().expect("an engine call");
         (*token, call)
     }
+}
+
+/// Feed `frames` to an atome dialect (seeds 000, 001): each must be one
+/// write of atome `a1` in space `s` as `actor`, with the op given, which is
+/// then stored (as seq 1, 2, ...) and answered by nothing. The changes
+/// stored, in order.
+pub fn atome_writes<D: Dialect>(
+    c: &mut Conn<D>,
+    actor: &str,
+    frames: Vec<(Value, crate::model::Op)>,
+) -> Vec<crate::model::Change> {
+    let mut changes = Vec::new();
+    for (seq, (frame, op)) in (1..).zip(frames) {
+        let e = c.json(frame.clone());
+        let (token, call) = e.called();
+        let Call::Write {
+            space,
+            actor: by,
+            writes,
+            write_ids,
+        } = call
+        else {
+            panic!("{frame}: a write, not {call:?}")
+        };
+        assert_eq!((space.as_str(), by.as_str()), ("s", actor), "{frame}");
+        assert!(write_ids.is_empty(), "{frame}");
+        let w = &writes[0];
+        assert_eq!(
+            (writes.len(), w.collection.as_str(), w.id.as_str(), w.op),
+            (1, "atome", "a1", op),
+            "{frame}"
+        );
+        let fields = serde_json::to_value(&w.fields).unwrap();
+        changes.push(fake::change("s", "atome", "a1", op, fields, seq));
+        let stored = Reply::Written(Ok(vec![fake::applied(seq, seq)]));
+        assert!(c.reply(token, stored).is_empty(), "{frame}: no ack");
+    }
+    changes
 }
 
 /// Whether `actual` holds everything `expected` says: objects by key (more

@@ -1,20 +1,24 @@
-//! Seed 000 `/ws/sync`: every client message, each error, the driver's calls.
+//! Seed 000 `/ws/sync`: every client message, each error, the driver's
+//! calls. No engine: calls are effects, results built by hand ([`fake`]).
 
+use super::fake;
 use super::*;
 use crate::dialect::{sync, Refusal};
-use axum::http::HeaderMap;
+use crate::model::Op;
 use serde_json::json;
 
-fn conn(b: &Bench, query: &[(&str, &str)]) -> Conn<sync::SyncProto> {
-    let mut q = vec![("space", "s")];
-    q.extend_from_slice(query);
-    b.open(sync::accept(&b.ctx, &HeaderMap::new(), &Bench::query(&q)))
+/// A connection to space `s` (no upstream unless given).
+fn conn(
+    grant: crate::auth::Grant,
+    upstream: Option<crate::dialect::Wake>,
+) -> Conn<sync::SyncProto> {
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    Conn::pure(sync::SyncProto::new(grant, "s".into(), metrics, upstream))
 }
 
 #[test]
 fn client_messages_in_effects_out() {
-    let b = Bench::new();
-    let mut c = conn(&b, &[]);
+    let mut c = conn(fake::anonymous(), None);
     let open = c.open();
     assert_fits(
         &json!({"type": "welcome", "server": "outpost", "timestamp": NOW_ISO,
@@ -103,20 +107,45 @@ fn client_messages_in_effects_out() {
             ("s", topic)
         );
     }
-    for frame in [
-        json!({"type": "atome-sync", "payload": {"operation": "create", "atome": {"id": "a1", "kind": "note"}}}),
-        json!({"type": "event", "eventType": "atome:altered", "payload": {"id": "a1", "alteration": {"kind": "memo"}}}),
-        json!({"type": "event", "eventType": "atome:deleted", "payload": {"id": "a1"}}),
-    ] {
-        let e = c.json(frame.clone());
-        assert!(e.now.is_empty() && e.later.is_empty(), "{frame}: {e:?}");
-    }
-    assert_eq!(b.engine().last_seq(), 3, "three atome writes stored");
-    let mut out = Vec::new();
-    b.render(&mut c.dialect, 0, &b.last_committed(), &mut out);
+    // An atome event is a write the driver makes, as the registered
+    // client; stored, it is answered by nothing (the seed has no ack).
+    let mut changes = atome_writes(
+        &mut c,
+        "me",
+        vec![
+            (
+                json!({"type": "atome-sync", "payload": {"operation": "create", "atome": {"id": "a1", "kind": "note"}}}),
+                Op::Put,
+            ),
+            (
+                json!({"type": "event", "eventType": "atome:altered", "payload": {"id": "a1", "alteration": {"kind": "memo"}}}),
+                Op::Patch,
+            ),
+            (
+                json!({"type": "event", "eventType": "atome:deleted", "payload": {"id": "a1"}}),
+                Op::Delete,
+            ),
+        ],
+    );
+    // A write the engine refuses: an error answering its request.
+    let e = c.json(
+        json!({"type": "event", "requestId": 9, "eventType": "atome:deleted",
+                          "payload": {"id": "a1"}}),
+    );
+    let (token, _) = e.called();
+    let refused = crate::engine::EngineError::Invalid("id: bad".into());
+    assert_fits(
+        &json!({"type": "error", "code": "invalid-payload", "context": {"requestId": 9}}),
+        c.reply(token, Reply::Written(Err(refused))).reply(),
+        "refused write",
+    );
+    // A replayed change (no state after it) renders over the entity's
+    // current state, which the driver reads.
+    let state = fake::entity(&changes);
+    let deleted = fake::committed(changes.pop().unwrap(), 3, None);
     assert_fits(
         &json!({"type": "event", "eventType": "atome:deleted"}),
-        &parse(&out[0]),
+        &c.render(0, &deleted, Some(&state))[0],
         "a change as an event",
     );
     let f = c.dialect.refuse(Refusal::TooLarge { len: 9, max: 8 }, NOW);
@@ -129,18 +158,35 @@ fn client_messages_in_effects_out() {
 
 #[test]
 fn a_read_only_client_is_refused_writes() {
-    let b = Bench::new();
-    let read = b.token("rita", Scope::Read);
-    let mut c = conn(&b, &[("token", &read)]);
+    let mut c = conn(fake::grant("rita", Scope::Read), None);
     for frame in [
         json!({"type": "event", "requestId": 1, "eventType": "presence"}),
         json!({"type": "atome-sync", "requestId": 1, "payload": {"operation": "create", "atome": {"id": "a"}}}),
     ] {
+        let e = c.json(frame);
+        assert!(e.call.is_none() && e.publish.is_none(), "nothing written");
         assert_fits(
             &json!({"type": "error", "code": "request-failed", "context": {"requestId": 1}}),
-            c.json(frame).reply(),
+            e.reply(),
             "read-only",
         );
     }
-    assert_eq!(b.engine().last_seq(), 0);
+}
+
+/// With an upstream, `sync_request` starts a round with it now.
+#[test]
+fn sync_request_wakes_the_upstream() {
+    let woken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let w = woken.clone();
+    let wake: crate::dialect::Wake = Arc::new(move || {
+        w.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    });
+    let mut c = conn(fake::anonymous(), Some(wake));
+    assert_fits(
+        &json!({"type": "sync_started", "requestId": 1, "mode": "upstream", "timestamp": NOW}),
+        c.json(json!({"type": "sync_request", "requestId": 1}))
+            .reply(),
+        "sync_started",
+    );
+    assert_eq!(woken.load(std::sync::atomic::Ordering::Relaxed), 1);
 }

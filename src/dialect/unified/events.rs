@@ -28,9 +28,8 @@ pub fn accept(
     // Every change committed from the handshake on: the feed starts here
     // even if the body is first polled a moment later.
     let since = state.engine.hub().last_seq();
-    Ok(Opening::new("/api/sync/events", move |_| Events {
-        space: c.space,
-        since,
+    Ok(Opening::new("/api/sync/events", move |_| {
+        Events::new(c.space, since)
     }))
 }
 
@@ -38,6 +37,13 @@ pub fn accept(
 pub struct Events {
     space: String,
     since: u64,
+}
+
+impl Events {
+    /// The stream of `space`'s changes committed after `since`.
+    pub fn new(space: String, since: u64) -> Events {
+        Events { space, since }
+    }
 }
 
 impl Dialect for Events {

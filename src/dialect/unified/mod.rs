@@ -37,41 +37,57 @@ pub fn accept(
     query: &HashMap<String, String>,
 ) -> Result<Opening<Unified>, Refused> {
     let grant = admit(state, headers, query)?;
-    let space = query
-        .get("space")
-        .cloned()
-        .unwrap_or_else(|| "default".into());
-    crate::engine::validate_name("space", &space)
-        .map_err(|e| (StatusCode::BAD_REQUEST, format!("{e}\n")))?;
-    // The seed's ChangeLog carries a client_id; a client may name itself.
-    let client_id = query
-        .get("client_id")
-        .filter(|c| crate::engine::validate_name("client_id", c).is_ok())
-        .cloned();
-    // Whether large frames go out gzipped: RHTMX's clients on the two
-    // backward-compatible endpoints always decompress binary frames, so
-    // there the relay compresses as the real server does; on `/api/ws`
-    // only for a client that asks (or that compresses itself).
-    let compress = match query.get("compression").map(String::as_str) {
-        Some("gzip") => true,
-        Some("off") | Some("none") => false,
-        _ => endpoint != Endpoint::Unified,
-    };
-    let state = state.clone();
-    Ok(Opening::new(endpoint.path(), move |conn| Unified {
-        metrics: state.engine.metrics.clone(),
-        forms: state.settings.forms.clone(),
-        max_frame_bytes: state.settings.max_frame_bytes,
-        client_id: client_id.unwrap_or_else(|| format!("c{}", conn.id)),
-        grant,
-        endpoint,
-        space,
-        compress,
-        feeds: HashMap::new(),
-        next_key: 0,
-        pushes: HashMap::new(),
-        next_token: 0,
+    let client = Client::of(endpoint, grant, query)?;
+    let (forms, max_frame_bytes) = (state.settings.forms.clone(), state.settings.max_frame_bytes);
+    let metrics = state.engine.metrics.clone();
+    Ok(Opening::new(endpoint.path(), move |conn| {
+        Unified::new(client, conn.id, forms, max_frame_bytes, metrics)
     }))
+}
+
+/// What a connection's handshake settled.
+pub struct Client {
+    pub endpoint: Endpoint,
+    pub grant: Grant,
+    pub space: String,
+    /// The name the client gave itself (None: the relay names it after the
+    /// connection): a ChangeLog of its writes carries it, and it is their
+    /// actor when the client is anonymous.
+    pub client_id: Option<String>,
+    /// Whether large frames go out gzipped from the start.
+    pub compress: bool,
+}
+
+impl Client {
+    /// The handshake's query: `?space=` (default `default`; a bad name is
+    /// 400), `?client_id=` (ignored unless a valid name), `?compression=`.
+    pub fn of(
+        endpoint: Endpoint,
+        grant: Grant,
+        query: &HashMap<String, String>,
+    ) -> Result<Client, Refused> {
+        let space = crate::dialect::space_of(query)?;
+        let client_id = query
+            .get("client_id")
+            .filter(|c| crate::engine::validate_name("client_id", c).is_ok())
+            .cloned();
+        // Whether large frames go out gzipped: RHTMX's clients on the two
+        // backward-compatible endpoints always decompress binary frames, so
+        // there the relay compresses as the real server does; on `/api/ws`
+        // only for a client that asks (or that compresses itself).
+        let compress = match query.get("compression").map(String::as_str) {
+            Some("gzip") => true,
+            Some("off") | Some("none") => false,
+            _ => endpoint != Endpoint::Unified,
+        };
+        Ok(Client {
+            endpoint,
+            grant,
+            space,
+            client_id,
+            compress,
+        })
+    }
 }
 
 /// What a feed delivers: entity changes or field changes.
@@ -142,6 +158,31 @@ pub(crate) fn engine_error(e: &EngineError) -> Refusal {
 }
 
 impl Unified {
+    /// Connection `conn` of `client`, validating forms against `forms`,
+    /// taking gzipped frames up to `max_frame_bytes` unpacked.
+    pub fn new(
+        client: Client,
+        conn: u64,
+        forms: Arc<crate::schema::SchemaSet>,
+        max_frame_bytes: usize,
+        metrics: Arc<Metrics>,
+    ) -> Unified {
+        Unified {
+            metrics,
+            forms,
+            max_frame_bytes,
+            client_id: client.client_id.unwrap_or_else(|| format!("c{conn}")),
+            grant: client.grant,
+            endpoint: client.endpoint,
+            space: client.space,
+            compress: client.compress,
+            feeds: HashMap::new(),
+            next_key: 0,
+            pushes: HashMap::new(),
+            next_token: 0,
+        }
+    }
+
     fn actor(&self) -> String {
         if self.grant.sub == "anonymous" {
             self.client_id.clone()
