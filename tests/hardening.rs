@@ -310,3 +310,60 @@ async fn tls_handshakes_and_headers_are_bounded_by_the_header_timeout() {
     assert!(m.contains("outpost_header_timeouts_total 2\n"), "{m}");
     relay.shutdown().await.unwrap();
 }
+
+/// The WebSocket handshake is the relay's own (net/upgrade.rs): requests
+/// that are not a version-13 upgrade are refused with a status and a
+/// reason, and a good one gets the accept key of RFC 6455's own example.
+#[tokio::test]
+async fn websocket_handshakes_are_checked_and_answered_per_rfc_6455() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start(config(dir.path())).await;
+    let key = ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==");
+    let up = [("Connection", "Upgrade"), ("Upgrade", "websocket")];
+    let v13 = ("Sec-WebSocket-Version", "13");
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, u16, &'a str);
+    let cases: [Case; 5] = [
+        // Refused by the router: the endpoints are GET routes.
+        ("POST", vec![up[0], up[1], v13, key], 405, ""),
+        ("GET", vec![up[1], v13, key], 400, "Connection"),
+        ("GET", vec![up[0], v13, key], 400, "Upgrade"),
+        (
+            "GET",
+            vec![up[0], up[1], ("Sec-WebSocket-Version", "8"), key],
+            400,
+            "13",
+        ),
+        ("GET", vec![up[0], up[1], v13], 400, "Sec-WebSocket-Key"),
+    ];
+    for (method, headers, status, says) in cases {
+        let (code, body) = http(relay.addr, method, "/ws", &headers, None).await;
+        assert_eq!(code, status, "{method} {headers:?}: {body}");
+        assert!(body.contains(says), "{method} {headers:?}: {body:?}");
+    }
+    let mut s = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {}\r\n\r\n",
+        relay.addr, key.1
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut byte))
+            .await
+            .expect("a 101 in time")
+            .unwrap();
+        assert_eq!(n, 1, "connection closed in the handshake: {head:?}");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    assert!(
+        head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+    drop(s);
+    relay.shutdown().await.unwrap();
+}

@@ -2,7 +2,8 @@
 //! every kind shuts down with every one of its tasks ended by itself, within
 //! the grace period; and a flood of silent TLS handshakes stays within the
 //! handshake bounds, each dropped after the header timeout, while a normal
-//! client still connects.
+//! client still connects; and a store read that hangs holds no async
+//! worker (issue 15's blocking-read audit, outside the client endpoints).
 
 mod common;
 
@@ -513,4 +514,127 @@ async fn dropped_after_timeout(held: Vec<(Instant, TcpStream)>, timeout: Duratio
             "held {d:?}, header_timeout is {timeout:?}"
         );
     }
+}
+
+/// A store read that hangs (as on a stuck disk) holds only what waits for
+/// it, never an async worker: on a relay whose runtime has one worker,
+/// with every store read parked (`Engine::hold_reads`), `/healthz`,
+/// `/metrics`, `/v1/status`, the status stream and a mesh peer's hello all
+/// wait, and a request that reads nothing (`/ui/app.js`) is still
+/// answered at once. Any one of those reads made on the worker would hold
+/// it, and nothing would be answered. Released, each completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_store_read_holds_no_async_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let a_dir = dir.path().join("a");
+    std::fs::create_dir_all(&a_dir).unwrap();
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\ndir = {:?}\n\
+         [mesh]\nenabled = true\nlisten = \"127.0.0.1:0\"\nsecret = \"{MESH_SECRET}\"\nmdns = false\n",
+        a_dir.join("data")
+    );
+    let path = a_dir.join("outpost.toml");
+    std::fs::write(&path, toml).unwrap();
+    let settings = outpost::config::Config::load(&path)
+        .unwrap()
+        .validate()
+        .unwrap();
+    let (up_tx, up_rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let relay = rt.block_on(Relay::start(settings)).unwrap();
+        let _ = up_tx.send((
+            relay.addr,
+            relay.state.mesh_addr.unwrap(),
+            relay.state.engine.clone(),
+        ));
+        let _ = rt.block_on(stop_rx);
+        rt.block_on(relay.shutdown()).unwrap();
+    });
+    let (addr, mesh_addr, engine) = up_rx.await.expect("relay under test started");
+    let mut c = Client::native(addr).await;
+    for id in ["a", "b", "c"] {
+        let ack = c.put("s", id, json!({"v": 1})).await;
+        assert_eq!(ack["type"], "ack", "{ack}");
+    }
+    drop(c);
+
+    let hold = engine.hold_reads();
+    let get = |path: &'static str| tokio::spawn(async move { http_get(addr, path).await });
+    let (health, metrics, status) = (get("/healthz"), get("/metrics"), get("/v1/status"));
+    let stream = tokio::spawn(async move {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let req = format!("GET /v1/status/stream HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains("event: status") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the stream ended");
+            got.extend_from_slice(&buf[..n]);
+        }
+    });
+    let b_dir = dir.path().join("b");
+    std::fs::create_dir_all(&b_dir).unwrap();
+    let b = start_toml(
+        &b_dir,
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\ndir = {:?}\n\
+             [mesh]\nenabled = true\nlisten = \"127.0.0.1:0\"\nsecret = \"{MESH_SECRET}\"\npeers = [\"{mesh_addr}\"]\nmdns = false\n",
+            b_dir.join("data")
+        ),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (what, t) in [
+        ("/healthz", &health),
+        ("/metrics", &metrics),
+        ("/v1/status", &status),
+    ] {
+        assert!(!t.is_finished(), "{what} answered with its store read held");
+    }
+    assert!(!stream.is_finished(), "a status event came with reads held");
+    // The worker is free: what reads nothing is answered meanwhile.
+    let (code, js) = tokio::time::timeout(Duration::from_secs(3), http_get(addr, "/ui/app.js"))
+        .await
+        .expect("/ui/app.js answered while store reads are held");
+    assert_eq!(code, 200);
+    assert!(!js.is_empty());
+    assert_eq!(
+        b.state.engine.log_len().unwrap(),
+        0,
+        "the peer synced with the relay's reads held"
+    );
+
+    drop(hold);
+    assert_eq!(health.await.unwrap(), (200, "ok\n".to_string()));
+    let (code, m) = metrics.await.unwrap();
+    assert_eq!(
+        (code, metric_in(&m, "outpost_log_entries ")),
+        (200, 3),
+        "{m}"
+    );
+    let (code, st) = status.await.unwrap();
+    let st: Value = serde_json::from_str(&st).unwrap();
+    assert_eq!((code, &st["log"]["entries"]), (200, &json!(3)), "{st}");
+    tokio::time::timeout(WAIT, stream)
+        .await
+        .expect("a status event once reads go on")
+        .unwrap();
+    let t = Instant::now();
+    while b.state.engine.log_len().unwrap() < 3 {
+        assert!(t.elapsed() < WAIT, "the peer did not sync");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    b.shutdown().await.unwrap();
+    stop_tx.send(()).unwrap();
+    tokio::task::spawn_blocking(move || thread.join().unwrap())
+        .await
+        .unwrap();
 }

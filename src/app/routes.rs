@@ -65,7 +65,10 @@ async fn healthz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
             "store unavailable\n",
         );
     }
-    match state.engine.log_len() {
+    // A read of the store, on the blocking pool: a slow disk delays this
+    // answer, not the requests that share its worker.
+    let engine = state.engine.clone();
+    match crate::engine::off_worker(move || engine.log_len()).await {
         Ok(_) => (StatusCode::OK, "ok\n"),
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n"),
     }
@@ -97,6 +100,13 @@ async fn metrics(
     if let Some(refused) = operator_only(&state, &headers, &query) {
         return refused;
     }
+    // Reads the store (log length, the upstream's cursor): off the workers.
+    let body = crate::engine::off_worker(move || render_metrics(&state)).await;
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+/// The `/metrics` text: the engine's, the listener's, the links' series.
+fn render_metrics(state: &AppState) -> String {
     let e = &state.engine;
     let log_len = e.log_len().unwrap_or(0) as f64;
     let subs: usize = e.hub().subscriber_counts().iter().map(|(_, n)| n).sum();
@@ -128,5 +138,5 @@ async fn metrics(
     if let Some(n) = &state.nats {
         body.push_str(&n.render_metrics());
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+    body
 }

@@ -348,7 +348,9 @@ impl Link {
             // Seen before reading, so a commit landing after the read
             // still wakes the wait below.
             commits.borrow_and_update();
-            let page = match self.engine.log_after(done, PAGE) {
+            // On the blocking pool: the link shares the workers with clients.
+            let e = self.engine.clone();
+            let page = match crate::engine::off_worker(move || e.log_after(done, PAGE)).await {
                 Ok(p) => p,
                 Err(e) => {
                     self.fail("reading the log", e);
@@ -422,7 +424,7 @@ impl Link {
             }
             let before = match last.get(&c.origin) {
                 Some(&y) if y < c.seq => Some(y),
-                _ => self.in_stream_before(c.origin, c.seq),
+                _ => self.in_stream_before(c.origin, c.seq).await,
             };
             last.insert(c.origin, c.seq);
             // Vouch only for a hole: most changes follow their predecessor.
@@ -480,8 +482,13 @@ impl Link {
     /// the stream (a change of a space it forwards), from the store: after
     /// a start, before `publish_page` has seen the origin. 0 if the log
     /// never held one; None if it cannot tell (trimmed, or past the walk).
-    fn in_stream_before(&self, origin: NodeId, seq: u64) -> Option<u64> {
-        let (older, trimmed) = self.engine.origin_before(origin, seq, WALK).ok()?;
+    async fn in_stream_before(&self, origin: NodeId, seq: u64) -> Option<u64> {
+        // A walk of up to WALK log entries: on the blocking pool.
+        let e = self.engine.clone();
+        let (older, trimmed) =
+            crate::engine::off_worker(move || e.origin_before(origin, seq, WALK))
+                .await
+                .ok()?;
         if let Some((s, _)) = older.iter().find(|(_, e)| self.wants(&e.change.space)) {
             return Some(*s);
         }
@@ -544,9 +551,9 @@ impl Link {
             .state
             .clone();
         self.note_state(&state);
-        let mut pos = self
-            .engine
-            .cursor(self.s.consume_cursor())
+        let (e, name) = (self.engine.clone(), self.s.consume_cursor());
+        let mut pos = crate::engine::off_worker(move || e.cursor(name))
+            .await
             .map_err(|e| e.to_string())?;
         // Pending changes are read again from the saved position.
         pending.take();
@@ -681,22 +688,12 @@ impl Link {
     /// Merge reads from the stream, with covers for the skipped ones; gaps
     /// wait in `pending`.
     async fn merge(&self, batch: Vec<Read>, pending: &mut Pending) -> Result<(), String> {
-        let mut vv = None;
-        let mut failed = None;
-        let plan = read::plan(batch, |origin| {
-            if vv.is_none() {
-                vv = Some(self.engine.version_vector().unwrap_or_else(|e| {
-                    failed = Some(e.to_string());
-                    Default::default()
-                }));
-            }
-            vv.as_ref()
-                .and_then(|v| v.get(&origin).copied())
-                .unwrap_or(0)
-        });
-        if let Some(e) = failed {
-            return Err(format!("reading the version vector: {e}"));
-        }
+        // Read on the blocking pool, before planning (the plan is pure).
+        let e = self.engine.clone();
+        let vv = crate::engine::off_worker(move || e.version_vector())
+            .await
+            .map_err(|e| format!("reading the version vector: {e}"))?;
+        let plan = read::plan(batch, |origin| vv.get(&origin).copied().unwrap_or(0));
         for r in plan.waiting {
             pending.push(r);
         }

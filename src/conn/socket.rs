@@ -20,11 +20,18 @@
 use super::Ctx;
 use crate::dialect::Dialect;
 use crate::net::stats::NetStats;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::SinkExt;
+use crate::net::WsStream;
+use axum::body::Bytes;
+use axum::extract::ws::{Message, Utf8Bytes};
+use futures_util::{SinkExt, StreamExt};
+use std::io::IoSlice;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
 use tokio::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message as Wire;
 
 /// The client is gone (its socket failed or closed).
 #[derive(Debug)]
@@ -44,7 +51,7 @@ pub enum Socket {
 }
 
 impl Socket {
-    pub fn ws(ws: WebSocket, ctx: &Ctx) -> Socket {
+    pub fn ws(ws: WsStream, ctx: &Ctx) -> Socket {
         Socket::Ws(Ws::new(ws, ctx))
     }
 
@@ -105,7 +112,9 @@ pub struct Sse {
 
 /// A client WebSocket.
 pub struct Ws {
-    ws: WebSocket,
+    ws: WsStream,
+    /// Data frames of one write: headers, then the slices to write.
+    heads: Vec<Head>,
     idle: Duration,
     stats: Arc<NetStats>,
     /// When something was last heard.
@@ -121,11 +130,12 @@ pub struct Ws {
 }
 
 impl Ws {
-    pub fn new(ws: WebSocket, ctx: &Ctx) -> Ws {
+    pub fn new(ws: WsStream, ctx: &Ctx) -> Ws {
         let now = Instant::now();
         let idle = ctx.settings.idle_timeout;
         Ws {
             ws,
+            heads: Vec::new(),
             idle,
             stats: ctx.net.clone(),
             heard: now,
@@ -150,11 +160,11 @@ impl Ws {
                 self.armed = wake;
             }
             tokio::select! {
-                read = self.ws.recv() => {
+                read = self.ws.next() => {
                     self.heard = Instant::now();
                     self.pinged = false;
                     return match read? {
-                        Ok(m) => Some(m),
+                        Ok(m) => Some(incoming(m)?),
                         Err(e) => {
                             if let Some((code, reason)) = crate::net::ws::close_for_error(&e) {
                                 self.close(code, reason).await;
@@ -167,12 +177,7 @@ impl Ws {
             }
             if !self.pinged {
                 self.pinged = true;
-                if self
-                    .ws
-                    .send(Message::Ping(Default::default()))
-                    .await
-                    .is_err()
-                {
+                if self.ws.send(Wire::Ping(Bytes::new())).await.is_err() {
                     return None;
                 }
                 continue;
@@ -185,28 +190,150 @@ impl Ws {
     }
 
     /// Write `frames` with one flush (nothing when there are none).
+    ///
+    /// Data frames skip the WebSocket library: each goes out as a header
+    /// made here and its payload as fan-out rendered it (bytes shared by
+    /// every subscriber), side by side in one vectored write, with no copy
+    /// into a per-connection buffer. What the library queued itself (a pong,
+    /// a ping) is flushed first, so frames never interleave.
     pub async fn send_all<D: Dialect>(
         &mut self,
         frames: impl IntoIterator<Item = Utf8Bytes>,
         dialect: &D,
     ) -> Result<(), Gone> {
-        let mut fed = false;
+        self.heads.clear();
+        let mut payloads: Vec<Bytes> = Vec::new();
         for f in frames {
-            self.ws.feed(dialect.outgoing(f)).await.map_err(|_| Gone)?;
-            fed = true;
+            let (opcode, payload) = match dialect.outgoing(f) {
+                Message::Text(t) => (OP_TEXT, Bytes::from(t)),
+                Message::Binary(b) => (OP_BINARY, b),
+                // No dialect sends control frames this way; the library
+                // writes them, after the data before them.
+                other => {
+                    self.write_raw(&payloads).await?;
+                    payloads.clear();
+                    self.heads.clear();
+                    self.ws.send(outgoing(other)).await.map_err(|_| Gone)?;
+                    continue;
+                }
+            };
+            self.heads.push(Head::new(opcode, payload.len()));
+            payloads.push(payload);
         }
-        if fed {
-            self.ws.flush().await.map_err(|_| Gone)?;
+        self.write_raw(&payloads).await
+    }
+
+    /// Write the data frames whose headers are in `self.heads`.
+    async fn write_raw(&mut self, payloads: &[Bytes]) -> Result<(), Gone> {
+        if payloads.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        self.ws.flush().await.map_err(|_| Gone)?;
+        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(2 * payloads.len());
+        for (h, p) in self.heads.iter().zip(payloads) {
+            slices.push(IoSlice::new(h.bytes()));
+            if !p.is_empty() {
+                slices.push(IoSlice::new(p));
+            }
+        }
+        let io = self.ws.get_mut();
+        let mut rest: &mut [IoSlice<'_>] = &mut slices;
+        while !rest.is_empty() {
+            let n = io.write_vectored(rest).await.map_err(|_| Gone)?;
+            if n == 0 {
+                return Err(Gone);
+            }
+            IoSlice::advance_slices(&mut rest, n);
+        }
+        io.flush().await.map_err(|_| Gone)
     }
 
     /// Say why the socket closes (bounded in time).
     pub async fn close(&mut self, code: u16, reason: &'static str) {
-        let frame = Message::Close(Some(CloseFrame {
-            code,
+        let frame = Wire::Close(Some(CloseFrame {
+            code: CloseCode::from(code),
             reason: reason.into(),
         }));
         let _ = tokio::time::timeout(CLOSE_WAIT, self.ws.send(frame)).await;
+    }
+}
+
+const OP_TEXT: u8 = 0x1;
+const OP_BINARY: u8 = 0x2;
+
+/// A server frame's header (RFC 6455 section 5.2): FIN and the opcode, the
+/// payload length in 7, 7+16 or 7+64 bits, no mask (servers do not mask).
+struct Head {
+    buf: [u8; 10],
+    len: u8,
+}
+
+impl Head {
+    fn new(opcode: u8, payload: usize) -> Head {
+        let mut buf = [0u8; 10];
+        buf[0] = 0x80 | opcode;
+        let len = if payload < 126 {
+            buf[1] = payload as u8;
+            2
+        } else if let Ok(short) = u16::try_from(payload) {
+            buf[1] = 126;
+            buf[2..4].copy_from_slice(&short.to_be_bytes());
+            4
+        } else {
+            buf[1] = 127;
+            buf[2..10].copy_from_slice(&(payload as u64).to_be_bytes());
+            10
+        };
+        Head { buf, len }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len as usize]
+    }
+}
+
+/// A message read from the socket as the driver takes it (text checked
+/// as UTF-8 by the library already). None: a raw frame, which a reader
+/// never yields.
+fn incoming(m: Wire) -> Option<Message> {
+    Some(match m {
+        Wire::Text(t) => Message::Text(Utf8Bytes::try_from(Bytes::from(t)).ok()?),
+        Wire::Binary(b) => Message::Binary(b),
+        Wire::Ping(b) => Message::Ping(b),
+        Wire::Pong(b) => Message::Pong(b),
+        Wire::Close(_) => Message::Close(None),
+        Wire::Frame(_) => return None,
+    })
+}
+
+/// A control message of the driver's for the library to write.
+fn outgoing(m: Message) -> Wire {
+    match m {
+        Message::Text(t) => Wire::Text(Bytes::from(t).try_into().unwrap_or_default()),
+        Message::Binary(b) => Wire::Binary(b),
+        Message::Ping(b) => Wire::Ping(b),
+        Message::Pong(b) => Wire::Pong(b),
+        Message::Close(c) => Wire::Close(c.map(|c| CloseFrame {
+            code: CloseCode::from(c.code),
+            reason: c.reason.as_str().to_owned().into(),
+        })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each length form, at its edges, as RFC 6455 lays it out.
+    #[test]
+    fn frame_headers_carry_the_length_in_the_shortest_form() {
+        assert_eq!(Head::new(OP_TEXT, 0).bytes(), [0x81, 0]);
+        assert_eq!(Head::new(OP_TEXT, 125).bytes(), [0x81, 125]);
+        assert_eq!(Head::new(OP_BINARY, 126).bytes(), [0x82, 126, 0, 126]);
+        assert_eq!(Head::new(OP_TEXT, 65535).bytes(), [0x81, 126, 0xff, 0xff]);
+        assert_eq!(
+            Head::new(OP_TEXT, 65536).bytes(),
+            [0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0]
+        );
     }
 }

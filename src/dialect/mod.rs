@@ -24,11 +24,11 @@ pub use protocol::{
 
 use crate::auth::Grant;
 use crate::engine::{ConnLink, ConnSignal, Outbox};
-use axum::extract::ws::WebSocketUpgrade;
 use axum::http::{HeaderMap, StatusCode};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 /// Render-cache slots, one per dialect that renders committed changes.
 pub const SLOT_NATIVE: usize = 0;
@@ -165,10 +165,10 @@ pub fn admit_space(
 /// is allocated and zero-filled per connection up front, which made each
 /// idle connection cost about 140 KiB of RSS (docs/performance.md). Larger
 /// messages still fit: the buffer grows for a frame that needs it.
-pub fn limit(ws: WebSocketUpgrade, state: &Ctx) -> WebSocketUpgrade {
+pub fn limit(ws: WebSocketConfig, state: &Ctx) -> WebSocketConfig {
     let hard = state.settings.max_frame_bytes.saturating_mul(4);
-    ws.max_message_size(hard)
-        .max_frame_size(hard)
+    ws.max_message_size(Some(hard))
+        .max_frame_size(Some(hard))
         .read_buffer_size(READ_BUFFER)
 }
 

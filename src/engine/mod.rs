@@ -449,13 +449,19 @@ impl Engine {
 
     /// One retention pass: trim log entries older than `keep`, never past a
     /// pinned cursor. Returns how many went.
-    pub async fn trim(&self, keep: Duration) -> Result<u64, EngineError> {
+    pub async fn trim(self: &Arc<Self>, keep: Duration) -> Result<u64, EngineError> {
         let older_than_ms = self.clock.now_ms().saturating_sub(keep.as_millis() as u64);
         let pins = self.pins.lock().map(|p| p.clone()).unwrap_or_default();
-        let mut keep_from = u64::MAX;
-        for p in pins {
-            keep_from = keep_from.min(self.store.cursor(&p)? + 1);
-        }
+        // The pinned cursors are store reads: on the blocking pool.
+        let me = self.clone();
+        let keep_from = off_worker(move || -> Result<u64, EngineError> {
+            let mut keep_from = u64::MAX;
+            for p in pins {
+                keep_from = keep_from.min(me.store.cursor(&p)? + 1);
+            }
+            Ok(keep_from)
+        })
+        .await?;
         let mut total = 0;
         loop {
             let n = self
@@ -531,6 +537,13 @@ impl Engine {
     #[doc(hidden)]
     pub async fn hold_writer(&self) -> Result<crate::store::WriterHold, EngineError> {
         Ok(self.store.hold_writer().await?)
+    }
+
+    /// Park every store read until the guard is dropped (tests: see
+    /// `Store::hold_reads`).
+    #[doc(hidden)]
+    pub fn hold_reads(&self) -> crate::store::ReadHold {
+        self.store.hold_reads()
     }
 
     /// See `Store::enqueued` (deterministic tests).

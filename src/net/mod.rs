@@ -35,7 +35,7 @@ pub mod stats;
 pub mod upgrade;
 pub mod ws;
 
-pub use upgrade::{Adopt, Upgrade};
+pub use upgrade::{Adopt, Upgrade, WsStream};
 
 use admission::{Admission, ConnSlot, HandshakeSlot, Limits};
 use futures_util::FutureExt;

@@ -81,7 +81,10 @@ pub async fn pull_once(
     };
     let (pulled, reason) = tokio::join!(run, writer).0?;
     // Judged on the store, not on the reason: any other end is a retry.
-    let vv = engine.version_vector().map_err(|e| e.to_string())?;
+    let e = engine.clone();
+    let vv = crate::engine::off_worker(move || e.version_vector())
+        .await
+        .map_err(|e| e.to_string())?;
     if !crate::replicate::plan::holds(&vv, &pulled.peer_vv, engine.node_id()) {
         return Err(format!("the pull ended early: {reason}"));
     }

@@ -3,11 +3,15 @@
 //! nothing is buffered per peer beyond a small window of batches) and waits
 //! for durable acks; inbound applies the peer's batches in one store
 //! transaction each and acks them after the commit.
+//!
+//! Every store read of a session (its version vector, the log and
+//! snapshot pages, the cursor) runs on the blocking pool ([`read`]): a
+//! session shares the async workers with every client connection.
 
 use super::frame::{self, Frame, FrameError, PROTO_VERSION};
 use super::plan::{self, InFlight, Start};
 use super::stats::LinkStats;
-use crate::engine::{Engine, EngineError, Event, RenderCache, PAGE_BYTES};
+use crate::engine::{off_worker, Engine, EngineError, Event, RenderCache, PAGE_BYTES};
 use crate::model::{NodeId, VersionVector};
 use crate::store::{Cap, OutcomeKind};
 use std::collections::HashSet;
@@ -54,6 +58,23 @@ pub trait FrameSource: Send {
     fn recv(&mut self) -> impl Future<Output = Result<Option<Vec<u8>>, SessionError>> + Send;
 }
 
+/// `f` over the engine on the blocking pool (`engine::off_worker`).
+async fn read<T: Send + 'static>(
+    engine: &Arc<Engine>,
+    f: impl FnOnce(&Engine) -> T + Send + 'static,
+) -> T {
+    let e = engine.clone();
+    off_worker(move || f(&e)).await
+}
+
+/// Whether this relay holds `until` now (a pull-once session's target;
+/// never when there is none).
+async fn holds(engine: &Arc<Engine>, until: Option<&VersionVector>) -> Result<bool, SessionError> {
+    let Some(t) = until else { return Ok(false) };
+    let vv = read(engine, |e| e.version_vector()).await?;
+    Ok(plan::holds(&vv, t, engine.node_id()))
+}
+
 pub async fn send_frame(tx: &mut impl FrameSink, f: &Frame) -> Result<(), SessionError> {
     tracing::trace!(frame = ?TraceFrame(f), "send");
     tx.send(frame::encode(f)?).await
@@ -83,13 +104,16 @@ pub struct Greeting {
 
 /// Exchange hellos. Refuses another protocol version and ourselves.
 pub async fn hello(
-    engine: &Engine,
+    engine: &Arc<Engine>,
     rx: &mut impl FrameSource,
     tx: &mut impl FrameSink,
 ) -> Result<Greeting, SessionError> {
-    let merges = engine.merges();
-    let head = engine.last_seq();
-    let vv = engine.version_vector()?;
+    // In this order (see `Greeting`): merges, head, then the vector.
+    let (merges, head, vv) = read(engine, |e| {
+        let (merges, head) = (e.merges(), e.last_seq());
+        e.version_vector().map(|vv| (merges, head, vv))
+    })
+    .await?;
     let me = engine.node_id();
     send_frame(
         tx,
@@ -211,23 +235,34 @@ async fn drive(
     }
     let lacking = plan::lacking(&greeting.vv, &greeting.peer_vv, greeting.peer);
     let mut peer_vv = greeting.peer_vv;
-    let merged = engine.merged_vv()?;
-    let (pos, snapshot) = match plan::start(greeting.head, &lacking, &merged, |o, s| {
-        engine.local_seq_of(o, s)
-    })? {
-        Start::After(pos) => (pos, None),
-        Start::Behind { origin, seq } => {
+    let head = greeting.head;
+    let planned = read(&engine, move |e| -> Result<_, SessionError> {
+        let merged = e.merged_vv()?;
+        Ok(
+            match plan::start(head, &lacking, &merged, |o, s| e.local_seq_of(o, s))? {
+                Start::After(pos) => (pos, None),
+                // Where the snapshot ends, and what it covers.
+                Start::Behind { origin, seq } => {
+                    let head = e.last_seq();
+                    let vv = e.version_vector()?;
+                    let spaces: Vec<String> = e.spaces()?.into_iter().map(|(s, _)| s).collect();
+                    (head, Some((origin, seq, vv, spaces)))
+                }
+            },
+        )
+    })
+    .await?;
+    let (pos, snapshot) = match planned {
+        (pos, None) => (pos, None),
+        (head, Some((origin, seq, vv, spaces))) => {
             // The peer lacks changes the log does not hold (retention
             // trimmed them, or a merged snapshot brought them): send the
             // current states (which include them), then the log from here on.
             tracing::info!(peer = %greeting.peer, %origin, seq, "peer lacks changes the log does not hold (trimmed, or merged from a snapshot); sending a state snapshot");
-            let head = engine.last_seq();
-            let vv = engine.version_vector()?;
             for (o, s) in &vv {
                 let held = peer_vv.entry(*o).or_insert(0);
                 *held = (*held).max(*s);
             }
-            let spaces = engine.spaces()?.into_iter().map(|(s, _)| s).collect();
             (
                 head,
                 Some(SnapshotCursor {
@@ -272,10 +307,8 @@ async fn drive(
     };
     let inbound = async {
         // Nothing to pull: the peer's changes are all here already.
-        if let Some(t) = &until {
-            if plan::holds(&engine.version_vector()?, t, engine.node_id()) {
-                return Ok(PULLED.to_string());
-            }
+        if holds(&engine, until.as_ref()).await? {
+            return Ok(PULLED.to_string());
         }
         inbound(
             &engine,
@@ -375,7 +408,7 @@ fn kind(f: &Frame) -> &'static str {
 
 /// Apply the peer's batches and events; forward acks to the outbound side.
 async fn inbound(
-    engine: &Engine,
+    engine: &Arc<Engine>,
     rx: &mut impl FrameSource,
     ctl: mpsc::Sender<Frame>,
     acks: mpsc::Sender<u64>,
@@ -402,13 +435,7 @@ async fn inbound(
         Ok(())
     };
     // A pull-once session is done once the local vector holds `until`
-    // (checked after each commit that can raise it).
-    let pulled = || -> Result<bool, SessionError> {
-        Ok(match until {
-            Some(t) => plan::holds(&engine.version_vector()?, t, engine.node_id()),
-            None => false,
-        })
-    };
+    // (checked after each commit that can raise it, `holds`).
     loop {
         let Some(f) = recv_frame(rx).await? else {
             return Err(SessionError::PeerClosed("connection closed".into()));
@@ -455,7 +482,7 @@ async fn inbound(
                 ctl.send(Frame::Ack { id })
                     .await
                     .map_err(|_| SessionError::PeerClosed("outbound ended".into()))?;
-                if pulled()? {
+                if holds(engine, until).await? {
                     return Ok(PULLED.to_string());
                 }
             }
@@ -491,7 +518,7 @@ async fn inbound(
                 ctl.send(Frame::Ack { id })
                     .await
                     .map_err(|_| SessionError::PeerClosed("outbound ended".into()))?;
-                if pulled()? {
+                if holds(engine, until).await? {
                     return Ok(PULLED.to_string());
                 }
             }
@@ -623,8 +650,13 @@ impl Outbound {
         }
         // Bounded in bytes too: 256 changes of ~1 MiB are 256 MiB.
         let cap = Cap::new(BATCH, PAGE_BYTES);
-        let last = self.engine.last_seq();
-        let mut page = self.engine.log_after_page(self.pos, cap)?.items;
+        let pos = self.pos;
+        // The last seq before the page (see `check_contiguous`).
+        let log_page = move |e: &Engine| {
+            let last = e.last_seq();
+            e.log_after_page(pos, cap).map(|p| (last, p.items))
+        };
+        let (last, mut page) = read(&self.engine, log_page).await?;
         self.check_contiguous(last, &page)?;
         if page.is_empty() {
             // Caught up. Vouch for what the version vector holds beyond what
@@ -632,10 +664,10 @@ impl Outbound {
             // filter on their route held them back). The vector is read
             // before the log, so an empty log read proves every change it
             // counts was seen by this session.
-            let vv = self.engine.version_vector()?;
+            let vv = read(&self.engine, |e| e.version_vector()).await?;
             self.check_no_merge()?;
-            let last = self.engine.last_seq();
-            page = self.engine.log_after_page(self.pos, cap)?.items;
+            let last;
+            (last, page) = read(&self.engine, log_page).await?;
             self.check_contiguous(last, &page)?;
             if page.is_empty() {
                 let covers = self.covers_upto(&vv);
@@ -759,10 +791,12 @@ impl Outbound {
                 snap.spaces.remove(0);
                 continue;
             }
-            let after = snap.after.as_ref().map(|(c, i)| (c.as_str(), i.as_str()));
-            let page =
-                self.engine
-                    .entities_page(&space, None, after, Cap::new(BATCH, PAGE_BYTES))?;
+            let (of, after) = (space.clone(), snap.after.clone());
+            let page = read(&self.engine, move |e| {
+                let after = after.as_ref().map(|(c, i)| (c.as_str(), i.as_str()));
+                e.entities_page(&of, None, after, Cap::new(BATCH, PAGE_BYTES))
+            })
+            .await?;
             let more = page.more;
             let page = page.items;
             if !more {
@@ -911,11 +945,12 @@ impl Outbound {
         self.stats
             .backlog
             .store(last.saturating_sub(self.acked), Relaxed);
-        if self.cursor_saved.elapsed() >= CURSOR_EVERY
-            && self.engine.cursor(&self.cursor)? < self.acked
-        {
-            self.engine.set_cursor(&self.cursor, self.acked).await?;
-            self.cursor_saved = Instant::now();
+        if self.cursor_saved.elapsed() >= CURSOR_EVERY {
+            let name = self.cursor.clone();
+            if read(&self.engine, move |e| e.cursor(&name)).await? < self.acked {
+                self.engine.set_cursor(&self.cursor, self.acked).await?;
+                self.cursor_saved = Instant::now();
+            }
         }
         Ok(())
     }

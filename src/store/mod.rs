@@ -6,6 +6,7 @@
 
 mod backup;
 mod clock;
+mod gate;
 mod slot;
 mod tables;
 pub mod wal;
@@ -13,6 +14,7 @@ mod writer;
 
 pub use backup::{check, restore, verify_backup, BackupSummary, CheckReport, RestoreError};
 pub use clock::{system_ms, Clock};
+pub use gate::ReadHold;
 pub use slot::{Backend, Fault};
 pub use tables::SCHEMA_VERSION;
 pub use writer::{
@@ -253,6 +255,8 @@ pub struct Store {
     /// Relaxed durability only: asks the writer to fsync once a second.
     ticker: Mutex<Option<JoinHandle<()>>>,
     path: PathBuf,
+    /// Every read passes it (see `gate.rs`: a test seam).
+    gate: Arc<gate::ReadGate>,
 }
 
 /// The relaxed-durability flush ticker. It holds only a weak sender, so it
@@ -343,11 +347,25 @@ impl Store {
             thread: Mutex::new(Some(thread)),
             ticker: Mutex::new(ticker),
             path,
+            gate: Default::default(),
         })
     }
 
     pub fn node_id(&self) -> NodeId {
         self.node
+    }
+
+    /// The database, for a read.
+    fn reader(&self) -> Result<Arc<Database>, StoreError> {
+        self.gate.pass();
+        self.slot.get()
+    }
+
+    /// Park every read at its start until the guard is dropped (tests: a
+    /// read as slow as a stuck disk makes it). Writes go on.
+    #[doc(hidden)]
+    pub fn hold_reads(&self) -> ReadHold {
+        self.gate.hold()
     }
 
     pub fn path(&self) -> &Path {
@@ -488,7 +506,7 @@ impl Store {
         upto: u64,
         cap: Cap,
     ) -> Result<Page<(u64, LogEntry)>, StoreError> {
-        let tx = self.slot.get()?.begin_read()?;
+        let tx = self.reader()?.begin_read()?;
         let idx = tx.open_table(SPACE_LOG)?;
         let log = tx.open_table(LOG)?;
         let mut page = Page::new(cap);
@@ -518,7 +536,7 @@ impl Store {
         since: u64,
         limit: usize,
     ) -> Result<(u64, Vec<(String, StoredEntity)>), StoreError> {
-        let tx = self.slot.get()?.begin_read()?;
+        let tx = self.reader()?.begin_read()?;
         let latest = tx
             .open_table(TYPE_VERSIONS)?
             .get((space, collection))?
@@ -543,7 +561,7 @@ impl Store {
 
     /// One log entry, if still retained.
     pub fn log_entry(&self, seq: u64) -> Result<Option<LogEntry>, StoreError> {
-        let tx = self.slot.get()?.begin_read()?;
+        let tx = self.reader()?.begin_read()?;
         let log = tx.open_table(LOG)?;
         let v = log.get(seq)?;
         v.map(|v| decode(v.value())).transpose()
@@ -552,7 +570,7 @@ impl Store {
     /// The whole log after `after` (all spaces), for replication.
     /// Local seq of the change `(origin, origin_seq)`, if still in the log.
     pub fn local_seq_of(&self, origin: NodeId, origin_seq: u64) -> Result<Option<u64>, StoreError> {
-        let tx = self.slot.get()?.begin_read()?;
+        let tx = self.reader()?.begin_read()?;
         let ident = tx.open_table(IDENT)?;
         Ok(ident.get((origin.0, origin_seq))?.map(|v| v.value()))
     }
@@ -567,7 +585,7 @@ impl Store {
         before: u64,
         max: usize,
     ) -> Result<(Vec<(u64, LogEntry)>, bool), StoreError> {
-        let tx = self.slot.get()?.begin_read()?;
+        let tx = self.reader()?.begin_read()?;
         let ident = tx.open_table(IDENT)?;
         let log = tx.open_table(LOG)?;
         let trimmed = log.first()?.is_none_or(|(k, _)| k.value() > 1);
@@ -594,7 +612,7 @@ impl Store {
         after: u64,
         cap: Cap,
     ) -> Result<Page<(u64, LogEntry)>, StoreError> {
-        let tx = self.slot.get()?.begin_read()?;
+        let tx = self.reader()?.begin_read()?;
         let log = tx.open_table(LOG)?;
         let mut page = Page::new(cap);
         for row in log.range(after.saturating_add(1)..)? {
@@ -615,7 +633,7 @@ impl Store {
         collection: &str,
         id: &str,
     ) -> Result<Option<StoredEntity>, StoreError> {
-        let tx = self.slot.get()?.begin_read()?;
+        let tx = self.reader()?.begin_read()?;
         let t = tx.open_table(ENTITY)?;
         let v = t.get((space, collection, id))?;
         v.map(|v| decode(v.value())).transpose()
@@ -644,7 +662,7 @@ impl Store {
         after: Option<(&str, &str)>,
         cap: Cap,
     ) -> Result<Page<(String, String, StoredEntity)>, StoreError> {
-        let tx = self.slot.get()?.begin_read()?;
+        let tx = self.reader()?.begin_read()?;
         let mut page = Page::new(cap);
         page.seq = tx
             .open_table(META)?
@@ -684,7 +702,7 @@ impl Store {
         space: &str,
         collection: &str,
     ) -> Result<(u64, Vec<(String, StoredEntity)>), StoreError> {
-        let tx = self.slot.get()?.begin_read()?;
+        let tx = self.reader()?.begin_read()?;
         let meta = tx.open_table(META)?;
         let seq = meta
             .get(META_LAST_SEQ)?
@@ -704,7 +722,7 @@ impl Store {
     }
 
     pub fn version_vector(&self) -> Result<VersionVector, StoreError> {
-        let tx = self.slot.get()?.begin_read()?;
+        let tx = self.reader()?.begin_read()?;
         let t = tx.open_table(VV)?;
         let mut vv = VersionVector::new();
         for row in t.iter()? {
@@ -717,7 +735,7 @@ impl Store {
     /// Per origin, the highest origin seq counted by a merged snapshot
     /// without log entries (see `tables::META_MERGED_VV`).
     pub fn merged_vv(&self) -> Result<VersionVector, StoreError> {
-        let tx = self.slot.get()?.begin_read()?;
+        let tx = self.reader()?.begin_read()?;
         let meta = tx.open_table(META)?;
         match meta.get(META_MERGED_VV)? {
             Some(v) => decode(v.value()),
@@ -726,14 +744,14 @@ impl Store {
     }
 
     pub fn cursor(&self, name: &str) -> Result<u64, StoreError> {
-        let tx = self.slot.get()?.begin_read()?;
+        let tx = self.reader()?.begin_read()?;
         let t = tx.open_table(CURSORS)?;
         Ok(t.get(name)?.map(|v| v.value()).unwrap_or(0))
     }
 
     /// Spaces with the number of changes applied in each.
     pub fn spaces(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        let tx = self.slot.get()?.begin_read()?;
+        let tx = self.reader()?.begin_read()?;
         let t = tx.open_table(SPACES)?;
         let mut out = Vec::new();
         for row in t.iter()? {
@@ -751,7 +769,7 @@ impl Store {
         now_ms: u64,
         out: impl FnMut(Vec<u8>) -> bool,
     ) -> Result<BackupSummary, StoreError> {
-        let db = self.slot.get()?;
+        let db = self.reader()?;
         backup::dump(&db, now_ms, out)
     }
 
@@ -764,7 +782,7 @@ impl Store {
         header: impl FnOnce(u64) -> bool,
         mut visit: impl FnMut(&str, &str, &str, StoredEntity) -> bool,
     ) -> Result<(), StoreError> {
-        let tx = self.slot.get()?.begin_read()?;
+        let tx = self.reader()?.begin_read()?;
         let seq = tx
             .open_table(META)?
             .get(META_LAST_SEQ)?
@@ -793,7 +811,7 @@ impl Store {
 
     /// Number of entities (tombstones included) of `space`: a key scan.
     pub fn count_entities(&self, space: &str) -> Result<u64, StoreError> {
-        let tx = self.slot.get()?.begin_read()?;
+        let tx = self.reader()?.begin_read()?;
         let t = tx.open_table(ENTITY)?;
         let mut n = 0;
         for row in t.range((space, "", "")..)? {
@@ -808,7 +826,7 @@ impl Store {
 
     /// Commit time of the newest change of `space` still in the log.
     pub fn last_write_ms(&self, space: &str) -> Result<Option<u64>, StoreError> {
-        let tx = self.slot.get()?.begin_read()?;
+        let tx = self.reader()?.begin_read()?;
         let idx = tx.open_table(SPACE_LOG)?;
         let last = idx.range((space, 0u64)..=(space, u64::MAX))?.next_back();
         let Some(row) = last else { return Ok(None) };
@@ -820,7 +838,7 @@ impl Store {
 
     /// Number of changes currently held in the log.
     pub fn log_len(&self) -> Result<u64, StoreError> {
-        let tx = self.slot.get()?.begin_read()?;
+        let tx = self.reader()?.begin_read()?;
         Ok(tx.open_table(LOG)?.len()?)
     }
 }

@@ -11,7 +11,6 @@ use crate::net::Upgrade;
 use crate::replicate::frame::MAX_FRAME_BYTES;
 use crate::replicate::{session, ws};
 use crate::replicate::{Links, SessionOpts};
-use axum::extract::ws::WebSocket;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -62,11 +61,11 @@ pub async fn upgrade(
     let limit = MAX_FRAME_BYTES + 1024;
     // The session runs in the connection's task, owned by the accept
     // loop: shutdown waits for it (goodbye and close) by waiting for that.
-    ws.limits(|ws| ws.max_message_size(limit).max_frame_size(limit))
+    ws.limits(|ws| ws.max_message_size(Some(limit)).max_frame_size(Some(limit)))
         .on_upgrade(move |socket| serve_edge(state, socket, grant))
 }
 
-async fn serve_edge(state: HubCtx, socket: WebSocket, grant: crate::auth::Grant) {
+async fn serve_edge(state: HubCtx, socket: crate::net::WsStream, grant: crate::auth::Grant) {
     let (tx, rx, writer) = ws::split(socket, None, state.shutdown.clone());
     // The writer runs next to the session, in this task.
     let run = async {

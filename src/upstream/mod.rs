@@ -218,7 +218,9 @@ impl Upstream {
     /// once a second, so its last acks are saved here.
     async fn save_position(&self, acked: u64) {
         self.reached.fetch_max(acked, Relaxed);
-        if self.engine.cursor(CURSOR).is_ok_and(|c| c < acked) {
+        let e = self.engine.clone();
+        let saved = crate::engine::off_worker(move || e.cursor(CURSOR)).await;
+        if saved.is_ok_and(|c| c < acked) {
             if let Err(e) = self.engine.set_cursor(CURSOR, acked).await {
                 tracing::warn!(error = %e, "cannot save the upstream cursor");
             }

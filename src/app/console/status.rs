@@ -17,7 +17,8 @@ use std::time::Duration;
 /// How often the stream sends a fresh document.
 const STREAM_EVERY: Duration = Duration::from_secs(1);
 
-/// Everything the console shows. Fields of the earlier `/v1/status`
+/// Everything the console shows (reads the store: callers run it off
+/// the async workers, `engine::off_worker`). Fields of the earlier `/v1/status`
 /// (`clients`, `spaces[].name/changes/subscribers`, `peers`, `upstream`,
 /// `log`, `version_vector`, `mesh`) keep their shape.
 pub fn status_json(state: &AppState) -> Value {
@@ -105,7 +106,10 @@ pub async fn status(
     if let Err(refused) = require_admin(&state, &headers, &query, Need::Read) {
         return refused.into_response();
     }
-    axum::Json(status_json(&state)).into_response()
+    // Store reads (spaces, counts, the version vector) and disk figures:
+    // on the blocking pool, not a worker.
+    let doc = crate::engine::off_worker(move || status_json(&state)).await;
+    axum::Json(doc).into_response()
 }
 
 /// `GET /v1/status/stream`: `event: config` once (the effective config,
@@ -131,7 +135,9 @@ pub async fn stream(
                 _ = tick.tick() => {}
                 _ = shutdown.wait_for(|s| *s) => return None,
             }
-            let doc = sse("status", &status_json(&st).to_string());
+            let of = st.clone();
+            let doc = crate::engine::off_worker(move || status_json(&of).to_string()).await;
+            let doc = sse("status", &doc);
             Some((doc, (st, tick, shutdown)))
         },
     );

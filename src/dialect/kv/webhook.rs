@@ -17,7 +17,7 @@
 
 use super::{hex, history_item, COLLECTION};
 use crate::config::WebhookSettings;
-use crate::engine::{Engine, PAGE_BYTES};
+use crate::engine::{off_worker, Engine, PAGE_BYTES};
 use crate::store::{Cap, LogEntry};
 use crate::tasks::AbortOnDrop;
 use axum::body::Bytes;
@@ -299,7 +299,14 @@ async fn run(weak: Weak<Engine>, cfg: WebhookSettings, mut shutdown: watch::Rece
         let Some(engine) = weak.upgrade() else { return };
         let c = match cursor {
             Some(c) => c,
-            None => match engine.cursor(CURSOR) {
+            // Store reads here run on the blocking pool (`off_worker`):
+            // this loop shares the async workers with every connection.
+            None => match off_worker({
+                let e = engine.clone();
+                move || e.cursor(CURSOR)
+            })
+            .await
+            {
                 Ok(c) => *cursor.insert(c),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read the webhook cursor");
@@ -314,7 +321,11 @@ async fn run(weak: Weak<Engine>, cfg: WebhookSettings, mut shutdown: watch::Rece
         let last = engine.last_seq();
         if last.saturating_sub(c) > max_backlog {
             let to = last - max_backlog;
-            let dropped = count_events(&engine, c, to);
+            let dropped = off_worker({
+                let e = engine.clone();
+                move || count_events(&e, c, to)
+            })
+            .await;
             engine.metrics.webhook_dropped.fetch_add(dropped, Relaxed);
             tracing::warn!(
                 dropped,
@@ -330,8 +341,9 @@ async fn run(weak: Weak<Engine>, cfg: WebhookSettings, mut shutdown: watch::Rece
             .webhook_backlog
             .store(last.saturating_sub(c), Relaxed);
         let page = if last > c {
-            engine
-                .log_after_page(c, Cap::new(PAGE, PAGE_BYTES))
+            let e = engine.clone();
+            off_worker(move || e.log_after_page(c, Cap::new(PAGE, PAGE_BYTES)))
+                .await
                 .map(|p| p.items)
         } else {
             Ok(vec![])
