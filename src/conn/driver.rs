@@ -58,13 +58,9 @@ struct Driver<D> {
     out: Vec<Utf8Bytes>,
 }
 
-/// What an in-flight request or call comes back with.
-enum Answer {
-    /// Frames to send (a dialect's own future).
-    Frames(Vec<String>),
-    /// The result of a [`Call`], for the dialect.
-    Reply(u64, Reply),
-}
+/// An in-flight [`Call`] comes back with its token and result, for the
+/// dialect.
+type Answer = (u64, Reply);
 
 type Answering = Pin<Box<dyn Future<Output = Answer> + Send>>;
 
@@ -160,33 +156,28 @@ impl<D: Dialect> Driver<D> {
     }
 
     /// `first` and the answers right behind it that are ready too, in
-    /// request order: a commit group's acks go out with one write. A call's
-    /// result goes to the dialect (`Dialect::reply`); an answer that asks
-    /// for more than frames is carried out in its turn. (Polling with a
+    /// request order: a commit group's acks go out with one write. Each
+    /// call's result goes to the dialect (`Dialect::reply`); an answer that
+    /// asks for more than frames (seed 002's next call) is carried out in
+    /// its turn. (Polling with a
     /// no-op waker is safe here: the loop polls `pending` again with its
     /// own waker before it waits.)
     async fn answered(&mut self, first: Answer) -> Result<(), End> {
         let mut frames: Vec<Utf8Bytes> = Vec::new();
         let mut next = Some(first);
-        while let Some(a) = next.take() {
-            match a {
-                Answer::Frames(f) => frames.extend(f.into_iter().map(Utf8Bytes::from)),
-                Answer::Reply(token, reply) => {
-                    let now_ms = self.now_ms();
-                    let mut h = self.dialect.reply(token, reply, now_ms);
-                    frames.extend(std::mem::take(&mut h.now).into_iter().map(Utf8Bytes::from));
-                    let more = h.publish.is_some()
-                        || h.read.is_some()
-                        || h.call.is_some()
-                        || h.later.is_some()
-                        || !h.follow.is_empty()
-                        || !h.unfollow.is_empty();
-                    if more {
-                        let sent = std::mem::take(&mut frames);
-                        self.socket.send_all(sent, &self.dialect).await?;
-                        Box::pin(self.apply(h)).await?;
-                    }
-                }
+        while let Some((token, reply)) = next.take() {
+            let now_ms = self.now_ms();
+            let mut h = self.dialect.reply(token, reply, now_ms);
+            frames.extend(std::mem::take(&mut h.now).into_iter().map(Utf8Bytes::from));
+            let more = h.publish.is_some()
+                || h.read.is_some()
+                || h.call.is_some()
+                || !h.follow.is_empty()
+                || !h.unfollow.is_empty();
+            if more {
+                let sent = std::mem::take(&mut frames);
+                self.socket.send_all(sent, &self.dialect).await?;
+                Box::pin(self.apply(h)).await?;
             }
             if frames.len() < BATCH {
                 next = self.pending.next().now_or_never().flatten();
@@ -230,11 +221,12 @@ impl<D: Dialect> Driver<D> {
                 let pushed = self
                     .order
                     .push(engine, space, actor, source, writes, write_ids);
-                Box::pin(async move { Answer::Reply(token, Reply::Written(pushed.await)) })
+                Box::pin(async move { (token, Reply::Written(pushed.await)) })
             }
             Call::Get { space, keys } => {
-                Box::pin(async move { Answer::Reply(token, Call::get(engine, space, keys).await) })
+                Box::pin(async move { (token, Call::get(engine, space, keys).await) })
             }
+            Call::Scan(scan) => Box::pin(async move { (token, Call::scan(engine, scan).await) }),
         };
         self.pending.push_back(answering);
     }
@@ -280,10 +272,6 @@ impl<D: Dialect> Driver<D> {
         if let Some(c) = h.call {
             let (token, call) = *c;
             self.call(token, call);
-        }
-        if let Some(later) = h.later {
-            self.pending
-                .push_back(Box::pin(async move { Answer::Frames(later.await) }));
         }
         for key in h.unfollow {
             if let Some(f) = self.feeds.remove(&key) {

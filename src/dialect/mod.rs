@@ -1,6 +1,6 @@
 //! Client protocols. Each dialect is a [`Dialect`] the connection driver
-//! (`conn`) runs: it parses its messages, calls the engine and renders
-//! replies; what they share (admission, connection accounting, socket
+//! (`conn`) runs: it parses its messages, asks the driver for the engine
+//! calls it needs and renders replies; what they share (admission, connection accounting, socket
 //! limits) lives here.
 
 pub mod atome;
@@ -18,8 +18,8 @@ mod table;
 pub mod unified;
 
 pub use protocol::{
-    Call, Dialect, Failed, Follow, Handled, Lag, Opening, Pending, Publish, Query, Read, Refusal,
-    Refused, Reply, Rows, Since,
+    Call, Dialect, Failed, Follow, Handled, Lag, Opening, Publish, Query, Read, Refusal, Refused,
+    Reply, Rows, Scan, Scanned, Since,
 };
 
 use crate::auth::Grant;

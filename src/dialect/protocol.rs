@@ -5,20 +5,12 @@
 //! catch-up-to-live feed and applies the one lag policy (see `conn::feed`),
 //! and makes the engine calls and store reads a dialect asks for ([`Call`],
 //! [`Publish`], the [`Query`]s of a [`Read`]), feeding their results back
-//! ([`Dialect::reply`], [`Read::rows`]).
-//!
-//! Dialects not converted yet still hand the driver futures that call the
-//! engine ([`Handled::later`]); see docs/architecture.md, "How pure the
-//! dialects are".
+//! ([`Dialect::reply`], [`Read::rows`]). No dialect holds an engine handle
+//! or a future; see docs/architecture.md, "How pure the dialects are".
 
 use crate::engine::{Committed, Engine, EngineError, Event, Filter};
 use crate::store::{Cap, LocalWrite, LogEntry, Outcome, StoredEntity};
 use axum::extract::ws::Utf8Bytes;
-use std::future::Future;
-use std::pin::Pin;
-
-/// Work answered later (a write waiting for its commit): its frames, if any.
-pub type Pending = Pin<Box<dyn Future<Output = Vec<String>> + Send>>;
 
 /// An engine call the driver makes for a dialect. Its result comes back
 /// through [`Dialect::reply`] with the call's token, in the order the
@@ -42,6 +34,23 @@ pub enum Call {
         space: String,
         keys: Vec<(String, String)>,
     },
+    /// A range of entities' fields, read page by page on a blocking
+    /// thread ([`Reply::Scanned`]).
+    Scan(Scan),
+}
+
+/// The entities of `collection` whose ids sort strictly between `after`
+/// and `before`, in id order, each as the listed `fields` of its visible
+/// state (so a scan of large entities carries only what the dialect
+/// needs). The answer is held whole: the dialect bounds the range (seed
+/// 002 scans at most `MAX_SCAN` versions of one user's revisions).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scan {
+    pub space: String,
+    pub collection: String,
+    pub after: String,
+    pub before: String,
+    pub fields: Vec<String>,
 }
 
 impl Call {
@@ -62,6 +71,7 @@ impl Call {
                     .await,
             ),
             Call::Get { space, keys } => Call::get(engine.clone(), space, keys).await,
+            Call::Scan(scan) => Call::scan(engine.clone(), scan).await,
         }
     }
 
@@ -79,6 +89,49 @@ impl Call {
         .await;
         Reply::Got(got)
     }
+
+    /// A `Scan`'s read, on the blocking pool, in pages bounded in items
+    /// and bytes (`engine::PAGE_BYTES`).
+    pub async fn scan(engine: std::sync::Arc<Engine>, scan: Scan) -> Reply {
+        let Scan {
+            space,
+            collection,
+            after,
+            before,
+            fields,
+        } = scan;
+        let scanned = crate::engine::off_worker(move || {
+            let cap = Cap::new(256, crate::engine::PAGE_BYTES);
+            let mut out = Vec::new();
+            let mut cursor = after;
+            loop {
+                let page = engine.entities_page(
+                    &space,
+                    Some(&collection),
+                    Some((&collection, &cursor)),
+                    cap,
+                )?;
+                let more = page.more;
+                for (_, id, e) in page.items {
+                    if id >= before {
+                        return Ok(out);
+                    }
+                    let mut visible = e.state.visible();
+                    let picked = fields
+                        .iter()
+                        .filter_map(|f| visible.remove_entry(f))
+                        .collect();
+                    cursor = id.clone();
+                    out.push((id, picked));
+                }
+                if !more {
+                    return Ok(out);
+                }
+            }
+        })
+        .await;
+        Reply::Scanned(scanned)
+    }
 }
 
 /// The result of a [`Call`].
@@ -86,7 +139,12 @@ impl Call {
 pub enum Reply {
     Written(Result<Vec<Outcome>, EngineError>),
     Got(Result<Vec<Option<StoredEntity>>, EngineError>),
+    Scanned(Result<Vec<Scanned>, EngineError>),
 }
+
+/// One entity of a [`Scan`]: its id and the fields asked for (those it
+/// has).
+pub type Scanned = (String, serde_json::Map<String, serde_json::Value>);
 
 /// An ephemeral event to fan out, published as this connection (which
 /// then does not get it back).
@@ -219,8 +277,8 @@ impl Query {
 }
 
 /// What handling one client message produced. The driver carries it out
-/// in this order: `now`, `publish`, `read`, `call` (or `later`),
-/// `unfollow`, `follow` (then the read's own follows).
+/// in this order: `now`, `publish`, `read`, `call`, `unfollow`, `follow`
+/// (then the read's own follows).
 #[derive(Default)]
 pub struct Handled {
     /// Frames to send right away.
@@ -233,9 +291,6 @@ pub struct Handled {
     /// [`Dialect::reply`]. (Boxed, as `publish`: a `Handled` is often an
     /// error's value, kept small.)
     pub call: Option<Box<(u64, Call)>>,
-    /// Work whose answer comes later, for dialects that still call the
-    /// engine themselves (a write waiting for its commit).
-    pub later: Option<Pending>,
     /// Feeds to start (after `now` is sent), in order.
     pub follow: Vec<Follow>,
     /// Feeds to end.
@@ -253,13 +308,6 @@ impl Handled {
     pub fn call(token: u64, call: Call) -> Handled {
         Handled {
             call: Some(Box::new((token, call))),
-            ..Handled::default()
-        }
-    }
-
-    pub fn later(f: Pending) -> Handled {
-        Handled {
-            later: Some(f),
             ..Handled::default()
         }
     }
@@ -427,3 +475,57 @@ impl<D> Opening<D> {
 
 /// A handshake refused before the upgrade: HTTP status and body.
 pub type Refused = (axum::http::StatusCode, String);
+
+#[cfg(test)]
+mod tests {
+    use super::super::table::{block_on, Bench};
+    use super::*;
+    use crate::model::Op;
+    use serde_json::json;
+
+    fn put(collection: &str, id: String, version: u64) -> LocalWrite {
+        LocalWrite {
+            collection: collection.into(),
+            id,
+            op: Op::Put,
+            fields: [
+                ("version".to_string(), json!(version)),
+                ("blob".to_string(), json!("x".repeat(64))),
+            ]
+            .into(),
+            client_us: None,
+            expect: None,
+        }
+    }
+
+    /// A scan reads past a page (256 entities) to the end of its range,
+    /// and nothing outside it: not the bounds, not other ids or
+    /// collections; each entity carries only the fields asked for.
+    #[test]
+    fn a_scan_reads_its_range_page_by_page() {
+        let b = Bench::new();
+        let id = |v: u64| format!("u:{v:020}:n");
+        let mut writes: Vec<LocalWrite> = (1..=300).map(|v| put("h", id(v), v)).collect();
+        writes.push(put("h", "u:zzz".into(), 0));
+        writes.push(put("h", "v:1".into(), 0));
+        writes.push(put("other", id(5), 5));
+        block_on(b.engine().push("s", "t", None, writes)).unwrap();
+        let scan = Scan {
+            space: "s".into(),
+            collection: "h".into(),
+            after: format!("u:{:020}", 3),
+            before: format!("u:{:020}", 299),
+            fields: vec!["version".into(), "absent".into()],
+        };
+        let Reply::Scanned(Ok(got)) = block_on(Call::scan(b.engine().clone(), scan)) else {
+            panic!("a scan's reply")
+        };
+        let want: Vec<Scanned> = (3..=298)
+            .map(|v| {
+                let fields = [("version".to_string(), json!(v))].into_iter().collect();
+                (id(v), fields)
+            })
+            .collect();
+        assert_eq!(got, want);
+    }
+}

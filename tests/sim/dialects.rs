@@ -120,21 +120,14 @@ impl<D: Dialect> Conn<D> {
 
 impl<D: Dialect> Conn<D> {
     /// Carry out what the dialect asked for as the driver would: publish
-    /// an event, await a later answer, make an engine call and feed its
-    /// result back (whose own answer follows).
+    /// an event, make an engine call and feed its result back (whose own
+    /// answer, or next call, follows).
     async fn answer(&mut self, h: Handled, frame: &Value) -> Result<Vec<String>, String> {
         let engine = self._cc.state.engine.clone();
         let conn = self._cc.id;
         let mut out: Vec<String> = h.now;
         if let Some(p) = h.publish {
             engine.publish(&p.space, &p.topic, p.payload, &p.actor, Some(conn));
-        }
-        if let Some(later) = h.later {
-            out.extend(
-                tokio::time::timeout(Duration::from_secs(20), later)
-                    .await
-                    .map_err(|_| format!("{frame}: no answer in 20 s"))?,
-            );
         }
         if let Some(c) = h.call {
             let (token, call) = *c;

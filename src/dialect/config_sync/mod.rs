@@ -20,9 +20,19 @@
 //! compare-and-swap is atomic against every other write on this relay and
 //! the three land together or not at all.
 //!
-//! Each connection serves its requests strictly in order (a request starts
-//! after the previous one is answered), so a download sent after an upload
-//! reads what the upload stored.
+//! No engine handle: each request is a small state machine over the
+//! driver's calls. It reads the document and the device record
+//! (`Call::Get`), maybe the revisions it needs to name conflicting paths
+//! (`Call::Scan`), then writes (`Call::Write`, the compare-and-swap inside
+//! it) and answers from `Dialect::reply`. A write that loses the
+//! compare-and-swap to one that got in after the read starts the request
+//! over from the read (at most [`ATTEMPTS`] rounds), which then answers the
+//! conflict.
+//!
+//! Each connection serves its requests strictly in order (ordered mode: a
+//! request starts after the previous one is answered), so a download sent
+//! after an upload reads what the upload stored, and at most one request
+//! is between calls at a time.
 
 mod proto;
 
@@ -32,13 +42,13 @@ pub use proto::parse;
 pub use proto::{DEVICES, DOCS, HISTORY};
 
 use super::SLOT_CONFIG;
-use super::{Dialect, Follow, Handled, Opening, Refusal, Refused, Since};
+use super::{Call, Dialect, Follow, Handled, Opening, Refusal, Refused, Reply, Scan, Since};
 use crate::auth::Grant;
 use crate::dialect::Ctx;
-use crate::engine::Committed;
-use crate::engine::{off_worker, Engine, EngineError, ErrorClass, Filter, PAGE_BYTES};
+use crate::engine::{Committed, EngineError, ErrorClass, Filter};
+use crate::metrics::Metrics;
 use crate::model::Op;
-use crate::store::{Cap, Expect, LocalWrite, StoredEntity};
+use crate::store::{Expect, LocalWrite, StoredEntity};
 use axum::extract::ws::Utf8Bytes;
 use axum::http::{HeaderMap, StatusCode};
 pub(super) use proto::code;
@@ -74,19 +84,10 @@ pub fn accept(
         (q, a) => a.or_else(|| q.cloned()),
     };
     let device = query.get("deviceId").cloned();
-    let engine = state.engine.clone();
-    Ok(Opening::new("/ws/config", move |conn| ConfigProto {
-        job: Job {
-            node: engine.node_id().to_string(),
-            engine,
-            space,
-            conn: conn.id,
-            actor: String::new(),
-            now_ms: 0,
-        },
-        grant,
-        user,
-        device,
+    let metrics = state.engine.metrics.clone();
+    let node = state.engine.node_id().to_string();
+    Ok(Opening::new("/ws/config", move |_| {
+        ConfigProto::new(metrics, space, node, grant, user, device)
     }))
 }
 
@@ -109,241 +110,142 @@ fn is_precondition(e: &EngineError) -> bool {
     e.class() == ErrorClass::Precondition
 }
 
+/// One `/ws/config` connection. No engine handle: only `Arc<Metrics>`
+/// for its counters.
 pub struct ConfigProto {
-    job: Job,
+    metrics: Arc<Metrics>,
+    space: String,
+    /// This relay's id: a revision's history id names the relay that
+    /// accepted it.
+    node: String,
     grant: Grant,
     /// The user whose devices' revisions this connection is told about.
     user: Option<String>,
     /// This device (its own revisions are not echoed as sync-events).
     device: Option<String>,
+    /// The request between calls and the token of its call in flight
+    /// (ordered mode: at most one).
+    serving: Option<(u64, Serving)>,
+    next_token: u64,
+}
+
+/// One request between its calls.
+struct Serving {
+    req: Request,
+    /// Who writes: the token's subject, or the device when anonymous.
+    actor: String,
+    /// Whether the connection may write: a download then records the
+    /// device's sync.
+    record: bool,
+    /// Compare-and-swap rounds lost so far (upload, resolve).
+    lost_rounds: usize,
+    stage: Stage,
+}
+
+/// What a request's call in flight is for.
+enum Stage {
+    /// Reading the document and the device record (`Call::Get`).
+    Reading,
+    /// Reading the user's revisions in `(after, doc.version]`
+    /// (`Call::Scan`): the paths a conflict note names or a merge
+    /// reconciles.
+    Scanning {
+        doc: Doc,
+        dev: Option<Device>,
+        after: u64,
+    },
+    /// Writing (`Call::Write`): a device record, or a revision that
+    /// becomes `version` if the compare-and-swap on `doc` holds.
+    Writing { doc: Doc, version: u64 },
 }
 
 impl ConfigProto {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        space: String,
+        node: String,
+        grant: Grant,
+        user: Option<String>,
+        device: Option<String>,
+    ) -> ConfigProto {
+        ConfigProto {
+            metrics,
+            space,
+            node,
+            grant,
+            user,
+            device,
+            serving: None,
+            next_token: 0,
+        }
+    }
+
     fn refuse_request(&self, kind: Option<&str>, bad: &Bad, now_ms: u64) -> Handled {
-        self.job.engine.metrics.errors_sent.fetch_add(1, Relaxed);
+        self.metrics.errors_sent.fetch_add(1, Relaxed);
         Handled::reply(proto::refusal(kind, bad, now_ms))
     }
-}
 
-impl Dialect for ConfigProto {
-    /// No greeting (the client speaks first); revisions only: each becomes
-    /// a sync-event for the user's other devices.
-    fn open(&mut self, _: u64) -> Handled {
-        Handled {
-            follow: vec![Follow {
-                key: 0,
-                space: self.job.space.clone(),
-                filter: Filter {
-                    collections: Some([HISTORY.to_string()].into()),
-                    events: false,
-                },
-                since: Since::Now,
-            }],
-            ..Handled::default()
-        }
+    /// Make `call` for `s`, now at `stage`.
+    fn call(&mut self, mut s: Serving, stage: Stage, call: Call) -> Handled {
+        self.next_token += 1;
+        s.stage = stage;
+        self.serving = Some((self.next_token, s));
+        Handled::call(self.next_token, call)
     }
 
-    /// Each request is served after the previous one is answered, so a
-    /// download sent after an upload reads what the upload stored.
-    fn ordered(&self) -> bool {
-        true
-    }
-
-    /// A device's own revisions are never sync-events for it.
-    fn echo(&self) -> bool {
-        false
-    }
-
-    fn on_text(&mut self, text: &str, now_ms: u64) -> Handled {
-        let (kind, req) = proto::parse(text);
-        let kind = kind.as_deref();
-        let req = match req {
-            Ok(r) => r,
-            Err(bad) => return self.refuse_request(kind, &bad, now_ms),
+    /// A round starts: read the document and the device record.
+    fn read(&mut self, s: Serving) -> Handled {
+        let (user, device) = (s.req.user_id(), s.req.device_id());
+        let call = Call::Get {
+            space: self.space.clone(),
+            keys: vec![
+                (DOCS.to_string(), user.to_string()),
+                (DEVICES.to_string(), proto::device_key(user, device)),
+            ],
         };
-        if authed_user(&self.grant).is_some_and(|sub| sub != req.user_id()) {
-            let bad = Bad::new(code::USER_MISMATCH, "userId must be the token's subject");
-            return self.refuse_request(kind, &bad, now_ms);
-        }
-        if req.writes() && !self.grant.can_write(&self.job.space) {
-            let bad = Bad::new(code::FORBIDDEN, "no write access to this space");
-            return self.refuse_request(kind, &bad, now_ms);
-        }
-        self.user = Some(req.user_id().to_string());
-        self.device = Some(req.device_id().to_string());
-        let mut job = self.job.clone();
-        job.now_ms = now_ms;
-        job.actor = authed_user(&self.grant).unwrap_or_else(|| req.device_id().to_string());
-        let record = self.grant.can_write(&self.job.space);
-        match req {
-            Request::CheckStatus(q) => {
-                Handled::later(Box::pin(async move { job.check_status(q).await }))
-            }
-            Request::Download(q) => {
-                Handled::later(Box::pin(async move { job.download(q, record).await }))
-            }
-            Request::Upload(u) => Handled::later(Box::pin(async move { job.upload(u).await })),
-            Request::Resolve(r) => Handled::later(Box::pin(async move { job.resolve(r).await })),
-        }
+        self.call(s, Stage::Reading, call)
     }
 
-    fn refuse(&mut self, why: Refusal, now_ms: u64) -> String {
-        self.job.engine.metrics.errors_sent.fetch_add(1, Relaxed);
-        proto::error_frame(code::INVALID_REQUEST, &why.message(), None, now_ms)
+    /// Read the user's revisions after `base` up to the stored version
+    /// (the newest `MAX_SCAN` of them).
+    fn scan(&mut self, s: Serving, doc: Doc, dev: Option<Device>, base: u64) -> Handled {
+        let after = base.max(doc.version.saturating_sub(MAX_SCAN));
+        let user = s.req.user_id();
+        let call = Call::Scan(Scan {
+            space: self.space.clone(),
+            collection: HISTORY.to_string(),
+            // No history id equals either bound: versions after+1..=doc.version.
+            after: proto::history_from(user, after + 1),
+            before: proto::history_from(user, doc.version + 1),
+            fields: ["userId", "version", "deviceId", "changedPaths"]
+                .map(String::from)
+                .to_vec(),
+        });
+        self.call(s, Stage::Scanning { doc, dev, after }, call)
     }
 
-    /// A committed revision of this user by another device: `sync-event`.
-    fn change(
-        &mut self,
-        _: u64,
-        c: &Committed,
-        _: Option<&StoredEntity>,
-        out: &mut Vec<Utf8Bytes>,
-    ) {
-        let ch = &c.entry.change;
-        if ch.collection != HISTORY || ch.op == Op::Delete {
-            return;
-        }
-        let field = |k: &str| ch.fields.get(k).and_then(Value::as_str);
-        if self.user.is_none() || field("userId") != self.user.as_deref() {
-            return;
-        }
-        if self.device.is_some() && field("deviceId") == self.device.as_deref() {
-            return;
-        }
-        out.push(
-            c.rendered
-                .get_or(SLOT_CONFIG, || proto::sync_event(&ch.fields)),
-        )
+    /// Write `writes` as the request's actor.
+    fn write(&mut self, s: Serving, doc: Doc, version: u64, writes: Vec<LocalWrite>) -> Handled {
+        let call = Call::Write {
+            space: self.space.clone(),
+            actor: s.actor.clone(),
+            writes,
+            write_ids: Vec::new(),
+        };
+        self.call(s, Stage::Writing { doc, version }, call)
     }
 
-    /// Lag recovery past the log's horizon replays entity states: old
-    /// revisions are not news, and `check-status` tells where things are.
-    fn snapshot(
-        &mut self,
-        _: u64,
-        _: &str,
-        _: &str,
-        _: &StoredEntity,
-        _: u64,
-        _: &mut Vec<Utf8Bytes>,
-    ) {
-    }
-}
-
-/// What a request needs to run after `on_text` returned: engine calls only.
-#[derive(Clone)]
-struct Job {
-    engine: Arc<Engine>,
-    space: String,
-    node: String,
-    conn: u64,
-    actor: String,
-    /// When the request was read: the time its frames carry.
-    now_ms: u64,
-}
-
-impl Job {
-    /// A store read of the connection's space, off the async workers.
-    async fn read<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Engine, &str) -> Result<T, EngineError> + Send + 'static,
-    ) -> Result<T, EngineError> {
-        let (engine, space) = (self.engine.clone(), self.space.clone());
-        off_worker(move || f(&engine, &space)).await
-    }
-
-    async fn doc(&self, user: &str) -> Result<Doc, EngineError> {
-        let user = user.to_string();
-        let e = self
-            .read(move |e, space| e.entity(space, DOCS, &user))
-            .await?;
-        Ok(e.filter(|e| e.state.exists())
-            .map(|e| Doc::from_fields(&e.state.visible()))
-            .unwrap_or_default())
-    }
-
-    async fn device(&self, user: &str, device: &str) -> Result<Option<Device>, EngineError> {
-        let key = proto::device_key(user, device);
-        let e = self
-            .read(move |e, space| e.entity(space, DEVICES, &key))
-            .await?;
-        Ok(e.filter(|e| e.state.exists())
-            .map(|e| Device::from_fields(&e.state.visible())))
-    }
-
-    /// The user's revisions with version in `(after, upto]` (the newest
-    /// `MAX_SCAN` versions of that range), in version order.
-    async fn revisions(
-        &self,
-        user: &str,
-        after: u64,
-        upto: u64,
-    ) -> Result<Vec<Revision>, EngineError> {
-        let user = user.to_string();
-        self.read(move |engine, space| revisions(engine, space, &user, after, upto))
-            .await
-    }
-
-    /// The `conflict-notification` for a device at `local_version` whose
-    /// changes (`local`) meet the revisions after `base` up to the stored
-    /// one. Revisions of the device itself count as its own side; when its
-    /// revision at the stored version lost, that one's paths are local too.
-    async fn conflict(
-        &self,
-        user: &str,
-        device: &str,
-        mut local: Vec<String>,
-        base: u64,
-        doc: &Doc,
-        local_version: u64,
-    ) -> Result<String, EngineError> {
-        let mut remote = Vec::new();
-        for r in self.revisions(user, base, doc.version).await? {
-            if r.device_id == device {
-                local.extend(r.changed_paths);
-            } else {
-                remote.extend(r.changed_paths);
-            }
-        }
-        let paths = proto::conflicting_paths(&local, &remote);
-        let manual = !paths.is_empty();
-        Ok(proto::conflict_notification(
-            local_version,
-            doc.version,
-            &paths,
-            manual,
-            self.now_ms,
-        ))
-    }
-
-    async fn check_status(&self, q: proto::Query) -> Vec<String> {
-        let run = async {
-            let doc = self.doc(&q.user_id).await?;
-            let dev = self.device(&q.user_id, &q.device_id).await?;
-            let lost = dev.is_some_and(|d| d.lost_to(&doc));
-            let local = q.local_version.unwrap_or(0);
-            let has_changes = q.has_local_changes.unwrap_or(false);
-            let (needs, dir) = proto::direction(doc.version, local, has_changes, lost);
-            let mut frames = vec![proto::check_status_response(&doc, needs, dir, self.now_ms)];
-            if lost {
+    /// The document and device record are read: decide.
+    fn decide(&mut self, s: Serving, doc: Doc, dev: Option<Device>, now_ms: u64) -> Handled {
+        let lost = dev.as_ref().is_some_and(|d| d.lost_to(&doc));
+        match &s.req {
+            Request::CheckStatus(_) if lost => {
                 let base = doc.version - 1;
-                let note = self.conflict(&q.user_id, &q.device_id, vec![], base, &doc, local);
-                frames.push(note.await?);
+                self.scan(s, doc, dev, base)
             }
-            Ok::<_, EngineError>(frames)
-        };
-        run.await
-            .unwrap_or_else(|e| self.failed("check-status-request", &e))
-    }
-
-    async fn download(&self, q: proto::Query, record: bool) -> Vec<String> {
-        let run = async {
-            let doc = self.doc(&q.user_id).await?;
-            if record && doc.version > 0 {
-                let name = self
-                    .device_name(&q.user_id, &q.device_id, q.device_name)
-                    .await?;
+            Request::CheckStatus(q) => Handled::reply(status(q, &doc, lost, now_ms)),
+            Request::Download(q) if s.record && doc.version > 0 => {
+                let name = device_name(q.device_name.as_deref(), dev.as_ref(), &q.device_id);
                 let fields = proto::device_fields(
                     &q.user_id,
                     &q.device_id,
@@ -351,51 +253,194 @@ impl Job {
                     doc.version,
                     doc.config_hash.as_deref(),
                     "download",
-                    self.now_ms,
+                    now_ms,
                 );
-                let w = write(
-                    DEVICES,
-                    proto::device_key(&q.user_id, &q.device_id),
-                    Op::Patch,
-                    fields,
-                );
-                self.push(vec![w]).await?;
+                let key = proto::device_key(&q.user_id, &q.device_id);
+                let writes = vec![write(DEVICES, key, Op::Patch, fields)];
+                let version = doc.version;
+                self.write(s, doc, version, writes)
             }
-            Ok::<_, EngineError>(vec![proto::download_response(&doc, self.now_ms)])
-        };
-        run.await
-            .unwrap_or_else(|e| self.failed("download-config-request", &e))
-    }
-
-    fn failed(&self, kind: &str, e: &EngineError) -> Vec<String> {
-        self.engine.metrics.errors_sent.fetch_add(1, Relaxed);
-        vec![proto::error_frame(
-            engine_code(e),
-            &e.to_string(),
-            Some(kind),
-            self.now_ms,
-        )]
-    }
-
-    /// The request's device name, else the recorded one, else the id.
-    async fn device_name(
-        &self,
-        user: &str,
-        device: &str,
-        given: Option<String>,
-    ) -> Result<String, EngineError> {
-        if let Some(n) = given.filter(|n| !n.is_empty()) {
-            return Ok(n);
+            Request::Download(_) => Handled::reply(proto::download_response(&doc, now_ms)),
+            Request::Upload(u) => {
+                let prev = u.previous_version.unwrap_or(0);
+                if prev != doc.version || lost {
+                    // Stale base, or a base that lost to a relay-concurrent
+                    // revision of the same version: refused either way.
+                    let base = if lost {
+                        doc.version - 1
+                    } else {
+                        prev.min(doc.version)
+                    };
+                    return self.scan(s, doc, dev, base);
+                }
+                let paths = u.delta.as_ref().map(|d| d.paths()).unwrap_or_default();
+                self.revise(s, doc, dev, paths, now_ms)
+            }
+            Request::Resolve(r) => match &r.delta {
+                Some(d) => {
+                    let paths = d.paths();
+                    self.revise(s, doc, dev, paths, now_ms)
+                }
+                None => {
+                    // What the merge reconciles: every revision since the
+                    // device last synced (or since its lost one).
+                    let synced = dev.as_ref().and_then(|d| d.last_sync_version);
+                    let base = match (lost, synced) {
+                        (true, _) => doc.version - 1,
+                        (false, Some(v)) => v.min(doc.version),
+                        (false, None) => 0,
+                    };
+                    self.scan(s, doc, dev, base)
+                }
+            },
         }
-        let recorded = self.device(user, device).await?.and_then(|d| d.device_name);
-        Ok(recorded.unwrap_or_else(|| device.to_string()))
     }
 
-    async fn push(&self, writes: Vec<LocalWrite>) -> Result<(), EngineError> {
-        self.engine
-            .push(&self.space, &self.actor, Some(self.conn), writes)
-            .await
-            .map(|_| ())
+    /// The revisions are read: name the conflict, or merge.
+    fn scanned(
+        &mut self,
+        s: Serving,
+        doc: Doc,
+        dev: Option<Device>,
+        revs: Vec<Revision>,
+        now_ms: u64,
+    ) -> Handled {
+        match &s.req {
+            Request::CheckStatus(q) => {
+                let local = q.local_version.unwrap_or(0);
+                let note = conflict(&q.device_id, Vec::new(), revs, &doc, local, now_ms);
+                Handled {
+                    now: vec![status(q, &doc, true, now_ms), note],
+                    ..Handled::default()
+                }
+            }
+            Request::Upload(u) => {
+                let paths = u.delta.as_ref().map(|d| d.paths()).unwrap_or_default();
+                let local = u.version.unwrap_or(u.previous_version.unwrap_or(0));
+                let note = conflict(&u.device_id, paths, revs, &doc, local, now_ms);
+                self.metrics.errors_sent.fetch_add(1, Relaxed);
+                let refused =
+                    proto::upload_response(false, None, Some(code::VERSION_CONFLICT), now_ms);
+                Handled {
+                    now: vec![refused, note],
+                    ..Handled::default()
+                }
+            }
+            Request::Resolve(_) => {
+                let mut paths: Vec<String> =
+                    revs.into_iter().flat_map(|r| r.changed_paths).collect();
+                paths.sort();
+                paths.dedup();
+                self.revise(s, doc, dev, paths, now_ms)
+            }
+            // A download never scans.
+            Request::Download(_) => Handled::default(),
+        }
+    }
+
+    /// Write an upload's or a resolution's revision over `doc`, guarded
+    /// by the compare-and-swap on it.
+    fn revise(
+        &mut self,
+        s: Serving,
+        doc: Doc,
+        dev: Option<Device>,
+        paths: Vec<String>,
+        now_ms: u64,
+    ) -> Handled {
+        // A stored version at the limit (written before versions were
+        // bounded) cannot grow: refused, never wrapped.
+        let Some(next) = next_version(doc.version) else {
+            return Handled::reply(self.refusal(&s.req, code::INVALID_REQUEST, now_ms));
+        };
+        let name = |given: &Option<String>, device: &str| {
+            device_name(given.as_deref(), dev.as_ref(), device)
+        };
+        let (version, writes) = match &s.req {
+            Request::Upload(u) => {
+                let version = u.version.unwrap_or(0).max(next);
+                let name = name(&u.device_name, &u.device_id);
+                let rev = RevisionFields {
+                    user: &u.user_id,
+                    device: &u.device_id,
+                    device_name: &name,
+                    version,
+                    previous: doc.version,
+                    change_type: if doc.version == 0 { "create" } else { "update" },
+                    changed_paths: &paths,
+                    delta: u.delta.clone().unwrap_or_default().to_value(),
+                    config_hash: Some(&u.config_hash),
+                    strategy: None,
+                    now: now_ms,
+                    encryption: u.encryption.as_ref(),
+                };
+                let metadata = u.metadata.clone().unwrap_or_default();
+                (
+                    version,
+                    self.revision_writes(&rev, &doc, &u.encrypted_config, &metadata),
+                )
+            }
+            Request::Resolve(r) => {
+                let version = r.resolved_version.unwrap_or(0).max(next);
+                let name = name(&r.device_name, &r.device_id);
+                let rev = RevisionFields {
+                    user: &r.user_id,
+                    device: &r.device_id,
+                    device_name: &name,
+                    version,
+                    previous: doc.version,
+                    change_type: "merge",
+                    changed_paths: &paths,
+                    delta: r.delta.as_ref().map_or(Value::Null, |d| d.to_value()),
+                    config_hash: r.config_hash.as_deref(),
+                    strategy: Some(&r.strategy),
+                    now: now_ms,
+                    encryption: r.encryption.as_ref(),
+                };
+                let metadata = r.metadata.clone().unwrap_or_else(|| doc.metadata.clone());
+                (
+                    version,
+                    self.revision_writes(&rev, &doc, &r.resolved_config, &metadata),
+                )
+            }
+            // Only uploads and resolutions make revisions.
+            Request::CheckStatus(_) | Request::Download(_) => return Handled::default(),
+        };
+        self.write(s, doc, version, writes)
+    }
+
+    /// The write committed: the request's success.
+    fn written(&mut self, s: Serving, doc: Doc, version: u64, now_ms: u64) -> Handled {
+        Handled::reply(match &s.req {
+            Request::Download(_) => proto::download_response(&doc, now_ms),
+            Request::Upload(_) => proto::upload_response(true, Some(version), None, now_ms),
+            Request::Resolve(_) => proto::resolve_response(true, Some(version), None, now_ms),
+            // A status check never writes.
+            Request::CheckStatus(_) => return Handled::default(),
+        })
+    }
+
+    /// A call failed in the store: the request's error answer.
+    fn failed(&mut self, s: &Serving, e: &EngineError, now_ms: u64) -> Handled {
+        self.metrics.errors_sent.fetch_add(1, Relaxed);
+        let (code, message) = (engine_code(e), e.to_string());
+        Handled::reply(match s.req {
+            Request::CheckStatus(_) => {
+                proto::error_frame(code, &message, Some("check-status-request"), now_ms)
+            }
+            Request::Download(_) => {
+                proto::error_frame(code, &message, Some("download-config-request"), now_ms)
+            }
+            Request::Upload(_) | Request::Resolve(_) => self.refusal(&s.req, code, now_ms),
+        })
+    }
+
+    /// An upload's or resolution's refusal with `code` (not counted here).
+    fn refusal(&self, req: &Request, code: &str, now_ms: u64) -> String {
+        match req {
+            Request::Resolve(_) => proto::resolve_response(false, None, Some(code), now_ms),
+            _ => proto::upload_response(false, None, Some(code), now_ms),
+        }
     }
 
     /// The document, its history entry and the device record of a new
@@ -439,217 +484,201 @@ impl Job {
             ),
         ]
     }
+}
 
-    async fn upload(&self, u: proto::Upload) -> Vec<String> {
-        let fail = |code: &str| vec![proto::upload_response(false, None, Some(code), self.now_ms)];
-        let delta = u.delta.clone().unwrap_or_default();
-        let paths = delta.paths();
-        let metadata = u.metadata.clone().unwrap_or_default();
-        for _ in 0..ATTEMPTS {
-            let round = async {
-                let doc = self.doc(&u.user_id).await?;
-                let dev = self.device(&u.user_id, &u.device_id).await?;
-                let prev = u.previous_version.unwrap_or(0);
-                let lost = dev.as_ref().is_some_and(|d| d.lost_to(&doc));
-                if prev != doc.version || lost {
-                    // Stale base, or a base that lost to a relay-concurrent
-                    // revision of the same version: refused either way.
-                    let base = if lost {
-                        doc.version - 1
-                    } else {
-                        prev.min(doc.version)
-                    };
-                    let local = u.version.unwrap_or(prev);
-                    let note = self
-                        .conflict(&u.user_id, &u.device_id, paths.clone(), base, &doc, local)
-                        .await?;
-                    self.engine.metrics.errors_sent.fetch_add(1, Relaxed);
-                    let refused = proto::upload_response(
-                        false,
-                        None,
-                        Some(code::VERSION_CONFLICT),
-                        self.now_ms,
-                    );
-                    return Ok(Some(vec![refused, note]));
-                }
-                // A stored version at the limit (written before versions
-                // were bounded) cannot grow: refused, never wrapped.
-                let Some(next) = next_version(doc.version) else {
-                    return Ok(Some(fail(code::INVALID_REQUEST)));
-                };
-                let version = u.version.unwrap_or(0).max(next);
-                let name = self
-                    .device_name(&u.user_id, &u.device_id, u.device_name.clone())
-                    .await?;
-                let rev = RevisionFields {
-                    user: &u.user_id,
-                    device: &u.device_id,
-                    device_name: &name,
-                    version,
-                    previous: doc.version,
-                    change_type: if doc.version == 0 { "create" } else { "update" },
-                    changed_paths: &paths,
-                    delta: delta.to_value(),
-                    config_hash: Some(&u.config_hash),
-                    strategy: None,
-                    now: self.now_ms,
-                    encryption: u.encryption.as_ref(),
-                };
-                let writes = self.revision_writes(&rev, &doc, &u.encrypted_config, &metadata);
-                match self.push(writes).await {
-                    Ok(()) => Ok(Some(vec![proto::upload_response(
-                        true,
-                        Some(version),
-                        None,
-                        self.now_ms,
-                    )])),
-                    // Another write got in between the read and ours: the
-                    // next round reads it and answers the conflict.
-                    Err(e) if is_precondition(&e) => Ok(None),
-                    Err(e) => Err(e),
-                }
-            };
-            match round.await {
-                Ok(Some(frames)) => return frames,
-                Ok(None) => continue,
-                Err(e) => {
-                    self.engine.metrics.errors_sent.fetch_add(1, Relaxed);
-                    return fail(engine_code(&e));
-                }
-            }
+impl Dialect for ConfigProto {
+    /// No greeting (the client speaks first); revisions only: each becomes
+    /// a sync-event for the user's other devices.
+    fn open(&mut self, _: u64) -> Handled {
+        Handled {
+            follow: vec![Follow {
+                key: 0,
+                space: self.space.clone(),
+                filter: Filter {
+                    collections: Some([HISTORY.to_string()].into()),
+                    events: false,
+                },
+                since: Since::Now,
+            }],
+            ..Handled::default()
         }
-        self.engine.metrics.errors_sent.fetch_add(1, Relaxed);
-        fail(code::VERSION_CONFLICT)
     }
 
-    /// A resolution is accepted as a new version whatever was stored: the
-    /// client decided. The compare-and-swap only keeps it from overwriting
-    /// a revision it never read; such a race is retried with a fresh read.
-    async fn resolve(&self, r: proto::Resolve) -> Vec<String> {
-        let fail = |code: &str| {
-            vec![proto::resolve_response(
-                false,
-                None,
-                Some(code),
-                self.now_ms,
-            )]
+    /// Each request is served after the previous one is answered, so a
+    /// download sent after an upload reads what the upload stored.
+    fn ordered(&self) -> bool {
+        true
+    }
+
+    /// A device's own revisions are never sync-events for it.
+    fn echo(&self) -> bool {
+        false
+    }
+
+    fn on_text(&mut self, text: &str, now_ms: u64) -> Handled {
+        let (kind, req) = proto::parse(text);
+        let kind = kind.as_deref();
+        let req = match req {
+            Ok(r) => r,
+            Err(bad) => return self.refuse_request(kind, &bad, now_ms),
         };
-        for _ in 0..ATTEMPTS {
-            let round = async {
-                let doc = self.doc(&r.user_id).await?;
-                let dev = self.device(&r.user_id, &r.device_id).await?;
-                let paths = match &r.delta {
-                    Some(d) => d.paths(),
-                    None => {
-                        // What the merge reconciles: every revision since
-                        // the device last synced (or since its lost one).
-                        let lost = dev.as_ref().is_some_and(|d| d.lost_to(&doc));
-                        let synced = dev.as_ref().and_then(|d| d.last_sync_version);
-                        let base = match (lost, synced) {
-                            (true, _) => doc.version - 1,
-                            (false, Some(v)) => v.min(doc.version),
-                            (false, None) => 0,
-                        };
-                        let mut all: Vec<String> = self
-                            .revisions(&r.user_id, base, doc.version)
-                            .await?
-                            .into_iter()
-                            .flat_map(|rev| rev.changed_paths)
-                            .collect();
-                        all.sort();
-                        all.dedup();
-                        all
-                    }
-                };
-                let Some(next) = next_version(doc.version) else {
-                    return Ok(Some(fail(code::INVALID_REQUEST)));
-                };
-                let version = r.resolved_version.unwrap_or(0).max(next);
-                let name = self
-                    .device_name(&r.user_id, &r.device_id, r.device_name.clone())
-                    .await?;
-                let delta = r.delta.as_ref().map_or(Value::Null, |d| d.to_value());
-                let rev = RevisionFields {
-                    user: &r.user_id,
-                    device: &r.device_id,
-                    device_name: &name,
-                    version,
-                    previous: doc.version,
-                    change_type: "merge",
-                    changed_paths: &paths,
-                    delta,
-                    config_hash: r.config_hash.as_deref(),
-                    strategy: Some(&r.strategy),
-                    now: self.now_ms,
-                    encryption: r.encryption.as_ref(),
-                };
-                let metadata = r.metadata.clone().unwrap_or_else(|| doc.metadata.clone());
-                let writes = self.revision_writes(&rev, &doc, &r.resolved_config, &metadata);
-                match self.push(writes).await {
-                    Ok(()) => Ok(Some(vec![proto::resolve_response(
-                        true,
-                        Some(version),
-                        None,
-                        self.now_ms,
-                    )])),
-                    Err(e) if is_precondition(&e) => Ok(None),
-                    Err(e) => Err(e),
-                }
-            };
-            match round.await {
-                Ok(Some(frames)) => return frames,
-                Ok(None) => continue,
-                Err(e) => {
-                    self.engine.metrics.errors_sent.fetch_add(1, Relaxed);
-                    return fail(engine_code(&e));
-                }
-            }
+        if authed_user(&self.grant).is_some_and(|sub| sub != req.user_id()) {
+            let bad = Bad::new(code::USER_MISMATCH, "userId must be the token's subject");
+            return self.refuse_request(kind, &bad, now_ms);
         }
-        self.engine.metrics.errors_sent.fetch_add(1, Relaxed);
-        fail(code::VERSION_CONFLICT)
+        if req.writes() && !self.grant.can_write(&self.space) {
+            let bad = Bad::new(code::FORBIDDEN, "no write access to this space");
+            return self.refuse_request(kind, &bad, now_ms);
+        }
+        self.user = Some(req.user_id().to_string());
+        self.device = Some(req.device_id().to_string());
+        let s = Serving {
+            actor: authed_user(&self.grant).unwrap_or_else(|| req.device_id().to_string()),
+            record: self.grant.can_write(&self.space),
+            req,
+            lost_rounds: 0,
+            stage: Stage::Reading,
+        };
+        self.read(s)
+    }
+
+    /// The next step of the request in flight. A reply nobody asked for
+    /// (another token, or a result of another kind) answers nothing.
+    fn reply(&mut self, token: u64, reply: Reply, now_ms: u64) -> Handled {
+        let mut s = match self.serving.take() {
+            Some((t, s)) if t == token => s,
+            other => {
+                self.serving = other;
+                return Handled::default();
+            }
+        };
+        let stage = std::mem::replace(&mut s.stage, Stage::Reading);
+        match (stage, reply) {
+            (Stage::Reading, Reply::Got(Ok(got))) => {
+                let mut got = got.into_iter();
+                let doc = got.next().flatten().filter(|e| e.state.exists());
+                let dev = got.next().flatten().filter(|e| e.state.exists());
+                let doc = doc
+                    .map(|e| Doc::from_fields(&e.state.visible()))
+                    .unwrap_or_default();
+                let dev = dev.map(|e| Device::from_fields(&e.state.visible()));
+                self.decide(s, doc, dev, now_ms)
+            }
+            (Stage::Scanning { doc, dev, after }, Reply::Scanned(Ok(rows))) => {
+                let user = s.req.user_id();
+                let revs = rows
+                    .iter()
+                    .filter_map(|(_, f)| Revision::from_fields(f))
+                    .filter(|r| r.user_id == user && r.version > after && r.version <= doc.version)
+                    .collect();
+                self.scanned(s, doc, dev, revs, now_ms)
+            }
+            (Stage::Writing { doc, version }, Reply::Written(Ok(_))) => {
+                self.written(s, doc, version, now_ms)
+            }
+            // Another write got in between the read and ours: the next
+            // round reads it and answers the conflict.
+            (Stage::Writing { .. }, Reply::Written(Err(e)))
+                if is_precondition(&e) && s.req.writes() =>
+            {
+                s.lost_rounds += 1;
+                if s.lost_rounds < ATTEMPTS {
+                    return self.read(s);
+                }
+                self.metrics.errors_sent.fetch_add(1, Relaxed);
+                Handled::reply(self.refusal(&s.req, code::VERSION_CONFLICT, now_ms))
+            }
+            (_, Reply::Got(Err(e)) | Reply::Scanned(Err(e)) | Reply::Written(Err(e))) => {
+                self.failed(&s, &e, now_ms)
+            }
+            _ => Handled::default(),
+        }
+    }
+
+    fn refuse(&mut self, why: Refusal, now_ms: u64) -> String {
+        self.metrics.errors_sent.fetch_add(1, Relaxed);
+        proto::error_frame(code::INVALID_REQUEST, &why.message(), None, now_ms)
+    }
+
+    /// A committed revision of this user by another device: `sync-event`.
+    fn change(
+        &mut self,
+        _: u64,
+        c: &Committed,
+        _: Option<&StoredEntity>,
+        out: &mut Vec<Utf8Bytes>,
+    ) {
+        let ch = &c.entry.change;
+        if ch.collection != HISTORY || ch.op == Op::Delete {
+            return;
+        }
+        let field = |k: &str| ch.fields.get(k).and_then(Value::as_str);
+        if self.user.is_none() || field("userId") != self.user.as_deref() {
+            return;
+        }
+        if self.device.is_some() && field("deviceId") == self.device.as_deref() {
+            return;
+        }
+        out.push(
+            c.rendered
+                .get_or(SLOT_CONFIG, || proto::sync_event(&ch.fields)),
+        )
+    }
+
+    /// Lag recovery past the log's horizon replays entity states: old
+    /// revisions are not news, and `check-status` tells where things are.
+    fn snapshot(
+        &mut self,
+        _: u64,
+        _: &str,
+        _: &str,
+        _: &StoredEntity,
+        _: u64,
+        _: &mut Vec<Utf8Bytes>,
+    ) {
     }
 }
 
-/// The user's revisions with version in `(after, upto]` (the newest
-/// `MAX_SCAN` versions of that range), in version order, read page by page.
-fn revisions(
-    engine: &Engine,
-    space: &str,
-    user: &str,
-    after: u64,
-    upto: u64,
-) -> Result<Vec<Revision>, EngineError> {
-    let after = after.max(upto.saturating_sub(MAX_SCAN));
-    let prefix = format!("{user}:");
-    let mut cursor = proto::history_from(user, after + 1);
-    let mut out = Vec::new();
-    loop {
-        let page = engine.entities_page(
-            space,
-            Some(HISTORY),
-            Some((HISTORY, cursor.as_str())),
-            Cap::new(256, PAGE_BYTES),
-        )?;
-        let short = !page.more;
-        let page = page.items;
-        for (_, id, e) in &page {
-            if !id.starts_with(&prefix) {
-                return Ok(out);
-            }
-            let Some(r) = Revision::from_fields(&e.state.visible()) else {
-                continue;
-            };
-            if r.version > upto {
-                return Ok(out);
-            }
-            if r.user_id == user && r.version > after {
-                out.push(r);
-            }
+/// A status check's answer.
+fn status(q: &proto::Query, doc: &Doc, lost: bool, now_ms: u64) -> String {
+    let local = q.local_version.unwrap_or(0);
+    let has_changes = q.has_local_changes.unwrap_or(false);
+    let (needs, dir) = proto::direction(doc.version, local, has_changes, lost);
+    proto::check_status_response(doc, needs, dir, now_ms)
+}
+
+/// The `conflict-notification` for `device` at `local_version` whose
+/// changes (`local`) meet the revisions `revs` up to the stored one.
+/// Revisions of the device itself count as its own side; when its
+/// revision at the stored version lost, that one's paths are local too.
+fn conflict(
+    device: &str,
+    mut local: Vec<String>,
+    revs: Vec<Revision>,
+    doc: &Doc,
+    local_version: u64,
+    now_ms: u64,
+) -> String {
+    let mut remote = Vec::new();
+    for r in revs {
+        if r.device_id == device {
+            local.extend(r.changed_paths);
+        } else {
+            remote.extend(r.changed_paths);
         }
-        match page.last() {
-            Some((_, id, _)) if !short => cursor = id.clone(),
-            _ => return Ok(out),
-        }
+    }
+    let paths = proto::conflicting_paths(&local, &remote);
+    let manual = !paths.is_empty();
+    proto::conflict_notification(local_version, doc.version, &paths, manual, now_ms)
+}
+
+/// The request's device name, else the recorded one, else the id.
+fn device_name(given: Option<&str>, dev: Option<&Device>, device: &str) -> String {
+    match given.filter(|n| !n.is_empty()) {
+        Some(n) => n.to_string(),
+        None => dev
+            .and_then(|d| d.device_name.clone())
+            .unwrap_or_else(|| device.to_string()),
     }
 }
 

@@ -20,8 +20,8 @@ mod sync;
 mod unified;
 
 use super::{
-    Call, ConnCtx, ConnSettings, Ctx, Dialect, Handled, Opening, Publish, Query, Read, Refused,
-    Reply, Rows, Shared, Since,
+    Call, ConnCtx, ConnSettings, Ctx, Dialect, Handled, Publish, Query, Read, Reply, Rows, Shared,
+    Since,
 };
 use crate::auth::{Auth, Scope};
 use crate::config::Anonymous;
@@ -94,75 +94,6 @@ impl Bench {
 
     pub fn engine(&self) -> &Arc<Engine> {
         &self.ctx.engine
-    }
-
-    /// A token of `scope` for `sub`, for the handshake's `?token=`.
-    pub fn token(&self, sub: &str, scope: Scope) -> String {
-        self.ctx
-            .auth
-            .mint(sub, scope, None, 3600, crate::auth::now_s())
-            .unwrap()
-    }
-
-    /// Query parameters from pairs.
-    pub fn query(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    /// The dialect an accepted handshake makes, with its connection.
-    pub fn open<D: Dialect>(&self, opening: Result<Opening<D>, Refused>) -> Conn<D> {
-        let opening = opening.map_err(|(s, m)| format!("{s}: {m}")).unwrap();
-        let cc = ConnCtx::new(self.ctx.clone(), opening.endpoint);
-        let dialect = (opening.make)(&cc);
-        Conn {
-            dialect,
-            engine: Some(self.ctx.engine.clone()),
-            reading: None,
-            _cc: Some(cc),
-        }
-    }
-}
-
-impl Bench {
-    /// The newest committed change of `collection` (None: any), as
-    /// catch-up hands it over (no state after it).
-    pub fn last_committed_in(&self, collection: Option<&str>) -> crate::engine::Committed {
-        let log = self.engine().log_after(0, 1 << 20).unwrap();
-        let (seq, entry) = log
-            .into_iter()
-            .rfind(|(_, e)| collection.is_none_or(|c| e.change.collection == c))
-            .unwrap();
-        crate::engine::Committed::new(crate::store::Committed {
-            seq,
-            entry,
-            after: None,
-            source: None,
-        })
-    }
-}
-
-impl Bench {
-    /// Render `c` (a change of feed `feed`) as the driver does: with the
-    /// entity's current state when the dialect asks for it.
-    pub fn render<D: Dialect>(
-        &self,
-        d: &mut D,
-        feed: u64,
-        c: &crate::engine::Committed,
-        out: &mut Vec<Utf8Bytes>,
-    ) {
-        let ch = &c.entry.change;
-        let state = if d.needs_state(feed, c) {
-            self.engine()
-                .entity(&ch.space, &ch.collection, &ch.id)
-                .unwrap()
-        } else {
-            None
-        };
-        d.change(feed, c, state.as_ref(), out)
     }
 }
 
@@ -322,7 +253,8 @@ pub struct Effects {
     pub read: Vec<Value>,
     /// What a pure dialect's paged read asks to read next.
     pub query: Option<Query>,
-    /// The answer of work answered later (a write's commit).
+    /// Over a [`Bench`]: what the dialect answered once the engine call
+    /// it asked for was made and its result fed back (a write's commit).
     pub later: Vec<Value>,
     /// Feeds started, in order.
     pub follow: Vec<Followed>,
@@ -348,9 +280,6 @@ impl Effects {
             ..Effects::default()
         };
         e.followed(h.follow);
-        if let Some(later) = h.later {
-            e.later = block_on(later).iter().map(|f| parse(f)).collect();
-        }
         e
     }
 
