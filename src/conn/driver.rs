@@ -261,6 +261,11 @@ impl<D: Dialect> Driver<D> {
         }
         let now = h.now.into_iter().map(Utf8Bytes::from);
         self.socket.send_all(now, &self.dialect).await?;
+        if h.wake_upstream {
+            if let Some(wake) = &self.cc.state.upstream {
+                wake();
+            }
+        }
         if let Some(p) = h.publish {
             let engine = &self.cc.state.engine;
             engine.publish(&p.space, &p.topic, p.payload, &p.actor, Some(self.cc.id));

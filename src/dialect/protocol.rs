@@ -295,6 +295,9 @@ pub struct Handled {
     pub follow: Vec<Follow>,
     /// Feeds to end.
     pub unfollow: Vec<u64>,
+    /// Start a round with the upstream hub now, when the relay has one
+    /// (seed 000's `sync_request`).
+    pub wake_upstream: bool,
 }
 
 impl Handled {

@@ -33,7 +33,7 @@ pub fn accept(
     query: &HashMap<String, String>,
 ) -> Result<Opening<SyncProto>, Refused> {
     let (grant, space) = super::admit_space(state, headers, query)?;
-    let (metrics, upstream) = (state.engine.metrics.clone(), state.upstream.clone());
+    let (metrics, upstream) = (state.engine.metrics.clone(), state.upstream.is_some());
     Ok(Opening::new("/ws/sync", move |_| {
         SyncProto::new(grant, space, metrics, upstream)
     }))
@@ -268,8 +268,9 @@ pub fn event_frame(topic: &str, payload: &Value, now: u64) -> String {
 /// [`Call::Write`] and each event a [`Publish`] the driver makes.
 pub struct SyncProto {
     metrics: Arc<crate::metrics::Metrics>,
-    /// The upstream hub, if any: `sync_request` starts a round with it.
-    upstream: Option<super::Wake>,
+    /// Whether the relay has an upstream hub: `sync_request` then asks
+    /// the driver to start a round with it.
+    upstream: bool,
     space: String,
     grant: Grant,
     client_id: String,
@@ -280,13 +281,13 @@ pub struct SyncProto {
 
 impl SyncProto {
     /// One connection to `space` with the handshake's `grant`, named by
-    /// the relay until it registers; `sync_request` wakes `upstream` (None:
-    /// this relay has no upstream).
+    /// the relay until it registers; with `upstream` (the relay has one),
+    /// `sync_request` asks the driver to start a round with it.
     pub fn new(
         grant: Grant,
         space: String,
         metrics: Arc<crate::metrics::Metrics>,
-        upstream: Option<super::Wake>,
+        upstream: bool,
     ) -> SyncProto {
         SyncProto {
             metrics,
@@ -337,17 +338,14 @@ impl SyncProto {
             // With an upstream, a round with the hub now (if it is waiting to
             // redial); without one the relay's store is the source of truth.
             Request::SyncRequest => {
-                let mode = match &self.upstream {
-                    Some(u) => {
-                        u();
-                        "upstream"
-                    }
-                    None => "local",
-                };
-                Handled::reply(with_rid(
-                    object(json!({"type": "sync_started", "mode": mode, "timestamp": now_ms})),
-                    &rid,
-                ))
+                let mode = if self.upstream { "upstream" } else { "local" };
+                Handled {
+                    wake_upstream: self.upstream,
+                    ..Handled::reply(with_rid(
+                        object(json!({"type": "sync_started", "mode": mode, "timestamp": now_ms})),
+                        &rid,
+                    ))
+                }
             }
             Request::Publish { topic, payload } => {
                 if !self.grant.can_write(&self.space) {

@@ -263,6 +263,8 @@ pub struct Effects {
     pub call: Option<(u64, Call)>,
     /// The event published.
     pub publish: Option<Publish>,
+    /// Whether a round with the upstream hub was asked for.
+    pub wake_upstream: bool,
 }
 
 pub fn parse(frame: &str) -> Value {
@@ -277,6 +279,7 @@ impl Effects {
             unfollow: h.unfollow,
             call: h.call.map(|c| *c),
             publish: h.publish.map(|p| *p),
+            wake_upstream: h.wake_upstream,
             ..Effects::default()
         };
         e.followed(h.follow);
@@ -297,6 +300,7 @@ impl Effects {
     /// Nothing at all.
     pub fn is_empty(&self) -> bool {
         self.call.is_none()
+            && !self.wake_upstream
             && self.query.is_none()
             && self.publish.is_none()
             && self.now.is_empty()

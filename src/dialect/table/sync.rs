@@ -7,18 +7,15 @@ use crate::dialect::{sync, Refusal};
 use crate::model::Op;
 use serde_json::json;
 
-/// A connection to space `s` (no upstream unless given).
-fn conn(
-    grant: crate::auth::Grant,
-    upstream: Option<crate::dialect::Wake>,
-) -> Conn<sync::SyncProto> {
+/// A connection to space `s` (of a relay with an upstream or not).
+fn conn(grant: crate::auth::Grant, upstream: bool) -> Conn<sync::SyncProto> {
     let metrics = Arc::new(crate::metrics::Metrics::default());
     Conn::pure(sync::SyncProto::new(grant, "s".into(), metrics, upstream))
 }
 
 #[test]
 fn client_messages_in_effects_out() {
-    let mut c = conn(fake::anonymous(), None);
+    let mut c = conn(fake::anonymous(), false);
     let open = c.open();
     assert_fits(
         &json!({"type": "welcome", "server": "outpost", "timestamp": NOW_ISO,
@@ -158,7 +155,7 @@ fn client_messages_in_effects_out() {
 
 #[test]
 fn a_read_only_client_is_refused_writes() {
-    let mut c = conn(fake::grant("rita", Scope::Read), None);
+    let mut c = conn(fake::grant("rita", Scope::Read), false);
     for frame in [
         json!({"type": "event", "requestId": 1, "eventType": "presence"}),
         json!({"type": "atome-sync", "requestId": 1, "payload": {"operation": "create", "atome": {"id": "a"}}}),
@@ -173,20 +170,19 @@ fn a_read_only_client_is_refused_writes() {
     }
 }
 
-/// With an upstream, `sync_request` starts a round with it now.
+/// With an upstream, `sync_request` asks for a round with it now;
+/// without one it answers `local` and asks for nothing.
 #[test]
 fn sync_request_wakes_the_upstream() {
-    let woken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let w = woken.clone();
-    let wake: crate::dialect::Wake = Arc::new(move || {
-        w.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    });
-    let mut c = conn(fake::anonymous(), Some(wake));
-    assert_fits(
-        &json!({"type": "sync_started", "requestId": 1, "mode": "upstream", "timestamp": NOW}),
-        c.json(json!({"type": "sync_request", "requestId": 1}))
-            .reply(),
-        "sync_started",
-    );
-    assert_eq!(woken.load(std::sync::atomic::Ordering::Relaxed), 1);
+    for upstream in [true, false] {
+        let mut c = conn(fake::anonymous(), upstream);
+        let e = c.json(json!({"type": "sync_request", "requestId": 1}));
+        let mode = if upstream { "upstream" } else { "local" };
+        assert_fits(
+            &json!({"type": "sync_started", "requestId": 1, "mode": mode, "timestamp": NOW}),
+            e.reply(),
+            "sync_started",
+        );
+        assert_eq!(e.wake_upstream, upstream);
+    }
 }
