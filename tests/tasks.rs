@@ -155,6 +155,20 @@ async fn start_toml(dir: &Path, toml: &str) -> Relay {
     Relay::start(cfg.validate().unwrap()).await.unwrap()
 }
 
+/// A relay in `dir` that dials the mesh listener at `mesh_addr`.
+async fn mesh_peer(dir: &Path, mesh_addr: std::net::SocketAddr) -> Relay {
+    std::fs::create_dir_all(dir).unwrap();
+    start_toml(
+        dir,
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\ndir = {:?}\n\
+             [mesh]\nenabled = true\nlisten = \"127.0.0.1:0\"\nsecret = \"{MESH_SECRET}\"\npeers = [\"{mesh_addr}\"]\nmdns = false\n",
+            dir.join("data")
+        ),
+    )
+    .await
+}
+
 /// Waits until `relay` lists a replication link of `kind` with `node`.
 async fn linked(relay: &Relay, kind: &str, node: u64) {
     let t = Instant::now();
@@ -250,17 +264,7 @@ async fn shutdown_ends_every_task_with_live_connections_of_every_kind() {
     let (addr, mesh_addr, node) = up_rx.await.expect("relay under test started");
 
     // A mesh peer (QUIC) and an edge forwarding to it over wss://.
-    let b_dir = dir.path().join("b");
-    std::fs::create_dir_all(&b_dir).unwrap();
-    let b = start_toml(
-        &b_dir,
-        &format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\ndir = {:?}\n\
-             [mesh]\nenabled = true\nlisten = \"127.0.0.1:0\"\nsecret = \"{MESH_SECRET}\"\npeers = [\"{mesh_addr}\"]\nmdns = false\n",
-            b_dir.join("data")
-        ),
-    )
-    .await;
+    let b = mesh_peer(&dir.path().join("b"), mesh_addr).await;
     let e_dir = dir.path().join("e");
     std::fs::create_dir_all(&e_dir).unwrap();
     let e = start_toml(
@@ -579,17 +583,7 @@ async fn a_held_store_read_holds_no_async_worker() {
             got.extend_from_slice(&buf[..n]);
         }
     });
-    let b_dir = dir.path().join("b");
-    std::fs::create_dir_all(&b_dir).unwrap();
-    let b = start_toml(
-        &b_dir,
-        &format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\ndir = {:?}\n\
-             [mesh]\nenabled = true\nlisten = \"127.0.0.1:0\"\nsecret = \"{MESH_SECRET}\"\npeers = [\"{mesh_addr}\"]\nmdns = false\n",
-            b_dir.join("data")
-        ),
-    )
-    .await;
+    let b = mesh_peer(&dir.path().join("b"), mesh_addr).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     for (what, t) in [
         ("/healthz", &health),
