@@ -253,12 +253,13 @@ impl<D: Dialect> Driver<D> {
     /// welcome, typically) reaches it; its deliveries wait in the queue
     /// until `now` is written, and its `live` frames keep their place.
     async fn apply(&mut self, h: Handled) -> Result<(), End> {
-        let mut live_now = Vec::new();
-        for f in &h.follow {
-            if f.since == Since::Now && !h.unfollow.contains(&f.key) && self.start_now(f) {
-                live_now.push(f.key);
-            }
-        }
+        // Which of the dialect's follows are live already (by position: a
+        // read's follows below may reuse a key).
+        let started: Vec<bool> = h
+            .follow
+            .iter()
+            .map(|f| f.since == Since::Now && !h.unfollow.contains(&f.key) && self.start_now(f))
+            .collect();
         let now = h.now.into_iter().map(Utf8Bytes::from);
         self.socket.send_all(now, &self.dialect).await?;
         if h.wake_upstream {
@@ -270,26 +271,20 @@ impl<D: Dialect> Driver<D> {
             let engine = &self.cc.state.engine;
             engine.publish(&p.space, &p.topic, p.payload, &p.actor, Some(self.cc.id));
         }
-        let mut follow = h.follow;
+        let mut follow: Vec<(Follow, bool)> = h.follow.into_iter().zip(started).collect();
         if let Some(read) = h.read {
-            follow.extend(self.read(read).await?);
+            follow.extend(self.read(read).await?.into_iter().map(|f| (f, false)));
         }
         if let Some(c) = h.call {
             let (token, call) = *c;
             self.call(token, call);
         }
         for key in h.unfollow {
-            if let Some(f) = self.feeds.remove(&key) {
-                if let Some(id) = f.sub {
-                    self.cc.state.engine.unsubscribe(&f.space, id);
-                }
-            }
+            self.end_feed(key);
         }
-        for f in follow {
-            if live_now.contains(&f.key) {
-                let frames = self.dialect.live(f.key, feed_last(&self.feeds, f.key));
-                let frames = frames.into_iter().map(Utf8Bytes::from);
-                self.socket.send_all(frames, &self.dialect).await?;
+        for (f, started) in follow {
+            if started {
+                self.send_live(f.key).await?;
             } else {
                 self.follow(f).await?;
             }
@@ -297,33 +292,51 @@ impl<D: Dialect> Driver<D> {
         Ok(())
     }
 
+    /// End feed `key`'s subscription, if there is such a feed; whether
+    /// there was.
+    fn end_feed(&mut self, key: u64) -> bool {
+        let Some(old) = self.feeds.remove(&key) else {
+            return false;
+        };
+        if let Some(id) = old.sub {
+            self.cc.state.engine.unsubscribe(&old.space, id);
+        }
+        true
+    }
+
+    /// Keep `feed`, live now, as feed `key`: the seqs it is past are no
+    /// longer the client's own to skip in a replay.
+    fn keep_live(&mut self, key: u64, feed: Feed) {
+        self.cc.signal.forget_own(feed.last);
+        self.feeds.insert(key, feed);
+    }
+
+    /// The dialect's frames for feed `key` having gone live.
+    async fn send_live(&mut self, key: u64) -> Result<(), End> {
+        let last = self.feeds.get(&key).map(|f| f.last).unwrap_or(0);
+        let frames = self.dialect.live(key, last).into_iter();
+        Ok(self
+            .socket
+            .send_all(frames.map(Utf8Bytes::from), &self.dialect)
+            .await?)
+    }
+
     /// Register a feed live from now at once, with nothing to replay;
     /// false when it must take the ordinary way (over the subscription
     /// limit, refused in its turn; a bad space name, answered then).
     fn start_now(&mut self, f: &Follow) -> bool {
-        let engine = &self.cc.state.engine;
         let max = self.cc.state.settings.max_subscriptions;
         if !self.feeds.contains_key(&f.key) && self.feeds.len() >= max {
             return false;
         }
-        let link = self.cc.link.clone();
-        let Ok((id, last)) = engine.subscribe_live(&f.space, f.filter.clone(), link) else {
+        let (space, filter, link) = (&f.space, f.filter.clone(), self.cc.link.clone());
+        let Ok((id, last)) = self.cc.state.engine.subscribe_live(space, filter, link) else {
             return false;
         };
-        if let Some(old) = self.feeds.remove(&f.key) {
-            if let Some(old_id) = old.sub {
-                engine.unsubscribe(&old.space, old_id);
-            }
-        }
-        self.cc.signal.forget_own(last);
-        let feed = Feed {
-            space: f.space.clone(),
-            filter: f.filter.clone(),
-            sub: Some(id),
-            last,
-            echo: self.dialect.echo(),
-        };
-        self.feeds.insert(f.key, feed);
+        self.end_feed(f.key);
+        let mut feed = Feed::new(f.space.clone(), f.filter.clone(), last, self.dialect.echo());
+        feed.sub = Some(id);
+        self.keep_live(f.key, feed);
         true
     }
 
@@ -372,11 +385,7 @@ impl<D: Dialect> Driver<D> {
     /// Start (or replace) a feed and bring it up to date.
     async fn follow(&mut self, f: Follow) -> Result<(), End> {
         let max = self.cc.state.settings.max_subscriptions;
-        if let Some(old) = self.feeds.remove(&f.key) {
-            if let Some(id) = old.sub {
-                self.cc.state.engine.unsubscribe(&old.space, id);
-            }
-        } else if self.feeds.len() >= max {
+        if !self.end_feed(f.key) && self.feeds.len() >= max {
             let now_ms = self.now_ms();
             let frame = self
                 .dialect
@@ -393,13 +402,7 @@ impl<D: Dialect> Driver<D> {
             Since::Now => self.cc.state.engine.hub().last_seq(),
             Since::After(seq) => seq,
         };
-        let feed = Feed {
-            space: f.space,
-            filter: f.filter,
-            sub: None,
-            last,
-            echo: self.dialect.echo(),
-        };
+        let feed = Feed::new(f.space, f.filter, last, self.dialect.echo());
         self.catch_up(f.key, feed).await
     }
 
@@ -435,13 +438,8 @@ impl<D: Dialect> Driver<D> {
             Ok((id, reached)) => {
                 feed.sub = Some(id);
                 feed.last = feed.last.max(reached);
-                self.cc.signal.forget_own(feed.last);
-                self.feeds.insert(key, feed);
-                let frames = self.dialect.live(key, feed_last(&self.feeds, key));
-                Ok(self
-                    .socket
-                    .send_all(frames.into_iter().map(Utf8Bytes::from), &self.dialect)
-                    .await?)
+                self.keep_live(key, feed);
+                self.send_live(key).await
             }
             Err(Stop::Gone) => Err(End::Gone),
             Err(Stop::Failed(e)) => {
@@ -609,10 +607,6 @@ impl<D: Dialect> Driver<D> {
             }
         }
     }
-}
-
-fn feed_last(feeds: &HashMap<u64, Feed>, key: u64) -> u64 {
-    feeds.get(&key).map(|f| f.last).unwrap_or(0)
 }
 
 /// Sleep until `at`; never when there is none.

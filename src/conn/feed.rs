@@ -39,6 +39,17 @@ pub struct Feed {
 }
 
 impl Feed {
+    /// A feed of `space` that delivers after seq `last`, not live yet.
+    pub fn new(space: String, filter: Filter, last: u64, echo: bool) -> Feed {
+        Feed {
+            space,
+            filter,
+            sub: None,
+            last,
+            echo,
+        }
+    }
+
     /// Whether to pass a catch-up change on (not a duplicate, nor the
     /// client's own write for a dialect that does not echo).
     pub fn accept_catch_up(&mut self, c: &Committed, own: impl Fn(u64) -> bool) -> bool {
@@ -176,13 +187,7 @@ mod tests {
             };
             engine.hub().attach(conn, link.signal.clone());
             let space = format!("s{echo}");
-            let mut feed = Feed {
-                space: space.clone(),
-                filter: Filter::default(),
-                sub: None,
-                last: engine.last_seq(),
-                echo,
-            };
+            let mut feed = Feed::new(space.clone(), Filter::default(), engine.last_seq(), echo);
             assert!(replay(&engine, &mut feed, &link).await.is_empty());
             // The client writes; before it takes anything from its queue,
             // another writer overflows it and the feed is dropped.
