@@ -113,8 +113,6 @@ pub struct Sse {
 /// A client WebSocket.
 pub struct Ws {
     ws: WsStream,
-    /// Data frames of one write: headers, then the slices to write.
-    heads: Vec<Head>,
     idle: Duration,
     stats: Arc<NetStats>,
     /// When something was last heard.
@@ -135,7 +133,6 @@ impl Ws {
         let idle = ctx.settings.idle_timeout;
         Ws {
             ws,
-            heads: Vec::new(),
             idle,
             stats: ctx.net.clone(),
             heard: now,
@@ -201,8 +198,7 @@ impl Ws {
         frames: impl IntoIterator<Item = Utf8Bytes>,
         dialect: &D,
     ) -> Result<(), Gone> {
-        self.heads.clear();
-        let mut payloads: Vec<Bytes> = Vec::new();
+        let mut data: Vec<(Head, Bytes)> = Vec::new();
         for f in frames {
             let (opcode, payload) = match dialect.outgoing(f) {
                 Message::Text(t) => (OP_TEXT, Bytes::from(t)),
@@ -210,27 +206,25 @@ impl Ws {
                 // No dialect sends control frames this way; the library
                 // writes them, after the data before them.
                 other => {
-                    self.write_raw(&payloads).await?;
-                    payloads.clear();
-                    self.heads.clear();
+                    self.write_raw(&data).await?;
+                    data.clear();
                     self.ws.send(outgoing(other)).await.map_err(|_| Gone)?;
                     continue;
                 }
             };
-            self.heads.push(Head::new(opcode, payload.len()));
-            payloads.push(payload);
+            data.push((Head::new(opcode, payload.len()), payload));
         }
-        self.write_raw(&payloads).await
+        self.write_raw(&data).await
     }
 
-    /// Write the data frames whose headers are in `self.heads`.
-    async fn write_raw(&mut self, payloads: &[Bytes]) -> Result<(), Gone> {
-        if payloads.is_empty() {
+    /// Write data frames, each its header and its payload.
+    async fn write_raw(&mut self, data: &[(Head, Bytes)]) -> Result<(), Gone> {
+        if data.is_empty() {
             return Ok(());
         }
         self.ws.flush().await.map_err(|_| Gone)?;
-        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(2 * payloads.len());
-        for (h, p) in self.heads.iter().zip(payloads) {
+        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(2 * data.len());
+        for (h, p) in data {
             slices.push(IoSlice::new(h.bytes()));
             if !p.is_empty() {
                 slices.push(IoSlice::new(p));
