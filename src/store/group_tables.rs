@@ -11,6 +11,10 @@
 //! [`Tables::finish`], before the group's commit. The cache lives and dies
 //! with the transaction: an attempt that fails drops both, so nothing of
 //! it survives into the next attempt.
+//!
+//! The tables few groups touch (cursors, client write ids) are opened on
+//! first use: opening and closing a table costs about as much as a B-tree
+//! insert, and the writer thread is the relay's bottleneck at small fan-out.
 
 use super::tables::*;
 use super::StoreError;
@@ -39,6 +43,7 @@ impl<T> Counter<T> {
 }
 
 pub(super) struct Tables<'t> {
+    tx: &'t redb::WriteTransaction,
     pub meta: redb::Table<'t, &'static str, &'static [u8]>,
     pub log: redb::Table<'t, u64, &'static [u8]>,
     pub ident: redb::Table<'t, (u64, u64), u64>,
@@ -49,23 +54,38 @@ pub(super) struct Tables<'t> {
     /// Read and written through [`Tables::count_change`] and
     /// [`Tables::ensure_space`].
     spaces: redb::Table<'t, &'static str, u64>,
-    pub cursors: redb::Table<'t, &'static str, u64>,
-    pub write_ids: redb::Table<'t, (&'static str, &'static str), u64>,
-    pub write_id_seqs: redb::Table<'t, u64, (&'static str, &'static str)>,
-    /// Read and written through [`Tables::next_type_version`].
-    type_versions: redb::Table<'t, (&'static str, &'static str), u64>,
-    type_index: redb::Table<'t, (&'static str, &'static str, u64), &'static str>,
+    /// Opened on first use: [`Tables::cursors`].
+    cursors: Option<redb::Table<'t, &'static str, u64>>,
+    /// Opened on first use: [`Tables::write_ids`].
+    write_ids: Option<WriteIds<'t>>,
+    /// Read and written through [`Types::next_version`].
+    pub types: Types<'t>,
     /// origin -> highest contiguous origin seq (absent in the table: 0).
     vv_cache: HashMap<u64, Counter<u64>>,
     /// space -> its change count (None: the space has no row).
     space_cache: HashMap<String, Counter<Option<u64>>>,
+}
+
+/// The client write id tables (see `tables::WRITE_IDS`), always used together.
+pub(super) struct WriteIds<'t> {
+    pub by_id: redb::Table<'t, (&'static str, &'static str), u64>,
+    pub by_seq: redb::Table<'t, u64, (&'static str, &'static str)>,
+}
+
+/// The per-type version counters and index (`tables::TYPE_VERSIONS`,
+/// `tables::TYPE_INDEX`), apart from the other tables so a change can
+/// move its index entry while it holds the entity's row.
+pub(super) struct Types<'t> {
+    versions: redb::Table<'t, (&'static str, &'static str), u64>,
+    index: redb::Table<'t, (&'static str, &'static str, u64), &'static str>,
     /// space -> collection -> its latest per-type version (absent: 0).
-    type_cache: HashMap<String, HashMap<String, Counter<u64>>>,
+    cache: HashMap<String, HashMap<String, Counter<u64>>>,
 }
 
 impl<'t> Tables<'t> {
     pub fn open(tx: &'t redb::WriteTransaction) -> Result<Self, StoreError> {
         Ok(Tables {
+            tx,
             meta: tx.open_table(META)?,
             log: tx.open_table(LOG)?,
             ident: tx.open_table(IDENT)?,
@@ -73,15 +93,37 @@ impl<'t> Tables<'t> {
             entity: tx.open_table(ENTITY)?,
             space_log: tx.open_table(SPACE_LOG)?,
             spaces: tx.open_table(SPACES)?,
-            cursors: tx.open_table(CURSORS)?,
-            write_ids: tx.open_table(WRITE_IDS)?,
-            write_id_seqs: tx.open_table(WRITE_ID_SEQS)?,
-            type_versions: tx.open_table(TYPE_VERSIONS)?,
-            type_index: tx.open_table(TYPE_INDEX)?,
+            cursors: None,
+            write_ids: None,
+            types: Types {
+                versions: tx.open_table(TYPE_VERSIONS)?,
+                index: tx.open_table(TYPE_INDEX)?,
+                cache: HashMap::new(),
+            },
             vv_cache: HashMap::new(),
             space_cache: HashMap::new(),
-            type_cache: HashMap::new(),
         })
+    }
+
+    /// The destinations' cursors (opened on first use).
+    pub fn cursors(&mut self) -> Result<&mut redb::Table<'t, &'static str, u64>, StoreError> {
+        let t = match self.cursors.take() {
+            Some(t) => t,
+            None => self.tx.open_table(CURSORS)?,
+        };
+        Ok(self.cursors.insert(t))
+    }
+
+    /// The client write ids (opened on first use).
+    pub fn write_ids(&mut self) -> Result<&mut WriteIds<'t>, StoreError> {
+        let t = match self.write_ids.take() {
+            Some(t) => t,
+            None => WriteIds {
+                by_id: self.tx.open_table(WRITE_IDS)?,
+                by_seq: self.tx.open_table(WRITE_ID_SEQS)?,
+            },
+        };
+        Ok(self.write_ids.insert(t))
     }
 
     /// The highest contiguous origin seq held of `origin` (0: none).
@@ -132,47 +174,6 @@ impl<'t> Tables<'t> {
         Ok(())
     }
 
-    /// Give entity `key` (space, collection, id), whose last per-type
-    /// version was `old` (0: none), the collection's next per-type version,
-    /// and move its index entry there. Runs inside the writer transaction,
-    /// so versions are assigned in commit order, whichever path (local
-    /// write, peer or upstream change, snapshot merge) changed the entity.
-    pub fn next_type_version(
-        &mut self,
-        key: (&str, &str, &str),
-        old: u64,
-    ) -> Result<u64, StoreError> {
-        let (space, coll, id) = key;
-        let cached = self
-            .type_cache
-            .get_mut(space)
-            .and_then(|m| m.get_mut(coll))
-            .map(|c| c.value);
-        let tv = match cached {
-            Some(v) => v,
-            None => {
-                let v = self
-                    .type_versions
-                    .get((space, coll))?
-                    .map(|v| v.value())
-                    .unwrap_or(0);
-                self.type_cache
-                    .entry(space.to_string())
-                    .or_default()
-                    .insert(coll.to_string(), Counter::read(v));
-                v
-            }
-        } + 1;
-        if let Some(c) = self.type_cache.get_mut(space).and_then(|m| m.get_mut(coll)) {
-            c.set(tv);
-        }
-        if old > 0 {
-            self.type_index.remove((space, coll, old))?;
-        }
-        self.type_index.insert((space, coll, tv), id)?;
-        Ok(tv)
-    }
-
     /// Write the counters the group changed. Before the commit, on every
     /// path that commits.
     pub fn finish(&mut self) -> Result<(), StoreError> {
@@ -186,17 +187,60 @@ impl<'t> Tables<'t> {
                 self.spaces.insert(space.as_str(), n)?;
             }
         }
-        for (space, colls) in &self.type_cache {
+        self.vv_cache.clear();
+        self.space_cache.clear();
+        self.types.finish()
+    }
+}
+
+impl Types<'_> {
+    /// Give entity `key` (space, collection, id), whose last per-type
+    /// version was `old` (0: none), the collection's next per-type version,
+    /// and move its index entry there. Runs inside the writer transaction,
+    /// so versions are assigned in commit order, whichever path (local
+    /// write, peer or upstream change, snapshot merge) changed the entity.
+    pub fn next_version(&mut self, key: (&str, &str, &str), old: u64) -> Result<u64, StoreError> {
+        let (space, coll, id) = key;
+        let cached = self
+            .cache
+            .get_mut(space)
+            .and_then(|m| m.get_mut(coll))
+            .map(|c| c.value);
+        let tv = match cached {
+            Some(v) => v,
+            None => {
+                let v = self
+                    .versions
+                    .get((space, coll))?
+                    .map(|v| v.value())
+                    .unwrap_or(0);
+                self.cache
+                    .entry(space.to_string())
+                    .or_default()
+                    .insert(coll.to_string(), Counter::read(v));
+                v
+            }
+        } + 1;
+        if let Some(c) = self.cache.get_mut(space).and_then(|m| m.get_mut(coll)) {
+            c.set(tv);
+        }
+        if old > 0 {
+            self.index.remove((space, coll, old))?;
+        }
+        self.index.insert((space, coll, tv), id)?;
+        Ok(tv)
+    }
+
+    fn finish(&mut self) -> Result<(), StoreError> {
+        for (space, colls) in &self.cache {
             for (coll, c) in colls {
                 if c.dirty {
-                    self.type_versions
+                    self.versions
                         .insert((space.as_str(), coll.as_str()), c.value)?;
                 }
             }
         }
-        self.vv_cache.clear();
-        self.space_cache.clear();
-        self.type_cache.clear();
+        self.cache.clear();
         Ok(())
     }
 }

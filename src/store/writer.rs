@@ -10,7 +10,7 @@ use super::group_tables::Tables;
 use super::slot::{fault_of, Fault, Slot};
 use super::tables::*;
 use super::wal::{Effect, Record, Wal};
-use super::{Committed, Durability, LogEntry, StoreError, StoreOptions, StoredEntity};
+use super::{After, Committed, Durability, LogEntry, StoreError, StoreOptions, StoredEntity};
 use crate::metrics::Metrics;
 use crate::model::{Change, Conflict, Hlc, NodeId, Op, Stamp};
 use redb::ReadableTable;
@@ -39,6 +39,12 @@ const REOPEN_EVERY: Duration = Duration::from_secs(1);
 /// After ENOSPC, free space needed before a reopen is tried (redb's repair
 /// at open writes to the file; below this it would fail again).
 const REOPEN_MIN_FREE: u64 = 1 << 20;
+/// How long a reading of the free disk space well above `min_free_bytes`
+/// stands (see `Writer::free_bytes`).
+const FREE_BYTES_FRESH: Duration = Duration::from_millis(100);
+/// How far above `min_free_bytes` a reading must be to stand for
+/// [`FREE_BYTES_FRESH`].
+const FREE_BYTES_MARGIN: u64 = 64 << 20;
 
 /// Receives every commit, in order, on the writer thread. It must not block:
 /// fan-out only `try_send`s into bounded queues.
@@ -412,6 +418,8 @@ pub struct Writer {
     effects: Vec<Effect<usize>>,
     /// Scratch for encoding stored values (kept: no allocation per value).
     buf: Vec<u8>,
+    /// The last free disk space read, and when (see `free_bytes`).
+    free_seen: Option<(Instant, u64)>,
 }
 
 impl Writer {
@@ -447,6 +455,7 @@ impl Writer {
             logging: false,
             effects: Vec::new(),
             buf: Vec::new(),
+            free_seen: None,
         }
     }
 
@@ -563,9 +572,9 @@ impl Writer {
         match e {
             Effect::Apply { .. } => {}
             Effect::WriteId { space, wid, seq } => {
-                t.write_ids.insert((space.as_str(), wid.as_str()), *seq)?;
-                t.write_id_seqs
-                    .insert(*seq, (space.as_str(), wid.as_str()))?;
+                let ids = t.write_ids()?;
+                ids.by_id.insert((space.as_str(), wid.as_str()), *seq)?;
+                ids.by_seq.insert(*seq, (space.as_str(), wid.as_str()))?;
             }
             Effect::RaiseVv { origin, to } => {
                 let held = t.held(origin.0)?;
@@ -574,7 +583,7 @@ impl Writer {
                 }
             }
             Effect::Cursor { name, seq } => {
-                t.cursors.insert(name.as_str(), *seq)?;
+                t.cursors()?.insert(name.as_str(), *seq)?;
             }
         }
         Ok(())
@@ -692,8 +701,21 @@ impl Writer {
         Ok(())
     }
 
-    fn free_bytes(&self) -> Option<u64> {
-        free_disk_bytes(&self.opts.dir)
+    /// Free bytes on the data file's file system, for the `min_free_bytes`
+    /// check of every group: a reading well above that floor (by
+    /// [`FREE_BYTES_MARGIN`], more than a group writes) stands for
+    /// [`FREE_BYTES_FRESH`], so a busy writer does not pay a `statvfs` per
+    /// group; near the floor every group reads it again.
+    fn free_bytes(&mut self) -> Option<u64> {
+        if let Some((at, free)) = self.free_seen {
+            let floor = self.opts.min_free_bytes.saturating_add(FREE_BYTES_MARGIN);
+            if free >= floor && at.elapsed() < FREE_BYTES_FRESH {
+                return Some(free);
+            }
+        }
+        let free = free_disk_bytes(&self.opts.dir);
+        self.free_seen = free.map(|f| (Instant::now(), f));
+        free
     }
 
     /// After an I/O error: close and reopen the data file, at most once per
@@ -709,6 +731,8 @@ impl Writer {
             return false;
         }
         self.last_reopen = Some(Instant::now());
+        // Read now, not a reading from before the fault.
+        self.free_seen = None;
         if fault == Fault::NoSpace && self.free_bytes().is_some_and(|f| f < REOPEN_MIN_FREE) {
             return false;
         }
@@ -1031,8 +1055,9 @@ impl Writer {
                     };
                     let out = self.apply(t, change, false, *source, at_ms, seq, committed)?;
                     if let Some(wid) = wid {
-                        t.write_ids.insert((space.as_str(), wid), out.seq)?;
-                        t.write_id_seqs.insert(out.seq, (space.as_str(), wid))?;
+                        let ids = t.write_ids()?;
+                        ids.by_id.insert((space.as_str(), wid), out.seq)?;
+                        ids.by_seq.insert(out.seq, (space.as_str(), wid))?;
                         if self.logging {
                             self.effects.push(Effect::WriteId {
                                 space: space.clone(),
@@ -1052,7 +1077,7 @@ impl Writer {
                 ..
             } => Answer::Outcomes(self.remote(t, changes, covers, *source, at_ms, seq, committed)?),
             Job::SetCursor { name, seq: s, .. } => {
-                t.cursors.insert(name.as_str(), *s)?;
+                t.cursors()?.insert(name.as_str(), *s)?;
                 if self.logging {
                     self.effects.push(Effect::Cursor {
                         name: name.clone(),
@@ -1170,12 +1195,12 @@ impl Writer {
     /// counts as held: applying it again would be the double write this
     /// index exists to prevent.
     fn replayed(
-        t: &Tables<'_>,
+        t: &mut Tables<'_>,
         node: NodeId,
         space: &str,
         wid: &str,
     ) -> Result<Option<Outcome>, StoreError> {
-        let Some(seq) = t.write_ids.get((space, wid))?.map(|v| v.value()) else {
+        let Some(seq) = t.write_ids()?.by_id.get((space, wid))?.map(|v| v.value()) else {
             return Ok(None);
         };
         let entry: Option<LogEntry> = match t.log.get(seq)? {
@@ -1256,7 +1281,11 @@ impl Writer {
             change.collection.as_str(),
             change.id.as_str(),
         );
-        let mut ent: StoredEntity = match t.entity.get(key)? {
+        // The entity's row is found once and rewritten through the same
+        // handle (a second B-tree descent for the insert cost the writer
+        // thread a few percent).
+        let mut row = t.entity.get_mut(key)?;
+        let mut ent: StoredEntity = match &row {
             Some(v) => decode(v.value())?,
             None => StoredEntity::default(),
         };
@@ -1265,13 +1294,20 @@ impl Writer {
         *seq += 1;
         ent.version += 1;
         ent.seq = *seq;
-        ent.type_version = t.next_type_version(key, ent.type_version)?;
+        ent.type_version = t.types.next_version(key, ent.type_version)?;
         out.seq = *seq;
         out.version = ent.version;
         out.type_version = ent.type_version;
         out.created = !existed && ent.state.exists();
         encode_into(&mut self.buf, &ent)?;
-        t.entity.insert(key, self.buf.as_slice())?;
+        let rewritten = match row.as_mut() {
+            Some(r) => r.insert(self.buf.as_slice()).map(|()| true)?,
+            None => false,
+        };
+        drop(row);
+        if !rewritten {
+            t.entity.insert(key, self.buf.as_slice())?;
+        }
         t.count_change(change.space.as_str())?;
         t.space_log.insert((change.space.as_str(), *seq), ())?;
         t.ident.insert((change.origin.0, change.seq), *seq)?;
@@ -1295,7 +1331,7 @@ impl Writer {
         committed.push(Arc::new(Committed {
             seq: *seq,
             entry,
-            after: Some(ent.view()),
+            after: Some(After::new(ent.state)),
             source,
         }));
         Ok(out)
@@ -1325,7 +1361,7 @@ impl Writer {
             let bumped = version.map_or(ent.version + 1, |v| v.max(ent.version + 1));
             if ent.state != before || version.is_some_and(|v| v > ent.version) {
                 ent.version = bumped;
-                ent.type_version = t.next_type_version(key, ent.type_version)?;
+                ent.type_version = t.types.next_version(key, ent.type_version)?;
                 t.entity.insert(key, encode(&ent)?.as_slice())?;
                 t.ensure_space(e.space.as_str())?;
                 changed.insert(e.space.clone());
@@ -1400,12 +1436,13 @@ impl Writer {
             t.log.remove(*seq)?;
             t.space_log.remove((space.as_str(), *seq))?;
             t.ident.remove((origin.0, *oseq))?;
-            let wid = t.write_id_seqs.remove(*seq)?.map(|v| {
+            let ids = t.write_ids()?;
+            let wid = ids.by_seq.remove(*seq)?.map(|v| {
                 let (s, w) = v.value();
                 (s.to_string(), w.to_string())
             });
             if let Some((s, w)) = wid {
-                t.write_ids.remove((s.as_str(), w.as_str()))?;
+                ids.by_id.remove((s.as_str(), w.as_str()))?;
             }
         }
         let horizon = match t.log.first()? {
@@ -1580,6 +1617,64 @@ mod tests {
             })
             .collect();
         assert_eq!(s1a, vec![(2, "x".into()), (3, "z".into()), (4, "y".into())]);
+    }
+
+    /// An entity's row is rewritten in place through `get_mut` (see
+    /// `apply`): a value that grows past its leaf page's free space, then
+    /// shrinks, among neighbours written before and after, reads back
+    /// right, and so does every neighbour.
+    #[test]
+    fn an_entity_rewritten_in_place_may_outgrow_its_page() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, db) = writer(dir.path());
+        let put = |w: &mut Writer, id: &str, v: Value| {
+            let (job, mut rx) = local(id);
+            let Job::Local {
+                mut writes, reply, ..
+            } = job
+            else {
+                unreachable!("local() makes a local job")
+            };
+            writes[0].fields = [("v".to_string(), v)].into();
+            let job = Job::Local {
+                space: "s".into(),
+                actor: "t".into(),
+                source: None,
+                write_ids: vec![],
+                admit: None,
+                writes,
+                reply,
+            };
+            w.group(vec![job]);
+            rx.try_recv().unwrap().unwrap();
+        };
+        let mut want: BTreeMap<String, Value> = BTreeMap::new();
+        for i in 0..40 {
+            let id = format!("e{i:02}");
+            put(&mut w, &id, Value::from(i));
+            want.insert(id, Value::from(i));
+        }
+        for n in [1_000, 3_000, 6_000, 12_000, 5, 9_000] {
+            let big = Value::String("x".repeat(n));
+            put(&mut w, "e20", big.clone());
+            want.insert("e20".into(), big);
+            let id = format!("e20-{n}");
+            put(&mut w, &id, Value::from(n));
+            want.insert(id, Value::from(n));
+        }
+        let tx = db.begin_read().unwrap();
+        let table = tx.open_table(ENTITY).unwrap();
+        let mut found = BTreeMap::new();
+        for row in table
+            .range(("s", "c", "")..=("s", "c", "\u{10ffff}"))
+            .unwrap()
+        {
+            let (k, v) = row.unwrap();
+            let ent: StoredEntity = decode(v.value()).unwrap();
+            let visible = ent.state.visible();
+            found.insert(k.value().2.to_string(), visible["v"].clone());
+        }
+        assert_eq!(found, want);
     }
 
     /// A stored entity that does not decode: any write to it fails.
