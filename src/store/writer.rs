@@ -1203,6 +1203,8 @@ impl Writer {
         let Some(seq) = t.write_ids()?.by_id.get((space, wid))?.map(|v| v.value()) else {
             return Ok(None);
         };
+        // The entry may be this group's.
+        t.flush_appends()?;
         let entry: Option<LogEntry> = match t.log.get(seq)? {
             Some(v) => Some(decode(v.value())?),
             None => None,
@@ -1267,7 +1269,7 @@ impl Writer {
         // vector entry, so one of its own above `held` cannot be in the
         // identity index: no lookup for those (every local write).
         if change.seq <= held
-            || (change.origin != self.node && t.ident.get((change.origin.0, change.seq))?.is_some())
+            || (change.origin != self.node && t.has_ident(change.origin.0, change.seq)?)
         {
             out.kind = OutcomeKind::Duplicate;
             return Ok(out);
@@ -1309,8 +1311,6 @@ impl Writer {
             t.entity.insert(key, self.buf.as_slice())?;
         }
         t.count_change(change.space.as_str())?;
-        t.space_log.insert((change.space.as_str(), *seq), ())?;
-        t.ident.insert((change.origin.0, change.seq), *seq)?;
         t.raise_vv(change.origin.0, change.seq)?;
         let entry = LogEntry {
             created: !existed && ent.state.exists(),
@@ -1320,7 +1320,13 @@ impl Writer {
             type_version: ent.type_version,
         };
         encode_into(&mut self.buf, &entry)?;
-        t.log.insert(*seq, self.buf.as_slice())?;
+        t.append(
+            *seq,
+            &self.buf,
+            &entry.change.space,
+            entry.change.origin.0,
+            entry.change.seq,
+        )?;
         if self.logging {
             self.effects.push(Effect::Apply {
                 seq: *seq,
@@ -1419,6 +1425,7 @@ impl Writer {
         last_seq: u64,
     ) -> Result<u64, StoreError> {
         let mut doomed = Vec::new();
+        t.flush_appends()?;
         for row in t.log.range(0u64..keep_from)? {
             let (k, v) = row?;
             let entry: LogEntry = decode(v.value())?;
@@ -1675,6 +1682,43 @@ mod tests {
             found.insert(k.value().2.to_string(), visible["v"].clone());
         }
         assert_eq!(found, want);
+    }
+
+    /// A write id used twice in one job: the second write is the first's
+    /// duplicate, with the first's identity, although the first's log entry
+    /// is still kept in memory by the group (`Tables::flush_appends`).
+    #[test]
+    fn a_write_id_repeated_in_its_group_answers_the_first_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, _db) = writer(dir.path());
+        let (job, mut rx) = local("x");
+        let Job::Local {
+            mut writes, reply, ..
+        } = job
+        else {
+            unreachable!("local() makes a local job")
+        };
+        writes.push(writes[0].clone());
+        let job = Job::Local {
+            space: "s".into(),
+            actor: "t".into(),
+            source: None,
+            write_ids: vec![Some("w".into()), Some("w".into())],
+            admit: None,
+            writes,
+            reply,
+        };
+        let (other, mut other_rx) = local("y");
+        w.group(vec![other, job]);
+        other_rx.try_recv().unwrap().unwrap();
+        let outs = rx.try_recv().unwrap().unwrap();
+        assert_eq!(outs[0].kind, OutcomeKind::Applied);
+        assert_eq!(outs[1].kind, OutcomeKind::Duplicate);
+        assert_eq!(
+            (outs[1].seq, outs[1].origin_seq, outs[1].version),
+            (outs[0].seq, outs[0].origin_seq, outs[0].version)
+        );
+        assert_eq!(outs[0].seq, 2);
     }
 
     /// A stored entity that does not decode: any write to it fails.
