@@ -20,6 +20,8 @@
 //! A read of one of these tables inside the group first writes what is
 //! kept ([`Tables::flush_appends`]), or looks at it too
 //! ([`Tables::has_ident`]), so the group sees its own writes as before.
+//! The per-type index entries that changed entities leave are removed at
+//! the group's end as well, close ones in one pass ([`remove_versions`]).
 //!
 //! The tables few groups touch (cursors, client write ids) are opened on
 //! first use: opening and closing a table costs about as much as a B-tree
@@ -157,6 +159,38 @@ struct TypeGroup {
     /// `finish`: an entity changed again in the same group moves its entry
     /// without touching the table.
     added: BTreeMap<u64, String>,
+    /// The versions of the table's entries this group moved away from,
+    /// removed by `finish`.
+    removed: Vec<u64>,
+}
+
+/// Remove the entries of `removed` (per-type versions, any order) from
+/// collection `coll`'s part of the per-type index. Entities changed in
+/// turn leave their old entries side by side; a dense enough run of them
+/// is removed in one pass over its range rather than one descent each.
+fn remove_versions(
+    index: &mut redb::Table<'_, (&'static str, &'static str, u64), &'static str>,
+    space: &str,
+    coll: &str,
+    removed: &mut [u64],
+) -> Result<(), StoreError> {
+    removed.sort_unstable();
+    let (Some(&lo), Some(&hi)) = (removed.first(), removed.last()) else {
+        return Ok(());
+    };
+    // The range holds at most this many entries, the removed among them.
+    let span = hi - lo + 1;
+    if removed.len() > 1 && span <= 2 * removed.len() as u64 {
+        let doomed: &[u64] = removed;
+        index.retain_in((space, coll, lo)..=(space, coll, hi), |k, _| {
+            doomed.binary_search(&k.2).is_err()
+        })?;
+    } else {
+        for &tv in removed.iter() {
+            index.remove((space, coll, tv))?;
+        }
+    }
+    Ok(())
 }
 
 impl<'t> Tables<'t> {
@@ -355,6 +389,7 @@ impl Types<'_> {
                 TypeGroup {
                     version: Counter::read(v),
                     added: BTreeMap::new(),
+                    removed: Vec::new(),
                 },
             );
         }
@@ -366,15 +401,16 @@ impl Types<'_> {
         let tv = group.version.value + 1;
         group.version.set(tv);
         if old > 0 && group.added.remove(&old).is_none() {
-            self.index.remove((space, coll, old))?;
+            group.removed.push(old);
         }
         group.added.insert(tv, id.to_string());
         Ok(tv)
     }
 
     fn finish(&mut self) -> Result<(), StoreError> {
-        for (space, colls) in &self.cache {
+        for (space, colls) in &mut self.cache {
             for (coll, g) in colls {
+                remove_versions(&mut self.index, space, coll, &mut g.removed)?;
                 if g.version.dirty {
                     self.versions
                         .insert((space.as_str(), coll.as_str()), g.version.value)?;

@@ -1721,6 +1721,51 @@ mod tests {
         assert_eq!(outs[0].seq, 2);
     }
 
+    /// Entities changed in turn (their old per-type index entries side by
+    /// side: removed in one pass) and here and there (removed one by one)
+    /// keep exactly one index entry each, at their newest version.
+    #[test]
+    fn the_type_index_keeps_each_entity_once_at_its_newest_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, db) = writer(dir.path());
+        let ids: Vec<String> = (0..10).map(|i| format!("e{i}")).collect();
+        let rounds: [Vec<usize>; 4] = [
+            (0..10).collect(),
+            (0..10).collect(),
+            vec![1, 5, 9],
+            vec![9, 0, 3, 4, 5, 6, 2],
+        ];
+        let mut newest: BTreeMap<String, u64> = BTreeMap::new();
+        for round in &rounds {
+            let mut rxs = Vec::new();
+            let jobs: Vec<Job> = round
+                .iter()
+                .map(|&i| {
+                    let (j, rx) = local_in("s", "c", &ids[i]);
+                    rxs.push((i, rx));
+                    j
+                })
+                .collect();
+            w.group(jobs);
+            for (i, mut rx) in rxs {
+                let o = rx.try_recv().unwrap().unwrap().remove(0);
+                newest.insert(ids[i].clone(), o.type_version);
+            }
+        }
+        let tx = db.begin_read().unwrap();
+        let index = tx.open_table(TYPE_INDEX).unwrap();
+        let got: BTreeMap<String, u64> = index
+            .range(("s", "c", 0)..=("s", "c", u64::MAX))
+            .unwrap()
+            .map(|r| {
+                let (k, v) = r.unwrap();
+                (v.value().to_string(), k.value().2)
+            })
+            .collect();
+        assert_eq!(index.iter().unwrap().count(), 10);
+        assert_eq!(got, newest);
+    }
+
     /// A stored entity that does not decode: any write to it fails.
     fn corrupt(db: &redb::Database, id: &str) {
         let tx = db.begin_write().unwrap();
