@@ -4,11 +4,12 @@
 //! one append to this log and one `fdatasync`, not by a durable redb
 //! commit (which rewrites every B-tree page the group touched and syncs
 //! them: 15–30× the bytes and 4–7× the time). The writer applies the
-//! group in its redb transaction as before, appends the group's *effects*
+//! group in its redb transaction as before, writes the group's *effects*
 //! (the changes it applied with their seqs, write ids, version vector
-//! raises, cursors) here, syncs, and only then commits redb without an
-//! fsync and acknowledges. So everything a reader can see in redb is
-//! already durable here, and redb stays the system of record: it is
+//! raises, cursors) here, commits redb without an fsync and goes on; the
+//! syncer thread (`syncer.rs`) syncs the log and only then shows the group
+//! to reads (`visible.rs`) and acknowledges it. So everything a reader can
+//! see in redb is already durable here, and redb stays the system of record: it is
 //! checkpointed (a durable redb commit) every 5 s under load, half a
 //! second after the last group when idle, when the log passes
 //! [`CHECKPOINT_BYTES`], for every group that the log does not describe
