@@ -291,7 +291,14 @@ impl EntityState {
                             current_stamp: cell.key.stamp,
                         }),
                         Some(cell) if cell.key == key => {} // duplicate delivery
-                        _ => {
+                        // In place: the name is already the map's key.
+                        Some(cell) => {
+                            *cell = Cell {
+                                value: value.clone(),
+                                key,
+                            }
+                        }
+                        None => {
                             self.fields.insert(
                                 name.clone(),
                                 Cell {

@@ -299,7 +299,7 @@ pub fn describe(c: &Committed, after: Option<&EntityView>) -> AtomeChange {
 /// [`needs_state`]) stands in for it.
 pub fn describe_committed(c: &Committed, state: Option<&StoredEntity>) -> AtomeChange {
     if let Some(after) = &c.after {
-        return describe(c, Some(after));
+        return describe(c, Some(after.view()));
     }
     describe(c, state.map(|e| e.view()).as_ref())
 }
@@ -555,9 +555,12 @@ mod tests {
                 created,
                 type_version: 0,
             },
-            after: after.map(|f| EntityView {
-                exists: true,
-                fields: f.as_object().cloned().unwrap_or_default(),
+            after: after.map(|f| {
+                EntityView {
+                    exists: true,
+                    fields: f.as_object().cloned().unwrap_or_default(),
+                }
+                .into()
             }),
             source: None,
         })
@@ -571,7 +574,7 @@ mod tests {
             json!({"x": 2, "y": null}),
             Some(json!({"kind": "k", "x": 2})),
         );
-        let d = describe(&c, c.after.as_ref());
+        let d = describe(&c, c.after.as_ref().map(|a| a.view()));
         assert_eq!(d.event, AtomeEvent::Altered);
         assert_eq!(d.alteration, Some(json!({"x": 2, "y": null})));
         assert_eq!(d.atome, Some(json!({"id": "a1", "kind": "k", "x": 2})));

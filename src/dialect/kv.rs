@@ -287,9 +287,7 @@ pub fn render_change(c: &Committed, lookup: impl FnOnce() -> Option<StoredEntity
 fn renders_alone(c: &Committed) -> bool {
     let ch = &c.entry.change;
     match (&c.after, ch.fields.get(FIELD), ch.op) {
-        (Some(after), Some(v), Op::Patch | Op::Put) => {
-            after.exists && after.fields.get(FIELD).unwrap_or(&Value::Null) == v
-        }
+        (Some(after), Some(v), Op::Patch | Op::Put) => after.exists() && after.field(FIELD) == v,
         _ => false,
     }
 }
@@ -916,7 +914,7 @@ mod tests {
         let committed = |c: &Change| {
             crate::engine::Committed::new(crate::store::Committed {
                 seq: 5,
-                after: Some(state.view()),
+                after: Some(state.view().into()),
                 entry: LogEntry {
                     change: c.clone(),
                     at_ms: 0,

@@ -402,12 +402,7 @@ pub fn change_bytes(c: &Committed) -> usize {
     let after: usize = c
         .after
         .as_ref()
-        .map(|a| {
-            a.fields
-                .iter()
-                .map(|(k, v)| k.len() + json_bytes(v) + 8)
-                .sum()
-        })
+        .map(|a| a.visible().map(|(k, v)| k.len() + json_bytes(v) + 8).sum())
         .unwrap_or(0);
     2 * fields + after + 512
 }

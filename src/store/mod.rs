@@ -202,9 +202,80 @@ pub struct Committed {
     pub seq: u64,
     pub entry: LogEntry,
     /// The entity after the merge (live fan-out only; catch-up reads None).
-    pub after: Option<EntityView>,
+    pub after: Option<After>,
     /// The connection that wrote it, so dialects can skip echoing it back.
     pub source: Option<u64>,
+}
+
+/// The entity after a committed change, as live fan-out hands it on. The
+/// writer moves its merged state in here (no copy) and the view readers
+/// see is built on first use, once per change however many subscribers
+/// read it, on the thread that renders it: most dialects never read it,
+/// and the single writer thread is the relay's bottleneck at small fan-out.
+#[derive(Clone, Debug)]
+pub struct After(AfterOf);
+
+#[derive(Clone, Debug)]
+enum AfterOf {
+    State(EntityState, std::sync::OnceLock<EntityView>),
+    View(EntityView),
+}
+
+impl After {
+    /// The entity's merged state after the change.
+    pub fn new(state: EntityState) -> After {
+        After(AfterOf::State(state, std::sync::OnceLock::new()))
+    }
+
+    /// The entity as readers see it (built once, on first use).
+    pub fn view(&self) -> &EntityView {
+        match &self.0 {
+            AfterOf::State(s, view) => view.get_or_init(|| EntityView {
+                exists: s.exists(),
+                fields: s.visible(),
+            }),
+            AfterOf::View(v) => v,
+        }
+    }
+
+    /// Whether the entity exists (as `view().exists`, without the view).
+    pub fn exists(&self) -> bool {
+        match &self.0 {
+            AfterOf::State(s, _) => s.exists(),
+            AfterOf::View(v) => v.exists,
+        }
+    }
+
+    /// A visible field's value, `null` if absent or removed (as
+    /// `view().fields.get(name)`, without the view).
+    pub fn field(&self, name: &str) -> &serde_json::Value {
+        const NULL: &serde_json::Value = &serde_json::Value::Null;
+        match &self.0 {
+            AfterOf::State(s, _) => s.fields.get(name).map_or(NULL, |c| &c.value),
+            AfterOf::View(v) => v.fields.get(name).unwrap_or(NULL),
+        }
+    }
+
+    /// The visible fields (those of `view().fields`, in the same order),
+    /// without the view.
+    pub fn visible(&self) -> impl Iterator<Item = (&String, &serde_json::Value)> {
+        let (state, view) = match &self.0 {
+            AfterOf::State(s, _) => (Some(&s.fields), None),
+            AfterOf::View(v) => (None, Some(&v.fields)),
+        };
+        let state = state
+            .into_iter()
+            .flatten()
+            .filter(|(_, c)| !c.value.is_null())
+            .map(|(k, c)| (k, &c.value));
+        state.chain(view.into_iter().flatten())
+    }
+}
+
+impl From<EntityView> for After {
+    fn from(v: EntityView) -> After {
+        After(AfterOf::View(v))
+    }
 }
 
 /// An entity as readers see it.
@@ -981,4 +1052,69 @@ fn u32_from(b: &[u8]) -> u32 {
     let n = b.len().min(4);
     a[..n].copy_from_slice(&b[..n]);
     u32::from_le_bytes(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Op, Stamp};
+    use serde_json::{json, Value};
+
+    fn change(op: Op, fields: Value, ms: u64) -> Change {
+        Change {
+            space: "s".into(),
+            collection: "c".into(),
+            id: "e".into(),
+            op,
+            fields: fields
+                .as_object()
+                .map(|m| m.clone().into_iter().collect())
+                .unwrap_or_default(),
+            stamp: Stamp {
+                ms,
+                counter: 0,
+                node: NodeId(1),
+            },
+            origin: NodeId(1),
+            seq: ms,
+            actor: "a".into(),
+        }
+    }
+
+    /// `After` answers from the merged state exactly what the view built
+    /// from it holds: removed fields absent, a deleted entity not existing.
+    #[test]
+    fn after_answers_as_its_view() {
+        let mut state = EntityState::default();
+        let steps = [
+            change(Op::Put, json!({"a": 1, "b": "x", "c": [1]}), 1),
+            change(Op::Patch, json!({"b": null, "d": {"k": 2}}), 2),
+            change(Op::Delete, json!({}), 3),
+            change(Op::Patch, json!({"a": 5}), 4),
+        ];
+        for step in &steps {
+            state.apply(step);
+            let stored = StoredEntity {
+                state: state.clone(),
+                ..Default::default()
+            };
+            let want = stored.view();
+            let after = After::new(state.clone());
+            assert_eq!(after.exists(), want.exists);
+            for name in ["a", "b", "c", "d", "nope"] {
+                assert_eq!(
+                    after.field(name),
+                    want.fields.get(name).unwrap_or(&Value::Null)
+                );
+            }
+            let visible: Vec<(&String, &Value)> = after.visible().collect();
+            assert_eq!(visible, want.fields.iter().collect::<Vec<_>>());
+            assert_eq!(after.view(), &want);
+            let from_view = After::from(want.clone());
+            assert_eq!(from_view.exists(), want.exists);
+            assert_eq!(from_view.field("a"), after.field("a"));
+            assert_eq!(from_view.visible().count(), visible.len());
+            assert_eq!(from_view.view(), &want);
+        }
+    }
 }

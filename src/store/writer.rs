@@ -12,7 +12,7 @@ use super::syncer::{Done, Finisher, Syncer};
 use super::tables::*;
 use super::visible::Visibility;
 use super::wal::{Effect, Record, Wal};
-use super::{Committed, Durability, LogEntry, StoreError, StoreOptions, StoredEntity};
+use super::{After, Committed, Durability, LogEntry, StoreError, StoreOptions, StoredEntity};
 use crate::metrics::Metrics;
 use crate::model::{Change, Conflict, Hlc, NodeId, Op, Stamp};
 use redb::ReadableTable;
@@ -41,6 +41,12 @@ const REOPEN_EVERY: Duration = Duration::from_secs(1);
 /// After ENOSPC, free space needed before a reopen is tried (redb's repair
 /// at open writes to the file; below this it would fail again).
 const REOPEN_MIN_FREE: u64 = 1 << 20;
+/// How long a reading of the free disk space well above `min_free_bytes`
+/// stands (see `Writer::free_bytes`).
+const FREE_BYTES_FRESH: Duration = Duration::from_millis(100);
+/// How far above `min_free_bytes` a reading must be to stand for
+/// [`FREE_BYTES_FRESH`].
+const FREE_BYTES_MARGIN: u64 = 64 << 20;
 
 /// Receives every commit, in order, on the writer thread. It must not block:
 /// fan-out only `try_send`s into bounded queues.
@@ -440,6 +446,8 @@ pub struct Writer {
     effects: Vec<Effect<usize>>,
     /// Scratch for encoding stored values (kept: no allocation per value).
     buf: Vec<u8>,
+    /// The last free disk space read, and when (see `free_bytes`).
+    free_seen: Option<(Instant, u64)>,
 }
 
 impl Writer {
@@ -478,6 +486,7 @@ impl Writer {
             logging: false,
             effects: Vec::new(),
             buf: Vec::new(),
+            free_seen: None,
         }
     }
 
@@ -623,9 +632,9 @@ impl Writer {
         match e {
             Effect::Apply { .. } => {}
             Effect::WriteId { space, wid, seq } => {
-                t.write_ids.insert((space.as_str(), wid.as_str()), *seq)?;
-                t.write_id_seqs
-                    .insert(*seq, (space.as_str(), wid.as_str()))?;
+                let ids = t.write_ids()?;
+                ids.by_id.insert((space.as_str(), wid.as_str()), *seq)?;
+                ids.by_seq.insert(*seq, (space.as_str(), wid.as_str()))?;
             }
             Effect::RaiseVv { origin, to } => {
                 let held = t.held(origin.0)?;
@@ -634,7 +643,7 @@ impl Writer {
                 }
             }
             Effect::Cursor { name, seq } => {
-                t.cursors.insert(name.as_str(), *seq)?;
+                t.cursors()?.insert(name.as_str(), *seq)?;
             }
         }
         Ok(())
@@ -768,8 +777,21 @@ impl Writer {
         Ok(())
     }
 
-    fn free_bytes(&self) -> Option<u64> {
-        free_disk_bytes(&self.opts.dir)
+    /// Free bytes on the data file's file system, for the `min_free_bytes`
+    /// check of every group: a reading well above that floor (by
+    /// [`FREE_BYTES_MARGIN`], more than a group writes) stands for
+    /// [`FREE_BYTES_FRESH`], so a busy writer does not pay a `statvfs` per
+    /// group; near the floor every group reads it again.
+    fn free_bytes(&mut self) -> Option<u64> {
+        if let Some((at, free)) = self.free_seen {
+            let floor = self.opts.min_free_bytes.saturating_add(FREE_BYTES_MARGIN);
+            if free >= floor && at.elapsed() < FREE_BYTES_FRESH {
+                return Some(free);
+            }
+        }
+        let free = free_disk_bytes(&self.opts.dir);
+        self.free_seen = free.map(|f| (Instant::now(), f));
+        free
     }
 
     /// After an I/O error: close and reopen the data file, at most once per
@@ -788,6 +810,8 @@ impl Writer {
             return false;
         }
         self.last_reopen = Some(Instant::now());
+        // Read now, not a reading from before the fault.
+        self.free_seen = None;
         if fault == Fault::NoSpace && self.free_bytes().is_some_and(|f| f < REOPEN_MIN_FREE) {
             return false;
         }
@@ -1139,8 +1163,9 @@ impl Writer {
                     };
                     let out = self.apply(t, change, false, *source, at_ms, seq, committed)?;
                     if let Some(wid) = wid {
-                        t.write_ids.insert((space.as_str(), wid), out.seq)?;
-                        t.write_id_seqs.insert(out.seq, (space.as_str(), wid))?;
+                        let ids = t.write_ids()?;
+                        ids.by_id.insert((space.as_str(), wid), out.seq)?;
+                        ids.by_seq.insert(out.seq, (space.as_str(), wid))?;
                         if self.logging {
                             self.effects.push(Effect::WriteId {
                                 space: space.clone(),
@@ -1160,7 +1185,7 @@ impl Writer {
                 ..
             } => Answer::Outcomes(self.remote(t, changes, covers, *source, at_ms, seq, committed)?),
             Job::SetCursor { name, seq: s, .. } => {
-                t.cursors.insert(name.as_str(), *s)?;
+                t.cursors()?.insert(name.as_str(), *s)?;
                 if self.logging {
                     self.effects.push(Effect::Cursor {
                         name: name.clone(),
@@ -1278,14 +1303,16 @@ impl Writer {
     /// counts as held: applying it again would be the double write this
     /// index exists to prevent.
     fn replayed(
-        t: &Tables<'_>,
+        t: &mut Tables<'_>,
         node: NodeId,
         space: &str,
         wid: &str,
     ) -> Result<Option<Outcome>, StoreError> {
-        let Some(seq) = t.write_ids.get((space, wid))?.map(|v| v.value()) else {
+        let Some(seq) = t.write_ids()?.by_id.get((space, wid))?.map(|v| v.value()) else {
             return Ok(None);
         };
+        // The entry may be this group's.
+        t.flush_appends()?;
         let entry: Option<LogEntry> = match t.log.get(seq)? {
             Some(v) => Some(decode(v.value())?),
             None => None,
@@ -1350,7 +1377,7 @@ impl Writer {
         // vector entry, so one of its own above `held` cannot be in the
         // identity index: no lookup for those (every local write).
         if change.seq <= held
-            || (change.origin != self.node && t.ident.get((change.origin.0, change.seq))?.is_some())
+            || (change.origin != self.node && t.has_ident(change.origin.0, change.seq)?)
         {
             out.kind = OutcomeKind::Duplicate;
             return Ok(out);
@@ -1364,7 +1391,11 @@ impl Writer {
             change.collection.as_str(),
             change.id.as_str(),
         );
-        let mut ent: StoredEntity = match t.entity.get(key)? {
+        // The entity's row is found once and rewritten through the same
+        // handle (a second B-tree descent for the insert cost the writer
+        // thread a few percent).
+        let mut row = t.entity.get_mut(key)?;
+        let mut ent: StoredEntity = match &row {
             Some(v) => decode(v.value())?,
             None => StoredEntity::default(),
         };
@@ -1373,16 +1404,21 @@ impl Writer {
         *seq += 1;
         ent.version += 1;
         ent.seq = *seq;
-        ent.type_version = t.next_type_version(key, ent.type_version)?;
+        ent.type_version = t.types.next_version(key, ent.type_version)?;
         out.seq = *seq;
         out.version = ent.version;
         out.type_version = ent.type_version;
         out.created = !existed && ent.state.exists();
         encode_into(&mut self.buf, &ent)?;
-        t.entity.insert(key, self.buf.as_slice())?;
+        let rewritten = match row.as_mut() {
+            Some(r) => r.insert(self.buf.as_slice()).map(|()| true)?,
+            None => false,
+        };
+        drop(row);
+        if !rewritten {
+            t.entity.insert(key, self.buf.as_slice())?;
+        }
         t.count_change(change.space.as_str())?;
-        t.space_log.insert((change.space.as_str(), *seq), ())?;
-        t.ident.insert((change.origin.0, change.seq), *seq)?;
         t.raise_vv(change.origin.0, change.seq)?;
         let entry = LogEntry {
             created: !existed && ent.state.exists(),
@@ -1392,7 +1428,13 @@ impl Writer {
             type_version: ent.type_version,
         };
         encode_into(&mut self.buf, &entry)?;
-        t.log.insert(*seq, self.buf.as_slice())?;
+        t.append(
+            *seq,
+            &self.buf,
+            &entry.change.space,
+            entry.change.origin.0,
+            entry.change.seq,
+        )?;
         if self.logging {
             self.effects.push(Effect::Apply {
                 seq: *seq,
@@ -1403,7 +1445,7 @@ impl Writer {
         committed.push(Arc::new(Committed {
             seq: *seq,
             entry,
-            after: Some(ent.view()),
+            after: Some(After::new(ent.state)),
             source,
         }));
         Ok(out)
@@ -1433,7 +1475,7 @@ impl Writer {
             let bumped = version.map_or(ent.version + 1, |v| v.max(ent.version + 1));
             if ent.state != before || version.is_some_and(|v| v > ent.version) {
                 ent.version = bumped;
-                ent.type_version = t.next_type_version(key, ent.type_version)?;
+                ent.type_version = t.types.next_version(key, ent.type_version)?;
                 t.entity.insert(key, encode(&ent)?.as_slice())?;
                 t.ensure_space(e.space.as_str())?;
                 changed.insert(e.space.clone());
@@ -1491,6 +1533,7 @@ impl Writer {
         last_seq: u64,
     ) -> Result<u64, StoreError> {
         let mut doomed = Vec::new();
+        t.flush_appends()?;
         for row in t.log.range(0u64..keep_from)? {
             let (k, v) = row?;
             let entry: LogEntry = decode(v.value())?;
@@ -1508,12 +1551,13 @@ impl Writer {
             t.log.remove(*seq)?;
             t.space_log.remove((space.as_str(), *seq))?;
             t.ident.remove((origin.0, *oseq))?;
-            let wid = t.write_id_seqs.remove(*seq)?.map(|v| {
+            let ids = t.write_ids()?;
+            let wid = ids.by_seq.remove(*seq)?.map(|v| {
                 let (s, w) = v.value();
                 (s.to_string(), w.to_string())
             });
             if let Some((s, w)) = wid {
-                t.write_ids.remove((s.as_str(), w.as_str()))?;
+                ids.by_id.remove((s.as_str(), w.as_str()))?;
             }
         }
         let horizon = match t.log.first()? {
@@ -1688,6 +1732,101 @@ mod tests {
             })
             .collect();
         assert_eq!(s1a, vec![(2, "x".into()), (3, "z".into()), (4, "y".into())]);
+    }
+
+    /// An entity's row is rewritten in place through `get_mut` (see
+    /// `apply`): a value that grows past its leaf page's free space, then
+    /// shrinks, among neighbours written before and after, reads back
+    /// right, and so does every neighbour.
+    #[test]
+    fn an_entity_rewritten_in_place_may_outgrow_its_page() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, db) = writer(dir.path());
+        let put = |w: &mut Writer, id: &str, v: Value| {
+            let (job, mut rx) = local(id);
+            let Job::Local {
+                mut writes, reply, ..
+            } = job
+            else {
+                unreachable!("local() makes a local job")
+            };
+            writes[0].fields = [("v".to_string(), v)].into();
+            let job = Job::Local {
+                space: "s".into(),
+                actor: "t".into(),
+                source: None,
+                write_ids: vec![],
+                admit: None,
+                writes,
+                reply,
+            };
+            w.group(vec![job]);
+            rx.try_recv().unwrap().unwrap();
+        };
+        let mut want: BTreeMap<String, Value> = BTreeMap::new();
+        for i in 0..40 {
+            let id = format!("e{i:02}");
+            put(&mut w, &id, Value::from(i));
+            want.insert(id, Value::from(i));
+        }
+        for n in [1_000, 3_000, 6_000, 12_000, 5, 9_000] {
+            let big = Value::String("x".repeat(n));
+            put(&mut w, "e20", big.clone());
+            want.insert("e20".into(), big);
+            let id = format!("e20-{n}");
+            put(&mut w, &id, Value::from(n));
+            want.insert(id, Value::from(n));
+        }
+        let tx = db.begin_read().unwrap();
+        let table = tx.open_table(ENTITY).unwrap();
+        let mut found = BTreeMap::new();
+        for row in table
+            .range(("s", "c", "")..=("s", "c", "\u{10ffff}"))
+            .unwrap()
+        {
+            let (k, v) = row.unwrap();
+            let ent: StoredEntity = decode(v.value()).unwrap();
+            let visible = ent.state.visible();
+            found.insert(k.value().2.to_string(), visible["v"].clone());
+        }
+        assert_eq!(found, want);
+    }
+
+    /// A write id used twice in one job: the second write is the first's
+    /// duplicate, with the first's identity, although the first's log entry
+    /// is still kept in memory by the group (`Tables::flush_appends`).
+    #[test]
+    fn a_write_id_repeated_in_its_group_answers_the_first_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, _db) = writer(dir.path());
+        let (job, mut rx) = local("x");
+        let Job::Local {
+            mut writes, reply, ..
+        } = job
+        else {
+            unreachable!("local() makes a local job")
+        };
+        writes.push(writes[0].clone());
+        let job = Job::Local {
+            space: "s".into(),
+            actor: "t".into(),
+            source: None,
+            write_ids: vec![Some("w".into()), Some("w".into())],
+            admit: None,
+            writes,
+            reply,
+        };
+        let (other, mut other_rx) = local("y");
+        w.group(vec![other, job]);
+        other_rx.try_recv().unwrap().unwrap();
+        let outs = rx.try_recv().unwrap().unwrap();
+        assert_eq!(outs[0].kind, OutcomeKind::Applied);
+        assert_eq!(outs[1].kind, OutcomeKind::Duplicate);
+        assert_eq!(
+            (outs[1].seq, outs[1].origin_seq, outs[1].version),
+            (outs[0].seq, outs[0].origin_seq, outs[0].version)
+        );
+        assert_eq!(outs[0].seq, 2);
     }
 
     /// A stored entity that does not decode: any write to it fails.

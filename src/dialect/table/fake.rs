@@ -7,7 +7,7 @@ use crate::auth::{Auth, Grant, Scope};
 use crate::config::Anonymous;
 use crate::engine::Committed;
 use crate::model::{Change, EntityState, NodeId, Op, Stamp};
-use crate::store::{EntityView, LogEntry, Outcome, OutcomeKind, StoredEntity};
+use crate::store::{After, LogEntry, Outcome, OutcomeKind, StoredEntity};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
@@ -98,10 +98,7 @@ pub fn committed(c: Change, version: u64, after: Option<&StoredEntity>) -> Commi
     Committed::new(crate::store::Committed {
         seq: c.seq,
         entry: entry(c, version),
-        after: after.map(|e| EntityView {
-            exists: e.state.exists(),
-            fields: e.state.visible(),
-        }),
+        after: after.map(|e| After::new(e.state.clone())),
         source: None,
     })
 }

@@ -497,7 +497,7 @@ pub fn whole(id: &str, fields: &Map<String, Value>) -> Value {
 /// A committed change as a `ChangeLog`, with the entity's state after it
 /// (known live; on a catch-up the caller reads it).
 pub fn change_log(c: &Committed) -> ChangeLog {
-    change_log_over(c, c.after.as_ref())
+    change_log_over(c, c.after.as_ref().map(|a| a.view()))
 }
 
 /// As [`change_log`], over the given state of the entity (None: unknown,
@@ -562,7 +562,7 @@ pub fn field_changes(c: &Committed) -> Vec<FieldChange> {
     ch.fields
         .iter()
         .filter(|(k, v)| match &c.after {
-            Some(after) => after.fields.get(*k).unwrap_or(&Value::Null) == *v,
+            Some(after) => after.field(k) == *v,
             None => true,
         })
         .map(|(k, v)| FieldChange {
@@ -826,9 +826,12 @@ mod tests {
                 created,
                 type_version: 4,
             },
-            after: after.map(|a| EntityView {
-                exists: true,
-                fields: a.as_object().cloned().unwrap_or_default(),
+            after: after.map(|a| {
+                EntityView {
+                    exists: true,
+                    fields: a.as_object().cloned().unwrap_or_default(),
+                }
+                .into()
             }),
             source: None,
         })
