@@ -104,11 +104,10 @@ impl<F: FnMut(Vec<u8>) -> bool> Emitter<F> {
 
 /// Write every table of `db`, as of one read transaction, to `out`.
 pub(super) fn dump(
-    db: &Database,
+    tx: redb::ReadTransaction,
     now_ms: u64,
     out: impl FnMut(Vec<u8>) -> bool,
 ) -> Result<BackupSummary, StoreError> {
-    let tx = db.begin_read()?;
     let meta = tx.open_table(META)?;
     let get = |k: &str| -> Result<u64, StoreError> {
         Ok(meta

@@ -9,7 +9,9 @@ mod clock;
 mod gate;
 mod group_tables;
 mod slot;
+mod syncer;
 mod tables;
+mod visible;
 pub mod wal;
 mod writer;
 
@@ -329,6 +331,8 @@ pub struct Store {
     path: PathBuf,
     /// Every read passes it (see `gate.rs`: a test seam).
     gate: Arc<gate::ReadGate>,
+    /// Shared with the writer: what reads may see (`visible.rs`).
+    vis: Arc<visible::Visibility>,
 }
 
 /// The relaxed-durability flush ticker. It holds only a weak sender, so it
@@ -385,6 +389,7 @@ impl Store {
         let last_seq = Arc::new(AtomicU64::new(last_seq));
         let horizon = Arc::new(AtomicU64::new(horizon));
         let merges = Arc::new(writer::MergeCounts::default());
+        let vis = Arc::new(visible::Visibility::default());
         let (tx, rx) = mpsc::channel(opts.queue.max(1));
         // Relaxed: fsync once a second. Immediate: checkpoint the log once
         // a second (an idle relay's last groups reach redb, then it rests).
@@ -399,7 +404,8 @@ impl Store {
             last_seq.clone(),
             horizon.clone(),
         )
-        .with_merges(merges.clone());
+        .with_merges(merges.clone())
+        .with_visibility(vis.clone());
         w.start_wal(wal, records)?;
         let thread = std::thread::Builder::new()
             .name("outpost-writer".into())
@@ -420,6 +426,7 @@ impl Store {
             ticker: Mutex::new(ticker),
             path,
             gate: Default::default(),
+            vis,
         })
     }
 
@@ -427,10 +434,19 @@ impl Store {
         self.node
     }
 
-    /// The database, for a read.
-    fn reader(&self) -> Result<Arc<Database>, StoreError> {
+    /// A read transaction that sees only what may be shown: durable
+    /// groups (`visible.rs`).
+    fn read_tx(&self) -> Result<redb::ReadTransaction, StoreError> {
         self.gate.pass();
-        self.slot.get()
+        loop {
+            let epoch = self.vis.epoch();
+            let tx = self.slot.get()?.begin_read()?;
+            match self.vis.wait(epoch, &self.slot) {
+                Ok(()) => return Ok(tx),
+                Err(visible::Unseen::Reopened) => continue,
+                Err(visible::Unseen::Faulted(e)) => return Err(e),
+            }
+        }
     }
 
     /// Park every read at its start until the guard is dropped (tests: a
@@ -578,7 +594,7 @@ impl Store {
         upto: u64,
         cap: Cap,
     ) -> Result<Page<(u64, LogEntry)>, StoreError> {
-        let tx = self.reader()?.begin_read()?;
+        let tx = self.read_tx()?;
         let idx = tx.open_table(SPACE_LOG)?;
         let log = tx.open_table(LOG)?;
         let mut page = Page::new(cap);
@@ -608,7 +624,7 @@ impl Store {
         since: u64,
         limit: usize,
     ) -> Result<(u64, Vec<(String, StoredEntity)>), StoreError> {
-        let tx = self.reader()?.begin_read()?;
+        let tx = self.read_tx()?;
         let latest = tx
             .open_table(TYPE_VERSIONS)?
             .get((space, collection))?
@@ -633,7 +649,7 @@ impl Store {
 
     /// One log entry, if still retained.
     pub fn log_entry(&self, seq: u64) -> Result<Option<LogEntry>, StoreError> {
-        let tx = self.reader()?.begin_read()?;
+        let tx = self.read_tx()?;
         let log = tx.open_table(LOG)?;
         let v = log.get(seq)?;
         v.map(|v| decode(v.value())).transpose()
@@ -642,7 +658,7 @@ impl Store {
     /// The whole log after `after` (all spaces), for replication.
     /// Local seq of the change `(origin, origin_seq)`, if still in the log.
     pub fn local_seq_of(&self, origin: NodeId, origin_seq: u64) -> Result<Option<u64>, StoreError> {
-        let tx = self.reader()?.begin_read()?;
+        let tx = self.read_tx()?;
         let ident = tx.open_table(IDENT)?;
         Ok(ident.get((origin.0, origin_seq))?.map(|v| v.value()))
     }
@@ -657,7 +673,7 @@ impl Store {
         before: u64,
         max: usize,
     ) -> Result<(Vec<(u64, LogEntry)>, bool), StoreError> {
-        let tx = self.reader()?.begin_read()?;
+        let tx = self.read_tx()?;
         let ident = tx.open_table(IDENT)?;
         let log = tx.open_table(LOG)?;
         let trimmed = log.first()?.is_none_or(|(k, _)| k.value() > 1);
@@ -684,7 +700,7 @@ impl Store {
         after: u64,
         cap: Cap,
     ) -> Result<Page<(u64, LogEntry)>, StoreError> {
-        let tx = self.reader()?.begin_read()?;
+        let tx = self.read_tx()?;
         let log = tx.open_table(LOG)?;
         let mut page = Page::new(cap);
         for row in log.range(after.saturating_add(1)..)? {
@@ -705,7 +721,7 @@ impl Store {
         collection: &str,
         id: &str,
     ) -> Result<Option<StoredEntity>, StoreError> {
-        let tx = self.reader()?.begin_read()?;
+        let tx = self.read_tx()?;
         let t = tx.open_table(ENTITY)?;
         let v = t.get((space, collection, id))?;
         v.map(|v| decode(v.value())).transpose()
@@ -734,7 +750,7 @@ impl Store {
         after: Option<(&str, &str)>,
         cap: Cap,
     ) -> Result<Page<(String, String, StoredEntity)>, StoreError> {
-        let tx = self.reader()?.begin_read()?;
+        let tx = self.read_tx()?;
         let mut page = Page::new(cap);
         page.seq = tx
             .open_table(META)?
@@ -774,7 +790,7 @@ impl Store {
         space: &str,
         collection: &str,
     ) -> Result<(u64, Vec<(String, StoredEntity)>), StoreError> {
-        let tx = self.reader()?.begin_read()?;
+        let tx = self.read_tx()?;
         let meta = tx.open_table(META)?;
         let seq = meta
             .get(META_LAST_SEQ)?
@@ -794,7 +810,7 @@ impl Store {
     }
 
     pub fn version_vector(&self) -> Result<VersionVector, StoreError> {
-        let tx = self.reader()?.begin_read()?;
+        let tx = self.read_tx()?;
         let t = tx.open_table(VV)?;
         let mut vv = VersionVector::new();
         for row in t.iter()? {
@@ -807,7 +823,7 @@ impl Store {
     /// Per origin, the highest origin seq counted by a merged snapshot
     /// without log entries (see `tables::META_MERGED_VV`).
     pub fn merged_vv(&self) -> Result<VersionVector, StoreError> {
-        let tx = self.reader()?.begin_read()?;
+        let tx = self.read_tx()?;
         let meta = tx.open_table(META)?;
         match meta.get(META_MERGED_VV)? {
             Some(v) => decode(v.value()),
@@ -816,14 +832,14 @@ impl Store {
     }
 
     pub fn cursor(&self, name: &str) -> Result<u64, StoreError> {
-        let tx = self.reader()?.begin_read()?;
+        let tx = self.read_tx()?;
         let t = tx.open_table(CURSORS)?;
         Ok(t.get(name)?.map(|v| v.value()).unwrap_or(0))
     }
 
     /// Spaces with the number of changes applied in each.
     pub fn spaces(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        let tx = self.reader()?.begin_read()?;
+        let tx = self.read_tx()?;
         let t = tx.open_table(SPACES)?;
         let mut out = Vec::new();
         for row in t.iter()? {
@@ -841,8 +857,7 @@ impl Store {
         now_ms: u64,
         out: impl FnMut(Vec<u8>) -> bool,
     ) -> Result<BackupSummary, StoreError> {
-        let db = self.reader()?;
-        backup::dump(&db, now_ms, out)
+        backup::dump(self.read_tx()?, now_ms, out)
     }
 
     /// Every entity of every space (or of `space`), with the last seq they
@@ -854,7 +869,7 @@ impl Store {
         header: impl FnOnce(u64) -> bool,
         mut visit: impl FnMut(&str, &str, &str, StoredEntity) -> bool,
     ) -> Result<(), StoreError> {
-        let tx = self.reader()?.begin_read()?;
+        let tx = self.read_tx()?;
         let seq = tx
             .open_table(META)?
             .get(META_LAST_SEQ)?
@@ -883,7 +898,7 @@ impl Store {
 
     /// Number of entities (tombstones included) of `space`: a key scan.
     pub fn count_entities(&self, space: &str) -> Result<u64, StoreError> {
-        let tx = self.reader()?.begin_read()?;
+        let tx = self.read_tx()?;
         let t = tx.open_table(ENTITY)?;
         let mut n = 0;
         for row in t.range((space, "", "")..)? {
@@ -898,7 +913,7 @@ impl Store {
 
     /// Commit time of the newest change of `space` still in the log.
     pub fn last_write_ms(&self, space: &str) -> Result<Option<u64>, StoreError> {
-        let tx = self.reader()?.begin_read()?;
+        let tx = self.read_tx()?;
         let idx = tx.open_table(SPACE_LOG)?;
         let last = idx.range((space, 0u64)..=(space, u64::MAX))?.next_back();
         let Some(row) = last else { return Ok(None) };
@@ -910,7 +925,7 @@ impl Store {
 
     /// Number of changes currently held in the log.
     pub fn log_len(&self) -> Result<u64, StoreError> {
-        let tx = self.reader()?.begin_read()?;
+        let tx = self.read_tx()?;
         Ok(tx.open_table(LOG)?.len()?)
     }
 }

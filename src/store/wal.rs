@@ -4,11 +4,12 @@
 //! one append to this log and one `fdatasync`, not by a durable redb
 //! commit (which rewrites every B-tree page the group touched and syncs
 //! them: 15–30× the bytes and 4–7× the time). The writer applies the
-//! group in its redb transaction as before, appends the group's *effects*
+//! group in its redb transaction as before, writes the group's *effects*
 //! (the changes it applied with their seqs, write ids, version vector
-//! raises, cursors) here, syncs, and only then commits redb without an
-//! fsync and acknowledges. So everything a reader can see in redb is
-//! already durable here, and redb stays the system of record: it is
+//! raises, cursors) here, commits redb without an fsync and goes on; the
+//! syncer thread (`syncer.rs`) syncs the log and only then shows the group
+//! to reads (`visible.rs`) and acknowledges it. So everything a reader can
+//! see in redb is already durable here, and redb stays the system of record: it is
 //! checkpointed (a durable redb commit) every 5 s under load, half a
 //! second after the last group when idle, when the log passes
 //! [`CHECKPOINT_BYTES`], for every group that the log does not describe
@@ -32,6 +33,7 @@ use crate::model::{Change, NodeId};
 use serde::{Deserialize, Serialize};
 use std::io;
 use std::path::Path;
+use std::sync::Arc;
 
 /// Size of the log file. A group record that does not fit in what is left
 /// is made durable by a checkpoint instead.
@@ -154,7 +156,8 @@ fn io_err(e: io::Error) -> StoreError {
 
 /// The open log: where the next record goes.
 pub struct Wal {
-    file: Box<dyn redb::StorageBackend>,
+    /// Shared with the syncer thread, which syncs what the writer wrote.
+    file: Arc<dyn redb::StorageBackend>,
     pos: u64,
     /// The record being appended, header first (kept: one allocation for
     /// the life of the log, not one per group).
@@ -169,9 +172,9 @@ impl Wal {
         backend: Option<&WalBackend>,
         path: &Path,
     ) -> Result<(Wal, Vec<Record>), StoreError> {
-        let file: Box<dyn redb::StorageBackend> = match backend {
-            Some(open) => (open.0)().map_err(io_err)?,
-            None => Box::new(StdWalFile(
+        let file: Arc<dyn redb::StorageBackend> = match backend {
+            Some(open) => Arc::from((open.0)().map_err(io_err)?),
+            None => Arc::new(StdWalFile(
                 std::fs::OpenOptions::new()
                     .read(true)
                     .write(true)
@@ -217,7 +220,20 @@ impl Wal {
 
     /// Append `rec` and sync. `Ok(false)`: it does not fit in what is
     /// left (the caller checkpoints instead); nothing was written.
+    #[cfg(test)]
     pub fn append<C: Serialize>(&mut self, rec: &Record<C>) -> Result<bool, StoreError> {
+        if !self.write(rec)? {
+            return Ok(false);
+        }
+        self.file.sync_data().map_err(io_err)?;
+        Ok(true)
+    }
+
+    /// Write `rec` after the last record, without syncing it: the syncer
+    /// thread syncs (see `syncer.rs`), and nothing of the group may be
+    /// shown or answered before. `Ok(false)`: it does not fit in what is
+    /// left (the caller checkpoints instead); nothing was written.
+    pub fn write<C: Serialize>(&mut self, rec: &Record<C>) -> Result<bool, StoreError> {
         // The payload is encoded after room for the header, which is
         // filled in once its length and checksum are known.
         if self.buf.capacity() > KEEP_BUF {
@@ -239,13 +255,18 @@ impl Wal {
         buf[8..12].copy_from_slice(&crc.to_le_bytes());
         buf[12..20].copy_from_slice(&rec.lsn.to_le_bytes());
         self.file.write(self.pos, buf).map_err(io_err)?;
-        self.file.sync_data().map_err(io_err)?;
         self.pos += total;
         Ok(true)
     }
 
-    /// Take back the last append of `len` bytes at `at` (its group did
-    /// not commit): its header is zeroed and synced, so no scan finds it.
+    /// The file, for the thread that syncs it.
+    pub fn file(&self) -> Arc<dyn redb::StorageBackend> {
+        self.file.clone()
+    }
+
+    /// Take back the records from `at` on (their groups did not commit, or
+    /// their sync failed): the first header is zeroed and synced, so no
+    /// scan finds it or anything after it.
     pub fn unappend(&mut self, at: u64) -> Result<(), StoreError> {
         self.file.write(at, &[0u8; HEAD]).map_err(io_err)?;
         self.file.sync_data().map_err(io_err)?;

@@ -8,7 +8,9 @@
 
 use super::group_tables::Tables;
 use super::slot::{fault_of, Fault, Slot};
+use super::syncer::{Done, Finisher, Syncer};
 use super::tables::*;
+use super::visible::Visibility;
 use super::wal::{Effect, Record, Wal};
 use super::{After, Committed, Durability, LogEntry, StoreError, StoreOptions, StoredEntity};
 use crate::metrics::Metrics;
@@ -326,13 +328,23 @@ impl Outcome {
 
 /// What a job gets once its group has committed (its reply is kept apart,
 /// in the job, so a group can be tried again without the jobs it lost).
-enum Answer {
+pub(super) enum Answer {
     Outcomes(Vec<Outcome>),
     /// Refused as a whole (a failed precondition): nothing applied.
     Refused(StoreError),
     Unit,
     Count(u64),
     Spaces(Vec<String>),
+}
+
+/// A group committed to redb.
+struct Applied {
+    seq: u64,
+    answers: Vec<Answer>,
+    committed: Vec<Arc<Committed>>,
+    merged: std::collections::BTreeSet<String>,
+    /// Where its log record starts, if the record still needs its sync.
+    at: Option<u64>,
 }
 
 /// Why a group's transaction did not commit.
@@ -346,7 +358,7 @@ enum Failure {
 
 impl Job {
     /// Send the answer of a committed group.
-    fn answer(self, a: Answer) {
+    pub(super) fn answer(self, a: Answer) {
         // A dropped receiver means the client went away; the write stands.
         match (self, a) {
             (Job::Local { reply, .. } | Job::Remote { reply, .. }, Answer::Outcomes(v)) => {
@@ -364,7 +376,14 @@ impl Job {
         }
     }
 
-    fn fail(self, e: StoreError) {
+    /// Answer a ping (any other job: nothing).
+    pub(super) fn pong(self) {
+        if let Job::Ping(reply) = self {
+            let _ = reply.send(Ok(()));
+        }
+    }
+
+    pub(super) fn fail(self, e: StoreError) {
         match self {
             Job::Local { reply, .. } | Job::Remote { reply, .. } => drop(reply.send(Err(e))),
             Job::SetCursor { reply, .. } | Job::Ping(reply) => drop(reply.send(Err(e))),
@@ -390,8 +409,17 @@ pub struct Writer {
     opts: StoreOptions,
     metrics: Arc<Metrics>,
     sink: Arc<dyn CommitSink>,
+    /// The last seq shown to readers (published as each group finishes).
     last_seq: Arc<AtomicU64>,
+    /// The last seq committed: ahead of `last_seq` while groups wait for
+    /// their sync.
+    seq: u64,
     horizon: Arc<AtomicU64>,
+    /// What readers may see (`visible.rs`).
+    vis: Arc<Visibility>,
+    /// The thread that syncs the log and finishes logged groups
+    /// (`syncer.rs`); started with the log.
+    syncer: Option<Syncer>,
     last_fsync: Instant,
     /// When the last group committed (the idle checkpoint waits for quiet).
     last_commit: Instant,
@@ -442,8 +470,11 @@ impl Writer {
             opts,
             metrics,
             sink,
+            seq: last_seq.load(Ordering::Acquire),
             last_seq,
             horizon,
+            vis: Arc::new(Visibility::default()),
+            syncer: None,
             last_fsync: Instant::now(),
             last_commit: Instant::now(),
             dirty: false,
@@ -463,8 +494,35 @@ impl Writer {
     /// last durable group (an unclean stop), checkpoint, and log from
     /// here on. Before the writer thread starts.
     pub fn start_wal(&mut self, wal: Wal, records: Vec<Record>) -> Result<(), StoreError> {
+        let file = wal.file();
         self.wal = Some(wal);
-        self.replay(records)
+        self.replay(records)?;
+        self.syncer = Some(Syncer::start(file, self.finisher())?);
+        Ok(())
+    }
+
+    /// What finishes a group (publish, report, answer), for either thread.
+    fn finisher(&self) -> Finisher {
+        Finisher {
+            sink: self.sink.clone(),
+            last_seq: self.last_seq.clone(),
+            metrics: self.metrics.clone(),
+            vis: self.vis.clone(),
+            slot: self.slot.clone(),
+        }
+    }
+
+    /// Wait for the syncer to finish every group handed over. Fails (with
+    /// the store's fault) if a sync failed: the file must be reopened
+    /// before anything else commits.
+    fn settle(&self) -> Result<(), StoreError> {
+        if let Some(syncer) = &self.syncer {
+            syncer.drain(&self.slot);
+        }
+        match self.slot.fault() {
+            Some(f) => Err(f.error()),
+            None => Ok(()),
+        }
     }
 
     /// Apply `records` past redb's lsn, in one durable transaction, and
@@ -475,7 +533,7 @@ impl Writer {
         let db = self.slot.get()?;
         let mut tx = db.begin_write()?;
         let _ = tx.set_durability(redb::Durability::Immediate);
-        let mut seq = self.last_seq.load(Ordering::Acquire);
+        let mut seq = self.seq;
         let (mut groups, mut changes) = (0u64, 0u64);
         {
             let mut t = Tables::open(&tx)?;
@@ -550,7 +608,9 @@ impl Writer {
             t.finish()?;
         }
         tx.commit()?;
+        self.seq = seq;
         self.last_seq.store(seq, Ordering::Release);
+        self.vis.reset(self.lsn);
         self.dirty = false;
         self.last_fsync = Instant::now();
         if let Some(w) = self.wal.as_mut() {
@@ -611,6 +671,13 @@ impl Writer {
         self
     }
 
+    /// Share what readers may see with the store's readers. Before
+    /// [`Writer::start_wal`].
+    pub fn with_visibility(mut self, vis: Arc<Visibility>) -> Self {
+        self.vis = vis;
+        self
+    }
+
     pub fn run(mut self, mut rx: mpsc::Receiver<Job>) {
         let mut next = None;
         loop {
@@ -634,6 +701,8 @@ impl Writer {
                 }
             };
             if let Job::Hold { held, release } = first {
+                // Held means every earlier group is answered.
+                let _ = self.settle();
                 let _ = held.send(Ok(()));
                 if let Ok(release) = release.lock() {
                     let _ = release.recv();
@@ -659,11 +728,14 @@ impl Writer {
             if !jobs.is_empty() {
                 self.group(jobs);
             }
-            // After the group: a ping queued behind a stuck commit waits for it.
-            for p in pings {
-                if let Job::Ping(reply) = p {
-                    let _ = reply.send(Ok(()));
-                }
+            // After the group: a ping queued behind a stuck commit waits
+            // for it, and for its sync.
+            let pings = match &self.syncer {
+                Some(s) if !pings.is_empty() && !s.idle() => s.pings(pings).err(),
+                _ => Some(pings),
+            };
+            for p in pings.into_iter().flatten() {
+                p.pong();
             }
             let due = if self.logs() {
                 self.last_commit.elapsed() >= IDLE_CHECKPOINT
@@ -687,9 +759,13 @@ impl Writer {
                 tracing::error!(error = %e, "final flush failed");
             }
         }
+        // The syncer finishes what it holds, then ends.
+        self.syncer.take();
     }
 
     fn flush(&mut self) -> Result<(), StoreError> {
+        // A checkpoint resets the log: no record may wait for its sync.
+        self.settle()?;
         let mut tx = self.slot.get()?.begin_write()?;
         let _ = tx.set_durability(redb::Durability::Immediate);
         tx.commit()?;
@@ -727,6 +803,9 @@ impl Writer {
         let Some(fault) = self.slot.fault() else {
             return true;
         };
+        // No group may be in flight while the file is reopened (after a
+        // failed sync, the groups it refused end here).
+        let _ = self.settle();
         if self.last_reopen.is_some_and(|t| t.elapsed() < REOPEN_EVERY) {
             return false;
         }
@@ -739,15 +818,16 @@ impl Writer {
         let reopened = self.slot.reopen().and_then(|db| super::init_tables(&db));
         // redb is back at its last durable commit: the groups logged since
         // are applied again from the write-ahead log.
-        let had = self.last_seq.load(Ordering::Acquire);
+        let had = self.seq;
         let reopened = reopened.and_then(|(node, last, horizon, _)| {
+            self.seq = last;
             self.last_seq.store(last, Ordering::Release);
             let records = match self.wal.as_mut() {
                 Some(w) => w.records()?,
                 None => Vec::new(),
             };
             self.replay(records)?;
-            Ok((node, self.last_seq.load(Ordering::Acquire), horizon))
+            Ok((node, self.seq, horizon))
         });
         match reopened {
             Ok((_, last, horizon)) => {
@@ -808,19 +888,40 @@ impl Writer {
                 self.merges.bump(link, false);
             }
             match attempt {
-                Ok((seq, answers, committed, merged)) => {
-                    self.metrics
-                        .observe_commit(started.elapsed(), committed.len());
-                    self.last_seq.store(seq, Ordering::Release);
-                    if !committed.is_empty() || std::mem::take(&mut self.vouched) {
-                        self.sink.committed(seq, committed);
-                    }
-                    if !merged.is_empty() {
-                        let spaces: Vec<String> = merged.into_iter().collect();
-                        self.sink.states_merged(&spaces);
-                    }
-                    for (job, answer) in jobs.into_iter().zip(answers) {
-                        job.answer(answer);
+                Ok(a) => {
+                    self.seq = a.seq;
+                    let done = Done {
+                        lsn: self.lsn,
+                        at: a.at,
+                        seq: a.seq,
+                        report: !a.committed.is_empty() || std::mem::take(&mut self.vouched),
+                        committed: a.committed,
+                        merged: a.merged.into_iter().collect(),
+                        jobs,
+                        answers: a.answers,
+                        started,
+                    };
+                    // A logged group is finished once its record is synced;
+                    // any other is durable (or relaxed) already, and every
+                    // group before it is finished (`attempt` settled).
+                    let done = match (done.at, &self.syncer) {
+                        (None, _) => {
+                            self.finisher().finish(done);
+                            return;
+                        }
+                        (Some(_), Some(s)) => match s.done(Box::new(done)) {
+                            Ok(()) => return,
+                            Err(d) => *d,
+                        },
+                        (Some(_), None) => done,
+                    };
+                    // The sync thread is gone (a panic): nothing more can
+                    // be made durable; the group is refused.
+                    let f = Fault::Io("the write-ahead log's sync thread stopped".into());
+                    tracing::error!(cause = %f, "group refused");
+                    self.slot.set_fault(f.clone());
+                    for j in done.jobs {
+                        j.fail(f.error());
                     }
                     return;
                 }
@@ -864,20 +965,8 @@ impl Writer {
         }
     }
 
-    #[allow(clippy::type_complexity)]
-    fn attempt(
-        &mut self,
-        jobs: &[Job],
-    ) -> Result<
-        (
-            u64,
-            Vec<Answer>,
-            Vec<Arc<Committed>>,
-            std::collections::BTreeSet<String>,
-        ),
-        Failure,
-    > {
-        let mut seq = self.last_seq.load(Ordering::Acquire);
+    fn attempt(&mut self, jobs: &[Job]) -> Result<Applied, Failure> {
+        let mut seq = self.seq;
         let mut answers = Vec::with_capacity(jobs.len());
         let mut committed = Vec::new();
         let mut merged = std::collections::BTreeSet::new();
@@ -896,6 +985,11 @@ impl Writer {
                 )
             });
         self.logging = logged;
+        if !logged {
+            // Made durable by redb itself, and shown at once: every group
+            // before it must be synced and shown first.
+            self.settle().map_err(Failure::Group)?;
+        }
         self.effects.clear();
         let lsn = self.lsn + 1;
         {
@@ -951,11 +1045,13 @@ impl Writer {
                 return Err(Failure::Group(StoreError::Closed));
             };
             let at = wal.used();
-            if wal.append(&rec).map_err(Failure::Group)? {
+            if wal.write(&rec).map_err(Failure::Group)? {
                 appended = Some(at);
                 false
             } else {
-                // Too big for what is left of the log: checkpoint.
+                // Too big for what is left of the log: checkpoint, once
+                // the groups before it are synced (the log starts over).
+                self.settle().map_err(Failure::Group)?;
                 true
             }
         } else {
@@ -967,7 +1063,9 @@ impl Writer {
         } else {
             redb::Durability::None
         });
+        self.vis.committing(lsn);
         if let Err(e) = tx.commit() {
+            self.vis.abandon(self.lsn);
             if let (Some(at), Some(wal)) = (appended, self.wal.as_mut()) {
                 // Not applied: take the record back, so a replay does not
                 // apply what the caller is told failed.
@@ -979,6 +1077,10 @@ impl Writer {
         }
         self.lsn = lsn;
         self.last_commit = Instant::now();
+        if appended.is_none() {
+            // Durable already (or relaxed): readers may see it now.
+            self.vis.show(lsn);
+        }
         if immediate {
             self.last_fsync = Instant::now();
             self.dirty = false;
@@ -988,7 +1090,13 @@ impl Writer {
         } else {
             self.dirty = true;
         }
-        Ok((seq, answers, committed, merged))
+        Ok(Applied {
+            seq,
+            answers,
+            committed,
+            merged,
+            at: appended,
+        })
     }
 
     /// One job inside the group's transaction.
