@@ -57,6 +57,8 @@ pub struct Metrics {
     /// `mesh.max_handshakes` / `mesh.max_handshakes_per_ip`.
     pub mesh_handshakes: AtomicU64,
     pub mesh_handshake_timeouts: AtomicU64,
+    /// Incoming mesh Initials answered with a QUIC Retry (address not yet validated).
+    pub mesh_retries: AtomicU64,
     pub mesh_refused_max_handshakes: AtomicU64,
     pub mesh_refused_per_ip: AtomicU64,
     /// Open client connections per endpoint path (the status page).
@@ -196,7 +198,7 @@ impl Metrics {
             self.commit_sum_us.load(Relaxed) as f64 / 1e6
         );
         let _ = writeln!(s, "{name}_count {count}");
-        let webhook: [(&str, &str, &str, &AtomicU64); 10] = [
+        let webhook: [(&str, &str, &str, &AtomicU64); 11] = [
             (
                 "outpost_mesh_sessions_total",
                 "counter",
@@ -232,6 +234,12 @@ impl Metrics {
                 "counter",
                 "incoming mesh connections closed for mesh.handshake_timeout",
                 &self.mesh_handshake_timeouts,
+            ),
+            (
+                "outpost_mesh_retries_total",
+                "counter",
+                "incoming mesh connection attempts answered with a QUIC Retry (source address not yet validated)",
+                &self.mesh_retries,
             ),
             (
                 "outpost_webhook_delivered_total",

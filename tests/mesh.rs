@@ -417,9 +417,14 @@ fn quic_client(alpn: &[u8]) -> quinn::ClientConfig {
 }
 
 /// `n` incoming QUIC connections to `target` that never finish their
-/// handshake: a UDP proxy passes each client's first datagram (its
-/// Initial, a real one) to the relay from address `from`, and nothing
-/// else either way, so the relay answers into the void and waits.
+/// handshake, through a UDP proxy that sends each client's datagrams to
+/// the relay from its own socket on address `from`. With `validated`, the
+/// proxy passes the client's first Initial, the relay's answer to it (a
+/// Retry) and the client's second Initial (with the Retry's token), then
+/// nothing more either way: the relay has validated the address and waits
+/// for a handshake that never comes. Without, it passes only the first
+/// Initial and nothing back, as from a forged source address: the relay's
+/// Retry goes into the void.
 struct Stalled {
     _clients: Vec<(quinn::Endpoint, quinn::Connecting)>,
     proxy: tokio::task::JoinHandle<()>,
@@ -431,19 +436,47 @@ impl Drop for Stalled {
     }
 }
 
-async fn stalled(target: SocketAddr, from: &str, n: usize) -> Stalled {
-    let front = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let back = tokio::net::UdpSocket::bind(format!("{from}:0"))
-        .await
-        .unwrap();
+async fn stalled(target: SocketAddr, from: &str, n: usize, validated: bool) -> Stalled {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    use std::sync::Arc;
+    let front = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
     let front_addr = front.local_addr().unwrap();
+    let from = from.to_string();
     let proxy = tokio::spawn(async move {
-        let mut seen = std::collections::HashSet::new();
+        // Per client: its socket towards the relay, datagrams passed, and
+        // whether the relay's first answer went back to it.
+        let mut clients: HashMap<SocketAddr, (Arc<tokio::net::UdpSocket>, usize, Arc<AtomicBool>)> =
+            HashMap::new();
+        let mut pumps = tokio::task::JoinSet::new();
         let mut buf = vec![0u8; 65536];
         while let Ok((len, client)) = front.recv_from(&mut buf).await {
-            // One client endpoint per connection: its first datagram is
-            // its Initial; retransmissions and the rest are dropped.
-            if seen.insert(client) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = clients.entry(client) {
+                let back = Arc::new(
+                    tokio::net::UdpSocket::bind(format!("{from}:0"))
+                        .await
+                        .unwrap(),
+                );
+                let answered = Arc::new(AtomicBool::new(false));
+                if validated {
+                    let (back, front, answered) = (back.clone(), front.clone(), answered.clone());
+                    pumps.spawn(async move {
+                        let mut buf = vec![0u8; 65536];
+                        if let Ok(len) = back.recv(&mut buf).await {
+                            let _ = front.send_to(&buf[..len], client).await;
+                            answered.store(true, SeqCst);
+                        }
+                        // Everything after the Retry is dropped.
+                        while back.recv(&mut buf).await.is_ok() {}
+                    });
+                }
+                slot.insert((back, 0, answered));
+            }
+            let (back, passed, answered) = clients.get_mut(&client).unwrap();
+            // The first Initial; after the Retry went back, the second.
+            let pass = *passed == 0 || (*passed == 1 && answered.load(SeqCst));
+            if pass {
+                *passed += 1;
                 let _ = back.send_to(&buf[..len], target).await;
             }
         }
@@ -480,10 +513,12 @@ async fn handshakes(addr: SocketAddr) -> [u64; 5] {
     ]
 }
 
-/// Incoming QUIC connections that stall in their handshake stay within
-/// `mesh.max_handshakes` and `mesh.max_handshakes_per_ip`, are refused
-/// beyond them, are dropped after `mesh.handshake_timeout`, and a real
-/// peer connects and syncs while some are held.
+/// Incoming QUIC connections from forged addresses hold nothing (a Retry
+/// they never see); those that stall in their handshake after validating
+/// their address stay within `mesh.max_handshakes` and
+/// `mesh.max_handshakes_per_ip`, are refused beyond them, are dropped after
+/// `mesh.handshake_timeout`, and a real peer connects and syncs while some
+/// are held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_stalled_quic_handshakes_stays_within_its_bounds() {
     use std::time::Instant;
@@ -500,14 +535,28 @@ async fn a_flood_of_stalled_quic_handshakes_stays_within_its_bounds() {
         wait_until(3, what, || async { handshakes(http).await == want }).await
     };
 
-    // Phase 1: ten from each of three addresses. Three of each of the first
-    // two are held (per address), then two of the third (relay-wide).
+    // Phase 0: ten from a forged address (they never see the relay's
+    // Retry): each is answered statelessly and none holds a place.
+    let forged = stalled(a.mesh, "127.0.0.5", 10, false).await;
+    wait_until(3, "ten Retries", || async {
+        metric_in(
+            &http_get(http, "/metrics").await.1,
+            "outpost_mesh_retries_total ",
+        ) >= 10
+    })
+    .await;
+    assert_eq!(handshakes(http).await, [0, 0, 0, 0, 0]);
+    drop(forged);
+
+    // Phase 1: ten from each of three addresses, each past its Retry. Three
+    // of each of the first two are held (per address), then two of the
+    // third (relay-wide).
     let t0 = Instant::now();
-    let f2 = stalled(a.mesh, "127.0.0.2", 10).await;
+    let f2 = stalled(a.mesh, "127.0.0.2", 10, true).await;
     wait_for([3, 7, 0, 0, 0], "3 held from .2").await;
-    let f3 = stalled(a.mesh, "127.0.0.3", 10).await;
+    let f3 = stalled(a.mesh, "127.0.0.3", 10, true).await;
     wait_for([6, 14, 0, 0, 0], "3 more held from .3").await;
-    let f4 = stalled(a.mesh, "127.0.0.4", 10).await;
+    let f4 = stalled(a.mesh, "127.0.0.4", 10, true).await;
     wait_for([8, 14, 8, 0, 0], "2 more from .4, the rest refused").await;
     // Each is dropped after the timeout, not before; never more than 8.
     let mut first_drop = None;
@@ -538,7 +587,7 @@ async fn a_flood_of_stalled_quic_handshakes_stays_within_its_bounds() {
     // Phase 2: a real peer dials while stalled handshakes are held.
     let mesh = a.mesh;
     let b = tokio::task::spawn_blocking(move || Node::start(&[mesh], SECRET));
-    let f2 = stalled(a.mesh, "127.0.0.2", 10).await;
+    let f2 = stalled(a.mesh, "127.0.0.2", 10, true).await;
     let t1 = Instant::now();
     wait_until(3, "7 refused from .2 again", || async {
         handshakes(http).await[1] == 21

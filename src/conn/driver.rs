@@ -55,6 +55,7 @@ struct Driver<D> {
     /// The connection's pushes reach the writer in the order their frames
     /// were read (see `engine::WriteOrder`).
     order: WriteOrder,
+    /// A batch's rendered frames (kept: not regrown for every batch).
     out: Vec<Utf8Bytes>,
 }
 
@@ -582,8 +583,9 @@ impl<D: Dialect> Driver<D> {
                 }
             }
         }
-        let frames = std::mem::take(&mut self.out);
-        self.socket.send_all(frames, &self.dialect).await
+        self.socket
+            .send_all(self.out.drain(..), &self.dialect)
+            .await
     }
 
     fn deliver_one(&mut self, d: &Delivery, conn: u64, items: &mut Vec<Item>) {

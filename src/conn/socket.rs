@@ -125,6 +125,9 @@ pub struct Ws {
     timer: std::pin::Pin<Box<tokio::time::Sleep>>,
     /// The deadline `timer` is set for.
     armed: Instant,
+    /// A batch's data frames, header and payload (kept: not regrown for
+    /// every batch).
+    data: Vec<(Head, Bytes)>,
 }
 
 impl Ws {
@@ -139,6 +142,7 @@ impl Ws {
             pinged: false,
             timer: Box::pin(tokio::time::sleep_until(now + idle / 2)),
             armed: now + idle / 2,
+            data: Vec::new(),
         }
     }
 
@@ -198,7 +202,20 @@ impl Ws {
         frames: impl IntoIterator<Item = Utf8Bytes>,
         dialect: &D,
     ) -> Result<(), Gone> {
-        let mut data: Vec<(Head, Bytes)> = Vec::new();
+        let mut data = std::mem::take(&mut self.data);
+        data.clear();
+        let sent = self.frame_all(frames, dialect, &mut data).await;
+        data.clear();
+        self.data = data;
+        sent
+    }
+
+    async fn frame_all<D: Dialect>(
+        &mut self,
+        frames: impl IntoIterator<Item = Utf8Bytes>,
+        dialect: &D,
+        data: &mut Vec<(Head, Bytes)>,
+    ) -> Result<(), Gone> {
         for f in frames {
             let (opcode, payload) = match dialect.outgoing(f) {
                 Message::Text(t) => (OP_TEXT, Bytes::from(t)),
@@ -206,7 +223,7 @@ impl Ws {
                 // No dialect sends control frames this way; the library
                 // writes them, after the data before them.
                 other => {
-                    self.write_raw(&data).await?;
+                    self.write_raw(data).await?;
                     data.clear();
                     self.ws.send(outgoing(other)).await.map_err(|_| Gone)?;
                     continue;
@@ -214,7 +231,7 @@ impl Ws {
             };
             data.push((Head::new(opcode, payload.len()), payload));
         }
-        self.write_raw(&data).await
+        self.write_raw(data).await
     }
 
     /// Write data frames, each its header and its payload.

@@ -1,6 +1,7 @@
 //! Fan-out: the live subscriber registry.
 //!
-//! The writer thread calls `committed` after each durable commit, holding the
+//! The store calls `committed` after each durable commit (on its syncer
+//! thread, or the writer's; one at a time, in commit order), holding the
 //! hub lock while it records the new last seq and queues the group's
 //! changes of each space into each subscriber's bounded queue, as one entry
 //! (one lock and one wake-up per subscriber per group, not per change; the

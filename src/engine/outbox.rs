@@ -1,7 +1,7 @@
 //! A connection's outbound queue, bounded in items and in bytes, plus the
 //! relay-wide budget that all queued frames share.
 //!
-//! Fan-out (on the writer thread) pushes into it without blocking; the
+//! Fan-out (on the store's syncer thread) pushes into it without blocking; the
 //! connection task pops. Unlike a channel, the hub can also remove the
 //! queued items of a subscription it drops for lagging: a client that
 //! stops reading must not keep its backlog alive in memory until its
@@ -180,7 +180,7 @@ impl Outbox {
 
     /// Queue the changes of one commit group for subscription `sub` as one
     /// entry: one lock and one wake-up for the group instead of one per
-    /// change (fan-out runs on the writer thread, between commits). They
+    /// change (fan-out runs on the store's syncer thread, in commit order). They
     /// count against the bounds one by one, as if pushed one at a time: a
     /// group that does not fit is refused whole (the subscription resyncs
     /// from the log), and only a group of one change may exceed the byte

@@ -15,6 +15,8 @@
 //! `mesh.max_handshakes` (and of `mesh.max_handshakes_per_ip` for its
 //! address) for at most `mesh.handshake_timeout`; beyond the bound a new
 //! one is refused at once (`Incoming::refuse`), before any cryptography.
+//! Only an address that answered a QUIC Retry takes a place: a flood from
+//! forged source addresses gets stateless Retry packets and holds nothing.
 
 mod auth;
 mod discovery;
@@ -141,6 +143,17 @@ async fn accept_loop(ctx: Arc<Ctx>) {
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
             incoming = ctx.endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
+                // An address is believed only once it has answered a Retry
+                // (RFC 9000, section 8.1): a flood from forged addresses
+                // never sees the Retry, so each of its packets costs one
+                // stateless reply and holds no place of the bound.
+                if !incoming.remote_address_validated() {
+                    ctx.engine.metrics.mesh_retries.fetch_add(1, Relaxed);
+                    if let Err(e) = incoming.retry() {
+                        e.into_incoming().refuse();
+                    }
+                    continue;
+                }
                 match admit(&ctx, incoming.remote_address()) {
                     Some(slot) => {
                         conns.spawn(accept_one(ctx.clone(), incoming, slot));

@@ -2,9 +2,13 @@
 //!
 //! Jobs queue on a bounded channel. The writer takes one, then every job
 //! already waiting (up to `MAX_GROUP`), applies them all in one redb
-//! transaction, commits once (one fsync), reports the committed changes to
-//! the sink in seq order, and only then answers each job. So an ack always
-//! follows a durable commit, and fan-out order equals commit order.
+//! transaction and commits once. A group the write-ahead log makes durable
+//! goes to the syncer thread (`syncer.rs`), which syncs the log, then
+//! reports the committed changes to the sink in seq order and only then
+//! answers each job, while the writer commits the next group; any other
+//! group is durable (or relaxed) at its commit and the writer finishes it
+//! itself, once the syncer is idle. So an ack always follows a durable
+//! commit, and fan-out order equals commit order.
 
 use super::group_tables::Tables;
 use super::slot::{fault_of, Fault, Slot};
@@ -48,7 +52,8 @@ const FREE_BYTES_FRESH: Duration = Duration::from_millis(100);
 /// [`FREE_BYTES_FRESH`].
 const FREE_BYTES_MARGIN: u64 = 64 << 20;
 
-/// Receives every commit, in order, on the writer thread. It must not block:
+/// Receives every commit, in order, on the syncer thread (or the writer's,
+/// for a group it finishes itself; never both at once). It must not block:
 /// fan-out only `try_send`s into bounded queues.
 pub trait CommitSink: Send + Sync {
     fn committed(&self, last_seq: u64, batch: Vec<Arc<Committed>>);
