@@ -8,7 +8,7 @@
 #           next, so every delivery crossed the stream
 # Everything listens on 127.0.0.1 (free ports; NATS without a monitoring
 # port) and is stopped by PID at the end. Needs nats-server (Debian) and the
-# cloud build:  cargo build --release --features jetstream
+# cloud build:  cargo build --release --features jetstream,bench
 # Usage: scripts/bench-tier.sh [changes per run, default 20000] [writers, default 8]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +16,7 @@ BIN=${OUTPOST_BIN:-${CARGO_TARGET_DIR:-target}/release/outpost}
 N=${1:-20000}
 W=${2:-8}
 command -v nats-server >/dev/null || { echo "needs nats-server (apt-get install nats-server)" >&2; exit 1; }
-[ -x "$BIN" ] || { echo "build first: cargo build --release --features jetstream ($BIN)" >&2; exit 1; }
+[ -x "$BIN" ] || { echo "build first: cargo build --release --features jetstream,bench ($BIN)" >&2; exit 1; }
 ROOT=$(mktemp -d /tmp/outpost-bench-tier.XXXXXX)
 PIDS=()
 cleanup() {

@@ -98,8 +98,11 @@ pub enum Command {
     },
     /// Benchmark: drive child relays (or --url) over WebSockets, against a
     /// floor measured in the same run; prints a table and one JSON line.
+    /// (Built with `--features bench`.)
+    #[cfg(feature = "bench")]
     Bench(crate::bench::BenchArgs),
     /// The bench's floor server (started by `outpost bench`).
+    #[cfg(feature = "bench")]
     #[command(hide = true)]
     BenchFloor {
         #[arg(long, default_value = "127.0.0.1:0")]

@@ -38,6 +38,7 @@
 
 pub mod app;
 pub mod auth;
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod cli;
 pub mod cluster;

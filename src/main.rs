@@ -118,6 +118,7 @@ fn main() -> Result<()> {
             println!("{token}");
             Ok(())
         }
+        #[cfg(feature = "bench")]
         Command::Bench(args) => {
             let rt = runtime()?;
             // The scenarios run on this thread (block_on), which spawns the
@@ -221,6 +222,7 @@ fn main() -> Result<()> {
                 }
             }
         }
+        #[cfg(feature = "bench")]
         Command::BenchFloor { listen, capacity } => {
             runtime()?.block_on(outpost::bench::scenarios::serve_floor(&listen, capacity))
         }
@@ -240,6 +242,8 @@ fn ops(f: impl std::future::Future<Output = Result<(), OpsError>>) -> Result<()>
     Ok(())
 }
 
+/// The runtime of `outpost bench` and its floor server.
+#[cfg(feature = "bench")]
 fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

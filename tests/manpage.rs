@@ -32,6 +32,7 @@ fn man_page_and_completions_cover_every_command() {
         "import",
         "backup",
         "restore",
+        #[cfg(feature = "bench")]
         "bench",
     ] {
         assert!(
