@@ -47,7 +47,7 @@ cargo test --locked --features jetstream --test jetstream -- --test-threads=2
 # (the test above left it at target/debug/outpost) and a real nats-server.
 (cd tests/ui && npm run test:jetstream)
 
-# `outpost bench` is a cargo feature (off in the edge build): its smoke
-# test. Last: it rebuilds target/debug/outpost, which the card test above
-# needs as the cloud build.
-cargo test --locked --features bench --test bench -- --test-threads=2
+# `outpost bench` is a cargo feature (off in the edge build): its unit
+# tests (src/bench/) and its smoke test (tests/bench.rs). Last: it rebuilds
+# target/debug/outpost, which the card test above needs as the cloud build.
+cargo test --locked --features bench --lib --test bench -- --test-threads=2 bench

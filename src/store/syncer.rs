@@ -234,6 +234,7 @@ fn run(
 #[cfg(test)]
 mod tests {
     use super::super::wal::tests::MemFile;
+    use super::super::writer::tests::NoSink;
     use super::super::writer::LocalWrite;
     use super::super::{Backend, Durability, Outcome, Store, StoreOptions};
     use super::*;
@@ -241,12 +242,6 @@ mod tests {
     use std::sync::atomic::AtomicBool;
     use std::sync::{Condvar, Mutex};
     use std::time::Duration;
-
-    struct NoSink;
-    impl CommitSink for NoSink {
-        fn committed(&self, _: u64, _: Vec<Arc<Committed>>) {}
-        fn states_merged(&self, _: &[String]) {}
-    }
 
     /// A log file whose syncs can be held (each counted as it starts) or
     /// made to fail once.

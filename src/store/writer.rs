@@ -1588,11 +1588,12 @@ pub fn free_disk_bytes(dir: &std::path::Path) -> Option<u64> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use redb::ReadableDatabase;
 
-    struct NoSink;
+    /// A sink that drops every report (store tests that need no fan-out).
+    pub(in crate::store) struct NoSink;
     impl CommitSink for NoSink {
         fn committed(&self, _: u64, _: Vec<Arc<Committed>>) {}
         fn states_merged(&self, _: &[String]) {}
