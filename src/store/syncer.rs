@@ -34,8 +34,8 @@ use std::time::Instant;
 /// shown, reported and answered.
 pub(super) struct Done {
     pub lsn: u64,
-    /// Where its log record starts, if the record still needs a sync.
-    pub at: Option<u64>,
+    /// Its log record is written but not yet synced.
+    pub needs_sync: bool,
     pub seq: u64,
     pub committed: Vec<Arc<Committed>>,
     /// Report the group to the sink even if it committed no change (it
@@ -191,7 +191,7 @@ fn run(
         let need = batch
             .iter()
             .filter_map(|i| match i {
-                Item::Done(d) if d.at.is_some() => Some(d.lsn),
+                Item::Done(d) if d.needs_sync => Some(d.lsn),
                 _ => None,
             })
             .max();
@@ -234,11 +234,9 @@ fn run(
 #[cfg(test)]
 mod tests {
     use super::super::wal::tests::MemFile;
-    use super::super::writer::tests::NoSink;
-    use super::super::writer::LocalWrite;
-    use super::super::{Backend, Durability, Outcome, Store, StoreOptions};
+    use super::super::writer::tests::{local_job, patch, test_opts, NoSink};
+    use super::super::{Backend, Outcome, Store};
     use super::*;
-    use crate::model::Op;
     use std::sync::atomic::AtomicBool;
     use std::sync::{Condvar, Mutex};
     use std::time::Duration;
@@ -305,44 +303,21 @@ mod tests {
 
     fn open(dir: &std::path::Path, mem: &MemFile, gate: &Arc<Gate>) -> Store {
         let (mem, gate) = (mem.clone(), gate.clone());
-        let opts = StoreOptions {
-            dir: dir.to_path_buf(),
-            durability: Durability::Immediate,
-            queue: 16,
-            min_free_bytes: 0,
-            cache_bytes: 1 << 20,
-            max_skew_ms: 60_000,
-            clock: Default::default(),
-            wal_backend: Some(Backend(Arc::new(move || {
-                Ok(Box::new(GatedFile {
-                    mem: mem.clone(),
-                    gate: gate.clone(),
-                }) as Box<dyn redb::StorageBackend>)
-            }))),
-        };
+        let wal = Backend(Arc::new(move || {
+            Ok(Box::new(GatedFile {
+                mem: mem.clone(),
+                gate: gate.clone(),
+            }) as Box<dyn redb::StorageBackend>)
+        }));
+        let opts = test_opts(dir, Some(wal));
         Store::open(opts, Arc::new(Metrics::default()), Arc::new(NoSink)).unwrap()
     }
 
     fn write(
         id: &str,
     ) -> impl FnOnce(tokio::sync::oneshot::Sender<Result<Vec<Outcome>, StoreError>>) -> Job {
-        let id = id.to_string();
-        move |reply| Job::Local {
-            space: "s".into(),
-            actor: "t".into(),
-            source: None,
-            write_ids: vec![],
-            admit: None,
-            writes: vec![LocalWrite {
-                collection: "c".into(),
-                id,
-                op: Op::Patch,
-                fields: [("v".to_string(), serde_json::Value::from(1))].into(),
-                client_us: None,
-                expect: None,
-            }],
-            reply,
-        }
+        let write = patch("c", id, serde_json::Value::from(1));
+        move |reply| local_job("s", vec![write], vec![], reply)
     }
 
     fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {

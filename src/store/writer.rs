@@ -348,8 +348,8 @@ struct Applied {
     answers: Vec<Answer>,
     committed: Vec<Arc<Committed>>,
     merged: std::collections::BTreeSet<String>,
-    /// Where its log record starts, if the record still needs its sync.
-    at: Option<u64>,
+    /// Its log record is written but not yet synced.
+    needs_sync: bool,
 }
 
 /// Why a group's transaction did not commit.
@@ -423,7 +423,8 @@ pub struct Writer {
     /// What readers may see (`visible.rs`).
     vis: Arc<Visibility>,
     /// The thread that syncs the log and finishes logged groups
-    /// (`syncer.rs`); started with the log.
+    /// (`syncer.rs`); started with the log when it makes groups durable
+    /// (immediate durability).
     syncer: Option<Syncer>,
     last_fsync: Instant,
     /// When the last group committed (the idle checkpoint waits for quiet).
@@ -502,7 +503,10 @@ impl Writer {
         let file = wal.file();
         self.wal = Some(wal);
         self.replay(records)?;
-        self.syncer = Some(Syncer::start(file, self.finisher())?);
+        // Only logged groups are synced there (relaxed durability logs none).
+        if self.logs() {
+            self.syncer = Some(Syncer::start(file, self.finisher())?);
+        }
         Ok(())
     }
 
@@ -897,7 +901,7 @@ impl Writer {
                     self.seq = a.seq;
                     let done = Done {
                         lsn: self.lsn,
-                        at: a.at,
+                        needs_sync: a.needs_sync,
                         seq: a.seq,
                         report: !a.committed.is_empty() || std::mem::take(&mut self.vouched),
                         committed: a.committed,
@@ -909,16 +913,16 @@ impl Writer {
                     // A logged group is finished once its record is synced;
                     // any other is durable (or relaxed) already, and every
                     // group before it is finished (`attempt` settled).
-                    let done = match (done.at, &self.syncer) {
-                        (None, _) => {
+                    let done = match (done.needs_sync, &self.syncer) {
+                        (false, _) => {
                             self.finisher().finish(done);
                             return;
                         }
-                        (Some(_), Some(s)) => match s.done(Box::new(done)) {
+                        (true, Some(s)) => match s.done(Box::new(done)) {
                             Ok(()) => return,
                             Err(d) => *d,
                         },
-                        (Some(_), None) => done,
+                        (true, None) => done,
                     };
                     // The sync thread is gone (a panic): nothing more can
                     // be made durable; the group is refused.
@@ -1100,7 +1104,7 @@ impl Writer {
             answers,
             committed,
             merged,
-            at: appended,
+            needs_sync: appended.is_some(),
         })
     }
 
@@ -1599,10 +1603,13 @@ pub(super) mod tests {
         fn states_merged(&self, _: &[String]) {}
     }
 
-    fn writer(dir: &std::path::Path) -> (Writer, Arc<redb::Database>) {
-        let (slot, db) = Slot::open(&dir.join("w.redb"), 1 << 20, None).unwrap();
-        let (node, last, horizon, hlc) = super::super::init_tables(&db).unwrap();
-        let opts = StoreOptions {
+    /// Options of a small store in `dir`, immediate durability, its log in
+    /// `wal_backend` (None: the file).
+    pub(in crate::store) fn test_opts(
+        dir: &std::path::Path,
+        wal_backend: Option<super::super::Backend>,
+    ) -> StoreOptions {
+        StoreOptions {
             dir: dir.to_path_buf(),
             durability: Durability::Immediate,
             queue: 16,
@@ -1610,8 +1617,14 @@ pub(super) mod tests {
             cache_bytes: 1 << 20,
             max_skew_ms: 60_000,
             clock: Default::default(),
-            wal_backend: None,
-        };
+            wal_backend,
+        }
+    }
+
+    fn writer(dir: &std::path::Path) -> (Writer, Arc<redb::Database>) {
+        let (slot, db) = Slot::open(&dir.join("w.redb"), 1 << 20, None).unwrap();
+        let (node, last, horizon, hlc) = super::super::init_tables(&db).unwrap();
+        let opts = test_opts(dir, None);
         let w = Writer::new(
             slot,
             node,
@@ -1625,50 +1638,47 @@ pub(super) mod tests {
         (w, db)
     }
 
-    fn local(id: &str) -> (Job, oneshot::Receiver<Result<Vec<Outcome>, StoreError>>) {
-        let (reply, rx) = oneshot::channel();
-        let job = Job::Local {
-            space: "s".into(),
-            actor: "t".into(),
-            source: None,
-            write_ids: vec![],
-            admit: None,
-            writes: vec![LocalWrite {
-                collection: "c".into(),
-                id: id.into(),
-                op: Op::Patch,
-                fields: [("v".to_string(), Value::from(1))].into(),
-                client_us: None,
-                expect: None,
-            }],
-            reply,
-        };
-        (job, rx)
+    type Reply = oneshot::Sender<Result<Vec<Outcome>, StoreError>>;
+    type Answered = oneshot::Receiver<Result<Vec<Outcome>, StoreError>>;
+
+    /// A patch of field `v` of entity `collection`/`id`.
+    pub(in crate::store) fn patch(collection: &str, id: &str, v: Value) -> LocalWrite {
+        LocalWrite {
+            collection: collection.into(),
+            id: id.into(),
+            op: Op::Patch,
+            fields: [("v".to_string(), v)].into(),
+            client_us: None,
+            expect: None,
+        }
     }
 
-    fn local_in(
+    /// A local write job of actor "t" in `space`, answered on `reply`.
+    pub(in crate::store) fn local_job(
         space: &str,
-        collection: &str,
-        id: &str,
-    ) -> (Job, oneshot::Receiver<Result<Vec<Outcome>, StoreError>>) {
-        let (job, rx) = local(id);
-        let Job::Local {
-            mut writes, reply, ..
-        } = job
-        else {
-            unreachable!("local() makes a local job")
-        };
-        writes[0].collection = collection.into();
-        let job = Job::Local {
+        writes: Vec<LocalWrite>,
+        write_ids: Vec<Option<String>>,
+        reply: Reply,
+    ) -> Job {
+        Job::Local {
             space: space.into(),
             actor: "t".into(),
             source: None,
-            write_ids: vec![],
+            write_ids,
             admit: None,
             writes,
             reply,
-        };
-        (job, rx)
+        }
+    }
+
+    fn local(id: &str) -> (Job, Answered) {
+        local_in("s", "c", id)
+    }
+
+    fn local_in(space: &str, collection: &str, id: &str) -> (Job, Answered) {
+        let (reply, rx) = oneshot::channel();
+        let write = patch(collection, id, Value::from(1));
+        (local_job(space, vec![write], vec![], reply), rx)
     }
 
     /// The counters a group keeps in memory (version vector, space counts,
@@ -1749,24 +1759,8 @@ pub(super) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut w, db) = writer(dir.path());
         let put = |w: &mut Writer, id: &str, v: Value| {
-            let (job, mut rx) = local(id);
-            let Job::Local {
-                mut writes, reply, ..
-            } = job
-            else {
-                unreachable!("local() makes a local job")
-            };
-            writes[0].fields = [("v".to_string(), v)].into();
-            let job = Job::Local {
-                space: "s".into(),
-                actor: "t".into(),
-                source: None,
-                write_ids: vec![],
-                admit: None,
-                writes,
-                reply,
-            };
-            w.group(vec![job]);
+            let (reply, mut rx) = oneshot::channel();
+            w.group(vec![local_job("s", vec![patch("c", id, v)], vec![], reply)]);
             rx.try_recv().unwrap().unwrap();
         };
         let mut want: BTreeMap<String, Value> = BTreeMap::new();
@@ -1805,23 +1799,10 @@ pub(super) mod tests {
     fn a_write_id_repeated_in_its_group_answers_the_first_write() {
         let dir = tempfile::tempdir().unwrap();
         let (mut w, _db) = writer(dir.path());
-        let (job, mut rx) = local("x");
-        let Job::Local {
-            mut writes, reply, ..
-        } = job
-        else {
-            unreachable!("local() makes a local job")
-        };
-        writes.push(writes[0].clone());
-        let job = Job::Local {
-            space: "s".into(),
-            actor: "t".into(),
-            source: None,
-            write_ids: vec![Some("w".into()), Some("w".into())],
-            admit: None,
-            writes,
-            reply,
-        };
+        let (reply, mut rx) = oneshot::channel();
+        let x = patch("c", "x", Value::from(1));
+        let wids = vec![Some("w".into()), Some("w".into())];
+        let job = local_job("s", vec![x.clone(), x], wids, reply);
         let (other, mut other_rx) = local("y");
         w.group(vec![other, job]);
         other_rx.try_recv().unwrap().unwrap();
