@@ -148,11 +148,19 @@ async fn webhook_sink() -> (SocketAddr, Arc<AtomicUsize>) {
     (addr, posts)
 }
 
-async fn start_toml(dir: &Path, toml: &str) -> Relay {
+/// The settings of `toml`, written as `dir`/outpost.toml and loaded from
+/// there as the relay loads its config.
+fn settings_in(dir: &Path, toml: &str) -> outpost::config::Settings {
     let path = dir.join("outpost.toml");
     std::fs::write(&path, toml).unwrap();
-    let cfg = outpost::config::Config::load(&path).unwrap();
-    Relay::start(cfg.validate().unwrap()).await.unwrap()
+    outpost::config::Config::load(&path)
+        .unwrap()
+        .validate()
+        .unwrap()
+}
+
+async fn start_toml(dir: &Path, toml: &str) -> Relay {
+    Relay::start(settings_in(dir, toml)).await.unwrap()
 }
 
 /// A relay in `dir` that dials the mesh listener at `mesh_addr`.
@@ -225,12 +233,7 @@ async fn shutdown_ends_every_task_with_live_connections_of_every_kind() {
         data = a_dir.join("data"),
         hub = hub.addr,
     );
-    let path = a_dir.join("outpost.toml");
-    std::fs::write(&path, toml).unwrap();
-    let settings = outpost::config::Config::load(&path)
-        .unwrap()
-        .validate()
-        .unwrap();
+    let settings = settings_in(&a_dir, &toml);
     let (up_tx, up_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (ran_tx, ran_rx) = tokio::sync::oneshot::channel();
@@ -537,12 +540,7 @@ async fn a_held_store_read_holds_no_async_worker() {
          [mesh]\nenabled = true\nlisten = \"127.0.0.1:0\"\nsecret = \"{MESH_SECRET}\"\nmdns = false\n",
         a_dir.join("data")
     );
-    let path = a_dir.join("outpost.toml");
-    std::fs::write(&path, toml).unwrap();
-    let settings = outpost::config::Config::load(&path)
-        .unwrap()
-        .validate()
-        .unwrap();
+    let settings = settings_in(&a_dir, &toml);
     let (up_tx, up_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let thread = std::thread::spawn(move || {
