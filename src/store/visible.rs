@@ -131,6 +131,15 @@ mod tests {
         Slot::open(&dir.join("v.redb"), 1 << 20, None).unwrap().0
     }
 
+    /// A read that began now, waiting on another thread.
+    fn reader(
+        v: &Arc<Visibility>,
+        slot: &Arc<Slot>,
+    ) -> std::thread::JoinHandle<Result<(), Unseen>> {
+        let (v, slot, epoch) = (v.clone(), slot.clone(), v.epoch());
+        std::thread::spawn(move || v.wait(epoch, &slot))
+    }
+
     #[test]
     fn a_read_waits_for_the_groups_its_snapshot_may_hold() {
         let dir = tempfile::tempdir().unwrap();
@@ -139,13 +148,11 @@ mod tests {
         v.reset(4);
         assert!(v.wait(v.epoch(), &slot).is_ok(), "nothing pending");
         v.committing(5);
-        let (v2, s2) = (v.clone(), slot.clone());
-        let epoch = v.epoch();
-        let reader = std::thread::spawn(move || v2.wait(epoch, &s2).is_ok());
+        let reader = reader(&v, &slot);
         std::thread::sleep(Duration::from_millis(30));
         assert!(!reader.is_finished(), "group 5 is not durable yet");
         v.show(5);
-        assert!(reader.join().unwrap());
+        assert!(reader.join().unwrap().is_ok());
     }
 
     #[test]
@@ -155,12 +162,10 @@ mod tests {
         let v = Arc::new(Visibility::default());
         v.reset(7);
         v.committing(8);
-        let (v2, s2) = (v.clone(), slot.clone());
-        let epoch = v.epoch();
-        let reader = std::thread::spawn(move || v2.wait(epoch, &s2).is_ok());
+        let reader = reader(&v, &slot);
         std::thread::sleep(Duration::from_millis(20));
         v.abandon(7);
-        assert!(reader.join().unwrap());
+        assert!(reader.join().unwrap().is_ok());
     }
 
     #[test]
@@ -170,9 +175,7 @@ mod tests {
         let v = Arc::new(Visibility::default());
         v.reset(1);
         v.committing(2);
-        let (v2, s2) = (v.clone(), slot.clone());
-        let epoch = v.epoch();
-        let reader = std::thread::spawn(move || v2.wait(epoch, &s2));
+        let reader = reader(&v, &slot);
         std::thread::sleep(Duration::from_millis(20));
         v.reset(1);
         assert!(matches!(reader.join().unwrap(), Err(Unseen::Reopened)));
