@@ -30,6 +30,11 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+/// Groups (and pings, barriers) handed over and not yet taken by the
+/// syncer: enough to overlap the next groups' apply with a sync, and no
+/// more, so committed but unsynced groups stay few.
+const AHEAD: usize = 4;
+
 /// A committed group, to be made durable (if its record is not yet),
 /// shown, reported and answered.
 pub(super) struct Done {
@@ -93,7 +98,7 @@ enum Item {
 /// The writer's handle on the syncer thread; dropping it lets the thread
 /// finish what it holds, then joins it.
 pub(super) struct Syncer {
-    tx: Option<mpsc::Sender<Item>>,
+    tx: Option<mpsc::SyncSender<Item>>,
     /// Items handed over and not yet finished.
     pending: Arc<AtomicUsize>,
     thread: Option<JoinHandle<()>>,
@@ -101,9 +106,10 @@ pub(super) struct Syncer {
 
 impl Syncer {
     pub fn start(file: Arc<dyn redb::StorageBackend>, fin: Finisher) -> Result<Syncer, StoreError> {
-        // Unbounded, yet bounded by the writer: it hands over at most one
-        // item per group, and a group waits for the writer's queue.
-        let (tx, rx) = mpsc::channel();
+        // Bounded: while a sync is slow (a stalled disk), the writer runs
+        // at most this many groups ahead of it, then waits, as it did when
+        // it synced itself.
+        let (tx, rx) = mpsc::sync_channel(AHEAD);
         let pending = Arc::new(AtomicUsize::new(0));
         let left = pending.clone();
         let thread = std::thread::Builder::new()
@@ -355,6 +361,34 @@ mod tests {
         assert_eq!(ack.await.unwrap().unwrap()[0].seq, 2);
         assert!(reader.join().unwrap(), "seen once durable");
         assert_eq!(store.last_seq(), 2);
+        store.close();
+    }
+
+    /// While a sync is held, the writer commits at most `AHEAD` + 2
+    /// groups past it (one being synced, `AHEAD` handed over, one waiting
+    /// to be), then waits; all are answered once the sync goes through.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_writer_runs_a_bounded_number_of_groups_ahead_of_a_stalled_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mem, gate) = (MemFile::default(), Arc::new(Gate::default()));
+        let store = open(dir.path(), &mem, &gate);
+        store.submit(write("a")).await.unwrap();
+        let held = gate.hold();
+        let mut acks = Vec::new();
+        for i in 0..12 {
+            acks.push(store.enqueue(write(&format!("e{i}"))).await.unwrap());
+            // One group each: the writer takes each before the next comes.
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
+        let most = AHEAD as u64 + 2;
+        wait_for("the writer to stop", || store.vis.unshown() == most);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(store.vis.unshown(), most, "ran further ahead");
+        drop(held);
+        for ack in acks {
+            ack.await.unwrap().unwrap();
+        }
+        assert_eq!(store.vis.unshown(), 0);
         store.close();
     }
 

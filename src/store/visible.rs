@@ -76,6 +76,14 @@ impl Visibility {
         self.wake();
     }
 
+    /// Groups committed and not yet shown (tests).
+    #[cfg(test)]
+    pub fn unshown(&self) -> u64 {
+        self.committing
+            .load(SeqCst)
+            .saturating_sub(self.shown.load(SeqCst))
+    }
+
     /// Read before beginning a read transaction, and passed to [`wait`].
     pub fn epoch(&self) -> u64 {
         self.epoch.load(SeqCst)
