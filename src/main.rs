@@ -5,6 +5,16 @@
 #[cfg(all(outpost_no_eh_frame, not(panic = "abort")))]
 compile_error!("link/no-eh-frame.ld needs panic = \"abort\" (the release profile's)");
 
+// The relay's hot paths allocate per change and per frame (redb's page
+// buffers, rendered frames). musl's malloc, in the static Pi binary, took
+// twice glibc's CPU per change there, and mimalloc beats both
+// (docs/performance.md, "The allocator"). Only the binary: the library
+// leaves the choice to whoever embeds it. `memory::no_huge_pages` keeps its
+// RSS within the Pi budgets. 64-bit targets only (Cargo.toml says why).
+#[cfg(target_pointer_width = "64")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::{Context, Result};
 use clap::Parser;
 use outpost::app::{terminate_signal, Relay};
@@ -48,6 +58,7 @@ fn init_tracing(cfg: &Config, flag: Option<LogFormat>) {
 }
 
 fn main() -> Result<()> {
+    outpost::memory::no_huge_pages();
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
         Command::Serve(args) => {
