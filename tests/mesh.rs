@@ -380,6 +380,46 @@ async fn mesh_spaces_filter_per_peer_and_for_all() {
     }
 }
 
+/// A connection still proving membership when the relay stops is closed
+/// at once, with the reason. Before, nothing in the proof or the hello
+/// watched the stop signal: the accept loop gave up on it after 2 s and
+/// aborted it, which closed it without a word.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_under_way_is_closed_with_a_reason_when_the_relay_stops() {
+    let mut a = Node::start(&[], SECRET);
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(quic_client(b"outpost-mesh/1"));
+    let conn = tokio::time::timeout(
+        Duration::from_secs(10),
+        ep.connect(a.mesh, "outpost").unwrap(),
+    )
+    .await
+    .expect("an answer")
+    .expect("the QUIC handshake");
+    // One byte of a proof frame, and no more: the relay waits for the rest.
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    send.write_all(&[0]).await.unwrap();
+    let http = a.http;
+    wait_until(5, "the connection holds a handshake place", || async {
+        handshakes(http).await[0] == 1
+    })
+    .await;
+
+    let stopping = tokio::task::spawn_blocking(move || {
+        a.stop();
+    });
+    let closed = tokio::time::timeout(Duration::from_secs(10), conn.closed())
+        .await
+        .expect("closed when the relay stops");
+    match closed {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            assert_eq!(&c.reason[..], b"relay shutting down", "{c:?}")
+        }
+        other => panic!("closed otherwise: {other}"),
+    }
+    stopping.await.unwrap();
+}
+
 /// Connect with QUIC using `alpn`, optionally send `garbage` on a stream;
 /// true if the relay refused the handshake or closed the connection.
 async fn quic_probe(target: SocketAddr, alpn: &[u8], garbage: Option<&[u8]>) -> bool {

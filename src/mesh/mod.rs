@@ -300,12 +300,16 @@ async fn dial_once(
         .map_err(|e| format!("resolving: {e}"))?
         .next()
         .ok_or("resolves to no address")?;
-    let conn = ctx
+    let connecting = ctx
         .endpoint
         .connect(addr, "outpost")
-        .map_err(|e| e.to_string())?
-        .await
         .map_err(|e| e.to_string())?;
+    let mut stop = ctx.shutdown.clone();
+    // Dropping the handshake's future abandons it.
+    let conn = tokio::select! {
+        r = connecting => r.map_err(|e| e.to_string())?,
+        _ = stop.wait_for(|s| *s) => return Err(SessionError::ShuttingDown.to_string()),
+    };
     serve_conn(ctx, conn, Role::Dialer, found, None).await
 }
 
@@ -326,6 +330,10 @@ async fn serve_conn(
             // We said goodbye; let the peer read it and close first.
             let _ = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await;
             conn.close(0u32.into(), reason.as_bytes());
+        }
+        Err(SessionError::ShuttingDown) => {
+            tracing::debug!(%addr, "mesh connection closed during its handshake: relay shutting down");
+            conn.close(0u32.into(), b"relay shutting down");
         }
         Err(e) => {
             tracing::warn!(%addr, error = %e, "mesh connection ended");
@@ -389,7 +397,16 @@ async fn session_on(
     found: &'static str,
     admitted: Option<Admitted>,
 ) -> Result<(NodeId, String), SessionError> {
-    let setup = establish(ctx, conn, role, found);
+    // The proof and the hello wait on the peer. A stopping relay does not:
+    // its accept loop would abort the connection after 2 s, which closes
+    // it without a word, and a dialled one would hold the dial task.
+    let mut stop = ctx.shutdown.clone();
+    let setup = async {
+        tokio::select! {
+            r = establish(ctx, conn, role, found) => r,
+            _ = stop.wait_for(|s| *s) => Err(SessionError::ShuttingDown),
+        }
+    };
     let est = match admitted {
         None => setup.await?,
         Some(Admitted { slot, deadline }) => {

@@ -44,6 +44,9 @@ pub enum SessionError {
     SameNode,
     #[error("peer closed: {0}")]
     PeerClosed(String),
+    /// The relay stopped while the link was still being set up.
+    #[error("relay shutting down")]
+    ShuttingDown,
     #[error(transparent)]
     Engine(#[from] EngineError),
 }
