@@ -420,6 +420,57 @@ async fn a_handshake_under_way_is_closed_with_a_reason_when_the_relay_stops() {
     stopping.await.unwrap();
 }
 
+/// Connections that fail their membership proof are logged at most once a
+/// second, the next line counting those left out: anyone who can reach the
+/// port can cause them, and a line or two each was a flood of log writes
+/// (an SD card's). The metric still counts every one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_handshakes_are_logged_at_most_once_a_second() {
+    let a = Node::start(&[], SECRET);
+    const PROBES: u64 = 20;
+    let started = std::time::Instant::now();
+    for _ in 0..PROBES {
+        assert!(quic_probe(a.mesh, b"outpost-mesh/1", Some(&[0xff; 64])).await);
+    }
+    let burst = started.elapsed();
+    // One more after the limiter's second: its line counts the rest.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(quic_probe(a.mesh, b"outpost-mesh/1", Some(&[0xff; 64])).await);
+    let http = a.http;
+    wait_until(5, "every refusal counted", || async {
+        metric_in(
+            &http_get(http, "/metrics").await.1,
+            "outpost_mesh_refused_total ",
+        ) > PROBES
+    })
+    .await;
+
+    let log = std::fs::read_to_string(a.log()).unwrap();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("failed before its hello"))
+        .collect();
+    let bound = burst.as_secs() + 2;
+    assert!(
+        !lines.is_empty() && lines.len() as u64 <= bound,
+        "{} lines for {} failed handshakes in {burst:?}:\n{}",
+        lines.len(),
+        PROBES + 1,
+        lines.join("\n")
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("similar_since_last=") && !l.contains("similar_since_last=0")),
+        "no line counts the ones left out:\n{}",
+        lines.join("\n")
+    );
+    assert!(
+        !log.contains("mesh peer refused"),
+        "refusals are logged once, by the limited line"
+    );
+}
+
 /// Connect with QUIC using `alpn`, optionally send `garbage` on a stream;
 /// true if the relay refused the handshake or closed the connection.
 async fn quic_probe(target: SocketAddr, alpn: &[u8], garbage: Option<&[u8]>) -> bool {

@@ -69,6 +69,11 @@ struct Ctx {
     handshakes: Arc<Bound>,
     /// Refusals at that bound: one line a second at most.
     refusal_log: LogLimiter,
+    /// Connections that failed before their hello (refused in the QUIC or
+    /// the membership handshake, garbage, timed out): one line a second at
+    /// most. Anyone who can reach the port can cause them, and a log line
+    /// each would be a flood of writes on an SD card.
+    failure_log: LogLimiter,
 }
 
 /// The running mesh: its tasks (accept loop, dialers, discovery) run in
@@ -106,6 +111,7 @@ impl Mesh {
             shutdown,
             handshakes: Bound::new(settings.max_handshakes, settings.max_handshakes_per_ip),
             refusal_log: LogLimiter::new(Duration::from_secs(1)),
+            failure_log: LogLimiter::new(Duration::from_secs(1)),
         });
         let d = match settings.mdns {
             true => Some(discovery::start(engine.node_id(), local_addr.port(), tag)?),
@@ -241,7 +247,9 @@ async fn accept_one(ctx: Arc<Ctx>, incoming: quinn::Incoming, slot: Handshaking)
         Ok(Err(e)) => {
             // Wrong ALPN, not TLS, not QUIC: refused in the handshake.
             ctx.engine.metrics.mesh_refused.fetch_add(1, Relaxed);
-            tracing::warn!(%addr, error = %e, "mesh handshake refused");
+            if let Some(skipped) = ctx.failure_log.allow(Instant::now()) {
+                tracing::warn!(%addr, error = %e, similar_since_last = skipped, "mesh handshake refused");
+            }
         }
         Err(_) => {
             ctx.engine
@@ -331,16 +339,38 @@ async fn serve_conn(
             let _ = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await;
             conn.close(0u32.into(), reason.as_bytes());
         }
-        Err(SessionError::ShuttingDown) => {
+        Err(Ended::Setup(SessionError::ShuttingDown)) => {
             tracing::debug!(%addr, "mesh connection closed during its handshake: relay shutting down");
             conn.close(0u32.into(), b"relay shutting down");
         }
-        Err(e) => {
+        Err(Ended::Setup(e)) => {
+            if let Some(skipped) = ctx.failure_log.allow(Instant::now()) {
+                tracing::warn!(%addr, error = %e, similar_since_last = skipped, "mesh connection failed before its hello");
+            }
+            conn.close(1u32.into(), e.to_string().as_bytes());
+        }
+        Err(Ended::Session(e)) => {
             tracing::warn!(%addr, error = %e, "mesh connection ended");
             conn.close(1u32.into(), e.to_string().as_bytes());
         }
     }
     result.map_err(|e| e.to_string())
+}
+
+/// How a connection's handling failed: before its hello (anyone who can
+/// reach the port can cause that; logged at most once a second), or in a
+/// session with a proven member.
+enum Ended {
+    Setup(SessionError),
+    Session(SessionError),
+}
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ended::Setup(e) | Ended::Session(e) => e.fmt(f),
+        }
+    }
 }
 
 /// What the handshake leaves: the stream both ways, the link's entry in
@@ -369,8 +399,8 @@ async fn establish(
     };
     let (mut tx, mut rx) = (QuicSink(send), QuicSource(recv));
     if let Err(e) = prove_membership(ctx, conn, role, &mut tx, &mut rx).await {
+        // Logged by serve_conn (at most once a second).
         ctx.engine.metrics.mesh_refused.fetch_add(1, Relaxed);
-        tracing::warn!(addr = %conn.remote_address(), error = %e, "mesh peer refused");
         return Err(e);
     }
     let guard = ctx.links.open(
@@ -396,7 +426,7 @@ async fn session_on(
     role: Role,
     found: &'static str,
     admitted: Option<Admitted>,
-) -> Result<(NodeId, String), SessionError> {
+) -> Result<(NodeId, String), Ended> {
     // The proof and the hello wait on the peer. A stopping relay does not:
     // its accept loop would abort the connection after 2 s, which closes
     // it without a word, and a dialled one would hold the dial task.
@@ -408,22 +438,22 @@ async fn session_on(
         }
     };
     let est = match admitted {
-        None => setup.await?,
+        None => setup.await.map_err(Ended::Setup)?,
         Some(Admitted { slot, deadline }) => {
             let r = tokio::time::timeout_at(deadline, setup).await;
             // Through the hello (or failed): no longer handshaking.
             drop(slot);
             match r {
-                Ok(r) => r?,
+                Ok(r) => r.map_err(Ended::Setup)?,
                 Err(_) => {
                     ctx.engine
                         .metrics
                         .mesh_handshake_timeouts
                         .fetch_add(1, Relaxed);
-                    return Err(SessionError::Protocol(format!(
+                    return Err(Ended::Setup(SessionError::Protocol(format!(
                         "membership proof and hello not done within {:?} (mesh.handshake_timeout)",
                         ctx.settings.handshake_timeout
-                    )));
+                    ))));
                 }
             }
         }
@@ -475,7 +505,7 @@ async fn session_on(
         }
     };
     let reason = tokio::select! {
-        r = session => r?,
+        r = session => r.map_err(Ended::Session)?,
         never = rtt => never,
     };
     Ok((peer, reason))
