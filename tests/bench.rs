@@ -110,13 +110,7 @@ fn bench_smoke_all_scenarios() {
 fn bench_against_a_running_relay_by_url() {
     let data = tempfile::tempdir().unwrap();
     let dir = data.path().join("d");
-    let relay = common::Proc::spawn(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--data",
-        dir.to_str().unwrap(),
-    ]);
+    let relay = common::Proc::serve_defaults(&dir);
     let url = relay.addr.to_string();
     let pid = relay.pid().to_string();
     let (code, out, err) = common::run_cli(&[

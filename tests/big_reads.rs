@@ -43,13 +43,7 @@ async fn peak_during<T>(pid: u32, f: impl std::future::Future<Output = T>) -> (T
 async fn big_space_reads_are_paged_and_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let relay = Proc::spawn(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--data",
-        data.to_str().unwrap(),
-    ]);
+    let relay = Proc::serve_defaults(&data);
     let (addr, pid) = (relay.addr, relay.child.id());
     let mut w = Client::native(addr).await;
     let pad = "x".repeat(PAD);

@@ -120,13 +120,7 @@ async fn a_never_reading_subscriber_stays_under_the_memory_budget() {
 fn the_relay_runs_with_transparent_huge_pages_off() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let relay = Proc::spawn(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--data",
-        data.to_str().unwrap(),
-    ]);
+    let relay = Proc::serve_defaults(&data);
     let status = std::fs::read_to_string(format!("/proc/{}/status", relay.pid())).unwrap();
     let thp = status
         .lines()

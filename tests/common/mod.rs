@@ -62,6 +62,18 @@ impl Proc {
         ])
     }
 
+    /// `outpost serve --listen 127.0.0.1:0 --data DATA`: a relay with the
+    /// embedded defaults on an ephemeral loopback port.
+    pub fn serve_defaults(data: &Path) -> Proc {
+        Proc::spawn(&[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            data.to_str().unwrap(),
+        ])
+    }
+
     /// As `spawn`, in working directory `cwd`.
     pub fn spawn_in(cwd: Option<&Path>, args: &[&str]) -> Proc {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_outpost"));
