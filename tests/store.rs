@@ -70,6 +70,15 @@ async fn a_pinned_cursor_holds_retention_back() {
     tokio::time::sleep(Duration::from_millis(5)).await;
     assert_eq!(e.trim(Duration::ZERO).await.unwrap(), 2);
     assert_eq!(e.horizon(), 3);
+    // A log read says the last seq of its own transaction: a replication
+    // link behind a trim tells the trimmed range from an empty log by it.
+    let cap = outpost::store::Cap::items(10);
+    let page = e.log_after_page(0, cap).unwrap();
+    assert_eq!(page.seq, 4, "read with the page");
+    assert_eq!(page.items.first().map(|(s, _)| *s), Some(3));
+    let page = e.log_after_page(4, cap).unwrap();
+    assert!(page.items.is_empty());
+    assert_eq!(page.seq, 4, "an empty read past the end says it too");
     let (frames, _) = Client::native(relay.addr).await.subscribe("home", 2).await;
     let seqs: Vec<_> = frames.iter().map(|f| f["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, vec![3, 4]);

@@ -654,11 +654,8 @@ impl Outbound {
         // Bounded in bytes too: 256 changes of ~1 MiB are 256 MiB.
         let cap = Cap::new(BATCH, PAGE_BYTES);
         let pos = self.pos;
-        // The last seq before the page (see `check_contiguous`).
-        let log_page = move |e: &Engine| {
-            let last = e.last_seq();
-            e.log_after_page(pos, cap).map(|p| (last, p.items))
-        };
+        // With the last seq of the same read (see `check_contiguous`).
+        let log_page = move |e: &Engine| e.log_after_page(pos, cap).map(|p| (p.seq, p.items));
         let (last, mut page) = read(&self.engine, log_page).await?;
         self.check_contiguous(last, &page)?;
         if page.is_empty() {
@@ -721,20 +718,22 @@ impl Outbound {
     /// from the log, so end the session; the next one plans from version
     /// vectors and sends a snapshot if needed. The log's local seqs are
     /// contiguous from its first entry (every applied change takes the next
-    /// one; retention removes a prefix), so a read after `pos` that does not
-    /// start at `pos + 1`, while `last` (read before) is past `pos`, lost
-    /// entries to a trim.
+    /// one; retention removes a prefix), so a read after `pos` that does
+    /// not start at `pos + 1`, or finds nothing while the last seq it saw
+    /// is past `pos`, lost entries to a trim.
+    ///
+    /// `last` must come from the page's own read transaction. This used the
+    /// writer's `last_seq` read before the page, which the writer stores
+    /// after the trim's commit: a page read in that window found the log
+    /// empty with a last seq that said nothing was there, took the link for
+    /// caught up and vouched for the trimmed changes, which the peer then
+    /// counted and never got (tests/sim.rs, rarely, under load).
     fn check_contiguous(
         &self,
         last: u64,
         page: &[(u64, crate::store::LogEntry)],
     ) -> Result<(), SessionError> {
-        let next = self.pos.saturating_add(1);
-        let trimmed = match page.first() {
-            Some((seq, _)) => *seq != next,
-            None => last >= next,
-        };
-        if trimmed {
+        if trimmed_past(self.pos, last, page.first().map(|(seq, _)| *seq)) {
             return Err(SessionError::Protocol(format!(
                 "the log was trimmed past this link's position {}: planning again",
                 self.pos
@@ -956,5 +955,36 @@ impl Outbound {
             }
         }
         Ok(())
+    }
+}
+
+/// Whether a log read after `pos`, which saw `last` as the last committed
+/// seq and started at `first`, lost entries to a trim (see
+/// `Outbound::check_contiguous`).
+fn trimmed_past(pos: u64, last: u64, first: Option<u64>) -> bool {
+    let next = pos.saturating_add(1);
+    match first {
+        Some(seq) => seq != next,
+        None => last >= next,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::trimmed_past;
+
+    #[test]
+    fn a_read_after_a_trim_is_told_from_a_caught_up_one() {
+        // Caught up: nothing after 5, and 5 is the last seq.
+        assert!(!trimmed_past(5, 5, None));
+        // Everything after 5 trimmed: an empty read of a log whose last seq
+        // is 8. (The bug read the last seq before the page, from a counter
+        // the writer moves after the trim's commit: it still said 5.)
+        assert!(trimmed_past(5, 8, None));
+        // The read starts past 6: 6 and 7 were trimmed.
+        assert!(trimmed_past(5, 9, Some(8)));
+        // Contiguous.
+        assert!(!trimmed_past(5, 9, Some(6)));
+        assert!(!trimmed_past(0, 1, Some(1)));
     }
 }

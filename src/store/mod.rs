@@ -703,6 +703,16 @@ impl Store {
         let tx = self.read_tx()?;
         let log = tx.open_table(LOG)?;
         let mut page = Page::new(cap);
+        // The last seq from this transaction, not the writer's counter in
+        // memory: that moves only after the commit, and a page read in
+        // between (after a trim) found the range empty with a last seq that
+        // said nothing was there; a replication link took itself for caught
+        // up and vouched for the trimmed changes (the simulator found it).
+        page.seq = tx
+            .open_table(META)?
+            .get(META_LAST_SEQ)?
+            .map(|v| u64_from(v.value()))
+            .unwrap_or(0);
         for row in log.range(after.saturating_add(1)..)? {
             if page.full() {
                 page.more = true;
