@@ -892,7 +892,9 @@ impl Writer {
             let attempt = self.attempt(&jobs);
             // A reader that took the count between the first bump and the
             // commit may have read the vector before the merge: it sees the
-            // count move again (committed or not).
+            // count move again (committed or not). After a commit `attempt`
+            // has done it already, before showing the group; this is the
+            // attempt that failed.
             for link in std::mem::take(&mut self.merging) {
                 self.merges.bump(link, false);
             }
@@ -1086,6 +1088,16 @@ impl Writer {
         }
         self.lsn = lsn;
         self.last_commit = Instant::now();
+        // A merge's second count, before any reader can see the merge: a
+        // session that took the count between the first bump and the
+        // commit, then read the merged vector, must find the count moved.
+        // Counted after `show` (in `group`), a session that read the
+        // vector in between found it unchanged and vouched for the merged
+        // range, which its peer then counted and never got (tests/sim.rs,
+        // seed 4, under load).
+        for link in std::mem::take(&mut self.merging) {
+            self.merges.bump(link, false);
+        }
         if appended.is_none() {
             // Durable already (or relaxed): readers may see it now.
             self.vis.show(lsn);
