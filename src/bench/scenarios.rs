@@ -81,8 +81,8 @@ pub async fn fanout(p: &Params, tag: &str, writers: usize) -> Result<Value> {
     // The run's writes include what it left to write once it ended: the
     // checkpoint that follows its last group writes the data file's share
     // of up to 4 MiB of logged changes, which a count stopped at the last
-    // ack missed (800-860 B per change at M=20000, against 1030-1060 B
-    // for the same relay at M=100000).
+    // ack missed (it reported 810-863 B per change at M=20000; counted
+    // through the checkpoint, 1038-1063 B, and 1076-1099 B at M=100000).
     tokio::time::sleep(SETTLE).await;
     let settled = Usage::of(relay.pid);
     let written = before.zip(settled).map(|(a, b)| a.until(b).written);
