@@ -671,7 +671,7 @@ impl Writer {
                 || self
                     .wal
                     .as_ref()
-                    .is_some_and(|w| w.used() >= super::wal::CHECKPOINT_BYTES))
+                    .is_some_and(|w| w.logged() >= super::wal::CHECKPOINT_BYTES))
     }
 
     /// Share the merge counter with the store's readers.
@@ -1055,9 +1055,8 @@ impl Writer {
             let Some(wal) = self.wal.as_mut() else {
                 return Err(Failure::Group(StoreError::Closed));
             };
-            let at = wal.used();
-            if wal.write(&rec).map_err(Failure::Group)? {
-                appended = Some(at);
+            if let Some(a) = wal.write(&rec).map_err(Failure::Group)? {
+                appended = Some(a);
                 false
             } else {
                 // Too big for what is left of the log: checkpoint, once
