@@ -30,8 +30,8 @@
 //! A record that would spill over into one more page than it fills is
 //! started on the next page instead ([`start_for`]): the page the last
 //! record ended in was synced already, and writing into it again costs a
-//! whole page on the device (on an SD card, a whole erase block's worth of
-//! wear). With groups of about 7 KB (S=10, W=64) the relay wrote
+//! whole page on the device (on an SD card, one more flash page
+//! programmed). With groups of about 7 KB (S=10, W=64) the relay wrote
 //! 965-978 B per change in all, against 1 091-1 122 B before. The scan
 //! looks for the next record where the last one ended, and then at the
 //! next page boundary.
@@ -51,7 +51,8 @@ use std::sync::Arc;
 pub const CAPACITY: u64 = 8 << 20;
 /// The log is checkpointed once it holds this much.
 pub const CHECKPOINT_BYTES: u64 = 4 << 20;
-/// Record header: magic, payload length, CRC-32 of lsn + payload, lsn.
+/// Record header: magic, payload length, CRC-32 of lsn + payload (started
+/// from the previous record's, see [`checksum`]), lsn.
 const HEAD: usize = 4 + 4 + 4 + 8;
 /// A record whose CRC starts from its predecessor's (0 for the first).
 const MAGIC: u32 = 0x4f57_4132; // "OWA2"
@@ -174,7 +175,7 @@ fn io_err(e: io::Error) -> StoreError {
     StoreError::Db(redb::Error::Io(e))
 }
 
-/// Where a record that `len` bytes long goes when the last one ended at
+/// Where a record `len` bytes long goes when the last one ended at
 /// `pos`: right there, unless the pages it would touch from there (the
 /// first of them already written and synced) outnumber the pages it fills
 /// on its own, in which case at the next page boundary. A small record
