@@ -19,6 +19,12 @@ const PAD: usize = 900 * 1000; // N x PAD = ~22 MB per collection
 /// Before the byte bounds each read below held the space two to four
 /// times (pages, the reply, its JSON): 60 to 120 MiB here.
 const MAX_GROWTH_MIB: u64 = 32;
+/// redb's page cache is bounded by configuration, and what it holds at the
+/// base sample depends on timing (the writes' idle checkpoint, 0.5 s after
+/// the last group, may or may not have run): with the default 16 MiB, the
+/// cache's refill alone moved the growth from +10 to +33 MiB between runs.
+/// One MiB keeps the figure about what a read itself holds.
+const CACHE_TOML: &str = "[storage]\ncache_mb = 1\n";
 
 /// Peak RSS of `pid` while `f` runs, sampled every 5 ms.
 async fn peak_during<T>(pid: u32, f: impl std::future::Future<Output = T>) -> (T, u64) {
@@ -43,7 +49,9 @@ async fn peak_during<T>(pid: u32, f: impl std::future::Future<Output = T>) -> (T
 async fn big_space_reads_are_paged_and_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let relay = Proc::serve_defaults(&data);
+    let config = dir.path().join("outpost.toml");
+    std::fs::write(&config, CACHE_TOML).unwrap();
+    let relay = Proc::serve(&config, &data);
     let (addr, pid) = (relay.addr, relay.child.id());
     let mut w = Client::native(addr).await;
     let pad = "x".repeat(PAD);
