@@ -423,17 +423,26 @@ async fn open_load_writer(t: &Target) -> Result<(wire::Reader, wire::Writer)> {
     Ok((r, w))
 }
 
+/// Connections the bench opens at once. A relay refuses handshakes past
+/// `server.max_handshakes_per_ip` in flight from one address (64 by
+/// default) with 503, so a bench of 200 subscribers against a relay started
+/// with the defaults (`--url`) failed; waves of 32 stay under it, and they
+/// keep the listen backlog from overflowing.
+pub const OPEN_AT_ONCE: usize = 32;
+
 /// Run one load against `target`; bounded by the caller's timeout.
 pub async fn run(target: &Target, load: Load) -> Result<LoadResult> {
     // Subscribers first, all live before the first write.
-    let mut opening = JoinSet::new();
-    for _ in 0..load.subscribers {
-        let t = target.clone();
-        opening.spawn(async move { open_load_subscriber(&t).await });
-    }
     let mut subs = Vec::with_capacity(load.subscribers);
-    while let Some(r) = opening.join_next().await {
-        subs.push(r??);
+    while subs.len() < load.subscribers {
+        let mut opening = JoinSet::new();
+        for _ in 0..(load.subscribers - subs.len()).min(OPEN_AT_ONCE) {
+            let t = target.clone();
+            opening.spawn(async move { open_load_subscriber(&t).await });
+        }
+        while let Some(r) = opening.join_next().await {
+            subs.push(r??);
+        }
     }
     let mut writers = Vec::with_capacity(load.writers);
     for _ in 0..load.writers.max(1) {

@@ -186,9 +186,9 @@ pub async fn idle(p: &Params) -> Result<Value> {
     };
     let t = Instant::now();
     let mut clients = Vec::with_capacity(p.idle_clients);
-    // Open in waves so the listen backlog never overflows.
+    // Open in waves (see `load::OPEN_AT_ONCE`).
     while clients.len() < p.idle_clients {
-        let wave = (p.idle_clients - clients.len()).min(100);
+        let wave = (p.idle_clients - clients.len()).min(load::OPEN_AT_ONCE);
         let mut set = JoinSet::new();
         for _ in 0..wave {
             let t = target.clone();
