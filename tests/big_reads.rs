@@ -21,9 +21,9 @@ const PAD: usize = 900 * 1000; // N x PAD = ~22 MB per collection
 const MAX_GROWTH_MIB: u64 = 32;
 /// redb's page cache is bounded by configuration, and what it holds at the
 /// base sample depends on timing (the writes' idle checkpoint, 0.5 s after
-/// the last group, may or may not have run): with the default 16 MiB, the
-/// cache's refill alone moved the growth from +10 to +33 MiB between runs.
-/// One MiB keeps the figure about what a read itself holds.
+/// the last group, may or may not have run): with the default 16 MiB the
+/// growth ranged from +10 to +33 MiB between runs, with 1 MiB from +12 to
+/// +24. One MiB keeps the figure closer to what a read itself holds.
 const CACHE_TOML: &str = "[storage]\ncache_mb = 1\n";
 
 /// Peak RSS of `pid` while `f` runs, sampled every 5 ms.

@@ -428,22 +428,36 @@ async fn open_load_writer(t: &Target) -> Result<(wire::Reader, wire::Writer)> {
 /// default) with 503, so a bench of 200 subscribers against a relay started
 /// with the defaults (`--url`) failed; waves of 32 stay under it, and they
 /// keep the listen backlog from overflowing.
-pub const OPEN_AT_ONCE: usize = 32;
+const OPEN_AT_ONCE: usize = 32;
+
+/// Open `n` connections to `target` with `open`, [`OPEN_AT_ONCE`] at a
+/// time; the first failure ends it.
+pub async fn open_in_waves<T, F, Fut>(n: usize, target: &Target, open: F) -> Result<Vec<T>>
+where
+    T: Send + 'static,
+    F: Fn(Target) -> Fut,
+    Fut: std::future::Future<Output = Result<T>> + Send + 'static,
+{
+    let mut done = Vec::with_capacity(n);
+    while done.len() < n {
+        let mut wave = JoinSet::new();
+        for _ in 0..(n - done.len()).min(OPEN_AT_ONCE) {
+            wave.spawn(open(target.clone()));
+        }
+        while let Some(r) = wave.join_next().await {
+            done.push(r??);
+        }
+    }
+    Ok(done)
+}
 
 /// Run one load against `target`; bounded by the caller's timeout.
 pub async fn run(target: &Target, load: Load) -> Result<LoadResult> {
     // Subscribers first, all live before the first write.
-    let mut subs = Vec::with_capacity(load.subscribers);
-    while subs.len() < load.subscribers {
-        let mut opening = JoinSet::new();
-        for _ in 0..(load.subscribers - subs.len()).min(OPEN_AT_ONCE) {
-            let t = target.clone();
-            opening.spawn(async move { open_load_subscriber(&t).await });
-        }
-        while let Some(r) = opening.join_next().await {
-            subs.push(r??);
-        }
-    }
+    let subs = open_in_waves(load.subscribers, target, |t| async move {
+        open_load_subscriber(&t).await
+    })
+    .await?;
     let mut writers = Vec::with_capacity(load.writers);
     for _ in 0..load.writers.max(1) {
         writers.push(open_load_writer(target).await?);

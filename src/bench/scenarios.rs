@@ -10,7 +10,6 @@ use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use tokio::task::JoinSet;
 
 /// What the scenarios need from the command line.
 #[derive(Clone, Debug)]
@@ -185,19 +184,10 @@ pub async fn idle(p: &Params) -> Result<Value> {
         sub_url: relay.ws_url(),
     };
     let t = Instant::now();
-    let mut clients = Vec::with_capacity(p.idle_clients);
-    // Open in waves (see `load::OPEN_AT_ONCE`).
-    while clients.len() < p.idle_clients {
-        let wave = (p.idle_clients - clients.len()).min(load::OPEN_AT_ONCE);
-        let mut set = JoinSet::new();
-        for _ in 0..wave {
-            let t = target.clone();
-            set.spawn(async move { load::open_subscriber(&t).await });
-        }
-        while let Some(r) = set.join_next().await {
-            clients.push(r??);
-        }
-    }
+    let clients = load::open_in_waves(p.idle_clients, &target, |t| async move {
+        load::open_subscriber(&t).await
+    })
+    .await?;
     let connect_s = t.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle_kib = relay.rss_kib();
